@@ -1,0 +1,133 @@
+"""The one place that declares every metric the sidecar itself emits.
+
+The Prometheus exporter takes type and help from here, README's metrics table is generated
+from here (`python -m agent.catalogue`), and a test checks that `/metrics` emits nothing
+under the `dynamo_sidecar_` prefix that is not declared here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PREFIX = "dynamo_sidecar_"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str  # as exposed in the Prometheus text format (counters end in _total)
+    type: str  # gauge | counter | histogram
+    help: str
+    labels: tuple[str, ...]
+    source: str  # the collector or component that emits it
+
+    @property
+    def family(self) -> str:
+        """Family name as prometheus_client models it (counters without `_total`)."""
+        if self.type == "counter" and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+
+def _m(name: str, type_: str, help_: str, labels: tuple[str, ...], source: str) -> MetricSpec:
+    return MetricSpec(PREFIX + name, type_, help_, labels, source)
+
+
+CATALOGUE: tuple[MetricSpec, ...] = (
+    # --- the sidecar itself -----------------------------------------------------------
+    _m("build_info", "gauge", "Always 1; the sidecar's version and Python.", ("version", "python"), "agent"),
+    _m("start_time_seconds", "gauge", "Unix time the sidecar started.", (), "agent"),
+    _m("ready", "gauge", "1 once every collector has completed one cycle.", (), "agent"),
+    _m("draining", "gauge", "1 while a drain is in progress.", (), "agent"),
+    _m("collector_success", "gauge", "1 if the collector's last run succeeded.", ("collector",), "scheduler"),
+    _m("collector_duration_seconds", "gauge", "Duration of the collector's last run.", ("collector",), "scheduler"),
+    _m("collector_last_success_timestamp_seconds", "gauge", "Unix time of the collector's last successful run.", ("collector",), "scheduler"),
+    _m("collector_runs_total", "counter", "Collector runs by outcome (ok, error, timeout).", ("collector", "outcome"), "scheduler"),
+    _m("series_dropped_total", "counter", "Series not stored because the metric reached its cardinality cap.", ("metric",), "state"),
+    _m("history_series", "gauge", "Series currently held in the history ring.", (), "state"),
+    _m("history_window_seconds", "gauge", "How far back the history ring reaches by configuration.", (), "state"),
+    _m("events_total", "counter", "Events recorded (health transitions, restarts, XIDs...) by kind.", ("kind",), "state"),
+    _m("exposition_render_seconds", "gauge", "Time taken to render the last /metrics exposition.", (), "exporter"),
+    # --- process collector ------------------------------------------------------------
+    _m("processes_matched", "gauge", "Dynamo processes found in the pod's process namespace.", (), "process"),
+    _m("process_cpu_seconds_total", "counter", "CPU time consumed by the Dynamo process.", ("process", "pid", "mode"), "process"),
+    _m("process_resident_memory_bytes", "gauge", "Resident set size.", ("process", "pid"), "process"),
+    _m("process_virtual_memory_bytes", "gauge", "Virtual memory size.", ("process", "pid"), "process"),
+    _m("process_threads", "gauge", "Number of OS threads.", ("process", "pid"), "process"),
+    _m("process_open_fds", "gauge", "Open file descriptors.", ("process", "pid"), "process"),
+    _m("process_max_fds", "gauge", "Soft limit on open file descriptors (RLIMIT_NOFILE).", ("process", "pid"), "process"),
+    _m("process_context_switches_total", "counter", "Context switches by kind (voluntary, involuntary).", ("process", "pid", "kind"), "process"),
+    _m("process_children", "gauge", "Number of child processes (recursive).", ("process", "pid"), "process"),
+    _m("process_start_time_seconds", "gauge", "Unix time the process started.", ("process", "pid"), "process"),
+    _m("process_uptime_seconds", "gauge", "Seconds since the process started.", ("process", "pid"), "process"),
+    # --- cgroup / pressure collector ----------------------------------------------------
+    _m("cgroup_info", "gauge", "Always 1; which cgroup is watched and its version.", ("version", "path", "scope"), "cgroup"),
+    _m("cgroup_memory_usage_bytes", "gauge", "Memory charged to the cgroup.", (), "cgroup"),
+    _m("cgroup_memory_limit_bytes", "gauge", "Memory limit of the cgroup (absent when unlimited).", (), "cgroup"),
+    _m("cgroup_memory_events_total", "counter", "cgroup memory events (oom, oom_kill, max, high).", ("event",), "cgroup"),
+    _m("cgroup_cpu_usage_seconds_total", "counter", "CPU time consumed by the cgroup.", (), "cgroup"),
+    _m("cgroup_cpu_limit_cores", "gauge", "CPU quota in cores (absent when unlimited).", (), "cgroup"),
+    _m("cgroup_cpu_periods_total", "counter", "CFS enforcement periods elapsed.", (), "cgroup"),
+    _m("cgroup_cpu_throttled_periods_total", "counter", "CFS periods in which the cgroup was throttled.", (), "cgroup"),
+    _m("cgroup_cpu_throttled_seconds_total", "counter", "Time the cgroup spent throttled.", (), "cgroup"),
+    _m("pressure_stall_ratio", "gauge", "PSI stall share over the window (avg10/avg60/avg300 as 0-1).", ("scope", "resource", "kind", "window"), "cgroup"),
+    _m("pressure_stalled_seconds_total", "counter", "PSI total stall time.", ("scope", "resource", "kind"), "cgroup"),
+    # --- Dynamo health collector ------------------------------------------------------
+    _m("endpoint_up", "gauge", "1 if the Dynamo endpoint answered 2xx with a healthy status.", ("endpoint", "probe"), "dynamo_health"),
+    _m("endpoint_http_status_code", "gauge", "HTTP status of the last probe (0 when no response).", ("endpoint", "probe"), "dynamo_health"),
+    _m("endpoint_response_seconds", "gauge", "Response time of the last probe.", ("endpoint", "probe"), "dynamo_health"),
+    _m("endpoint_probe_outcome", "gauge", "1 for the last probe's outcome (ok, unhealthy, refused, timeout, http_error, malformed, error).", ("endpoint", "probe", "outcome"), "dynamo_health"),
+    _m("endpoint_status", "gauge", "1 for the status string in the last health body (healthy, ready, notready, ...).", ("endpoint", "probe", "status"), "dynamo_health"),
+    _m("endpoint_probes_total", "counter", "Health probes by outcome.", ("endpoint", "probe", "outcome"), "dynamo_health"),
+    _m("endpoint_transitions_total", "counter", "Changes of the probe's status since the sidecar started.", ("endpoint", "probe"), "dynamo_health"),
+    _m("frontend_instances", "gauge", "Worker instances the frontend's /health lists.", ("endpoint",), "dynamo_health"),
+    _m("frontend_registered_endpoints", "gauge", "dyn:// endpoints the frontend's /health lists.", ("endpoint",), "dynamo_health"),
+    _m("worker_endpoint_ready", "gauge", "1 if the worker's /health marks this Dynamo endpoint ready.", ("endpoint", "dynamo_endpoint"), "dynamo_health"),
+    _m("worker_uptime_seconds", "gauge", "Worker runtime uptime from its /health body.", ("endpoint",), "dynamo_health"),
+    _m("worker_restarts_total", "counter", "Worker restarts seen as uptime going backwards.", ("endpoint",), "dynamo_health"),
+    # --- Dynamo metrics collector -----------------------------------------------------
+    _m("scrape_up", "gauge", "1 if the last scrape of the Dynamo /metrics endpoint parsed.", ("endpoint",), "dynamo_metrics"),
+    _m("scrape_duration_seconds", "gauge", "Duration of the last scrape of Dynamo /metrics.", ("endpoint",), "dynamo_metrics"),
+    _m("scrape_bytes", "gauge", "Size of the last Dynamo /metrics body.", ("endpoint",), "dynamo_metrics"),
+    _m("scrape_series", "gauge", "Series in the last Dynamo /metrics body.", ("endpoint",), "dynamo_metrics"),
+    _m("scrape_errors_total", "counter", "Failed scrapes of Dynamo /metrics by reason.", ("endpoint", "reason"), "dynamo_metrics"),
+    _m("passthrough_conflicts_total", "counter", "Dynamo series seen from two sources with the same labels; the first kept.", ("metric",), "exporter"),
+    # --- derived from Dynamo metrics over the history window -------------------------
+    _m("dynamo_request_rate", "gauge", "Frontend requests per second over the window.", ("window",), "signals"),
+    _m("dynamo_error_rate", "gauge", "Frontend failed requests per second over the window.", ("window",), "signals"),
+    _m("dynamo_inflight_requests", "gauge", "In-flight requests now (frontend, worker).", ("source",), "signals"),
+    _m("dynamo_queued_requests", "gauge", "Requests queued at the frontend now.", (), "signals"),
+    _m("dynamo_latency_seconds", "gauge", "Latency quantile over the window from Dynamo's histograms.", ("signal", "quantile", "window"), "signals"),
+    _m("dynamo_rejection_rate", "gauge", "Rejected requests per second over the window.", ("window",), "signals"),
+    _m("dynamo_migration_rate", "gauge", "Migrated requests per second over the window.", ("window",), "signals"),
+    _m("dynamo_bytes_rate", "gauge", "Worker request/response bytes per second over the window.", ("direction", "window"), "signals"),
+)
+
+BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
+_BY_FAMILY: dict[str, MetricSpec] = {spec.family: spec for spec in CATALOGUE}
+
+_SUFFIXES = ("_bucket", "_sum", "_count", "_created")
+
+
+def spec_for_sample(sample_name: str) -> MetricSpec | None:
+    """The spec a series belongs to, accepting histogram suffixes."""
+    spec = BY_NAME.get(sample_name)
+    if spec is not None:
+        return spec
+    for suffix in _SUFFIXES:
+        if sample_name.endswith(suffix):
+            spec = _BY_FAMILY.get(sample_name[: -len(suffix)])
+            if spec is not None and spec.type == "histogram":
+                return spec
+    return None
+
+
+def markdown_table() -> str:
+    rows = ["| metric | type | labels | source | help |", "| --- | --- | --- | --- | --- |"]
+    for spec in CATALOGUE:
+        labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
+        rows.append(f"| `{spec.name}` | {spec.type} | {labels} | {spec.source} | {spec.help} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

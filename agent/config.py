@@ -1,0 +1,363 @@
+"""One typed configuration object: defaults < YAML file < DYN_SIDECAR_* env < CLI flags.
+
+Dynamo's own environment variables (DYN_HTTP_PORT, DYN_SYSTEM_PORT, ...) feed the defaults,
+so a sidecar that the Helm chart hands the `main` container's env needs no configuration.
+Every bad value is a `ConfigError` naming the key, where the value came from, the value and
+the expected form; the CLI turns it into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+ENV_PREFIX = "DYN_SIDECAR_"
+
+
+class ConfigError(Exception):
+    def __init__(self, key: str, value: object, expected: str, origin: str = "") -> None:
+        self.key = key
+        self.value = value
+        self.expected = expected
+        self.origin = origin
+        where = f" (from {origin})" if origin else ""
+        super().__init__(f"config key '{key}'{where} has value {value!r}; expected {expected}")
+
+
+# ---------------------------------------------------------------------------------------
+# value parsers: each takes the raw value (str from env/CLI, any from YAML) and returns the
+# typed value or raises ValueError with the expected form.
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in {"1", "true", "yes", "on"}:
+        return True
+    if text in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError("a boolean (true/false)")
+
+
+def _int_range(low: int, high: int) -> Callable[[Any], int]:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, bool):
+            raise ValueError(f"an integer from {low} to {high}")
+        try:
+            value = int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"an integer from {low} to {high}") from None
+        if not low <= value <= high:
+            raise ValueError(f"an integer from {low} to {high}")
+        return value
+
+    return parse
+
+
+def _seconds(low: float, high: float) -> Callable[[Any], float]:
+    """Seconds as a number, or with a unit suffix: 500ms, 5s, 2m, 1h."""
+    expected = f"a duration from {low:g}s to {high:g}s (number of seconds, or 500ms/5s/2m/1h)"
+
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise ValueError(expected)
+        text = str(raw).strip().lower()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m|h)?", text)
+        if not match:
+            raise ValueError(expected)
+        scale = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}[match.group(2)]
+        value = float(match.group(1)) * scale
+        if not low <= value <= high:
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(raw: Any) -> str:
+        text = str(raw).strip().lower()
+        if text not in options:
+            raise ValueError("one of " + ", ".join(options))
+        return text
+
+    return parse
+
+
+def _http_url(raw: Any) -> str:
+    text = str(raw).strip().rstrip("/")
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.hostname:
+        raise ValueError("an http(s) URL such as http://127.0.0.1:8000")
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError("an http(s) URL with a valid port") from None
+    return text
+
+
+def _optional_url(raw: Any) -> str:
+    if raw is None or str(raw).strip() in {"", "none", "off"}:
+        return ""
+    return _http_url(raw)
+
+
+def _str_list(raw: Any) -> list[str]:
+    if raw is None:
+        return []
+    if isinstance(raw, str):
+        return [item.strip() for item in raw.split(",") if item.strip()]
+    if isinstance(raw, list) and all(isinstance(item, str | int | float) for item in raw):
+        return [str(item).strip() for item in raw if str(item).strip()]
+    raise ValueError("a list of strings (YAML list, or comma-separated in env/CLI)")
+
+
+def _url_list(raw: Any) -> list[str]:
+    try:
+        items = _str_list(raw)
+    except ValueError:
+        raise ValueError("a list of http(s) URLs") from None
+    return [_http_url(item) for item in items]
+
+
+def _regex_list(raw: Any) -> list[str]:
+    items = _str_list(raw)
+    for item in items:
+        try:
+            re.compile(item)
+        except re.error as exc:
+            raise ValueError(f"a list of regular expressions ({item!r}: {exc})") from None
+    return items
+
+
+def _path(raw: Any) -> str:
+    text = str(raw).strip()
+    if not text.startswith("/"):
+        raise ValueError("a URL path starting with /")
+    return text
+
+
+def _optional_file(raw: Any) -> str:
+    return "" if raw is None else str(raw).strip()
+
+
+def _optional_pid(raw: Any) -> int:
+    if raw is None or str(raw).strip() == "":
+        return 0
+    return _int_range(0, 2**22)(raw)
+
+
+def _log_level(raw: Any) -> str:
+    text = str(raw).strip().lower()
+    if text == "warn":
+        text = "warning"
+    if text not in {"debug", "info", "warning", "error"}:
+        raise ValueError("one of debug, info, warning, error")
+    return text
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def _dyn_env(name: str, fallback: str) -> str:
+    value = os.environ.get(name, "").strip()
+    return value or fallback
+
+
+def _default_frontend_url() -> str:
+    return f"http://127.0.0.1:{_dyn_env('DYN_HTTP_PORT', '8000')}"
+
+
+def _default_worker_urls() -> list[str]:
+    host = _dyn_env("DYN_SYSTEM_HOST", "127.0.0.1")
+    if host in {"0.0.0.0", "::"}:
+        host = "127.0.0.1"
+    return [f"http://{host}:{_dyn_env('DYN_SYSTEM_PORT', '9090')}"]
+
+
+DEFAULT_PROCESS_PATTERNS = [
+    r"-m\s+dynamo\.(frontend|mocker|vllm|sglang|trtllm|common\.backend)",
+    r"\bdynamo[-_.](frontend|worker|run)\b",
+]
+
+
+def _spec(
+    parser: Callable[[Any], Any], doc: str, secret: bool = False, dyn_env: str = ""
+) -> dict[str, Any]:
+    return {"parser": parser, "doc": doc, "secret": secret, "dyn_env": dyn_env}
+
+
+@dataclass
+class Config:
+    # HTTP server
+    listen_host: str = field(default="0.0.0.0", metadata=_spec(str, "Address the sidecar's HTTP server binds."))
+    listen_port: int = field(default=9469, metadata=_spec(_int_range(1, 65535), "Port of /metrics, /diagnose, ..."))
+    # What this pod runs
+    role: str = field(default="all", metadata=_spec(_choice("all", "frontend", "worker"), "Which Dynamo parts to watch: frontend, worker, or all."))
+    frontend_url: str = field(default_factory=_default_frontend_url, metadata=_spec(_optional_url, "Base URL of the Dynamo frontend (DYN_HTTP_PORT). Empty disables.", dyn_env="DYN_HTTP_PORT"))
+    frontend_health_path: str = field(default_factory=lambda: _dyn_env("DYN_HTTP_SVC_HEALTH_PATH", "/health"), metadata=_spec(_path, "Frontend health path (DYN_HTTP_SVC_HEALTH_PATH).", dyn_env="DYN_HTTP_SVC_HEALTH_PATH"))
+    frontend_live_path: str = field(default_factory=lambda: _dyn_env("DYN_HTTP_SVC_LIVE_PATH", "/live"), metadata=_spec(_path, "Frontend liveness path (DYN_HTTP_SVC_LIVE_PATH).", dyn_env="DYN_HTTP_SVC_LIVE_PATH"))
+    worker_system_urls: list[str] = field(default_factory=_default_worker_urls, metadata=_spec(_url_list, "Base URLs of worker system status servers (DYN_SYSTEM_HOST/PORT). Comma-separated.", dyn_env="DYN_SYSTEM_HOST/DYN_SYSTEM_PORT"))
+    worker_health_path: str = field(default_factory=lambda: _dyn_env("DYN_SYSTEM_HEALTH_PATH", "/health"), metadata=_spec(_path, "Worker health path (DYN_SYSTEM_HEALTH_PATH).", dyn_env="DYN_SYSTEM_HEALTH_PATH"))
+    worker_live_path: str = field(default_factory=lambda: _dyn_env("DYN_SYSTEM_LIVE_PATH", "/live"), metadata=_spec(_path, "Worker liveness path (DYN_SYSTEM_LIVE_PATH).", dyn_env="DYN_SYSTEM_LIVE_PATH"))
+    metrics_path: str = field(default="/metrics", metadata=_spec(_path, "Path of Dynamo's Prometheus metrics on both frontend and worker."))
+    http_timeout: float = field(default=2.0, metadata=_spec(_seconds(0.05, 60), "Timeout of each request to Dynamo's health and metrics endpoints."))
+    max_response_bytes: int = field(default=8 * 1024 * 1024, metadata=_spec(_int_range(4096, 256 * 1024 * 1024), "Largest Dynamo response body read; larger bodies are a recorded error."))
+    # Processes and cgroups
+    process_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PROCESS_PATTERNS), metadata=_spec(_regex_list, "Regexes matched against process command lines to find Dynamo processes."))
+    process_pid: int = field(default=0, metadata=_spec(_optional_pid, "Watch exactly this PID (0: discover by pattern)."))
+    process_pid_file: str = field(default="", metadata=_spec(_optional_file, "File holding the PID to watch."))
+    proc_root: str = field(default="/proc", metadata=_spec(str, "Mount point of procfs."))
+    cgroup_root: str = field(default="/sys/fs/cgroup", metadata=_spec(str, "Mount point of the cgroup filesystem."))
+    # Scheduling
+    process_interval: float = field(default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the process and cgroup collectors."))
+    dynamo_interval: float = field(default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the Dynamo health and metrics collectors."))
+    collector_timeout: float = field(default=4.0, metadata=_spec(_seconds(0.05, 600), "A collector run longer than this is cancelled and marked failed."))
+    interval_jitter: float = field(default=0.1, metadata=_spec(lambda raw: _fraction(raw), "Random spread of each interval, as a fraction (0-0.5)."))
+    # State
+    history_window: float = field(default=900.0, metadata=_spec(_seconds(60, 86400), "How much history the state keeps for rates, quantiles and diagnose."))
+    max_series_per_metric: int = field(default=2000, metadata=_spec(_int_range(10, 1_000_000), "Cardinality cap per metric name; extra series are dropped and counted."))
+    max_events: int = field(default=1000, metadata=_spec(_int_range(10, 1_000_000), "Events kept in memory."))
+    signal_window: float = field(default=300.0, metadata=_spec(_seconds(10, 3600), "Window of derived rates and quantiles."))
+    # Dynamo passthrough
+    passthrough: bool = field(default=True, metadata=_spec(_bool, "Re-export Dynamo's own series unchanged on /metrics."))
+    passthrough_allow: list[str] = field(default_factory=list, metadata=_spec(_regex_list, "If set, only Dynamo series whose name matches one of these regexes pass."))
+    passthrough_deny: list[str] = field(default_factory=list, metadata=_spec(_regex_list, "Dynamo series whose name matches one of these regexes are not re-exported."))
+    # Canary (read now so the env contract is in one place)
+    canary_wait: float = field(default_factory=lambda: _dyn_env("DYN_CANARY_WAIT_TIME", "10"), metadata=_spec(_seconds(0.1, 86400), "Idle time before a canary (DYN_CANARY_WAIT_TIME).", dyn_env="DYN_CANARY_WAIT_TIME"))
+    canary_timeout: float = field(default_factory=lambda: _dyn_env("DYN_HEALTH_CHECK_REQUEST_TIMEOUT", "3"), metadata=_spec(_seconds(0.1, 600), "Canary request timeout (DYN_HEALTH_CHECK_REQUEST_TIMEOUT).", dyn_env="DYN_HEALTH_CHECK_REQUEST_TIMEOUT"))
+    # Diagnose
+    startup_grace: float = field(default=60.0, metadata=_spec(_seconds(0, 3600), "Before this many seconds of sidecar uptime, not-yet-ready Dynamo is 'starting', not a fault."))
+    # Logging
+    log_level: str = field(default="info", metadata=_spec(_log_level, "Log level (DYN_SIDECAR_LOG_LEVEL)."))
+    log_format: str = field(default="auto", metadata=_spec(_choice("auto", "json", "console"), "json lines, console, or auto (console on a TTY)."))
+    # Access control for mutating endpoints
+    auth_token_file: str = field(default="", metadata=_spec(_optional_file, "File with a bearer token that non-loopback callers of POST endpoints must send."))
+
+    @property
+    def watch_frontend(self) -> bool:
+        return self.role in {"all", "frontend"} and bool(self.frontend_url)
+
+    @property
+    def watch_workers(self) -> bool:
+        return self.role in {"all", "worker"} and bool(self.worker_system_urls)
+
+    def redacted(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = "<redacted>" if f.metadata.get("secret") and value else value
+        return out
+
+
+def _fraction(raw: Any) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ValueError("a number from 0 to 0.5") from None
+    if not 0 <= value <= 0.5:
+        raise ValueError("a number from 0 to 0.5")
+    return value
+
+
+FIELDS: dict[str, dataclasses.Field[Any]] = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def _parse_field(key: str, raw: Any, origin: str) -> Any:
+    parser = FIELDS[key].metadata["parser"]
+    try:
+        return parser(raw)
+    except ValueError as exc:
+        raise ConfigError(key, raw, str(exc), origin) from None
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except OSError as exc:
+        raise ConfigError("--config", path, f"a readable YAML file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError("--config", path, f"valid YAML (parse error{where})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("--config", path, "a YAML mapping of config keys to values")
+    return data
+
+
+def load_config(
+    yaml_path: str | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the effective config. `overrides` are CLI flags already keyed by field name."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, tuple[Any, str]] = {}
+    if yaml_path:
+        for key, raw in load_yaml(yaml_path).items():
+            key_name = str(key).replace("-", "_")
+            if key_name not in FIELDS:
+                raise ConfigError(str(key), raw, "a known key (see `dynamo-sidecar check-config --help`)", yaml_path)
+            values[key_name] = (raw, yaml_path)
+    for key in FIELDS:
+        name = env_name(key)
+        if name in environ:
+            values[key] = (environ[name], f"env {name}")
+    for key, raw in (overrides or {}).items():
+        if raw is not None:
+            values[key] = (raw, f"flag --{key.replace('_', '-')}")
+    config = Config()
+    for f in dataclasses.fields(Config):
+        if f.name in values:
+            raw, origin = values[f.name]
+        else:
+            # Defaults go through the same parser: those built from Dynamo's env (a bad
+            # DYN_SYSTEM_PORT, say) are reported by the variable's real name.
+            raw = getattr(config, f.name)
+            origin = f"env {f.metadata['dyn_env']}" if f.metadata["dyn_env"] else "default"
+        setattr(config, f.name, _parse_field(f.name, raw, origin))
+    _check_consistency(config)
+    return config
+
+
+def _check_consistency(config: Config) -> None:
+    for interval_key in ("process_interval", "dynamo_interval"):
+        if config.collector_timeout > getattr(config, interval_key) * 2 + 60:
+            raise ConfigError("collector_timeout", config.collector_timeout, f"at most twice {interval_key} plus 60s")
+    if config.role == "frontend" and not config.frontend_url:
+        raise ConfigError("frontend_url", config.frontend_url, "a URL when role is 'frontend'")
+    if config.role == "worker" and not config.worker_system_urls:
+        raise ConfigError("worker_system_urls", config.worker_system_urls, "at least one URL when role is 'worker'")
+
+
+def reference_markdown() -> str:
+    """The configuration table in README, generated from the field declarations."""
+    rows = ["| key | env | default | meaning |", "| --- | --- | --- | --- |"]
+    for f in dataclasses.fields(Config):
+        if f.metadata["dyn_env"]:
+            default = f"from {f.metadata['dyn_env']}"
+        elif f.default is not dataclasses.MISSING:
+            default = f"`{f.default}`"
+        else:
+            default = f"`{f.default_factory()}`"  # type: ignore[misc]
+        rows.append(f"| `{f.name}` | `{env_name(f.name)}` | {default} | {f.metadata['doc']} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(reference_markdown())

@@ -1,0 +1,104 @@
+"""`dynamo-sidecar demo`: a simulated Dynamo (frontend + one worker) and the sidecar pointed
+at it, in one process, with a little traffic. Nothing beyond the package is needed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from dataclasses import fields
+
+import aiohttp
+
+from agent.config import load_config
+from agent.dynamo_sim import DynamoSim, Faults
+from agent.log import get as get_logger
+from agent.runtime import Sidecar
+
+log = get_logger("dynamo_sidecar.demo")
+FAULT_NAMES = [f.name for f in fields(Faults)]
+MAX_DEMO_REQUESTS = 100_000
+
+
+async def _traffic(frontend_url: str, stop: asyncio.Event, period: float) -> None:
+    """A trickle of small completions so the rates and latency quantiles have data."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        for index in range(MAX_DEMO_REQUESTS):
+            if stop.is_set():
+                return
+            body = {"model": "tiny", "prompt": "hello", "max_tokens": 8, "stream": index % 3 == 0}
+            try:
+                async with session.post(f"{frontend_url}/v1/completions", json=body, headers={"x-request-id": f"demo-{index}"}) as response:
+                    await response.read()
+            except (aiohttp.ClientError, TimeoutError):
+                pass  # a fault knob can make the frontend fail; the sidecar will say so
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=period)
+            except TimeoutError:
+                pass
+
+
+async def run_demo(port: int, faults: dict[str, str], duration: float, host: str = "127.0.0.1", quiet: bool = False) -> int:
+    sim = DynamoSim()
+    sim.faults.update(faults)
+    await sim.start(host, 0, 0, control_port=0)
+    config = load_config(overrides={
+        "listen_host": host,
+        "listen_port": port,
+        "frontend_url": sim.url("frontend"),
+        "worker_system_urls": sim.url("worker"),
+        "process_pid": os.getpid(),  # the simulated Dynamo lives in this process
+        "process_interval": "2",
+        "dynamo_interval": "2",
+        "collector_timeout": "1.5",
+        "http_timeout": "1",
+        "startup_grace": "10",
+    })
+    sidecar = Sidecar(config)
+    try:
+        await sidecar.start()
+    except OSError as exc:
+        await sim.stop()
+        print(f"dynamo-sidecar demo: cannot listen on {host}:{port}: {exc.strerror} (try --port)", file=sys.stderr)
+        return 1
+    base = f"http://{host}:{sidecar.port}"
+    control = sim.url("control")
+    if not quiet:
+        print(json.dumps({"sidecar": base, "frontend": sim.url("frontend"), "worker": sim.url("worker"), "control": control}), flush=True)
+        print(f"""
+dynamo-sidecar demo is running (Ctrl-C stops everything).
+
+  simulated Dynamo frontend   {sim.url('frontend')}   (/health /live /metrics /v1/models /v1/completions)
+  simulated worker system     {sim.url('worker')}   (/health /live /metrics)
+
+  Prometheus metrics          curl {base}/metrics
+  what is wrong, and why      curl {base}/diagnose?format=text     (or open {base}/diagnose?format=html)
+  sidecar status              curl {base}/status
+
+  make it misbehave           curl -X POST {control}/faults -d '{{"worker_notready": true}}'
+                              curl -X POST {control}/frontend/stop      (kill the frontend)
+                              curl -X POST {control}/worker/kill        (SIGKILL-like worker death)
+  fault knobs: {', '.join(FAULT_NAMES)}
+""", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    traffic = asyncio.create_task(_traffic(sim.url("frontend"), stop, 0.5))
+    try:
+        if duration > 0:
+            await asyncio.wait_for(stop.wait(), timeout=duration)
+        else:
+            await stop.wait()
+    except TimeoutError:
+        pass
+    stop.set()
+    await asyncio.gather(traffic, return_exceptions=True)
+    await sidecar.stop()
+    await sim.stop()
+    if not quiet:
+        print("demo stopped", flush=True)
+    return 0

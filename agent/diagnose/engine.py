@@ -1,0 +1,106 @@
+"""Evaluates the rule catalogue over a Context and assembles the report: findings sorted by
+severity, causal links between them, and the root-cause walk an operator follows."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from agent import __version__
+from agent.diagnose.context import Context
+from agent.diagnose.model import SCHEMA_VERSION, SEVERITY_RANK, Finding, Rule
+from agent.diagnose.rules import RULES
+from agent.log import get as get_logger
+
+log = get_logger("dynamo_sidecar.diagnose")
+
+
+def evaluate(ctx: Context, rules: tuple[Rule, ...] = RULES) -> tuple[list[Finding], list[dict[str, str]]]:
+    findings: list[Finding] = []
+    errors: list[dict[str, str]] = []
+    for rule in rules:
+        try:
+            hits = rule.predicate(ctx)
+        except Exception as exc:  # one broken rule must not hide the others
+            errors.append({"rule": rule.id, "error": f"{type(exc).__name__}: {exc}"})
+            log.warning("diagnose rule failed", rule=rule.id, error=repr(exc))
+            continue
+        for hit in hits:
+            try:
+                summary = rule.summary.format(subject=hit.subject, **hit.values)
+            except (KeyError, ValueError, IndexError):
+                summary = rule.summary
+            findings.append(Finding(
+                id=f"{rule.id}:{hit.subject}", rule=rule.id, category=rule.category, severity=rule.severity,
+                summary=summary, subject=hit.subject, evidence=hit.evidence, actions=list(rule.actions),
+                since=hit.since,
+            ))
+    _link(findings, {rule.id: rule for rule in rules})
+    findings.sort(key=lambda f: (bool(f.explained_by), -SEVERITY_RANK[f.severity], f.since))
+    return findings, errors
+
+
+def _link(findings: list[Finding], rules: dict[str, Rule]) -> None:
+    for cause in findings:
+        for effect in findings:
+            if effect is cause or effect.rule not in rules[cause.rule].explains:
+                continue
+            if effect.subject == cause.subject:
+                cause.explains.append(effect.id)
+                effect.explained_by.append(cause.id)
+
+
+def _status(findings: list[Finding]) -> str:
+    worst = max((SEVERITY_RANK[f.severity] for f in findings), default=0)
+    return {0: "ok", 1: "warning", 2: "critical"}[worst]
+
+
+def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
+    health = []
+    for endpoint, view in sorted(ctx.health_endpoints().items()):
+        for probe, result in sorted(view.get("probes", {}).items()):
+            health.append(f"{view.get('kind')} {endpoint} {probe}: {result.get('outcome')} (HTTP {result.get('status_code')}, {result.get('status') or '-'})")
+    signals = ctx.signals
+    metrics = []
+    if signals.request_rate is not None:
+        metrics.append(f"requests {signals.request_rate:.2f}/s, errors {signals.error_rate or 0:.2f}/s over {signals.window:.0f}s")
+    if signals.inflight_total() is not None:
+        metrics.append(f"in flight {signals.inflight_total():.0f}, queued {signals.queued or 0:.0f}")
+    for (name, quantile), value in sorted(signals.latency.items()):
+        if quantile == 0.99:
+            metrics.append(f"{name} p99 {value * 1000:.1f} ms")
+    primary = [f for f in findings if not f.explained_by and f.severity != "info"]
+    return [
+        {"step": "scope", "detail": "This report covers this pod only: compare with the same finding on other pods (Prometheus: dynamo_sidecar_endpoint_up, dynamo_sidecar_collector_success) to tell one pod from the fleet."},
+        {"step": "health endpoints", "observations": health or ["no Dynamo endpoint probed yet"]},
+        {"step": "metrics and logs", "observations": metrics or ["no Dynamo metrics yet"]},
+        {"step": "suspected cause", "observations": [f"{f.summary} [{f.id}]" for f in primary[:3]] or ["nothing abnormal"]},
+        {"step": "verification", "observations": [f.actions[0] for f in primary[:3] if f.actions] or ["re-run diagnose after a change; findings clear within one collection interval"]},
+    ]
+
+
+def diagnose(ctx: Context, min_severity: str = "info") -> dict[str, Any]:
+    started = time.perf_counter()
+    findings, errors = evaluate(ctx)
+    # The window narrows event-based rules (restarts, flapping); a condition that is true now
+    # is reported whatever its age.
+    findings = [f for f in findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[min_severity]]
+    report = {
+        "version": SCHEMA_VERSION,
+        "generated_at": round(ctx.now, 3),
+        "status": _status(findings),
+        "window_seconds": ctx.window,
+        "pod": {
+            "name": os.environ.get("POD_NAME", os.environ.get("HOSTNAME", "")),
+            "namespace": os.environ.get("POD_NAMESPACE", ""),
+            "node": os.environ.get("NODE_NAME", ""),
+        },
+        "sidecar": {"version": __version__, "uptime_seconds": round(ctx.uptime, 3)},
+        "findings": [f.to_dict() for f in findings],
+        "flow": _flow(ctx, findings),
+        "signals": ctx.signals.to_dict(),
+        "rule_errors": errors,
+    }
+    report["evaluation_seconds"] = round(time.perf_counter() - started, 6)
+    return report

@@ -1,0 +1,160 @@
+"""Assembles the sidecar from a Config: collectors, scheduler, state, exporter, HTTP server;
+and runs it until a signal."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from typing import Any
+
+from aiohttp import web
+
+from agent.config import Config
+from agent.diagnose import diagnose
+from agent.diagnose.context import Context
+from agent.log import get as get_logger
+from agent.samples import Sample, sample
+from agent.scheduler import Scheduler
+from agent.signals import DynamoNames, Signals, compute
+from agent.state import State
+from collectors.base import Collector
+from collectors.cgroup import CgroupCollector
+from collectors.dynamo_health import DynamoHealthCollector, Target
+from collectors.dynamo_metrics import DynamoMetricsCollector
+from collectors.process import ProcessCollector, ProcessFinder
+from exporters.prometheus import PrometheusExporter
+
+log = get_logger("dynamo_sidecar.runtime")
+
+RENDER_DEBOUNCE = 0.2  # collectors that finish together cost one render
+
+
+def targets_from(config: Config) -> list[Target]:
+    targets = []
+    if config.watch_frontend:
+        targets.append(Target("frontend", "frontend", config.frontend_url, config.frontend_health_path, config.frontend_live_path))
+    if config.watch_workers:
+        many = len(config.worker_system_urls) > 1
+        for index, url in enumerate(config.worker_system_urls):
+            name = f"worker-{index}" if many else "worker"
+            targets.append(Target(name, "worker", url, config.worker_health_path, config.worker_live_path))
+    return targets
+
+
+def build_collectors(config: Config) -> list[Collector]:
+    finder = ProcessFinder(config.process_patterns, config.process_pid, config.process_pid_file, config.proc_root)
+    targets = targets_from(config)
+    collectors: list[Collector] = [
+        ProcessCollector(finder, config.process_interval, config.collector_timeout),
+        CgroupCollector(finder, config.cgroup_root, config.proc_root, config.process_interval, config.collector_timeout),
+    ]
+    if targets:
+        collectors.append(DynamoHealthCollector(targets, config.dynamo_interval, config.collector_timeout, config.http_timeout))
+        collectors.append(DynamoMetricsCollector(targets, config.metrics_path, config.dynamo_interval, config.collector_timeout, config.http_timeout, config.max_response_bytes))
+    return collectors
+
+
+class Sidecar:
+    def __init__(self, config: Config, collectors: list[Collector] | None = None) -> None:
+        self.config = config
+        self.names = DynamoNames()
+        history_names = self.names.history_names()
+        self.state = State(
+            history_window=config.history_window,
+            min_interval=min(config.process_interval, config.dynamo_interval),
+            max_series_per_metric=config.max_series_per_metric,
+            max_events=config.max_events,
+            # Own metrics and the Dynamo series signals need; the rest only pass through.
+            history_filter=lambda name: name.startswith("dynamo_sidecar_") or name in history_names,
+        )
+        self.collectors = build_collectors(config) if collectors is None else collectors
+        self._dirty = asyncio.Event()
+        self.scheduler = Scheduler(self.collectors, self.state, config.interval_jitter, on_update=self._mark_dirty)
+        self.exporter = PrometheusExporter(
+            self.state, extra_samples=self._extra_samples, passthrough=config.passthrough,
+            allow=config.passthrough_allow, deny=config.passthrough_deny,
+        )
+        self.signals = Signals(window=config.signal_window)
+        self.draining = False
+        self.started_monotonic = time.monotonic()
+        self._renderer: asyncio.Task[None] | None = None
+        self._runner: web.AppRunner | None = None
+        self.port: int = 0
+        self.stopped = asyncio.Event()
+
+    # --- derived values ---------------------------------------------------------------
+    def _mark_dirty(self, _collector: str) -> None:
+        self._dirty.set()
+
+    def _extra_samples(self) -> list[Sample]:
+        self.signals = compute(self.state, self.names, self.config.signal_window)
+        out = self.signals.to_samples()
+        out.append(sample("dynamo_sidecar_ready", 1 if self.ready else 0))
+        out.append(sample("dynamo_sidecar_draining", 1 if self.draining else 0))
+        return out
+
+    @property
+    def ready(self) -> bool:
+        return self.scheduler.first_cycle_done.is_set() and not self.draining
+
+    def diagnose_report(self, window: float | None = None, min_severity: str = "info") -> dict[str, Any]:
+        signals = compute(self.state, self.names, self.config.signal_window)
+        ctx = Context(self.state, self.config, signals, window=window or self.config.history_window)
+        return diagnose(ctx, min_severity=min_severity)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "version": __import__("agent").__version__,
+            "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
+            "ready": self.ready,
+            "draining": self.draining,
+            "config": self.config.redacted(),
+            "targets": [t.__dict__ for t in targets_from(self.config)],
+            "collectors": {name: status.to_dict() for name, status in self.state.collectors.items()},
+            "history": {"series": self.state.history_series, "ring_capacity": self.state.ring_capacity, "events": len(self.state.events)},
+        }
+
+    # --- lifecycle ----------------------------------------------------------------------
+    async def _render_loop(self) -> None:
+        while True:
+            await self._dirty.wait()
+            await asyncio.sleep(RENDER_DEBOUNCE)
+            self._dirty.clear()
+            try:
+                self.exporter.render()
+            except Exception as exc:  # keep serving the last good exposition
+                log.error("exposition render failed", error=repr(exc))
+
+    async def start(self) -> None:
+        from agent.server import make_app
+
+        self.scheduler.start()
+        self._renderer = asyncio.create_task(self._render_loop(), name="renderer")
+        self._runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        log.info("sidecar listening", host=self.config.listen_host, port=self.port,
+                 targets=[t.base_url for t in targets_from(self.config)], collectors=[c.name for c in self.collectors])
+
+    async def stop(self) -> None:
+        if self._renderer is not None:
+            self._renderer.cancel()
+            await asyncio.gather(self._renderer, return_exceptions=True)
+        await self.scheduler.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        self.stopped.set()
+
+    async def run_until_signal(self) -> int:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("signal received, stopping")
+        await self.stop()
+        return 0

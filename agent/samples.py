@@ -1,0 +1,85 @@
+"""The data collectors hand to the state: samples, passthrough families and events.
+
+Collectors speak only these types; they never see Prometheus or HTTP objects.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def labels_of(**labels: object) -> Labels:
+    """Canonical (sorted, stringified) label tuple, hashable and cheap to compare."""
+    return tuple(sorted((k, str(v)) for k, v in labels.items()))
+
+
+def labels_from_dict(labels: dict[str, str]) -> Labels:
+    return tuple(sorted(labels.items()))
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """One value of one series. `name` is the full series name (with `_total`, `_bucket`...)."""
+
+    name: str
+    labels: Labels
+    value: float
+
+    def label(self, key: str, default: str = "") -> str:
+        for k, v in self.labels:
+            if k == key:
+                return v
+        return default
+
+
+def sample(name: str, value: float, **labels: object) -> Sample:
+    return Sample(name, labels_of(**labels), float(value))
+
+
+@dataclass(slots=True)
+class Family:
+    """A metric family passed through unchanged from a scraped source (Dynamo's /metrics)."""
+
+    name: str
+    type: str
+    help: str
+    samples: list[Sample] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """Something that happened at a point in time: a health transition, an XID, a restart."""
+
+    kind: str
+    source: str
+    message: str
+    timestamp: float = field(default_factory=time.time)
+    attributes: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "source": self.source,
+            "message": self.message,
+            "timestamp": self.timestamp,
+            "attributes": self.attributes,
+        }
+
+
+@dataclass(slots=True)
+class CollectResult:
+    """What one `collect()` call returns."""
+
+    samples: list[Sample] = field(default_factory=list)
+    families: list[Family] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+    # Source-level facts (parsed health bodies, reachability) that diagnose reads
+    # but that are not numbers.
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, name: str, value: float, **labels: object) -> None:
+        self.samples.append(sample(name, value, **labels))

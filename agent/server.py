@@ -1,0 +1,118 @@
+"""The sidecar's one HTTP surface: /metrics, /healthz, /readyz, /status, /diagnose."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from agent.diagnose import render
+from exporters.prometheus import negotiate
+
+if TYPE_CHECKING:
+    from agent.runtime import Sidecar
+
+SIDECAR_KEY = web.AppKey("sidecar", object)
+
+
+def parse_window(text: str) -> float:
+    """`90`, `90s`, `10m`, `2h` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    if not match:
+        raise ValueError("expected a duration such as 90s, 10m or 2h")
+    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+
+
+def _sidecar(request: web.Request) -> Sidecar:
+    return request.app[SIDECAR_KEY]  # type: ignore[return-value]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(data, indent=1, default=str), status=status, content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    sidecar = _sidecar(request)
+    fmt = negotiate(request.headers.get("Accept", ""))
+    use_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
+    body, content_type = sidecar.exporter.body(fmt, use_gzip)
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    if use_gzip:
+        response.headers["Content-Encoding"] = "gzip"
+    response.headers["Vary"] = "Accept, Accept-Encoding"
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    # Answering at all shows the event loop is responsive; a dead scheduler task is not.
+    dead = [t.get_name() for t in _sidecar(request).scheduler._tasks if t.done()]  # noqa: SLF001
+    if dead:
+        return _json({"status": "unhealthy", "dead_tasks": dead}, 503)
+    return _json({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    sidecar = _sidecar(request)
+    if sidecar.draining:
+        return _json({"status": "draining"}, 503)
+    if not sidecar.ready:
+        return _json({"status": "starting", "detail": "first collection cycle not complete"}, 503)
+    return _json({"status": "ready"})
+
+
+async def status(request: web.Request) -> web.Response:
+    return _json(_sidecar(request).status())
+
+
+def _diagnose_format(request: web.Request) -> str:
+    fmt = request.query.get("format", "")
+    if fmt:
+        return fmt
+    accept = request.headers.get("Accept", "")
+    if "text/html" in accept:
+        return "html"
+    if "text/plain" in accept and "application/json" not in accept:
+        return "text"
+    return "json"
+
+
+async def diagnose_handler(request: web.Request) -> web.Response:
+    sidecar = _sidecar(request)
+    fmt = _diagnose_format(request)
+    if fmt not in {"json", "text", "html"}:
+        return _json({"error": "format must be json, text or html"}, 400)
+    window = None
+    if "since" in request.query:
+        try:
+            window = parse_window(request.query["since"])
+        except ValueError as exc:
+            return _json({"error": f"since: {exc}"}, 400)
+    severity = request.query.get("severity", "info")
+    if severity not in {"info", "warning", "critical"}:
+        return _json({"error": "severity must be info, warning or critical"}, 400)
+    report = sidecar.diagnose_report(window=window, min_severity=severity)
+    if fmt == "text":
+        return web.Response(text=render.text(report), content_type="text/plain")
+    if fmt == "html":
+        return web.Response(text=render.page(report), content_type="text/html")
+    return _json(report)
+
+
+async def index(request: web.Request) -> web.Response:
+    links = ["/metrics", "/diagnose", "/diagnose?format=html", "/status", "/healthz", "/readyz"]
+    return web.Response(text="dynamo-sidecar\n" + "\n".join(links) + "\n", content_type="text/plain")
+
+
+def make_app(sidecar: Sidecar) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[SIDECAR_KEY] = sidecar
+    app.router.add_get("/", index)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/status", status)
+    app.router.add_get("/diagnose", diagnose_handler)
+    return app

@@ -1,0 +1,324 @@
+"""Latest samples per collector plus a bounded history, so rates, quantiles and diagnose
+work without Prometheus.
+
+Memory is capped by construction: each series' history is a fixed-size ring of two float
+arrays (16 bytes a point), every metric name has a cardinality cap (extra series are dropped
+and counted), and events live in a bounded deque.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from array import array
+from collections import deque
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.samples import CollectResult, Event, Family, Labels, Sample
+
+SeriesKey = tuple[str, Labels]
+
+
+class SeriesRing:
+    """Fixed-capacity ring of (timestamp, value) points for one series."""
+
+    __slots__ = ("_times", "_values", "_start", "_count", "capacity")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._times = array("d", bytes(8 * capacity))
+        self._values = array("d", bytes(8 * capacity))
+        self._start = 0
+        self._count = 0
+
+    def append(self, timestamp: float, value: float) -> None:
+        index = (self._start + self._count) % self.capacity
+        self._times[index] = timestamp
+        self._values[index] = value
+        if self._count < self.capacity:
+            self._count += 1
+        else:
+            self._start = (self._start + 1) % self.capacity
+
+    def __len__(self) -> int:
+        return self._count
+
+    def points(self, since: float = -math.inf) -> list[tuple[float, float]]:
+        out = []
+        for i in range(self._count):
+            index = (self._start + i) % self.capacity
+            if self._times[index] >= since:
+                out.append((self._times[index], self._values[index]))
+        return out
+
+    def last(self) -> tuple[float, float] | None:
+        if not self._count:
+            return None
+        index = (self._start + self._count - 1) % self.capacity
+        return self._times[index], self._values[index]
+
+    def newest_time(self) -> float:
+        last = self.last()
+        return last[0] if last else -math.inf
+
+
+def counter_increase(points: list[tuple[float, float]]) -> float:
+    """Increase over the points, Prometheus-style: a drop is a reset, not a negative step."""
+    total = 0.0
+    for (_, previous), (_, current) in zip(points, points[1:], strict=False):
+        total += current - previous if current >= previous else current
+    return total
+
+
+def counter_rate(points: list[tuple[float, float]]) -> float | None:
+    if len(points) < 2:
+        return None
+    elapsed = points[-1][0] - points[0][0]
+    if elapsed <= 0:
+        return None
+    return counter_increase(points) / elapsed
+
+
+def histogram_quantile(quantile: float, buckets: list[tuple[float, float]]) -> float | None:
+    """PromQL's histogram_quantile over (upper bound, cumulative count) pairs."""
+    if not buckets:
+        return None
+    buckets = sorted(buckets)
+    if buckets[-1][0] != math.inf:
+        return None
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    rank = quantile * total
+    previous_bound, previous_count = 0.0, 0.0
+    for index, (bound, count) in enumerate(buckets):
+        if count >= rank:
+            if bound == math.inf:
+                # Like Prometheus: the answer is the highest finite bound.
+                return buckets[index - 1][0] if index > 0 else None
+            if index == 0 and bound <= 0:
+                return bound
+            in_bucket = count - previous_count
+            if in_bucket <= 0:
+                return bound
+            return previous_bound + (bound - previous_bound) * (rank - previous_count) / in_bucket
+        previous_bound, previous_count = bound, count
+    return None
+
+
+@dataclass
+class CollectorStatus:
+    name: str
+    interval: float
+    timeout: float
+    runs: dict[str, int] = field(default_factory=lambda: {"ok": 0, "error": 0, "timeout": 0})
+    last_success: bool | None = None
+    last_duration: float = 0.0
+    last_success_time: float = 0.0
+    last_run_time: float = 0.0
+    last_error: str = ""
+    consecutive_failures: int = 0
+    first_failure_time: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "interval_seconds": self.interval,
+            "timeout_seconds": self.timeout,
+            "runs": dict(self.runs),
+            "last_success": self.last_success,
+            "last_duration_seconds": round(self.last_duration, 6),
+            "last_success_time": self.last_success_time or None,
+            "last_run_time": self.last_run_time or None,
+            "last_error": self.last_error or None,
+            "consecutive_failures": self.consecutive_failures,
+        }
+
+
+class State:
+    def __init__(
+        self,
+        history_window: float = 900.0,
+        min_interval: float = 1.0,
+        max_series_per_metric: int = 2000,
+        max_events: int = 1000,
+        history_filter: Any = None,
+    ) -> None:
+        self.history_window = history_window
+        # Enough points to span the window at the fastest interval, with a hard cap so a
+        # tiny interval cannot blow the memory bound.
+        self.ring_capacity = max(8, min(2048, int(history_window / max(min_interval, 0.05)) + 2))
+        self.max_series_per_metric = max_series_per_metric
+        self.started = time.time()
+        self.latest: dict[str, CollectResult] = {}
+        self.latest_time: dict[str, float] = {}
+        self.history: dict[str, dict[Labels, SeriesRing]] = {}  # name -> labels -> ring
+        self._last_seen: dict[SeriesKey, float] = {}  # every admitted series, for cap + expiry
+        self._series_per_metric: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}
+        self.events: deque[Event] = deque(maxlen=max_events)
+        self.event_counts: dict[str, int] = {}
+        self.collectors: dict[str, CollectorStatus] = {}
+        self.generation = 0  # bumped on every update; the exporter re-renders when it moves
+        self.extra: dict[str, Any] = {}  # component state other parts publish (drain, canary)
+        self._history_filter = history_filter or (lambda name: True)
+
+    # --- writes ---------------------------------------------------------------------
+    def register_collector(self, name: str, interval: float, timeout: float) -> CollectorStatus:
+        status = self.collectors.get(name)
+        if status is None:
+            status = self.collectors[name] = CollectorStatus(name, interval, timeout)
+        return status
+
+    def update(self, collector: str, result: CollectResult, now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        result.samples = self._admit(result.samples, now)
+        for family in result.families:
+            family.samples = self._admit(family.samples, now)
+        self.latest[collector] = result
+        self.latest_time[collector] = now
+        for item in self._all_samples(result):
+            if not self._history_filter(item.name):
+                continue
+            by_labels = self.history.get(item.name)
+            if by_labels is None:
+                by_labels = self.history[item.name] = {}
+            ring = by_labels.get(item.labels)
+            if ring is None:
+                ring = by_labels[item.labels] = SeriesRing(self.ring_capacity)
+            ring.append(now, item.value)
+        for event in result.events:
+            self.add_event(event)
+        self._expire(now)
+        self.generation += 1
+
+    def add_event(self, event: Event) -> None:
+        self.events.append(event)
+        self.event_counts[event.kind] = self.event_counts.get(event.kind, 0) + 1
+        self.generation += 1
+
+    def _admit(self, samples: list[Sample], now: float) -> list[Sample]:
+        """Apply the per-metric cardinality cap. Series already known always pass."""
+        admitted = []
+        seen = self._last_seen
+        for item in samples:
+            key = (item.name, item.labels)
+            if key not in seen:
+                count = self._series_per_metric.get(item.name, 0)
+                if count >= self.max_series_per_metric:
+                    self.dropped[item.name] = self.dropped.get(item.name, 0) + 1
+                    continue
+                self._series_per_metric[item.name] = count + 1
+            seen[key] = now
+            admitted.append(item)
+        return admitted
+
+    def _expire(self, now: float) -> None:
+        # Series not seen for a whole window (a restarted pid, a vanished label) go, and
+        # free their slot under the cardinality cap.
+        if self.generation % 64:
+            return
+        horizon = now - self.history_window
+        stale = [key for key, seen in self._last_seen.items() if seen < horizon]
+        for key in stale:
+            del self._last_seen[key]
+            by_labels = self.history.get(key[0])
+            if by_labels is not None:
+                by_labels.pop(key[1], None)
+                if not by_labels:
+                    del self.history[key[0]]
+            self._series_per_metric[key[0]] = max(0, self._series_per_metric.get(key[0], 1) - 1)
+
+    # --- reads ------------------------------------------------------------------------
+    @staticmethod
+    def _all_samples(result: CollectResult) -> Iterator[Sample]:
+        yield from result.samples
+        for family in result.families:
+            yield from family.samples
+
+    def samples(self, collector: str | None = None) -> Iterator[Sample]:
+        results = [self.latest[collector]] if collector in self.latest else (
+            [] if collector else list(self.latest.values())
+        )
+        for result in results:
+            yield from self._all_samples(result)
+
+    def families(self) -> Iterator[tuple[str, Family]]:
+        for collector, result in list(self.latest.items()):
+            for family in result.families:
+                yield collector, family
+
+    def find(self, name: str, collector: str | None = None, **labels: str) -> list[Sample]:
+        wanted = set(labels.items())
+        return [s for s in self.samples(collector) if s.name == name and wanted <= set(s.labels)]
+
+    def value(self, name: str, collector: str | None = None, default: float | None = None, **labels: str) -> float | None:
+        found = self.find(name, collector, **labels)
+        return found[0].value if found else default
+
+    def facts(self, collector: str) -> dict[str, Any]:
+        result = self.latest.get(collector)
+        return result.facts if result else {}
+
+    def series_points(self, name: str, labels: Labels, window: float, now: float | None = None) -> list[tuple[float, float]]:
+        ring = self.history.get(name, {}).get(labels)
+        if not ring:
+            return []
+        now = time.time() if now is None else now
+        return ring.points(since=now - window)
+
+    def series_matching(self, name: str, **labels: str) -> Iterable[tuple[Labels, SeriesRing]]:
+        wanted = set(labels.items())
+        for series_labels, ring in list(self.history.get(name, {}).items()):
+            if not wanted or wanted <= set(series_labels):
+                yield series_labels, ring
+
+    def rate(self, name: str, window: float, now: float | None = None, **labels: str) -> float | None:
+        """Summed per-second rate of a counter over the window, across matching series."""
+        now = time.time() if now is None else now
+        total, found = 0.0, False
+        for _, ring in self.series_matching(name, **labels):
+            value = counter_rate(ring.points(since=now - window))
+            if value is not None:
+                total += value
+                found = True
+        return total if found else None
+
+    def increase(self, name: str, window: float, now: float | None = None, **labels: str) -> float | None:
+        now = time.time() if now is None else now
+        total, found = 0.0, False
+        for _, ring in self.series_matching(name, **labels):
+            points = ring.points(since=now - window)
+            if len(points) >= 2:
+                total += counter_increase(points)
+                found = True
+        return total if found else None
+
+    def window_quantile(
+        self, histogram: str, quantile: float, window: float, now: float | None = None, **labels: str
+    ) -> float | None:
+        """Quantile of the observations made inside the window (all matching series summed)."""
+        now = time.time() if now is None else now
+        per_bound: dict[float, float] = {}
+        for series_labels, ring in self.series_matching(histogram + "_bucket", **labels):
+            bound_text = dict(series_labels).get("le")
+            if bound_text is None:
+                continue
+            try:
+                bound = float(bound_text)
+            except ValueError:
+                continue
+            points = ring.points(since=now - window)
+            if len(points) < 2:
+                continue
+            per_bound[bound] = per_bound.get(bound, 0.0) + counter_increase(points)
+        return histogram_quantile(quantile, list(per_bound.items()))
+
+    def recent_events(self, since: float = 0.0, kind: str | None = None) -> list[Event]:
+        return [e for e in self.events if e.timestamp >= since and (kind is None or e.kind == kind)]
+
+    @property
+    def history_series(self) -> int:
+        return sum(len(by_labels) for by_labels in self.history.values())

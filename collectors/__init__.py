@@ -1,0 +1,1 @@
+"""One module per source. Each collector returns samples; none knows Prometheus or HTTP."""

@@ -1,0 +1,191 @@
+"""Dynamo's health endpoints: the frontend's /health and /live and each worker's system
+status server /health and /live.
+
+Parses the bodies (status, instances, dyn:// endpoints, per-endpoint readiness, uptime),
+classifies every failure (refused: not listening; timeout: hung; 5xx; malformed body) and
+records transitions and worker restarts as events with timestamps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+
+from agent.samples import CollectResult, Event
+from collectors.base import Collector
+from collectors.http import HttpResult, fetch, new_session
+
+HEALTHY_STATUSES = {"healthy", "ready", "live"}
+PREFIX = "dynamo_sidecar_"
+
+
+@dataclass(frozen=True)
+class Target:
+    endpoint: str  # label value: "frontend", "worker", "worker-1", ...
+    kind: str  # "frontend" | "worker"
+    base_url: str
+    health_path: str
+    live_path: str
+
+
+@dataclass
+class ProbeView:
+    outcome: str = ""
+    status: str = ""
+    status_code: int = 0
+    since: float = 0.0  # when the current (outcome, status) began
+    transitions: int = 0
+    probes: dict[str, int] = field(default_factory=dict)
+
+
+def _parse_body(result: HttpResult) -> tuple[dict[str, Any] | None, str]:
+    try:
+        body = json.loads(result.body)
+    except ValueError:
+        return None, "body is not JSON"
+    if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+        return None, "body has no string 'status'"
+    return body, ""
+
+
+def classify(result: HttpResult) -> tuple[str, str, dict[str, Any] | None, str]:
+    """(outcome, status string, parsed body, error) for one probe."""
+    if result.failure:
+        outcome = result.failure if result.failure in {"refused", "timeout"} else "error"
+        return outcome, "", None, result.error
+    body, error = _parse_body(result)
+    if body is None:
+        if result.status >= 500:
+            return "http_error", "", None, f"HTTP {result.status}"
+        return "malformed", "", None, error
+    status = body["status"]
+    if 200 <= result.status < 300 and status in HEALTHY_STATUSES:
+        return "ok", status, body, ""
+    return "unhealthy", status, body, f"HTTP {result.status} status={status}"
+
+
+class DynamoHealthCollector(Collector):
+    name = "dynamo_health"
+
+    def __init__(self, targets: list[Target], interval: float, timeout: float, http_timeout: float, max_bytes: int = 1 << 20) -> None:
+        super().__init__(interval, timeout)
+        self.targets = targets
+        self.http_timeout = http_timeout
+        self.max_bytes = max_bytes
+        self._session: aiohttp.ClientSession | None = None
+        self._views: dict[tuple[str, str], ProbeView] = {}
+        self._uptime: dict[str, float] = {}
+        self._restarts: dict[str, int] = {}
+
+    async def collect(self) -> CollectResult:
+        if self._session is None:
+            self._session = new_session()
+        result = CollectResult()
+        jobs = []
+        for target in self.targets:
+            for probe, path in (("health", target.health_path), ("live", target.live_path)):
+                jobs.append((target, probe, fetch(self._session, target.base_url + path, self.http_timeout, self.max_bytes)))
+        responses = await asyncio.gather(*(job[2] for job in jobs))
+        facts: dict[str, Any] = {}
+        now = time.time()
+        for (target, probe, _), response in zip(jobs, responses, strict=True):
+            view = facts.setdefault(target.endpoint, {"kind": target.kind, "url": target.base_url, "probes": {}})
+            view["probes"][probe] = self._record(result, target, probe, response, now)
+            body = view["probes"][probe].pop("_body", None)
+            if body is not None and probe == "health":
+                self._read_body(result, target, body, view, now)
+        result.facts = {"endpoints": facts, "time": now}
+        return result
+
+    def _record(self, result: CollectResult, target: Target, probe: str, response: HttpResult, now: float) -> dict[str, Any]:
+        outcome, status, body, error = classify(response)
+        key = (target.endpoint, probe)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = ProbeView(since=now)
+        if view.outcome and (view.outcome, view.status) != (outcome, status):
+            view.transitions += 1
+            result.events.append(Event(
+                kind="health_transition",
+                source=f"{target.endpoint}/{probe}",
+                message=f"{target.kind} {target.endpoint} {probe}: {view.status or view.outcome} -> {status or outcome}",
+                timestamp=now,
+                attributes={"endpoint": target.endpoint, "probe": probe, "from_outcome": view.outcome, "from_status": view.status, "to_outcome": outcome, "to_status": status, "status_code": response.status},
+            ))
+            view.since = now
+        view.outcome, view.status, view.status_code = outcome, status, response.status
+        view.probes[outcome] = view.probes.get(outcome, 0) + 1
+
+        labels = {"endpoint": target.endpoint, "probe": probe}
+        result.add(PREFIX + "endpoint_up", 1 if outcome == "ok" else 0, **labels)
+        result.add(PREFIX + "endpoint_http_status_code", response.status, **labels)
+        result.add(PREFIX + "endpoint_response_seconds", response.elapsed, **labels)
+        result.add(PREFIX + "endpoint_probe_outcome", 1, outcome=outcome, **labels)
+        if status:
+            result.add(PREFIX + "endpoint_status", 1, status=status, **labels)
+        for seen_outcome, count in view.probes.items():
+            result.add(PREFIX + "endpoint_probes_total", count, outcome=seen_outcome, **labels)
+        result.add(PREFIX + "endpoint_transitions_total", view.transitions, **labels)
+        return {
+            "outcome": outcome,
+            "status": status,
+            "status_code": response.status,
+            "elapsed_seconds": round(response.elapsed, 6),
+            "error": error,
+            "since": view.since,
+            "transitions": view.transitions,
+            "body_excerpt": response.excerpt(400),
+            "_body": body,
+        }
+
+    def _read_body(self, result: CollectResult, target: Target, body: dict[str, Any], view: dict[str, Any], now: float) -> None:
+        if target.kind == "frontend":
+            instances = body.get("instances")
+            endpoints = body.get("endpoints")
+            if isinstance(instances, list):
+                result.add(PREFIX + "frontend_instances", len(instances), endpoint=target.endpoint)
+                view["instances"] = [
+                    {k: inst.get(k) for k in ("namespace", "component", "endpoint", "instance_id")}
+                    for inst in instances[:64] if isinstance(inst, dict)
+                ]
+            if isinstance(endpoints, list):
+                result.add(PREFIX + "frontend_registered_endpoints", len(endpoints), endpoint=target.endpoint)
+                view["endpoints"] = [str(e) for e in endpoints[:64]]
+            if "stage" in body:
+                view["stage"] = str(body["stage"])
+            return
+        endpoints = body.get("endpoints")
+        if isinstance(endpoints, dict):
+            view["endpoints"] = {str(k): str(v) for k, v in list(endpoints.items())[:64]}
+            for name, status in view["endpoints"].items():
+                result.add(PREFIX + "worker_endpoint_ready", 1 if status == "ready" else 0, endpoint=target.endpoint, dynamo_endpoint=name)
+        uptime_raw = body.get("uptime")
+        if isinstance(uptime_raw, dict):
+            try:
+                uptime = float(uptime_raw.get("secs", 0)) + float(uptime_raw.get("nanos", 0)) / 1e9
+            except (TypeError, ValueError):
+                return
+            previous = self._uptime.get(target.endpoint)
+            if previous is not None and uptime + 1.0 < previous:
+                self._restarts[target.endpoint] = self._restarts.get(target.endpoint, 0) + 1
+                result.events.append(Event(
+                    kind="worker_restart",
+                    source=target.endpoint,
+                    message=f"worker {target.endpoint} restarted: uptime went from {previous:.1f}s to {uptime:.1f}s",
+                    timestamp=now,
+                    attributes={"endpoint": target.endpoint, "previous_uptime": previous, "uptime": uptime},
+                ))
+            self._uptime[target.endpoint] = uptime
+            view["uptime_seconds"] = uptime
+            result.add(PREFIX + "worker_uptime_seconds", uptime, endpoint=target.endpoint)
+        result.add(PREFIX + "worker_restarts_total", self._restarts.get(target.endpoint, 0), endpoint=target.endpoint)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -1,0 +1,164 @@
+"""The Dynamo processes in the pod (shared process namespace): CPU, memory, threads, fds vs
+limit, context switches, children and uptime, per process.
+
+Discovery is by command-line regex (default: Dynamo's frontend and worker entry points), or
+an explicit PID / PID file. psutil calls block, so one collection runs in a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from agent.samples import CollectResult
+from collectors.base import Collector
+
+PREFIX = "dynamo_sidecar_"
+
+
+@dataclass(frozen=True)
+class Found:
+    pid: int
+    name: str  # a short label: the python module (`dynamo.frontend`) or the executable
+    cmdline: str
+
+
+def process_label(cmdline: list[str]) -> str:
+    for index, arg in enumerate(cmdline[:-1]):
+        if arg == "-m":
+            return cmdline[index + 1]
+    if cmdline:
+        return os.path.basename(cmdline[0]) or "unknown"
+    return "unknown"
+
+
+class ProcessFinder:
+    """Finds the Dynamo processes; shared by the process and cgroup collectors."""
+
+    def __init__(self, patterns: list[str], pid: int = 0, pid_file: str = "", proc_root: str = "/proc") -> None:
+        self.patterns = [re.compile(p) for p in patterns]
+        self.pid = pid
+        self.pid_file = pid_file
+        self.proc_root = proc_root
+        self.last_error = ""
+        if proc_root != "/proc":
+            psutil.PROCFS_PATH = proc_root
+
+    def _explicit_pid(self) -> int:
+        if self.pid:
+            return self.pid
+        if self.pid_file:
+            try:
+                with open(self.pid_file, encoding="ascii") as handle:
+                    return int(handle.read().strip())
+            except (OSError, ValueError) as exc:
+                self.last_error = f"pid file {self.pid_file}: {exc}"
+        return 0
+
+    def find(self) -> list[Found]:
+        self.last_error = ""
+        explicit = self._explicit_pid()
+        if explicit or self.pid_file:
+            if not explicit:
+                return []
+            try:
+                proc = psutil.Process(explicit)
+                cmdline = proc.cmdline()
+            except (psutil.Error, OSError) as exc:
+                self.last_error = f"pid {explicit}: {type(exc).__name__}"
+                return []
+            return [Found(explicit, process_label(cmdline), " ".join(cmdline))]
+        own = os.getpid()
+        found = []
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                cmdline = proc.info["cmdline"] or []
+            except (psutil.Error, OSError):
+                continue
+            if proc.info["pid"] == own or not cmdline:
+                continue
+            text = " ".join(cmdline)
+            if any(p.search(text) for p in self.patterns):
+                found.append(Found(proc.info["pid"], process_label(cmdline), text))
+        return found
+
+
+def _read_process(found: Found, now: float) -> tuple[dict[str, Any], list[tuple[str, float, dict[str, str]]]]:
+    proc = psutil.Process(found.pid)
+    labels = {"process": found.name, "pid": str(found.pid)}
+    out: list[tuple[str, float, dict[str, str]]] = []
+    with proc.oneshot():
+        cpu = proc.cpu_times()
+        memory = proc.memory_info()
+        threads = proc.num_threads()
+        ctx = proc.num_ctx_switches()
+        created = proc.create_time()
+        try:
+            fds: int | None = proc.num_fds()
+        except (psutil.AccessDenied, AttributeError):
+            fds = None
+        try:
+            max_fds: int | None = proc.rlimit(psutil.RLIMIT_NOFILE)[0]
+        except (psutil.AccessDenied, AttributeError, OSError):
+            max_fds = None
+        try:
+            children = len(proc.children(recursive=True))
+        except psutil.Error:
+            children = 0
+    out.append(("process_cpu_seconds_total", cpu.user, {**labels, "mode": "user"}))
+    out.append(("process_cpu_seconds_total", cpu.system, {**labels, "mode": "system"}))
+    out.append(("process_resident_memory_bytes", memory.rss, labels))
+    out.append(("process_virtual_memory_bytes", memory.vms, labels))
+    out.append(("process_threads", threads, labels))
+    if fds is not None:
+        out.append(("process_open_fds", fds, labels))
+    if max_fds is not None and max_fds >= 0:
+        out.append(("process_max_fds", max_fds, labels))
+    out.append(("process_context_switches_total", ctx.voluntary, {**labels, "kind": "voluntary"}))
+    out.append(("process_context_switches_total", ctx.involuntary, {**labels, "kind": "involuntary"}))
+    out.append(("process_children", children, labels))
+    out.append(("process_start_time_seconds", created, labels))
+    out.append(("process_uptime_seconds", max(0.0, now - created), labels))
+    fact = {
+        "pid": found.pid, "process": found.name, "cmdline": found.cmdline[:300],
+        "rss_bytes": memory.rss, "threads": threads, "open_fds": fds, "max_fds": max_fds,
+        "cpu_seconds": cpu.user + cpu.system, "start_time": created,
+    }
+    return fact, out
+
+
+class ProcessCollector(Collector):
+    name = "process"
+
+    def __init__(self, finder: ProcessFinder, interval: float, timeout: float) -> None:
+        super().__init__(interval, timeout)
+        self.finder = finder
+
+    def _collect_sync(self) -> CollectResult:
+        result = CollectResult()
+        now = time.time()
+        found = self.finder.find()
+        processes = []
+        for item in found:
+            try:
+                fact, samples = _read_process(item, now)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
+                continue  # exited between discovery and reading: not an error
+            except psutil.AccessDenied:
+                processes.append({"pid": item.pid, "process": item.name, "error": "access denied"})
+                continue
+            processes.append(fact)
+            for name, value, labels in samples:
+                result.add(PREFIX + name, value, **labels)
+        result.add(PREFIX + "processes_matched", len([p for p in processes if "error" not in p]))
+        result.facts = {"processes": processes, "discovery_error": self.finder.last_error, "time": now}
+        return result
+
+    async def collect(self) -> CollectResult:
+        return await asyncio.to_thread(self._collect_sync)

@@ -1,0 +1,174 @@
+"""Renders the state into one Prometheus exposition per collection cycle and serves the
+cached bytes, so a scrape costs a dictionary lookup and never waits on a collector.
+
+Formats: the Prometheus text format 0.0.4 and OpenMetrics 1.0 (content negotiation on
+Accept), each optionally gzip-compressed; every variant is rendered at most once per
+generation of the state.
+"""
+
+from __future__ import annotations
+
+import gzip
+import platform
+import re
+import time
+from collections.abc import Callable, Iterable
+
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import generate_latest as generate_text
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPENMETRICS_CONTENT_TYPE
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from agent import __version__
+from agent.catalogue import PREFIX, spec_for_sample
+from agent.samples import Family, Sample, sample
+from agent.state import State
+
+OPENMETRICS = "openmetrics"
+TEXT = "text"
+
+
+class _Snapshot:
+    """The registry-shaped object prometheus_client's encoders iterate."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        return self._metrics
+
+
+def negotiate(accept_header: str) -> str:
+    for part in accept_header.split(","):
+        media = part.split(";")[0].strip()
+        if media == "application/openmetrics-text":
+            return OPENMETRICS
+    return TEXT
+
+
+def self_samples(state: State, render_seconds: float) -> list[Sample]:
+    """The sidecar's own metrics about itself, from the state's bookkeeping."""
+    out = [
+        sample(PREFIX + "build_info", 1, version=__version__, python=platform.python_version()),
+        sample(PREFIX + "start_time_seconds", state.started),
+        sample(PREFIX + "history_series", state.history_series),
+        sample(PREFIX + "history_window_seconds", state.history_window),
+        sample(PREFIX + "exposition_render_seconds", render_seconds),
+    ]
+    for status in state.collectors.values():
+        name = status.name
+        if status.last_success is not None:
+            out.append(sample(PREFIX + "collector_success", 1 if status.last_success else 0, collector=name))
+            out.append(sample(PREFIX + "collector_duration_seconds", status.last_duration, collector=name))
+        if status.last_success_time:
+            out.append(sample(PREFIX + "collector_last_success_timestamp_seconds", status.last_success_time, collector=name))
+        for outcome, count in status.runs.items():
+            out.append(sample(PREFIX + "collector_runs_total", count, collector=name, outcome=outcome))
+    for metric, count in sorted(state.dropped.items()):
+        out.append(sample(PREFIX + "series_dropped_total", count, metric=metric))
+    for kind, count in sorted(state.event_counts.items()):
+        out.append(sample(PREFIX + "events_total", count, kind=kind))
+    return out
+
+
+def _own_metrics(samples: Iterable[Sample], undeclared: set[str]) -> list[Metric]:
+    metrics: dict[str, Metric] = {}
+    for item in samples:
+        spec = spec_for_sample(item.name)
+        if spec is None:
+            # A programming error; the catalogue test catches it, production skips it.
+            undeclared.add(item.name)
+            continue
+        metric = metrics.get(spec.family)
+        if metric is None:
+            metric = metrics[spec.family] = Metric(spec.family, spec.help, spec.type)
+        metric.add_sample(item.name, dict(item.labels), item.value)
+    return list(metrics.values())
+
+
+class PrometheusExporter:
+    def __init__(
+        self,
+        state: State,
+        extra_samples: Callable[[], list[Sample]] | None = None,
+        passthrough: bool = True,
+        allow: list[str] | None = None,
+        deny: list[str] | None = None,
+    ) -> None:
+        self.state = state
+        self.extra_samples = extra_samples or (lambda: [])
+        self.passthrough = passthrough
+        self._allow = [re.compile(p) for p in allow or []]
+        self._deny = [re.compile(p) for p in deny or []]
+        self._metrics: list[Metric] = []
+        self._rendered_generation = -1
+        self._cache: dict[tuple[str, bool], bytes] = {}
+        self.render_seconds = 0.0
+        self.conflicts: dict[str, int] = {}
+        self.undeclared: set[str] = set()
+
+    def _passes(self, family_name: str) -> bool:
+        if family_name.startswith(PREFIX):
+            return False  # never let a scraped source impersonate the sidecar's own metrics
+        if self._allow and not any(p.search(family_name) for p in self._allow):
+            return False
+        return not any(p.search(family_name) for p in self._deny)
+
+    def _passthrough_metrics(self) -> list[Metric]:
+        merged: dict[str, Metric] = {}
+        seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+        families: list[Family] = [family for _, family in self.state.families()]
+        for family in families:
+            if not self._passes(family.name):
+                continue
+            metric = merged.get(family.name)
+            if metric is None:
+                metric = merged[family.name] = Metric(family.name, family.help, family.type)
+            elif metric.type != family.type:
+                self.conflicts[family.name] = self.conflicts.get(family.name, 0) + len(family.samples)
+                continue
+            for item in family.samples:
+                key = (item.name, item.labels)
+                if key in seen:
+                    self.conflicts[family.name] = self.conflicts.get(family.name, 0) + 1
+                    continue
+                seen.add(key)
+                metric.add_sample(item.name, dict(item.labels), item.value)
+        return [m for m in merged.values() if m.samples]
+
+    def render(self) -> None:
+        """Build the metric list from the current state and drop stale encodings."""
+        started = time.perf_counter()
+        passthrough = self._passthrough_metrics() if self.passthrough else []
+        own: list[Sample] = [s for s in self.state.samples() if s.name.startswith(PREFIX)]
+        own.extend(self.extra_samples())
+        own.extend(self_samples(self.state, self.render_seconds))
+        for metric, count in sorted(self.conflicts.items()):
+            own.append(sample(PREFIX + "passthrough_conflicts_total", count, metric=metric))
+        self._metrics = _own_metrics(own, self.undeclared) + passthrough
+        self._cache = {}
+        self._cache[(TEXT, False)] = generate_text(_Snapshot(self._metrics))
+        self._rendered_generation = self.state.generation
+        self.render_seconds = time.perf_counter() - started
+
+    def render_if_stale(self) -> None:
+        if self._rendered_generation != self.state.generation:
+            self.render()
+
+    def body(self, fmt: str, use_gzip: bool) -> tuple[bytes, str]:
+        if not self._metrics and self._rendered_generation < 0:
+            self.render()
+        key = (fmt, use_gzip)
+        cached = self._cache.get(key)
+        if cached is None:
+            if use_gzip:
+                plain, _ = self.body(fmt, False)
+                cached = gzip.compress(plain, compresslevel=5)
+            elif fmt == OPENMETRICS:
+                cached = generate_openmetrics(_Snapshot(self._metrics))
+            else:
+                cached = generate_text(_Snapshot(self._metrics))
+            self._cache[key] = cached
+        content_type = OPENMETRICS_CONTENT_TYPE if fmt == OPENMETRICS else CONTENT_TYPE_LATEST
+        return cached, content_type

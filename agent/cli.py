@@ -22,13 +22,18 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("config keys (each also settable as DYN_SIDECAR_<KEY>)")
     for field in dataclasses.fields(Config):
         group.add_argument(
-            f"--{field.name.replace('_', '-')}", dest=f"cfg_{field.name}", default=None, metavar="VALUE",
+            f"--{field.name.replace('_', '-')}",
+            dest=f"cfg_{field.name}",
+            default=None,
+            metavar="VALUE",
             help=f"{field.metadata['doc']} [env {env_name(field.name)}]",
         )
 
 
 def _config_from(args: argparse.Namespace) -> Config:
-    overrides = {key: getattr(args, f"cfg_{key}") for key in FIELDS if getattr(args, f"cfg_{key}", None) is not None}
+    overrides = {
+        key: getattr(args, f"cfg_{key}") for key in FIELDS if getattr(args, f"cfg_{key}", None) is not None
+    }
     return load_config(args.config, overrides=overrides)
 
 
@@ -40,7 +45,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(Sidecar(config).run_until_signal())
     except OSError as exc:
-        print(f"dynamo-sidecar: cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}", file=sys.stderr)
+        print(
+            f"dynamo-sidecar: cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -65,7 +73,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _fetch(url: str, timeout: float) -> tuple[int, bytes]:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - operator-given URL
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return response.status, response.read()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read()
@@ -85,12 +93,17 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     if status != 200 or "findings" not in report:
         print(f"dynamo-sidecar diagnose: {url} answered HTTP {status}: {body[:200]!r}", file=sys.stderr)
         return 3
-    print(json.dumps(report, indent=1) if args.format == "json" else text(report), end="" if args.format != "json" else "\n")
+    print(
+        json.dumps(report, indent=1) if args.format == "json" else text(report),
+        end="" if args.format != "json" else "\n",
+    )
     return EXIT_CODES.get(report.get("status", "ok"), 0)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dynamo-sidecar", description="Observability sidecar for NVIDIA Dynamo pods.")
+    parser = argparse.ArgumentParser(
+        prog="dynamo-sidecar", description="Observability sidecar for NVIDIA Dynamo pods."
+    )
     parser.add_argument("--version", action="version", version=f"dynamo-sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -98,18 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(run)
     run.set_defaults(func=_cmd_run)
 
-    check = sub.add_parser("check-config", help="validate config and print the effective config (secrets redacted)")
+    check = sub.add_parser(
+        "check-config", help="validate config and print the effective config (secrets redacted)"
+    )
     _add_config_flags(check)
     check.set_defaults(func=_cmd_check_config)
 
     demo = sub.add_parser("demo", help="run a simulated Dynamo plus the sidecar, with a little traffic")
     demo.add_argument("--port", type=int, default=9469, help="sidecar port (default 9469)")
-    demo.add_argument("--fault", action="append", metavar="NAME[=VALUE]", help="start with a fault knob set (repeatable)")
-    demo.add_argument("--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument(
+        "--fault", action="append", metavar="NAME[=VALUE]", help="start with a fault knob set (repeatable)"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)"
+    )
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=_cmd_demo)
 
-    diag = sub.add_parser("diagnose", help="print a running sidecar's findings; exit 0 ok, 1 warning, 2 critical, 3 unreachable")
+    diag = sub.add_parser(
+        "diagnose", help="print a running sidecar's findings; exit 0 ok, 1 warning, 2 critical, 3 unreachable"
+    )
     diag.add_argument("--url", default="http://127.0.0.1:9469", help="the sidecar's base URL")
     diag.add_argument("--since", default="", help="narrow the window, e.g. 10m")
     diag.add_argument("--format", choices=["text", "json"], default="text")

@@ -189,58 +189,197 @@ DEFAULT_PROCESS_PATTERNS = [
 ]
 
 
-def _spec(
-    parser: Callable[[Any], Any], doc: str, secret: bool = False, dyn_env: str = ""
-) -> dict[str, Any]:
+def _spec(parser: Callable[[Any], Any], doc: str, secret: bool = False, dyn_env: str = "") -> dict[str, Any]:
     return {"parser": parser, "doc": doc, "secret": secret, "dyn_env": dyn_env}
 
 
 @dataclass
 class Config:
     # HTTP server
-    listen_host: str = field(default="0.0.0.0", metadata=_spec(str, "Address the sidecar's HTTP server binds."))
-    listen_port: int = field(default=9469, metadata=_spec(_int_range(1, 65535), "Port of /metrics, /diagnose, ..."))
+    listen_host: str = field(
+        default="0.0.0.0", metadata=_spec(str, "Address the sidecar's HTTP server binds.")
+    )
+    listen_port: int = field(
+        default=9469,
+        metadata=_spec(_int_range(0, 65535), "Port of /metrics, /diagnose, ... (0 picks a free port)."),
+    )
     # What this pod runs
-    role: str = field(default="all", metadata=_spec(_choice("all", "frontend", "worker"), "Which Dynamo parts to watch: frontend, worker, or all."))
-    frontend_url: str = field(default_factory=_default_frontend_url, metadata=_spec(_optional_url, "Base URL of the Dynamo frontend (DYN_HTTP_PORT). Empty disables.", dyn_env="DYN_HTTP_PORT"))
-    frontend_health_path: str = field(default_factory=lambda: _dyn_env("DYN_HTTP_SVC_HEALTH_PATH", "/health"), metadata=_spec(_path, "Frontend health path (DYN_HTTP_SVC_HEALTH_PATH).", dyn_env="DYN_HTTP_SVC_HEALTH_PATH"))
-    frontend_live_path: str = field(default_factory=lambda: _dyn_env("DYN_HTTP_SVC_LIVE_PATH", "/live"), metadata=_spec(_path, "Frontend liveness path (DYN_HTTP_SVC_LIVE_PATH).", dyn_env="DYN_HTTP_SVC_LIVE_PATH"))
-    worker_system_urls: list[str] = field(default_factory=_default_worker_urls, metadata=_spec(_url_list, "Base URLs of worker system status servers (DYN_SYSTEM_HOST/PORT). Comma-separated.", dyn_env="DYN_SYSTEM_HOST/DYN_SYSTEM_PORT"))
-    worker_health_path: str = field(default_factory=lambda: _dyn_env("DYN_SYSTEM_HEALTH_PATH", "/health"), metadata=_spec(_path, "Worker health path (DYN_SYSTEM_HEALTH_PATH).", dyn_env="DYN_SYSTEM_HEALTH_PATH"))
-    worker_live_path: str = field(default_factory=lambda: _dyn_env("DYN_SYSTEM_LIVE_PATH", "/live"), metadata=_spec(_path, "Worker liveness path (DYN_SYSTEM_LIVE_PATH).", dyn_env="DYN_SYSTEM_LIVE_PATH"))
-    metrics_path: str = field(default="/metrics", metadata=_spec(_path, "Path of Dynamo's Prometheus metrics on both frontend and worker."))
-    http_timeout: float = field(default=2.0, metadata=_spec(_seconds(0.05, 60), "Timeout of each request to Dynamo's health and metrics endpoints."))
-    max_response_bytes: int = field(default=8 * 1024 * 1024, metadata=_spec(_int_range(4096, 256 * 1024 * 1024), "Largest Dynamo response body read; larger bodies are a recorded error."))
+    role: str = field(
+        default="all",
+        metadata=_spec(
+            _choice("all", "frontend", "worker"), "Which Dynamo parts to watch: frontend, worker, or all."
+        ),
+    )
+    frontend_url: str = field(
+        default_factory=_default_frontend_url,
+        metadata=_spec(
+            _optional_url,
+            "Base URL of the Dynamo frontend (DYN_HTTP_PORT). Empty disables.",
+            dyn_env="DYN_HTTP_PORT",
+        ),
+    )
+    frontend_health_path: str = field(
+        default_factory=lambda: _dyn_env("DYN_HTTP_SVC_HEALTH_PATH", "/health"),
+        metadata=_spec(
+            _path, "Frontend health path (DYN_HTTP_SVC_HEALTH_PATH).", dyn_env="DYN_HTTP_SVC_HEALTH_PATH"
+        ),
+    )
+    frontend_live_path: str = field(
+        default_factory=lambda: _dyn_env("DYN_HTTP_SVC_LIVE_PATH", "/live"),
+        metadata=_spec(
+            _path, "Frontend liveness path (DYN_HTTP_SVC_LIVE_PATH).", dyn_env="DYN_HTTP_SVC_LIVE_PATH"
+        ),
+    )
+    worker_system_urls: list[str] = field(
+        default_factory=_default_worker_urls,
+        metadata=_spec(
+            _url_list,
+            "Base URLs of worker system status servers (DYN_SYSTEM_HOST/PORT). Comma-separated.",
+            dyn_env="DYN_SYSTEM_HOST/DYN_SYSTEM_PORT",
+        ),
+    )
+    worker_health_path: str = field(
+        default_factory=lambda: _dyn_env("DYN_SYSTEM_HEALTH_PATH", "/health"),
+        metadata=_spec(
+            _path, "Worker health path (DYN_SYSTEM_HEALTH_PATH).", dyn_env="DYN_SYSTEM_HEALTH_PATH"
+        ),
+    )
+    worker_live_path: str = field(
+        default_factory=lambda: _dyn_env("DYN_SYSTEM_LIVE_PATH", "/live"),
+        metadata=_spec(_path, "Worker liveness path (DYN_SYSTEM_LIVE_PATH).", dyn_env="DYN_SYSTEM_LIVE_PATH"),
+    )
+    metrics_path: str = field(
+        default="/metrics",
+        metadata=_spec(_path, "Path of Dynamo's Prometheus metrics on both frontend and worker."),
+    )
+    http_timeout: float = field(
+        default=2.0,
+        metadata=_spec(
+            _seconds(0.05, 60), "Timeout of each request to Dynamo's health and metrics endpoints."
+        ),
+    )
+    max_response_bytes: int = field(
+        default=8 * 1024 * 1024,
+        metadata=_spec(
+            _int_range(4096, 256 * 1024 * 1024),
+            "Largest Dynamo response body read; larger bodies are a recorded error.",
+        ),
+    )
     # Processes and cgroups
-    process_patterns: list[str] = field(default_factory=lambda: list(DEFAULT_PROCESS_PATTERNS), metadata=_spec(_regex_list, "Regexes matched against process command lines to find Dynamo processes."))
-    process_pid: int = field(default=0, metadata=_spec(_optional_pid, "Watch exactly this PID (0: discover by pattern)."))
-    process_pid_file: str = field(default="", metadata=_spec(_optional_file, "File holding the PID to watch."))
+    process_patterns: list[str] = field(
+        default_factory=lambda: list(DEFAULT_PROCESS_PATTERNS),
+        metadata=_spec(
+            _regex_list, "Regexes matched against process command lines to find Dynamo processes."
+        ),
+    )
+    process_pid: int = field(
+        default=0, metadata=_spec(_optional_pid, "Watch exactly this PID (0: discover by pattern).")
+    )
+    process_pid_file: str = field(
+        default="", metadata=_spec(_optional_file, "File holding the PID to watch.")
+    )
     proc_root: str = field(default="/proc", metadata=_spec(str, "Mount point of procfs."))
-    cgroup_root: str = field(default="/sys/fs/cgroup", metadata=_spec(str, "Mount point of the cgroup filesystem."))
+    cgroup_root: str = field(
+        default="/sys/fs/cgroup", metadata=_spec(str, "Mount point of the cgroup filesystem.")
+    )
     # Scheduling
-    process_interval: float = field(default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the process and cgroup collectors."))
-    dynamo_interval: float = field(default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the Dynamo health and metrics collectors."))
-    collector_timeout: float = field(default=4.0, metadata=_spec(_seconds(0.05, 600), "A collector run longer than this is cancelled and marked failed."))
-    interval_jitter: float = field(default=0.1, metadata=_spec(lambda raw: _fraction(raw), "Random spread of each interval, as a fraction (0-0.5)."))
+    process_interval: float = field(
+        default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the process and cgroup collectors.")
+    )
+    dynamo_interval: float = field(
+        default=5.0,
+        metadata=_spec(_seconds(0.1, 3600), "Interval of the Dynamo health and metrics collectors."),
+    )
+    collector_timeout: float = field(
+        default=4.0,
+        metadata=_spec(
+            _seconds(0.05, 600), "A collector run longer than this is cancelled and marked failed."
+        ),
+    )
+    interval_jitter: float = field(
+        default=0.1,
+        metadata=_spec(lambda raw: _fraction(raw), "Random spread of each interval, as a fraction (0-0.5)."),
+    )
     # State
-    history_window: float = field(default=900.0, metadata=_spec(_seconds(60, 86400), "How much history the state keeps for rates, quantiles and diagnose."))
-    max_series_per_metric: int = field(default=2000, metadata=_spec(_int_range(10, 1_000_000), "Cardinality cap per metric name; extra series are dropped and counted."))
+    history_window: float = field(
+        default=900.0,
+        metadata=_spec(
+            _seconds(60, 86400), "How much history the state keeps for rates, quantiles and diagnose."
+        ),
+    )
+    max_series_per_metric: int = field(
+        default=2000,
+        metadata=_spec(
+            _int_range(10, 1_000_000),
+            "Cardinality cap per metric name; extra series are dropped and counted.",
+        ),
+    )
     max_events: int = field(default=1000, metadata=_spec(_int_range(10, 1_000_000), "Events kept in memory."))
-    signal_window: float = field(default=300.0, metadata=_spec(_seconds(10, 3600), "Window of derived rates and quantiles."))
+    signal_window: float = field(
+        default=300.0, metadata=_spec(_seconds(10, 3600), "Window of derived rates and quantiles.")
+    )
     # Dynamo passthrough
-    passthrough: bool = field(default=True, metadata=_spec(_bool, "Re-export Dynamo's own series unchanged on /metrics."))
-    passthrough_allow: list[str] = field(default_factory=list, metadata=_spec(_regex_list, "If set, only Dynamo series whose name matches one of these regexes pass."))
-    passthrough_deny: list[str] = field(default_factory=list, metadata=_spec(_regex_list, "Dynamo series whose name matches one of these regexes are not re-exported."))
+    passthrough: bool = field(
+        default=True, metadata=_spec(_bool, "Re-export Dynamo's own series unchanged on /metrics.")
+    )
+    passthrough_allow: list[str] = field(
+        default_factory=list,
+        metadata=_spec(
+            _regex_list, "If set, only Dynamo series whose name matches one of these regexes pass."
+        ),
+    )
+    passthrough_deny: list[str] = field(
+        default_factory=list,
+        metadata=_spec(
+            _regex_list, "Dynamo series whose name matches one of these regexes are not re-exported."
+        ),
+    )
     # Canary (read now so the env contract is in one place)
-    canary_wait: float = field(default_factory=lambda: _dyn_env("DYN_CANARY_WAIT_TIME", "10"), metadata=_spec(_seconds(0.1, 86400), "Idle time before a canary (DYN_CANARY_WAIT_TIME).", dyn_env="DYN_CANARY_WAIT_TIME"))
-    canary_timeout: float = field(default_factory=lambda: _dyn_env("DYN_HEALTH_CHECK_REQUEST_TIMEOUT", "3"), metadata=_spec(_seconds(0.1, 600), "Canary request timeout (DYN_HEALTH_CHECK_REQUEST_TIMEOUT).", dyn_env="DYN_HEALTH_CHECK_REQUEST_TIMEOUT"))
+    canary_wait: float = field(
+        default_factory=lambda: _dyn_env("DYN_CANARY_WAIT_TIME", "10"),
+        metadata=_spec(
+            _seconds(0.1, 86400),
+            "Idle time before a canary (DYN_CANARY_WAIT_TIME).",
+            dyn_env="DYN_CANARY_WAIT_TIME",
+        ),
+    )
+    canary_timeout: float = field(
+        default_factory=lambda: _dyn_env("DYN_HEALTH_CHECK_REQUEST_TIMEOUT", "3"),
+        metadata=_spec(
+            _seconds(0.1, 600),
+            "Canary request timeout (DYN_HEALTH_CHECK_REQUEST_TIMEOUT).",
+            dyn_env="DYN_HEALTH_CHECK_REQUEST_TIMEOUT",
+        ),
+    )
     # Diagnose
-    startup_grace: float = field(default=60.0, metadata=_spec(_seconds(0, 3600), "Before this many seconds of sidecar uptime, not-yet-ready Dynamo is 'starting', not a fault."))
+    startup_grace: float = field(
+        default=60.0,
+        metadata=_spec(
+            _seconds(0, 3600),
+            "Before this many seconds of sidecar uptime, not-yet-ready Dynamo is 'starting', not a fault.",
+        ),
+    )
     # Logging
     log_level: str = field(default="info", metadata=_spec(_log_level, "Log level (DYN_SIDECAR_LOG_LEVEL)."))
-    log_format: str = field(default="auto", metadata=_spec(_choice("auto", "json", "console"), "json lines, console, or auto (console on a TTY)."))
+    log_format: str = field(
+        default="auto",
+        metadata=_spec(
+            _choice("auto", "json", "console"), "json lines, console, or auto (console on a TTY)."
+        ),
+    )
     # Access control for mutating endpoints
-    auth_token_file: str = field(default="", metadata=_spec(_optional_file, "File with a bearer token that non-loopback callers of POST endpoints must send."))
+    auth_token_file: str = field(
+        default="",
+        metadata=_spec(
+            _optional_file, "File with a bearer token that non-loopback callers of POST endpoints must send."
+        ),
+    )
+    auth_token: str = field(
+        default="",
+        metadata=_spec(
+            _optional_file, "The bearer token itself (prefer auth_token_file, a mounted Secret).", secret=True
+        ),
+    )
 
     @property
     def watch_frontend(self) -> bool:
@@ -312,7 +451,9 @@ def load_config(
         for key, raw in load_yaml(yaml_path).items():
             key_name = str(key).replace("-", "_")
             if key_name not in FIELDS:
-                raise ConfigError(str(key), raw, "a known key (see `dynamo-sidecar check-config --help`)", yaml_path)
+                raise ConfigError(
+                    str(key), raw, "a known key (see `dynamo-sidecar check-config --help`)", yaml_path
+                )
             values[key_name] = (raw, yaml_path)
     for key in FIELDS:
         name = env_name(key)
@@ -338,11 +479,15 @@ def load_config(
 def _check_consistency(config: Config) -> None:
     for interval_key in ("process_interval", "dynamo_interval"):
         if config.collector_timeout > getattr(config, interval_key) * 2 + 60:
-            raise ConfigError("collector_timeout", config.collector_timeout, f"at most twice {interval_key} plus 60s")
+            raise ConfigError(
+                "collector_timeout", config.collector_timeout, f"at most twice {interval_key} plus 60s"
+            )
     if config.role == "frontend" and not config.frontend_url:
         raise ConfigError("frontend_url", config.frontend_url, "a URL when role is 'frontend'")
     if config.role == "worker" and not config.worker_system_urls:
-        raise ConfigError("worker_system_urls", config.worker_system_urls, "at least one URL when role is 'worker'")
+        raise ConfigError(
+            "worker_system_urls", config.worker_system_urls, "at least one URL when role is 'worker'"
+        )
 
 
 def reference_markdown() -> str:

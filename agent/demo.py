@@ -12,6 +12,7 @@ from dataclasses import fields
 
 import aiohttp
 
+from agent.aio import wait_event
 from agent.config import load_config
 from agent.dynamo_sim import DynamoSim, Faults
 from agent.log import get as get_logger
@@ -31,48 +32,65 @@ async def _traffic(frontend_url: str, stop: asyncio.Event, period: float) -> Non
                 return
             body = {"model": "tiny", "prompt": "hello", "max_tokens": 8, "stream": index % 3 == 0}
             try:
-                async with session.post(f"{frontend_url}/v1/completions", json=body, headers={"x-request-id": f"demo-{index}"}) as response:
+                async with session.post(
+                    f"{frontend_url}/v1/completions", json=body, headers={"x-request-id": f"demo-{index}"}
+                ) as response:
                     await response.read()
             except (aiohttp.ClientError, TimeoutError):
                 pass  # a fault knob can make the frontend fail; the sidecar will say so
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=period)
-            except TimeoutError:
-                pass
+            await wait_event(stop, period)
 
 
-async def run_demo(port: int, faults: dict[str, str], duration: float, host: str = "127.0.0.1", quiet: bool = False) -> int:
+async def run_demo(
+    port: int, faults: dict[str, str], duration: float, host: str = "127.0.0.1", quiet: bool = False
+) -> int:
     sim = DynamoSim()
     sim.faults.update(faults)
     await sim.start(host, 0, 0, control_port=0)
-    config = load_config(overrides={
-        "listen_host": host,
-        "listen_port": port,
-        "frontend_url": sim.url("frontend"),
-        "worker_system_urls": sim.url("worker"),
-        "process_pid": os.getpid(),  # the simulated Dynamo lives in this process
-        "process_interval": "2",
-        "dynamo_interval": "2",
-        "collector_timeout": "1.5",
-        "http_timeout": "1",
-        "startup_grace": "10",
-    })
+    config = load_config(
+        overrides={
+            "listen_host": host,
+            "listen_port": port,
+            "frontend_url": sim.url("frontend"),
+            "worker_system_urls": sim.url("worker"),
+            "process_pid": os.getpid(),  # the simulated Dynamo lives in this process
+            "process_interval": "2",
+            "dynamo_interval": "2",
+            "collector_timeout": "1.5",
+            "http_timeout": "1",
+            "startup_grace": "10",
+        }
+    )
     sidecar = Sidecar(config)
     try:
         await sidecar.start()
     except OSError as exc:
         await sim.stop()
-        print(f"dynamo-sidecar demo: cannot listen on {host}:{port}: {exc.strerror} (try --port)", file=sys.stderr)
+        print(
+            f"dynamo-sidecar demo: cannot listen on {host}:{port}: {exc.strerror} (try --port)",
+            file=sys.stderr,
+        )
         return 1
     base = f"http://{host}:{sidecar.port}"
     control = sim.url("control")
     if not quiet:
-        print(json.dumps({"sidecar": base, "frontend": sim.url("frontend"), "worker": sim.url("worker"), "control": control}), flush=True)
-        print(f"""
+        print(
+            json.dumps(
+                {
+                    "sidecar": base,
+                    "frontend": sim.url("frontend"),
+                    "worker": sim.url("worker"),
+                    "control": control,
+                }
+            ),
+            flush=True,
+        )
+        print(
+            f"""
 dynamo-sidecar demo is running (Ctrl-C stops everything).
 
-  simulated Dynamo frontend   {sim.url('frontend')}   (/health /live /metrics /v1/models /v1/completions)
-  simulated worker system     {sim.url('worker')}   (/health /live /metrics)
+  simulated Dynamo frontend   {sim.url("frontend")}   (/health /live /metrics /v1/models /v1/completions)
+  simulated worker system     {sim.url("worker")}   (/health /live /metrics)
 
   Prometheus metrics          curl {base}/metrics
   what is wrong, and why      curl {base}/diagnose?format=text     (or open {base}/diagnose?format=html)
@@ -81,8 +99,10 @@ dynamo-sidecar demo is running (Ctrl-C stops everything).
   make it misbehave           curl -X POST {control}/faults -d '{{"worker_notready": true}}'
                               curl -X POST {control}/frontend/stop      (kill the frontend)
                               curl -X POST {control}/worker/kill        (SIGKILL-like worker death)
-  fault knobs: {', '.join(FAULT_NAMES)}
-""", flush=True)
+  fault knobs: {", ".join(FAULT_NAMES)}
+""",
+            flush=True,
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -13,7 +13,15 @@ import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Dynamo (Rust tracing) spells levels like this.
-_DYNAMO_LEVEL = {"debug": "DEBUG", "info": "INFO", "warning": "WARN", "warn": "WARN", "error": "ERROR", "critical": "ERROR", "exception": "ERROR"}
+_DYNAMO_LEVEL = {
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warning": "WARN",
+    "warn": "WARN",
+    "error": "ERROR",
+    "critical": "ERROR",
+    "exception": "ERROR",
+}
 
 
 def _dynamo_fields(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
@@ -33,7 +41,10 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
     use_console = fmt == "console" or (fmt == "auto" and hasattr(stream, "isatty") and stream.isatty())
     processors: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
     if use_console:
-        processors += [structlog.processors.TimeStamper(fmt="%H:%M:%S"), structlog.dev.ConsoleRenderer(colors=False)]
+        processors += [
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            structlog.dev.ConsoleRenderer(colors=False),
+        ]
     else:
         processors += [
             structlog.processors.format_exc_info,

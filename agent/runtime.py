@@ -33,7 +33,15 @@ RENDER_DEBOUNCE = 0.2  # collectors that finish together cost one render
 def targets_from(config: Config) -> list[Target]:
     targets = []
     if config.watch_frontend:
-        targets.append(Target("frontend", "frontend", config.frontend_url, config.frontend_health_path, config.frontend_live_path))
+        targets.append(
+            Target(
+                "frontend",
+                "frontend",
+                config.frontend_url,
+                config.frontend_health_path,
+                config.frontend_live_path,
+            )
+        )
     if config.watch_workers:
         many = len(config.worker_system_urls) > 1
         for index, url in enumerate(config.worker_system_urls):
@@ -43,15 +51,32 @@ def targets_from(config: Config) -> list[Target]:
 
 
 def build_collectors(config: Config) -> list[Collector]:
-    finder = ProcessFinder(config.process_patterns, config.process_pid, config.process_pid_file, config.proc_root)
+    finder = ProcessFinder(
+        config.process_patterns, config.process_pid, config.process_pid_file, config.proc_root
+    )
     targets = targets_from(config)
     collectors: list[Collector] = [
         ProcessCollector(finder, config.process_interval, config.collector_timeout),
-        CgroupCollector(finder, config.cgroup_root, config.proc_root, config.process_interval, config.collector_timeout),
+        CgroupCollector(
+            finder, config.cgroup_root, config.proc_root, config.process_interval, config.collector_timeout
+        ),
     ]
     if targets:
-        collectors.append(DynamoHealthCollector(targets, config.dynamo_interval, config.collector_timeout, config.http_timeout))
-        collectors.append(DynamoMetricsCollector(targets, config.metrics_path, config.dynamo_interval, config.collector_timeout, config.http_timeout, config.max_response_bytes))
+        collectors.append(
+            DynamoHealthCollector(
+                targets, config.dynamo_interval, config.collector_timeout, config.http_timeout
+            )
+        )
+        collectors.append(
+            DynamoMetricsCollector(
+                targets,
+                config.metrics_path,
+                config.dynamo_interval,
+                config.collector_timeout,
+                config.http_timeout,
+                config.max_response_bytes,
+            )
+        )
     return collectors
 
 
@@ -70,10 +95,15 @@ class Sidecar:
         )
         self.collectors = build_collectors(config) if collectors is None else collectors
         self._dirty = asyncio.Event()
-        self.scheduler = Scheduler(self.collectors, self.state, config.interval_jitter, on_update=self._mark_dirty)
+        self.scheduler = Scheduler(
+            self.collectors, self.state, config.interval_jitter, on_update=self._mark_dirty
+        )
         self.exporter = PrometheusExporter(
-            self.state, extra_samples=self._extra_samples, passthrough=config.passthrough,
-            allow=config.passthrough_allow, deny=config.passthrough_deny,
+            self.state,
+            extra_samples=self._extra_samples,
+            passthrough=config.passthrough,
+            allow=config.passthrough_allow,
+            deny=config.passthrough_deny,
         )
         self.signals = Signals(window=config.signal_window)
         self.draining = False
@@ -112,7 +142,11 @@ class Sidecar:
             "config": self.config.redacted(),
             "targets": [t.__dict__ for t in targets_from(self.config)],
             "collectors": {name: status.to_dict() for name, status in self.state.collectors.items()},
-            "history": {"series": self.state.history_series, "ring_capacity": self.state.ring_capacity, "events": len(self.state.events)},
+            "history": {
+                "series": self.state.history_series,
+                "ring_capacity": self.state.ring_capacity,
+                "events": len(self.state.events),
+            },
         }
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -136,8 +170,13 @@ class Sidecar:
         site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
         await site.start()
         self.port = self._runner.addresses[0][1]
-        log.info("sidecar listening", host=self.config.listen_host, port=self.port,
-                 targets=[t.base_url for t in targets_from(self.config)], collectors=[c.name for c in self.collectors])
+        log.info(
+            "sidecar listening",
+            host=self.config.listen_host,
+            port=self.port,
+            targets=[t.base_url for t in targets_from(self.config)],
+            collectors=[c.name for c in self.collectors],
+        )
 
     async def stop(self) -> None:
         if self._renderer is not None:

@@ -8,8 +8,7 @@ import random
 import time
 from collections.abc import Callable, Sequence
 
-
-
+from agent.aio import wait_event
 from agent.log import get as get_logger
 from agent.samples import CollectResult
 from agent.state import State
@@ -85,10 +84,7 @@ class Scheduler:
             delay = interval * (1 + random.uniform(-self.jitter, self.jitter))
             remaining = max(0.0, delay - (time.monotonic() - started))
             wakeup.clear()
-            try:
-                await asyncio.wait_for(wakeup.wait(), timeout=remaining)
-            except TimeoutError:
-                pass
+            await wait_event(wakeup, remaining)
 
     async def run_once(self, collector: Collector) -> None:
         status = self.state.collectors[collector.name]
@@ -121,7 +117,11 @@ class Scheduler:
                 status.runs["error"] += 1
         if outcome == "ok":
             if status.consecutive_failures:
-                log.info("collector recovered", collector=collector.name, after_failures=status.consecutive_failures)
+                log.info(
+                    "collector recovered",
+                    collector=collector.name,
+                    after_failures=status.consecutive_failures,
+                )
             status.last_success = True
             status.last_success_time = now
             status.last_error = ""

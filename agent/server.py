@@ -30,7 +30,9 @@ def _sidecar(request: web.Request) -> Sidecar:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(data, indent=1, default=str), status=status, content_type="application/json")
+    return web.Response(
+        text=json.dumps(data, indent=1, default=str), status=status, content_type="application/json"
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -48,7 +50,7 @@ async def metrics(request: web.Request) -> web.Response:
 
 async def healthz(request: web.Request) -> web.Response:
     # Answering at all shows the event loop is responsive; a dead scheduler task is not.
-    dead = [t.get_name() for t in _sidecar(request).scheduler._tasks if t.done()]  # noqa: SLF001
+    dead = [t.get_name() for t in _sidecar(request).scheduler._tasks if t.done()]
     if dead:
         return _json({"status": "unhealthy", "dead_tasks": dead}, 503)
     return _json({"status": "ok"})

@@ -58,11 +58,19 @@ class DynamoNames:
     def history_names(self) -> set[str]:
         """Dynamo series worth keeping history for (the rest are only passed through)."""
         names = {
-            self.requests_total, self.inflight, self.queued, self.migrations_total,
-            self.frontend_rejections_total, self.worker_inflight, self.worker_requests_total,
-            self.worker_rejections_total, self.worker_request_bytes_total,
-            self.worker_response_bytes_total, self.worker_uptime,
-            f"{self.frontend_prefix}_failures_total", "dynamo_request_queue",
+            self.requests_total,
+            self.inflight,
+            self.queued,
+            self.migrations_total,
+            self.frontend_rejections_total,
+            self.worker_inflight,
+            self.worker_requests_total,
+            self.worker_rejections_total,
+            self.worker_request_bytes_total,
+            self.worker_response_bytes_total,
+            self.worker_uptime,
+            f"{self.frontend_prefix}_failures_total",
+            "dynamo_request_queue",
         }
         for histogram in self.latency_histograms().values():
             names.add(histogram + "_bucket")
@@ -105,7 +113,13 @@ class Signals:
         put("dynamo_bytes_rate", self.request_bytes_rate, direction="in", window=window)
         put("dynamo_bytes_rate", self.response_bytes_rate, direction="out", window=window)
         for (signal, quantile), value in sorted(self.latency.items()):
-            put("dynamo_latency_seconds", value, signal=signal, quantile=f"{quantile:g}", window=window)
+            put(
+                "dynamo_latency_seconds",
+                value,
+                signal=signal,
+                percentile=f"p{round(quantile * 100)}",
+                window=window,
+            )
         return out
 
     def to_dict(self) -> dict[str, object]:
@@ -142,7 +156,9 @@ def compute(state: State, names: DynamoNames, window: float, now: float | None =
     out.frontend_inflight = _sum_latest(state, names.inflight)
     out.worker_inflight = _sum_latest(state, names.worker_inflight)
     out.queued = _sum_latest(state, names.queued)
-    out.rejection_rate = _sum_rates(state, [names.worker_rejections_total, names.frontend_rejections_total], window, now)
+    out.rejection_rate = _sum_rates(
+        state, [names.worker_rejections_total, names.frontend_rejections_total], window, now
+    )
     out.migration_rate = state.rate(names.migrations_total, window, now)
     out.request_bytes_rate = state.rate(names.worker_request_bytes_total, window, now)
     out.response_bytes_rate = state.rate(names.worker_response_bytes_total, window, now)

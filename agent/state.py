@@ -14,6 +14,7 @@ from array import array
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from agent.samples import CollectResult, Event, Family, Labels, Sample
@@ -24,7 +25,7 @@ SeriesKey = tuple[str, Labels]
 class SeriesRing:
     """Fixed-capacity ring of (timestamp, value) points for one series."""
 
-    __slots__ = ("_times", "_values", "_start", "_count", "capacity")
+    __slots__ = ("_count", "_start", "_times", "_values", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -67,7 +68,7 @@ class SeriesRing:
 def counter_increase(points: list[tuple[float, float]]) -> float:
     """Increase over the points, Prometheus-style: a drop is a reset, not a negative step."""
     total = 0.0
-    for (_, previous), (_, current) in zip(points, points[1:], strict=False):
+    for (_, previous), (_, current) in pairwise(points):
         total += current - previous if current >= previous else current
     return total
 
@@ -239,8 +240,10 @@ class State:
             yield from family.samples
 
     def samples(self, collector: str | None = None) -> Iterator[Sample]:
-        results = [self.latest[collector]] if collector in self.latest else (
-            [] if collector else list(self.latest.values())
+        results = (
+            [self.latest[collector]]
+            if collector in self.latest
+            else ([] if collector else list(self.latest.values()))
         )
         for result in results:
             yield from self._all_samples(result)
@@ -254,7 +257,9 @@ class State:
         wanted = set(labels.items())
         return [s for s in self.samples(collector) if s.name == name and wanted <= set(s.labels)]
 
-    def value(self, name: str, collector: str | None = None, default: float | None = None, **labels: str) -> float | None:
+    def value(
+        self, name: str, collector: str | None = None, default: float | None = None, **labels: str
+    ) -> float | None:
         found = self.find(name, collector, **labels)
         return found[0].value if found else default
 
@@ -262,7 +267,9 @@ class State:
         result = self.latest.get(collector)
         return result.facts if result else {}
 
-    def series_points(self, name: str, labels: Labels, window: float, now: float | None = None) -> list[tuple[float, float]]:
+    def series_points(
+        self, name: str, labels: Labels, window: float, now: float | None = None
+    ) -> list[tuple[float, float]]:
         ring = self.history.get(name, {}).get(labels)
         if not ring:
             return []

@@ -119,7 +119,9 @@ def resolve(cgroup_root: str, proc_cgroup_text: str, scope: str) -> CgroupPaths:
 class CgroupCollector(Collector):
     name = "cgroup"
 
-    def __init__(self, finder: ProcessFinder, cgroup_root: str, proc_root: str, interval: float, timeout: float) -> None:
+    def __init__(
+        self, finder: ProcessFinder, cgroup_root: str, proc_root: str, interval: float, timeout: float
+    ) -> None:
         super().__init__(interval, timeout)
         self.finder = finder
         self.cgroup_root = cgroup_root
@@ -161,7 +163,13 @@ class CgroupCollector(Collector):
                 result.add(PREFIX + "cgroup_memory_events_total", count, event=event)
                 facts[f"memory_events_{event}"] = count
         cpu = _kv(os.path.join(base, "cpu.stat"))
-        self._cpu_stat(result, cpu.get("usage_usec", -1) / 1e6, cpu.get("nr_periods"), cpu.get("nr_throttled"), cpu.get("throttled_usec", -1) / 1e6)
+        self._cpu_stat(
+            result,
+            cpu.get("usage_usec", -1) / 1e6,
+            cpu.get("nr_periods"),
+            cpu.get("nr_throttled"),
+            cpu.get("throttled_usec", -1) / 1e6,
+        )
         quota_text = (_read(os.path.join(base, "cpu.max")) or "").split()
         if len(quota_text) == 2 and quota_text[0] != "max":
             try:
@@ -192,7 +200,13 @@ class CgroupCollector(Collector):
         if paths.cpu:
             cpu = _kv(os.path.join(paths.cpu, "cpu.stat"))
             usage_ns = _read_int(os.path.join(paths.cpuacct, "cpuacct.usage")) if paths.cpuacct else None
-            self._cpu_stat(result, usage_ns / 1e9 if usage_ns is not None else -1, cpu.get("nr_periods"), cpu.get("nr_throttled"), cpu.get("throttled_time", -1) / 1e9)
+            self._cpu_stat(
+                result,
+                usage_ns / 1e9 if usage_ns is not None else -1,
+                cpu.get("nr_periods"),
+                cpu.get("nr_throttled"),
+                cpu.get("throttled_time", -1) / 1e9,
+            )
             quota = _read_int(os.path.join(paths.cpu, "cpu.cfs_quota_us"))
             period = _read_int(os.path.join(paths.cpu, "cpu.cfs_period_us"))
             if quota is not None and period and quota > 0:
@@ -200,7 +214,13 @@ class CgroupCollector(Collector):
                 facts["cpu_limit_cores"] = quota / period
 
     @staticmethod
-    def _cpu_stat(result: CollectResult, usage: float, periods: int | None, throttled: int | None, throttled_seconds: float) -> None:
+    def _cpu_stat(
+        result: CollectResult,
+        usage: float,
+        periods: int | None,
+        throttled: int | None,
+        throttled_seconds: float,
+    ) -> None:
         if usage >= 0:
             result.add(PREFIX + "cgroup_cpu_usage_seconds_total", usage)
         if periods is not None:
@@ -211,7 +231,9 @@ class CgroupCollector(Collector):
             result.add(PREFIX + "cgroup_cpu_throttled_seconds_total", throttled_seconds)
 
     @staticmethod
-    def _pressure(result: CollectResult, base: str, scope: str, facts: dict[str, object], host: bool = False) -> None:
+    def _pressure(
+        result: CollectResult, base: str, scope: str, facts: dict[str, object], host: bool = False
+    ) -> None:
         for resource in ("cpu", "memory", "io"):
             path = os.path.join(base, resource if host else f"{resource}.pressure")
             text = _read(path)
@@ -220,9 +242,22 @@ class CgroupCollector(Collector):
             for kind, values in parse_pressure(text).items():
                 for window in ("avg10", "avg60", "avg300"):
                     if window in values:
-                        result.add(PREFIX + "pressure_stall_ratio", values[window] / 100.0, scope=scope, resource=resource, kind=kind, window=window[3:] + "s")
+                        result.add(
+                            PREFIX + "pressure_stall_ratio",
+                            values[window] / 100.0,
+                            scope=scope,
+                            resource=resource,
+                            kind=kind,
+                            window=window[3:] + "s",
+                        )
                 if "total" in values:
-                    result.add(PREFIX + "pressure_stalled_seconds_total", values["total"] / 1e6, scope=scope, resource=resource, kind=kind)
+                    result.add(
+                        PREFIX + "pressure_stalled_seconds_total",
+                        values["total"] / 1e6,
+                        scope=scope,
+                        resource=resource,
+                        kind=kind,
+                    )
                 facts[f"pressure_{scope}_{resource}_{kind}_avg10"] = values.get("avg10")
 
     async def collect(self) -> CollectResult:

@@ -72,7 +72,14 @@ def classify(result: HttpResult) -> tuple[str, str, dict[str, Any] | None, str]:
 class DynamoHealthCollector(Collector):
     name = "dynamo_health"
 
-    def __init__(self, targets: list[Target], interval: float, timeout: float, http_timeout: float, max_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self,
+        targets: list[Target],
+        interval: float,
+        timeout: float,
+        http_timeout: float,
+        max_bytes: int = 1 << 20,
+    ) -> None:
         super().__init__(interval, timeout)
         self.targets = targets
         self.http_timeout = http_timeout
@@ -89,12 +96,20 @@ class DynamoHealthCollector(Collector):
         jobs = []
         for target in self.targets:
             for probe, path in (("health", target.health_path), ("live", target.live_path)):
-                jobs.append((target, probe, fetch(self._session, target.base_url + path, self.http_timeout, self.max_bytes)))
+                jobs.append(
+                    (
+                        target,
+                        probe,
+                        fetch(self._session, target.base_url + path, self.http_timeout, self.max_bytes),
+                    )
+                )
         responses = await asyncio.gather(*(job[2] for job in jobs))
         facts: dict[str, Any] = {}
         now = time.time()
         for (target, probe, _), response in zip(jobs, responses, strict=True):
-            view = facts.setdefault(target.endpoint, {"kind": target.kind, "url": target.base_url, "probes": {}})
+            view = facts.setdefault(
+                target.endpoint, {"kind": target.kind, "url": target.base_url, "probes": {}}
+            )
             view["probes"][probe] = self._record(result, target, probe, response, now)
             body = view["probes"][probe].pop("_body", None)
             if body is not None and probe == "health":
@@ -102,7 +117,9 @@ class DynamoHealthCollector(Collector):
         result.facts = {"endpoints": facts, "time": now}
         return result
 
-    def _record(self, result: CollectResult, target: Target, probe: str, response: HttpResult, now: float) -> dict[str, Any]:
+    def _record(
+        self, result: CollectResult, target: Target, probe: str, response: HttpResult, now: float
+    ) -> dict[str, Any]:
         outcome, status, body, error = classify(response)
         key = (target.endpoint, probe)
         view = self._views.get(key)
@@ -110,13 +127,23 @@ class DynamoHealthCollector(Collector):
             view = self._views[key] = ProbeView(since=now)
         if view.outcome and (view.outcome, view.status) != (outcome, status):
             view.transitions += 1
-            result.events.append(Event(
-                kind="health_transition",
-                source=f"{target.endpoint}/{probe}",
-                message=f"{target.kind} {target.endpoint} {probe}: {view.status or view.outcome} -> {status or outcome}",
-                timestamp=now,
-                attributes={"endpoint": target.endpoint, "probe": probe, "from_outcome": view.outcome, "from_status": view.status, "to_outcome": outcome, "to_status": status, "status_code": response.status},
-            ))
+            result.events.append(
+                Event(
+                    kind="health_transition",
+                    source=f"{target.endpoint}/{probe}",
+                    message=f"{target.kind} {target.endpoint} {probe}: {view.status or view.outcome} -> {status or outcome}",
+                    timestamp=now,
+                    attributes={
+                        "endpoint": target.endpoint,
+                        "probe": probe,
+                        "from_outcome": view.outcome,
+                        "from_status": view.status,
+                        "to_outcome": outcome,
+                        "to_status": status,
+                        "status_code": response.status,
+                    },
+                )
+            )
             view.since = now
         view.outcome, view.status, view.status_code = outcome, status, response.status
         view.probes[outcome] = view.probes.get(outcome, 0) + 1
@@ -143,7 +170,9 @@ class DynamoHealthCollector(Collector):
             "_body": body,
         }
 
-    def _read_body(self, result: CollectResult, target: Target, body: dict[str, Any], view: dict[str, Any], now: float) -> None:
+    def _read_body(
+        self, result: CollectResult, target: Target, body: dict[str, Any], view: dict[str, Any], now: float
+    ) -> None:
         if target.kind == "frontend":
             instances = body.get("instances")
             endpoints = body.get("endpoints")
@@ -151,7 +180,8 @@ class DynamoHealthCollector(Collector):
                 result.add(PREFIX + "frontend_instances", len(instances), endpoint=target.endpoint)
                 view["instances"] = [
                     {k: inst.get(k) for k in ("namespace", "component", "endpoint", "instance_id")}
-                    for inst in instances[:64] if isinstance(inst, dict)
+                    for inst in instances[:64]
+                    if isinstance(inst, dict)
                 ]
             if isinstance(endpoints, list):
                 result.add(PREFIX + "frontend_registered_endpoints", len(endpoints), endpoint=target.endpoint)
@@ -163,7 +193,12 @@ class DynamoHealthCollector(Collector):
         if isinstance(endpoints, dict):
             view["endpoints"] = {str(k): str(v) for k, v in list(endpoints.items())[:64]}
             for name, status in view["endpoints"].items():
-                result.add(PREFIX + "worker_endpoint_ready", 1 if status == "ready" else 0, endpoint=target.endpoint, dynamo_endpoint=name)
+                result.add(
+                    PREFIX + "worker_endpoint_ready",
+                    1 if status == "ready" else 0,
+                    endpoint=target.endpoint,
+                    dynamo_endpoint=name,
+                )
         uptime_raw = body.get("uptime")
         if isinstance(uptime_raw, dict):
             try:
@@ -173,17 +208,25 @@ class DynamoHealthCollector(Collector):
             previous = self._uptime.get(target.endpoint)
             if previous is not None and uptime + 1.0 < previous:
                 self._restarts[target.endpoint] = self._restarts.get(target.endpoint, 0) + 1
-                result.events.append(Event(
-                    kind="worker_restart",
-                    source=target.endpoint,
-                    message=f"worker {target.endpoint} restarted: uptime went from {previous:.1f}s to {uptime:.1f}s",
-                    timestamp=now,
-                    attributes={"endpoint": target.endpoint, "previous_uptime": previous, "uptime": uptime},
-                ))
+                result.events.append(
+                    Event(
+                        kind="worker_restart",
+                        source=target.endpoint,
+                        message=f"worker {target.endpoint} restarted: uptime went from {previous:.1f}s to {uptime:.1f}s",
+                        timestamp=now,
+                        attributes={
+                            "endpoint": target.endpoint,
+                            "previous_uptime": previous,
+                            "uptime": uptime,
+                        },
+                    )
+                )
             self._uptime[target.endpoint] = uptime
             view["uptime_seconds"] = uptime
             result.add(PREFIX + "worker_uptime_seconds", uptime, endpoint=target.endpoint)
-        result.add(PREFIX + "worker_restarts_total", self._restarts.get(target.endpoint, 0), endpoint=target.endpoint)
+        result.add(
+            PREFIX + "worker_restarts_total", self._restarts.get(target.endpoint, 0), endpoint=target.endpoint
+        )
 
     async def close(self) -> None:
         if self._session is not None:

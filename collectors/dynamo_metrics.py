@@ -65,7 +65,9 @@ def parse_exposition(text: str) -> tuple[list[Family], int]:
         block.clear()
 
     for line in text.splitlines():
-        if line.startswith("# HELP") or (line.startswith("# TYPE") and not any(b.startswith("# HELP") for b in block[-1:])):
+        if line.startswith("# HELP") or (
+            line.startswith("# TYPE") and not any(b.startswith("# HELP") for b in block[-1:])
+        ):
             flush()
         if line.strip():
             block.append(line)
@@ -87,7 +89,15 @@ def _merge(families: list[Family]) -> list[Family]:
 class DynamoMetricsCollector(Collector):
     name = "dynamo_metrics"
 
-    def __init__(self, targets: list[Target], metrics_path: str, interval: float, timeout: float, http_timeout: float, max_bytes: int) -> None:
+    def __init__(
+        self,
+        targets: list[Target],
+        metrics_path: str,
+        interval: float,
+        timeout: float,
+        http_timeout: float,
+        max_bytes: int,
+    ) -> None:
         super().__init__(interval, timeout)
         self.targets = targets
         self.metrics_path = metrics_path
@@ -99,16 +109,27 @@ class DynamoMetricsCollector(Collector):
     async def collect(self) -> CollectResult:
         if self._session is None:
             self._session = new_session()
-        responses = await asyncio.gather(*(
-            fetch(self._session, target.base_url + self.metrics_path, self.http_timeout, self.max_bytes,
-                  headers={"Accept": "text/plain;version=0.0.4"})
-            for target in self.targets
-        ))
+        responses = await asyncio.gather(
+            *(
+                fetch(
+                    self._session,
+                    target.base_url + self.metrics_path,
+                    self.http_timeout,
+                    self.max_bytes,
+                    headers={"Accept": "text/plain;version=0.0.4"},
+                )
+                for target in self.targets
+            )
+        )
         result = CollectResult()
         facts: dict[str, Any] = {}
         for target, response in zip(self.targets, responses, strict=True):
             labels = {"endpoint": target.endpoint}
-            fact: dict[str, Any] = {"url": response.url, "status_code": response.status, "elapsed_seconds": round(response.elapsed, 6)}
+            fact: dict[str, Any] = {
+                "url": response.url,
+                "status_code": response.status,
+                "elapsed_seconds": round(response.elapsed, 6),
+            }
             facts[target.endpoint] = fact
             result.add(PREFIX + "scrape_duration_seconds", response.elapsed, **labels)
             reason = response.failure
@@ -126,7 +147,12 @@ class DynamoMetricsCollector(Collector):
                     self._count_error(target.endpoint, "partial")
             if reason:
                 self._count_error(target.endpoint, reason)
-                fact.update(up=False, reason=reason, error=response.error or f"HTTP {response.status}", body_excerpt=response.excerpt(200))
+                fact.update(
+                    up=False,
+                    reason=reason,
+                    error=response.error or f"HTTP {response.status}",
+                    body_excerpt=response.excerpt(200),
+                )
             else:
                 fact.update(up=True, series=sum(len(f.samples) for f in families), skipped_lines=skipped)
             result.add(PREFIX + "scrape_up", 0 if reason else 1, **labels)

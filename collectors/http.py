@@ -47,7 +47,10 @@ def _classify(exc: BaseException) -> tuple[str, str]:
         return DNS, str(exc)
     if isinstance(exc, aiohttp.ClientConnectorError):
         os_error = getattr(exc, "os_error", None)
-        if isinstance(os_error, ConnectionRefusedError) or getattr(os_error, "errno", None) == errno.ECONNREFUSED:
+        if (
+            isinstance(os_error, ConnectionRefusedError)
+            or getattr(os_error, "errno", None) == errno.ECONNREFUSED
+        ):
             return REFUSED, "connection refused"
         return ERROR, str(exc)
     if isinstance(exc, TimeoutError | asyncio.TimeoutError):

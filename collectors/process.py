@@ -41,7 +41,9 @@ def process_label(cmdline: list[str]) -> str:
 class ProcessFinder:
     """Finds the Dynamo processes; shared by the process and cgroup collectors."""
 
-    def __init__(self, patterns: list[str], pid: int = 0, pid_file: str = "", proc_root: str = "/proc") -> None:
+    def __init__(
+        self, patterns: list[str], pid: int = 0, pid_file: str = "", proc_root: str = "/proc"
+    ) -> None:
         self.patterns = [re.compile(p) for p in patterns]
         self.pid = pid
         self.pid_file = pid_file
@@ -126,9 +128,15 @@ def _read_process(found: Found, now: float) -> tuple[dict[str, Any], list[tuple[
     out.append(("process_start_time_seconds", created, labels))
     out.append(("process_uptime_seconds", max(0.0, now - created), labels))
     fact = {
-        "pid": found.pid, "process": found.name, "cmdline": found.cmdline[:300],
-        "rss_bytes": memory.rss, "threads": threads, "open_fds": fds, "max_fds": max_fds,
-        "cpu_seconds": cpu.user + cpu.system, "start_time": created,
+        "pid": found.pid,
+        "process": found.name,
+        "cmdline": found.cmdline[:300],
+        "rss_bytes": memory.rss,
+        "threads": threads,
+        "open_fds": fds,
+        "max_fds": max_fds,
+        "cpu_seconds": cpu.user + cpu.system,
+        "start_time": created,
     }
     return fact, out
 

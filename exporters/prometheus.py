@@ -62,7 +62,13 @@ def self_samples(state: State, render_seconds: float) -> list[Sample]:
             out.append(sample(PREFIX + "collector_success", 1 if status.last_success else 0, collector=name))
             out.append(sample(PREFIX + "collector_duration_seconds", status.last_duration, collector=name))
         if status.last_success_time:
-            out.append(sample(PREFIX + "collector_last_success_timestamp_seconds", status.last_success_time, collector=name))
+            out.append(
+                sample(
+                    PREFIX + "collector_last_success_timestamp_seconds",
+                    status.last_success_time,
+                    collector=name,
+                )
+            )
         for outcome, count in status.runs.items():
             out.append(sample(PREFIX + "collector_runs_total", count, collector=name, outcome=outcome))
     for metric, count in sorted(state.dropped.items()):

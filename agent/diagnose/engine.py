@@ -31,11 +31,19 @@ def evaluate(ctx: Context, rules: tuple[Rule, ...] = RULES) -> tuple[list[Findin
                 summary = rule.summary.format(subject=hit.subject, **hit.values)
             except (KeyError, ValueError, IndexError):
                 summary = rule.summary
-            findings.append(Finding(
-                id=f"{rule.id}:{hit.subject}", rule=rule.id, category=rule.category, severity=rule.severity,
-                summary=summary, subject=hit.subject, evidence=hit.evidence, actions=list(rule.actions),
-                since=hit.since,
-            ))
+            findings.append(
+                Finding(
+                    id=f"{rule.id}:{hit.subject}",
+                    rule=rule.id,
+                    category=rule.category,
+                    severity=rule.severity,
+                    summary=summary,
+                    subject=hit.subject,
+                    evidence=hit.evidence,
+                    actions=list(rule.actions),
+                    since=hit.since,
+                )
+            )
     _link(findings, {rule.id: rule for rule in rules})
     findings.sort(key=lambda f: (bool(f.explained_by), -SEVERITY_RANK[f.severity], f.since))
     return findings, errors
@@ -60,11 +68,15 @@ def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
     health = []
     for endpoint, view in sorted(ctx.health_endpoints().items()):
         for probe, result in sorted(view.get("probes", {}).items()):
-            health.append(f"{view.get('kind')} {endpoint} {probe}: {result.get('outcome')} (HTTP {result.get('status_code')}, {result.get('status') or '-'})")
+            health.append(
+                f"{view.get('kind')} {endpoint} {probe}: {result.get('outcome')} (HTTP {result.get('status_code')}, {result.get('status') or '-'})"
+            )
     signals = ctx.signals
     metrics = []
     if signals.request_rate is not None:
-        metrics.append(f"requests {signals.request_rate:.2f}/s, errors {signals.error_rate or 0:.2f}/s over {signals.window:.0f}s")
+        metrics.append(
+            f"requests {signals.request_rate:.2f}/s, errors {signals.error_rate or 0:.2f}/s over {signals.window:.0f}s"
+        )
     if signals.inflight_total() is not None:
         metrics.append(f"in flight {signals.inflight_total():.0f}, queued {signals.queued or 0:.0f}")
     for (name, quantile), value in sorted(signals.latency.items()):
@@ -72,11 +84,21 @@ def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
             metrics.append(f"{name} p99 {value * 1000:.1f} ms")
     primary = [f for f in findings if not f.explained_by and f.severity != "info"]
     return [
-        {"step": "scope", "detail": "This report covers this pod only: compare with the same finding on other pods (Prometheus: dynamo_sidecar_endpoint_up, dynamo_sidecar_collector_success) to tell one pod from the fleet."},
+        {
+            "step": "scope",
+            "detail": "This report covers this pod only: compare with the same finding on other pods (Prometheus: dynamo_sidecar_endpoint_up, dynamo_sidecar_collector_success) to tell one pod from the fleet.",
+        },
         {"step": "health endpoints", "observations": health or ["no Dynamo endpoint probed yet"]},
         {"step": "metrics and logs", "observations": metrics or ["no Dynamo metrics yet"]},
-        {"step": "suspected cause", "observations": [f"{f.summary} [{f.id}]" for f in primary[:3]] or ["nothing abnormal"]},
-        {"step": "verification", "observations": [f.actions[0] for f in primary[:3] if f.actions] or ["re-run diagnose after a change; findings clear within one collection interval"]},
+        {
+            "step": "suspected cause",
+            "observations": [f"{f.summary} [{f.id}]" for f in primary[:3]] or ["nothing abnormal"],
+        },
+        {
+            "step": "verification",
+            "observations": [f.actions[0] for f in primary[:3] if f.actions]
+            or ["re-run diagnose after a change; findings clear within one collection interval"],
+        },
     ]
 
 

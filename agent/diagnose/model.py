@@ -33,7 +33,11 @@ class Evidence:
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"signal": self.signal, "value": self.value, "timestamp": round(self.timestamp, 3)}
+        out: dict[str, Any] = {
+            "signal": self.signal,
+            "value": self.value,
+            "timestamp": round(self.timestamp, 3),
+        }
         if self.unit:
             out["unit"] = self.unit
         if self.note:

@@ -36,7 +36,9 @@ def text(report: dict[str, Any]) -> str:
         lines.append("No findings: nothing abnormal in what the sidecar observes.")
     for finding in report["findings"]:
         lines.append(f"[{finding['severity'].upper()}] {finding['summary']}")
-        lines.append(f"  id: {finding['id']}  category: {finding['category']}  since: {_when(finding['since'])}")
+        lines.append(
+            f"  id: {finding['id']}  category: {finding['category']}  since: {_when(finding['since'])}"
+        )
         if finding["explained_by"]:
             lines.append(f"  explained by: {', '.join(finding['explained_by'])}")
         for evidence in finding["evidence"]:
@@ -79,15 +81,23 @@ def page(report: dict[str, Any]) -> str:
         parts.append("<p id='no-findings'>No findings: nothing abnormal in what the sidecar observes.</p>")
     for finding in report["findings"]:
         severity = e(finding["severity"])
-        parts.append(f"<div class='finding {severity}' data-id='{e(finding['id'])}' data-severity='{severity}'>")
-        parts.append(f"<h2><span class='status {severity}'>{severity.upper()}</span> {e(finding['summary'])}</h2>")
-        parts.append(f"<p class='muted'>id <code>{e(finding['id'])}</code> &middot; {e(finding['category'])} &middot; since {e(_when(finding['since']))}</p>")
+        parts.append(
+            f"<div class='finding {severity}' data-id='{e(finding['id'])}' data-severity='{severity}'>"
+        )
+        parts.append(
+            f"<h2><span class='status {severity}'>{severity.upper()}</span> {e(finding['summary'])}</h2>"
+        )
+        parts.append(
+            f"<p class='muted'>id <code>{e(finding['id'])}</code> &middot; {e(finding['category'])} &middot; since {e(_when(finding['since']))}</p>"
+        )
         if finding["explained_by"]:
             parts.append(f"<p>Explained by: {e(', '.join(finding['explained_by']))}</p>")
         parts.append("<table><tr><th>evidence</th><th>value</th><th>at</th></tr>")
         for evidence in finding["evidence"]:
             unit = f" {evidence['unit']}" if evidence.get("unit") else ""
-            parts.append(f"<tr><td><code>{e(evidence['signal'])}</code></td><td>{e(_value(evidence['value']))}{e(unit)}</td><td>{e(_when(evidence['timestamp']))}</td></tr>")
+            parts.append(
+                f"<tr><td><code>{e(evidence['signal'])}</code></td><td>{e(_value(evidence['value']))}{e(unit)}</td><td>{e(_when(evidence['timestamp']))}</td></tr>"
+            )
         parts.append("</table><ol>")
         parts.extend(f"<li>{e(action)}</li>" for action in finding["actions"])
         parts.append("</ol></div>")
@@ -96,6 +106,8 @@ def page(report: dict[str, Any]) -> str:
         parts.append(f"<li><b>{e(step['step'])}</b>")
         if "detail" in step:
             parts.append(f"<div>{e(step['detail'])}</div>")
-        parts.append("<ul>" + "".join(f"<li>{e(o)}</li>" for o in step.get("observations", [])) + "</ul></li>")
+        parts.append(
+            "<ul>" + "".join(f"<li>{e(o)}</li>" for o in step.get("observations", [])) + "</ul></li>"
+        )
     parts.append("</ol></body></html>")
     return "".join(parts)

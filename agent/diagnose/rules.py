@@ -13,8 +13,16 @@ PREFIX = "dynamo_sidecar_"
 
 def _probe_evidence(endpoint: str, probe: str, view: dict[str, Any], url: str) -> list[Evidence]:
     evidence = [
-        Evidence(f"{PREFIX}endpoint_probe_outcome{{endpoint={endpoint!r},probe={probe!r}}}", view.get("outcome"), timestamp=view.get("since", 0.0), note=f"GET {url}"),
-        Evidence(f"{PREFIX}endpoint_http_status_code{{endpoint={endpoint!r},probe={probe!r}}}", view.get("status_code")),
+        Evidence(
+            f"{PREFIX}endpoint_probe_outcome{{endpoint={endpoint!r},probe={probe!r}}}",
+            view.get("outcome"),
+            timestamp=view.get("since", 0.0),
+            note=f"GET {url}",
+        ),
+        Evidence(
+            f"{PREFIX}endpoint_http_status_code{{endpoint={endpoint!r},probe={probe!r}}}",
+            view.get("status_code"),
+        ),
     ]
     if view.get("error"):
         evidence.append(Evidence("probe error", view["error"]))
@@ -23,16 +31,32 @@ def _probe_evidence(endpoint: str, probe: str, view: dict[str, Any], url: str) -
     return evidence
 
 
-def _probe_hits(ctx: Context, outcomes: set[str], kind: str | None = None, probe: str = "health") -> list[Hit]:
+def _probe_hits(
+    ctx: Context, outcomes: set[str], kind: str | None = None, probe: str = "health"
+) -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health_endpoints().items():
         if kind and view.get("kind") != kind:
             continue
         probe_view = view.get("probes", {}).get(probe, {})
         if probe_view.get("outcome") in outcomes:
-            url = view.get("url", "") + (ctx.config.frontend_health_path if view.get("kind") == "frontend" else ctx.config.worker_health_path)
-            hits.append(Hit(endpoint, {"kind": view.get("kind"), "url": url, "duration": ctx.now - probe_view.get("since", ctx.now)},
-                            _probe_evidence(endpoint, probe, probe_view, url), probe_view.get("since", ctx.now)))
+            url = view.get("url", "") + (
+                ctx.config.frontend_health_path
+                if view.get("kind") == "frontend"
+                else ctx.config.worker_health_path
+            )
+            hits.append(
+                Hit(
+                    endpoint,
+                    {
+                        "kind": view.get("kind"),
+                        "url": url,
+                        "duration": ctx.now - probe_view.get("since", ctx.now),
+                    },
+                    _probe_evidence(endpoint, probe, probe_view, url),
+                    probe_view.get("since", ctx.now),
+                )
+            )
     return hits
 
 
@@ -43,12 +67,27 @@ def collector_failing(ctx: Context) -> list[Hit]:
     hits = []
     for status in ctx.state.collectors.values():
         if status.last_success is False:
-            hits.append(Hit(status.name, {"failures": status.consecutive_failures, "error": status.last_error}, [
-                Evidence(f'{PREFIX}collector_success{{collector="{status.name}"}}', 0, timestamp=status.last_run_time),
-                Evidence("consecutive failures", status.consecutive_failures),
-                Evidence("last error", status.last_error),
-                Evidence(f'{PREFIX}collector_last_success_timestamp_seconds{{collector="{status.name}"}}', status.last_success_time or None, unit="unix seconds"),
-            ], status.first_failure_time or ctx.now))
+            hits.append(
+                Hit(
+                    status.name,
+                    {"failures": status.consecutive_failures, "error": status.last_error},
+                    [
+                        Evidence(
+                            f'{PREFIX}collector_success{{collector="{status.name}"}}',
+                            0,
+                            timestamp=status.last_run_time,
+                        ),
+                        Evidence("consecutive failures", status.consecutive_failures),
+                        Evidence("last error", status.last_error),
+                        Evidence(
+                            f'{PREFIX}collector_last_success_timestamp_seconds{{collector="{status.name}"}}',
+                            status.last_success_time or None,
+                            unit="unix seconds",
+                        ),
+                    ],
+                    status.first_failure_time or ctx.now,
+                )
+            )
     return hits
 
 
@@ -56,8 +95,14 @@ def series_dropped(ctx: Context) -> list[Hit]:
     if not ctx.state.dropped:
         return []
     worst = sorted(ctx.state.dropped.items(), key=lambda kv: -kv[1])[:5]
-    return [Hit("cardinality", {"metrics": ", ".join(name for name, _ in worst)},
-                [Evidence(f'{PREFIX}series_dropped_total{{metric="{name}"}}', count) for name, count in worst], ctx.now)]
+    return [
+        Hit(
+            "cardinality",
+            {"metrics": ", ".join(name for name, _ in worst)},
+            [Evidence(f'{PREFIX}series_dropped_total{{metric="{name}"}}', count) for name, count in worst],
+            ctx.now,
+        )
+    ]
 
 
 # --- startup failure / connection anomaly -------------------------------------------
@@ -80,11 +125,18 @@ def frontend_no_instances(ctx: Context) -> list[Hit]:
     for endpoint, view in ctx.health_endpoints().items():
         probe = view.get("probes", {}).get("health", {})
         if view.get("kind") == "frontend" and probe.get("outcome") == "ok" and view.get("instances") == []:
-            hits.append(Hit(endpoint, {}, [
-                Evidence(f'{PREFIX}frontend_instances{{endpoint="{endpoint}"}}', 0),
-                Evidence("frontend /health status", probe.get("status")),
-                Evidence("response body", probe.get("body_excerpt", "")[:300]),
-            ], probe.get("since", ctx.now)))
+            hits.append(
+                Hit(
+                    endpoint,
+                    {},
+                    [
+                        Evidence(f'{PREFIX}frontend_instances{{endpoint="{endpoint}"}}', 0),
+                        Evidence("frontend /health status", probe.get("status")),
+                        Evidence("response body", probe.get("body_excerpt", "")[:300]),
+                    ],
+                    probe.get("since", ctx.now),
+                )
+            )
     return hits
 
 
@@ -93,15 +145,30 @@ def worker_notready_endpoints_ready(ctx: Context) -> list[Hit]:
     for endpoint, view in ctx.health_endpoints().items():
         probe = view.get("probes", {}).get("health", {})
         endpoints = view.get("endpoints")
-        if view.get("kind") != "worker" or probe.get("status") != "notready" or not isinstance(endpoints, dict):
+        if (
+            view.get("kind") != "worker"
+            or probe.get("status") != "notready"
+            or not isinstance(endpoints, dict)
+        ):
             continue
         if endpoints and all(status == "ready" for status in endpoints.values()):
-            hits.append(Hit(endpoint, {"endpoints": ", ".join(sorted(endpoints))}, [
-                Evidence(f'{PREFIX}endpoint_status{{endpoint="{endpoint}",probe="health",status="notready"}}', 1, timestamp=probe.get("since", ctx.now)),
-                Evidence("HTTP status", probe.get("status_code")),
-                Evidence("per-endpoint status", endpoints),
-                Evidence("response body", probe.get("body_excerpt", "")[:300]),
-            ], probe.get("since", ctx.now)))
+            hits.append(
+                Hit(
+                    endpoint,
+                    {"endpoints": ", ".join(sorted(endpoints))},
+                    [
+                        Evidence(
+                            f'{PREFIX}endpoint_status{{endpoint="{endpoint}",probe="health",status="notready"}}',
+                            1,
+                            timestamp=probe.get("since", ctx.now),
+                        ),
+                        Evidence("HTTP status", probe.get("status_code")),
+                        Evidence("per-endpoint status", endpoints),
+                        Evidence("response body", probe.get("body_excerpt", "")[:300]),
+                    ],
+                    probe.get("since", ctx.now),
+                )
+            )
     return hits
 
 
@@ -114,7 +181,13 @@ def dynamo_not_ready(ctx: Context) -> list[Hit]:
         status = view["probes"]["health"].get("status")
         if status in {"not_ready", "shutting_down"} or view.get("stage") == "draining":
             continue  # draining is the shutdown rule's
-        if view.get("kind") == "worker" and status == "notready" and isinstance(view.get("endpoints"), dict) and view["endpoints"] and all(s == "ready" for s in view["endpoints"].values()):
+        if (
+            view.get("kind") == "worker"
+            and status == "notready"
+            and isinstance(view.get("endpoints"), dict)
+            and view["endpoints"]
+            and all(s == "ready" for s in view["endpoints"].values())
+        ):
             continue  # the more specific rule above says why
         hit.values["status"] = status
         hits.append(hit)
@@ -126,8 +199,19 @@ def dynamo_draining(ctx: Context) -> list[Hit]:
     for endpoint, view in ctx.health_endpoints().items():
         probe = view.get("probes", {}).get("health", {})
         live = view.get("probes", {}).get("live", {})
-        if probe.get("status") == "not_ready" or view.get("stage") == "draining" or live.get("status") == "shutting_down":
-            hits.append(Hit(endpoint, {}, _probe_evidence(endpoint, "health", probe, view.get("url", "")), probe.get("since", ctx.now)))
+        if (
+            probe.get("status") == "not_ready"
+            or view.get("stage") == "draining"
+            or live.get("status") == "shutting_down"
+        ):
+            hits.append(
+                Hit(
+                    endpoint,
+                    {},
+                    _probe_evidence(endpoint, "health", probe, view.get("url", "")),
+                    probe.get("since", ctx.now),
+                )
+            )
     return hits
 
 
@@ -138,12 +222,19 @@ def scrape_failing(ctx: Context) -> list[Hit]:
             health = ctx.probe(endpoint)
             if health.get("outcome") in {"refused", "timeout"}:
                 continue  # the endpoint itself is down; that finding says it
-            hits.append(Hit(endpoint, {"reason": fact.get("reason"), "url": fact.get("url")}, [
-                Evidence(f'{PREFIX}scrape_up{{endpoint="{endpoint}"}}', 0),
-                Evidence("reason", fact.get("reason")),
-                Evidence("error", fact.get("error")),
-                Evidence("response body", (fact.get("body_excerpt") or "")[:200]),
-            ], ctx.now))
+            hits.append(
+                Hit(
+                    endpoint,
+                    {"reason": fact.get("reason"), "url": fact.get("url")},
+                    [
+                        Evidence(f'{PREFIX}scrape_up{{endpoint="{endpoint}"}}', 0),
+                        Evidence("reason", fact.get("reason")),
+                        Evidence("error", fact.get("error")),
+                        Evidence("response body", (fact.get("body_excerpt") or "")[:200]),
+                    ],
+                    ctx.now,
+                )
+            )
     return hits
 
 
@@ -152,7 +243,12 @@ def worker_restarted(ctx: Context) -> list[Hit]:
     for event in ctx.events("worker_restart"):
         by_endpoint.setdefault(event.source, []).append(event)
     return [
-        Hit(endpoint, {"count": len(events)}, [Evidence("worker_restart event", e.message, timestamp=e.timestamp) for e in events[-5:]], events[0].timestamp)
+        Hit(
+            endpoint,
+            {"count": len(events)},
+            [Evidence("worker_restart event", e.message, timestamp=e.timestamp) for e in events[-5:]],
+            events[0].timestamp,
+        )
         for endpoint, events in by_endpoint.items()
     ]
 
@@ -163,9 +259,14 @@ def health_flapping(ctx: Context) -> list[Hit]:
     for event in ctx.state.recent_events(since=ctx.now - window, kind="health_transition"):
         by_source.setdefault(event.source, []).append(event)
     return [
-        Hit(source, {"count": len(events), "minutes": window / 60},
-            [Evidence("health_transition event", e.message, timestamp=e.timestamp) for e in events[-6:]], events[0].timestamp)
-        for source, events in by_source.items() if len(events) >= 3
+        Hit(
+            source,
+            {"count": len(events), "minutes": window / 60},
+            [Evidence("health_transition event", e.message, timestamp=e.timestamp) for e in events[-6:]],
+            events[0].timestamp,
+        )
+        for source, events in by_source.items()
+        if len(events) >= 3
     ]
 
 
@@ -180,71 +281,149 @@ def no_dynamo_process(ctx: Context) -> list[Hit]:
 
 
 RULES: tuple[Rule, ...] = (
-    Rule("endpoint_refused", "startup_failure", "critical",
-         "{kind} {subject} refuses connections at {url}: nothing listens on its port",
-         ("Check that the Dynamo process is running: `kubectl logs <pod> -c main` and `kubectl describe pod` for crash loops or OOMKilled.",
-          "For a worker, check DYN_SYSTEM_ENABLED=true and DYN_SYSTEM_PORT match the sidecar's worker_system_urls; for the frontend, DYN_HTTP_PORT / --http-port.",
-          "If the process is shutting down (SIGTERM), this is expected: a worker closes its system port at once."),
-         endpoint_refused, explains=("metrics_scrape_failing", "dynamo_not_ready")),
-    Rule("endpoint_timeout", "connection_anomaly", "critical",
-         "{kind} {subject} accepts connections but does not answer {url}: the process is hung or overloaded",
-         ("Check CPU of the Dynamo process (`dynamo_sidecar_process_cpu_seconds_total`) and cgroup throttling: a stalled event loop looks like this.",
-          "Take a stack dump: `kubectl exec <pod> -c main -- py-spy dump --pid 1` (Python) or check for SIGSTOP (state T in `ps`).",
-          "A worker hung like this drops out of discovery after ~12 s and never re-registers after it resumes: restart the pod."),
-         endpoint_timeout, explains=("metrics_scrape_failing", "health_flapping")),
-    Rule("endpoint_bad_response", "connection_anomaly", "warning",
-         "{kind} {subject} answers {url} with an unusable response",
-         ("Compare the body in the evidence with what Dynamo 1.6 serves; a proxy or a wrong port can answer instead.",
-          "Check the sidecar's frontend_url / worker_system_urls point at Dynamo itself."),
-         endpoint_malformed),
-    Rule("frontend_no_instances", "startup_failure", "critical",
-         "frontend {subject} reports healthy but lists zero worker instances: no model can be served",
-         ("Check the worker pods: are they running, and did they register (worker logs 'Registered endpoint')?",
-          "Check the discovery backend the frontend and workers share (etcd / DYN_DISCOVERY_BACKEND, DYN_NAMESPACE).",
-          "Do not rely on the frontend's /health for readiness: it stays 200 with no workers; use `/v1/models` or the sidecar's canary."),
-         frontend_no_instances),
-    Rule("worker_notready_endpoints_ready", "startup_failure", "warning",
-         "worker {subject} answers 503 notready although its endpoints ({endpoints}) are ready: health-check payloads are not registered",
-         ("Set DYN_HEALTH_CHECK_ENABLED=true on the worker (the Dynamo operator does), or DYN_SYSTEM_STARTING_HEALTH_STATUS=ready.",
-          "Until then a readiness probe on the system port keeps this pod out of service although the worker serves."),
-         worker_notready_endpoints_ready),
-    Rule("dynamo_not_ready", "startup_failure", "warning",
-         "{kind} {subject} has been unhealthy ('{status}') past the start-up grace",
-         ("Check the Dynamo logs for the model load or registration step that has not finished.",
-          "Check etcd / NATS reachability from the pod; 'no endpoints available' usually means discovery."),
-         dynamo_not_ready),
-    Rule("dynamo_draining", "shutdown", "info",
-         "{subject} is shutting down (draining)",
-         ("Expected during a rollout or scale-down; new requests get 503 until the pod is gone.",
-          "If the pod is not being terminated, check who sent SIGTERM (`kubectl get events`)."),
-         dynamo_draining),
-    Rule("metrics_scrape_failing", "connection_anomaly", "warning",
-         "Dynamo /metrics on {subject} cannot be scraped ({reason})",
-         ("Check the URL in the evidence answers Prometheus text; derived signals (rates, TTFT quantiles) are missing meanwhile.",
-          "If the body is very large, raise max_response_bytes."),
-         scrape_failing),
-    Rule("worker_restarted", "startup_failure", "warning",
-         "worker {subject} restarted {count} time(s) in the window (uptime reset)",
-         ("Check the container's last state: `kubectl get pod -o jsonpath='{{.status.containerStatuses}}'` for OOMKilled or exit 143/911.",
-          "With liveness failureThreshold 1 on /live, one slow health check restarts the worker: raise the threshold."),
-         worker_restarted),
-    Rule("health_flapping", "connection_anomaly", "warning",
-         "{subject} changed health state {count} times in {minutes:.0f} min (flapping)",
-         ("Look at the transitions in the evidence: alternating ok/timeout suggests overload or CPU throttling.",
-          "Check probe timeouts against the response times in dynamo_sidecar_endpoint_response_seconds."),
-         health_flapping),
-    Rule("no_dynamo_process", "startup_failure", "warning",
-         "no Dynamo process is visible to the sidecar",
-         ("Set `shareProcessNamespace: true` on the pod so the sidecar can see the Dynamo processes.",
-          "If the entry point is custom, set process_patterns (DYN_SIDECAR_PROCESS_PATTERNS) or process_pid_file."),
-         no_dynamo_process),
-    Rule("collector_failing", "sidecar", "warning",
-         "collector {subject} is failing ({failures} runs in a row): {error}",
-         ("The signals this collector provides are stale; the rest of the sidecar keeps working.",
-          "See the error in the evidence; `dynamo-sidecar check-config` shows the settings it uses."),
-         collector_failing),
-    Rule("series_dropped", "sidecar", "info",
-         "series over the cardinality cap are being dropped ({metrics})",
-         ("Raise max_series_per_metric, or deny the noisy family with passthrough_deny.",),
-         series_dropped),
+    Rule(
+        "endpoint_refused",
+        "startup_failure",
+        "critical",
+        "{kind} {subject} refuses connections at {url}: nothing listens on its port",
+        (
+            "Check that the Dynamo process is running: `kubectl logs <pod> -c main` and `kubectl describe pod` for crash loops or OOMKilled.",
+            "For a worker, check DYN_SYSTEM_ENABLED=true and DYN_SYSTEM_PORT match the sidecar's worker_system_urls; for the frontend, DYN_HTTP_PORT / --http-port.",
+            "If the process is shutting down (SIGTERM), this is expected: a worker closes its system port at once.",
+        ),
+        endpoint_refused,
+        explains=("metrics_scrape_failing", "dynamo_not_ready"),
+    ),
+    Rule(
+        "endpoint_timeout",
+        "connection_anomaly",
+        "critical",
+        "{kind} {subject} accepts connections but does not answer {url}: the process is hung or overloaded",
+        (
+            "Check CPU of the Dynamo process (`dynamo_sidecar_process_cpu_seconds_total`) and cgroup throttling: a stalled event loop looks like this.",
+            "Take a stack dump: `kubectl exec <pod> -c main -- py-spy dump --pid 1` (Python) or check for SIGSTOP (state T in `ps`).",
+            "A worker hung like this drops out of discovery after ~12 s and never re-registers after it resumes: restart the pod.",
+        ),
+        endpoint_timeout,
+        explains=("metrics_scrape_failing", "health_flapping"),
+    ),
+    Rule(
+        "endpoint_bad_response",
+        "connection_anomaly",
+        "warning",
+        "{kind} {subject} answers {url} with an unusable response",
+        (
+            "Compare the body in the evidence with what Dynamo 1.6 serves; a proxy or a wrong port can answer instead.",
+            "Check the sidecar's frontend_url / worker_system_urls point at Dynamo itself.",
+        ),
+        endpoint_malformed,
+    ),
+    Rule(
+        "frontend_no_instances",
+        "startup_failure",
+        "critical",
+        "frontend {subject} reports healthy but lists zero worker instances: no model can be served",
+        (
+            "Check the worker pods: are they running, and did they register (worker logs 'Registered endpoint')?",
+            "Check the discovery backend the frontend and workers share (etcd / DYN_DISCOVERY_BACKEND, DYN_NAMESPACE).",
+            "Do not rely on the frontend's /health for readiness: it stays 200 with no workers; use `/v1/models` or the sidecar's canary.",
+        ),
+        frontend_no_instances,
+    ),
+    Rule(
+        "worker_notready_endpoints_ready",
+        "startup_failure",
+        "warning",
+        "worker {subject} answers 503 notready although its endpoints ({endpoints}) are ready: health-check payloads are not registered",
+        (
+            "Set DYN_HEALTH_CHECK_ENABLED=true on the worker (the Dynamo operator does), or DYN_SYSTEM_STARTING_HEALTH_STATUS=ready.",
+            "Until then a readiness probe on the system port keeps this pod out of service although the worker serves.",
+        ),
+        worker_notready_endpoints_ready,
+    ),
+    Rule(
+        "dynamo_not_ready",
+        "startup_failure",
+        "warning",
+        "{kind} {subject} has been unhealthy ('{status}') past the start-up grace",
+        (
+            "Check the Dynamo logs for the model load or registration step that has not finished.",
+            "Check etcd / NATS reachability from the pod; 'no endpoints available' usually means discovery.",
+        ),
+        dynamo_not_ready,
+    ),
+    Rule(
+        "dynamo_draining",
+        "shutdown",
+        "info",
+        "{subject} is shutting down (draining)",
+        (
+            "Expected during a rollout or scale-down; new requests get 503 until the pod is gone.",
+            "If the pod is not being terminated, check who sent SIGTERM (`kubectl get events`).",
+        ),
+        dynamo_draining,
+    ),
+    Rule(
+        "metrics_scrape_failing",
+        "connection_anomaly",
+        "warning",
+        "Dynamo /metrics on {subject} cannot be scraped ({reason})",
+        (
+            "Check the URL in the evidence answers Prometheus text; derived signals (rates, TTFT quantiles) are missing meanwhile.",
+            "If the body is very large, raise max_response_bytes.",
+        ),
+        scrape_failing,
+    ),
+    Rule(
+        "worker_restarted",
+        "startup_failure",
+        "warning",
+        "worker {subject} restarted {count} time(s) in the window (uptime reset)",
+        (
+            "Check the container's last state: `kubectl get pod -o jsonpath='{{.status.containerStatuses}}'` for OOMKilled or exit 143/911.",
+            "With liveness failureThreshold 1 on /live, one slow health check restarts the worker: raise the threshold.",
+        ),
+        worker_restarted,
+    ),
+    Rule(
+        "health_flapping",
+        "connection_anomaly",
+        "warning",
+        "{subject} changed health state {count} times in {minutes:.0f} min (flapping)",
+        (
+            "Look at the transitions in the evidence: alternating ok/timeout suggests overload or CPU throttling.",
+            "Check probe timeouts against the response times in dynamo_sidecar_endpoint_response_seconds.",
+        ),
+        health_flapping,
+    ),
+    Rule(
+        "no_dynamo_process",
+        "startup_failure",
+        "warning",
+        "no Dynamo process is visible to the sidecar",
+        (
+            "Set `shareProcessNamespace: true` on the pod so the sidecar can see the Dynamo processes.",
+            "If the entry point is custom, set process_patterns (DYN_SIDECAR_PROCESS_PATTERNS) or process_pid_file.",
+        ),
+        no_dynamo_process,
+    ),
+    Rule(
+        "collector_failing",
+        "sidecar",
+        "warning",
+        "collector {subject} is failing ({failures} runs in a row): {error}",
+        (
+            "The signals this collector provides are stale; the rest of the sidecar keeps working.",
+            "See the error in the evidence; `dynamo-sidecar check-config` shows the settings it uses.",
+        ),
+        collector_failing,
+    ),
+    Rule(
+        "series_dropped",
+        "sidecar",
+        "info",
+        "series over the cardinality cap are being dropped ({metrics})",
+        ("Raise max_series_per_metric, or deny the noisy family with passthrough_deny.",),
+        series_dropped,
+    ),
 )

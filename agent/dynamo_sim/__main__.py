@@ -12,6 +12,7 @@ import json
 import signal
 import sys
 
+from agent.aio import wait_event
 from agent.dynamo_sim.server import DynamoSim
 
 
@@ -27,9 +28,7 @@ async def _main(args: argparse.Namespace) -> None:
     await stop.wait()
     # Like Dynamo: report draining at once, let in-flight requests finish, then close.
     sim.faults.frontend_draining = True
-    deadline = loop.time() + args.drain_timeout
-    while sim.inflight and loop.time() < deadline:
-        await asyncio.sleep(0.05)
+    await wait_event(sim.idle, args.drain_timeout)
     await sim.stop()
 
 

@@ -84,6 +84,8 @@ class DynamoSim:
         self.worker_started = time.monotonic()
         self.requests_seen: list[dict[str, str]] = []  # headers of completions, bounded
         self.inflight = 0
+        self.idle = asyncio.Event()  # set whenever no request is in flight
+        self.idle.set()
         self.completed = 0
         self.failed = 0
         self._queue_slots: asyncio.Semaphore | None = None
@@ -92,7 +94,13 @@ class DynamoSim:
         self.host = "127.0.0.1"
 
     # --- lifecycle --------------------------------------------------------------------
-    async def start(self, host: str = "127.0.0.1", frontend_port: int = 0, worker_port: int = 0, control_port: int | None = None) -> None:
+    async def start(
+        self,
+        host: str = "127.0.0.1",
+        frontend_port: int = 0,
+        worker_port: int = 0,
+        control_port: int | None = None,
+    ) -> None:
         self.host = host
         await self.start_part("frontend", frontend_port)
         await self.start_part("worker", worker_port)
@@ -105,7 +113,9 @@ class DynamoSim:
         app = {"frontend": self.frontend_app, "worker": self.worker_app, "control": self.control_app}[part]()
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self.host, self.ports.get(part, 0) if port is None else port, reuse_address=True)
+        site = web.TCPSite(
+            runner, self.host, self.ports.get(part, 0) if port is None else port, reuse_address=True
+        )
         await site.start()
         self._runners[part] = runner
         self.ports[part] = runner.addresses[0][1]
@@ -151,7 +161,9 @@ class DynamoSim:
 
     @staticmethod
     def _json(body: str, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-        return web.Response(body=body.encode(), status=status, content_type="application/json", headers=headers)
+        return web.Response(
+            body=body.encode(), status=status, content_type="application/json", headers=headers
+        )
 
     def _worker_serving(self) -> bool:
         return not (self.faults.worker_gone or self.faults.stale_instance) and "worker" in self._runners
@@ -174,7 +186,9 @@ class DynamoSim:
         if self.faults.frontend_malformed:
             return self._json('{"status":"healthy","endpoints":[', 200)
         if self.faults.frontend_draining:
-            return self._json(compact({"status": "not_ready", "stage": "draining", "message": "Service is not ready"}), 503)
+            return self._json(
+                compact({"status": "not_ready", "stage": "draining", "message": "Service is not ready"}), 503
+            )
         if self.faults.worker_gone or ("worker" not in self._runners and not self.faults.stale_instance):
             return self._json(compact({"status": "healthy", "endpoints": [], "instances": []}))
         return self._json(compact(self._health_template))
@@ -184,13 +198,18 @@ class DynamoSim:
         if self.faults.frontend_5xx:
             return web.Response(status=500, text="Internal Server Error")
         if self.faults.frontend_draining:
-            return self._json(compact({"status": "shutting_down", "message": "Service is shutting down"}), 503)
+            return self._json(
+                compact({"status": "shutting_down", "message": "Service is shutting down"}), 503
+            )
         return self._json(recorded("frontend_live.json").strip())
 
     async def frontend_metrics_handler(self, request: web.Request) -> web.Response:
         await self._frontend_gate()
         if self.faults.frontend_malformed:
-            return web.Response(text="dynamo_frontend_requests_total{model=\"tiny\" 12\n\x00garbage{{{\n", content_type="text/plain")
+            return web.Response(
+                text='dynamo_frontend_requests_total{model="tiny" 12\n\x00garbage{{{\n',
+                content_type="text/plain",
+            )
         return web.Response(text=self.frontend_metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def models(self, request: web.Request) -> web.Response:
@@ -220,7 +239,9 @@ class DynamoSim:
             if not isinstance(body, dict):
                 raise ValueError("not an object")
         except ValueError:
-            self.frontend_metrics.inc("dynamo_frontend_failures_total", **{"class": "InvalidRequest", "reason": "request.invalid"})
+            self.frontend_metrics.inc(
+                "dynamo_frontend_failures_total", **{"class": "InvalidRequest", "reason": "request.invalid"}
+            )
             return self._json(recorded("completions_bad_json.txt").splitlines()[0], 400, headers)
         model = str(body.get("model", ""))
         stream = bool(body.get("stream", False))
@@ -229,20 +250,30 @@ class DynamoSim:
             return self._error("Service temporarily unavailable", "Service Unavailable", 503, headers)
         if model != MODEL and self._worker_serving():
             self._count(endpoint, model, request_type, "error", "not_found")
-            self.frontend_metrics.inc("dynamo_frontend_failures_total", **{"class": "NotFound", "reason": "request.not_found"})
+            self.frontend_metrics.inc(
+                "dynamo_frontend_failures_total", **{"class": "NotFound", "reason": "request.not_found"}
+            )
             return self._json(recorded("completions_unknown_model.txt").splitlines()[0], 404, headers)
         if not self._worker_serving():
             self._count(endpoint, model, request_type, "error", "service_unavailable")
             self.failed += 1
-            return self._json(recorded("scenario_worker_sigkill_completion.txt").splitlines()[0], 503, headers)
+            return self._json(
+                recorded("scenario_worker_sigkill_completion.txt").splitlines()[0], 503, headers
+            )
         max_tokens = max(1, min(int(body.get("max_tokens") or 16), 4096))
         started = time.monotonic()
         self.inflight += 1
+        self.idle.clear()
         self._set_gauges()
-        self.frontend_metrics.inc("dynamo_frontend_requests_started_total", endpoint=endpoint, model=MODEL, request_type=request_type)
+        self.frontend_metrics.inc(
+            "dynamo_frontend_requests_started_total",
+            endpoint=endpoint,
+            model=MODEL,
+            request_type=request_type,
+        )
         try:
             if self.faults.max_concurrency > 0:
-                if self._queue_slots is None or self._queue_slots._value > self.faults.max_concurrency:  # noqa: SLF001
+                if self._queue_slots is None or self._queue_slots._value > self.faults.max_concurrency:
                     self._queue_slots = asyncio.Semaphore(self.faults.max_concurrency)
                 slots: asyncio.Semaphore | contextlib.nullcontext[None] = self._queue_slots
             else:
@@ -253,17 +284,23 @@ class DynamoSim:
                 first_token_delay = self.faults.token_delay + self.faults.ttft_extra
                 await asyncio.sleep(first_token_delay)
                 ttft = time.monotonic() - started
-                self.frontend_metrics.observe("dynamo_frontend_time_to_first_token_seconds", ttft, model=MODEL)
+                self.frontend_metrics.observe(
+                    "dynamo_frontend_time_to_first_token_seconds", ttft, model=MODEL
+                )
                 if stream:
                     return await self._stream(request, headers, chat, max_tokens, started, endpoint)
                 for _ in range(max_tokens - 1):
                     await asyncio.sleep(self.faults.token_delay)
-                    self.frontend_metrics.observe("dynamo_frontend_inter_token_latency_seconds", self.faults.token_delay, model=MODEL)
+                    self.frontend_metrics.observe(
+                        "dynamo_frontend_inter_token_latency_seconds", self.faults.token_delay, model=MODEL
+                    )
                 payload = self._completion_body(chat, max_tokens)
                 self._finish(endpoint, request_type, started, len(await request.read()), len(payload))
                 return self._json(payload, 200, headers)
         finally:
             self.inflight -= 1
+            if self.inflight == 0:
+                self.idle.set()
             self._set_gauges()
 
     def _set_gauges(self) -> None:
@@ -272,22 +309,34 @@ class DynamoSim:
         queued = max(0, self.inflight - limit) if limit > 0 else 0
         self.frontend_metrics.set("dynamo_frontend_inflight_requests", self.inflight, model=MODEL)
         self.frontend_metrics.set("dynamo_frontend_queued_requests", queued, model=MODEL)
-        self.worker_metrics.set("dynamo_component_inflight_requests", self.inflight - queued, dynamo_endpoint="generate")
+        self.worker_metrics.set(
+            "dynamo_component_inflight_requests", self.inflight - queued, dynamo_endpoint="generate"
+        )
 
     def _count(self, endpoint: str, model: str, request_type: str, status: str, error_type: str) -> None:
         self.frontend_metrics.inc(
-            "dynamo_frontend_requests_total", endpoint=endpoint, error_type=error_type, model=model,
-            request_type=request_type, status=status,
+            "dynamo_frontend_requests_total",
+            endpoint=endpoint,
+            error_type=error_type,
+            model=model,
+            request_type=request_type,
+            status=status,
         )
 
-    def _finish(self, endpoint: str, request_type: str, started: float, bytes_in: int, bytes_out: int) -> None:
+    def _finish(
+        self, endpoint: str, request_type: str, started: float, bytes_in: int, bytes_out: int
+    ) -> None:
         duration = time.monotonic() - started
         self._count(endpoint, MODEL, request_type, "success", "")
         self.frontend_metrics.observe("dynamo_frontend_request_duration_seconds", duration, model=MODEL)
         self.worker_metrics.inc("dynamo_component_requests_total", dynamo_endpoint="generate")
-        self.worker_metrics.observe("dynamo_component_request_duration_seconds", duration, dynamo_endpoint="generate")
+        self.worker_metrics.observe(
+            "dynamo_component_request_duration_seconds", duration, dynamo_endpoint="generate"
+        )
         self.worker_metrics.inc("dynamo_component_request_bytes_total", bytes_in, dynamo_endpoint="generate")
-        self.worker_metrics.inc("dynamo_component_response_bytes_total", bytes_out, dynamo_endpoint="generate")
+        self.worker_metrics.inc(
+            "dynamo_component_response_bytes_total", bytes_out, dynamo_endpoint="generate"
+        )
         self.completed += 1
 
     def _completion_body(self, chat: bool, max_tokens: int) -> str:
@@ -305,22 +354,46 @@ class DynamoSim:
         body["usage"]["total_tokens"] = body["usage"]["prompt_tokens"] + max_tokens
         return compact(body)
 
-    async def _stream(self, request: web.Request, headers: dict[str, str], chat: bool, max_tokens: int, started: float, endpoint: str) -> web.StreamResponse:
+    async def _stream(
+        self,
+        request: web.Request,
+        headers: dict[str, str],
+        chat: bool,
+        max_tokens: int,
+        started: float,
+        endpoint: str,
+    ) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={**headers, "content-type": "text/event-stream"})
         await response.prepare(request)
         created = int(time.time())
         ident = f"chatcmpl-{uuid.uuid4()}" if chat else f"cmpl-{uuid.uuid4()}"
         sent = 0
         if chat:
-            chunk = {"id": ident, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None, "logprobs": None}], "created": created, "model": MODEL, "object": "chat.completion.chunk"}
+            chunk = {
+                "id": ident,
+                "choices": [
+                    {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None, "logprobs": None}
+                ],
+                "created": created,
+                "model": MODEL,
+                "object": "chat.completion.chunk",
+            }
             await response.write(f"data: {compact(chunk)}\n\n".encode())
         for index in range(max_tokens):
             if index:
                 await asyncio.sleep(self.faults.token_delay)
-                self.frontend_metrics.observe("dynamo_frontend_inter_token_latency_seconds", self.faults.token_delay, model=MODEL)
+                self.frontend_metrics.observe(
+                    "dynamo_frontend_inter_token_latency_seconds", self.faults.token_delay, model=MODEL
+                )
             if self.faults.stale_instance or "worker" not in self._runners:
                 # As a worker SIGKILL mid-stream: an in-band error, then [DONE].
-                error = {"error": {"message": "Service temporarily unavailable", "type": "service_unavailable", "code": 503}}
+                error = {
+                    "error": {
+                        "message": "Service temporarily unavailable",
+                        "type": "service_unavailable",
+                        "code": 503,
+                    }
+                }
                 await response.write(f"data: {compact(error)}\n\ndata: [DONE]\n\n".encode())
                 self._count(endpoint, MODEL, "stream", "error", "service_unavailable")
                 self.failed += 1
@@ -328,10 +401,39 @@ class DynamoSim:
                 return response
             last = index == max_tokens - 1
             if chat:
-                delta: dict[str, Any] = {"content": random.choice((" the", " a", " model"))} if not last else {}
-                chunk = {"id": ident, "choices": [{"index": 0, "delta": delta, "finish_reason": "length" if last else None, "logprobs": None}], "created": created, "model": MODEL, "object": "chat.completion.chunk"}
+                delta: dict[str, Any] = (
+                    {"content": random.choice((" the", " a", " model"))} if not last else {}
+                )
+                chunk = {
+                    "id": ident,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "delta": delta,
+                            "finish_reason": "length" if last else None,
+                            "logprobs": None,
+                        }
+                    ],
+                    "created": created,
+                    "model": MODEL,
+                    "object": "chat.completion.chunk",
+                }
             else:
-                chunk = {"id": ident, "choices": [{"text": "" if last else " the", "index": 0, "finish_reason": "length" if last else None}], "created": created, "model": MODEL, "system_fingerprint": None, "object": "text_completion", "usage": None}
+                chunk = {
+                    "id": ident,
+                    "choices": [
+                        {
+                            "text": "" if last else " the",
+                            "index": 0,
+                            "finish_reason": "length" if last else None,
+                        }
+                    ],
+                    "created": created,
+                    "model": MODEL,
+                    "system_fingerprint": None,
+                    "object": "text_completion",
+                    "usage": None,
+                }
             await response.write(f"data: {compact(chunk)}\n\n".encode())
             sent += 1
         await response.write(b"data: [DONE]\n\n")
@@ -373,7 +475,15 @@ class DynamoSim:
         return app
 
     async def get_faults(self, request: web.Request) -> web.Response:
-        return web.json_response({"faults": asdict(self.faults), "inflight": self.inflight, "completed": self.completed, "failed": self.failed, "ports": self.ports})
+        return web.json_response(
+            {
+                "faults": asdict(self.faults),
+                "inflight": self.inflight,
+                "completed": self.completed,
+                "failed": self.failed,
+                "ports": self.ports,
+            }
+        )
 
     async def post_faults(self, request: web.Request) -> web.Response:
         try:

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from agent.samples import CollectResult, sample
+from agent.state import SeriesRing, State, counter_increase, counter_rate, histogram_quantile
+
+
+def test_ring_keeps_only_capacity_points_in_order() -> None:
+    ring = SeriesRing(4)
+    for i in range(10):
+        ring.append(float(i), float(i * 10))
+    assert ring.points() == [(6.0, 60.0), (7.0, 70.0), (8.0, 80.0), (9.0, 90.0)]
+    assert ring.points(since=8) == [(8.0, 80.0), (9.0, 90.0)]
+    assert ring.last() == (9.0, 90.0)
+
+
+def test_counter_reset_never_makes_a_negative_rate() -> None:
+    points = [(0.0, 100.0), (10.0, 110.0), (20.0, 5.0), (30.0, 15.0)]
+    assert counter_increase(points) == 10 + 5 + 10
+    rate = counter_rate(points)
+    assert rate is not None and rate > 0
+    assert counter_rate([(0.0, 1.0)]) is None
+
+
+def test_histogram_quantile_matches_promql_interpolation() -> None:
+    buckets = [(0.1, 10.0), (0.5, 60.0), (1.0, 90.0), (math.inf, 100.0)]
+    assert histogram_quantile(0.5, buckets) == pytest.approx(0.1 + 0.4 * (50 - 10) / 50)
+    assert histogram_quantile(0.95, buckets) == 1.0  # lands in +Inf: highest finite bound
+    assert histogram_quantile(0.5, [(0.1, 0.0), (math.inf, 0.0)]) is None
+    assert histogram_quantile(0.5, [(0.1, 1.0)]) is None  # no +Inf bucket
+
+
+def _result(value: float, **labels: str) -> CollectResult:
+    return CollectResult(samples=[sample("m_total", value, **labels)])
+
+
+def test_rate_over_window_and_reset() -> None:
+    state = State(history_window=600, min_interval=1)
+    for t, v in [(0, 0), (10, 50), (20, 100), (30, 10), (40, 60)]:
+        state.update("c", _result(v, a="1"), now=1000 + t)
+    assert state.rate("m_total", 600, now=1040) == pytest.approx((50 + 50 + 10 + 50) / 40)
+    assert state.rate("m_total", 15, now=1040) == pytest.approx(50 / 10)
+    assert state.rate("missing_total", 60, now=1040) is None
+
+
+def test_window_quantile_uses_only_observations_inside_the_window() -> None:
+    state = State(history_window=600, min_interval=1)
+
+    def hist(t: float, fast: float, slow: float) -> None:
+        samples = [
+            sample("lat_bucket", fast, le="0.1"),
+            sample("lat_bucket", fast + slow, le="1"),
+            sample("lat_bucket", fast + slow, le="+Inf"),
+        ]
+        state.update("c", CollectResult(samples=samples), now=t)
+
+    hist(1000, 0, 0)
+    hist(1100, 100, 0)  # 100 fast observations early
+    hist(1200, 100, 100)  # then 100 slow ones
+    assert state.window_quantile("lat", 0.5, 150, now=1200) > 0.1  # only the slow ones
+    assert state.window_quantile("lat", 0.25, 600, now=1200) <= 0.1
+
+
+def test_cardinality_cap_drops_and_counts() -> None:
+    state = State(max_series_per_metric=10)
+    result = CollectResult(samples=[sample("g", 1, i=i) for i in range(25)])
+    state.update("c", result, now=1.0)
+    assert len(state.latest["c"].samples) == 10
+    assert state.dropped["g"] == 15
+    # Known series keep passing; new ones are still dropped.
+    state.update("c", CollectResult(samples=[sample("g", 2, i=i) for i in range(25)]), now=2.0)
+    assert len(state.latest["c"].samples) == 10
+    assert state.dropped["g"] == 30
+
+
+def test_history_memory_is_bounded_and_stale_series_expire() -> None:
+    state = State(history_window=60, min_interval=1)
+    assert state.ring_capacity <= 2048
+    for t in range(500):
+        state.update("c", CollectResult(samples=[sample("g", t, pid=t // 100)]), now=float(t))
+    assert all(len(ring) <= state.ring_capacity for ring in state.history["g"].values())
+    # pids 0..2 have not been seen for well over the window: gone, slots freed.
+    # (Expiry is amortised over 64 updates, so pid 3 may still linger.)
+    remaining = {dict(labels)["pid"] for labels in state.history["g"]}
+    assert remaining <= {"3", "4"} and "4" in remaining
+    assert state._series_per_metric["g"] == len(remaining)

@@ -113,7 +113,10 @@ async def test_promtool_check_metrics_is_clean(sim, make_sidecar, http) -> None:
     whole = subprocess.run(
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=60
     )
-    assert "error while linting" not in whole.stdout + whole.stderr
+    problems = [line for line in (whole.stdout + whole.stderr).splitlines() if line.strip()]
+    assert not any("error while linting" in line for line in problems)
+    # What promtool still flags is Dynamo's own naming (`_ms`, `vllm:`), passed through unchanged.
+    assert all(not line.startswith(PREFIX) for line in problems), problems
 
 
 async def test_healthz_readyz_status(sim, make_sidecar, http) -> None:

@@ -287,6 +287,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
         ("metric",),
         "exporter",
     ),
+    # --- Dynamo log collector -----------------------------------------------------------
+    _m("log_lines_total", "counter", "Dynamo JSONL log lines read, by level and target.", ("level", "target"), "dynamo_logs"),
+    _m("log_lines_skipped_total", "counter", "Log lines that were not Dynamo JSONL (skipped).", (), "dynamo_logs"),
+    _m("log_lines_truncated_total", "counter", "Log lines longer than 64 KiB (dropped).", (), "dynamo_logs"),
+    _m("log_rotations_total", "counter", "Log file rotations and truncations followed.", (), "dynamo_logs"),
+    _m("log_bytes_read_total", "counter", "Bytes of log read.", (), "dynamo_logs"),
+    _m("log_files", "gauge", "Log files currently tailed.", (), "dynamo_logs"),
     # --- derived from Dynamo metrics over the history window -------------------------
     _m(
         "dynamo_request_rate",

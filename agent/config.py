@@ -282,6 +282,9 @@ class Config:
     cgroup_root: str = field(
         default="/sys/fs/cgroup", metadata=_spec(str, "Mount point of the cgroup filesystem.")
     )
+    # Logs
+    log_files: list[str] = field(default_factory=list, metadata=_spec(_str_list, "Dynamo JSONL log files to tail (globs allowed): a shared volume, or /var/log/pods/<ns>_<pod>_<uid>/main/*.log."))
+    log_max_bytes_per_cycle: int = field(default=4 << 20, metadata=_spec(_int_range(4096, 1 << 30), "Most log bytes read per collection cycle, across files."))
     # Scheduling
     process_interval: float = field(
         default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the process and cgroup collectors.")

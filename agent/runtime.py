@@ -21,6 +21,7 @@ from agent.state import State
 from collectors.base import Collector
 from collectors.cgroup import CgroupCollector
 from collectors.dynamo_health import DynamoHealthCollector, Target
+from collectors.dynamo_logs import DynamoLogCollector
 from collectors.dynamo_metrics import DynamoMetricsCollector
 from collectors.process import ProcessCollector, ProcessFinder
 from exporters.prometheus import PrometheusExporter
@@ -75,6 +76,12 @@ def build_collectors(config: Config) -> list[Collector]:
                 config.collector_timeout,
                 config.http_timeout,
                 config.max_response_bytes,
+            )
+        )
+    if config.log_files:
+        collectors.append(
+            DynamoLogCollector(
+                config.log_files, config.dynamo_interval, config.collector_timeout, config.log_max_bytes_per_cycle
             )
         )
     return collectors

@@ -103,6 +103,20 @@ async def diagnose_handler(request: web.Request) -> web.Response:
     return _json(report)
 
 
+async def request_lines(request: web.Request) -> web.Response:
+    """The Dynamo log lines of one request, by the x-request-id it was sent with."""
+    request_id = request.match_info["x_request_id"]
+    sidecar = _sidecar(request)
+    facts = sidecar.state.facts("dynamo_logs")
+    index = facts.get("requests")
+    if index is None:
+        return _json({"error": "no log files configured (log_files / DYN_SIDECAR_LOG_FILES)", "x_request_id": request_id}, 404)
+    lines = index.get(request_id)
+    if not lines:
+        return _json({"x_request_id": request_id, "lines": [], "detail": "no log line seen with this x_request_id"}, 404)
+    return _json({"x_request_id": request_id, "lines": lines})
+
+
 async def index(request: web.Request) -> web.Response:
     links = ["/metrics", "/diagnose", "/diagnose?format=html", "/status", "/healthz", "/readyz"]
     return web.Response(text="dynamo-sidecar\n" + "\n".join(links) + "\n", content_type="text/plain")
@@ -117,4 +131,5 @@ def make_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
     app.router.add_get("/diagnose", diagnose_handler)
+    app.router.add_get("/diagnose/request/{x_request_id}", request_lines)
     return app

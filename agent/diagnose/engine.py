@@ -9,7 +9,7 @@ from typing import Any
 
 from agent import __version__
 from agent.diagnose.context import Context
-from agent.diagnose.model import SCHEMA_VERSION, SEVERITY_RANK, Finding, Rule
+from agent.diagnose.model import SCHEMA_VERSION, SEVERITY_RANK, Evidence, Finding, Rule
 from agent.diagnose.rules import RULES
 from agent.log import get as get_logger
 
@@ -45,8 +45,28 @@ def evaluate(ctx: Context, rules: tuple[Rule, ...] = RULES) -> tuple[list[Findin
                 )
             )
     _link(findings, {rule.id: rule for rule in rules})
+    _attach_log_evidence(ctx, findings)
     findings.sort(key=lambda f: (bool(f.explained_by), -SEVERITY_RANK[f.severity], f.since))
     return findings, errors
+
+
+LOG_EVIDENCE_LEAD = 60.0  # error lines this long before a finding began are still its context
+
+
+def _attach_log_evidence(ctx: Context, findings: list[Finding]) -> None:
+    errors = ctx.state.facts("dynamo_logs").get("errors")
+    if errors is None:
+        return
+    for finding in findings:
+        if finding.category == "sidecar":
+            continue
+        for signature in errors.recent(since=finding.since - LOG_EVIDENCE_LEAD)[:3]:
+            finding.evidence.append(Evidence(
+                f"log {signature.level} {signature.target}",
+                signature.message[:300],
+                timestamp=signature.last_seen,
+                note=f"seen {signature.count}x since {time.strftime('%H:%M:%S', time.gmtime(signature.first_seen))}Z",
+            ))
 
 
 def _link(findings: list[Finding], rules: dict[str, Rule]) -> None:

@@ -155,6 +155,13 @@ def _optional_pid(raw: Any) -> int:
     return _int_range(0, 2**22)(raw)
 
 
+def _metric_prefix(raw: Any) -> str:
+    text = str(raw).strip()
+    if not re.fullmatch(r"[a-zA-Z_:][a-zA-Z0-9_:]*", text):
+        raise ValueError("a Prometheus metric name prefix such as dynamo_frontend")
+    return text
+
+
 def _log_level(raw: Any) -> str:
     text = str(raw).strip().lower()
     if text == "warn":
@@ -252,6 +259,14 @@ class Config:
         default="/metrics",
         metadata=_spec(_path, "Path of Dynamo's Prometheus metrics on both frontend and worker."),
     )
+    frontend_metrics_prefix: str = field(
+        default_factory=lambda: _dyn_env("DYN_METRICS_PREFIX", "dynamo_frontend"),
+        metadata=_spec(
+            _metric_prefix,
+            "Name prefix of the frontend's metrics (DYN_METRICS_PREFIX).",
+            dyn_env="DYN_METRICS_PREFIX",
+        ),
+    )
     http_timeout: float = field(
         default=2.0,
         metadata=_spec(
@@ -283,8 +298,17 @@ class Config:
         default="/sys/fs/cgroup", metadata=_spec(str, "Mount point of the cgroup filesystem.")
     )
     # Logs
-    log_files: list[str] = field(default_factory=list, metadata=_spec(_str_list, "Dynamo JSONL log files to tail (globs allowed): a shared volume, or /var/log/pods/<ns>_<pod>_<uid>/main/*.log."))
-    log_max_bytes_per_cycle: int = field(default=4 << 20, metadata=_spec(_int_range(4096, 1 << 30), "Most log bytes read per collection cycle, across files."))
+    log_files: list[str] = field(
+        default_factory=list,
+        metadata=_spec(
+            _str_list,
+            "Dynamo JSONL log files to tail (globs allowed): a shared volume, or /var/log/pods/<ns>_<pod>_<uid>/main/*.log.",
+        ),
+    )
+    log_max_bytes_per_cycle: int = field(
+        default=4 << 20,
+        metadata=_spec(_int_range(4096, 1 << 30), "Most log bytes read per collection cycle, across files."),
+    )
     # Scheduling
     process_interval: float = field(
         default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the process and cgroup collectors.")

@@ -81,7 +81,10 @@ def build_collectors(config: Config) -> list[Collector]:
     if config.log_files:
         collectors.append(
             DynamoLogCollector(
-                config.log_files, config.dynamo_interval, config.collector_timeout, config.log_max_bytes_per_cycle
+                config.log_files,
+                config.dynamo_interval,
+                config.collector_timeout,
+                config.log_max_bytes_per_cycle,
             )
         )
     return collectors
@@ -90,7 +93,7 @@ def build_collectors(config: Config) -> list[Collector]:
 class Sidecar:
     def __init__(self, config: Config, collectors: list[Collector] | None = None) -> None:
         self.config = config
-        self.names = DynamoNames()
+        self.names = DynamoNames(frontend_prefix=config.frontend_metrics_prefix)
         history_names = self.names.history_names()
         self.state = State(
             history_window=config.history_window,
@@ -137,7 +140,9 @@ class Sidecar:
 
     def diagnose_report(self, window: float | None = None, min_severity: str = "info") -> dict[str, Any]:
         signals = compute(self.state, self.names, self.config.signal_window)
-        ctx = Context(self.state, self.config, signals, window=window or self.config.history_window)
+        ctx = Context(
+            self.state, self.config, signals, window=window or self.config.history_window, names=self.names
+        )
         return diagnose(ctx, min_severity=min_severity)
 
     def status(self) -> dict[str, Any]:

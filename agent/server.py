@@ -110,10 +110,19 @@ async def request_lines(request: web.Request) -> web.Response:
     facts = sidecar.state.facts("dynamo_logs")
     index = facts.get("requests")
     if index is None:
-        return _json({"error": "no log files configured (log_files / DYN_SIDECAR_LOG_FILES)", "x_request_id": request_id}, 404)
+        return _json(
+            {
+                "error": "no log files configured (log_files / DYN_SIDECAR_LOG_FILES)",
+                "x_request_id": request_id,
+            },
+            404,
+        )
     lines = index.get(request_id)
     if not lines:
-        return _json({"x_request_id": request_id, "lines": [], "detail": "no log line seen with this x_request_id"}, 404)
+        return _json(
+            {"x_request_id": request_id, "lines": [], "detail": "no log line seen with this x_request_id"},
+            404,
+        )
     return _json({"x_request_id": request_id, "lines": lines})
 
 

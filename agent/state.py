@@ -20,6 +20,7 @@ from typing import Any
 from agent.samples import CollectResult, Event, Family, Labels, Sample
 
 SeriesKey = tuple[str, Labels]
+CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 
 
 class SeriesRing:
@@ -178,6 +179,7 @@ class State:
         result.samples = self._admit(result.samples, now)
         for family in result.families:
             family.samples = self._admit(family.samples, now)
+        previous = self.latest_time.get(collector)
         self.latest[collector] = result
         self.latest_time[collector] = now
         for item in self._all_samples(result):
@@ -189,6 +191,11 @@ class State:
             ring = by_labels.get(item.labels)
             if ring is None:
                 ring = by_labels[item.labels] = SeriesRing(self.ring_capacity)
+                if previous is not None and item.name.endswith(CUMULATIVE_SUFFIXES):
+                    # Dynamo creates counter and histogram series lazily, at their first
+                    # event. A series absent from the source's previous scrape was zero
+                    # then; without this point the first events would never count.
+                    ring.append(previous, 0.0)
             ring.append(now, item.value)
         for event in result.events:
             self.add_event(event)

@@ -53,6 +53,23 @@ def _parse_body(result: HttpResult) -> tuple[dict[str, Any] | None, str]:
     return body, ""
 
 
+MODELS_PATH = "/v1/models"
+
+
+def parse_models(result: HttpResult) -> list[str] | None:
+    """Model ids from an OpenAI-style /v1/models body; None when unusable."""
+    if not result.ok:
+        return None
+    try:
+        body = json.loads(result.body)
+    except ValueError:
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, list):
+        return None
+    return [str(item["id"]) for item in data[:256] if isinstance(item, dict) and "id" in item]
+
+
 def classify(result: HttpResult) -> tuple[str, str, dict[str, Any] | None, str]:
     """(outcome, status string, parsed body, error) for one probe."""
     if result.failure:
@@ -103,7 +120,15 @@ class DynamoHealthCollector(Collector):
                         fetch(self._session, target.base_url + path, self.http_timeout, self.max_bytes),
                     )
                 )
-        responses = await asyncio.gather(*(job[2] for job in jobs))
+        # The frontend's model list: /health can list instances that no longer serve
+        # (stale registration after a worker death) while /v1/models is already empty.
+        frontends = [t for t in self.targets if t.kind == "frontend"]
+        models_jobs = [
+            fetch(self._session, t.base_url + MODELS_PATH, self.http_timeout, self.max_bytes) for t in frontends
+        ]
+        responses, models_responses = await asyncio.gather(
+            asyncio.gather(*(job[2] for job in jobs)), asyncio.gather(*models_jobs)
+        )
         facts: dict[str, Any] = {}
         now = time.time()
         for (target, probe, _), response in zip(jobs, responses, strict=True):
@@ -114,6 +139,14 @@ class DynamoHealthCollector(Collector):
             body = view["probes"][probe].pop("_body", None)
             if body is not None and probe == "health":
                 self._read_body(result, target, body, view, now)
+        for target, response in zip(frontends, models_responses, strict=True):
+            view = facts[target.endpoint]
+            models = parse_models(response)
+            if models is None:
+                view["models_error"] = response.error or f"HTTP {response.status}: {response.excerpt(120)}"
+            else:
+                view["models"] = models
+                result.add(PREFIX + "frontend_models", len(models), endpoint=target.endpoint)
         result.facts = {"endpoints": facts, "time": now}
         return result
 

@@ -87,3 +87,16 @@ def test_history_memory_is_bounded_and_stale_series_expire() -> None:
     remaining = {dict(labels)["pid"] for labels in state.history["g"]}
     assert remaining <= {"3", "4"} and "4" in remaining
     assert state._series_per_metric["g"] == len(remaining)
+
+
+def test_lazily_created_counter_counts_from_zero() -> None:
+    state = State(history_window=600, min_interval=1)
+    state.update("c", CollectResult(samples=[sample("other", 1)]), now=100.0)
+    # The series appears at its first event, already at 6: those 6 happened in the window.
+    state.update("c", CollectResult(samples=[sample("req_total", 6)]), now=110.0)
+    assert state.increase("req_total", 60, now=110.0) == 6
+    # A series present from the very first scrape has no known zero: no invented increase.
+    fresh = State(history_window=600, min_interval=1)
+    fresh.update("c", CollectResult(samples=[sample("req_total", 6)]), now=100.0)
+    fresh.update("c", CollectResult(samples=[sample("req_total", 6)]), now=110.0)
+    assert fresh.increase("req_total", 60, now=110.0) == 0

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import Config
-from agent.signals import Signals
+from agent.signals import DynamoNames, Signals
 from agent.state import State
 
 
@@ -19,6 +19,7 @@ class Context:
     signals: Signals
     now: float = field(default_factory=time.time)
     window: float = 900.0  # ?since= narrows what "recent" means
+    names: DynamoNames = field(default_factory=DynamoNames)
 
     @property
     def uptime(self) -> float:

@@ -61,12 +61,14 @@ def _attach_log_evidence(ctx: Context, findings: list[Finding]) -> None:
         if finding.category == "sidecar":
             continue
         for signature in errors.recent(since=finding.since - LOG_EVIDENCE_LEAD)[:3]:
-            finding.evidence.append(Evidence(
-                f"log {signature.level} {signature.target}",
-                signature.message[:300],
-                timestamp=signature.last_seen,
-                note=f"seen {signature.count}x since {time.strftime('%H:%M:%S', time.gmtime(signature.first_seen))}Z",
-            ))
+            finding.evidence.append(
+                Evidence(
+                    f"log {signature.level} {signature.target}",
+                    signature.message[:300],
+                    timestamp=signature.last_seen,
+                    note=f"seen {signature.count}x since {time.strftime('%H:%M:%S', time.gmtime(signature.first_seen))}Z",
+                )
+            )
 
 
 def _link(findings: list[Finding], rules: dict[str, Rule]) -> None:

@@ -140,6 +140,87 @@ def frontend_no_instances(ctx: Context) -> list[Hit]:
     return hits
 
 
+UNAVAILABLE_REASONS = ("transport.cannot_connect", "backend.unavailable")
+STALE_WINDOW = 60.0
+
+
+def frontend_stale_instances(ctx: Context) -> list[Hit]:
+    """/health lists instances, yet they do not serve: the registration outlived the worker."""
+    hits = []
+    frontend_failures = f"{ctx.names.frontend_prefix}_failures_total"
+    unavailable = sum(
+        ctx.state.increase(frontend_failures, STALE_WINDOW, ctx.now, reason=reason) or 0.0
+        for reason in UNAVAILABLE_REASONS
+    )
+    dead_workers = [
+        name
+        for name, view in ctx.health_endpoints().items()
+        if view.get("kind") == "worker"
+        and view.get("probes", {}).get("health", {}).get("outcome") in {"refused", "timeout"}
+    ]
+    for endpoint, view in ctx.health_endpoints().items():
+        probe = view.get("probes", {}).get("health", {})
+        instances = view.get("instances")
+        if view.get("kind") != "frontend" or probe.get("outcome") != "ok" or not instances:
+            continue
+        evidence = [
+            Evidence(f'{PREFIX}frontend_instances{{endpoint="{endpoint}"}}', len(instances)),
+            Evidence("instances listed by /health", [i.get("instance_id") for i in instances][:5]),
+        ]
+        if view.get("models") == []:
+            evidence.append(
+                Evidence(f'{PREFIX}frontend_models{{endpoint="{endpoint}"}}', 0, note="GET /v1/models")
+            )
+        if unavailable > 0:
+            evidence.append(
+                Evidence(
+                    f'increase({frontend_failures}{{class="Unavailable"}}[{STALE_WINDOW:.0f}s])',
+                    unavailable,
+                    note="requests failing: " + " / ".join(UNAVAILABLE_REASONS),
+                )
+            )
+        for worker in dead_workers:
+            evidence.append(
+                Evidence(
+                    f'{PREFIX}endpoint_probe_outcome{{endpoint="{worker}",probe="health"}}',
+                    ctx.probe(worker).get("outcome"),
+                    note="the worker in this pod is down",
+                )
+            )
+        if len(evidence) > 2:
+            hits.append(Hit(endpoint, {"count": len(instances)}, evidence, probe.get("since", ctx.now)))
+    return hits
+
+
+KEEPALIVE_LOST = ("keep_alive failed", "lease", "failed to renew")
+
+
+def worker_registration_lost(ctx: Context) -> list[Hit]:
+    errors = ctx.state.facts("dynamo_logs").get("errors")
+    if errors is None:
+        return []
+    lost = [
+        s
+        for s in errors.recent(since=ctx.now - min(ctx.window, 120.0))
+        if s.level == "ERROR" and any(marker in s.message for marker in KEEPALIVE_LOST)
+    ]
+    if not lost:
+        return []
+    return [
+        Hit(
+            "discovery",
+            {"count": sum(s.count for s in lost)},
+            [
+                Evidence(
+                    f"log {s.level} {s.target}", s.message[:300], timestamp=s.last_seen, note=f"{s.count}x"
+                )
+                for s in lost[:3]
+            ],
+            min(s.first_seen for s in lost),
+        )
+    ]
+
+
 def worker_notready_endpoints_ready(ctx: Context) -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health_endpoints().items():
@@ -329,6 +410,30 @@ RULES: tuple[Rule, ...] = (
             "Do not rely on the frontend's /health for readiness: it stays 200 with no workers; use `/v1/models` or the sidecar's canary.",
         ),
         frontend_no_instances,
+    ),
+    Rule(
+        "frontend_stale_instances",
+        "connection_anomaly",
+        "critical",
+        "frontend {subject} lists {count} worker instance(s) but serves no model: stale registration, requests fail 503",
+        (
+            "A worker died without deregistering (SIGKILL, OOM kill, node loss); the frontend drops it after its discovery lease expires (~10-20 s).",
+            "Check the worker pods: `kubectl get pods -l nvidia.com/dynamo-component-type=worker` and their last state.",
+            "If it persists past a minute, check the discovery backend (etcd) for leftover keys.",
+        ),
+        frontend_stale_instances,
+    ),
+    Rule(
+        "worker_registration_lost",
+        "connection_anomaly",
+        "critical",
+        "this worker cannot keep its discovery registration ({count} keep-alive errors): it looks healthy but serves nothing",
+        (
+            "Restart the worker: after a stall (SIGSTOP, long GC, node pressure) Dynamo 1.6 does not re-register on its own.",
+            "Check etcd / the discovery store reachability and latency from this pod.",
+            "A readiness probe on the worker's /health does not catch this: it stays 200 'ready'.",
+        ),
+        worker_registration_lost,
     ),
     Rule(
         "worker_notready_endpoints_ready",

@@ -84,6 +84,7 @@ class DynamoSim:
         self.worker_started = time.monotonic()
         self.requests_seen: list[dict[str, str]] = []  # headers of completions, bounded
         self.inflight = 0
+        self._unavailable_once = False
         self.idle = asyncio.Event()  # set whenever no request is in flight
         self.idle.set()
         self.completed = 0
@@ -139,6 +140,7 @@ class DynamoSim:
 
     async def restart_worker(self) -> None:
         await self.stop_part("worker")
+        self._unavailable_once = False
         self.faults.stale_instance = False
         self.faults.worker_gone = False
         await self.start_part("worker")
@@ -255,11 +257,24 @@ class DynamoSim:
             )
             return self._json(recorded("completions_unknown_model.txt").splitlines()[0], 404, headers)
         if not self._worker_serving():
-            self._count(endpoint, model, request_type, "error", "service_unavailable")
+            # As the real 1.6.1 frontend after a worker SIGKILL: the first request fails to
+            # connect to the dead instance; later ones are refused as "model not ready".
+            self._count(endpoint, model, request_type, "error", "unavailable")
             self.failed += 1
-            return self._json(
-                recorded("scenario_worker_sigkill_completion.txt").splitlines()[0], 503, headers
-            )
+            if not self._unavailable_once:
+                self._unavailable_once = True
+                self.frontend_metrics.inc(
+                    "dynamo_frontend_failures_total",
+                    **{"class": "Unavailable", "reason": "transport.cannot_connect"},
+                )
+                body_text = recorded("scenario_worker_sigkill_completion.txt").splitlines()[0]
+            else:
+                self.frontend_metrics.inc(
+                    "dynamo_frontend_failures_total",
+                    **{"class": "Unavailable", "reason": "backend.unavailable"},
+                )
+                body_text = recorded("observed_model_not_ready_503.json")
+            return self._json(body_text, 503, headers)
         max_tokens = max(1, min(int(body.get("max_tokens") or 16), 4096))
         started = time.monotonic()
         self.inflight += 1
@@ -395,7 +410,7 @@ class DynamoSim:
                     }
                 }
                 await response.write(f"data: {compact(error)}\n\ndata: [DONE]\n\n".encode())
-                self._count(endpoint, MODEL, "stream", "error", "service_unavailable")
+                self._count(endpoint, MODEL, "stream", "error", "unavailable")
                 self.failed += 1
                 await response.write_eof()
                 return response

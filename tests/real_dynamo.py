@@ -1,0 +1,153 @@
+"""Runs a real Dynamo 1.6.1 frontend and mocker worker on loopback for integration tests.
+
+The Dynamo venv is found at $DYNAMO_PYTHON, else ~/.cache/dynamo-sidecar/dynamo-1.6.1
+(where .ci/run installs it once); tests using it are marked `dynamo` and skip with the reason
+when it is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from tests.conftest import wait_for_sync
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+DEFAULT_VENV = Path.home() / ".cache" / "dynamo-sidecar" / "dynamo-1.6.1"
+
+
+def free_i16_port() -> int:
+    """A free loopback port below 32768: Dynamo 1.6.1 parses DYN_SYSTEM_PORT as an i16."""
+    import random
+    import socket
+
+    for _ in range(200):
+        port = random.randint(20000, 32767)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port below 32768")
+
+
+def dynamo_python() -> str | None:
+    candidate = os.environ.get("DYNAMO_PYTHON") or str(DEFAULT_VENV / "bin" / "python")
+    if not os.path.exists(candidate):
+        return None
+    probe = subprocess.run([candidate, "-c", "import dynamo.frontend, dynamo.mocker"], capture_output=True, timeout=120)
+    return candidate if probe.returncode == 0 else None
+
+
+def unavailable_reason() -> str:
+    return (
+        "real Dynamo not installed: run .ci/run (installs ai-dynamo 1.6.1 into "
+        f"{DEFAULT_VENV}) or set DYNAMO_PYTHON"
+    )
+
+
+def http_get(url: str, timeout: float = 2.0) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
+
+
+class RealDynamo:
+    """One frontend and one mocker worker sharing a fresh file-based discovery store."""
+
+    def __init__(self, python: str, workdir: Path) -> None:
+        self.python = python
+        self.workdir = workdir
+        self.model = workdir / "tiny-model"
+        if not self.model.exists():
+            subprocess.run([python, str(FIXTURES / "make_tiny_model.py"), str(self.model)], check=True, capture_output=True, timeout=120)
+        self.frontend_port = free_i16_port()
+        self.worker_port = free_i16_port()
+        self.frontend: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.frontend_log = workdir / "frontend.log"
+        self.worker_log = workdir / "worker.log"
+        self.env = {
+            **{k: v for k, v in os.environ.items() if not k.startswith("DYN_")},
+            "DYN_DISCOVERY_BACKEND": "file",
+            "DYN_FILE_KV": str(workdir / "kv"),
+            "DYN_REQUEST_PLANE": "tcp",
+            "DYN_TCP_RPC_HOST": "127.0.0.1",
+            "DYN_EVENT_PLANE_HOST": "127.0.0.1",
+            "DYN_HTTP_HOST": "127.0.0.1",
+            "DYN_TCP_RESPONSE_STREAM_HOST": "127.0.0.1",
+            "DYN_SYSTEM_HOST": "127.0.0.1",
+            "DYN_LOGGING_JSONL": "1",
+            "HF_HUB_OFFLINE": "1",
+        }
+
+    @property
+    def frontend_url(self) -> str:
+        return f"http://127.0.0.1:{self.frontend_port}"
+
+    @property
+    def worker_url(self) -> str:
+        return f"http://127.0.0.1:{self.worker_port}"
+
+    def start_worker(self, health_check: bool = True, speedup: float = 10.0, extra_env: dict[str, str] | None = None) -> None:
+        env = {**self.env, "DYN_SYSTEM_ENABLED": "true", "DYN_SYSTEM_PORT": str(self.worker_port), **(extra_env or {})}
+        if health_check:
+            env["DYN_HEALTH_CHECK_ENABLED"] = "true"
+        log = self.worker_log.open("ab")
+        self.worker = subprocess.Popen(
+            [self.python, "-m", "dynamo.mocker", "--model-path", str(self.model), "--model-name", "tiny", "--speedup-ratio", str(speedup)],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        wait_for_sync(lambda: http_get(self.worker_url + "/live")[0] in {200, 503}, timeout=60, what="worker system port")
+
+    def start_frontend(self) -> None:
+        log = self.frontend_log.open("ab")
+        self.frontend = subprocess.Popen(
+            [self.python, "-m", "dynamo.frontend", "--http-port", str(self.frontend_port)],
+            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+        )
+        wait_for_sync(lambda: http_get(self.frontend_url + "/live")[0] == 200, timeout=60, what="frontend /live")
+
+    def wait_model(self, present: bool = True, timeout: float = 60) -> None:
+        def check() -> bool:
+            status, body = http_get(self.frontend_url + "/v1/models")
+            if status != 200:
+                return False
+            ids = [m["id"] for m in json.loads(body)["data"]]
+            return ("tiny" in ids) == present
+        wait_for_sync(check, timeout=timeout, what=f"model tiny {'listed' if present else 'gone'}")
+
+    def completion(self, request_id: str, max_tokens: int = 4, stream: bool = False, timeout: float = 30) -> tuple[int, bytes]:
+        body = json.dumps({"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "stream": stream}).encode()
+        request = urllib.request.Request(self.frontend_url + "/v1/completions", data=body, headers={"Content-Type": "application/json", "x-request-id": request_id})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+
+    def signal_worker(self, sig: signal.Signals) -> None:
+        assert self.worker is not None
+        self.worker.send_signal(sig)
+
+    def stop(self) -> None:
+        for proc in (self.frontend, self.worker):
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                proc.send_signal(signal.SIGCONT)
+                proc.kill()
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=20)
+        time.sleep(0)

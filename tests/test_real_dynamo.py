@@ -1,0 +1,187 @@
+"""The sidecar against a real Dynamo 1.6.1 (frontend + mocker engine on CPU, loopback only).
+
+Each behaviour from ../shared/dynamo/README.md "Observed behaviours worth a finding" is
+reproduced here against the real thing, and the sidecar's view must name it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import base_url, get_json, get_text, wait_for
+from tests.real_dynamo import RealDynamo, dynamo_python, unavailable_reason
+
+PYTHON = dynamo_python()
+pytestmark = [pytest.mark.dynamo, pytest.mark.slow, pytest.mark.skipif(PYTHON is None, reason=unavailable_reason())]
+
+
+@pytest.fixture
+def dynamo(tmp_path: Path) -> Iterator[RealDynamo]:
+    assert PYTHON is not None
+    real = RealDynamo(PYTHON, tmp_path)
+    try:
+        yield real
+    finally:
+        real.stop()
+
+
+async def _finding(http, sidecar, finding_id: str, timeout: float = 30) -> dict:
+    async def find() -> dict | None:
+        report = await get_json(http, base_url(sidecar) + "/diagnose")
+        return next((f for f in report["findings"] if f["id"] == finding_id), None)
+
+    return await wait_for(find, timeout=timeout, interval=0.2, what=finding_id)
+
+
+async def _sidecar_for(make_sidecar, dynamo: RealDynamo, **extra):
+    return await make_sidecar(
+        frontend_url=dynamo.frontend_url,
+        worker_system_urls=dynamo.worker_url,
+        process_pid="0",
+        log_files=f"{dynamo.frontend_log},{dynamo.worker_log}",
+        **extra,
+    )
+
+
+def _requests_total(text: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("dynamo_frontend_requests_total{") and 'status="success"' in line:
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def test_sidecar_view_matches_real_dynamo(dynamo: RealDynamo, make_sidecar, http) -> None:
+    dynamo.start_worker()
+    dynamo.start_frontend()
+    dynamo.wait_model()
+    sidecar = await _sidecar_for(make_sidecar, dynamo)
+    await wait_for(lambda: sidecar.ready, timeout=20, what="sidecar ready")
+    for index in range(6):
+        status, _ = await asyncio.to_thread(dynamo.completion, f"real-{index}", 4, index % 2 == 0)
+        assert status == 200
+    _, direct = await get_text(http, dynamo.frontend_url + "/metrics")
+    assert _requests_total(direct) == 6
+
+    async def sidecar_metrics() -> str | None:
+        _, text = await get_text(http, base_url(sidecar) + "/metrics")
+        return text if _requests_total(text) == 6 else None
+
+    text = await wait_for(sidecar_metrics, timeout=20, what="sidecar passthrough to show 6 requests")
+    for needle in (
+        'dynamo_sidecar_endpoint_up{endpoint="frontend",probe="health"} 1.0',
+        'dynamo_sidecar_endpoint_up{endpoint="worker",probe="health"} 1.0',
+        'dynamo_sidecar_worker_endpoint_ready{dynamo_endpoint="generate",endpoint="worker"} 1.0',
+        'dynamo_sidecar_frontend_models{endpoint="frontend"} 1.0',
+        "dynamo_component_requests_total{",
+        "dynamo_frontend_time_to_first_token_seconds_bucket{",
+        'process="dynamo.mocker"',
+        'process="dynamo.frontend"',
+    ):
+        assert needle in text, needle
+    assert sidecar.state.value("dynamo_sidecar_frontend_instances") >= 1
+    # TTFT quantiles derived from Dynamo's histogram.
+    await wait_for(lambda: ("ttft", 0.99) in sidecar.signals.latency, timeout=20, what="ttft p99")
+    # The request's Dynamo log lines, by the x-request-id we sent.
+    async def lines() -> dict | None:
+        async with http.get(base_url(sidecar) + "/diagnose/request/real-3") as response:
+            return await response.json() if response.status == 200 else None
+
+    found = await wait_for(lines, timeout=20, what="log lines of real-3")
+    assert all(line["x_request_id"] == "real-3" for line in found["lines"])
+    report = await get_json(http, base_url(sidecar) + "/diagnose?severity=warning")
+    assert report["findings"] == [], report["findings"]
+
+
+async def test_frontend_healthy_with_zero_instances(dynamo: RealDynamo, make_sidecar, http) -> None:
+    dynamo.start_frontend()
+    sidecar = await make_sidecar(frontend_url=dynamo.frontend_url, role="frontend", process_pid="0")
+    finding = await _finding(http, sidecar, "frontend_no_instances:frontend")
+    assert finding["severity"] == "critical"
+    health = sidecar.state.facts("dynamo_health")["endpoints"]["frontend"]["probes"]["health"]
+    assert health["status"] == "healthy" and health["status_code"] == 200  # what a k8s probe sees
+
+
+async def test_worker_notready_without_health_check_payloads(dynamo: RealDynamo, make_sidecar, http) -> None:
+    dynamo.start_worker(health_check=False)
+    sidecar = await make_sidecar(worker_system_urls=dynamo.worker_url, role="worker", process_pid="0")
+    finding = await _finding(http, sidecar, "worker_notready_endpoints_ready:worker")
+    assert "DYN_HEALTH_CHECK_ENABLED" in finding["actions"][0]
+    probe = sidecar.state.facts("dynamo_health")["endpoints"]["worker"]["probes"]["health"]
+    assert probe["status_code"] == 503 and probe["status"] == "notready"
+
+
+async def test_worker_sigkill_stale_instance_then_restart(dynamo: RealDynamo, make_sidecar, http) -> None:
+    dynamo.start_worker()
+    dynamo.start_frontend()
+    dynamo.wait_model()
+    sidecar = await _sidecar_for(make_sidecar, dynamo)
+    await wait_for(lambda: sidecar.state.value("dynamo_sidecar_worker_uptime_seconds", default=0) > 1.5, timeout=30, what="worker uptime > 1.5s")
+    dynamo.signal_worker(signal.SIGKILL)
+    refused = await _finding(http, sidecar, "endpoint_refused:worker")
+    assert refused["severity"] == "critical"
+    stale = await _finding(http, sidecar, "frontend_stale_instances:frontend", timeout=20)
+    assert any('endpoint="worker"' in e["signal"] and e["value"] == "refused" for e in stale["evidence"])
+    # Requests through the frontend fail while /health still lists the dead instance;
+    # the failures become evidence too.
+    status, body = await asyncio.to_thread(dynamo.completion, "after-kill", 2)
+    assert status == 503, body
+
+    async def failures_in_evidence() -> bool:
+        report = await get_json(http, base_url(sidecar) + "/diagnose")
+        found = next((f for f in report["findings"] if f["id"] == "frontend_stale_instances:frontend"), None)
+        return found is not None and any("failures_total" in e["signal"] for e in found["evidence"])
+
+    await wait_for(failures_in_evidence, timeout=10, what="unavailable failures as evidence")
+    dynamo.worker.wait(timeout=10)  # type: ignore[union-attr]
+    dynamo.start_worker()
+    restarted = await _finding(http, sidecar, "worker_restarted:worker", timeout=60)
+    assert "restarted" in restarted["evidence"][0]["value"]
+    dynamo.wait_model()
+    await wait_for(lambda: sidecar.state.value("dynamo_sidecar_endpoint_up", endpoint="worker", probe="health") == 1, timeout=30, what="worker up again")
+
+
+async def test_worker_sigterm_under_load(dynamo: RealDynamo, make_sidecar, http) -> None:
+    dynamo.start_worker(speedup=0.1)  # ~57 ms a token
+    dynamo.start_frontend()
+    dynamo.wait_model()
+    sidecar = await _sidecar_for(make_sidecar, dynamo)
+    await wait_for(lambda: sidecar.ready, timeout=20, what="ready")
+    results: list[int] = []
+    threads = [threading.Thread(target=lambda i=i: results.append(dynamo.completion(f"load-{i}", 40, timeout=60)[0])) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    await wait_for(lambda: (sidecar.signals.inflight_total() or 0) >= 1, timeout=20, what="in-flight requests seen")
+    dynamo.signal_worker(signal.SIGTERM)
+    # The system port closes at once: the sidecar names it "refused" (not a hang).
+    await wait_for(lambda: sidecar.state.value("dynamo_sidecar_endpoint_probe_outcome", endpoint="worker", probe="health", outcome="refused") == 1, timeout=20, what="worker refused")
+    for thread in threads:
+        await asyncio.to_thread(thread.join, 60)
+    assert results == [200, 200, 200, 200]  # in-flight requests finished
+    events = [e for e in sidecar.state.events if e.kind == "health_transition" and e.source == "worker/health"]
+    assert events and events[-1].attributes["to_outcome"] == "refused"
+
+
+async def test_frontend_sigterm_is_draining(dynamo: RealDynamo, make_sidecar, http) -> None:
+    dynamo.start_worker(speedup=0.1)
+    dynamo.start_frontend()
+    dynamo.wait_model()
+    sidecar = await _sidecar_for(make_sidecar, dynamo)
+    await wait_for(lambda: sidecar.ready, timeout=20, what="ready")
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(dynamo.completion("inflight", 40, stream=True, timeout=60)[0]))
+    thread.start()
+    await wait_for(lambda: (sidecar.signals.frontend_inflight or 0) >= 1, timeout=20, what="in flight")
+    dynamo.frontend.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+    finding = await _finding(http, sidecar, "dynamo_draining:frontend", timeout=10)
+    assert finding["category"] == "shutdown"
+    live = sidecar.state.facts("dynamo_health")["endpoints"]["frontend"]["probes"]["live"]
+    assert live["status"] == "shutting_down" and live["status_code"] == 503
+    await asyncio.to_thread(thread.join, 60)
+    assert results == [200]

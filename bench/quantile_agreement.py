@@ -31,11 +31,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import aiohttp  # noqa: E402
+import aiohttp
 
-from agent.config import load_config  # noqa: E402
-from agent.dynamo_sim import DynamoSim  # noqa: E402
-from agent.runtime import Sidecar  # noqa: E402
+from agent.config import load_config
+from agent.dynamo_sim import DynamoSim
+from agent.runtime import Sidecar
 
 TTFT = "dynamo_frontend_time_to_first_token_seconds"
 WINDOW = 60.0
@@ -60,9 +60,14 @@ def start_prometheus(frontend: str, workdir: Path) -> tuple[subprocess.Popen[byt
         f"  - job_name: dynamo\n    static_configs: [{{targets: ['{target}']}}]\n"
     )
     proc = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return proc, f"http://127.0.0.1:{port}"
 
@@ -134,10 +139,20 @@ async def run(requests: int = 120, real: bool = False) -> dict[str, Any]:
         await sim.start("127.0.0.1", 0, 0)
         frontend, worker = sim.url("frontend"), sim.url("worker")
     prometheus, prom_url = start_prometheus(frontend, workdir)
-    sidecar = Sidecar(load_config(overrides={
-        "listen_host": "127.0.0.1", "listen_port": "0", "frontend_url": frontend, "worker_system_urls": worker,
-        "dynamo_interval": "1", "process_interval": "5", "signal_window": str(WINDOW), "process_pid": "0",
-    }))
+    sidecar = Sidecar(
+        load_config(
+            overrides={
+                "listen_host": "127.0.0.1",
+                "listen_port": "0",
+                "frontend_url": frontend,
+                "worker_system_urls": worker,
+                "dynamo_interval": "1",
+                "process_interval": "5",
+                "signal_window": str(WINDOW),
+                "process_pid": "0",
+            }
+        )
+    )
     await sidecar.start()
     try:
         await wait_until(lambda: promql(prom_url, "up", time.time()) == 1.0, 30, "prometheus scraping")
@@ -148,7 +163,10 @@ async def run(requests: int = 120, real: bool = False) -> dict[str, Any]:
                     # A spread of TTFTs across several buckets.
                     sim.faults.ttft_extra = random.choice((0.0, 0.0, 0.003, 0.01, 0.02, 0.05))
                     sim.faults.token_delay = 0.001
-                async with session.post(frontend + "/v1/completions", json={"model": "tiny", "prompt": "hi", "max_tokens": 2 + index % 5}) as response:
+                async with session.post(
+                    frontend + "/v1/completions",
+                    json={"model": "tiny", "prompt": "hi", "max_tokens": 2 + index % 5},
+                ) as response:
                     await response.read()
         traffic_seconds = time.time() - started
         # Let both scrape the final state twice.
@@ -159,11 +177,29 @@ async def run(requests: int = 120, real: bool = False) -> dict[str, Any]:
         rows = []
         for quantile in QUANTILES:
             ours = sidecar.state.window_quantile(TTFT, quantile, WINDOW, now=at)
-            theirs = promql(prom_url, f"histogram_quantile({quantile}, sum by (le) (increase({TTFT}_bucket[{int(WINDOW)}s])))", at)
+            theirs = promql(
+                prom_url,
+                f"histogram_quantile({quantile}, sum by (le) (increase({TTFT}_bucket[{int(WINDOW)}s])))",
+                at,
+            )
             width = bucket_width(bounds, theirs) if theirs is not None else float("inf")
             agree = ours is not None and theirs is not None and abs(ours - theirs) <= width
-            rows.append({"quantile": quantile, "sidecar": ours, "promql": theirs, "bucket_width": width, "agree": agree})
-        return {"dynamo": "real" if real else "simulated", "requests": requests, "traffic_seconds": round(traffic_seconds, 2), "window_seconds": WINDOW, "rows": rows}
+            rows.append(
+                {
+                    "quantile": quantile,
+                    "sidecar": ours,
+                    "promql": theirs,
+                    "bucket_width": width,
+                    "agree": agree,
+                }
+            )
+        return {
+            "dynamo": "real" if real else "simulated",
+            "requests": requests,
+            "traffic_seconds": round(traffic_seconds, 2),
+            "window_seconds": WINDOW,
+            "rows": rows,
+        }
     finally:
         await sidecar.stop()
         prometheus.terminate()
@@ -176,14 +212,18 @@ async def run(requests: int = 120, real: bool = False) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--requests", type=int, default=120)
     parser.add_argument("--real", action="store_true", help="use a real Dynamo frontend + mocker")
     parser.add_argument("--smoke", action="store_true", help="small run for CI")
     args = parser.parse_args()
     result = asyncio.run(run(30 if args.smoke else args.requests, args.real))
     for row in result["rows"]:
-        print(f"p{row['quantile'] * 100:g}: sidecar {row['sidecar']:.6f}s  promql {row['promql']:.6f}s  bucket width {row['bucket_width']:.6f}s  {'AGREE' if row['agree'] else 'DISAGREE'}")
+        print(
+            f"p{row['quantile'] * 100:g}: sidecar {row['sidecar']:.6f}s  promql {row['promql']:.6f}s  bucket width {row['bucket_width']:.6f}s  {'AGREE' if row['agree'] else 'DISAGREE'}"
+        )
     print(json.dumps(result))
     sys.exit(0 if all(row["agree"] for row in result["rows"]) else 1)
 

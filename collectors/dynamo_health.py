@@ -124,7 +124,8 @@ class DynamoHealthCollector(Collector):
         # (stale registration after a worker death) while /v1/models is already empty.
         frontends = [t for t in self.targets if t.kind == "frontend"]
         models_jobs = [
-            fetch(self._session, t.base_url + MODELS_PATH, self.http_timeout, self.max_bytes) for t in frontends
+            fetch(self._session, t.base_url + MODELS_PATH, self.http_timeout, self.max_bytes)
+            for t in frontends
         ]
         responses, models_responses = await asyncio.gather(
             asyncio.gather(*(job[2] for job in jobs)), asyncio.gather(*models_jobs)

@@ -98,7 +98,11 @@ class ErrorRing:
             self._add(record, seen)
 
     def _add(self, record: dict[str, Any], seen: float) -> None:
-        level, target, message = record.get("level", ""), record.get("target", ""), str(record.get("message", ""))
+        level, target, message = (
+            record.get("level", ""),
+            record.get("target", ""),
+            str(record.get("message", "")),
+        )
         key = (level, target, _VOLATILE.sub("#", message)[:300])
         signature = self._by_key.get(key)
         if signature is None:
@@ -150,7 +154,9 @@ def record_time(record: dict[str, Any], fallback: float) -> float:
 class DynamoLogCollector(Collector):
     name = "dynamo_logs"
 
-    def __init__(self, paths: list[str], interval: float, timeout: float, max_bytes_per_cycle: int = 4 << 20) -> None:
+    def __init__(
+        self, paths: list[str], interval: float, timeout: float, max_bytes_per_cycle: int = 4 << 20
+    ) -> None:
         super().__init__(interval, timeout)
         self.patterns = paths
         self.max_bytes_per_cycle = max_bytes_per_cycle

@@ -41,7 +41,9 @@ def dynamo_python() -> str | None:
     candidate = os.environ.get("DYNAMO_PYTHON") or str(DEFAULT_VENV / "bin" / "python")
     if not os.path.exists(candidate):
         return None
-    probe = subprocess.run([candidate, "-c", "import dynamo.frontend, dynamo.mocker"], capture_output=True, timeout=120)
+    probe = subprocess.run(
+        [candidate, "-c", "import dynamo.frontend, dynamo.mocker"], capture_output=True, timeout=120
+    )
     return candidate if probe.returncode == 0 else None
 
 
@@ -70,7 +72,12 @@ class RealDynamo:
         self.workdir = workdir
         self.model = workdir / "tiny-model"
         if not self.model.exists():
-            subprocess.run([python, str(FIXTURES / "make_tiny_model.py"), str(self.model)], check=True, capture_output=True, timeout=120)
+            subprocess.run(
+                [python, str(FIXTURES / "make_tiny_model.py"), str(self.model)],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
         self.frontend_port = free_i16_port()
         self.worker_port = free_i16_port()
         self.frontend: subprocess.Popen[bytes] | None = None
@@ -99,24 +106,53 @@ class RealDynamo:
     def worker_url(self) -> str:
         return f"http://127.0.0.1:{self.worker_port}"
 
-    def start_worker(self, health_check: bool = True, speedup: float = 10.0, extra_env: dict[str, str] | None = None) -> None:
-        env = {**self.env, "DYN_SYSTEM_ENABLED": "true", "DYN_SYSTEM_PORT": str(self.worker_port), **(extra_env or {})}
+    def start_worker(
+        self, health_check: bool = True, speedup: float = 10.0, extra_env: dict[str, str] | None = None
+    ) -> None:
+        env = {
+            **self.env,
+            "DYN_SYSTEM_ENABLED": "true",
+            "DYN_SYSTEM_PORT": str(self.worker_port),
+            **(extra_env or {}),
+        }
         if health_check:
             env["DYN_HEALTH_CHECK_ENABLED"] = "true"
         log = self.worker_log.open("ab")
         self.worker = subprocess.Popen(
-            [self.python, "-m", "dynamo.mocker", "--model-path", str(self.model), "--model-name", "tiny", "--speedup-ratio", str(speedup)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            [
+                self.python,
+                "-m",
+                "dynamo.mocker",
+                "--model-path",
+                str(self.model),
+                "--model-name",
+                "tiny",
+                "--speedup-ratio",
+                str(speedup),
+            ],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
         )
-        wait_for_sync(lambda: http_get(self.worker_url + "/live")[0] in {200, 503}, timeout=60, what="worker system port")
+        wait_for_sync(
+            lambda: http_get(self.worker_url + "/live")[0] in {200, 503},
+            timeout=60,
+            what="worker system port",
+        )
 
     def start_frontend(self) -> None:
         log = self.frontend_log.open("ab")
         self.frontend = subprocess.Popen(
             [self.python, "-m", "dynamo.frontend", "--http-port", str(self.frontend_port)],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, cwd=self.workdir,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
         )
-        wait_for_sync(lambda: http_get(self.frontend_url + "/live")[0] == 200, timeout=60, what="frontend /live")
+        wait_for_sync(
+            lambda: http_get(self.frontend_url + "/live")[0] == 200, timeout=60, what="frontend /live"
+        )
 
     def wait_model(self, present: bool = True, timeout: float = 60) -> None:
         def check() -> bool:
@@ -125,11 +161,20 @@ class RealDynamo:
                 return False
             ids = [m["id"] for m in json.loads(body)["data"]]
             return ("tiny" in ids) == present
+
         wait_for_sync(check, timeout=timeout, what=f"model tiny {'listed' if present else 'gone'}")
 
-    def completion(self, request_id: str, max_tokens: int = 4, stream: bool = False, timeout: float = 30) -> tuple[int, bytes]:
-        body = json.dumps({"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "stream": stream}).encode()
-        request = urllib.request.Request(self.frontend_url + "/v1/completions", data=body, headers={"Content-Type": "application/json", "x-request-id": request_id})
+    def completion(
+        self, request_id: str, max_tokens: int = 4, stream: bool = False, timeout: float = 30
+    ) -> tuple[int, bytes]:
+        body = json.dumps(
+            {"model": "tiny", "prompt": "hello", "max_tokens": max_tokens, "stream": stream}
+        ).encode()
+        request = urllib.request.Request(
+            self.frontend_url + "/v1/completions",
+            data=body,
+            headers={"Content-Type": "application/json", "x-request-id": request_id},
+        )
         try:
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 return response.status, response.read()

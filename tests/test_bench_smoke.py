@@ -20,5 +20,7 @@ def test_bench_smoke(script) -> None:
     tool = NEEDS.get(script.name)
     if tool and shutil.which(tool) is None:
         pytest.skip(f"{tool} not installed")
-    result = subprocess.run([sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, str(script), "--smoke"], capture_output=True, text=True, timeout=600, cwd=ROOT
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -12,7 +12,18 @@ from tests.conftest import RECORDED, base_url, get_json, wait_for
 
 
 def line(message: str, level: str = "INFO", **extra: str) -> str:
-    return json.dumps({"time": "2026-11-25T00:31:23.560095Z", "level": level, "target": "dynamo_runtime::x", "message": message, **extra}) + "\n"
+    return (
+        json.dumps(
+            {
+                "time": "2026-11-25T00:31:23.560095Z",
+                "level": level,
+                "target": "dynamo_runtime::x",
+                "message": message,
+                **extra,
+            }
+        )
+        + "\n"
+    )
 
 
 def counts(result) -> dict[tuple, float]:

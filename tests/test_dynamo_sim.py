@@ -132,13 +132,17 @@ async def test_worker_death_and_draining_bodies(sim, http: aiohttp.ClientSession
         assert await response.text() == rec("scenario_worker_sigkill_completion.txt").splitlines()[0]
     # Found against the real Dynamo: later requests get "model not ready", and the
     # counters say why (error_type="unavailable", failures by class/reason).
-    async with http.post(front + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}) as response:
+    async with http.post(
+        front + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 1}
+    ) as response:
         assert response.status == 503
         assert "is not ready to serve requests yet" in await response.text()
     async with http.get(front + "/metrics") as response:
         metrics = await response.text()
     assert 'error_type="unavailable",model="tiny",request_type="unary",status="error"} 2' in metrics
-    assert 'dynamo_frontend_failures_total{class="Unavailable",reason="transport.cannot_connect"} 1' in metrics
+    assert (
+        'dynamo_frontend_failures_total{class="Unavailable",reason="transport.cannot_connect"} 1' in metrics
+    )
     assert 'dynamo_frontend_failures_total{class="Unavailable",reason="backend.unavailable"} 1' in metrics
     sim.faults.frontend_draining = True
     recorded = rec("scenario_frontend_sigterm_with_inflight.txt").splitlines()[0]

@@ -21,7 +21,9 @@ def _ruff() -> list[str]:
 
 
 def test_ruff_is_clean() -> None:
-    result = subprocess.run([*_ruff(), "check", "--quiet", str(ROOT)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*_ruff(), "check", "--quiet", str(ROOT)], capture_output=True, text=True, timeout=120
+    )
     if "No module named ruff" in result.stderr:
         pytest.skip("ruff is not installed (it is in the [test] extra)")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -35,7 +37,9 @@ def _section(readme: str, start: str) -> str:
 
 def test_readme_tables_are_generated_from_the_code() -> None:
     readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in _section(readme, "metrics-table"), "run: python -m agent.docs > README tables (see README)"
+    assert markdown_table() in _section(readme, "metrics-table"), (
+        "run: python -m agent.docs > README tables (see README)"
+    )
     assert reference_markdown() in _section(readme, "config-table")
 
 

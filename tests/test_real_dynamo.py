@@ -18,7 +18,11 @@ from tests.conftest import base_url, get_json, get_text, wait_for
 from tests.real_dynamo import RealDynamo, dynamo_python, unavailable_reason
 
 PYTHON = dynamo_python()
-pytestmark = [pytest.mark.dynamo, pytest.mark.slow, pytest.mark.skipif(PYTHON is None, reason=unavailable_reason())]
+pytestmark = [
+    pytest.mark.dynamo,
+    pytest.mark.slow,
+    pytest.mark.skipif(PYTHON is None, reason=unavailable_reason()),
+]
 
 
 @pytest.fixture
@@ -88,6 +92,7 @@ async def test_sidecar_view_matches_real_dynamo(dynamo: RealDynamo, make_sidecar
     assert sidecar.state.value("dynamo_sidecar_frontend_instances") >= 1
     # TTFT quantiles derived from Dynamo's histogram.
     await wait_for(lambda: ("ttft", 0.99) in sidecar.signals.latency, timeout=20, what="ttft p99")
+
     # The request's Dynamo log lines, by the x-request-id we sent.
     async def lines() -> dict | None:
         async with http.get(base_url(sidecar) + "/diagnose/request/real-3") as response:
@@ -122,7 +127,11 @@ async def test_worker_sigkill_stale_instance_then_restart(dynamo: RealDynamo, ma
     dynamo.start_frontend()
     dynamo.wait_model()
     sidecar = await _sidecar_for(make_sidecar, dynamo)
-    await wait_for(lambda: sidecar.state.value("dynamo_sidecar_worker_uptime_seconds", default=0) > 1.5, timeout=30, what="worker uptime > 1.5s")
+    await wait_for(
+        lambda: sidecar.state.value("dynamo_sidecar_worker_uptime_seconds", default=0) > 1.5,
+        timeout=30,
+        what="worker uptime > 1.5s",
+    )
     dynamo.signal_worker(signal.SIGKILL)
     refused = await _finding(http, sidecar, "endpoint_refused:worker")
     assert refused["severity"] == "critical"
@@ -144,7 +153,11 @@ async def test_worker_sigkill_stale_instance_then_restart(dynamo: RealDynamo, ma
     restarted = await _finding(http, sidecar, "worker_restarted:worker", timeout=60)
     assert "restarted" in restarted["evidence"][0]["value"]
     dynamo.wait_model()
-    await wait_for(lambda: sidecar.state.value("dynamo_sidecar_endpoint_up", endpoint="worker", probe="health") == 1, timeout=30, what="worker up again")
+    await wait_for(
+        lambda: sidecar.state.value("dynamo_sidecar_endpoint_up", endpoint="worker", probe="health") == 1,
+        timeout=30,
+        what="worker up again",
+    )
 
 
 async def test_worker_sigterm_under_load(dynamo: RealDynamo, make_sidecar, http) -> None:
@@ -154,17 +167,33 @@ async def test_worker_sigterm_under_load(dynamo: RealDynamo, make_sidecar, http)
     sidecar = await _sidecar_for(make_sidecar, dynamo)
     await wait_for(lambda: sidecar.ready, timeout=20, what="ready")
     results: list[int] = []
-    threads = [threading.Thread(target=lambda i=i: results.append(dynamo.completion(f"load-{i}", 40, timeout=60)[0])) for i in range(4)]
+    threads = [
+        threading.Thread(target=lambda i=i: results.append(dynamo.completion(f"load-{i}", 40, timeout=60)[0]))
+        for i in range(4)
+    ]
     for thread in threads:
         thread.start()
-    await wait_for(lambda: (sidecar.signals.inflight_total() or 0) >= 1, timeout=20, what="in-flight requests seen")
+    await wait_for(
+        lambda: (sidecar.signals.inflight_total() or 0) >= 1, timeout=20, what="in-flight requests seen"
+    )
     dynamo.signal_worker(signal.SIGTERM)
     # The system port closes at once: the sidecar names it "refused" (not a hang).
-    await wait_for(lambda: sidecar.state.value("dynamo_sidecar_endpoint_probe_outcome", endpoint="worker", probe="health", outcome="refused") == 1, timeout=20, what="worker refused")
+    await wait_for(
+        lambda: (
+            sidecar.state.value(
+                "dynamo_sidecar_endpoint_probe_outcome", endpoint="worker", probe="health", outcome="refused"
+            )
+            == 1
+        ),
+        timeout=20,
+        what="worker refused",
+    )
     for thread in threads:
         await asyncio.to_thread(thread.join, 60)
     assert results == [200, 200, 200, 200]  # in-flight requests finished
-    events = [e for e in sidecar.state.events if e.kind == "health_transition" and e.source == "worker/health"]
+    events = [
+        e for e in sidecar.state.events if e.kind == "health_transition" and e.source == "worker/health"
+    ]
     assert events and events[-1].attributes["to_outcome"] == "refused"
 
 
@@ -175,7 +204,9 @@ async def test_frontend_sigterm_is_draining(dynamo: RealDynamo, make_sidecar, ht
     sidecar = await _sidecar_for(make_sidecar, dynamo)
     await wait_for(lambda: sidecar.ready, timeout=20, what="ready")
     results: list[int] = []
-    thread = threading.Thread(target=lambda: results.append(dynamo.completion("inflight", 40, stream=True, timeout=60)[0]))
+    thread = threading.Thread(
+        target=lambda: results.append(dynamo.completion("inflight", 40, stream=True, timeout=60)[0])
+    )
     thread.start()
     await wait_for(lambda: (sidecar.signals.frontend_inflight or 0) >= 1, timeout=20, what="in flight")
     dynamo.frontend.send_signal(signal.SIGTERM)  # type: ignore[union-attr]

@@ -184,3 +184,17 @@ def test_catalogue_names_are_unique_and_prefixed() -> None:
     assert all(name.startswith(PREFIX) for name in names)
     assert all(spec.type in {"gauge", "counter", "histogram"} for spec in BY_NAME.values())
     assert all(spec.name.endswith("_total") for spec in BY_NAME.values() if spec.type == "counter")
+
+
+async def test_passthrough_allow_deny_and_off(sim, make_sidecar, http) -> None:
+    sidecar = await make_sidecar(sim, passthrough_allow="^dynamo_frontend_", passthrough_deny="_bucket$,^dynamo_frontend_model_")
+    await _ready(http, sidecar)
+    text = await _metrics_with(http, sidecar, "dynamo_frontend_requests_total")
+    assert "dynamo_component_" not in text  # not allowed
+    assert "dynamo_frontend_model_ready" not in text  # denied
+    # Derived signals still use the series the filters hide from /metrics.
+    assert sidecar.state.history.get("dynamo_component_requests_total")
+    off = await make_sidecar(sim, passthrough="false")
+    await _ready(http, off)
+    text = await _metrics_with(http, off, "dynamo_sidecar_scrape_up")
+    assert not [line for line in text.splitlines() if line.startswith("dynamo_frontend_")]

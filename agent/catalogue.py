@@ -48,6 +48,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("history_window_seconds", "gauge", "How far back the history ring reaches by configuration.", (), "state"),
     _m("events_total", "counter", "Events recorded (health transitions, restarts, XIDs...) by kind.", ("kind",), "state"),
     _m("exposition_render_seconds", "gauge", "Time taken to render the last /metrics exposition.", (), "exporter"),
+    _m("drain_duration_seconds", "gauge", "Duration of the current or last drain.", (), "drain"),
+    _m("drain_inflight_at_start", "gauge", "Dynamo in-flight requests when the drain began.", (), "drain"),
+    _m("drain_inflight_at_end", "gauge", "Dynamo in-flight requests when the drain ended (or now).", (), "drain"),
+    _m("drain_requests_completed", "gauge", "Frontend requests that completed during the drain.", (), "drain"),
+    _m("drain_requests_failed", "gauge", "Frontend requests that failed during the drain.", (), "drain"),
+    _m("drain_reason", "gauge", "1 for why the drain ended: inflight_zero, process_exited, deadline, second_signal.", ("reason",), "drain"),
     # --- process collector ------------------------------------------------------------
     _m("processes_matched", "gauge", "Dynamo processes found in the pod's process namespace.", (), "process"),
     _m("process_cpu_seconds_total", "counter", "CPU time consumed by the Dynamo process.", ("process", "pid", "mode"), "process"),

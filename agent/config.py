@@ -378,6 +378,29 @@ class Config:
             dyn_env="DYN_HEALTH_CHECK_REQUEST_TIMEOUT",
         ),
     )
+    # Drain
+    termination_grace_period: float = field(
+        default=60.0,
+        metadata=_spec(
+            _seconds(1, 86400), "The pod's terminationGracePeriodSeconds (the Dynamo operator sets 60)."
+        ),
+    )
+    drain_timeout: float = field(
+        default=0.0,
+        metadata=_spec(
+            _seconds(0, 86400), "Longest drain; 0 means termination_grace_period minus a 5 s margin."
+        ),
+    )
+    drain_interval: float = field(
+        default=1.0, metadata=_spec(_seconds(0.05, 60), "Dynamo collectors' interval while draining.")
+    )
+    drain_settle: float = field(
+        default=2.0,
+        metadata=_spec(_seconds(0, 600), "In-flight must stay zero this long before the drain ends."),
+    )
+    flush_timeout: float = field(
+        default=3.0, metadata=_spec(_seconds(0, 60), "Longest wait for the final telemetry flush at exit.")
+    )
     # Diagnose
     startup_grace: float = field(
         default=60.0,
@@ -504,6 +527,15 @@ def load_config(
 
 
 def _check_consistency(config: Config) -> None:
+    if config.drain_timeout == 0:
+        config.drain_timeout = max(1.0, config.termination_grace_period - 5.0)
+    if config.drain_timeout + config.flush_timeout > config.termination_grace_period:
+        raise ConfigError(
+            "drain_timeout",
+            config.drain_timeout,
+            f"at most termination_grace_period ({config.termination_grace_period:g}s) minus flush_timeout "
+            f"({config.flush_timeout:g}s), or Kubernetes kills the sidecar before it records the drain",
+        )
     for interval_key in ("process_interval", "dynamo_interval"):
         if config.collector_timeout > getattr(config, interval_key) * 2 + 60:
             raise ConfigError(

@@ -13,6 +13,7 @@ from aiohttp import web
 from agent.config import Config
 from agent.diagnose import diagnose
 from agent.diagnose.context import Context
+from agent.drain import DrainCoordinator, DrainSummary
 from agent.log import get as get_logger
 from agent.samples import Sample, sample
 from agent.scheduler import Scheduler
@@ -122,6 +123,7 @@ class Sidecar:
         self._runner: web.AppRunner | None = None
         self.port: int = 0
         self.stopped = asyncio.Event()
+        self.drain = DrainCoordinator(self)
 
     # --- derived values ---------------------------------------------------------------
     def _mark_dirty(self, _collector: str) -> None:
@@ -132,7 +134,13 @@ class Sidecar:
         out = self.signals.to_samples()
         out.append(sample("dynamo_sidecar_ready", 1 if self.ready else 0))
         out.append(sample("dynamo_sidecar_draining", 1 if self.draining else 0))
+        if self.drain.summary is not None:
+            out.extend(self.drain.summary.samples())
         return out
+
+    def on_drain_finished(self, summary: DrainSummary) -> None:
+        self.scheduler.speed_up(None)
+        self._dirty.set()
 
     @property
     def ready(self) -> bool:
@@ -145,12 +153,24 @@ class Sidecar:
         )
         return diagnose(ctx, min_severity=min_severity)
 
+    def auth_token(self) -> str:
+        if self.config.auth_token:
+            return self.config.auth_token
+        if self.config.auth_token_file:
+            try:
+                with open(self.config.auth_token_file, encoding="utf-8") as handle:
+                    return handle.read().strip()
+            except OSError as exc:
+                log.warning("cannot read auth_token_file", path=self.config.auth_token_file, error=str(exc))
+        return ""
+
     def status(self) -> dict[str, Any]:
         return {
             "version": __import__("agent").__version__,
             "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
             "ready": self.ready,
             "draining": self.draining,
+            "drain": self.drain.summary.to_dict() if self.drain.summary else None,
             "config": self.config.redacted(),
             "targets": [t.__dict__ for t in targets_from(self.config)],
             "collectors": {name: status.to_dict() for name, status in self.state.collectors.items()},
@@ -199,13 +219,36 @@ class Sidecar:
             await self._runner.cleanup()
         self.stopped.set()
 
+    async def flush_telemetry(self) -> None:
+        """Final flush at exit; bounded by flush_timeout. The exposition is re-rendered so a
+        scrape racing the exit sees the drain's outcome."""
+        try:
+            self.exporter.render()
+        except Exception as exc:
+            log.error("final render failed", error=repr(exc))
+
     async def run_until_signal(self) -> int:
         await self.start()
-        stop = asyncio.Event()
+        signalled = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
-        log.info("signal received, stopping")
+
+        def on_signal(name: str) -> None:
+            if self.drain.summary is not None and self.drain.summary.done:
+                signalled.set()  # drained already (POST /drain): just exit
+                return
+            self.drain.trigger(name)
+            signalled.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_signal, "sigterm")
+        loop.add_signal_handler(signal.SIGINT, on_signal, "sigint")
+        await signalled.wait()
+        if self.drain.summary is not None:
+            # Never hang past the deadline: the coordinator ends itself there; this is a backstop.
+            await self.drain.wait(self.drain.timeout + self.config.drain_interval + 5)
+        try:
+            await asyncio.wait_for(self.flush_telemetry(), timeout=self.config.flush_timeout)
+        except TimeoutError:
+            log.warning("final telemetry flush timed out", timeout=self.config.flush_timeout)
         await self.stop()
+        log.info("sidecar exiting", drain=self.drain.summary.to_dict() if self.drain.summary else None)
         return 0

@@ -34,6 +34,7 @@ class Scheduler:
         self._interval_override: float | None = None
         self._completed: set[str] = set()
         self.first_cycle_done = asyncio.Event()
+        self._next_run: dict[str, list[asyncio.Event]] = {}
         for collector in self.collectors:
             state.register_collector(collector.name, collector.interval, collector.timeout)
 
@@ -62,6 +63,12 @@ class Scheduler:
         for collector in self.collectors:
             if names is None or collector.name in names:
                 self._wakeups[collector.name].set()
+
+    def next_run(self, name: str) -> asyncio.Event:
+        """An event set when the named collector next finishes a run."""
+        event = asyncio.Event()
+        self._next_run.setdefault(name, []).append(event)
+        return event
 
     def run_now(self, names: Sequence[str] | None = None) -> None:
         for name, wakeup in self._wakeups.items():
@@ -134,6 +141,8 @@ class Scheduler:
             status.last_error = error
             status.consecutive_failures += 1
             self.state.generation += 1
+        for event in self._next_run.pop(collector.name, []):
+            event.set()
         self._completed.add(collector.name)
         if len(self._completed) == len(self.collectors):
             self.first_cycle_done.set()

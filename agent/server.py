@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import re
 from typing import TYPE_CHECKING, Any
@@ -126,8 +127,35 @@ async def request_lines(request: web.Request) -> web.Response:
     return _json({"x_request_id": request_id, "lines": lines})
 
 
+def _allowed(request: web.Request, sidecar: Sidecar) -> bool:
+    """Mutating endpoints: loopback callers, or the bearer token from config."""
+    peer = request.remote or ""
+    if peer.startswith("127.") or peer == "::1":
+        return True
+    token = sidecar.auth_token()
+    return bool(token) and hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}")
+
+
+async def drain(request: web.Request) -> web.Response:
+    """For the Dynamo container's preStop hook: start a drain and block until it ends."""
+    sidecar = _sidecar(request)
+    if not _allowed(request, sidecar):
+        return _json({"error": "POST /drain is allowed from loopback or with the bearer token"}, 403)
+    summary = sidecar.drain.trigger("http")
+    await sidecar.drain.wait(sidecar.drain.timeout + sidecar.config.drain_interval + 5)
+    return _json(summary.to_dict(), 200 if summary.done else 504)
+
+
 async def index(request: web.Request) -> web.Response:
-    links = ["/metrics", "/diagnose", "/diagnose?format=html", "/status", "/healthz", "/readyz"]
+    links = [
+        "/metrics",
+        "/diagnose",
+        "/diagnose?format=html",
+        "/status",
+        "/healthz",
+        "/readyz",
+        "POST /drain",
+    ]
     return web.Response(text="dynamo-sidecar\n" + "\n".join(links) + "\n", content_type="text/plain")
 
 
@@ -140,5 +168,6 @@ def make_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
     app.router.add_get("/diagnose", diagnose_handler)
+    app.router.add_post("/drain", drain)
     app.router.add_get("/diagnose/request/{x_request_id}", request_lines)
     return app

@@ -92,8 +92,10 @@ class Signals:
     latency: dict[tuple[str, float], float] = field(default_factory=dict)
 
     def inflight_total(self) -> float | None:
+        """Work in flight in the pod: a request is counted at the frontend and at the worker
+        both, so this is the larger of the two views, not their sum."""
         values = [v for v in (self.frontend_inflight, self.worker_inflight) if v is not None]
-        return sum(values) if values else None
+        return max(values) if values else None
 
     def to_samples(self) -> list[Sample]:
         window = f"{int(self.window)}s"

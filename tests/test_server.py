@@ -187,7 +187,9 @@ def test_catalogue_names_are_unique_and_prefixed() -> None:
 
 
 async def test_passthrough_allow_deny_and_off(sim, make_sidecar, http) -> None:
-    sidecar = await make_sidecar(sim, passthrough_allow="^dynamo_frontend_", passthrough_deny="_bucket$,^dynamo_frontend_model_")
+    sidecar = await make_sidecar(
+        sim, passthrough_allow="^dynamo_frontend_", passthrough_deny="_bucket$,^dynamo_frontend_model_"
+    )
     await _ready(http, sidecar)
     text = await _metrics_with(http, sidecar, "dynamo_frontend_requests_total")
     assert "dynamo_component_" not in text  # not allowed

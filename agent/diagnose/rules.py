@@ -361,6 +361,27 @@ def no_dynamo_process(ctx: Context) -> list[Hit]:
     return [Hit("process", {}, evidence, ctx.now)]
 
 
+def drain_deadline_with_work(ctx: Context) -> list[Hit]:
+    summary = ctx.extra("drain")
+    if summary is None or not summary.done or not summary.work_left:
+        return []
+    return [
+        Hit(
+            "drain",
+            {"inflight": summary.inflight_at_end, "duration": summary.duration},
+            [
+                Evidence(
+                    f"{PREFIX}drain_inflight_at_end", summary.inflight_at_end, timestamp=summary.ended_at
+                ),
+                Evidence(f"{PREFIX}drain_duration_seconds", round(summary.duration, 3), unit="seconds"),
+                Evidence(f'{PREFIX}drain_reason{{reason="{summary.reason}"}}', 1),
+                Evidence(f"{PREFIX}drain_requests_failed", summary.requests_failed),
+            ],
+            summary.started_at,
+        )
+    ]
+
+
 RULES: tuple[Rule, ...] = (
     Rule(
         "endpoint_refused",
@@ -530,5 +551,17 @@ RULES: tuple[Rule, ...] = (
         "series over the cardinality cap are being dropped ({metrics})",
         ("Raise max_series_per_metric, or deny the noisy family with passthrough_deny.",),
         series_dropped,
+    ),
+    Rule(
+        "drain_deadline_with_work",
+        "shutdown",
+        "critical",
+        "drain reached its deadline after {duration:.0f}s with {inflight:.0f} request(s) still in flight: they were cut off",
+        (
+            "Raise terminationGracePeriodSeconds (and the sidecar's termination_grace_period) above the longest request, or lower max_tokens for streaming clients.",
+            "Enable request migration on the frontend (--migration-limit / DYN_MIGRATION_LIMIT) so cut streams continue on another worker.",
+            "Check DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT (30 s): a worker forced out exits 911, which Kubernetes shows as 143.",
+        ),
+        drain_deadline_with_work,
     ),
 )

@@ -29,6 +29,8 @@ async def _main(args: argparse.Namespace) -> None:
     # Like Dynamo: report draining at once, let in-flight requests finish, then close.
     sim.faults.frontend_draining = True
     await wait_event(sim.idle, args.drain_timeout)
+    # Like the real frontend, the listener stays a moment after the last stream ends.
+    await asyncio.sleep(args.linger)
     await sim.stop()
 
 
@@ -40,6 +42,9 @@ def main() -> None:
     parser.add_argument("--control-port", type=int, default=None)
     parser.add_argument("--token-delay", type=float, default=0.002)
     parser.add_argument("--drain-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--linger", type=float, default=1.0, help="seconds the port stays open after the drain"
+    )
     args = parser.parse_args()
     try:
         asyncio.run(_main(args))

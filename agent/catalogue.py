@@ -99,6 +99,19 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("scrape_series", "gauge", "Series in the last Dynamo /metrics body.", ("endpoint",), "dynamo_metrics"),
     _m("scrape_errors_total", "counter", "Failed scrapes of Dynamo /metrics by reason.", ("endpoint", "reason"), "dynamo_metrics"),
     _m("passthrough_conflicts_total", "counter", "Dynamo series seen from two sources with the same labels; the first kept.", ("metric",), "exporter"),
+    # --- canary -----------------------------------------------------------------------------
+    _m("canary_requests_total", "counter", "Canary requests by model and outcome (ok, timeout, http_error, bad_response, connect_error).", ("model", "outcome"), "canary"),
+    _m("canary_latency_seconds", "histogram", "Canary request latency, to the last byte.", ("model",), "canary"),
+    _m("canary_ttft_seconds", "gauge", "Time to first token of the last streaming canary.", ("model",), "canary"),
+    _m("canary_last_success_timestamp_seconds", "gauge", "Unix time of the model's last successful canary.", ("model",), "canary"),
+    _m("canary_consecutive_failures", "gauge", "Canary failures in a row for the model.", ("model",), "canary"),
+    _m("canary_failing", "gauge", "1 once the model failed canary_failures canaries in a row.", ("model",), "canary"),
+    # --- OTLP traces ---------------------------------------------------------------------
+    _m("otlp_enabled", "gauge", "1 when OTLP trace export is configured; protocol grpc or http/protobuf.", ("protocol",), "otlp"),
+    _m("otlp_spans_exported_total", "counter", "Spans the OTLP receiver accepted.", (), "otlp"),
+    _m("otlp_spans_dropped_total", "counter", "Spans dropped: queue_full (receiver too slow) or export_failed.", ("reason",), "otlp"),
+    _m("otlp_export_failures_total", "counter", "Export batches that failed.", (), "otlp"),
+    _m("otlp_queue_spans", "gauge", "Spans waiting in the bounded export queue.", (), "otlp"),
     # --- Dynamo log collector -----------------------------------------------------------
     _m("log_lines_total", "counter", "Dynamo JSONL log lines read, by level and target.", ("level", "target"), "dynamo_logs"),
     _m("log_lines_skipped_total", "counter", "Log lines that were not Dynamo JSONL (skipped).", (), "dynamo_logs"),

@@ -71,6 +71,51 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args.port, faults, args.duration))
 
 
+def _cmd_canary(args: argparse.Namespace) -> int:
+    """One canary round now, straight at the frontend; prints results; exit 1 if any failed."""
+    import aiohttp
+
+    from agent.canary import OK, send_canary
+    from collectors.dynamo_health import MODELS_PATH, parse_models
+    from collectors.http import fetch
+
+    config = _config_from(args)
+    if not config.frontend_url:
+        raise ConfigError("frontend_url", config.frontend_url, "the frontend's URL")
+
+    async def round_() -> int:
+        async with aiohttp.ClientSession() as session:
+            listing = await fetch(session, config.frontend_url + MODELS_PATH, config.http_timeout, 1 << 20)
+            models = args.model or parse_models(listing) or []
+            if not models:
+                print(
+                    f"no models to probe: GET {config.frontend_url}{MODELS_PATH} -> {listing.failure or listing.status} {listing.excerpt(200)}"
+                )
+                return 1
+            failed = 0
+            for model in models:
+                result = await send_canary(
+                    session,
+                    config.frontend_url,
+                    model,
+                    config.canary_timeout,
+                    config.canary_endpoint,
+                    config.canary_stream,
+                )
+                failed += result.outcome != OK
+                if args.format == "json":
+                    print(json.dumps(result.to_dict()))
+                else:
+                    ttft = f" ttft={result.ttft * 1000:.1f}ms" if result.ttft is not None else ""
+                    print(
+                        f"{model}: {result.outcome} HTTP {result.status or '-'} in {result.latency * 1000:.1f}ms{ttft} x-request-id={result.request_id}"
+                        + (f" error={result.error}" if result.error else "")
+                    )
+            return 1 if failed else 0
+
+    return asyncio.run(round_())
+
+
 def _fetch(url: str, timeout: float) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -127,6 +172,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=_cmd_demo)
+
+    canary = sub.add_parser(
+        "canary", help="send one canary round through the frontend now and print the results"
+    )
+    _add_config_flags(canary)
+    canary.add_argument(
+        "--model", action="append", help="probe this model (repeatable; default: every model in /v1/models)"
+    )
+    canary.add_argument("--format", choices=["text", "json"], default="text")
+    canary.set_defaults(func=_cmd_canary)
 
     diag = sub.add_parser(
         "diagnose", help="print a running sidecar's findings; exit 0 ok, 1 warning, 2 critical, 3 unreachable"

@@ -401,6 +401,23 @@ class Config:
     flush_timeout: float = field(
         default=3.0, metadata=_spec(_seconds(0, 60), "Longest wait for the final telemetry flush at exit.")
     )
+    # Canary
+    canary_enabled: bool = field(
+        default=True, metadata=_spec(_bool, "Send one-token canary requests through the frontend while idle.")
+    )
+    canary_failures: int = field(
+        default=3,
+        metadata=_spec(_int_range(1, 100), "Consecutive canary failures before a model is marked failing."),
+    )
+    canary_endpoint: str = field(
+        default="completions",
+        metadata=_spec(
+            _choice("completions", "chat"), "Canary API: /v1/completions or /v1/chat/completions."
+        ),
+    )
+    canary_stream: bool = field(
+        default=False, metadata=_spec(_bool, "Stream canary responses (measures time to first token).")
+    )
     # Diagnose
     startup_grace: float = field(
         default=60.0,

@@ -9,7 +9,20 @@ from pathlib import Path
 from agent.catalogue import markdown_table
 from agent.config import reference_markdown
 
-SECTIONS = {"metrics-table": markdown_table, "config-table": reference_markdown}
+
+def rules_table() -> str:
+    from agent.diagnose.rules import RULES
+
+    rows = ["| rule | category | severity | says | first action |", "| --- | --- | --- | --- | --- |"]
+    for rule in RULES:
+        summary = rule.summary.replace("{subject}", "<subject>").replace("|", "\\|")
+        summary = re.sub(r"\{(\w+)(:[^}]*)?\}", r"<\1>", summary)
+        action = rule.actions[0].replace("|", "\\|") if rule.actions else ""
+        rows.append(f"| `{rule.id}` | {rule.category} | {rule.severity} | {summary} | {action} |")
+    return "\n".join(rows)
+
+
+SECTIONS = {"metrics-table": markdown_table, "config-table": reference_markdown, "rules-table": rules_table}
 
 
 def update(readme: Path) -> bool:

@@ -9,7 +9,9 @@ import time
 from typing import Any
 
 from aiohttp import web
+from opentelemetry.trace import Status, StatusCode
 
+from agent.canary import Canary
 from agent.config import Config
 from agent.diagnose import diagnose
 from agent.diagnose.context import Context
@@ -25,6 +27,7 @@ from collectors.dynamo_health import DynamoHealthCollector, Target
 from collectors.dynamo_logs import DynamoLogCollector
 from collectors.dynamo_metrics import DynamoMetricsCollector
 from collectors.process import ProcessCollector, ProcessFinder
+from exporters.otlp import Telemetry
 from exporters.prometheus import PrometheusExporter
 
 log = get_logger("dynamo_sidecar.runtime")
@@ -124,6 +127,11 @@ class Sidecar:
         self.port: int = 0
         self.stopped = asyncio.Event()
         self.drain = DrainCoordinator(self)
+        self.telemetry = Telemetry()
+        self.state.event_listeners.append(self.telemetry.record_event)
+        self.state.extra["otlp"] = self.telemetry
+        self.canary = Canary(self)
+        self.state.extra["canary"] = self.canary
 
     # --- derived values ---------------------------------------------------------------
     def _mark_dirty(self, _collector: str) -> None:
@@ -136,11 +144,29 @@ class Sidecar:
         out.append(sample("dynamo_sidecar_draining", 1 if self.draining else 0))
         if self.drain.summary is not None:
             out.extend(self.drain.summary.samples())
+        out.extend(self.canary.samples())
+        out.extend(self.telemetry.samples())
         return out
+
+    def mark_dirty(self) -> None:
+        self._dirty.set()
 
     def on_drain_finished(self, summary: DrainSummary) -> None:
         self.scheduler.speed_up(None)
         self._dirty.set()
+        if self.telemetry.enabled:
+            span = self.telemetry.tracer.start_span(
+                "dynamo_sidecar.drain",
+                start_time=int(summary.started_at * 1e9),
+                attributes={
+                    f"dynamo.drain.{k}": v
+                    for k, v in summary.to_dict().items()
+                    if isinstance(v, str | int | float)
+                },
+            )
+            if summary.work_left:
+                span.set_status(Status(StatusCode.ERROR, "deadline reached with work in flight"))
+            span.end(end_time=int(summary.ended_at * 1e9))
 
     @property
     def ready(self) -> bool:
@@ -171,6 +197,8 @@ class Sidecar:
             "ready": self.ready,
             "draining": self.draining,
             "drain": self.drain.summary.to_dict() if self.drain.summary else None,
+            "canary": self.canary.status(),
+            "otlp": self.telemetry.status(),
             "config": self.config.redacted(),
             "targets": [t.__dict__ for t in targets_from(self.config)],
             "collectors": {name: status.to_dict() for name, status in self.state.collectors.items()},
@@ -196,6 +224,7 @@ class Sidecar:
         from agent.server import make_app
 
         self.scheduler.start()
+        self.canary.start()
         self._renderer = asyncio.create_task(self._render_loop(), name="renderer")
         self._runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
@@ -211,12 +240,14 @@ class Sidecar:
         )
 
     async def stop(self) -> None:
+        await self.canary.stop()
         if self._renderer is not None:
             self._renderer.cancel()
             await asyncio.gather(self._renderer, return_exceptions=True)
         await self.scheduler.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        await asyncio.to_thread(self.telemetry.shutdown)
         self.stopped.set()
 
     async def flush_telemetry(self) -> None:
@@ -226,6 +257,10 @@ class Sidecar:
             self.exporter.render()
         except Exception as exc:
             log.error("final render failed", error=repr(exc))
+        if not await asyncio.to_thread(self.telemetry.flush, self.config.flush_timeout):
+            log.warning(
+                "OTLP flush did not finish", timeout=self.config.flush_timeout, **self.telemetry.status()
+            )
 
     async def run_until_signal(self) -> int:
         await self.start()

@@ -66,6 +66,15 @@ async def readyz(request: web.Request) -> web.Response:
     return _json({"status": "ready"})
 
 
+async def canaryz(request: web.Request) -> web.Response:
+    """Canary-based readiness for a Kubernetes probe that wants it: 503 while any model's
+    canaries are failing; 200 otherwise (also before the first canary)."""
+    canary = _sidecar(request).canary
+    failing = canary.failing_models
+    body = {"status": "failing" if failing else "ok", "failing_models": failing, "canary": canary.status()}
+    return _json(body, 503 if failing else 200)
+
+
 async def status(request: web.Request) -> web.Response:
     return _json(_sidecar(request).status())
 
@@ -154,6 +163,7 @@ async def index(request: web.Request) -> web.Response:
         "/status",
         "/healthz",
         "/readyz",
+        "/canaryz",
         "POST /drain",
     ]
     return web.Response(text="dynamo-sidecar\n" + "\n".join(links) + "\n", content_type="text/plain")
@@ -167,6 +177,7 @@ def make_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
+    app.router.add_get("/canaryz", canaryz)
     app.router.add_get("/diagnose", diagnose_handler)
     app.router.add_post("/drain", drain)
     app.router.add_get("/diagnose/request/{x_request_id}", request_lines)

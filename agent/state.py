@@ -8,6 +8,7 @@ and counted), and events live in a bounded deque.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from array import array
@@ -164,7 +165,8 @@ class State:
         self.event_counts: dict[str, int] = {}
         self.collectors: dict[str, CollectorStatus] = {}
         self.generation = 0  # bumped on every update; the exporter re-renders when it moves
-        self.extra: dict[str, Any] = {}  # component state other parts publish (drain, canary)
+        self.extra: dict[str, Any] = {}
+        self.event_listeners: list[Any] = []  # component state other parts publish (drain, canary)
         self._history_filter = history_filter or (lambda name: True)
 
     # --- writes ---------------------------------------------------------------------
@@ -203,6 +205,9 @@ class State:
         self.generation += 1
 
     def add_event(self, event: Event) -> None:
+        for listener in self.event_listeners:
+            with contextlib.suppress(Exception):  # a listener (the tracer) must not break the state
+                listener(event)
         self.events.append(event)
         self.event_counts[event.kind] = self.event_counts.get(event.kind, 0) + 1
         self.generation += 1

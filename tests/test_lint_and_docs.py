@@ -10,6 +10,7 @@ import pytest
 
 from agent.catalogue import markdown_table
 from agent.config import reference_markdown
+from agent.docs import rules_table
 from tests.conftest import ROOT
 
 
@@ -41,6 +42,7 @@ def test_readme_tables_are_generated_from_the_code() -> None:
         "run: python -m agent.docs > README tables (see README)"
     )
     assert reference_markdown() in _section(readme, "config-table")
+    assert rules_table() in _section(readme, "rules-table")
 
 
 def test_readme_starts_with_the_two_setup_commands() -> None:

@@ -44,6 +44,7 @@ async def _finding(http, sidecar, finding_id: str, timeout: float = 30) -> dict:
 
 
 async def _sidecar_for(make_sidecar, dynamo: RealDynamo, **extra):
+    extra.setdefault("canary_enabled", "false")  # counts must be the test's own requests
     return await make_sidecar(
         frontend_url=dynamo.frontend_url,
         worker_system_urls=dynamo.worker_url,
@@ -216,3 +217,29 @@ async def test_frontend_sigterm_is_draining(dynamo: RealDynamo, make_sidecar, ht
     assert live["status"] == "shutting_down" and live["status_code"] == 503
     await asyncio.to_thread(thread.join, 60)
     assert results == [200]
+
+
+async def test_canary_through_real_dynamo_is_found_in_its_logs(
+    dynamo: RealDynamo, make_sidecar, http
+) -> None:
+    dynamo.start_worker()
+    dynamo.start_frontend()
+    dynamo.wait_model()
+    sidecar = await _sidecar_for(
+        make_sidecar, dynamo, canary_enabled="true", canary_wait="1", canary_stream="true"
+    )
+    await wait_for(
+        lambda: sidecar.canary.models.get("tiny") and sidecar.canary.models["tiny"].counts["ok"] >= 1,
+        timeout=30,
+        what="a successful canary through the real frontend",
+    )
+    last = sidecar.canary.models["tiny"].last
+    assert last is not None and last.ttft is not None
+
+    async def logged() -> dict | None:
+        async with http.get(base_url(sidecar) + f"/diagnose/request/{last.request_id}") as response:
+            return await response.json() if response.status == 200 else None
+
+    found = await wait_for(logged, timeout=20, what="the canary's x_request_id in Dynamo's JSONL logs")
+    trace_id = last.traceparent.split("-")[1]
+    assert any(line.get("trace_id") == trace_id for line in found["lines"])  # traceparent joined

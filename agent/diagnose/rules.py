@@ -361,6 +361,71 @@ def no_dynamo_process(ctx: Context) -> list[Hit]:
     return [Hit("process", {}, evidence, ctx.now)]
 
 
+def canary_failing(ctx: Context) -> list[Hit]:
+    canary = ctx.extra("canary")
+    if canary is None:
+        return []
+    hits = []
+    for model, state in canary.models.items():
+        if not state.failing or state.last is None:
+            continue
+        last = state.last
+        hits.append(
+            Hit(
+                model,
+                {"failures": state.consecutive_failures, "outcome": last.outcome},
+                [
+                    Evidence(
+                        f'{PREFIX}canary_consecutive_failures{{model="{model}"}}',
+                        state.consecutive_failures,
+                        timestamp=last.timestamp,
+                    ),
+                    Evidence("last canary outcome", last.outcome, note=last.error),
+                    Evidence("last canary HTTP status", last.status or None),
+                    Evidence("last canary latency", round(last.latency, 3), unit="seconds"),
+                    Evidence(
+                        "x-request-id", last.request_id, note="GET /diagnose/request/" + last.request_id
+                    ),
+                    Evidence("traceparent", last.traceparent),
+                    Evidence("response body", last.body_excerpt[:300]),
+                    Evidence(
+                        f'{PREFIX}canary_last_success_timestamp_seconds{{model="{model}"}}',
+                        state.last_success or None,
+                        unit="unix seconds",
+                    ),
+                ],
+                state.failing_since,
+            )
+        )
+    return hits
+
+
+def otlp_export_failing(ctx: Context) -> list[Hit]:
+    telemetry = ctx.extra("otlp")
+    if telemetry is None or not telemetry.enabled:
+        return []
+    status = telemetry.status()
+    dropped = sum(status["dropped"].values())
+    recent_success = status["last_success"] and ctx.now - status["last_success"] < 60
+    if not status["failures"] and not status["dropped"].get("queue_full"):
+        return []
+    if recent_success and not status["dropped"].get("queue_full"):
+        return []
+    return [
+        Hit(
+            status["endpoint"],
+            {"dropped": dropped},
+            [
+                Evidence(f"{PREFIX}otlp_export_failures_total", status["failures"]),
+                Evidence(f"{PREFIX}otlp_spans_dropped_total", status["dropped"]),
+                Evidence("last export error", status["last_error"]),
+                Evidence("OTLP endpoint", f"{status['endpoint']} ({status['protocol']})"),
+            ],
+            ctx.now,
+        )
+    ]
+
+
 def drain_deadline_with_work(ctx: Context) -> list[Hit]:
     summary = ctx.extra("drain")
     if summary is None or not summary.done or not summary.work_left:
@@ -563,5 +628,28 @@ RULES: tuple[Rule, ...] = (
             "Check DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT (30 s): a worker forced out exits 911, which Kubernetes shows as 143.",
         ),
         drain_deadline_with_work,
+    ),
+    Rule(
+        "canary_failing",
+        "performance_degradation",
+        "critical",
+        "canary requests for model {subject} failed {failures} times in a row ({outcome}): the model does not serve end to end",
+        (
+            "Look up the canary's Dynamo log lines: GET /diagnose/request/<x-request-id> from the evidence (needs log_files), or search the logs for that x_request_id / trace id.",
+            "timeout with healthy endpoints means a hung engine or worker: check the worker's CPU and `py-spy dump`; restart it if it never answers.",
+            "http_error 503 'not ready' means no live worker serves the model: see the worker pods and the frontend's instance list.",
+        ),
+        canary_failing,
+    ),
+    Rule(
+        "otlp_export_failing",
+        "sidecar",
+        "warning",
+        "traces cannot be exported to {subject} ({dropped} spans dropped)",
+        (
+            "Check the OTLP receiver (the OpenTelemetry Collector) is running and reachable at OTEL_EXPORTER_OTLP_ENDPOINT from this pod.",
+            "Check OTEL_EXPORTER_OTLP_PROTOCOL matches the port: 4317 is gRPC, 4318 is http/protobuf.",
+        ),
+        otlp_export_failing,
     ),
 )

@@ -112,7 +112,8 @@ class DynamoSim:
         if part in self._runners:
             return self.ports[part]
         app = {"frontend": self.frontend_app, "worker": self.worker_app, "control": self.control_app}[part]()
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        # Like Dynamo, a request whose client went away is cancelled (and leaves in-flight).
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0, handler_cancellation=True)
         await runner.setup()
         site = web.TCPSite(
             runner, self.host, self.ports.get(part, 0) if port is None else port, reuse_address=True

@@ -1,0 +1,415 @@
+"""End-to-end canaries through the frontend while the pod is idle.
+
+Dynamo's own canary runs inside a worker and only logs. This one goes through the frontend,
+per model, only while no real traffic flows (the frontend's request counter unchanged,
+minus our own canaries, and nothing in flight for `canary_wait`), and its results are
+metrics, spans and findings. Each request carries `x-request-id: canary-<uuid>` and a W3C
+`traceparent`, so it can be found in Dynamo's JSONL logs and traces.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from agent.aio import wait_event
+from agent.log import get as get_logger
+from agent.samples import Sample, sample
+from exporters.otlp import traceparent_for
+
+if TYPE_CHECKING:
+    from agent.runtime import Sidecar
+    from exporters.otlp import Telemetry
+
+log = get_logger("dynamo_sidecar.canary")
+
+OK, TIMEOUT, HTTP_ERROR, BAD_RESPONSE, CONNECT_ERROR = (
+    "ok",
+    "timeout",
+    "http_error",
+    "bad_response",
+    "connect_error",
+)
+OUTCOMES = (OK, TIMEOUT, HTTP_ERROR, BAD_RESPONSE, CONNECT_ERROR)
+LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+PROMPT = "Say OK."
+STUCK_PERIODS = 3  # in-flight work that makes no progress this many idle periods is stuck
+MAX_BODY = 64 * 1024
+
+
+@dataclass
+class CanaryResult:
+    model: str
+    outcome: str
+    request_id: str
+    traceparent: str
+    latency: float
+    status: int = 0
+    ttft: float | None = None
+    body_excerpt: str = ""
+    error: str = ""
+    timestamp: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "outcome": self.outcome,
+            "request_id": self.request_id,
+            "traceparent": self.traceparent,
+            "latency_seconds": round(self.latency, 6),
+            "status": self.status,
+            "ttft_seconds": None if self.ttft is None else round(self.ttft, 6),
+            "body_excerpt": self.body_excerpt,
+            "error": self.error,
+            "timestamp": round(self.timestamp, 3),
+        }
+
+
+@dataclass
+class ModelState:
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
+    buckets: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    latency_sum: float = 0.0
+    consecutive_failures: int = 0
+    last_success: float = 0.0
+    last_ttft: float | None = None
+    failing_since: float = 0.0
+    last: CanaryResult | None = None
+
+    def observe(self, result: CanaryResult, failures_to_fail: int) -> None:
+        self.counts[result.outcome] += 1
+        index = next(
+            (i for i, bound in enumerate(LATENCY_BUCKETS) if result.latency <= bound), len(LATENCY_BUCKETS)
+        )
+        self.buckets[index] += 1
+        self.latency_sum += result.latency
+        self.last = result
+        if result.ttft is not None:
+            self.last_ttft = result.ttft
+        if result.outcome == OK:
+            self.consecutive_failures = 0
+            self.last_success = result.timestamp
+            self.failing_since = 0.0
+        else:
+            self.consecutive_failures += 1
+            if self.consecutive_failures >= failures_to_fail and not self.failing_since:
+                self.failing_since = result.timestamp
+
+    @property
+    def failing(self) -> bool:
+        return bool(self.failing_since)
+
+
+def _parse_sse(text: str) -> tuple[bool, str]:
+    """(produced a token or a clean finish, error) for an SSE body."""
+    saw_choice = False
+    for block in text.split("\n\n"):
+        line = block.strip()
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return saw_choice, "" if saw_choice else "stream ended without a choice"
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            return False, "stream chunk is not JSON"
+        if isinstance(chunk, dict) and "error" in chunk:
+            # Dynamo reports a failure after HTTP 200 in-band (worker died mid-stream).
+            return False, f"in-band error: {json.dumps(chunk['error'])[:200]}"
+        if isinstance(chunk, dict) and chunk.get("choices"):
+            saw_choice = True
+    return False, "stream ended without [DONE]"
+
+
+async def send_canary(
+    session: aiohttp.ClientSession,
+    frontend_url: str,
+    model: str,
+    timeout: float,
+    endpoint: str,
+    stream: bool,
+    telemetry: Telemetry | None = None,
+) -> CanaryResult:
+    request_id = f"canary-{uuid.uuid4()}"
+    path = "/v1/chat/completions" if endpoint == "chat" else "/v1/completions"
+    body: dict[str, Any] = {"model": model, "max_tokens": 1, "stream": stream}
+    if endpoint == "chat":
+        body["messages"] = [{"role": "user", "content": PROMPT}]
+    else:
+        body["prompt"] = PROMPT
+    url = frontend_url + path
+    span = None
+    if telemetry is not None and telemetry.enabled:
+        span = telemetry.tracer.start_span(
+            "POST " + path,
+            kind=SpanKind.CLIENT,
+            attributes={
+                "http.request.method": "POST",
+                "url.full": url,
+                "gen_ai.request.model": model,
+                "dynamo.canary": True,
+                "dynamo.x_request_id": request_id,
+            },
+        )
+    traceparent = traceparent_for(span)
+    headers = {"x-request-id": request_id, "traceparent": traceparent, "Content-Type": "application/json"}
+    started = time.monotonic()
+    result = CanaryResult(model, OK, request_id, traceparent, 0.0)
+    try:
+        async with asyncio.timeout(timeout):
+            async with session.post(url, json=body, headers=headers) as response:
+                result.status = response.status
+                if stream and response.status == 200:
+                    chunks: list[bytes] = []
+                    size = 0
+                    async for chunk in response.content.iter_any():
+                        if result.ttft is None:
+                            result.ttft = time.monotonic() - started
+                        chunks.append(chunk)
+                        size += len(chunk)
+                        if size > MAX_BODY:
+                            break
+                    text = b"".join(chunks).decode("utf-8", "replace")
+                    result.body_excerpt = text[:300]
+                    produced, error = _parse_sse(text)
+                    if not produced:
+                        result.outcome, result.error = BAD_RESPONSE, error
+                else:
+                    raw = await response.content.read(MAX_BODY)
+                    text = raw.decode("utf-8", "replace")
+                    result.body_excerpt = text[:300]
+                    if response.status >= 300:
+                        result.outcome, result.error = HTTP_ERROR, f"HTTP {response.status}"
+                    else:
+                        try:
+                            parsed = json.loads(text)
+                            if not isinstance(parsed, dict) or not parsed.get("choices"):
+                                raise ValueError("no choices")
+                        except ValueError as exc:
+                            result.outcome, result.error = BAD_RESPONSE, f"unusable body: {exc}"
+    except TimeoutError:
+        result.outcome, result.error = TIMEOUT, f"no complete answer within {timeout:g}s"
+    except aiohttp.ClientConnectionError as exc:
+        # A dropped connection after the status line is a bad response, not a connect error.
+        result.outcome = BAD_RESPONSE if result.status else CONNECT_ERROR
+        result.error = f"{type(exc).__name__}: {exc}"[:300]
+    except aiohttp.ClientError as exc:
+        result.outcome, result.error = BAD_RESPONSE, f"{type(exc).__name__}: {exc}"[:300]
+    result.latency = time.monotonic() - started
+    if span is not None:
+        span.set_attribute("dynamo.canary.outcome", result.outcome)
+        if result.status:
+            span.set_attribute("http.response.status_code", result.status)
+        if result.ttft is not None:
+            span.set_attribute("dynamo.canary.ttft_seconds", result.ttft)
+        if result.outcome != OK:
+            span.set_status(Status(StatusCode.ERROR, result.error or result.outcome))
+        span.end()
+    return result
+
+
+class Canary:
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        config = sidecar.config
+        self.enabled = config.canary_enabled and config.watch_frontend
+        self.wait = config.canary_wait
+        self.timeout = config.canary_timeout
+        self.failures_to_fail = config.canary_failures
+        self.endpoint = config.canary_endpoint
+        self.stream = config.canary_stream
+        self.models: dict[str, ModelState] = {}
+        self.sent_through_frontend = 0  # our own requests, as the frontend's counter sees them
+        self.inflight = 0
+        self.rounds = 0
+        self._last_total: float | None = None
+        self._last_progress: float | None = None
+        self._stuck_since = 0.0
+        self.last_activity = time.time()
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+
+    # --- idle detection ------------------------------------------------------------------
+    def _traffic_total(self) -> float | None:
+        found = self.sidecar.state.find(self.sidecar.names.requests_total)
+        if not self.sidecar.state.facts("dynamo_metrics").get("endpoints", {}).get("frontend", {}).get("up"):
+            return None
+        return sum(item.value for item in found)
+
+    def _progress(self) -> float:
+        """Tokens being produced: TTFT and inter-token observations counted so far."""
+        histograms = self.sidecar.names.latency_histograms()
+        return sum(
+            item.value
+            for key in ("ttft", "itl")
+            for item in self.sidecar.state.find(histograms[key] + "_count")
+        )
+
+    def observe_traffic(self, now: float) -> None:
+        """Called every check: move `last_activity` when real traffic is seen.
+
+        Traffic is a new request counted by the frontend (our own canaries subtracted), or
+        requests in flight that are producing tokens. In-flight requests that produce
+        nothing for STUCK_PERIODS idle periods are what a hung worker looks like; they no
+        longer hold the canary back, since that is when a canary matters most.
+        """
+        total = self._traffic_total()
+        if total is None:
+            return
+        real_total = total - self.sent_through_frontend
+        progress = self._progress()
+        inflight = (self.sidecar.signals.frontend_inflight or 0) - self.inflight
+        if self._last_total is not None and real_total > self._last_total:
+            self.last_activity = now
+        if inflight > 0:
+            if self._last_progress is None or progress != self._last_progress or not self._stuck_since:
+                self._stuck_since = now
+            if progress != self._last_progress or now - self._stuck_since < STUCK_PERIODS * self.wait:
+                self.last_activity = now
+        else:
+            self._stuck_since = 0.0
+        self._last_total, self._last_progress = real_total, progress
+
+    def idle_for(self, now: float) -> float:
+        return now - self.last_activity
+
+    def models_to_probe(self) -> list[str]:
+        view = self.sidecar.state.facts("dynamo_health").get("endpoints", {}).get("frontend", {})
+        return list(view.get("models") or [])
+
+    # --- running -------------------------------------------------------------------------
+    async def run_round(
+        self, frontend_url: str | None = None, models: list[str] | None = None
+    ) -> list[CanaryResult]:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        frontend_url = frontend_url or self.sidecar.config.frontend_url
+        models = self.models_to_probe() if models is None else models
+        self.rounds += 1
+        results = []
+        for model in models:
+            self.inflight += 1
+            try:
+                result = await send_canary(
+                    self._session,
+                    frontend_url,
+                    model,
+                    self.timeout,
+                    self.endpoint,
+                    self.stream,
+                    self.sidecar.telemetry,
+                )
+            finally:
+                self.inflight -= 1
+            if result.status:
+                self.sent_through_frontend += 1
+            state = self.models.setdefault(model, ModelState())
+            was_failing = state.failing
+            state.observe(result, self.failures_to_fail)
+            if state.failing and not was_failing:
+                log.warning(
+                    "canary failing", model=model, failures=state.consecutive_failures, **result.to_dict()
+                )
+            elif was_failing and not state.failing:
+                log.info("canary recovered", model=model)
+            results.append(result)
+        self.sidecar.mark_dirty()
+        return results
+
+    async def _loop(self) -> None:
+        check = min(1.0, max(0.1, self.sidecar.config.dynamo_interval))
+        while not self._stop.is_set():
+            await wait_event(self._stop, check)
+            now = time.time()
+            self.observe_traffic(now)
+            if self.sidecar.draining or self.idle_for(now) < self.wait:
+                continue
+            if not self.models_to_probe():
+                continue
+            try:
+                await self.run_round()
+            except Exception as exc:  # the canary must never take the sidecar down
+                log.error("canary round failed", error=repr(exc))
+            # The next canary waits a full idle period again: one per model per period.
+            self.last_activity = time.time()
+
+    def start(self) -> None:
+        if self.enabled:
+            self._task = asyncio.create_task(self._loop(), name="canary")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # --- reporting -----------------------------------------------------------------------
+    @property
+    def failing_models(self) -> list[str]:
+        return [model for model, state in self.models.items() if state.failing]
+
+    def samples(self) -> list[Sample]:
+        out: list[Sample] = []
+        for model, state in self.models.items():
+            for outcome, count in state.counts.items():
+                out.append(
+                    sample("dynamo_sidecar_canary_requests_total", count, model=model, outcome=outcome)
+                )
+            cumulative = 0
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), state.buckets, strict=True):
+                cumulative += count
+                out.append(
+                    sample(
+                        "dynamo_sidecar_canary_latency_seconds_bucket",
+                        cumulative,
+                        model=model,
+                        le="+Inf" if bound == float("inf") else f"{bound:g}",
+                    )
+                )
+            out.append(sample("dynamo_sidecar_canary_latency_seconds_sum", state.latency_sum, model=model))
+            out.append(sample("dynamo_sidecar_canary_latency_seconds_count", cumulative, model=model))
+            out.append(
+                sample("dynamo_sidecar_canary_consecutive_failures", state.consecutive_failures, model=model)
+            )
+            out.append(sample("dynamo_sidecar_canary_failing", 1 if state.failing else 0, model=model))
+            if state.last_success:
+                out.append(
+                    sample(
+                        "dynamo_sidecar_canary_last_success_timestamp_seconds",
+                        state.last_success,
+                        model=model,
+                    )
+                )
+            if state.last_ttft is not None:
+                out.append(sample("dynamo_sidecar_canary_ttft_seconds", state.last_ttft, model=model))
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "wait_seconds": self.wait,
+            "timeout_seconds": self.timeout,
+            "idle_seconds": round(self.idle_for(time.time()), 3),
+            "rounds": self.rounds,
+            "models": {
+                model: {
+                    "failing": state.failing,
+                    "consecutive_failures": state.consecutive_failures,
+                    "last_success": state.last_success or None,
+                    "last": state.last.to_dict() if state.last else None,
+                }
+                for model, state in self.models.items()
+            },
+        }

@@ -1,0 +1,388 @@
+"""Canaries against the simulated Dynamo, and OTLP traces into real receivers started here
+(OTLP/HTTP on aiohttp, OTLP/gRPC on grpcio)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import time
+from collections.abc import AsyncIterator, Iterator
+from concurrent import futures
+from typing import Any
+
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
+
+from exporters.otlp import BoundedBatchProcessor, Telemetry
+from tests.conftest import PYTHON, base_url, free_port, get_json, get_text, post_completion, wait_for
+
+TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
+
+
+def canary_requests(sim) -> list[dict[str, str]]:
+    return [h for h in sim.requests_seen if h.get("x-request-id", "").startswith("canary-")]
+
+
+def _attrs(attributes) -> dict[str, Any]:
+    out = {}
+    for kv in attributes:
+        value = kv.value
+        kind = value.WhichOneof("value")
+        out[kv.key] = getattr(value, kind) if kind else None
+    return out
+
+
+class Received:
+    def __init__(self) -> None:
+        self.spans: list[dict[str, Any]] = []
+
+    def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        for resource_spans in request.resource_spans:
+            resource = _attrs(resource_spans.resource.attributes)
+            for scope in resource_spans.scope_spans:
+                for span in scope.spans:
+                    self.spans.append(
+                        {
+                            "name": span.name,
+                            "trace_id": span.trace_id.hex(),
+                            "span_id": span.span_id.hex(),
+                            "attributes": _attrs(span.attributes),
+                            "resource": resource,
+                            "events": [e.name for e in span.events],
+                            "status": span.status.code,
+                        }
+                    )
+
+    def named(self, prefix: str) -> list[dict[str, Any]]:
+        return [s for s in self.spans if s["name"].startswith(prefix)]
+
+
+@pytest.fixture
+async def otlp_http() -> AsyncIterator[tuple[str, Received]]:
+    received = Received()
+
+    async def traces(request: web.Request) -> web.Response:
+        message = trace_service_pb2.ExportTraceServiceRequest()
+        message.ParseFromString(await request.read())
+        received.add(message)
+        return web.Response(
+            body=trace_service_pb2.ExportTraceServiceResponse().SerializeToString(),
+            content_type="application/x-protobuf",
+        )
+
+    app = web.Application(client_max_size=32 * 1024 * 1024)
+    app.router.add_post("/v1/traces", traces)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}", received
+    await runner.cleanup()
+
+
+@pytest.fixture
+def otlp_grpc() -> Iterator[tuple[str, Received]]:
+    import grpc
+
+    received = Received()
+
+    class Service(trace_service_pb2_grpc.TraceServiceServicer):
+        def Export(self, request, context):
+            received.add(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"http://127.0.0.1:{port}", received
+    server.stop(grace=None)
+
+
+K8S_ENV = {
+    "POD_NAME": "dynamo-worker-0",
+    "POD_NAMESPACE": "inference",
+    "NODE_NAME": "gpu-node-7",
+    "CONTAINER_NAME": "dynamo-sidecar",
+}
+
+
+def set_otlp_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, protocol: str) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    for key, value in K8S_ENV.items():
+        monkeypatch.setenv(key, value)
+
+
+async def test_idle_fires_canary_with_request_id_and_traceparent(sim, make_sidecar, http) -> None:
+    sidecar = await make_sidecar(sim, canary_wait="1")
+    started = time.monotonic()
+    await wait_for(lambda: canary_requests(sim), timeout=10, what="a canary request")
+    assert time.monotonic() - started < 1 + 1 + 1.5  # canary_wait + one interval + start-up
+    headers = canary_requests(sim)[0]
+    assert TRACEPARENT.match(headers["traceparent"])
+    text = await wait_for(
+        lambda: _metrics_with(
+            http, sidecar, 'dynamo_sidecar_canary_requests_total{model="tiny",outcome="ok"} 1.0'
+        ),
+        what="canary metrics",
+    )
+    assert 'dynamo_sidecar_canary_latency_seconds_count{model="tiny"} 1.0' in text
+    status, _ = await get_text(http, base_url(sidecar) + "/canaryz")
+    assert status == 200
+
+
+async def _metrics_with(http, sidecar, needle: str) -> str | None:
+    _, text = await get_text(http, base_url(sidecar) + "/metrics")
+    return text if needle in text else None
+
+
+async def test_no_canary_while_traffic_flows(sim, make_sidecar, http) -> None:
+    sidecar = await make_sidecar(sim, canary_wait="1")
+    await wait_for(lambda: sidecar.ready, what="ready")
+    deadline = time.monotonic() + 4
+    sent = 0
+    while time.monotonic() < deadline and sent < 200:  # bounded traffic: one request every 0.2 s
+        assert (await post_completion(http, sim.url("frontend")))[0] == 200
+        sent += 1
+        await asyncio.sleep(0.2)
+    assert canary_requests(sim) == []
+    # Traffic stops: the canary comes after canary_wait.
+    await wait_for(lambda: canary_requests(sim), timeout=8, what="canary after traffic stops")
+    # Its own request does not count as traffic: a second one follows a period later.
+    await wait_for(lambda: len(canary_requests(sim)) >= 2, timeout=8, what="second canary")
+
+
+async def test_hung_engine_marks_model_failing(sim, make_sidecar, http) -> None:
+    sidecar = await make_sidecar(sim, canary_wait="0.5", canary_timeout="0.5", canary_failures="2")
+    await wait_for(
+        lambda: sidecar.canary.models.get("tiny") and sidecar.canary.models["tiny"].counts["ok"] >= 1,
+        timeout=10,
+        what="a good canary first",
+    )
+    sim.faults.engine_hang = True
+    started = time.monotonic()
+
+    async def failing() -> dict | None:
+        report = await get_json(http, base_url(sidecar) + "/diagnose")
+        return next((f for f in report["findings"] if f["id"] == "canary_failing:tiny"), None)
+
+    finding = await wait_for(failing, timeout=15, what="canary_failing finding")
+    # Two attempts, each after an idle period and a timeout.
+    assert time.monotonic() - started >= 2 * 0.5
+    evidence = {e["signal"]: e for e in finding["evidence"]}
+    assert evidence["last canary outcome"]["value"] == "timeout"
+    assert evidence["x-request-id"]["value"].startswith("canary-")
+    status, body = await get_text(http, base_url(sidecar) + "/canaryz")
+    assert status == 503 and "tiny" in body
+    sim.faults.engine_hang = False
+    await wait_for(lambda: not sidecar.canary.failing_models, timeout=10, what="recovery")
+
+
+async def test_canary_outcomes(sim, make_sidecar) -> None:
+    import aiohttp
+
+    from agent.canary import BAD_RESPONSE, CONNECT_ERROR, HTTP_ERROR, OK, send_canary
+
+    async with aiohttp.ClientSession() as session:
+        front = sim.url("frontend")
+        assert (await send_canary(session, front, "tiny", 2, "completions", False)).outcome == OK
+        streamed = await send_canary(session, front, "tiny", 2, "chat", True)
+        assert streamed.outcome == OK and streamed.ttft is not None
+        assert (await send_canary(session, front, "nope", 2, "completions", False)).outcome == HTTP_ERROR
+        await sim.kill_worker()
+        result = await send_canary(session, front, "tiny", 2, "completions", False)
+        assert result.outcome == HTTP_ERROR and result.status == 503
+        sim.faults.stale_instance = False
+        await sim.start_part("worker")
+        sim.faults.token_delay = 0.01
+        task = asyncio.create_task(send_canary(session, front, "tiny", 5, "completions", True))
+        await asyncio.sleep(0.005)
+        await sim.kill_worker()  # mid-stream: HTTP 200, then an in-band error
+        result = await task
+        assert result.outcome in {BAD_RESPONSE, OK}
+        closed = f"http://127.0.0.1:{free_port()}"
+        assert (await send_canary(session, closed, "tiny", 2, "completions", False)).outcome == CONNECT_ERROR
+
+
+async def test_otlp_http_receives_canary_spans_with_k8s_resource(
+    sim, make_sidecar, otlp_http, monkeypatch
+) -> None:
+    endpoint, received = otlp_http
+    set_otlp_env(monkeypatch, endpoint, "http/protobuf")
+    sidecar = await make_sidecar(sim, canary_wait="0.5")
+    await wait_for(lambda: canary_requests(sim), timeout=10, what="canary")
+    sidecar.telemetry.flush(5)
+    spans = await wait_for(lambda: received.named("POST /v1/completions"), timeout=10, what="canary span")
+    span = spans[0]
+    assert span["attributes"]["gen_ai.request.model"] == "tiny"
+    assert span["attributes"]["dynamo.canary.outcome"] == "ok"
+    assert span["attributes"]["http.response.status_code"] == 200
+    for key, value in {
+        "k8s.pod.name": "dynamo-worker-0",
+        "k8s.namespace.name": "inference",
+        "k8s.node.name": "gpu-node-7",
+        "k8s.container.name": "dynamo-sidecar",
+        "service.name": "dynamo-sidecar",
+    }.items():
+        assert span["resource"][key] == value
+    assert span["resource"]["service.instance.id"].startswith("dynamo-worker-0")
+    # The traceparent the simulated Dynamo received is this span's.
+    sent = next(
+        h for h in canary_requests(sim) if h["x-request-id"] == span["attributes"]["dynamo.x_request_id"]
+    )
+    match = TRACEPARENT.match(sent["traceparent"])
+    assert match and match.group(1) == span["trace_id"] and match.group(2) == span["span_id"]
+
+
+async def test_otlp_grpc_receives_health_transition_events(sim, make_sidecar, otlp_grpc, monkeypatch) -> None:
+    endpoint, received = otlp_grpc
+    set_otlp_env(monkeypatch, endpoint, "grpc")
+    sidecar = await make_sidecar(sim, canary_enabled="false")
+    await wait_for(lambda: sidecar.ready, what="ready")
+    sim.faults.worker_notready = True
+    await wait_for(lambda: sidecar.state.recent_events(kind="health_transition"), what="transition")
+    await asyncio.to_thread(sidecar.telemetry.flush, 5)
+    spans = await wait_for(
+        lambda: received.named("dynamo_sidecar.health_transition"), timeout=10, what="transition span"
+    )
+    assert "health_transition" in spans[0]["events"]
+    assert spans[0]["resource"]["k8s.namespace.name"] == "inference"
+
+
+async def test_drain_span_is_exported(sim, make_sidecar, otlp_http, http, monkeypatch) -> None:
+    endpoint, received = otlp_http
+    set_otlp_env(monkeypatch, endpoint, "http/protobuf")
+    sidecar = await make_sidecar(sim, drain_settle="0.2", drain_interval="0.1", canary_enabled="false")
+    async with http.post(base_url(sidecar) + "/drain") as response:
+        assert (await response.json())["reason"] == "inflight_zero"
+    await sidecar.flush_telemetry()
+    spans = await wait_for(
+        lambda: [s for s in received.spans if s["name"] == "dynamo_sidecar.drain"],
+        timeout=10,
+        what="drain span",
+    )
+    assert spans[0]["attributes"]["dynamo.drain.reason"] == "inflight_zero"
+    assert received.named("dynamo_sidecar.drain_started")  # the events too
+
+
+class SlowExporter(SpanExporter):
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls = 0
+
+    def export(self, spans) -> SpanExportResult:
+        self.calls += 1
+        time.sleep(0.2)
+        return SpanExportResult.FAILURE if self.fail else SpanExportResult.SUCCESS
+
+
+def test_bounded_queue_drops_and_counts_never_grows() -> None:
+    exporter = SlowExporter(fail=True)
+    processor = BoundedBatchProcessor(exporter, max_queue=50, batch_size=10, delay=0.05)
+    provider = TracerProvider()
+    provider.add_span_processor(processor)
+    tracer = provider.get_tracer("t")
+    started = time.monotonic()
+    for index in range(5000):
+        tracer.start_span(f"s{index}").end()
+    assert time.monotonic() - started < 2.0  # ending spans never waits on the receiver
+    assert len(processor._queue) <= 50
+    assert processor.dropped["queue_full"] >= 4900
+    assert not processor.force_flush(300) or processor.dropped["export_failed"] > 0
+    processor.shutdown()
+    assert processor.failures >= 1 and processor.last_error
+
+
+async def test_unreachable_receiver_is_a_finding_not_a_crash(sim, make_sidecar, http, monkeypatch) -> None:
+    set_otlp_env(monkeypatch, f"http://127.0.0.1:{free_port()}", "http/protobuf")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+    sidecar = await make_sidecar(sim, canary_wait="0.3")
+    await wait_for(lambda: len(canary_requests(sim)) >= 1, timeout=10, what="canary")
+    await asyncio.to_thread(sidecar.telemetry.flush, 3)
+
+    async def finding() -> dict | None:
+        report = await get_json(http, base_url(sidecar) + "/diagnose")
+        return next((f for f in report["findings"] if f["rule"] == "otlp_export_failing"), None)
+
+    found = await wait_for(finding, timeout=20, what="otlp finding")
+    assert found["category"] == "sidecar"
+    _, text = await get_text(http, base_url(sidecar) + "/metrics")
+    assert 'dynamo_sidecar_otlp_spans_dropped_total{reason="export_failed"}' in text
+
+
+def test_disabled_without_endpoint_and_bad_protocol() -> None:
+    assert not Telemetry(environ={}).enabled
+    bad = Telemetry(
+        environ={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon",
+        }
+    )
+    assert not bad.enabled and "carrier-pigeon" in bad.error
+
+
+def test_grpc_stack_only_imported_when_selected() -> None:
+    code = (
+        "import sys; from exporters.otlp import Telemetry; "
+        "t = Telemetry(environ={'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://127.0.0.1:1'}); "
+        "print('grpc' in sys.modules); t.shutdown()"
+    )
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
+def test_cli_canary_round(tmp_path) -> None:
+    ports = {"frontend": free_port(), "worker": free_port()}
+    proc = subprocess.Popen(
+        [
+            PYTHON,
+            "-m",
+            "agent.dynamo_sim",
+            "--frontend-port",
+            str(ports["frontend"]),
+            "--worker-port",
+            str(ports["worker"]),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        json.loads(proc.stdout.readline())
+        result = subprocess.run(
+            [
+                PYTHON,
+                "-m",
+                "agent.cli",
+                "canary",
+                "--frontend-url",
+                f"http://127.0.0.1:{ports['frontend']}",
+                "--format",
+                "json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 0, result.stderr
+        line = json.loads(result.stdout.splitlines()[0])
+        assert (
+            line["model"] == "tiny" and line["outcome"] == "ok" and line["request_id"].startswith("canary-")
+        )
+        down = subprocess.run(
+            [PYTHON, "-m", "agent.cli", "canary", "--frontend-url", f"http://127.0.0.1:{free_port()}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert down.returncode == 1 and "no models to probe" in down.stdout
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

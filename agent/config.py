@@ -162,6 +162,35 @@ def _metric_prefix(raw: Any) -> str:
     return text
 
 
+def _role_list(raw: Any) -> list[str]:
+    from collectors.tcp import parse_role_map
+
+    items = _str_list(raw)
+    parse_role_map(items)
+    return items
+
+
+def _probe_list(raw: Any) -> list[str]:
+    from collectors.tcp import parse_probe_target
+
+    items = _str_list(raw)
+    for item in items:
+        parse_probe_target(item)
+    return items
+
+
+def _default_probe_targets() -> list[str]:
+    """Dynamo's own dependency settings: ETCD_ENDPOINTS (comma-separated URLs), NATS_SERVER."""
+    targets = []
+    for url in os.environ.get("ETCD_ENDPOINTS", "").split(","):
+        if url.strip():
+            targets.append("etcd=" + url.strip())
+    nats = os.environ.get("NATS_SERVER", "").strip()
+    if nats:
+        targets.append("nats=" + nats.split(",")[0].strip())
+    return targets
+
+
 def _log_level(raw: Any) -> str:
     text = str(raw).strip().lower()
     if text == "warn":
@@ -308,6 +337,31 @@ class Config:
     log_max_bytes_per_cycle: int = field(
         default=4 << 20,
         metadata=_spec(_int_range(4096, 1 << 30), "Most log bytes read per collection cycle, across files."),
+    )
+    # TCP
+    tcp_enabled: bool = field(
+        default=True, metadata=_spec(_bool, "Collect the pod's TCP socket table and probe dependencies.")
+    )
+    tcp_interval: float = field(
+        default=10.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the TCP collector.")
+    )
+    tcp_peer_roles: list[str] = field(
+        default_factory=list,
+        metadata=_spec(
+            _role_list, "Extra peer roles: PORT=role or CIDR=role (etcd 2379 and nats 4222 are built in)."
+        ),
+    )
+    tcp_probe_targets: list[str] = field(
+        default_factory=_default_probe_targets,
+        metadata=_spec(
+            _probe_list,
+            "Dependencies to probe: role=host:port or role=http://host:port/path (default from ETCD_ENDPOINTS, NATS_SERVER).",
+            dyn_env="ETCD_ENDPOINTS/NATS_SERVER",
+        ),
+    )
+    tcp_probe_timeout: float = field(
+        default=2.0,
+        metadata=_spec(_seconds(0.05, 60), "Timeout of each dependency probe (DNS and connect each)."),
     )
     # Scheduling
     process_interval: float = field(

@@ -7,6 +7,7 @@ import asyncio
 import signal
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 from opentelemetry.trace import Status, StatusCode
@@ -27,6 +28,7 @@ from collectors.dynamo_health import DynamoHealthCollector, Target
 from collectors.dynamo_logs import DynamoLogCollector
 from collectors.dynamo_metrics import DynamoMetricsCollector
 from collectors.process import ProcessCollector, ProcessFinder
+from collectors.tcp import TcpCollector, parse_probe_target
 from exporters.otlp import Telemetry
 from exporters.prometheus import PrometheusExporter
 
@@ -55,6 +57,16 @@ def targets_from(config: Config) -> list[Target]:
     return targets
 
 
+def service_ports(config: Config) -> dict[int, str]:
+    """The Dynamo ports this pod serves (by the configured URLs)."""
+    ports: dict[int, str] = {}
+    for target in targets_from(config):
+        port = urlsplit(target.base_url).port
+        if port:
+            ports[port] = "frontend" if target.kind == "frontend" else "worker_system"
+    return ports
+
+
 def build_collectors(config: Config) -> list[Collector]:
     finder = ProcessFinder(
         config.process_patterns, config.process_pid, config.process_pid_file, config.proc_root
@@ -80,6 +92,18 @@ def build_collectors(config: Config) -> list[Collector]:
                 config.collector_timeout,
                 config.http_timeout,
                 config.max_response_bytes,
+            )
+        )
+    if config.tcp_enabled:
+        collectors.append(
+            TcpCollector(
+                config.tcp_interval,
+                config.collector_timeout + config.tcp_probe_timeout * 2,
+                service_ports=service_ports(config),
+                role_map=config.tcp_peer_roles,
+                probe_targets=[parse_probe_target(t) for t in config.tcp_probe_targets],
+                probe_timeout=config.tcp_probe_timeout,
+                proc_root=config.proc_root,
             )
         )
     if config.log_files:

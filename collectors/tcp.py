@@ -1,0 +1,370 @@
+"""TCP connection health of the pod's network namespace.
+
+Passive: socket states grouped by peer role (etcd, NATS, frontend, worker system port, other
+Dynamo peers by port or CIDR, other), whether each expected Dynamo port listens, queue sizes,
+and per role rtt/retransmits/lost from tcp_info; kernel counters from /proc/net/snmp and
+/proc/net/netstat. Active: TCP connect (and optional HTTP GET) probes to the dependencies,
+with DNS timed separately and refused / timeout / DNS failure / unreachable told apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import ipaddress
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from agent.samples import CollectResult
+from collectors.base import Collector
+from collectors.sockets import (
+    LISTEN,
+    STATES,
+    NetlinkUnavailable,
+    Scan,
+    netlink_scan,
+    netlink_tcp_info,
+    port_key,
+    procfs_rows,
+)
+
+PREFIX = "dynamo_sidecar_"
+DEFAULT_ROLES = {2379: "etcd", 4222: "nats"}
+SNMP_TCP = (
+    "ActiveOpens",
+    "PassiveOpens",
+    "AttemptFails",
+    "EstabResets",
+    "InSegs",
+    "OutSegs",
+    "RetransSegs",
+    "InErrs",
+    "OutRsts",
+)
+NETSTAT_TCPEXT = (
+    "ListenOverflows",
+    "ListenDrops",
+    "TCPSynRetrans",
+    "TCPTimeouts",
+    "TCPAbortOnTimeout",
+    "TCPAbortOnData",
+    "TCPLostRetransmit",
+)
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    role: str
+    host: str
+    port: int
+    http_path: str = ""  # "" = TCP connect only
+
+    @property
+    def name(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+def parse_probe_target(text: str) -> ProbeTarget:
+    """`role=host:port`, `role=http://host:port/path`, `role=nats://host:port`."""
+    role, sep, rest = text.partition("=")
+    if not sep or not role.strip() or not rest.strip():
+        raise ValueError(f"{text!r}: expected role=host:port or role=http://host:port/path")
+    rest = rest.strip()
+    if "://" not in rest:
+        rest = "tcp://" + rest
+    parts = urlsplit(rest)
+    default_port = {"http": 80, "https": 443, "nats": 4222, "tcp": None}.get(parts.scheme)
+    port = parts.port or default_port
+    if not parts.hostname or not port:
+        raise ValueError(f"{text!r}: expected role=host:port or role=http://host:port/path")
+    path = (parts.path or "/") if parts.scheme == "http" else ""
+    return ProbeTarget(role.strip(), parts.hostname, int(port), path)
+
+
+def parse_role_map(items: list[str]) -> tuple[dict[int, str], list[tuple[Any, str]]]:
+    """`port=role` and `cidr=role` entries."""
+    ports: dict[int, str] = {}
+    networks: list[tuple[Any, str]] = []
+    for item in items:
+        key, sep, role = item.partition("=")
+        if not sep or not role:
+            raise ValueError(f"{item!r}: expected PORT=role or CIDR=role")
+        if key.isdigit():
+            ports[int(key)] = role
+        else:
+            try:
+                networks.append((ipaddress.ip_network(key, strict=False), role))
+            except ValueError:
+                raise ValueError(f"{item!r}: {key!r} is neither a port nor a CIDR") from None
+    return ports, networks
+
+
+def _kernel_counters(proc_root: str) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for filename, prefix, wanted in (("snmp", "Tcp:", SNMP_TCP), ("netstat", "TcpExt:", NETSTAT_TCPEXT)):
+        try:
+            with open(os.path.join(proc_root, "net", filename), encoding="ascii") as handle:
+                lines = [line.split() for line in handle if line.startswith(prefix)]
+        except OSError:
+            continue
+        if len(lines) >= 2:
+            for key, value in zip(lines[0][1:], lines[1][1:], strict=False):
+                if key in wanted:
+                    try:
+                        out[key] = int(value)
+                    except ValueError:
+                        continue
+    return out
+
+
+class TcpCollector(Collector):
+    name = "tcp"
+
+    def __init__(
+        self,
+        interval: float,
+        timeout: float,
+        service_ports: dict[int, str],
+        role_map: list[str] | None = None,
+        probe_targets: list[ProbeTarget] | None = None,
+        probe_timeout: float = 2.0,
+        probe_concurrency: int = 8,
+        proc_root: str = "/proc",
+        use_netlink: bool = True,
+    ) -> None:
+        super().__init__(interval, timeout)
+        extra_ports, self.networks = parse_role_map(role_map or [])
+        # Ports Dynamo serves in this pod: a connection to them from outside is inbound.
+        self.service_ports = dict(service_ports)
+        self.peer_ports = {**DEFAULT_ROLES, **extra_ports}
+        self.probe_targets = probe_targets or []
+        self.probe_timeout = probe_timeout
+        self.probe_concurrency = probe_concurrency
+        self.proc_root = proc_root
+        self.use_netlink = use_netlink
+        self.method = "netlink" if use_netlink else "procfs"
+        self.netlink_error = ""
+        self._addr_roles: dict[bytes, str] = {}
+        self._probe_counts: dict[tuple[str, str], int] = {}
+
+    # --- passive -----------------------------------------------------------------------
+    def _role_of_addr(self, addr: bytes) -> str:
+        role = self._addr_roles.get(addr)
+        if role is None:
+            role = "other"
+            if self.networks:
+                try:
+                    ip = ipaddress.ip_address(addr)
+                    if ip.version == 6 and ip.ipv4_mapped:
+                        ip = ip.ipv4_mapped
+                    role = next(
+                        (r for net, r in self.networks if ip.version == net.version and ip in net), "other"
+                    )
+                except ValueError:
+                    pass
+            if len(self._addr_roles) < 65536:
+                self._addr_roles[addr] = role
+        return role
+
+    def _scan(self, local: frozenset[bytes], remote: frozenset[bytes], keep_all: bool) -> Scan:
+        if self.use_netlink:
+            try:
+                scan = netlink_scan(local, remote, keep_all, self.proc_root)
+                self.method = "netlink"
+                return scan
+            except NetlinkUnavailable as exc:
+                self.netlink_error = str(exc)
+                self.use_netlink = False  # not allowed here: do not retry every cycle
+        self.method = "procfs"
+        scan = Scan()
+        for row in procfs_rows(self.proc_root):
+            scan.add(row, local, remote, keep_all)
+        return scan
+
+    def collect_sockets(self) -> tuple[dict[tuple[str, str, str], int], dict[str, list[float]], set[int]]:
+        """Counts by (state, peer, direction), per-peer aggregates, listening ports.
+
+        Per peer: [rtt_sum_us, rtt_count, retransmits, lost, send_queue, recv_queue].
+        Sockets on no port of interest are counted by state only (peer "other",
+        direction "any"): at ten thousand sockets that is what keeps this cheap.
+        """
+        service = {port_key(p): r for p, r in self.service_ports.items()}
+        peers = {port_key(p): r for p, r in self.peer_ports.items()}
+        keep_all = bool(self.networks)
+        scan = self._scan(frozenset(service), frozenset(peers) | frozenset(service), keep_all)
+        raw: dict[tuple[int, str, str], int] = {}
+        per_peer: dict[str, list[float]] = {}
+        listening: set[bytes] = set()
+        for state, sport, dport, dst, rqueue, wqueue in scan.rows:
+            if state == LISTEN:
+                listening.add(sport)
+                key = (state, service.get(sport, "other"), "listen")
+            elif sport in service:
+                key = (state, service[sport], "in")
+            else:
+                peer = (
+                    peers.get(dport)
+                    or service.get(dport)
+                    or (self._role_of_addr(dst) if keep_all else "other")
+                )
+                key = (state, peer, "out" if peer != "other" else "any")
+            raw[key] = raw.get(key, 0) + 1
+            if rqueue or wqueue:
+                aggregate = per_peer.setdefault(key[1], [0.0] * 6)
+                aggregate[4] += wqueue
+                aggregate[5] += rqueue
+        for state, count in enumerate(scan.other_states):
+            if count:
+                key = (state, "other", "any")
+                raw[key] = raw.get(key, 0) + count
+        if scan.other_send or scan.other_recv:
+            aggregate = per_peer.setdefault("other", [0.0] * 6)
+            aggregate[4] += scan.other_send
+            aggregate[5] += scan.other_recv
+        if self.method == "netlink":
+            self._tcp_info(per_peer, service, peers)
+        counts = {
+            (STATES.get(state, "unknown"), peer, direction): n for (state, peer, direction), n in raw.items()
+        }
+        return counts, per_peer, {int.from_bytes(p, "big") for p in listening}
+
+    def _tcp_info(
+        self, per_peer: dict[str, list[float]], service: dict[bytes, str], peers: dict[bytes, str]
+    ) -> None:
+        """rtt / retransmits / lost for the sockets of the roles that matter, kernel-filtered."""
+        try:
+            for sport, dport, rtt_us, retrans, lost in netlink_tcp_info(
+                self.service_ports, self.peer_ports, self.proc_root
+            ):
+                peer = service.get(sport) or peers.get(dport) or service.get(dport) or "other"
+                aggregate = per_peer.get(peer)
+                if aggregate is None:
+                    aggregate = per_peer[peer] = [0.0] * 6
+                if rtt_us:
+                    aggregate[0] += rtt_us
+                    aggregate[1] += 1
+                aggregate[2] += retrans
+                aggregate[3] += lost
+        except NetlinkUnavailable as exc:
+            self.netlink_error = f"tcp_info: {exc}"
+
+    def _passive(self, result: CollectResult) -> dict[str, Any]:
+        counts, per_peer, listening = self.collect_sockets()
+        for (state, peer, direction), count in counts.items():
+            result.add(PREFIX + "tcp_sockets", count, state=state, peer=peer, direction=direction)
+        for peer, (rtt_sum, rtt_n, retrans, lost, sendq, recvq) in per_peer.items():
+            result.add(PREFIX + "tcp_queue_bytes", sendq, peer=peer, queue="send")
+            result.add(PREFIX + "tcp_queue_bytes", recvq, peer=peer, queue="recv")
+            if self.method == "netlink" and peer != "other":
+                if rtt_n:
+                    result.add(PREFIX + "tcp_rtt_seconds", rtt_sum / rtt_n / 1e6, peer=peer)
+                result.add(PREFIX + "tcp_socket_retransmits", retrans, peer=peer)
+                result.add(PREFIX + "tcp_socket_lost", lost, peer=peer)
+        for port, role in sorted(self.service_ports.items()):
+            result.add(PREFIX + "tcp_listening", 1 if port in listening else 0, port=port, role=role)
+        kernel = _kernel_counters(self.proc_root)
+        for key, value in kernel.items():
+            result.add(PREFIX + "tcp_kernel_total", value, counter=key)
+        result.add(PREFIX + "tcp_collection_method", 1, method=self.method)
+        close_wait = {peer: n for (state, peer, _), n in counts.items() if state == "close_wait"}
+        return {
+            "method": self.method,
+            "netlink_error": self.netlink_error,
+            "listening": {str(port): port in listening for port in self.service_ports},
+            "service_ports": {str(p): r for p, r in self.service_ports.items()},
+            "close_wait": close_wait,
+            "sockets": sum(counts.values()),
+            "kernel": kernel,
+        }
+
+    # --- active ------------------------------------------------------------------------
+    async def _probe(self, target: ProbeTarget, slots: asyncio.Semaphore) -> dict[str, Any]:
+        async with slots:
+            outcome, error = "ok", ""
+            dns_seconds = connect_seconds = None
+            status = 0
+            loop = asyncio.get_running_loop()
+            started = time.monotonic()
+            try:
+                async with asyncio.timeout(self.probe_timeout):
+                    infos = await loop.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM)
+            except TimeoutError:
+                return {"target": target, "outcome": "dns_timeout", "error": "name resolution timed out"}
+            except socket.gaierror as exc:
+                return {"target": target, "outcome": "dns_error", "error": str(exc)}
+            dns_seconds = time.monotonic() - started
+            address = infos[0][4]
+            started = time.monotonic()
+            writer = None
+            try:
+                async with asyncio.timeout(self.probe_timeout):
+                    reader, writer = await asyncio.open_connection(address[0], address[1])
+                    connect_seconds = time.monotonic() - started
+                    if target.http_path:
+                        writer.write(
+                            f"GET {target.http_path} HTTP/1.0\r\nHost: {target.host}\r\n\r\n".encode()
+                        )
+                        await writer.drain()
+                        line = await reader.readline()
+                        parts = line.split()
+                        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+                        if not 200 <= status < 400:
+                            outcome, error = (
+                                "http_error",
+                                line.decode("latin-1").strip()[:200] or "no status line",
+                            )
+            except TimeoutError:
+                outcome, error = "timeout", f"no answer within {self.probe_timeout:g}s"
+            except ConnectionRefusedError:
+                outcome, error = "refused", "connection refused"
+            except OSError as exc:
+                unreachable = exc.errno in {errno.EHOSTUNREACH, errno.ENETUNREACH}
+                outcome, error = ("unreachable" if unreachable else "error"), str(exc)
+            finally:
+                if writer is not None:
+                    writer.close()
+            return {
+                "target": target,
+                "outcome": outcome,
+                "error": error,
+                "dns_seconds": dns_seconds,
+                "connect_seconds": connect_seconds,
+                "status": status,
+            }
+
+    async def _active(self, result: CollectResult) -> dict[str, Any]:
+        if not self.probe_targets:
+            return {}
+        slots = asyncio.Semaphore(self.probe_concurrency)
+        probes = await asyncio.gather(*(self._probe(t, slots) for t in self.probe_targets))
+        facts = {}
+        for probe in probes:
+            target: ProbeTarget = probe.pop("target")
+            labels = {"target": target.name, "role": target.role}
+            outcome = probe["outcome"]
+            key = (target.name, outcome)
+            self._probe_counts[key] = self._probe_counts.get(key, 0) + 1
+            result.add(PREFIX + "probe_up", 1 if outcome == "ok" else 0, **labels)
+            result.add(PREFIX + "probe_outcome", 1, outcome=outcome, **labels)
+            if probe.get("dns_seconds") is not None:
+                result.add(PREFIX + "probe_dns_seconds", probe["dns_seconds"], **labels)
+            if probe.get("connect_seconds") is not None:
+                result.add(PREFIX + "probe_connect_seconds", probe["connect_seconds"], **labels)
+            if target.http_path and probe.get("status"):
+                result.add(PREFIX + "probe_http_status_code", probe["status"], **labels)
+            facts[target.name] = {"role": target.role, **probe}
+        for (name, outcome), count in self._probe_counts.items():
+            role = next((t.role for t in self.probe_targets if t.name == name), "other")
+            result.add(PREFIX + "probes_total", count, target=name, role=role, outcome=outcome)
+        return facts
+
+    async def collect(self) -> CollectResult:
+        result = CollectResult()
+        passive = await asyncio.to_thread(self._passive, result)
+        probes = await self._active(result)
+        result.facts = {**passive, "probes": probes, "time": time.time()}
+        return result

@@ -338,6 +338,17 @@ class Config:
         default=4 << 20,
         metadata=_spec(_int_range(4096, 1 << 30), "Most log bytes read per collection cycle, across files."),
     )
+    # GPU
+    gpu_enabled: bool = field(
+        default=True,
+        metadata=_spec(
+            _bool,
+            "Collect GPU metrics and XID events over NVML (absent library or driver is reported, not an error).",
+        ),
+    )
+    gpu_interval: float = field(
+        default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the GPU collector.")
+    )
     # TCP
     tcp_enabled: bool = field(
         default=True, metadata=_spec(_bool, "Collect the pod's TCP socket table and probe dependencies.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ from collectors.cgroup import CgroupCollector
 from collectors.dynamo_health import DynamoHealthCollector, Target
 from collectors.dynamo_logs import DynamoLogCollector
 from collectors.dynamo_metrics import DynamoMetricsCollector
+from collectors.gpu import GpuCollector
 from collectors.process import ProcessCollector, ProcessFinder
 from collectors.tcp import TcpCollector, parse_probe_target
 from exporters.otlp import Telemetry
@@ -67,7 +69,9 @@ def service_ports(config: Config) -> dict[int, str]:
     return ports
 
 
-def build_collectors(config: Config) -> list[Collector]:
+def build_collectors(
+    config: Config, dynamo_pids: Callable[[], dict[int, str]] | None = None
+) -> list[Collector]:
     finder = ProcessFinder(
         config.process_patterns, config.process_pid, config.process_pid_file, config.proc_root
     )
@@ -93,6 +97,10 @@ def build_collectors(config: Config) -> list[Collector]:
                 config.http_timeout,
                 config.max_response_bytes,
             )
+        )
+    if config.gpu_enabled:
+        collectors.append(
+            GpuCollector(config.gpu_interval, config.collector_timeout, dynamo_pids=dynamo_pids)
         )
     if config.tcp_enabled:
         collectors.append(
@@ -131,7 +139,7 @@ class Sidecar:
             # Own metrics and the Dynamo series signals need; the rest only pass through.
             history_filter=lambda name: name.startswith("dynamo_sidecar_") or name in history_names,
         )
-        self.collectors = build_collectors(config) if collectors is None else collectors
+        self.collectors = build_collectors(config, self._dynamo_pids) if collectors is None else collectors
         self._dirty = asyncio.Event()
         self.scheduler = Scheduler(
             self.collectors, self.state, config.interval_jitter, on_update=self._mark_dirty
@@ -156,6 +164,14 @@ class Sidecar:
         self.state.extra["otlp"] = self.telemetry
         self.canary = Canary(self)
         self.state.extra["canary"] = self.canary
+
+    def _dynamo_pids(self) -> dict[int, str]:
+        """The Dynamo processes the process collector found, for GPU per-process memory."""
+        return {
+            p["pid"]: p["process"]
+            for p in self.state.facts("process").get("processes", [])
+            if "pid" in p and "process" in p
+        }
 
     # --- derived values ---------------------------------------------------------------
     def _mark_dirty(self, _collector: str) -> None:

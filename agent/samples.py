@@ -36,7 +36,7 @@ class Sample:
         return default
 
 
-def sample(name: str, value: float, **labels: object) -> Sample:
+def sample(name: str, value: float, /, **labels: object) -> Sample:
     return Sample(name, labels_of(**labels), float(value))
 
 
@@ -81,5 +81,5 @@ class CollectResult:
     # but that are not numbers.
     facts: dict[str, Any] = field(default_factory=dict)
 
-    def add(self, name: str, value: float, **labels: object) -> None:
+    def add(self, name: str, value: float, /, **labels: object) -> None:
         self.samples.append(sample(name, value, **labels))

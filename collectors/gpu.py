@@ -1,0 +1,482 @@
+"""GPUs over NVML (nvidia-ml-py's `pynvml`): utilisation, memory, temperature, power, clocks,
+clock event (throttle) reasons, ECC, retired/remapped rows, PCIe, NVLink, fans, persistence,
+per-process memory mapped to the Dynamo processes; XID errors from an NVML event set on a
+background thread.
+
+NVML calls block and can be slow on a sick GPU: they run on one dedicated thread, and a call
+still running when the next collection comes is reported, not stacked. No library, no driver
+or no device is a state (`dynamo_sidecar_gpu_available 0` with the reason, logged once), not
+a failure of the sidecar.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from agent.log import get as get_logger
+from agent.samples import CollectResult, Event
+from collectors.base import Collector
+
+log = get_logger("dynamo_sidecar.gpu")
+PREFIX = "dynamo_sidecar_"
+
+# XID classes an operator acts on (NVIDIA's XID catalogue).
+XID_CLASSES: dict[int, tuple[str, str]] = {
+    13: (
+        "application",
+        "graphics engine exception: usually an application fault (bad kernel, out-of-range access)",
+    ),
+    31: ("application", "GPU memory page fault: usually an application fault"),
+    43: ("application", "GPU stopped processing: the application hit a fault"),
+    45: ("application", "preemptive cleanup after an earlier error"),
+    48: ("memory", "double-bit ECC error: uncorrectable memory error; the GPU needs a reset"),
+    61: ("firmware", "internal micro-controller breakpoint/warning"),
+    62: ("firmware", "internal micro-controller halt"),
+    63: ("memory", "ECC page retirement or row remapping recorded"),
+    64: ("memory", "ECC page retirement or row remapping failed"),
+    74: ("nvlink", "NVLink error"),
+    79: ("bus", "GPU has fallen off the bus: drain the node and check power, PCIe and the board"),
+    92: ("memory", "high single-bit ECC error rate"),
+    94: ("memory", "contained ECC error: the affected application was stopped; others continue"),
+    95: ("memory", "uncontained ECC error: every application on the GPU is affected; reset it"),
+    119: ("firmware", "GSP RPC timeout: the GPU System Processor stopped answering; reset the GPU"),
+    120: ("firmware", "GSP error"),
+}
+
+CLOCK_REASONS = {
+    0x1: "gpu_idle",
+    0x2: "applications_clocks_setting",
+    0x4: "sw_power_cap",
+    0x8: "hw_slowdown",
+    0x10: "sync_boost",
+    0x20: "sw_thermal_slowdown",
+    0x40: "hw_thermal_slowdown",
+    0x80: "hw_power_brake_slowdown",
+    0x100: "display_clock_setting",
+}
+MAX_NVLINKS = 18
+
+
+def xid_class(xid: int) -> tuple[str, str]:
+    return XID_CLASSES.get(xid, ("other", f"XID {xid}"))
+
+
+class _Nvml:
+    """The pynvml module, imported on first use (it is only a binding: it needs the library)."""
+
+    def __init__(self) -> None:
+        import pynvml
+
+        self.lib = pynvml
+
+    def error_name(self, exc: Exception) -> str:
+        value = getattr(exc, "value", None)
+        names = {
+            self.lib.NVML_ERROR_NOT_SUPPORTED: "not_supported",
+            self.lib.NVML_ERROR_GPU_IS_LOST: "gpu_is_lost",
+            self.lib.NVML_ERROR_DRIVER_NOT_LOADED: "driver_not_loaded",
+            self.lib.NVML_ERROR_LIBRARY_NOT_FOUND: "library_not_found",
+            self.lib.NVML_ERROR_NO_PERMISSION: "no_permission",
+            self.lib.NVML_ERROR_TIMEOUT: "timeout",
+            self.lib.NVML_ERROR_FUNCTION_NOT_FOUND: "function_not_found",
+            self.lib.NVML_ERROR_UNKNOWN: "unknown",
+        }
+        return names.get(value, f"nvml_error_{value}")
+
+
+class XidWatcher:
+    """Waits on an NVML event set on its own thread; never blocks the event loop."""
+
+    def __init__(
+        self, nvml: _Nvml, handles: dict[int, Any], uuids: dict[int, str], max_events: int = 1000
+    ) -> None:
+        self.nvml = nvml
+        self.handles = handles
+        self.uuids = uuids
+        self.events: deque[tuple[float, int, int]] = deque(maxlen=max_events)
+        self.error = ""
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="nvml-xid", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+    def drain(self) -> list[tuple[float, int, int]]:
+        with self._lock:
+            items = list(self.events)
+            self.events.clear()
+        return items
+
+    def _run(self) -> None:
+        lib = self.nvml.lib
+        try:
+            event_set = lib.nvmlEventSetCreate()
+            registered = 0
+            for handle in self.handles.values():
+                try:
+                    lib.nvmlDeviceRegisterEvents(handle, lib.nvmlEventTypeXidCriticalError, event_set)
+                    registered += 1
+                except lib.NVMLError as exc:
+                    self.error = f"register events: {self.nvml.error_name(exc)}"
+            if not registered:
+                return
+        except lib.NVMLError as exc:
+            self.error = f"event set: {self.nvml.error_name(exc)}"
+            return
+        index_of = {id(h): i for i, h in self.handles.items()}
+        while not self._stop.is_set():
+            try:
+                data = lib.nvmlEventSetWait(event_set, 500)
+            except lib.NVMLError as exc:
+                if getattr(exc, "value", None) != lib.NVML_ERROR_TIMEOUT:
+                    self.error = f"event wait: {self.nvml.error_name(exc)}"
+                    self._stop.wait(1.0)  # do not spin on a broken event set
+                continue
+            try:
+                index = lib.nvmlDeviceGetIndex(data.device)
+            except lib.NVMLError:
+                index = index_of.get(id(data.device), -1)
+            with self._lock:
+                self.events.append((time.time(), int(index), int(data.eventData)))
+        with contextlib.suppress(lib.NVMLError):
+            lib.nvmlEventSetFree(event_set)
+
+
+class GpuCollector(Collector):
+    name = "gpu"
+
+    def __init__(
+        self, interval: float, timeout: float, dynamo_pids: Callable[[], dict[int, str]] | None = None
+    ) -> None:
+        super().__init__(interval, timeout)
+        self.dynamo_pids = dynamo_pids or (lambda: {})
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nvml")
+        self._running: Future[CollectResult] | None = None
+        self._nvml: _Nvml | None = None
+        self._initialized = False
+        self.unavailable_reason = ""
+        self._logged_reason = ""
+        self._handles: dict[int, Any] = {}
+        self._static: dict[int, dict[str, str]] = {}
+        self._lost: set[int] = set()
+        self._unsupported: set[tuple[int, str]] = set()
+        self._errors: dict[tuple[str, str, str], int] = {}
+        self._xid_counts: dict[tuple[str, str], int] = {}
+        self._recent_xids: deque[dict[str, Any]] = deque(maxlen=100)
+        self.watcher: XidWatcher | None = None
+
+    # --- set-up ------------------------------------------------------------------------
+    def _init(self) -> bool:
+        if self._initialized:
+            return True
+        try:
+            self._nvml = self._nvml or _Nvml()
+        except ImportError:
+            self._unavailable("binding_not_installed", "nvidia-ml-py is not installed")
+            return False
+        lib = self._nvml.lib
+        try:
+            lib.nvmlInit()
+            count = lib.nvmlDeviceGetCount()
+        except lib.NVMLError as exc:
+            self._unavailable(self._nvml.error_name(exc), str(exc))
+            return False
+        if count == 0:
+            self._unavailable("no_devices", "NVML found no GPU")
+            lib.nvmlShutdown()
+            return False
+        for index in range(count):
+            try:
+                handle = lib.nvmlDeviceGetHandleByIndex(index)
+            except lib.NVMLError as exc:
+                self._note_error(index, "nvmlDeviceGetHandleByIndex", exc)
+                continue
+            self._handles[index] = handle
+            self._static[index] = self._identity(index, handle)
+        self._initialized = True
+        self.unavailable_reason = ""
+        log.info("NVML initialised", gpus=len(self._handles), driver=self._driver())
+        uuids = {i: s["uuid"] for i, s in self._static.items()}
+        self.watcher = XidWatcher(self._nvml, dict(self._handles), uuids)
+        self.watcher.start()
+        return True
+
+    def _driver(self) -> str:
+        assert self._nvml is not None
+        try:
+            return str(self._nvml.lib.nvmlSystemGetDriverVersion())
+        except self._nvml.lib.NVMLError:
+            return ""
+
+    def _unavailable(self, reason: str, detail: str) -> None:
+        self.unavailable_reason = reason
+        if reason != self._logged_reason:  # once per reason, not every interval
+            log.info("GPU metrics unavailable", reason=reason, detail=detail)
+            self._logged_reason = reason
+
+    def _identity(self, index: int, handle: Any) -> dict[str, str]:
+        lib = self._nvml.lib  # type: ignore[union-attr]
+        identity = {"uuid": f"unknown-{index}", "name": "", "pci_bus_id": ""}
+        for key, call in (("uuid", lib.nvmlDeviceGetUUID), ("name", lib.nvmlDeviceGetName)):
+            try:
+                identity[key] = str(call(handle))
+            except lib.NVMLError as exc:
+                self._note_error(index, call.__name__, exc)
+        try:
+            bus = lib.nvmlDeviceGetPciInfo(handle).busId
+            identity["pci_bus_id"] = bus.decode() if isinstance(bus, bytes) else str(bus)
+        except lib.NVMLError as exc:
+            self._note_error(index, "nvmlDeviceGetPciInfo", exc)
+        return identity
+
+    def _note_error(self, index: int, function: str, exc: Exception) -> str:
+        assert self._nvml is not None
+        name = self._nvml.error_name(exc)
+        if name == "not_supported":
+            self._unsupported.add((index, function))
+        else:
+            key = (str(index), function, name)
+            self._errors[key] = self._errors.get(key, 0) + 1
+        if name == "gpu_is_lost":
+            self._lost.add(index)
+        return name
+
+    # --- collection (on the NVML thread) -------------------------------------------------
+    def _collect_sync(self) -> CollectResult:
+        result = CollectResult()
+        now = time.time()
+        if not self._init():
+            result.add(PREFIX + "gpu_available", 0, reason=self.unavailable_reason)
+            result.facts = {"available": False, "reason": self.unavailable_reason, "gpus": {}, "time": now}
+            return result
+        result.add(PREFIX + "gpu_available", 1, reason="ok")
+        pids = self.dynamo_pids()
+        gpus: dict[str, Any] = {}
+        for index, handle in self._handles.items():
+            gpus[str(index)] = self._device(result, index, handle, pids, now)
+        self._xids(result)
+        for (gpu, function, error), count in self._errors.items():
+            result.add(PREFIX + "gpu_nvml_errors_total", count, gpu=gpu, function=function, error=error)
+        for (gpu, xid), count in self._xid_counts.items():
+            result.add(PREFIX + "gpu_xid_errors_total", count, gpu=gpu, xid=xid)
+        result.facts = {
+            "available": True,
+            "gpus": gpus,
+            "recent_xids": list(self._recent_xids),
+            "time": now,
+            "event_error": self.watcher.error if self.watcher else "",
+        }
+        return result
+
+    def _device(
+        self, result: CollectResult, index: int, handle: Any, pids: dict[int, str], now: float
+    ) -> dict[str, Any]:
+        lib = self._nvml.lib  # type: ignore[union-attr]
+        identity = self._static[index]
+        gpu = {"gpu": str(index), "uuid": identity["uuid"]}
+        fact: dict[str, Any] = {**identity, "lost": False}
+        result.add(PREFIX + "gpu_info", 1, name=identity["name"], pci_bus_id=identity["pci_bus_id"], **gpu)
+
+        def call(function: Callable[..., Any], *args: Any) -> Any:
+            if (index, function.__name__) in self._unsupported:
+                return None
+            try:
+                return function(handle, *args)
+            except lib.NVMLError as exc:
+                self._note_error(index, function.__name__, exc)
+                return None
+
+        was_lost = index in self._lost
+        self._lost.discard(index)  # a reset GPU comes back: ask again every cycle
+        utilization = call(lib.nvmlDeviceGetUtilizationRates)
+        if index in self._lost:
+            # Every further call would fail the same way: report the loss once and move on.
+            result.add(PREFIX + "gpu_lost", 1, **gpu)
+            if not was_lost:
+                message = f"GPU {index} ({identity['uuid']}) is lost: NVML_ERROR_GPU_IS_LOST"
+                log.error("GPU lost", gpu=index, uuid=identity["uuid"])
+                result.events.append(
+                    Event("gpu_lost", f"gpu{index}", message, now, {"gpu": index, "uuid": identity["uuid"]})
+                )
+            fact["lost"] = True
+            return fact
+        result.add(PREFIX + "gpu_lost", 0, **gpu)
+        if utilization is not None:
+            result.add(PREFIX + "gpu_utilization_ratio", utilization.gpu / 100, kind="gpu", **gpu)
+            result.add(PREFIX + "gpu_utilization_ratio", utilization.memory / 100, kind="memory", **gpu)
+            fact["utilization"] = utilization.gpu / 100
+        memory = call(lib.nvmlDeviceGetMemoryInfo)
+        if memory is not None:
+            for state in ("used", "free", "total"):
+                result.add(PREFIX + "gpu_memory_bytes", getattr(memory, state), state=state, **gpu)
+            fact["memory_used"], fact["memory_total"] = memory.used, memory.total
+        temperature = call(lib.nvmlDeviceGetTemperature, lib.NVML_TEMPERATURE_GPU)
+        if temperature is not None:
+            result.add(PREFIX + "gpu_temperature_celsius", temperature, **gpu)
+            fact["temperature"] = temperature
+        for name, threshold in (
+            ("slowdown", lib.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
+            ("shutdown", lib.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
+        ):
+            value = call(lib.nvmlDeviceGetTemperatureThreshold, threshold)
+            if value is not None:
+                result.add(PREFIX + "gpu_temperature_threshold_celsius", value, threshold=name, **gpu)
+                fact[f"temperature_{name}"] = value
+        power = call(lib.nvmlDeviceGetPowerUsage)
+        if power is not None:
+            result.add(PREFIX + "gpu_power_watts", power / 1000, **gpu)
+            fact["power_watts"] = power / 1000
+        limit = call(lib.nvmlDeviceGetEnforcedPowerLimit)
+        if limit is not None:
+            result.add(PREFIX + "gpu_power_limit_watts", limit / 1000, **gpu)
+            fact["power_limit_watts"] = limit / 1000
+        for name, clock in (("sm", lib.NVML_CLOCK_SM), ("memory", lib.NVML_CLOCK_MEM)):
+            value = call(lib.nvmlDeviceGetClockInfo, clock)
+            if value is not None:
+                result.add(PREFIX + "gpu_clock_hertz", value * 1e6, clock=name, **gpu)
+        reasons = call(lib.nvmlDeviceGetCurrentClocksEventReasons)
+        if reasons is not None:
+            active = []
+            for bit, reason in CLOCK_REASONS.items():
+                on = bool(reasons & bit)
+                result.add(PREFIX + "gpu_clock_event_reason", 1 if on else 0, reason=reason, **gpu)
+                if on:
+                    active.append(reason)
+            fact["clock_event_reasons"] = active
+        for error_name, error_type in (
+            ("corrected", lib.NVML_MEMORY_ERROR_TYPE_CORRECTED),
+            ("uncorrected", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
+        ):
+            for counter_name, counter in (
+                ("volatile", lib.NVML_VOLATILE_ECC),
+                ("aggregate", lib.NVML_AGGREGATE_ECC),
+            ):
+                value = call(lib.nvmlDeviceGetTotalEccErrors, error_type, counter)
+                if value is not None:
+                    result.add(
+                        PREFIX + "gpu_ecc_errors_total", value, type=error_name, counter=counter_name, **gpu
+                    )
+                    fact[f"ecc_{error_name}_{counter_name}"] = value
+        for cause_name, cause in (
+            ("single_bit", lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
+            ("double_bit", lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
+        ):
+            pages = call(lib.nvmlDeviceGetRetiredPages, cause)
+            if pages is not None:
+                result.add(PREFIX + "gpu_retired_pages", len(pages), cause=cause_name, **gpu)
+        remapped = call(lib.nvmlDeviceGetRemappedRows)
+        if remapped is not None:
+            for kind, value in zip(
+                ("correctable", "uncorrectable", "pending", "failure"), remapped, strict=False
+            ):
+                result.add(PREFIX + "gpu_remapped_rows", value, kind=kind, **gpu)
+            fact["remap_pending"], fact["remap_failure"] = remapped[2], remapped[3]
+        replays = call(lib.nvmlDeviceGetPcieReplayCounter)
+        if replays is not None:
+            result.add(PREFIX + "gpu_pcie_replays_total", replays, **gpu)
+        for direction, counter in (("tx", lib.NVML_PCIE_UTIL_TX_BYTES), ("rx", lib.NVML_PCIE_UTIL_RX_BYTES)):
+            value = call(lib.nvmlDeviceGetPcieThroughput, counter)
+            if value is not None:
+                result.add(
+                    PREFIX + "gpu_pcie_throughput_bytes_per_second", value * 1024, direction=direction, **gpu
+                )
+        fan = call(lib.nvmlDeviceGetFanSpeed)
+        if fan is not None:
+            result.add(PREFIX + "gpu_fan_speed_ratio", fan / 100, **gpu)
+        persistence = call(lib.nvmlDeviceGetPersistenceMode)
+        if persistence is not None:
+            result.add(PREFIX + "gpu_persistence_mode", 1 if persistence else 0, **gpu)
+        self._nvlinks(result, index, handle, gpu)
+        processes = call(lib.nvmlDeviceGetComputeRunningProcesses)
+        if processes is not None:
+            other = 0
+            mapped = []
+            for proc in processes:
+                used = proc.usedGpuMemory or 0
+                if proc.pid in pids:
+                    result.add(
+                        PREFIX + "gpu_process_memory_bytes", used, pid=proc.pid, process=pids[proc.pid], **gpu
+                    )
+                    mapped.append({"pid": proc.pid, "process": pids[proc.pid], "memory": used})
+                else:
+                    other += used
+            result.add(PREFIX + "gpu_process_memory_bytes", other, pid="", process="other", **gpu)
+            fact["processes"] = mapped
+        return fact
+
+    def _nvlinks(self, result: CollectResult, index: int, handle: Any, gpu: dict[str, str]) -> None:
+        lib = self._nvml.lib  # type: ignore[union-attr]
+        if (index, "nvlink") in self._unsupported:
+            return
+        counters = (
+            ("replay", lib.NVML_NVLINK_ERROR_DL_REPLAY),
+            ("recovery", lib.NVML_NVLINK_ERROR_DL_RECOVERY),
+            ("crc_flit", lib.NVML_NVLINK_ERROR_DL_CRC_FLIT),
+        )
+        for link in range(MAX_NVLINKS):
+            try:
+                if not lib.nvmlDeviceGetNvLinkState(handle, link):
+                    continue
+            except lib.NVMLError:
+                if link == 0:
+                    # No NVLink on this board (or not supported): stop asking.
+                    self._unsupported.add((index, "nvlink"))
+                return
+            for name, counter in counters:
+                try:
+                    value = lib.nvmlDeviceGetNvLinkErrorCounter(handle, link, counter)
+                except lib.NVMLError:
+                    continue
+                result.add(PREFIX + "gpu_nvlink_errors_total", value, link=link, counter=name, **gpu)
+
+    def _xids(self, result: CollectResult) -> None:
+        if self.watcher is None:
+            return
+        for timestamp, index, xid in self.watcher.drain():
+            klass, description = xid_class(xid)
+            uuid = self._static.get(index, {}).get("uuid", "")
+            key = (str(index), str(xid))
+            self._xid_counts[key] = self._xid_counts.get(key, 0) + 1
+            record = {
+                "time": timestamp,
+                "gpu": index,
+                "uuid": uuid,
+                "xid": xid,
+                "class": klass,
+                "description": description,
+            }
+            self._recent_xids.append(record)
+            log.warning("GPU XID error", **record)
+            result.events.append(
+                Event("gpu_xid", f"gpu{index}", f"XID {xid} on GPU {index}: {description}", timestamp, record)
+            )
+
+    # --- the scheduler's side ----------------------------------------------------------------
+    async def collect(self) -> CollectResult:
+        if self._running is not None and not self._running.done():
+            # The previous NVML call has not come back: a hung driver. Do not stack threads.
+            raise RuntimeError("previous NVML call still running (hung GPU driver?)")
+        loop = asyncio.get_running_loop()
+        future = self._executor.submit(self._collect_sync)
+        self._running = future
+        return await asyncio.wrap_future(future, loop=loop)
+
+    async def close(self) -> None:
+        if self.watcher is not None:
+            await asyncio.to_thread(self.watcher.stop)
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._initialized and self._nvml is not None:
+            with contextlib.suppress(Exception):
+                self._nvml.lib.nvmlShutdown()

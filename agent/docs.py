@@ -11,7 +11,7 @@ from agent.config import reference_markdown
 
 
 def rules_table() -> str:
-    from agent.diagnose.rules import RULES
+    from agent.diagnose.engine import RULES
 
     rows = ["| rule | category | severity | says | first action |", "| --- | --- | --- | --- | --- |"]
     for rule in RULES:

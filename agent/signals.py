@@ -90,6 +90,7 @@ class Signals:
     request_bytes_rate: float | None = None
     response_bytes_rate: float | None = None
     latency: dict[tuple[str, float], float] = field(default_factory=dict)
+    retransmit_ratio: float | None = None
 
     def inflight_total(self) -> float | None:
         """Work in flight in the pod: a request is counted at the frontend and at the worker
@@ -114,6 +115,7 @@ class Signals:
         put("dynamo_migration_rate", self.migration_rate, window=window)
         put("dynamo_bytes_rate", self.request_bytes_rate, direction="in", window=window)
         put("dynamo_bytes_rate", self.response_bytes_rate, direction="out", window=window)
+        put("tcp_retransmit_ratio", self.retransmit_ratio, window=window)
         for (signal, quantile), value in sorted(self.latency.items()):
             put(
                 "dynamo_latency_seconds",
@@ -134,6 +136,7 @@ class Signals:
             "queued": self.queued,
             "rejection_rate": self.rejection_rate,
             "migration_rate": self.migration_rate,
+            "tcp_retransmit_ratio": self.retransmit_ratio,
             "latency_seconds": {f"{s}_p{int(q * 100)}": v for (s, q), v in sorted(self.latency.items())},
         }
 
@@ -164,6 +167,10 @@ def compute(state: State, names: DynamoNames, window: float, now: float | None =
     out.migration_rate = state.rate(names.migrations_total, window, now)
     out.request_bytes_rate = state.rate(names.worker_request_bytes_total, window, now)
     out.response_bytes_rate = state.rate(names.worker_response_bytes_total, window, now)
+    retrans = state.increase("dynamo_sidecar_tcp_kernel_total", window, now, counter="RetransSegs")
+    sent = state.increase("dynamo_sidecar_tcp_kernel_total", window, now, counter="OutSegs")
+    if retrans is not None and sent:
+        out.retransmit_ratio = retrans / sent
     for signal, histogram in names.latency_histograms().items():
         for quantile in QUANTILES:
             value = state.window_quantile(histogram, quantile, window, now)

@@ -48,11 +48,11 @@ class SeriesRing:
     def __len__(self) -> int:
         return self._count
 
-    def points(self, since: float = -math.inf) -> list[tuple[float, float]]:
+    def points(self, since: float = -math.inf, until: float = math.inf) -> list[tuple[float, float]]:
         out = []
         for i in range(self._count):
             index = (self._start + i) % self.capacity
-            if self._times[index] >= since:
+            if since <= self._times[index] <= until:
                 out.append((self._times[index], self._values[index]))
         return out
 
@@ -286,7 +286,7 @@ class State:
         if not ring:
             return []
         now = time.time() if now is None else now
-        return ring.points(since=now - window)
+        return ring.points(since=now - window, until=now)
 
     def series_matching(self, name: str, **labels: str) -> Iterable[tuple[Labels, SeriesRing]]:
         wanted = set(labels.items())
@@ -299,7 +299,7 @@ class State:
         now = time.time() if now is None else now
         total, found = 0.0, False
         for _, ring in self.series_matching(name, **labels):
-            value = counter_rate(ring.points(since=now - window))
+            value = counter_rate(ring.points(since=now - window, until=now))
             if value is not None:
                 total += value
                 found = True
@@ -309,7 +309,7 @@ class State:
         now = time.time() if now is None else now
         total, found = 0.0, False
         for _, ring in self.series_matching(name, **labels):
-            points = ring.points(since=now - window)
+            points = ring.points(since=now - window, until=now)
             if len(points) >= 2:
                 total += counter_increase(points)
                 found = True
@@ -329,7 +329,7 @@ class State:
                 bound = float(bound_text)
             except ValueError:
                 continue
-            points = ring.points(since=now - window)
+            points = ring.points(since=now - window, until=now)
             if len(points) < 2:
                 continue
             per_bound[bound] = per_bound.get(bound, 0.0) + counter_increase(points)

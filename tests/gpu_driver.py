@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from collectors.gpu import GpuCollector  # noqa: E402
+from collectors.gpu import GpuCollector
 
 
 async def main(steps: list[dict]) -> None:

@@ -56,8 +56,20 @@ def fake_nvml_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pytest.skip("gcc not installed: cannot build the fake libnvidia-ml.so.1")
     out = tmp_path_factory.mktemp("fake_nvml")
     subprocess.run(
-        ["gcc", "-O2", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o", str(out / "libnvidia-ml.so.1"), str(FAKE_SOURCE), "-lpthread"],
-        check=True, capture_output=True, timeout=120,
+        [
+            "gcc",
+            "-O2",
+            "-shared",
+            "-fPIC",
+            "-Wl,-soname,libnvidia-ml.so.1",
+            "-o",
+            str(out / "libnvidia-ml.so.1"),
+            str(FAKE_SOURCE),
+            "-lpthread",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     return out
 
@@ -69,7 +81,9 @@ def run_steps(fake_dir: Path | None, tmp_path: Path, steps: list[dict[str, Any]]
     (tmp_path / "events").write_text("")
     if fake_dir is not None:
         env["LD_LIBRARY_PATH"] = str(fake_dir)
-    result = subprocess.run([PYTHON, str(DRIVER), json.dumps(steps)], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [PYTHON, str(DRIVER), json.dumps(steps)], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
 
@@ -120,7 +134,9 @@ def test_normal_operation(fake_nvml_dir: Path, tmp_path: Path) -> None:
     ("state", "reason"),
     [("init 9\n", "driver_not_loaded"), ("count 0\n", "no_devices"), ("init 4\n", "no_permission")],
 )
-def test_unavailable_is_a_state_not_a_failure(fake_nvml_dir: Path, tmp_path: Path, state: str, reason: str) -> None:
+def test_unavailable_is_a_state_not_a_failure(
+    fake_nvml_dir: Path, tmp_path: Path, state: str, reason: str
+) -> None:
     first, second = run_steps(fake_nvml_dir, tmp_path, [{"state": state}, {}])
     for out in (first, second):
         assert "error" not in out
@@ -134,17 +150,30 @@ def test_no_library_on_this_machine(tmp_path: Path) -> None:
 
 
 def test_function_errors_are_counted(fake_nvml_dir: Path, tmp_path: Path) -> None:
-    state = GOOD + "gpu0.err.nvmlDeviceGetPowerUsage 999\nerr.nvmlDeviceGetTemperature 3\ngpu1.err.nvmlDeviceGetMemoryInfo 2\n"
-    first, second = run_steps(fake_nvml_dir, tmp_path, [{"state": state}, {}])
-    assert value(second, "gpu_nvml_errors_total", gpu=0, function="nvmlDeviceGetPowerUsage", error="unknown") == 2
-    assert value(second, "gpu_nvml_errors_total", gpu=1, function="nvmlDeviceGetMemoryInfo", error="nvml_error_2") == 2
+    state = (
+        GOOD
+        + "gpu0.err.nvmlDeviceGetPowerUsage 999\nerr.nvmlDeviceGetTemperature 3\ngpu1.err.nvmlDeviceGetMemoryInfo 2\n"
+    )
+    _first, second = run_steps(fake_nvml_dir, tmp_path, [{"state": state}, {}])
+    assert (
+        value(second, "gpu_nvml_errors_total", gpu=0, function="nvmlDeviceGetPowerUsage", error="unknown")
+        == 2
+    )
+    assert (
+        value(
+            second, "gpu_nvml_errors_total", gpu=1, function="nvmlDeviceGetMemoryInfo", error="nvml_error_2"
+        )
+        == 2
+    )
     assert value(second, "gpu_temperature_celsius") is None  # NOT_SUPPORTED everywhere: absent
     assert value(second, "gpu_nvml_errors_total", function="nvmlDeviceGetTemperature") is None
     assert value(second, "gpu_utilization_ratio", gpu=0, kind="gpu") == 0.55  # the rest still works
 
 
 def test_gpu_lost_mid_run_and_back(fake_nvml_dir: Path, tmp_path: Path) -> None:
-    outs = run_steps(fake_nvml_dir, tmp_path, [{"state": GOOD}, {"state": GOOD + "gpu1.lost 1\n"}, {}, {"state": GOOD}])
+    outs = run_steps(
+        fake_nvml_dir, tmp_path, [{"state": GOOD}, {"state": GOOD + "gpu1.lost 1\n"}, {}, {"state": GOOD}]
+    )
     assert value(outs[0], "gpu_lost", gpu=1) == 0
     assert value(outs[1], "gpu_lost", gpu=1) == 1
     assert [e["kind"] for e in outs[1]["events"]] == ["gpu_lost"]
@@ -166,10 +195,14 @@ def test_xid_bursts_become_counters_and_events(fake_nvml_dir: Path, tmp_path: Pa
 
 
 def test_slow_nvml_does_not_stack_calls(fake_nvml_dir: Path, tmp_path: Path) -> None:
-    outs = run_steps(fake_nvml_dir, tmp_path, [
-        {"state": GOOD + "delay_ms 200\n", "timeout": 0.3},
-        {"timeout": 0.3},
-    ])
+    outs = run_steps(
+        fake_nvml_dir,
+        tmp_path,
+        [
+            {"state": GOOD + "delay_ms 200\n", "timeout": 0.3},
+            {"timeout": 0.3},
+        ],
+    )
     assert "TimeoutError" in outs[0]["error"]
     assert "still running" in outs[1]["error"]
 
@@ -189,18 +222,52 @@ def test_sidecar_end_to_end_with_fake_gpus(fake_nvml_dir: Path, tmp_path: Path) 
     (tmp_path / "state").write_text(GOOD.replace("SELF_PID", "1"))
     (tmp_path / "events").write_text("")
     port = free_port()
-    env = {**os.environ, "LD_LIBRARY_PATH": str(fake_nvml_dir), "FAKE_NVML_STATE": str(tmp_path / "state"), "FAKE_NVML_EVENTS": str(tmp_path / "events")}
+    env = {
+        **os.environ,
+        "LD_LIBRARY_PATH": str(fake_nvml_dir),
+        "FAKE_NVML_STATE": str(tmp_path / "state"),
+        "FAKE_NVML_EVENTS": str(tmp_path / "events"),
+    }
     proc = subprocess.Popen(
-        [PYTHON, "-m", "agent.cli", "run", "--listen-host", "127.0.0.1", "--listen-port", str(port), "--role", "frontend",
-         "--frontend-url", f"http://127.0.0.1:{free_port()}", "--gpu-interval", "0.3", "--startup-grace", "0", "--drain-timeout", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            PYTHON,
+            "-m",
+            "agent.cli",
+            "run",
+            "--listen-host",
+            "127.0.0.1",
+            "--listen-port",
+            str(port),
+            "--role",
+            "frontend",
+            "--frontend-url",
+            f"http://127.0.0.1:{free_port()}",
+            "--gpu-interval",
+            "0.3",
+            "--startup-grace",
+            "0",
+            "--drain-timeout",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        wait_for_sync(lambda: 'dynamo_sidecar_gpu_available{reason="ok"} 1.0' in _get(base + "/metrics")[1], timeout=20, what="GPU metrics")
+        wait_for_sync(
+            lambda: 'dynamo_sidecar_gpu_available{reason="ok"} 1.0' in _get(base + "/metrics")[1],
+            timeout=20,
+            what="GPU metrics",
+        )
         with open(tmp_path / "events", "a") as handle:
             handle.write("1 79\n")
-        wait_for_sync(lambda: 'dynamo_sidecar_gpu_xid_errors_total{gpu="1",xid="79"} 1.0' in _get(base + "/metrics")[1], timeout=20, what="XID counter")
+        wait_for_sync(
+            lambda: 'dynamo_sidecar_gpu_xid_errors_total{gpu="1",xid="79"} 1.0' in _get(base + "/metrics")[1],
+            timeout=20,
+            what="XID counter",
+        )
 
         def finding() -> dict | None:
             status, body = _get(base + "/diagnose")

@@ -10,10 +10,12 @@ from typing import Any
 from agent import __version__
 from agent.diagnose.context import Context
 from agent.diagnose.model import SCHEMA_VERSION, SEVERITY_RANK, Evidence, Finding, Rule
-from agent.diagnose.rules import RULES
+from agent.diagnose.rules import RULES as BASE_RULES
+from agent.diagnose.rules_system import SYSTEM_RULES
 from agent.log import get as get_logger
 
 log = get_logger("dynamo_sidecar.diagnose")
+RULES = BASE_RULES + SYSTEM_RULES
 
 
 def evaluate(ctx: Context, rules: tuple[Rule, ...] = RULES) -> tuple[list[Finding], list[dict[str, str]]]:
@@ -72,11 +74,15 @@ def _attach_log_evidence(ctx: Context, findings: list[Finding]) -> None:
 
 
 def _link(findings: list[Finding], rules: dict[str, Rule]) -> None:
+    """`explains` names rules this one causes on the same subject, or on any with `rule:*`."""
     for cause in findings:
+        explains = rules[cause.rule].explains
         for effect in findings:
-            if effect is cause or effect.rule not in rules[cause.rule].explains:
+            if effect is cause:
                 continue
-            if effect.subject == cause.subject:
+            same_subject = effect.rule in explains and effect.subject == cause.subject
+            any_subject = f"{effect.rule}:*" in explains
+            if same_subject or any_subject:
                 cause.explains.append(effect.id)
                 effect.explained_by.append(cause.id)
 

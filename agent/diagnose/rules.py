@@ -459,7 +459,7 @@ RULES: tuple[Rule, ...] = (
             "If the process is shutting down (SIGTERM), this is expected: a worker closes its system port at once.",
         ),
         endpoint_refused,
-        explains=("metrics_scrape_failing", "dynamo_not_ready"),
+        explains=("metrics_scrape_failing", "dynamo_not_ready", "frontend_stale_instances:*"),
     ),
     Rule(
         "endpoint_timeout",
@@ -472,7 +472,7 @@ RULES: tuple[Rule, ...] = (
             "A worker hung like this drops out of discovery after ~12 s and never re-registers after it resumes: restart the pod.",
         ),
         endpoint_timeout,
-        explains=("metrics_scrape_failing", "health_flapping"),
+        explains=("metrics_scrape_failing", "health_flapping", "frontend_stale_instances:*"),
     ),
     Rule(
         "endpoint_bad_response",

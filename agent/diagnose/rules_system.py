@@ -10,12 +10,14 @@ from agent.diagnose.model import Evidence, Hit, Rule
 from collectors.gpu import xid_class
 
 P = "dynamo_sidecar_"
-RECENT = 300.0  # "now" for rules over rates: the last five minutes
-BASELINE = 600.0  # the pod's own baseline: the ten minutes before that
-
-
 def _window(ctx: Context) -> float:
-    return min(ctx.window, RECENT)
+    """"Now" for rules over rates: the signal window (default five minutes)."""
+    return min(ctx.window, ctx.config.signal_window)
+
+
+def _baseline(ctx: Context) -> float:
+    """The pod's own baseline: the two windows before the recent one."""
+    return 2 * ctx.config.signal_window
 
 
 # --- resource pressure -------------------------------------------------------------------
@@ -349,7 +351,7 @@ def queue_growing_gpu_idle(ctx: Context) -> list[Hit]:
             {"queued": grown[0], "utilization": utilization * 100},
             [
                 Evidence(
-                    f"{P}dynamo_queued_requests", grown[0], note=f"was {grown[1]:.0f} {RECENT:.0f}s ago"
+                    f"{P}dynamo_queued_requests", grown[0], note=f"was {grown[1]:.0f} {_window(ctx):.0f}s ago"
                 ),
                 Evidence(f'avg({P}gpu_utilization_ratio{{kind="gpu"}})', round(utilization, 3), unit="ratio"),
             ],
@@ -370,7 +372,7 @@ def queue_growing_saturated(ctx: Context) -> list[Hit]:
             {"queued": grown[0]},
             [
                 Evidence(
-                    f"{P}dynamo_queued_requests", grown[0], note=f"was {grown[1]:.0f} {RECENT:.0f}s ago"
+                    f"{P}dynamo_queued_requests", grown[0], note=f"was {grown[1]:.0f} {_window(ctx):.0f}s ago"
                 ),
                 Evidence(
                     f'avg({P}gpu_utilization_ratio{{kind="gpu"}})',
@@ -390,8 +392,9 @@ def latency_regression(ctx: Context) -> list[Hit]:
     histograms = ctx.names.latency_histograms()
     for signal in ("ttft", "queue", "itl"):
         name = histograms[signal]
-        recent = ctx.state.window_quantile(name, 0.99, RECENT, ctx.now)
-        baseline = ctx.state.window_quantile(name, 0.99, BASELINE, ctx.now - RECENT)
+        recent_window, baseline_window = _window(ctx), _baseline(ctx)
+        recent = ctx.state.window_quantile(name, 0.99, recent_window, ctx.now)
+        baseline = ctx.state.window_quantile(name, 0.99, baseline_window, ctx.now - recent_window)
         if recent is None or baseline is None or baseline <= 0:
             continue
         if recent >= 2 * baseline and recent - baseline >= 0.05:
@@ -401,17 +404,17 @@ def latency_regression(ctx: Context) -> list[Hit]:
                     {"recent": recent * 1000, "baseline": baseline * 1000, "factor": recent / baseline},
                     [
                         Evidence(
-                            f"histogram_quantile(0.99, {name}) over the last {RECENT:.0f}s",
+                            f"histogram_quantile(0.99, {name}) over the last {recent_window:.0f}s",
                             round(recent, 4),
                             unit="seconds",
                         ),
                         Evidence(
-                            f"the same over the {BASELINE:.0f}s before", round(baseline, 4), unit="seconds"
+                            f"the same over the {baseline_window:.0f}s before", round(baseline, 4), unit="seconds"
                         ),
                         Evidence(f"{P}dynamo_request_rate", ctx.signals.request_rate, unit="requests/s"),
                         Evidence(f"{P}dynamo_queued_requests", ctx.signals.queued),
                     ],
-                    ctx.now - RECENT,
+                    ctx.now - recent_window,
                 )
             )
     return hits

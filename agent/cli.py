@@ -127,6 +127,10 @@ def _fetch(url: str, timeout: float) -> tuple[int, bytes]:
 def _cmd_diagnose(args: argparse.Namespace) -> int:
     from agent.diagnose.render import EXIT_CODES, text
 
+    if args.prometheus_url:
+        from agent.diagnose.fleet import run_fleet
+
+        return run_fleet(args.prometheus_url, args.namespace, args.format, args.timeout)
     query = f"?format=json&since={args.since}" if args.since else "?format=json"
     url = args.url.rstrip("/") + "/diagnose" + query
     try:
@@ -190,6 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--since", default="", help="narrow the window, e.g. 10m")
     diag.add_argument("--format", choices=["text", "json"], default="text")
     diag.add_argument("--timeout", type=float, default=5.0)
+    diag.add_argument("--prometheus-url", default="", help="fleet scope: evaluate the rules over every pod's metrics in this Prometheus")
+    diag.add_argument("--namespace", default="", help="with --prometheus-url: only this Kubernetes namespace")
     diag.set_defaults(func=_cmd_diagnose)
     return parser
 

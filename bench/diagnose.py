@@ -21,12 +21,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.config import load_config  # noqa: E402
-from agent.dynamo_sim.promtext import PromTemplate  # noqa: E402
-from agent.dynamo_sim.server import recorded  # noqa: E402
-from agent.runtime import Sidecar  # noqa: E402
-from agent.samples import CollectResult, Event, sample  # noqa: E402
-from collectors.dynamo_metrics import parse_exposition  # noqa: E402
+from agent.config import load_config
+from agent.dynamo_sim.promtext import PromTemplate
+from agent.dynamo_sim.server import recorded
+from agent.runtime import Sidecar
+from agent.samples import CollectResult, Event, sample
+from collectors.dynamo_metrics import parse_exposition
 
 INTERVAL = 5.0
 WINDOW = 900.0

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ROOT
 
 BENCH = sorted((ROOT / "bench").glob("*.py"))
-NEEDS = {"quantile_agreement.py": "prometheus"}
+NEEDS = {"quantile_agreement.py": "prometheus", "gpu.py": "gcc"}
 
 
 @pytest.mark.slow

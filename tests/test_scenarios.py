@@ -99,7 +99,7 @@ async def queue_growth(sim, sidecar, http) -> None:
     sim.faults.max_concurrency = 1
     sim.faults.token_delay = 0.05
     tasks = []
-    for index in range(12):  # bounded: 12 requests of ~1 s each, one at a time
+    for _ in range(12):  # bounded: 12 requests of ~1 s each, one at a time
         tasks.append(asyncio.create_task(post_completion(http, sim.url("frontend"), max_tokens=20)))
         await asyncio.sleep(0.3)
     sidecar.state.extra["scenario_tasks"] = tasks

@@ -114,7 +114,7 @@ def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
     return [
         {
             "step": "scope",
-            "detail": "This report covers this pod only: compare with the same finding on other pods (Prometheus: dynamo_sidecar_endpoint_up, dynamo_sidecar_collector_success) to tell one pod from the fleet.",
+            "detail": "This report covers this pod only. `dynamo-sidecar diagnose --prometheus-url URL` evaluates the same rules over every pod's metrics and says whether a symptom is one pod, one node, or everywhere.",
         },
         {"step": "health endpoints", "observations": health or ["no Dynamo endpoint probed yet"]},
         {"step": "metrics and logs", "observations": metrics or ["no Dynamo metrics yet"]},

@@ -60,10 +60,10 @@ def text(report: dict[str, Any]) -> str:
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 h1{font-size:1.4em} .status{padding:.2em .6em;border-radius:.3em;color:#fff}
-.ok{background:#2e7d32}.warning{background:#ef6c00}.critical{background:#c62828}.info{background:#1565c0}
+.status.ok{background:#2e7d32}.status.warning{background:#ef6c00}.status.critical{background:#c62828}.status.info{background:#1565c0}
 .finding{border:1px solid #ccc;border-left:.4em solid #999;padding:.6em 1em;margin:1em 0}
 .finding.critical{border-left-color:#c62828}.finding.warning{border-left-color:#ef6c00}.finding.info{border-left-color:#1565c0}
-table{border-collapse:collapse} td,th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:left;vertical-align:top}
+table{border-collapse:collapse;table-layout:fixed;width:100%} td,th{padding:.2em .6em;border-bottom:1px solid #eee;text-align:left;vertical-align:top;overflow-wrap:anywhere}
 code{background:#f4f4f4;padding:0 .2em} .muted{color:#777}
 """
 

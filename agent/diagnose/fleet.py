@@ -1,0 +1,221 @@
+"""Fleet scope: the same rules, evaluated over PromQL against every pod's sidecar metrics, to
+answer step one of the root-cause flow: is the symptom on one pod, one node, or everywhere?
+
+Each rule that can be judged from metrics alone has a PromQL condition here; the finding's
+category, severity, summary and actions are the rule's own (agent/diagnose/rules*.py).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.diagnose.engine import RULES
+from agent.diagnose.model import SEVERITY_RANK
+from agent.diagnose.render import EXIT_CODES
+
+THROTTLING = "sw_power_cap|hw_slowdown|sw_thermal_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown"
+
+
+def _sel(namespace: str) -> Callable[[str, str], str]:
+    def sel(metric: str, matchers: str = "") -> str:
+        parts = [m for m in (matchers, f'namespace="{namespace}"' if namespace else "") if m]
+        return f"{metric}{{{','.join(parts)}}}"
+
+    return sel
+
+
+def fleet_queries(namespace: str = "") -> dict[str, str]:
+    """rule id -> PromQL returning one series per affected pod (and subject)."""
+    s = _sel(namespace)
+    ttft_p99 = s("dynamo_sidecar_dynamo_latency_seconds", 'signal="ttft",percentile="p99"')
+    return {
+        "endpoint_refused": s("dynamo_sidecar_endpoint_probe_outcome", 'probe="health",outcome="refused"')
+        + " == 1",
+        "endpoint_timeout": s("dynamo_sidecar_endpoint_probe_outcome", 'probe="health",outcome="timeout"')
+        + " == 1",
+        "endpoint_bad_response": s(
+            "dynamo_sidecar_endpoint_probe_outcome", 'probe="health",outcome=~"malformed|http_error|error"'
+        )
+        + " == 1",
+        "frontend_no_instances": s("dynamo_sidecar_frontend_instances") + " == 0",
+        "worker_notready_endpoints_ready": s(
+            "dynamo_sidecar_endpoint_status", 'probe="health",status="notready"'
+        )
+        + " == 1",
+        "worker_restarted": "increase(" + s("dynamo_sidecar_worker_restarts_total") + "[15m]) > 0",
+        "canary_failing": s("dynamo_sidecar_canary_failing") + " == 1",
+        "collector_failing": s("dynamo_sidecar_collector_success") + " == 0",
+        "dependency_unreachable": s("dynamo_sidecar_probe_up") + " == 0",
+        "port_not_listening": s("dynamo_sidecar_tcp_listening") + " == 0",
+        "tcp_retransmits_high": s("dynamo_sidecar_tcp_retransmit_ratio") + " > 0.02",
+        "close_wait_leak": "sum without (direction) ("
+        + s("dynamo_sidecar_tcp_sockets", 'state="close_wait"')
+        + ") >= 50",
+        "cpu_throttled": "increase("
+        + s("dynamo_sidecar_cgroup_cpu_throttled_periods_total")
+        + "[5m]) / increase("
+        + s("dynamo_sidecar_cgroup_cpu_periods_total")
+        + "[5m]) > 0.25",
+        "memory_near_limit": s("dynamo_sidecar_cgroup_memory_usage_bytes")
+        + " / "
+        + s("dynamo_sidecar_cgroup_memory_limit_bytes")
+        + " > 0.9",
+        "oom_killed": "increase("
+        + s("dynamo_sidecar_cgroup_memory_events_total", 'event="oom_kill"')
+        + "[15m]) > 0",
+        "gpu_xid": "increase(" + s("dynamo_sidecar_gpu_xid_errors_total") + "[15m]) > 0",
+        "gpu_lost": s("dynamo_sidecar_gpu_lost") + " == 1",
+        "gpu_ecc_errors": s("dynamo_sidecar_gpu_ecc_errors_total", 'type="uncorrected",counter="volatile"')
+        + " > 0",
+        "gpu_throttling": "max without (reason) ("
+        + s("dynamo_sidecar_gpu_clock_event_reason", 'reason=~"' + THROTTLING + '"')
+        + ") == 1",
+        "gpu_memory_near_full": s("dynamo_sidecar_gpu_memory_bytes", 'state="used"')
+        + " / ignoring(state) "
+        + s("dynamo_sidecar_gpu_memory_bytes", 'state="total"')
+        + " > 0.97",
+        "rejections_rising": s("dynamo_sidecar_dynamo_rejection_rate") + " > 0",
+        "latency_regression": ttft_p99 + " > 2 * avg_over_time(" + ttft_p99 + "[1h] offset 15m)",
+        "drain_deadline_with_work": s("dynamo_sidecar_drain_inflight_at_end")
+        + " > 0 and on (instance) "
+        + s("dynamo_sidecar_drain_reason", 'reason="deadline"')
+        + " == 1",
+        "otlp_export_failing": "increase(" + s("dynamo_sidecar_otlp_spans_dropped_total") + "[15m]) > 0",
+    }
+
+
+@dataclass
+class PodRef:
+    pod: str
+    node: str
+    namespace: str
+
+    @staticmethod
+    def of(labels: dict[str, str]) -> PodRef:
+        return PodRef(
+            labels.get("pod") or labels.get("kubernetes_pod_name") or labels.get("instance", "?"),
+            labels.get("node") or labels.get("kubernetes_node") or labels.get("nodename") or "",
+            labels.get("namespace") or labels.get("kubernetes_namespace") or "",
+        )
+
+
+class PrometheusError(Exception):
+    pass
+
+
+def query(base_url: str, promql: str, timeout: float) -> list[dict[str, Any]]:
+    url = base_url.rstrip("/") + "/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            body = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        raise PrometheusError(f"HTTP {exc.code} for {promql!r}: {exc.read()[:200]!r}") from None
+    except (OSError, ValueError) as exc:
+        raise PrometheusError(f"cannot query {base_url}: {exc}") from None
+    if body.get("status") != "success":
+        raise PrometheusError(f"{promql!r}: {body.get('error')}")
+    return body["data"]["result"]
+
+
+def scope_of(affected: list[PodRef], fleet: list[PodRef]) -> str:
+    pods = {p.pod for p in affected}
+    nodes = {p.node for p in affected if p.node}
+    fleet_pods = {p.pod for p in fleet} or pods
+    fleet_nodes = {p.node for p in fleet if p.node}
+    if len(fleet_pods) > 1 and pods >= fleet_pods:
+        return f"everywhere: all {len(fleet_pods)} pods"
+    if len(pods) == 1:
+        only = next(iter(affected))
+        return f"one pod: {only.namespace + '/' if only.namespace else ''}{only.pod}" + (
+            f" on node {only.node}" if only.node else ""
+        )
+    if len(nodes) == 1 and len(fleet_nodes) > 1:
+        node = next(iter(nodes))
+        on_node = {p.pod for p in fleet if p.node == node}
+        share = "all" if pods >= on_node else f"{len(pods)} of {len(on_node)}"
+        return f"one node: {node} ({share} pods there)"
+    return f"{len(pods)} of {len(fleet_pods)} pods on {len(nodes) or '?'} nodes"
+
+
+def evaluate_fleet(base_url: str, namespace: str = "", timeout: float = 10.0) -> dict[str, Any]:
+    sel = _sel(namespace)
+    fleet = [
+        PodRef.of(r["metric"])
+        for r in query(
+            base_url, f"max by (pod, node, namespace, instance) ({sel('dynamo_sidecar_build_info')})", timeout
+        )
+    ]
+    rules = {rule.id: rule for rule in RULES}
+    findings = []
+    for rule_id, promql in fleet_queries(namespace).items():
+        rule = rules[rule_id]
+        result = query(base_url, promql, timeout)
+        if not result:
+            continue
+        affected = [PodRef.of(r["metric"]) for r in result]
+        unique = {(p.namespace, p.pod): p for p in affected}
+        findings.append(
+            {
+                "rule": rule.id,
+                "category": rule.category,
+                "severity": rule.severity,
+                "scope": scope_of(list(unique.values()), fleet),
+                "pods": sorted(f"{p.namespace + '/' if p.namespace else ''}{p.pod}" for p in unique.values()),
+                "nodes": sorted({p.node for p in unique.values() if p.node}),
+                "series": [{"labels": r["metric"], "value": r["value"][1]} for r in result[:20]],
+                "actions": list(rule.actions),
+                "promql": promql,
+            }
+        )
+    findings.sort(key=lambda f: (-SEVERITY_RANK[f["severity"]], -len(f["pods"])))
+    worst = max((SEVERITY_RANK[f["severity"]] for f in findings), default=0)
+    return {
+        "version": 1,
+        "scope": "fleet",
+        "prometheus": base_url,
+        "namespace": namespace or None,
+        "status": {0: "ok", 1: "warning", 2: "critical"}[worst],
+        "sidecars": len({(p.namespace, p.pod) for p in fleet}),
+        "nodes": sorted({p.node for p in fleet if p.node}),
+        "findings": findings,
+    }
+
+
+def text(report: dict[str, Any]) -> str:
+    lines = [
+        f"dynamo-sidecar fleet diagnose: {report['status'].upper()}  ({report['sidecars']} sidecars on "
+        f"{len(report['nodes']) or '?'} nodes, {len(report['findings'])} findings, from {report['prometheus']})",
+        "",
+    ]
+    if not report["findings"]:
+        lines.append("No findings across the fleet.")
+    for finding in report["findings"]:
+        lines.append(
+            f"[{finding['severity'].upper()}] {finding['rule']} ({finding['category']}): {finding['scope']}"
+        )
+        lines.append(
+            f"  pods: {', '.join(finding['pods'][:10])}{' ...' if len(finding['pods']) > 10 else ''}"
+        )
+        if finding["actions"]:
+            lines.append(f"  action: {finding['actions'][0]}")
+        lines.append(f"  query: {finding['promql']}")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def run_fleet(base_url: str, namespace: str, fmt: str, timeout: float) -> int:
+    import sys
+
+    try:
+        report = evaluate_fleet(base_url, namespace, timeout)
+    except PrometheusError as exc:
+        print(f"dynamo-sidecar diagnose: {exc}", file=sys.stderr)
+        return 3
+    print(json.dumps(report, indent=1) if fmt == "json" else text(report), end="")
+    return EXIT_CODES[report["status"]]

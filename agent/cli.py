@@ -194,7 +194,11 @@ def build_parser() -> argparse.ArgumentParser:
     diag.add_argument("--since", default="", help="narrow the window, e.g. 10m")
     diag.add_argument("--format", choices=["text", "json"], default="text")
     diag.add_argument("--timeout", type=float, default=5.0)
-    diag.add_argument("--prometheus-url", default="", help="fleet scope: evaluate the rules over every pod's metrics in this Prometheus")
+    diag.add_argument(
+        "--prometheus-url",
+        default="",
+        help="fleet scope: evaluate the rules over every pod's metrics in this Prometheus",
+    )
     diag.add_argument("--namespace", default="", help="with --prometheus-url: only this Kubernetes namespace")
     diag.set_defaults(func=_cmd_diagnose)
     return parser

@@ -40,51 +40,144 @@ def fill(sidecar: Sidecar, now: float) -> int:
     for step in range(steps):
         t = now - WINDOW + step * INTERVAL
         for _ in range(10):  # ten requests per interval, TTFT drifting up
-            frontend.inc("dynamo_frontend_requests_total", endpoint="completions", error_type="", model="tiny", request_type="unary", status="success")
-            frontend.observe("dynamo_frontend_time_to_first_token_seconds", 0.01 + step * 0.0002, model="tiny")
+            frontend.inc(
+                "dynamo_frontend_requests_total",
+                endpoint="completions",
+                error_type="",
+                model="tiny",
+                request_type="unary",
+                status="success",
+            )
+            frontend.observe(
+                "dynamo_frontend_time_to_first_token_seconds", 0.01 + step * 0.0002, model="tiny"
+            )
             frontend.observe("dynamo_frontend_inter_token_latency_seconds", 0.002, model="tiny")
             frontend.observe("dynamo_frontend_request_duration_seconds", 0.2, model="tiny")
             worker.inc("dynamo_component_requests_total", dynamo_endpoint="generate")
         frontend.set("dynamo_frontend_queued_requests", step % 7, model="tiny")
         families = parse_exposition(frontend.render())[0] + parse_exposition(worker.render())[0]
-        state.update("dynamo_metrics", CollectResult(families=families, facts={"endpoints": {"frontend": {"up": True}, "worker": {"up": True}}}), now=t)
-        health = CollectResult(facts={"endpoints": {
-            "frontend": {"kind": "frontend", "url": "http://127.0.0.1:8000", "instances": [{"instance_id": 1}], "models": ["tiny"],
-                         "probes": {"health": {"outcome": "ok", "status": "healthy", "status_code": 200, "since": now - WINDOW}}},
-            "worker": {"kind": "worker", "url": "http://127.0.0.1:9090", "endpoints": {"generate": "ready"},
-                       "probes": {"health": {"outcome": "ok", "status": "ready", "status_code": 200, "since": now - WINDOW}}},
-        }})
+        state.update(
+            "dynamo_metrics",
+            CollectResult(
+                families=families, facts={"endpoints": {"frontend": {"up": True}, "worker": {"up": True}}}
+            ),
+            now=t,
+        )
+        health = CollectResult(
+            facts={
+                "endpoints": {
+                    "frontend": {
+                        "kind": "frontend",
+                        "url": "http://127.0.0.1:8000",
+                        "instances": [{"instance_id": 1}],
+                        "models": ["tiny"],
+                        "probes": {
+                            "health": {
+                                "outcome": "ok",
+                                "status": "healthy",
+                                "status_code": 200,
+                                "since": now - WINDOW,
+                            }
+                        },
+                    },
+                    "worker": {
+                        "kind": "worker",
+                        "url": "http://127.0.0.1:9090",
+                        "endpoints": {"generate": "ready"},
+                        "probes": {
+                            "health": {
+                                "outcome": "ok",
+                                "status": "ready",
+                                "status_code": 200,
+                                "since": now - WINDOW,
+                            }
+                        },
+                    },
+                }
+            }
+        )
         health.add("dynamo_sidecar_endpoint_up", 1, endpoint="frontend", probe="health")
         state.update("dynamo_health", health, now=t)
-        system = CollectResult(samples=[
-            sample("dynamo_sidecar_cgroup_cpu_periods_total", step * 50),
-            sample("dynamo_sidecar_cgroup_cpu_throttled_periods_total", step * 2),
-            sample("dynamo_sidecar_cgroup_memory_usage_bytes", 2e9),
-            sample("dynamo_sidecar_cgroup_memory_limit_bytes", 8e9),
-            sample("dynamo_sidecar_process_cpu_seconds_total", step * 2.0, pid="100", process="dynamo.frontend", mode="user"),
-            sample("dynamo_sidecar_tcp_kernel_total", step * 1000, counter="OutSegs"),
-            sample("dynamo_sidecar_tcp_kernel_total", step * 3, counter="RetransSegs"),
-        ], facts={"processes": [{"pid": 100, "process": "dynamo.frontend", "open_fds": 200, "max_fds": 65536}]})
+        system = CollectResult(
+            samples=[
+                sample("dynamo_sidecar_cgroup_cpu_periods_total", step * 50),
+                sample("dynamo_sidecar_cgroup_cpu_throttled_periods_total", step * 2),
+                sample("dynamo_sidecar_cgroup_memory_usage_bytes", 2e9),
+                sample("dynamo_sidecar_cgroup_memory_limit_bytes", 8e9),
+                sample(
+                    "dynamo_sidecar_process_cpu_seconds_total",
+                    step * 2.0,
+                    pid="100",
+                    process="dynamo.frontend",
+                    mode="user",
+                ),
+                sample("dynamo_sidecar_tcp_kernel_total", step * 1000, counter="OutSegs"),
+                sample("dynamo_sidecar_tcp_kernel_total", step * 3, counter="RetransSegs"),
+            ],
+            facts={
+                "processes": [{"pid": 100, "process": "dynamo.frontend", "open_fds": 200, "max_fds": 65536}]
+            },
+        )
         state.update("process", system, now=t)
-        gpus = {str(i): {"uuid": f"GPU-{i}", "utilization": 0.7, "memory_used": 4e10, "memory_total": 8e10,
-                         "clock_event_reasons": [], "temperature": 60} for i in range(8)}
-        gpu = CollectResult(samples=[sample("dynamo_sidecar_gpu_utilization_ratio", 0.7, gpu=i, uuid=f"GPU-{i}", kind="gpu") for i in range(8)],
-                            facts={"available": True, "gpus": gpus})
+        gpus = {
+            str(i): {
+                "uuid": f"GPU-{i}",
+                "utilization": 0.7,
+                "memory_used": 4e10,
+                "memory_total": 8e10,
+                "clock_event_reasons": [],
+                "temperature": 60,
+            }
+            for i in range(8)
+        }
+        gpu = CollectResult(
+            samples=[
+                sample("dynamo_sidecar_gpu_utilization_ratio", 0.7, gpu=i, uuid=f"GPU-{i}", kind="gpu")
+                for i in range(8)
+            ],
+            facts={"available": True, "gpus": gpus},
+        )
         state.update("gpu", gpu, now=t)
-        state.update("tcp", CollectResult(facts={"probes": {"etcd:2379": {"role": "etcd", "outcome": "ok", "connect_seconds": 0.001, "dns_seconds": 0.001}},
-                                                 "listening": {"8000": True}, "service_ports": {"8000": "frontend"}, "close_wait": {}}), now=t)
+        state.update(
+            "tcp",
+            CollectResult(
+                facts={
+                    "probes": {
+                        "etcd:2379": {
+                            "role": "etcd",
+                            "outcome": "ok",
+                            "connect_seconds": 0.001,
+                            "dns_seconds": 0.001,
+                        }
+                    },
+                    "listening": {"8000": True},
+                    "service_ports": {"8000": "frontend"},
+                    "close_wait": {},
+                }
+            ),
+            now=t,
+        )
         if step % 30 == 0:
-            state.add_event(Event("health_transition", "worker/health", "worker health: ready -> notready", t))
+            state.add_event(
+                Event("health_transition", "worker/health", "worker health: ready -> notready", t)
+            )
     return sum(len(v) for v in state.history.values())
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=500)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     runs = 50 if args.smoke else args.runs
-    sidecar = Sidecar(load_config(environ={}, overrides={"listen_port": "0", "dynamo_interval": "5", "process_interval": "5"}), collectors=[])
+    sidecar = Sidecar(
+        load_config(
+            environ={}, overrides={"listen_port": "0", "dynamo_interval": "5", "process_interval": "5"}
+        ),
+        collectors=[],
+    )
     now = time.time()
     series = fill(sidecar, now)
     timings = []

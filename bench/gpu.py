@@ -28,8 +28,13 @@ SOURCE = ROOT / "tests" / "fake_nvml" / "fake_nvml.c"
 def state(gpus: int) -> str:
     lines = [f"count {gpus}"]
     for i in range(gpus):
-        lines += [f"gpu{i}.util_gpu {50 + i}", f"gpu{i}.mem_used {i * 2**30}", f"gpu{i}.throttle 4",
-                  f"gpu{i}.nvlinks 4", f"gpu{i}.procs {os.getpid()}:{2**30},{100000 + i}:{2**20}"]
+        lines += [
+            f"gpu{i}.util_gpu {50 + i}",
+            f"gpu{i}.mem_used {i * 2**30}",
+            f"gpu{i}.throttle 4",
+            f"gpu{i}.nvlinks 4",
+            f"gpu{i}.procs {os.getpid()}:{2**30},{100000 + i}:{2**20}",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -47,21 +52,39 @@ async def measure(runs: int) -> dict:
         timings.append(time.process_time() - started)
     await collector.close()
     timings.sort()
-    return {"gpus": 8, "samples_per_collection": samples, "runs": runs,
-            "cpu_ms_p50": round(statistics.median(timings) * 1000, 3),
-            "cpu_ms_p99": round(timings[int(len(timings) * 0.99) - 1] * 1000, 3)}
+    return {
+        "gpus": 8,
+        "samples_per_collection": samples,
+        "runs": runs,
+        "cpu_ms_p50": round(statistics.median(timings) * 1000, 3),
+        "cpu_ms_p99": round(timings[int(len(timings) * 0.99) - 1] * 1000, 3),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if "FAKE_NVML_STATE" not in os.environ:
         # Build the fake and re-run with the loader pointed at it, as the tests do.
         workdir = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-        subprocess.run(["gcc", "-O2", "-shared", "-fPIC", "-Wl,-soname,libnvidia-ml.so.1", "-o",
-                        str(workdir / "libnvidia-ml.so.1"), str(SOURCE), "-lpthread"], check=True)
+        subprocess.run(
+            [
+                "gcc",
+                "-O2",
+                "-shared",
+                "-fPIC",
+                "-Wl,-soname,libnvidia-ml.so.1",
+                "-o",
+                str(workdir / "libnvidia-ml.so.1"),
+                str(SOURCE),
+                "-lpthread",
+            ],
+            check=True,
+        )
         (workdir / "state").write_text(state(8))
         env = {**os.environ, "LD_LIBRARY_PATH": str(workdir), "FAKE_NVML_STATE": str(workdir / "state")}
         sys.exit(subprocess.run([sys.executable, __file__, *sys.argv[1:]], env=env).returncode)

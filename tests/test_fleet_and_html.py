@@ -40,7 +40,9 @@ def _scrape_targets_up(base: str, count: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("prometheus") is None, reason="prometheus server not installed (Debian package 'prometheus')")
+@pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus server not installed (Debian package 'prometheus')"
+)
 async def test_fleet_scope_one_pod_then_everywhere(make_sidecar) -> None:
     sims = [DynamoSim() for _ in range(3)]
     for sim in sims:
@@ -48,21 +50,38 @@ async def test_fleet_scope_one_pod_then_everywhere(make_sidecar) -> None:
     sidecars = [await make_sidecar(sim, canary_enabled="false") for sim in sims]
     workdir = Path(tempfile.mkdtemp(prefix="fleet-"))
     port = free_port()
-    placement = [("dynamo-frontend-a", "node-1"), ("dynamo-frontend-b", "node-2"), ("dynamo-frontend-c", "node-2")]
+    placement = [
+        ("dynamo-frontend-a", "node-1"),
+        ("dynamo-frontend-b", "node-2"),
+        ("dynamo-frontend-c", "node-2"),
+    ]
     targets = "\n".join(
         f"      - targets: ['127.0.0.1:{sidecar.port}']\n        labels: {{pod: {pod}, node: {node}, namespace: inference}}"
         for sidecar, (pod, node) in zip(sidecars, placement, strict=True)
     )
     (workdir / "prometheus.yml").write_text(
-        "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: sidecars\n    static_configs:\n" + targets + "\n"
+        "global: {scrape_interval: 1s}\nscrape_configs:\n  - job_name: sidecars\n    static_configs:\n"
+        + targets
+        + "\n"
     )
     prometheus = subprocess.Popen(
-        ["prometheus", f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            "prometheus",
+            f"--config.file={workdir / 'prometheus.yml'}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     prom = f"http://127.0.0.1:{port}"
     try:
-        await wait_for(lambda: _scrape_targets_up(prom, 3), timeout=30, interval=0.5, what="prometheus scraping 3 sidecars")
+        await wait_for(
+            lambda: _scrape_targets_up(prom, 3),
+            timeout=30,
+            interval=0.5,
+            what="prometheus scraping 3 sidecars",
+        )
         # Every fleet query is valid PromQL for this Prometheus.
         for rule, promql in fleet_queries("inference").items():
             assert await asyncio.to_thread(_promql_ok, prom, promql), (rule, promql)
@@ -98,11 +117,26 @@ async def test_fleet_scope_one_pod_then_everywhere(make_sidecar) -> None:
         finding = await wait_for(everywhere, timeout=30, interval=0.5, what="refused everywhere")
         assert finding["scope"] == "everywhere: all 3 pods"
         # The CLI: text, and exit code 2 for a critical finding; 3 when Prometheus is away.
-        cli = subprocess.run([PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", prom, "--namespace", "inference"], capture_output=True, text=True, timeout=60)
+        cli = subprocess.run(
+            [PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", prom, "--namespace", "inference"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert cli.returncode == 2 and "everywhere: all 3 pods" in cli.stdout
-        other_ns = subprocess.run([PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", prom, "--namespace", "elsewhere"], capture_output=True, text=True, timeout=60)
+        other_ns = subprocess.run(
+            [PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", prom, "--namespace", "elsewhere"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert other_ns.returncode == 0 and "0 sidecars" in other_ns.stdout
-        away = subprocess.run([PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", f"http://127.0.0.1:{free_port()}"], capture_output=True, text=True, timeout=60)
+        away = subprocess.run(
+            [PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", f"http://127.0.0.1:{free_port()}"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert away.returncode == 3
     finally:
         prometheus.terminate()
@@ -113,22 +147,44 @@ async def test_fleet_scope_one_pod_then_everywhere(make_sidecar) -> None:
 
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium not installed (Debian package 'chromium')")
+@pytest.mark.skipif(
+    shutil.which("chromium") is None, reason="chromium not installed (Debian package 'chromium')"
+)
 async def test_html_report_in_headless_chromium(sim, make_sidecar, http, tmp_path: Path) -> None:
     sidecar = await make_sidecar(sim, canary_enabled="false")
     sim.faults.worker_notready = True
-    await wait_for(lambda: sidecar.state.facts("dynamo_health").get("endpoints", {}).get("worker", {}).get("probes", {}).get("health", {}).get("status") == "notready", what="notready seen")
+    await wait_for(
+        lambda: (
+            sidecar.state.facts("dynamo_health")
+            .get("endpoints", {})
+            .get("worker", {})
+            .get("probes", {})
+            .get("health", {})
+            .get("status")
+            == "notready"
+        ),
+        what="notready seen",
+    )
     url = base_url(sidecar) + "/diagnose?format=html"
     profile = tmp_path / "profile"
     dump = await asyncio.to_thread(
-        subprocess.run, ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
-        capture_output=True, text=True, timeout=120,
+        subprocess.run,
+        ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert dump.returncode == 0, dump.stderr[-2000:]
     dom = dump.stdout
@@ -138,8 +194,17 @@ async def test_html_report_in_headless_chromium(sim, make_sidecar, http, tmp_pat
     assert "<script" not in dom and "http://" not in dom.split("<body>")[0]  # no external assets
     shot = tmp_path / "diagnose.png"
     await asyncio.to_thread(
-        subprocess.run, ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,900", url],
-        capture_output=True, timeout=120,
+        subprocess.run,
+        [
+            "chromium",
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--screenshot={shot}",
+            "--window-size=1200,900",
+            url,
+        ],
+        capture_output=True,
+        timeout=120,
     )
     assert shot.exists() and shot.stat().st_size > 10_000
     _ = time

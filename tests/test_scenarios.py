@@ -71,9 +71,14 @@ async def engine_hang(sim, sidecar, http) -> None:
 
 
 async def restart_worker(sim, sidecar, http) -> None:
-    await wait_for(lambda: sidecar.state.value("dynamo_sidecar_worker_uptime_seconds", default=0) > 0.5, what="uptime")
+    await wait_for(
+        lambda: sidecar.state.value("dynamo_sidecar_worker_uptime_seconds", default=0) > 0.5, what="uptime"
+    )
     sim.worker_started -= 60
-    await wait_for(lambda: sidecar.state.value("dynamo_sidecar_worker_uptime_seconds", default=0) > 50, what="old uptime seen")
+    await wait_for(
+        lambda: sidecar.state.value("dynamo_sidecar_worker_uptime_seconds", default=0) > 50,
+        what="old uptime seen",
+    )
     await sim.restart_worker()
 
 
@@ -124,21 +129,98 @@ CLOSED = free_port()
 LEAK_PORT = free_port()
 
 SCENARIOS = [
-    Scenario("frontend killed", "endpoint_refused:frontend", "startup_failure", "endpoint_probe_outcome", {}, kill_frontend),
-    Scenario("worker hung", "endpoint_timeout:worker", "connection_anomaly", "endpoint_probe_outcome", {}, hang_worker),
-    Scenario("worker notready", "worker_notready_endpoints_ready:worker", "startup_failure", "per-endpoint status", {}, worker_notready),
-    Scenario("no workers", "frontend_no_instances:frontend", "startup_failure", "frontend_instances", {}, worker_gone),
-    Scenario("stale instance", "frontend_stale_instances:frontend", "connection_anomaly", "failures_total", {"role": "frontend"}, stale_instance),
-    Scenario("malformed health", "endpoint_bad_response:frontend", "connection_anomaly", "probe error", {}, malformed),
-    Scenario("frontend draining", "dynamo_draining:frontend", "shutdown", "endpoint_probe_outcome", {}, draining),
-    Scenario("hung engine", "canary_failing:tiny", "performance_degradation", "canary_consecutive_failures",
-             {"canary_wait": "0.5", "canary_timeout": "0.5", "canary_failures": "2"}, engine_hang),
-    Scenario("worker restart", "worker_restarted:worker", "startup_failure", "worker_restart event", {}, restart_worker),
-    Scenario("CLOSE_WAIT leak", "close_wait_leak:nats", "connection_anomaly", "close_wait", {"tcp_peer_roles": f"{LEAK_PORT}=nats", "tcp_interval": "0.3"}, close_wait),
-    Scenario("etcd unreachable", "dependency_unreachable:etcd", "connection_anomaly", "probe_outcome",
-             {"tcp_probe_targets": f"etcd=127.0.0.1:{CLOSED}", "tcp_interval": "0.3"}, dependency_down),
-    Scenario("queue growth", "queue_growing_saturated:frontend", "performance_degradation", "dynamo_queued_requests",
-             {"signal_window": "10", "canary_enabled": "false"}, queue_growth, timeout=30),
+    Scenario(
+        "frontend killed",
+        "endpoint_refused:frontend",
+        "startup_failure",
+        "endpoint_probe_outcome",
+        {},
+        kill_frontend,
+    ),
+    Scenario(
+        "worker hung",
+        "endpoint_timeout:worker",
+        "connection_anomaly",
+        "endpoint_probe_outcome",
+        {},
+        hang_worker,
+    ),
+    Scenario(
+        "worker notready",
+        "worker_notready_endpoints_ready:worker",
+        "startup_failure",
+        "per-endpoint status",
+        {},
+        worker_notready,
+    ),
+    Scenario(
+        "no workers",
+        "frontend_no_instances:frontend",
+        "startup_failure",
+        "frontend_instances",
+        {},
+        worker_gone,
+    ),
+    Scenario(
+        "stale instance",
+        "frontend_stale_instances:frontend",
+        "connection_anomaly",
+        "failures_total",
+        {"role": "frontend"},
+        stale_instance,
+    ),
+    Scenario(
+        "malformed health",
+        "endpoint_bad_response:frontend",
+        "connection_anomaly",
+        "probe error",
+        {},
+        malformed,
+    ),
+    Scenario(
+        "frontend draining", "dynamo_draining:frontend", "shutdown", "endpoint_probe_outcome", {}, draining
+    ),
+    Scenario(
+        "hung engine",
+        "canary_failing:tiny",
+        "performance_degradation",
+        "canary_consecutive_failures",
+        {"canary_wait": "0.5", "canary_timeout": "0.5", "canary_failures": "2"},
+        engine_hang,
+    ),
+    Scenario(
+        "worker restart",
+        "worker_restarted:worker",
+        "startup_failure",
+        "worker_restart event",
+        {},
+        restart_worker,
+    ),
+    Scenario(
+        "CLOSE_WAIT leak",
+        "close_wait_leak:nats",
+        "connection_anomaly",
+        "close_wait",
+        {"tcp_peer_roles": f"{LEAK_PORT}=nats", "tcp_interval": "0.3"},
+        close_wait,
+    ),
+    Scenario(
+        "etcd unreachable",
+        "dependency_unreachable:etcd",
+        "connection_anomaly",
+        "probe_outcome",
+        {"tcp_probe_targets": f"etcd=127.0.0.1:{CLOSED}", "tcp_interval": "0.3"},
+        dependency_down,
+    ),
+    Scenario(
+        "queue growth",
+        "queue_growing_saturated:frontend",
+        "performance_degradation",
+        "dynamo_queued_requests",
+        {"signal_window": "10", "canary_enabled": "false"},
+        queue_growth,
+        timeout=30,
+    ),
 ]
 
 
@@ -155,7 +237,9 @@ async def test_scenario_top_finding(scenario: Scenario, sim, make_sidecar, http)
         return findings[0] if findings and findings[0]["id"] == scenario.top else None
 
     try:
-        finding = await wait_for(top, timeout=scenario.timeout, interval=0.2, what=f"top finding {scenario.top}")
+        finding = await wait_for(
+            top, timeout=scenario.timeout, interval=0.2, what=f"top finding {scenario.top}"
+        )
     except AssertionError:
         report = await _report(http, sidecar)
         raise AssertionError(f"top findings: {[f['id'] for f in report['findings']]}") from None
@@ -186,7 +270,9 @@ async def test_dependency_outage_explains_missing_instances(sim, make_sidecar, h
 @pytest.mark.slow
 async def test_collector_failing_scenario(make_sidecar, http) -> None:
     sidecar = await make_sidecar(collectors=[Hanging()])
-    report = await wait_for(lambda: _top_is(http, sidecar, "collector_failing:stuck_source"), timeout=10, what="collector finding")
+    report = await wait_for(
+        lambda: _top_is(http, sidecar, "collector_failing:stuck_source"), timeout=10, what="collector finding"
+    )
     assert report["category"] == "sidecar"
 
 

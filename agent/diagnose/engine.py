@@ -18,7 +18,10 @@ log = get_logger("dynamo_sidecar.diagnose")
 RULES = BASE_RULES + SYSTEM_RULES
 
 
-def evaluate(ctx: Context, rules: tuple[Rule, ...] = RULES) -> tuple[list[Finding], list[dict[str, str]]]:
+def evaluate(
+    ctx: Context, rules: tuple[Rule, ...] | None = None
+) -> tuple[list[Finding], list[dict[str, str]]]:
+    rules = RULES if rules is None else rules
     findings: list[Finding] = []
     errors: list[dict[str, str]] = []
     for rule in rules:

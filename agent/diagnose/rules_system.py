@@ -10,8 +10,10 @@ from agent.diagnose.model import Evidence, Hit, Rule
 from collectors.gpu import xid_class
 
 P = "dynamo_sidecar_"
+
+
 def _window(ctx: Context) -> float:
-    """"Now" for rules over rates: the signal window (default five minutes)."""
+    """ "Now" for rules over rates: the signal window (default five minutes)."""
     return min(ctx.window, ctx.config.signal_window)
 
 
@@ -409,7 +411,9 @@ def latency_regression(ctx: Context) -> list[Hit]:
                             unit="seconds",
                         ),
                         Evidence(
-                            f"the same over the {baseline_window:.0f}s before", round(baseline, 4), unit="seconds"
+                            f"the same over the {baseline_window:.0f}s before",
+                            round(baseline, 4),
+                            unit="seconds",
                         ),
                         Evidence(f"{P}dynamo_request_rate", ctx.signals.request_rate, unit="requests/s"),
                         Evidence(f"{P}dynamo_queued_requests", ctx.signals.queued),

@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from exporters.otlp import BoundedBatchProcessor, Telemetry
 from tests.conftest import PYTHON, base_url, free_port, get_json, get_text, post_completion, wait_for
+from tests.procs import start_sim
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
@@ -338,24 +339,9 @@ def test_grpc_stack_only_imported_when_selected() -> None:
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
 
 
-def test_cli_canary_round(tmp_path) -> None:
-    ports = {"frontend": free_port(), "worker": free_port()}
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "agent.dynamo_sim",
-            "--frontend-port",
-            str(ports["frontend"]),
-            "--worker-port",
-            str(ports["worker"]),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+def test_cli_canary_round() -> None:
+    proc, ports = start_sim()
     try:
-        assert proc.stdout is not None
-        json.loads(proc.stdout.readline())
         result = subprocess.run(
             [
                 PYTHON,

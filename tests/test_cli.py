@@ -3,105 +3,32 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.conftest import PYTHON, free_port, wait_for_sync
-
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DYN_")}
-
-
-def http_get(url: str, timeout: float = 5) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
-
-
-def http_post(url: str, body: dict[str, Any] | None = None) -> int:
-    request = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST")
-    with urllib.request.urlopen(request, timeout=5) as response:
-        return response.status
+from tests.conftest import free_port, wait_for_sync
+from tests.procs import ENV, PYTHON, http_get, http_post, start_sidecar, start_sim
 
 
 @pytest.fixture
 def sim_process() -> Iterator[dict[str, int]]:
-    ports = {"frontend": free_port(), "worker": free_port(), "control": free_port()}
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "agent.dynamo_sim",
-            "--frontend-port",
-            str(ports["frontend"]),
-            "--worker-port",
-            str(ports["worker"]),
-            "--control-port",
-            str(ports["control"]),
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    assert proc.stdout is not None
-    ports["pid"] = json.loads(proc.stdout.readline())["pid"]
+    proc, ports = start_sim(control=True)
     yield ports
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=10)
 
 
-def start_sidecar(ports: dict[str, int], *extra: str) -> tuple[subprocess.Popen[str], int]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "agent.cli",
-            "run",
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(port),
-            "--frontend-url",
-            f"http://127.0.0.1:{ports['frontend']}",
-            "--worker-system-urls",
-            f"http://127.0.0.1:{ports['worker']}",
-            "--dynamo-interval",
-            "0.3",
-            "--process-interval",
-            "0.3",
-            "--startup-grace",
-            "0",
-            "--process-pid",
-            str(ports["pid"]),
-            "--drain-timeout",
-            "3",
-            "--drain-settle",
-            "0.5",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    wait_for_sync(
-        lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=20, what="sidecar ready"
-    )
-    return proc, port
+def start_cli_sidecar(ports: dict[str, int], *extra: str) -> tuple[subprocess.Popen[str], int]:
+    proc, url = start_sidecar(ports, "--drain-timeout", "3", "--drain-settle", "0.5", *extra)
+    return proc, int(url.rsplit(":", 1)[1])
 
 
 def test_run_serves_and_exits_zero_on_sigterm(sim_process) -> None:
-    proc, port = start_sidecar(sim_process)
+    proc, port = start_cli_sidecar(sim_process)
     status, body = http_get(f"http://127.0.0.1:{port}/metrics")
     assert status == 200 and b"dynamo_sidecar_collector_success" in body
     proc.send_signal(signal.SIGTERM)
@@ -116,7 +43,7 @@ def test_run_serves_and_exits_zero_on_sigterm(sim_process) -> None:
 
 
 def test_diagnose_exit_codes(sim_process) -> None:
-    proc, port = start_sidecar(sim_process)
+    proc, port = start_cli_sidecar(sim_process)
     try:
         url = f"http://127.0.0.1:{port}"
         ok = subprocess.run(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import signal
 import subprocess
 import threading
@@ -19,27 +18,14 @@ import pytest
 
 from agent.server import _allowed
 from tests.conftest import (
-    PYTHON,
     base_url,
-    free_port,
     get_json,
     get_text,
     post_completion,
     wait_for,
     wait_for_sync,
 )
-
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DYN_")}
-
-
-def http_get(url: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
-    except OSError:
-        return 0, b""
+from tests.procs import http_get, log_lines, start_sidecar, start_sim
 
 
 class Client:
@@ -85,65 +71,11 @@ class Client:
 
 @pytest.fixture
 def slow_dynamo() -> Iterator[tuple[subprocess.Popen[str], dict[str, int]]]:
-    ports = {"frontend": free_port(), "worker": free_port()}
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "agent.dynamo_sim",
-            "--frontend-port",
-            str(ports["frontend"]),
-            "--worker-port",
-            str(ports["worker"]),
-            "--token-delay",
-            "0.05",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    assert proc.stdout is not None
-    ports["pid"] = json.loads(proc.stdout.readline())["pid"]
+    proc, ports = start_sim("--token-delay", "0.05")
     yield proc, ports
     if proc.poll() is None:
         proc.kill()
     proc.wait(timeout=10)
-
-
-def start_sidecar(ports: dict[str, int], *extra: str) -> tuple[subprocess.Popen[str], str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "agent.cli",
-            "run",
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(port),
-            "--frontend-url",
-            f"http://127.0.0.1:{ports['frontend']}",
-            "--worker-system-urls",
-            f"http://127.0.0.1:{ports['worker']}",
-            "--dynamo-interval",
-            "0.5",
-            "--process-interval",
-            "0.5",
-            "--process-pid",
-            str(ports["pid"]),
-            "--log-format",
-            "json",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_for_sync(lambda: http_get(url + "/readyz")[0] == 200, timeout=20, what="sidecar ready")
-    return proc, url
 
 
 def inflight_seen(url: str, at_least: int) -> bool:
@@ -154,14 +86,12 @@ def inflight_seen(url: str, at_least: int) -> bool:
     return False
 
 
-def log_lines(output: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
-
-
 @pytest.mark.slow
 def test_sidecar_exits_only_after_the_last_request(slow_dynamo) -> None:
     dynamo, ports = slow_dynamo
-    sidecar, url = start_sidecar(ports, "--termination-grace-period", "30", "--drain-settle", "0.5")
+    sidecar, url = start_sidecar(
+        ports, "--termination-grace-period", "30", "--drain-settle", "0.5", interval="0.5"
+    )
     client = Client(f"http://127.0.0.1:{ports['frontend']}", count=4, max_tokens=50)  # ~2.5 s each
     client.start()
     wait_for_sync(lambda: inflight_seen(url, 4), timeout=20, what="4 requests in flight")
@@ -194,7 +124,9 @@ def test_sidecar_exits_only_after_the_last_request(slow_dynamo) -> None:
 @pytest.mark.slow
 def test_deadline_shorter_than_requests_reports_leftover(slow_dynamo) -> None:
     dynamo, ports = slow_dynamo
-    sidecar, url = start_sidecar(ports, "--termination-grace-period", "10", "--drain-timeout", "1.5")
+    sidecar, url = start_sidecar(
+        ports, "--termination-grace-period", "10", "--drain-timeout", "1.5", interval="0.5"
+    )
     client = Client(f"http://127.0.0.1:{ports['frontend']}", count=3, max_tokens=160)  # ~8 s each
     client.start()
     wait_for_sync(lambda: inflight_seen(url, 3), timeout=20, what="3 requests in flight")
@@ -215,7 +147,7 @@ def test_deadline_shorter_than_requests_reports_leftover(slow_dynamo) -> None:
 @pytest.mark.slow
 def test_second_signal_shortens_the_drain(slow_dynamo) -> None:
     dynamo, ports = slow_dynamo
-    sidecar, url = start_sidecar(ports, "--termination-grace-period", "60")
+    sidecar, url = start_sidecar(ports, "--termination-grace-period", "60", interval="0.5")
     client = Client(f"http://127.0.0.1:{ports['frontend']}", count=1, max_tokens=400)  # ~20 s
     client.start()
     wait_for_sync(lambda: inflight_seen(url, 1), timeout=20, what="1 request in flight")

@@ -9,13 +9,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import PYTHON, ROOT, free_port, wait_for_sync
+from tests.procs import http_get
 
 FAKE_SOURCE = ROOT / "tests" / "fake_nvml" / "fake_nvml.c"
 DRIVER = ROOT / "tests" / "gpu_driver.py"
@@ -208,13 +208,8 @@ def test_slow_nvml_does_not_stack_calls(fake_nvml_dir: Path, tmp_path: Path) -> 
 
 
 def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""
+    status, body = http_get(url)
+    return status, body.decode()
 
 
 @pytest.mark.slow

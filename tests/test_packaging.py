@@ -15,11 +15,21 @@ from tests.conftest import ROOT
 ALERTS = ROOT / "packaging" / "prometheus"
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package 'prometheus')")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian package 'prometheus')"
+)
 def test_alert_rules_check_and_unit_tests() -> None:
-    check = subprocess.run(["promtool", "check", "rules", "alerts.yaml"], cwd=ALERTS, capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        ["promtool", "check", "rules", "alerts.yaml"], cwd=ALERTS, capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr
-    tests = subprocess.run(["promtool", "test", "rules", "alerts_test.yaml"], cwd=ALERTS, capture_output=True, text=True, timeout=60)
+    tests = subprocess.run(
+        ["promtool", "test", "rules", "alerts_test.yaml"],
+        cwd=ALERTS,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert tests.returncode == 0, tests.stdout + tests.stderr
 
 

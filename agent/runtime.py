@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 from opentelemetry.trace import Status, StatusCode
 
+from agent import __version__
 from agent.canary import Canary
 from agent.config import Config
 from agent.diagnose import diagnose
@@ -232,7 +233,7 @@ class Sidecar:
 
     def status(self) -> dict[str, Any]:
         return {
-            "version": __import__("agent").__version__,
+            "version": __version__,
             "uptime_seconds": round(time.monotonic() - self.started_monotonic, 3),
             "ready": self.ready,
             "draining": self.draining,

@@ -90,6 +90,7 @@ class DynamoSim:
         self.completed = 0
         self.failed = 0
         self._queue_slots: asyncio.Semaphore | None = None
+        self._queue_limit = 0  # the max_concurrency the semaphore was made for
         self._runners: dict[str, web.AppRunner] = {}
         self.ports: dict[str, int] = {}
         self.host = "127.0.0.1"
@@ -289,7 +290,8 @@ class DynamoSim:
         )
         try:
             if self.faults.max_concurrency > 0:
-                if self._queue_slots is None or self._queue_slots._value > self.faults.max_concurrency:
+                if self._queue_slots is None or self._queue_limit != self.faults.max_concurrency:
+                    self._queue_limit = self.faults.max_concurrency
                     self._queue_slots = asyncio.Semaphore(self.faults.max_concurrency)
                 slots: asyncio.Semaphore | contextlib.nullcontext[None] = self._queue_slots
             else:

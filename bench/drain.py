@@ -14,13 +14,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,28 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 import aiohttp  # noqa: E402
 
-ENV = {k: v for k, v in os.environ.items() if not k.startswith("DYN_")}
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
+from tests.procs import spawn_sidecar, start_sim  # noqa: E402
 
 
 class Load:
@@ -109,65 +86,22 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         dynamo_proc = real.frontend
         dynamo_pids = [real.frontend.pid]
     else:
-        ports = {"frontend": free_port(), "worker": free_port()}
-        dynamo_proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent.dynamo_sim",
-                "--frontend-port",
-                str(ports["frontend"]),
-                "--worker-port",
-                str(ports["worker"]),
-                "--token-delay",
-                str(args.token_delay),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env=ENV,
-            cwd=ROOT,
-        )
-        assert dynamo_proc.stdout is not None
-        dynamo_pids = [json.loads(dynamo_proc.stdout.readline())["pid"]]
+        dynamo_proc, ports = start_sim("--token-delay", str(args.token_delay))
+        dynamo_pids = [ports["pid"]]
         frontend, worker = f"http://127.0.0.1:{ports['frontend']}", f"http://127.0.0.1:{ports['worker']}"
-    port = free_port()
-    sidecar = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "agent.cli",
-            "run",
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(port),
-            "--frontend-url",
-            frontend,
-            "--worker-system-urls",
-            worker,
-            "--process-pid",
-            str(dynamo_pids[0]),
-            "--dynamo-interval",
-            "0.5",
-            "--process-interval",
-            "0.5",
-            "--drain-interval",
-            "0.25",
-            "--drain-settle",
-            "0.5",
-            "--termination-grace-period",
-            "60",
-            "--log-format",
-            "json",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
-        cwd=ROOT,
+    sidecar, _ = spawn_sidecar(
+        frontend,
+        worker,
+        "--drain-interval",
+        "0.25",
+        "--drain-settle",
+        "0.5",
+        "--termination-grace-period",
+        "60",
+        pid=dynamo_pids[0],
+        interval="0.5",
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/readyz", 30)
         load = Load(frontend, args.concurrency, args.requests, args.seconds, args.max_tokens)
         task = asyncio.create_task(load.run())
         await asyncio.sleep(args.signal_after)

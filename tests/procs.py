@@ -50,45 +50,58 @@ def start_sim(*extra: str, control: bool = False) -> tuple[subprocess.Popen[str]
     return proc, ports
 
 
+def spawn_sidecar(
+    frontend_url: str,
+    worker_url: str,
+    *extra: str,
+    pid: int = 0,
+    interval: str = "0.3",
+    env: dict[str, str] | None = None,
+    stdout: int = subprocess.PIPE,
+) -> tuple[subprocess.Popen[str], str]:
+    """`dynamo-sidecar run` on a free port watching those URLs; waits until /readyz says ready."""
+    port = free_port()
+    args = [
+        PYTHON,
+        "-m",
+        "agent.cli",
+        "run",
+        "--listen-host",
+        "127.0.0.1",
+        "--listen-port",
+        str(port),
+        "--frontend-url",
+        frontend_url,
+        "--worker-system-urls",
+        worker_url,
+        "--dynamo-interval",
+        interval,
+        "--process-interval",
+        interval,
+        "--startup-grace",
+        "0",
+        "--log-format",
+        "json",
+    ]
+    if pid:
+        args += ["--process-pid", str(pid)]
+    proc = subprocess.Popen([*args, *extra], stdout=stdout, stderr=subprocess.PIPE, text=True, env=env or ENV)
+    url = f"http://127.0.0.1:{port}"
+    wait_for_sync(lambda: http_get(url + "/readyz")[0] == 200, timeout=30, what="sidecar ready")
+    return proc, url
+
+
 def start_sidecar(
     ports: dict[str, int], *extra: str, interval: str = "0.3"
 ) -> tuple[subprocess.Popen[str], str]:
-    """`dynamo-sidecar run` watching a simulated Dynamo; waits until /readyz says ready."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "agent.cli",
-            "run",
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(port),
-            "--frontend-url",
-            f"http://127.0.0.1:{ports['frontend']}",
-            "--worker-system-urls",
-            f"http://127.0.0.1:{ports['worker']}",
-            "--dynamo-interval",
-            interval,
-            "--process-interval",
-            interval,
-            "--startup-grace",
-            "0",
-            "--process-pid",
-            str(ports["pid"]),
-            "--log-format",
-            "json",
-            *extra,
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=ENV,
+    """The sidecar watching a simulated Dynamo started by start_sim()."""
+    return spawn_sidecar(
+        f"http://127.0.0.1:{ports['frontend']}",
+        f"http://127.0.0.1:{ports['worker']}",
+        *extra,
+        pid=ports["pid"],
+        interval=interval,
     )
-    url = f"http://127.0.0.1:{port}"
-    wait_for_sync(lambda: http_get(url + "/readyz")[0] == 200, timeout=20, what="sidecar ready")
-    return proc, url
 
 
 def log_lines(output: str) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import PYTHON, ROOT, free_port, wait_for_sync
-from tests.procs import http_get
+from tests.procs import http_get, spawn_sidecar
 
 FAKE_SOURCE = ROOT / "tests" / "fake_nvml" / "fake_nvml.c"
 DRIVER = ROOT / "tests" / "gpu_driver.py"
@@ -216,40 +216,25 @@ def _get(url: str) -> tuple[int, str]:
 def test_sidecar_end_to_end_with_fake_gpus(fake_nvml_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "state").write_text(GOOD.replace("SELF_PID", "1"))
     (tmp_path / "events").write_text("")
-    port = free_port()
     env = {
         **os.environ,
         "LD_LIBRARY_PATH": str(fake_nvml_dir),
         "FAKE_NVML_STATE": str(tmp_path / "state"),
         "FAKE_NVML_EVENTS": str(tmp_path / "events"),
     }
-    proc = subprocess.Popen(
-        [
-            PYTHON,
-            "-m",
-            "agent.cli",
-            "run",
-            "--listen-host",
-            "127.0.0.1",
-            "--listen-port",
-            str(port),
-            "--role",
-            "frontend",
-            "--frontend-url",
-            f"http://127.0.0.1:{free_port()}",
-            "--gpu-interval",
-            "0.3",
-            "--startup-grace",
-            "0",
-            "--drain-timeout",
-            "1",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    closed = f"http://127.0.0.1:{free_port()}"
+    proc, base = spawn_sidecar(
+        closed,
+        closed,
+        "--role",
+        "frontend",
+        "--gpu-interval",
+        "0.3",
+        "--drain-timeout",
+        "1",
         env=env,
+        stdout=subprocess.DEVNULL,
     )
-    base = f"http://127.0.0.1:{port}"
     try:
         wait_for_sync(
             lambda: 'dynamo_sidecar_gpu_available{reason="ok"} 1.0' in _get(base + "/metrics")[1],

@@ -42,3 +42,22 @@ def test_alerts_use_catalogue_metrics_and_rule_ids() -> None:
     for line in re.findall(r'diagnose: "([^"]+)"', text):
         for rule_id in line.split(" / "):
             assert rule_id in rule_ids, rule_id
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package 'prometheus')")
+def test_dashboard_queries_parse_and_use_catalogue_metrics(tmp_path) -> None:
+    import json
+
+    dashboard = json.loads((ROOT / "packaging" / "grafana" / "dynamo-sidecar.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(exprs) >= 10
+    names = {n for expr in exprs for n in re.findall(r"\b(dynamo_sidecar_[a-z0-9_]+)", expr)}
+    assert {n for n in names if spec_for_sample(n) is None} == set()
+    # promtool parses every expression (as recording rules; $namespace as a literal regex).
+    rules = tmp_path / "rules.yaml"
+    lines = ["groups:", "  - name: dashboard", "    rules:"]
+    for index, expr in enumerate(exprs):
+        lines += [f"      - record: dashboard:panel{index}", f"        expr: {json.dumps(expr.replace('$namespace', '.*'))}"]
+    rules.write_text("\n".join(lines) + "\n")
+    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr

@@ -22,7 +22,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCE = ROOT / "tests" / "fake_nvml" / "fake_nvml.c"
+sys.path.insert(0, str(ROOT))
+
+from tests.fake_nvml.build import build_fake_nvml  # noqa: E402
 
 
 def state(gpus: int) -> str:
@@ -39,7 +41,6 @@ def state(gpus: int) -> str:
 
 
 async def measure(runs: int) -> dict:
-    sys.path.insert(0, str(ROOT))
     from collectors.gpu import GpuCollector
 
     collector = GpuCollector(1, 5, dynamo_pids=lambda: {os.getpid(): "dynamo.mocker"})
@@ -71,20 +72,7 @@ def main() -> None:
     if "FAKE_NVML_STATE" not in os.environ:
         # Build the fake and re-run with the loader pointed at it, as the tests do.
         workdir = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
-        subprocess.run(
-            [
-                "gcc",
-                "-O2",
-                "-shared",
-                "-fPIC",
-                "-Wl,-soname,libnvidia-ml.so.1",
-                "-o",
-                str(workdir / "libnvidia-ml.so.1"),
-                str(SOURCE),
-                "-lpthread",
-            ],
-            check=True,
-        )
+        build_fake_nvml(workdir)
         (workdir / "state").write_text(state(8))
         env = {**os.environ, "LD_LIBRARY_PATH": str(workdir), "FAKE_NVML_STATE": str(workdir / "state")}
         sys.exit(subprocess.run([sys.executable, __file__, *sys.argv[1:]], env=env).returncode)

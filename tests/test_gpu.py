@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 from tests.conftest import PYTHON, ROOT, free_port, wait_for_sync
+from tests.fake_nvml.build import build_fake_nvml
 from tests.procs import http_get, spawn_sidecar
 
-FAKE_SOURCE = ROOT / "tests" / "fake_nvml" / "fake_nvml.c"
 DRIVER = ROOT / "tests" / "gpu_driver.py"
 
 GOOD = """count 2
@@ -55,22 +55,7 @@ def fake_nvml_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("gcc") is None:
         pytest.skip("gcc not installed: cannot build the fake libnvidia-ml.so.1")
     out = tmp_path_factory.mktemp("fake_nvml")
-    subprocess.run(
-        [
-            "gcc",
-            "-O2",
-            "-shared",
-            "-fPIC",
-            "-Wl,-soname,libnvidia-ml.so.1",
-            "-o",
-            str(out / "libnvidia-ml.so.1"),
-            str(FAKE_SOURCE),
-            "-lpthread",
-        ],
-        check=True,
-        capture_output=True,
-        timeout=120,
-    )
+    build_fake_nvml(out)
     return out
 
 

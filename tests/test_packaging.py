@@ -44,7 +44,9 @@ def test_alerts_use_catalogue_metrics_and_rule_ids() -> None:
             assert rule_id in rule_ids, rule_id
 
 
-@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool not installed (Debian package 'prometheus')")
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian package 'prometheus')"
+)
 def test_dashboard_queries_parse_and_use_catalogue_metrics(tmp_path) -> None:
     import json
 
@@ -57,7 +59,12 @@ def test_dashboard_queries_parse_and_use_catalogue_metrics(tmp_path) -> None:
     rules = tmp_path / "rules.yaml"
     lines = ["groups:", "  - name: dashboard", "    rules:"]
     for index, expr in enumerate(exprs):
-        lines += [f"      - record: dashboard:panel{index}", f"        expr: {json.dumps(expr.replace('$namespace', '.*'))}"]
+        lines += [
+            f"      - record: dashboard:panel{index}",
+            f"        expr: {json.dumps(expr.replace('$namespace', '.*'))}",
+        ]
     rules.write_text("\n".join(lines) + "\n")
-    check = subprocess.run(["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    check = subprocess.run(
+        ["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr

@@ -55,6 +55,8 @@ def cpu_throttled(ctx: Context) -> list[Hit]:
 def cpu_saturated(ctx: Context) -> list[Hit]:
     window = _window(ctx)
     limit = ctx.state.value(P + "cgroup_cpu_limit_cores")
+    if not limit:
+        return []  # no CPU limit: nothing to saturate against
     hits = []
     for process in ctx.state.facts("process").get("processes", []):
         if "pid" not in process:
@@ -62,19 +64,18 @@ def cpu_saturated(ctx: Context) -> list[Hit]:
         rate = ctx.state.rate(P + "process_cpu_seconds_total", window, ctx.now, pid=str(process["pid"]))
         if rate is None:
             continue
-        ceiling = limit if limit else None
-        if ceiling and rate >= 0.9 * ceiling:
+        if rate >= 0.9 * limit:
             hits.append(
                 Hit(
                     f"{process['process']}/{process['pid']}",
-                    {"cores": rate, "limit": ceiling},
+                    {"cores": rate, "limit": limit},
                     [
                         Evidence(
                             f'rate({P}process_cpu_seconds_total{{pid="{process["pid"]}"}}[{window:.0f}s])',
                             round(rate, 3),
                             unit="cores",
                         ),
-                        Evidence(f"{P}cgroup_cpu_limit_cores", ceiling, unit="cores"),
+                        Evidence(f"{P}cgroup_cpu_limit_cores", limit, unit="cores"),
                     ],
                     ctx.now - window,
                 )

@@ -283,8 +283,20 @@ class Canary:
         return now - self.last_activity
 
     def models_to_probe(self) -> list[str]:
+        """The models /v1/models lists, and those it listed within the history window: a hung
+        or dead worker's model leaves the list in ~12-16 s, which is when a canary matters."""
         view = self.sidecar.state.facts("dynamo_health").get("endpoints", {}).get("frontend", {})
-        return list(view.get("models") or [])
+        listed = list(view.get("models") or [])
+        return listed + sorted(m for m in view.get("models_seen", {}) if m not in listed)
+
+    def paused(self, now: float) -> str:
+        """Why no canary may run now ("" when one may): a drain or the start-up grace are
+        states in which a failing canary says nothing about a fault."""
+        if self.sidecar.draining:
+            return "draining"
+        if now - self.sidecar.state.started < self.sidecar.config.startup_grace:
+            return "startup_grace"
+        return ""
 
     # --- running -------------------------------------------------------------------------
     async def run_round(
@@ -293,7 +305,11 @@ class Canary:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
         frontend_url = frontend_url or self.sidecar.config.frontend_url
-        models = self.models_to_probe() if models is None else models
+        if models is None:
+            models = self.models_to_probe()
+            # A model unlisted for the whole history window is gone, not failing: forget it.
+            for gone in set(self.models) - set(models):
+                del self.models[gone]
         self.rounds += 1
         results = []
         for model in models:
@@ -316,9 +332,7 @@ class Canary:
             was_failing = state.failing
             state.observe(result, self.failures_to_fail)
             if state.failing and not was_failing:
-                log.warning(
-                    "canary failing", model=model, failures=state.consecutive_failures, **result.to_dict()
-                )
+                log.warning("canary failing", failures=state.consecutive_failures, **result.to_dict())
             elif was_failing and not state.failing:
                 log.info("canary recovered", model=model)
             results.append(result)
@@ -331,7 +345,7 @@ class Canary:
             await wait_event(self._stop, check)
             now = time.time()
             self.observe_traffic(now)
-            if self.sidecar.draining or self.idle_for(now) < self.wait:
+            if self.paused(now) or self.idle_for(now) < self.wait:
                 continue
             if not self.models_to_probe():
                 continue
@@ -402,6 +416,7 @@ class Canary:
             "wait_seconds": self.wait,
             "timeout_seconds": self.timeout,
             "idle_seconds": round(self.idle_for(time.time()), 3),
+            "paused": self.paused(time.time()) or None,
             "rounds": self.rounds,
             "models": {
                 model: {

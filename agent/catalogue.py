@@ -53,6 +53,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("drain_inflight_at_end", "gauge", "Dynamo in-flight requests when the drain ended (or now).", (), "drain"),
     _m("drain_requests_completed", "gauge", "Frontend requests that completed during the drain.", (), "drain"),
     _m("drain_requests_failed", "gauge", "Frontend requests that failed during the drain.", (), "drain"),
+    _m("slo_target", "gauge", "Configured SLO target by objective (ttft_p99 and itl_p99 in seconds, error_rate as a ratio).", ("objective",), "diagnose"),
+    _m("slo_observed", "gauge", "The objective's value over the signal window, as the slo_breach rule judges it.", ("objective",), "diagnose"),
     _m("drain_reason", "gauge", "1 for why the drain ended: inflight_zero, process_exited, deadline, second_signal.", ("reason",), "drain"),
     # --- process collector ------------------------------------------------------------
     _m("processes_matched", "gauge", "Dynamo processes found in the pod's process namespace.", (), "process"),
@@ -66,6 +68,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("process_children", "gauge", "Number of child processes (recursive).", ("process", "pid"), "process"),
     _m("process_start_time_seconds", "gauge", "Unix time the process started.", ("process", "pid"), "process"),
     _m("process_uptime_seconds", "gauge", "Seconds since the process started.", ("process", "pid"), "process"),
+    _m("process_state", "gauge", "1 for the process's scheduler state (R, S, D uninterruptible, T stopped, t traced, Z, X, I).", ("process", "pid", "state"), "process"),
     # --- cgroup / pressure collector ----------------------------------------------------
     _m("cgroup_info", "gauge", "Always 1; which cgroup is watched and its version.", ("version", "path", "scope"), "cgroup"),
     _m("cgroup_memory_usage_bytes", "gauge", "Memory charged to the cgroup.", (), "cgroup"),
@@ -86,7 +89,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("endpoint_status", "gauge", "1 for the status string in the last health body (healthy, ready, notready, ...).", ("endpoint", "probe", "status"), "dynamo_health"),
     _m("endpoint_probes_total", "counter", "Health probes by outcome.", ("endpoint", "probe", "outcome"), "dynamo_health"),
     _m("endpoint_transitions_total", "counter", "Changes of the probe's status since the sidecar started.", ("endpoint", "probe"), "dynamo_health"),
-    _m("frontend_instances", "gauge", "Worker instances the frontend's /health lists.", ("endpoint",), "dynamo_health"),
+    _m("frontend_instances", "gauge", "Distinct worker instance ids the frontend's /health lists.", ("endpoint",), "dynamo_health"),
     _m("frontend_models", "gauge", "Models the frontend's /v1/models lists.", ("endpoint",), "dynamo_health"),
     _m("frontend_registered_endpoints", "gauge", "dyn:// endpoints the frontend's /health lists.", ("endpoint",), "dynamo_health"),
     _m("worker_endpoint_ready", "gauge", "1 if the worker's /health marks this Dynamo endpoint ready.", ("endpoint", "dynamo_endpoint"), "dynamo_health"),
@@ -174,6 +177,16 @@ BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
 _BY_FAMILY: dict[str, MetricSpec] = {spec.family: spec for spec in CATALOGUE}
 
 _SUFFIXES = ("_bucket", "_sum", "_count", "_created")
+
+
+def metric(short: str) -> str:
+    """The full name of a catalogue metric, by its name without the prefix: a handle that fails
+    at import when the metric is not declared, instead of a string that silently matches
+    nothing."""
+    name = PREFIX + short
+    if name not in BY_NAME:
+        raise KeyError(f"{name} is not declared in agent/catalogue.py")
+    return name
 
 
 def spec_for_sample(sample_name: str) -> MetricSpec | None:

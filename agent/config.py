@@ -200,6 +200,63 @@ def _log_level(raw: Any) -> str:
     return text
 
 
+def _thresholds(raw: Any) -> dict[str, float]:
+    """rule.threshold -> number: a YAML mapping, or `rule.name=value,...` in env/CLI."""
+    from agent.diagnose.engine import RULES
+
+    known = {f"{rule.id}.{t.name}" for rule in RULES for t in rule.thresholds}
+    expected = "a mapping of rule.threshold to a number, e.g. cpu_throttled.ratio=0.3 (see docs/rules.md)"
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        pairs: list[tuple[Any, Any]] = []
+        for item in raw.split(","):
+            if item.strip():
+                key, sep, value = item.partition("=")
+                if not sep:
+                    raise ValueError(expected)
+                pairs.append((key.strip(), value.strip()))
+    elif isinstance(raw, dict):
+        pairs = list(raw.items())
+    else:
+        raise ValueError(expected)
+    out: dict[str, float] = {}
+    for key, value in pairs:
+        if str(key) not in known:
+            raise ValueError(f"{expected}; {str(key)[:80]!r} is not a known threshold")
+        try:
+            number = float(str(value).strip())
+        except ValueError:
+            raise ValueError(expected) from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(expected)
+        out[str(key)] = number
+    return out
+
+
+def _optional_seconds(high: float) -> Callable[[Any], float]:
+    parse = _seconds(0, high)
+
+    def optional(raw: Any) -> float:
+        if raw is None or str(raw).strip().lower() in {"", "off", "none"}:
+            return 0.0
+        return parse(raw)
+
+    return optional
+
+
+def _optional_fraction(raw: Any) -> float:
+    if raw is None or str(raw).strip().lower() in {"", "off", "none"}:
+        return 0.0
+    try:
+        value = float(str(raw).strip().rstrip("%")) / (100 if str(raw).strip().endswith("%") else 1)
+    except ValueError:
+        raise ValueError("a fraction from 0 to 1 (0.01) or a percentage (1%); empty for none") from None
+    if not 0 <= value <= 1:
+        raise ValueError("a fraction from 0 to 1 (0.01) or a percentage (1%); empty for none")
+    return value
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -491,6 +548,39 @@ class Config:
             "Before this many seconds of sidecar uptime, not-yet-ready Dynamo is 'starting', not a fault.",
         ),
     )
+    slo_ttft_p99: float = field(
+        default=0.0,
+        metadata=_spec(
+            _optional_seconds(3600),
+            "SLO target for time to first token, p99 (500ms, 2s); 0 or empty: no target.",
+        ),
+    )
+    slo_itl_p99: float = field(
+        default=0.0,
+        metadata=_spec(
+            _optional_seconds(3600), "SLO target for inter-token latency, p99 (50ms); 0 or empty: no target."
+        ),
+    )
+    slo_error_rate: float = field(
+        default=0.0,
+        metadata=_spec(
+            _optional_fraction, "SLO target for the share of failed requests (0.01 or 1%); 0: no target."
+        ),
+    )
+    hung_engine_after: float = field(
+        default=0.0,
+        metadata=_spec(
+            _seconds(0, 3600),
+            "Work in flight with no token produced for this long is a hung engine; 0 means two dynamo_interval.",
+        ),
+    )
+    thresholds: dict[str, float] = field(
+        default_factory=dict,
+        metadata=_spec(
+            _thresholds,
+            "Rule threshold overrides, rule.name: value (YAML mapping, or rule.name=value,... in env/CLI); see docs/rules.md.",
+        ),
+    )
     # Logging
     log_level: str = field(default="info", metadata=_spec(_log_level, "Log level (DYN_SIDECAR_LOG_LEVEL)."))
     log_format: str = field(
@@ -609,6 +699,8 @@ def load_config(
 
 
 def _check_consistency(config: Config) -> None:
+    if config.hung_engine_after == 0:
+        config.hung_engine_after = 2 * config.dynamo_interval
     if config.drain_timeout == 0:
         config.drain_timeout = max(1.0, config.termination_grace_period - 5.0)
     if config.drain_timeout + config.flush_timeout > config.termination_grace_period:

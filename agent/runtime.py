@@ -22,7 +22,7 @@ from agent.drain import DrainCoordinator, DrainSummary
 from agent.log import get as get_logger
 from agent.samples import Sample, sample
 from agent.scheduler import Scheduler
-from agent.signals import DynamoNames, Signals, compute
+from agent.signals import SLO_OBJECTIVES, DynamoNames, Signals, compute, slo_observations
 from agent.state import State
 from collectors.base import Collector
 from collectors.cgroup import CgroupCollector
@@ -71,7 +71,9 @@ def service_ports(config: Config) -> dict[int, str]:
 
 
 def build_collectors(
-    config: Config, dynamo_pids: Callable[[], dict[int, str]] | None = None
+    config: Config,
+    dynamo_pids: Callable[[], dict[int, str]] | None = None,
+    listening_ports: Callable[[str], list[int]] | None = None,
 ) -> list[Collector]:
     finder = ProcessFinder(
         config.process_patterns, config.process_pid, config.process_pid_file, config.proc_root
@@ -86,7 +88,12 @@ def build_collectors(
     if targets:
         collectors.append(
             DynamoHealthCollector(
-                targets, config.dynamo_interval, config.collector_timeout, config.http_timeout
+                targets,
+                config.dynamo_interval,
+                config.collector_timeout,
+                config.http_timeout,
+                listening_ports=listening_ports,
+                models_memory=config.history_window,
             )
         )
         collectors.append(
@@ -140,7 +147,11 @@ class Sidecar:
             # Own metrics and the Dynamo series signals need; the rest only pass through.
             history_filter=lambda name: name.startswith("dynamo_sidecar_") or name in history_names,
         )
-        self.collectors = build_collectors(config, self._dynamo_pids) if collectors is None else collectors
+        self.collectors = (
+            build_collectors(config, self._dynamo_pids, self._listening_ports)
+            if collectors is None
+            else collectors
+        )
         self._dirty = asyncio.Event()
         self.scheduler = Scheduler(
             self.collectors, self.state, config.interval_jitter, on_update=self._mark_dirty
@@ -174,6 +185,15 @@ class Sidecar:
             if "pid" in p and "process" in p
         }
 
+    def _listening_ports(self, kind: str) -> list[int]:
+        """Ports the Dynamo processes of one kind listen on (frontend: dynamo.frontend)."""
+        ports: list[int] = []
+        for process in self.state.facts("process").get("processes", []):
+            is_frontend = process.get("process") == "dynamo.frontend"
+            if is_frontend == (kind == "frontend"):
+                ports.extend(process.get("listen_ports") or [])
+        return ports
+
     # --- derived values ---------------------------------------------------------------
     def _mark_dirty(self, _collector: str) -> None:
         self._dirty.set()
@@ -186,7 +206,22 @@ class Sidecar:
         if self.drain.summary is not None:
             out.extend(self.drain.summary.samples())
         out.extend(self.canary.samples())
+        out.extend(self._slo_samples())
         out.extend(self.telemetry.samples())
+        return out
+
+    def _slo_samples(self) -> list[Sample]:
+        window = self.config.signal_window
+        observed = slo_observations(self.state, self.names, self.config, window, time.time())
+        out = []
+        for objective in SLO_OBJECTIVES:
+            target = getattr(self.config, "slo_" + objective)
+            if target:
+                out.append(sample("dynamo_sidecar_slo_target", target, objective=objective))
+            if objective in observed:
+                out.append(
+                    sample("dynamo_sidecar_slo_observed", observed[objective].value, objective=objective)
+                )
         return out
 
     def mark_dirty(self) -> None:
@@ -216,7 +251,12 @@ class Sidecar:
     def diagnose_report(self, window: float | None = None, min_severity: str = "info") -> dict[str, Any]:
         signals = compute(self.state, self.names, self.config.signal_window)
         ctx = Context(
-            self.state, self.config, signals, window=window or self.config.history_window, names=self.names
+            self.state,
+            self.config,
+            signals,
+            window=window or self.config.history_window,
+            names=self.names,
+            draining=self.draining,
         )
         return diagnose(ctx, min_severity=min_severity)
 

@@ -32,6 +32,14 @@ class DynamoNames:
         return f"{self.frontend_prefix}_queued_requests"
 
     @property
+    def failures_total(self) -> str:
+        return f"{self.frontend_prefix}_failures_total"
+
+    @property
+    def migration_limit(self) -> str:
+        return f"{self.frontend_prefix}_model_migration_limit"
+
+    @property
     def migrations_total(self) -> str:
         return f"{self.frontend_prefix}_model_migration_total"
 
@@ -55,6 +63,17 @@ class DynamoNames:
     worker_response_bytes_total: str = "dynamo_component_response_bytes_total"
     worker_uptime: str = "dynamo_component_uptime_seconds"
 
+    def progress_counters(self) -> list[str]:
+        """Counters that move whenever an engine produces output: first tokens, further
+        tokens, finished requests (frontend and worker views)."""
+        histograms = self.latency_histograms()
+        return [
+            histograms["ttft"] + "_count",
+            histograms["itl"] + "_count",
+            histograms["request_duration"] + "_count",
+            histograms["worker_request_duration"] + "_count",
+        ]
+
     def history_names(self) -> set[str]:
         """Dynamo series worth keeping history for (the rest are only passed through)."""
         names = {
@@ -71,6 +90,8 @@ class DynamoNames:
             self.worker_uptime,
             f"{self.frontend_prefix}_failures_total",
             "dynamo_request_queue",
+            f"{self.frontend_prefix}_model_migration_limit",
+            *self.progress_counters(),
         }
         for histogram in self.latency_histograms().values():
             names.add(histogram + "_bucket")
@@ -91,6 +112,10 @@ class Signals:
     response_bytes_rate: float | None = None
     latency: dict[tuple[str, float], float] = field(default_factory=dict)
     retransmit_ratio: float | None = None
+    # Hung engine: seconds work has been in flight with no output progress, and how much.
+    stalled_seconds: float = 0.0
+    stalled_since: float = 0.0
+    stalled_inflight: float = 0.0
 
     def inflight_total(self) -> float | None:
         """Work in flight in the pod: a request is counted at the frontend and at the worker
@@ -152,6 +177,36 @@ def _sum_rates(state: State, names: list[str], window: float, now: float) -> flo
     return sum(present) if present else None
 
 
+def _stall(state: State, names: DynamoNames, now: float) -> tuple[float, float, float]:
+    """(seconds, since, in flight) that Dynamo has held work in flight without producing any
+    output, judged from the history: every scrape of one collector run shares a timestamp, so
+    the progress counters and in-flight gauges line up point by point."""
+    progress: dict[float, float] = {}
+    for name in names.progress_counters():
+        for _, ring in state.series_matching(name):
+            for at, value in ring.points(until=now):
+                progress[at] = progress.get(at, 0.0) + value
+    inflight: dict[float, float] = {}
+    for name in (names.inflight, names.worker_inflight):
+        per_name: dict[float, float] = {}
+        for _, ring in state.series_matching(name):
+            for at, value in ring.points(until=now):
+                per_name[at] = per_name.get(at, 0.0) + value
+        for at, value in per_name.items():
+            inflight[at] = max(inflight.get(at, 0.0), value)  # one request counts at both
+    times = sorted(inflight)
+    if not times or inflight[times[-1]] <= 0:
+        return 0.0, 0.0, 0.0
+    # Walk back while work stays in flight and the progress total does not move.
+    latest = progress.get(times[-1])
+    since = times[-1]
+    for at in reversed(times[:-1]):
+        if inflight[at] <= 0 or progress.get(at) != latest:
+            break
+        since = at
+    return times[-1] - since, since, inflight[times[-1]]
+
+
 def compute(state: State, names: DynamoNames, window: float, now: float | None = None) -> Signals:
     now = time.time() if now is None else now
     out = Signals(window=window)
@@ -171,9 +226,86 @@ def compute(state: State, names: DynamoNames, window: float, now: float | None =
     sent = state.increase("dynamo_sidecar_tcp_kernel_total", window, now, counter="OutSegs")
     if retrans is not None and sent:
         out.retransmit_ratio = retrans / sent
+    out.stalled_seconds, out.stalled_since, out.stalled_inflight = _stall(state, names, now)
     for signal, histogram in names.latency_histograms().items():
         for quantile in QUANTILES:
             value = state.window_quantile(histogram, quantile, window, now)
             if value is not None:
                 out.latency[(signal, quantile)] = value
+    return out
+
+
+# --- SLO targets ----------------------------------------------------------------------------
+
+# objective -> unit. Targets come from config slo_ttft_p99 / slo_itl_p99 / slo_error_rate.
+SLO_OBJECTIVES = {"ttft_p99": "seconds", "itl_p99": "seconds", "error_rate": "ratio"}
+CLIENT_ERROR_TYPES = {"not_found", "invalid_request", "validation", "bad_request", "unsupported", ""}
+
+
+def bucket_text(value: float, buckets: list[tuple[float, float]], quantile: float = 0.99) -> str:
+    """A quantile as the data supports it: '42 ms' when the bucket is narrow, else the bucket
+    bounds ('<= 2 s', '1-2.2 s'); interpolation inside a 0-2 s bucket is not a measurement."""
+    from agent.state import quantile_bucket
+
+    bounds = quantile_bucket(quantile, buckets)
+
+    def fmt(seconds: float) -> str:
+        return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:g} s"
+
+    if bounds is None:
+        return fmt(value)
+    lower, upper = bounds
+    if upper == float("inf"):
+        return f"> {fmt(lower)}"
+    if upper - lower <= 0.25 * upper:
+        return fmt(value)
+    if lower <= 0:
+        return f"<= {fmt(upper)}"
+    return f"{fmt(lower)}-{fmt(upper)}"
+
+
+@dataclass
+class SloObservation:
+    value: float
+    target: float
+    count: float  # observations (requests) in the window
+    text: str
+    since: float
+
+
+def slo_observations(
+    state: State, names: DynamoNames, config: object, window: float, now: float
+) -> dict[str, SloObservation]:
+    """Each configured objective's value over the window: what slo_breach judges and what the
+    sidecar exports as dynamo_sidecar_slo_observed, so pod view and fleet view agree."""
+    out: dict[str, SloObservation] = {}
+    histograms = names.latency_histograms()
+    for objective, histogram in (("ttft_p99", histograms["ttft"]), ("itl_p99", histograms["itl"])):
+        target = float(getattr(config, "slo_" + objective, 0.0) or 0.0)
+        if target <= 0:
+            continue
+        buckets = state.window_buckets(histogram, window, now)
+        from agent.state import histogram_quantile
+
+        value = histogram_quantile(0.99, buckets)
+        if value is None:
+            continue
+        out[objective] = SloObservation(
+            value, target, buckets[-1][1], bucket_text(value, buckets), now - window
+        )
+    target = float(getattr(config, "slo_error_rate", 0.0) or 0.0)
+    if target > 0:
+        total = state.increase(names.requests_total, window, now)
+        if total:
+            failed = 0.0
+            for labels, ring in state.series_matching(names.requests_total, status="error"):
+                if dict(labels).get("error_type", "") in CLIENT_ERROR_TYPES:
+                    continue
+                from agent.state import counter_increase
+
+                points = ring.points(since=now - window, until=now)
+                if len(points) >= 2:
+                    failed += counter_increase(points)
+            ratio = failed / total
+            out["error_rate"] = SloObservation(ratio, target, total, f"{ratio:.1%}", now - window)
     return out

@@ -111,6 +111,24 @@ def histogram_quantile(quantile: float, buckets: list[tuple[float, float]]) -> f
     return None
 
 
+def quantile_bucket(quantile: float, buckets: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(lower, upper) bounds of the bucket the quantile falls in: what the data can actually
+    tell, before histogram_quantile interpolates inside it."""
+    if not buckets:
+        return None
+    buckets = sorted(buckets)
+    total = buckets[-1][1]
+    if total <= 0:
+        return None
+    rank = quantile * total
+    previous_bound = 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            return previous_bound, bound
+        previous_bound = bound
+    return None
+
+
 @dataclass
 class CollectorStatus:
     name: str
@@ -319,6 +337,12 @@ class State:
         self, histogram: str, quantile: float, window: float, now: float | None = None, **labels: str
     ) -> float | None:
         """Quantile of the observations made inside the window (all matching series summed)."""
+        return histogram_quantile(quantile, self.window_buckets(histogram, window, now, **labels))
+
+    def window_buckets(
+        self, histogram: str, window: float, now: float | None = None, **labels: str
+    ) -> list[tuple[float, float]]:
+        """(upper bound, observations inside the window at or below it), all series summed."""
         now = time.time() if now is None else now
         per_bound: dict[float, float] = {}
         for series_labels, ring in self.series_matching(histogram + "_bucket", **labels):
@@ -333,7 +357,7 @@ class State:
             if len(points) < 2:
                 continue
             per_bound[bound] = per_bound.get(bound, 0.0) + counter_increase(points)
-        return histogram_quantile(quantile, list(per_bound.items()))
+        return sorted(per_bound.items())
 
     def recent_events(self, since: float = 0.0, kind: str | None = None) -> list[Event]:
         return [e for e in self.events if e.timestamp >= since and (kind is None or e.kind == kind)]

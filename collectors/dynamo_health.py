@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
@@ -96,6 +98,8 @@ class DynamoHealthCollector(Collector):
         timeout: float,
         http_timeout: float,
         max_bytes: int = 1 << 20,
+        listening_ports: Callable[[str], list[int]] | None = None,
+        models_memory: float = 900.0,
     ) -> None:
         super().__init__(interval, timeout)
         self.targets = targets
@@ -105,6 +109,15 @@ class DynamoHealthCollector(Collector):
         self._views: dict[tuple[str, str], ProbeView] = {}
         self._uptime: dict[str, float] = {}
         self._restarts: dict[str, int] = {}
+        self._first_ok: dict[str, float] = {}
+        # (count, since): when the frontend's instance count last changed.
+        self._instances: dict[str, tuple[int, float]] = {}
+        # model -> last time /v1/models listed it; forgotten after `models_memory`.
+        self._models_seen: dict[str, dict[str, float]] = {}
+        self.models_memory = models_memory
+        # kind -> ports the Dynamo processes of that kind listen on (process collector).
+        self.listening_ports = listening_ports
+        self._port_search: dict[str, tuple[float, dict[str, Any] | None]] = {}
 
     async def collect(self) -> CollectResult:
         if self._session is None:
@@ -143,13 +156,53 @@ class DynamoHealthCollector(Collector):
         for target, response in zip(frontends, models_responses, strict=True):
             view = facts[target.endpoint]
             models = parse_models(response)
+            seen = self._models_seen.setdefault(target.endpoint, {})
             if models is None:
                 view["models_error"] = response.error or f"HTTP {response.status}: {response.excerpt(120)}"
             else:
                 view["models"] = models
                 result.add(PREFIX + "frontend_models", len(models), endpoint=target.endpoint)
+                for model in models:
+                    seen[model] = now
+            for model, last in list(seen.items()):
+                if now - last > self.models_memory:
+                    del seen[model]
+            view["models_seen"] = dict(seen)
+        for target in self.targets:
+            view = facts[target.endpoint]
+            if any(p.get("outcome") == "ok" for p in view["probes"].values()):
+                self._first_ok.setdefault(target.endpoint, now)
+            view["first_ok_at"] = self._first_ok.get(target.endpoint, 0.0)
+            if view["probes"].get("health", {}).get("outcome") == "refused":
+                found = await self._search_port(target, now)
+                if found is not None:
+                    view["answers_on"] = found
         result.facts = {"endpoints": facts, "time": now}
         return result
+
+    PORT_SEARCH_EVERY = 30.0
+
+    async def _search_port(self, target: Target, now: float) -> dict[str, Any] | None:
+        """The configured port refuses: does this kind's Dynamo process answer its health path
+        on another port it listens on? (A wrong DYN_SYSTEM_PORT / worker_system_urls.)"""
+        if self.listening_ports is None or self._session is None:
+            return None
+        last = self._port_search.get(target.endpoint)
+        if last is not None and now - last[0] < self.PORT_SEARCH_EVERY:
+            return last[1]
+        parts = urlsplit(target.base_url)
+        found: dict[str, Any] | None = None
+        for port in self.listening_ports(target.kind)[:8]:
+            if port == parts.port:
+                continue
+            url = urlunsplit((parts.scheme, f"{parts.hostname}:{port}", "", "", ""))
+            response = await fetch(self._session, url + target.health_path, self.http_timeout, 64 * 1024)
+            body, _ = _parse_body(response) if not response.failure else (None, "")
+            if body is not None:
+                found = {"port": port, "url": url, "status": str(body["status"])[:64], "seen_at": now}
+                break
+        self._port_search[target.endpoint] = (now, found)
+        return found
 
     def _record(
         self, result: CollectResult, target: Target, probe: str, response: HttpResult, now: float
@@ -211,12 +264,31 @@ class DynamoHealthCollector(Collector):
             instances = body.get("instances")
             endpoints = body.get("endpoints")
             if isinstance(instances, list):
-                result.add(PREFIX + "frontend_instances", len(instances), endpoint=target.endpoint)
                 view["instances"] = [
                     {k: inst.get(k) for k in ("namespace", "component", "endpoint", "instance_id")}
                     for inst in instances[:64]
                     if isinstance(inst, dict)
                 ]
+                # One worker registers one instance per endpoint (generate, clear_kv_blocks...):
+                # count distinct instance ids, not list entries.
+                ids = {str(i.get("instance_id")) for i in view["instances"]}
+                count = len(ids)
+                result.add(PREFIX + "frontend_instances", count, endpoint=target.endpoint)
+                previous = self._instances.get(target.endpoint)
+                if previous is None or previous[0] != count:
+                    if previous is not None:
+                        result.events.append(
+                            Event(
+                                kind="instances_changed",
+                                source=target.endpoint,
+                                message=f"frontend {target.endpoint} worker instances: {previous[0]} -> {count}",
+                                timestamp=now,
+                                attributes={"endpoint": target.endpoint, "from": previous[0], "to": count},
+                            )
+                        )
+                    self._instances[target.endpoint] = (count, now)
+                view["instance_ids"] = sorted(ids)
+                view["instances_since"] = self._instances[target.endpoint][1]
             if isinstance(endpoints, list):
                 result.add(PREFIX + "frontend_registered_endpoints", len(endpoints), endpoint=target.endpoint)
                 view["endpoints"] = [str(e) for e in endpoints[:64]]

@@ -91,6 +91,35 @@ class ProcessFinder:
         return found
 
 
+# psutil status -> the one-letter state `ps` shows; T and D are what a hung process looks like.
+STATE_LETTERS = {
+    psutil.STATUS_RUNNING: "R",
+    psutil.STATUS_SLEEPING: "S",
+    psutil.STATUS_DISK_SLEEP: "D",
+    psutil.STATUS_STOPPED: "T",
+    psutil.STATUS_TRACING_STOP: "t",
+    psutil.STATUS_ZOMBIE: "Z",
+    psutil.STATUS_DEAD: "X",
+    psutil.STATUS_IDLE: "I",
+}
+STATES = ("R", "S", "D", "T", "t", "Z", "X", "I")
+MAX_LISTEN_PORTS = 32
+
+
+def _sockets(proc: psutil.Process) -> tuple[list[int], int]:
+    """(ports the process listens on, its sockets in CLOSE_WAIT). Reads /proc/<pid>/fd, so
+    it needs the same UID as the process; without it both are unknown (empty, 0)."""
+    try:
+        connections = proc.net_connections(kind="tcp")
+    except (psutil.AccessDenied, psutil.NoSuchProcess, OSError):
+        return [], 0
+    listening = sorted({c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN and c.laddr})[
+        :MAX_LISTEN_PORTS
+    ]
+    close_wait = sum(1 for c in connections if c.status == psutil.CONN_CLOSE_WAIT)
+    return listening, close_wait
+
+
 def _read_process(found: Found, now: float) -> tuple[dict[str, Any], list[tuple[str, float, dict[str, str]]]]:
     proc = psutil.Process(found.pid)
     labels = {"process": found.name, "pid": str(found.pid)}
@@ -113,6 +142,8 @@ def _read_process(found: Found, now: float) -> tuple[dict[str, Any], list[tuple[
             children = len(proc.children(recursive=True))
         except psutil.Error:
             children = 0
+        state = STATE_LETTERS.get(proc.status(), "?")
+    listen_ports, close_wait = _sockets(proc)
     out.append(("process_cpu_seconds_total", cpu.user, {**labels, "mode": "user"}))
     out.append(("process_cpu_seconds_total", cpu.system, {**labels, "mode": "system"}))
     out.append(("process_resident_memory_bytes", memory.rss, labels))
@@ -127,6 +158,8 @@ def _read_process(found: Found, now: float) -> tuple[dict[str, Any], list[tuple[
     out.append(("process_children", children, labels))
     out.append(("process_start_time_seconds", created, labels))
     out.append(("process_uptime_seconds", max(0.0, now - created), labels))
+    for letter in STATES:
+        out.append(("process_state", 1 if state == letter else 0, {**labels, "state": letter}))
     fact = {
         "pid": found.pid,
         "process": found.name,
@@ -137,6 +170,9 @@ def _read_process(found: Found, now: float) -> tuple[dict[str, Any], list[tuple[
         "max_fds": max_fds,
         "cpu_seconds": cpu.user + cpu.system,
         "start_time": created,
+        "state": state,
+        "listen_ports": listen_ports,
+        "close_wait": close_wait,
     }
     return fact, out
 
@@ -147,12 +183,14 @@ class ProcessCollector(Collector):
     def __init__(self, finder: ProcessFinder, interval: float, timeout: float) -> None:
         super().__init__(interval, timeout)
         self.finder = finder
+        self._state_since: dict[tuple[int, str], float] = {}  # (pid, state) -> first seen
 
     def _collect_sync(self) -> CollectResult:
         result = CollectResult()
         now = time.time()
         found = self.finder.find()
         processes = []
+        states: dict[tuple[int, str], float] = {}
         for item in found:
             try:
                 fact, samples = _read_process(item, now)
@@ -161,9 +199,14 @@ class ProcessCollector(Collector):
             except psutil.AccessDenied:
                 processes.append({"pid": item.pid, "process": item.name, "error": "access denied"})
                 continue
+            # When the process entered its current state: a stopped (T) or
+            # uninterruptible (D) process matters by how long it has stayed there.
+            key = (item.pid, fact["state"])
+            fact["state_since"] = states.setdefault(key, self._state_since.get(key, now))
             processes.append(fact)
             for name, value, labels in samples:
                 result.add(PREFIX + name, value, **labels)
+        self._state_since = states
         result.add(PREFIX + "processes_matched", len([p for p in processes if "error" not in p]))
         result.facts = {"processes": processes, "discovery_error": self.finder.last_error, "time": now}
         return result

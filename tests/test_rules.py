@@ -30,6 +30,9 @@ def healthy_endpoints() -> dict[str, Any]:
             "kind": "frontend",
             "url": "http://127.0.0.1:8000",
             "instances": [{"instance_id": 1}],
+            "instance_ids": ["1"],
+            "instances_since": NOW - 600,
+            "first_ok_at": NOW - 3000,
             "endpoints": ["dyn://dynamo.backend.generate"],
             "models": ["tiny"],
             "probes": {
@@ -41,6 +44,7 @@ def healthy_endpoints() -> dict[str, Any]:
             "kind": "worker",
             "url": "http://127.0.0.1:9090",
             "endpoints": {"generate": "ready"},
+            "first_ok_at": NOW - 3000,
             "probes": {
                 "health": {"outcome": "ok", "status": "ready", "status_code": 200, "since": NOW - 600},
                 "live": {"outcome": "ok", "status": "ready", "status_code": 200, "since": NOW - 600},
@@ -127,8 +131,69 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "endpoint_bad_response": lambda r: probe(
         r.health["frontend"], outcome="malformed", error="body is not JSON"
     ),
-    "frontend_no_instances": lambda r: r.health["frontend"].update(instances=[]),
+    "frontend_no_instances": lambda r: r.health["frontend"].update(
+        instances=[], instance_ids=[], instances_since=NOW - 20
+    ),
     "frontend_stale_instances": lambda r: r.health["frontend"].update(models=[]),
+    "dynamo_starting": lambda r: _starting(r),
+    "dynamo_stopped_after_drain": lambda r: (
+        r.state.add_event(
+            Event(
+                "health_transition",
+                "frontend/health",
+                "frontend health: healthy -> not_ready",
+                NOW - 8,
+                {"endpoint": "frontend", "to_status": "not_ready"},
+            )
+        ),
+        probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 4),
+    ),
+    "endpoint_wrong_port": lambda r: (
+        probe(r.health["worker"], outcome="refused", status="", status_code=0),
+        r.health["worker"].update(
+            answers_on={"port": 8081, "url": "http://127.0.0.1:8081", "status": "ready", "seen_at": NOW}
+        ),
+    ),
+    "process_stalled": lambda r: r.put(
+        "process",
+        CollectResult(
+            facts={
+                "processes": [
+                    {
+                        "pid": 9,
+                        "process": "dynamo.mocker",
+                        "state": "T",
+                        "state_since": NOW - 30,
+                        "cmdline": "x",
+                    }
+                ]
+            }
+        ),
+    ),
+    "request_failures": lambda r: r.series(
+        "dynamo_metrics",
+        lambda i: [
+            sample("dynamo_frontend_requests_total", i * 10, model="tiny", status="success", error_type=""),
+            sample(
+                "dynamo_frontend_requests_total",
+                0 if i < 55 else 2,
+                model="tiny",
+                status="error",
+                error_type="unavailable",
+            ),
+        ],
+    ),
+    "engine_hung": lambda r: r.series(
+        "dynamo_metrics",
+        lambda i: [
+            sample("dynamo_frontend_inflight_requests", 0 if i < 50 else 3, model="tiny"),
+            sample("dynamo_frontend_time_to_first_token_seconds_count", min(i, 50) * 2, model="tiny"),
+        ],
+    ),
+    "slo_breach": lambda r: (r.config.__setattr__("slo_ttft_p99", 0.5), latency(r)),
+    "queue_growing": lambda r: r.series(
+        "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", i, model="tiny")]
+    ),
     "worker_registration_lost": lambda r: _log_error(
         r, "FileStore::keep_alive failed opening owned file /kv/abc"
     ),
@@ -323,6 +388,14 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
 }
 
 
+def _starting(r: Recorded) -> None:
+    r.state.started = NOW - 10
+    r.config.startup_grace = 60
+    for view in r.health.values():
+        view["first_ok_at"] = 0.0
+    probe(r.health["worker"], outcome="refused", status="", status_code=0, since=NOW - 10)
+
+
 def _log_error(r: Recorded, message: str) -> None:
     errors = ErrorRing()
     for _ in range(5):
@@ -406,3 +479,241 @@ def test_a_broken_rule_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setattr(engine, "RULES", (*engine.RULES, broken))
     report = diagnose(Recorded().context())
     assert report["rule_errors"] and report["rule_errors"][0]["rule"] == "broken"
+
+
+# --- causes before symptoms: the numbered cases of issue 12 on recorded states ----------------
+
+
+def _top(recorded: Recorded) -> dict[str, Any]:
+    report = diagnose(recorded.context())
+    assert report["rule_errors"] == []
+    return report
+
+
+def test_stopped_worker_is_the_root_not_no_instances() -> None:
+    r = Recorded()
+    probe(r.health["worker"], outcome="timeout", status="", status_code=0, since=NOW - 20)
+    r.health["frontend"].update(instances=[], instance_ids=[], instances_since=NOW - 8, models=[])
+    r.health["frontend"]["models_seen"] = {"tiny": NOW - 10}
+    r.put(
+        "process",
+        CollectResult(
+            facts={
+                "processes": [{"pid": 9, "process": "dynamo.mocker", "state": "T", "state_since": NOW - 21}]
+            }
+        ),
+    )
+    report = _top(r)
+    top = report["findings"][0]
+    assert top["rule"] == "process_stalled" and top["severity"] == "critical"
+    assert "frontend_no_instances:frontend" in top["explains"]
+    no_instances = next(f for f in report["findings"] if f["rule"] == "frontend_no_instances")
+    # `since` is when the instance count dropped, not when the sidecar started.
+    assert no_instances["since"] == pytest.approx(NOW - 8, abs=0.01)
+    assert any("no longer listed" in e["signal"] for e in no_instances["evidence"])
+
+
+def test_wrong_worker_port_is_a_warning_not_a_stale_registration() -> None:
+    r = Recorded()
+    probe(r.health["worker"], outcome="refused", status="", status_code=0)
+    r.health["worker"]["answers_on"] = {"port": 8081, "url": "http://127.0.0.1:8081", "status": "ready"}
+    r.put(
+        "process", CollectResult(facts={"processes": [{"pid": 9, "process": "dynamo.mocker", "state": "S"}]})
+    )
+    report = _top(r)
+    rules = [f["rule"] for f in report["findings"]]
+    assert rules == ["endpoint_wrong_port"], rules
+    assert report["status"] == "warning"
+    assert "8081" in report["findings"][0]["summary"]
+    assert "worker_system_urls" in report["findings"][0]["actions"][0]
+
+
+def test_refused_worker_probe_alone_is_not_a_stale_registration() -> None:
+    r = Recorded()
+    probe(r.health["worker"], outcome="refused", status="", status_code=0)
+    r.put(
+        "process", CollectResult(facts={"processes": [{"pid": 9, "process": "dynamo.mocker", "state": "S"}]})
+    )
+    rules = [f["rule"] for f in _top(r)["findings"]]
+    assert "frontend_stale_instances" not in rules and "endpoint_refused" in rules
+    refused = next(f for f in _top(r)["findings"] if f["rule"] == "endpoint_refused")
+    assert "alive" in refused["actions"][0] and "crash loops" not in refused["actions"][0]
+    # A worker finding carries worker actions only.
+    assert not any("DYN_HTTP_PORT" in a for a in refused["actions"])
+
+
+def test_startup_is_info_not_critical() -> None:
+    r = Recorded()
+    _starting(r)
+    probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 10)
+    r.put("process", CollectResult(facts={"processes": []}))
+    report = _top(r)
+    assert report["status"] == "ok", [(f["rule"], f["severity"]) for f in report["findings"]]
+    assert {f["rule"] for f in report["findings"]} == {"dynamo_starting"}
+
+
+def test_no_dynamo_process_explains_refused_endpoints_after_grace() -> None:
+    r = Recorded()
+    for view in r.health.values():
+        probe(view, outcome="refused", status="", status_code=0)
+        view["first_ok_at"] = 0.0
+    r.put("process", CollectResult(facts={"processes": []}))
+    report = _top(r)
+    top = report["findings"][0]
+    assert top["rule"] == "no_dynamo_process" and top["severity"] == "critical"
+    assert {"endpoint_refused:frontend", "endpoint_refused:worker"} <= set(top["explains"])
+
+
+def test_refused_after_a_drain_is_shutdown_info() -> None:
+    r = Recorded()
+    CASES["dynamo_stopped_after_drain"](r)
+    r.state.extra["canary"] = failing_model()
+    report = _top(r)
+    assert report["status"] == "ok"
+    assert report["findings"][0]["rule"] == "dynamo_stopped_after_drain"
+    assert "endpoint_refused" not in {f["rule"] for f in report["findings"]}
+    canary = next(f for f in report["findings"] if f["rule"] == "canary_failing")
+    assert canary["explained_by"] == ["dynamo_stopped_after_drain:frontend"]
+
+
+def test_canary_is_not_a_finding_while_the_sidecar_drains() -> None:
+    r = Recorded()
+    r.state.extra["canary"] = failing_model()
+    ctx = r.context()
+    ctx.draining = True
+    assert "canary_failing" not in {f.rule for f in evaluate(ctx)[0]}
+
+
+def test_instances_and_migrations_say_only_what_was_observed() -> None:
+    r = Recorded()
+    r.series(
+        "dynamo_metrics",
+        lambda i: [
+            sample("dynamo_frontend_model_migration_total", i // 10, model="tiny", outcome="failure"),
+            sample("dynamo_frontend_model_migration_limit", 0, model="tiny"),
+        ],
+    )
+    migration = next(f for f in _top(r)["findings"] if f["rule"] == "migrations_rising")
+    assert "could not be migrated" in migration["summary"] and "migration_limit 0" in migration["summary"]
+
+
+def test_queue_without_gpu_data_claims_no_saturation() -> None:
+    r = Recorded()
+    r.state.started = NOW - 35
+    r.series(
+        "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", i, model="tiny")], steps=7
+    )
+    findings = _top(r)["findings"]
+    assert [f["rule"] for f in findings if f["rule"].startswith("queue")] == ["queue_growing"]
+    summary = findings[0]["summary"]
+    assert "saturated" not in summary and "no GPU is visible" in summary
+    assert "30s ago" in summary  # the age of the first point, not the configured window
+
+
+def test_coarse_bucket_quantile_is_shown_as_its_bounds() -> None:
+    from agent.signals import bucket_text
+
+    buckets = [(0.0, 0.0), (2.0, 100.0), (4.0, 100.0), (float("inf"), 100.0)]
+    assert bucket_text(1.98, buckets) == "<= 2 s"
+    fine = [(0.02, 0.0), (0.022, 100.0), (float("inf"), 100.0)]
+    assert bucket_text(0.0219, fine) == "22 ms"
+
+
+def test_latency_regression_needs_no_five_minute_baseline() -> None:
+    r = Recorded()
+    r.state.started = NOW - 120
+
+    def buckets(i: int) -> list[Any]:
+        fast = min(i, 12) * 5
+        slow = max(0, i - 12) * 5
+        return [
+            sample("dynamo_frontend_time_to_first_token_seconds_bucket", fast, le="0.05", model="tiny"),
+            sample("dynamo_frontend_time_to_first_token_seconds_bucket", fast + slow, le="1", model="tiny"),
+            sample(
+                "dynamo_frontend_time_to_first_token_seconds_bucket", fast + slow, le="+Inf", model="tiny"
+            ),
+        ]
+
+    r.series("dynamo_metrics", buckets, steps=24)
+    assert "latency_regression:ttft" in {f["id"] for f in _top(r)["findings"]}
+
+
+def test_no_rule_explains_itself_in_a_cycle() -> None:
+    graph = {rule.id: {link.split(":")[0] for link in rule.explains} for rule in RULES}
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        for nxt in graph.get(start, ()):
+            if nxt == goal or (nxt not in seen and reaches(nxt, goal, seen | {nxt})):
+                return True
+        return False
+
+    assert [r for r in graph if reaches(r, r, set())] == []
+
+
+# --- thresholds: at and just past, pod view and config overrides --------------------------------
+
+
+def _throttle(ratio: float) -> Callable[[Recorded], None]:
+    def build(r: Recorded) -> None:
+        r.series(
+            "cgroup",
+            lambda i: [
+                sample(P + "cgroup_cpu_periods_total", i * 100),
+                sample(P + "cgroup_cpu_throttled_periods_total", i * 100 * ratio),
+            ],
+        )
+
+    return build
+
+
+@pytest.mark.parametrize(
+    ("build", "rule_id", "fires"),
+    [
+        (_throttle(0.25), "cpu_throttled", False),
+        (_throttle(0.26), "cpu_throttled", True),
+        (CASES["worker_restarted"], "worker_restarted", True),
+        (
+            lambda r: r.put(
+                "cgroup",
+                CollectResult(
+                    samples=[
+                        sample(P + "cgroup_memory_usage_bytes", 89),
+                        sample(P + "cgroup_memory_limit_bytes", 100),
+                    ]
+                ),
+            ),
+            "memory_near_limit",
+            False,
+        ),
+        (
+            lambda r: r.put(
+                "cgroup",
+                CollectResult(
+                    samples=[
+                        sample(P + "cgroup_memory_usage_bytes", 90),
+                        sample(P + "cgroup_memory_limit_bytes", 100),
+                    ]
+                ),
+            ),
+            "memory_near_limit",
+            True,
+        ),
+    ],
+)
+def test_threshold_boundaries(build: Callable[[Recorded], None], rule_id: str, fires: bool) -> None:
+    r = Recorded()
+    build(r)
+    assert (rule_id in {f.rule for f in evaluate(r.context())[0]}) is fires
+
+
+def test_threshold_override_from_config() -> None:
+    r = Recorded()
+    _throttle(0.26)(r)
+    r.config = load_config(
+        environ={}, overrides={"startup_grace": "0", "thresholds": "cpu_throttled.ratio=0.3"}
+    )
+    assert "cpu_throttled" not in {f.rule for f in evaluate(r.context())[0]}
+    from agent.config import ConfigError
+
+    with pytest.raises(ConfigError, match="not a known threshold"):
+        load_config(environ={}, overrides={"thresholds": "cpu_throttled.nope=1"})

@@ -11,6 +11,9 @@ from agent.config import Config
 from agent.signals import DynamoNames, Signals
 from agent.state import State
 
+# Statuses Dynamo answers while it shuts down (frontend /health, /live).
+SHUTDOWN_STATUSES = {"not_ready", "shutting_down"}
+
 
 @dataclass
 class Context:
@@ -20,6 +23,7 @@ class Context:
     now: float = field(default_factory=time.time)
     window: float = 900.0  # ?since= narrows what "recent" means
     names: DynamoNames = field(default_factory=DynamoNames)
+    draining: bool = False  # the sidecar itself is draining (SIGTERM / POST /drain)
 
     @property
     def uptime(self) -> float:
@@ -43,3 +47,30 @@ class Context:
 
     def extra(self, key: str) -> Any:
         return self.state.extra.get(key)
+
+    # --- states that are not faults ---------------------------------------------------------
+    def starting(self, endpoint: str) -> bool:
+        """Dynamo's start-up: this endpoint has never answered, and the grace has not passed."""
+        view = self.health_endpoints().get(endpoint, {})
+        return self.in_startup_grace and not view.get("first_ok_at")
+
+    def any_starting(self) -> bool:
+        return self.in_startup_grace and not any(
+            view.get("first_ok_at") for view in self.health_endpoints().values()
+        )
+
+    def drain_seen(self, endpoint: str) -> float:
+        """When Dynamo (this endpoint) was last seen shutting down, or the sidecar itself
+        began draining; 0 if neither happened in the window."""
+        seen = 0.0
+        drain = self.extra("drain")
+        if drain is not None:
+            seen = drain.started_at
+        for event in self.events("health_transition"):
+            attributes = event.attributes
+            if attributes.get("endpoint") == endpoint and attributes.get("to_status") in SHUTDOWN_STATUSES:
+                seen = max(seen, event.timestamp)
+        view = self.health_endpoints().get(endpoint, {})
+        if view.get("stage") == "draining":
+            seen = max(seen, self.now)
+        return seen

@@ -9,24 +9,25 @@ from typing import Any
 
 from agent import __version__
 from agent.diagnose.context import Context
-from agent.diagnose.model import SCHEMA_VERSION, SEVERITY_RANK, Evidence, Finding, Rule
+from agent.diagnose.model import SCHEMA_VERSION, SEVERITIES, SEVERITY_RANK, Evidence, Finding, Hit, Rule
 from agent.diagnose.rules import RULES as BASE_RULES
 from agent.diagnose.rules_system import SYSTEM_RULES
 from agent.log import get as get_logger
 
 log = get_logger("dynamo_sidecar.diagnose")
-RULES = BASE_RULES + SYSTEM_RULES
+RULES: tuple[Rule, ...] = (*BASE_RULES, *SYSTEM_RULES)
 
 
 def evaluate(
     ctx: Context, rules: tuple[Rule, ...] | None = None
 ) -> tuple[list[Finding], list[dict[str, str]]]:
     rules = RULES if rules is None else rules
+    overrides = ctx.config.thresholds
     findings: list[Finding] = []
     errors: list[dict[str, str]] = []
     for rule in rules:
         try:
-            hits = rule.predicate(ctx)
+            hits = rule.predicate(ctx, rule.limits(overrides))
         except Exception as exc:  # one broken rule must not hide the others
             errors.append({"rule": rule.id, "error": f"{type(exc).__name__}: {exc}"})
             log.warning("diagnose rule failed", rule=rule.id, error=repr(exc))
@@ -34,7 +35,7 @@ def evaluate(
         for hit in hits:
             try:
                 summary = rule.summary.format(subject=hit.subject, **hit.values)
-            except (KeyError, ValueError, IndexError):
+            except (KeyError, ValueError, IndexError, AttributeError):
                 summary = rule.summary
             findings.append(
                 Finding(
@@ -45,14 +46,22 @@ def evaluate(
                     summary=summary,
                     subject=hit.subject,
                     evidence=hit.evidence,
-                    actions=list(rule.actions),
-                    since=hit.since,
+                    actions=[_fill(action, hit) for action in rule.actions_for(hit.role)],
+                    since=min(hit.since, ctx.now),
+                    role=hit.role,
                 )
             )
     _link(findings, {rule.id: rule for rule in rules})
     _attach_log_evidence(ctx, findings)
     findings.sort(key=lambda f: (bool(f.explained_by), -SEVERITY_RANK[f.severity], f.since))
     return findings, errors
+
+
+def _fill(template: str, hit: Hit) -> str:
+    try:
+        return template.format(subject=hit.subject, **hit.values)
+    except (KeyError, ValueError, IndexError, AttributeError):
+        return template
 
 
 LOG_EVIDENCE_LEAD = 60.0  # error lines this long before a finding began are still its context
@@ -76,18 +85,41 @@ def _attach_log_evidence(ctx: Context, findings: list[Finding]) -> None:
             )
 
 
+def _explains(cause: Finding, link: str, effect: Finding) -> bool:
+    rule, _, scope = link.partition(":")
+    if effect.rule != rule:
+        return False
+    if scope == "*":
+        return True
+    if scope == "@role":
+        return bool(cause.role) and effect.role == cause.role
+    return effect.subject == cause.subject
+
+
 def _link(findings: list[Finding], rules: dict[str, Rule]) -> None:
-    """`explains` names rules this one causes on the same subject, or on any with `rule:*`."""
+    """Fold symptoms under their cause. A cause takes the severity of its worst symptom: the
+    reason a pod is critical is itself critical, whatever it would rank alone."""
     for cause in findings:
-        explains = rules[cause.rule].explains
         for effect in findings:
-            if effect is cause:
+            if effect is cause or effect.id in cause.explains:
                 continue
-            same_subject = effect.rule in explains and effect.subject == cause.subject
-            any_subject = f"{effect.rule}:*" in explains
-            if same_subject or any_subject:
+            if any(_explains(cause, link, effect) for link in rules[cause.rule].explains):
                 cause.explains.append(effect.id)
                 effect.explained_by.append(cause.id)
+    by_id = {f.id: f for f in findings}
+    for effect in findings:
+        causes = [by_id[c] for c in effect.explained_by]
+        if causes and all(rules[c.rule].state for c in causes):
+            effect.severity = "info"  # what start-up or a drain causes is expected
+    for cause in findings:
+        if rules[cause.rule].state:
+            continue
+        worst = max(
+            (SEVERITY_RANK[by_id[e].severity] for e in cause.explains),
+            default=SEVERITY_RANK[cause.severity],
+        )
+        if worst > SEVERITY_RANK[cause.severity] and not cause.explained_by:
+            cause.severity = SEVERITIES[worst]
 
 
 def _status(findings: list[Finding]) -> str:

@@ -1,8 +1,8 @@
 """Fleet scope: the same rules, evaluated over PromQL against every pod's sidecar metrics, to
 answer step one of the root-cause flow: is the symptom on one pod, one node, or everywhere?
 
-Each rule that can be judged from metrics alone has a PromQL condition here; the finding's
-category, severity, summary and actions are the rule's own (agent/diagnose/rules*.py).
+Each rule that can be judged from metrics alone declares its PromQL in its own record
+(agent/diagnose/rules*.py), beside the pod predicate and over the same thresholds.
 """
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from agent.diagnose.engine import RULES
 from agent.diagnose.model import SEVERITY_RANK
 from agent.diagnose.render import EXIT_CODES
 
-THROTTLING = "sw_power_cap|hw_slowdown|sw_thermal_slowdown|hw_thermal_slowdown|hw_power_brake_slowdown"
 
-
-def _sel(namespace: str) -> Callable[[str, str], str]:
+def selector(namespace: str = "") -> Callable[..., str]:
     def sel(metric: str, matchers: str = "") -> str:
         parts = [m for m in (matchers, f'namespace="{namespace}"' if namespace else "") if m]
         return f"{metric}{{{','.join(parts)}}}"
@@ -30,64 +28,11 @@ def _sel(namespace: str) -> Callable[[str, str], str]:
     return sel
 
 
-def fleet_queries(namespace: str = "") -> dict[str, str]:
-    """rule id -> PromQL returning one series per affected pod (and subject)."""
-    s = _sel(namespace)
-    ttft_p99 = s("dynamo_sidecar_dynamo_latency_seconds", 'signal="ttft",percentile="p99"')
-    return {
-        "endpoint_refused": s("dynamo_sidecar_endpoint_probe_outcome", 'probe="health",outcome="refused"')
-        + " == 1",
-        "endpoint_timeout": s("dynamo_sidecar_endpoint_probe_outcome", 'probe="health",outcome="timeout"')
-        + " == 1",
-        "endpoint_bad_response": s(
-            "dynamo_sidecar_endpoint_probe_outcome", 'probe="health",outcome=~"malformed|http_error|error"'
-        )
-        + " == 1",
-        "frontend_no_instances": s("dynamo_sidecar_frontend_instances") + " == 0",
-        "worker_notready_endpoints_ready": s(
-            "dynamo_sidecar_endpoint_status", 'probe="health",status="notready"'
-        )
-        + " == 1",
-        "worker_restarted": "increase(" + s("dynamo_sidecar_worker_restarts_total") + "[15m]) > 0",
-        "canary_failing": s("dynamo_sidecar_canary_failing") + " == 1",
-        "collector_failing": s("dynamo_sidecar_collector_success") + " == 0",
-        "dependency_unreachable": s("dynamo_sidecar_probe_up") + " == 0",
-        "port_not_listening": s("dynamo_sidecar_tcp_listening") + " == 0",
-        "tcp_retransmits_high": s("dynamo_sidecar_tcp_retransmit_ratio") + " > 0.02",
-        "close_wait_leak": "sum without (direction) ("
-        + s("dynamo_sidecar_tcp_sockets", 'state="close_wait"')
-        + ") >= 50",
-        "cpu_throttled": "increase("
-        + s("dynamo_sidecar_cgroup_cpu_throttled_periods_total")
-        + "[5m]) / increase("
-        + s("dynamo_sidecar_cgroup_cpu_periods_total")
-        + "[5m]) > 0.25",
-        "memory_near_limit": s("dynamo_sidecar_cgroup_memory_usage_bytes")
-        + " / "
-        + s("dynamo_sidecar_cgroup_memory_limit_bytes")
-        + " > 0.9",
-        "oom_killed": "increase("
-        + s("dynamo_sidecar_cgroup_memory_events_total", 'event="oom_kill"')
-        + "[15m]) > 0",
-        "gpu_xid": "increase(" + s("dynamo_sidecar_gpu_xid_errors_total") + "[15m]) > 0",
-        "gpu_lost": s("dynamo_sidecar_gpu_lost") + " == 1",
-        "gpu_ecc_errors": s("dynamo_sidecar_gpu_ecc_errors_total", 'type="uncorrected",counter="volatile"')
-        + " > 0",
-        "gpu_throttling": "max without (reason) ("
-        + s("dynamo_sidecar_gpu_clock_event_reason", 'reason=~"' + THROTTLING + '"')
-        + ") == 1",
-        "gpu_memory_near_full": s("dynamo_sidecar_gpu_memory_bytes", 'state="used"')
-        + " / ignoring(state) "
-        + s("dynamo_sidecar_gpu_memory_bytes", 'state="total"')
-        + " > 0.97",
-        "rejections_rising": s("dynamo_sidecar_dynamo_rejection_rate") + " > 0",
-        "latency_regression": ttft_p99 + " > 2 * avg_over_time(" + ttft_p99 + "[1h] offset 15m)",
-        "drain_deadline_with_work": s("dynamo_sidecar_drain_inflight_at_end")
-        + " > 0 and on (instance) "
-        + s("dynamo_sidecar_drain_reason", 'reason="deadline"')
-        + " == 1",
-        "otlp_export_failing": "increase(" + s("dynamo_sidecar_otlp_spans_dropped_total") + "[15m]) > 0",
-    }
+def fleet_queries(namespace: str = "", overrides: dict[str, float] | None = None) -> dict[str, str]:
+    """rule id -> PromQL returning one series per affected pod (and subject), from each rule
+    record's own fleet query and thresholds: the same numbers the pod predicate uses."""
+    sel = selector(namespace)
+    return {rule.id: rule.fleet(sel, rule.limits(overrides)) for rule in RULES if rule.fleet is not None}
 
 
 @dataclass
@@ -144,7 +89,7 @@ def scope_of(affected: list[PodRef], fleet: list[PodRef]) -> str:
 
 
 def evaluate_fleet(base_url: str, namespace: str = "", timeout: float = 10.0) -> dict[str, Any]:
-    sel = _sel(namespace)
+    sel = selector(namespace)
     fleet = [
         PodRef.of(r["metric"])
         for r in query(

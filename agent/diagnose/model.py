@@ -1,4 +1,9 @@
-"""The shapes of the diagnose report: rules as data plus a predicate, and findings."""
+"""The shapes of the diagnose report: one record per rule (metadata, named thresholds, the pod
+predicate, the fleet PromQL and the alert, declared together) and the findings it yields.
+
+Pod view (`/diagnose`), fleet view (`diagnose --prometheus-url`) and Prometheus alerts are all
+read from the same record, so they cannot disagree on a threshold.
+"""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ CATEGORIES = (
 )
 SEVERITIES = ("info", "warning", "critical")
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
+ROLES = ("frontend", "worker")
 
 
 @dataclass
@@ -52,7 +58,41 @@ class Hit:
     subject: str  # what the finding is about: an endpoint, a collector, a process
     values: dict[str, Any]
     evidence: list[Evidence]
-    since: float
+    since: float  # when the condition began, not when the sidecar noticed it
+    role: str = ""  # "frontend" | "worker" | "": picks role-specific actions, matches `@role` links
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A named, overridable limit of one rule (config key `thresholds: {rule.name: value}`)."""
+
+    name: str
+    default: float
+    unit: str
+    help: str
+
+
+class Limits(dict[str, float]):
+    """A rule's thresholds in effect, read as attributes: `t.ratio`."""
+
+    def __getattr__(self, name: str) -> float:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+Selector = Callable[..., str]  # sel(metric, 'label="x"') -> metric{label="x",namespace="ns"}
+FleetQuery = Callable[[Selector, Limits], str]
+
+
+@dataclass(frozen=True)
+class Alert:
+    """The Prometheus alert generated from a rule: its expression is the rule's fleet query."""
+
+    name: str
+    summary: str  # annotation template; may use {{ $labels.x }} and {{ $value }}
+    for_: str = ""
 
 
 @dataclass(frozen=True)
@@ -61,9 +101,36 @@ class Rule:
     category: str
     severity: str
     summary: str  # str.format template over Hit.values (and {subject})
+    # Most likely first. "frontend: ..." / "worker: ..." apply only to hits of that role.
     actions: tuple[str, ...]
-    predicate: Callable[[Context], list[Hit]]
-    explains: tuple[str, ...] = ()  # rule ids this one, when present, is the cause of
+    predicate: Callable[[Context, Limits], list[Hit]]
+    # Findings this one, when present, is the cause of: "rule" (same subject), "rule:*" (any
+    # subject), "rule:@role" (a subject of the same role as this hit's).
+    explains: tuple[str, ...] = ()
+    thresholds: tuple[Threshold, ...] = ()
+    fleet: FleetQuery | None = None  # PromQL returning one series per affected pod
+    alert: Alert | None = None
+    # A state, not a fault (start-up, a drain): what it explains is info, never critical.
+    state: bool = False
+
+    def limits(self, overrides: dict[str, float] | None = None) -> Limits:
+        out = Limits({t.name: t.default for t in self.thresholds})
+        for key, value in (overrides or {}).items():
+            rule_id, _, name = key.partition(".")
+            if rule_id == self.id and name in out:
+                out[name] = value
+        return out
+
+    def actions_for(self, role: str) -> list[str]:
+        out = []
+        for action in self.actions:
+            prefix, sep, rest = action.partition(": ")
+            if sep and prefix in ROLES:
+                if prefix == role or not role:
+                    out.append(rest if prefix == role else action)
+            else:
+                out.append(action)
+        return out
 
 
 @dataclass
@@ -77,6 +144,7 @@ class Finding:
     evidence: list[Evidence]
     actions: list[str]
     since: float
+    role: str = ""
     explained_by: list[str] = field(default_factory=list)
     explains: list[str] = field(default_factory=list)
 
@@ -94,3 +162,59 @@ class Finding:
             "explained_by": list(self.explained_by),
             "explains": list(self.explains),
         }
+
+
+def who(kind: str, subject: str) -> str:
+    """'worker' rather than 'worker worker'; 'worker worker-1' when they differ."""
+    return kind if not subject or subject == kind else f"{kind} {subject}".strip()
+
+
+def duration_text(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f}s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def registrar(into: list[Rule]) -> Callable[..., Callable[[Callable[[Context, Limits], list[Hit]]], Any]]:
+    """`@rule(id, category, severity, summary, actions, ...)` over a predicate: the record and
+    its predicate stand together, and the record is appended to `into`."""
+
+    def rule(
+        id: str,
+        category: str,
+        severity: str,
+        summary: str,
+        actions: tuple[str, ...],
+        *,
+        explains: tuple[str, ...] = (),
+        thresholds: tuple[Threshold, ...] = (),
+        fleet: FleetQuery | None = None,
+        alert: Alert | None = None,
+        state: bool = False,
+    ) -> Callable[[Callable[[Context, Limits], list[Hit]]], Callable[[Context, Limits], list[Hit]]]:
+        assert category in CATEGORIES and severity in SEVERITIES, id
+
+        def wrap(predicate: Callable[[Context, Limits], list[Hit]]) -> Callable[[Context, Limits], list[Hit]]:
+            into.append(
+                Rule(
+                    id,
+                    category,
+                    severity,
+                    summary,
+                    actions,
+                    predicate,
+                    explains,
+                    thresholds,
+                    fleet,
+                    alert,
+                    state,
+                )
+            )
+            return predicate
+
+        return wrap
+
+    return rule

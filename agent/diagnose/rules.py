@@ -1,26 +1,51 @@
-"""The rule catalogue. Each rule is data (id, category, severity, summary, actions) plus a
-small predicate over the Context that returns the hits. Rules never read the network."""
+"""The rule catalogue, part one: Dynamo's endpoints, registration, start-up, shutdown, canaries,
+requests and the sidecar itself. Each rule is one record (metadata, thresholds, the pod
+predicate, the fleet PromQL and the alert) declared over its predicate. Rules never read the
+network."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
-from agent.diagnose.context import Context
-from agent.diagnose.model import Evidence, Hit, Rule
+from agent.catalogue import metric
+from agent.diagnose.context import SHUTDOWN_STATUSES, Context
+from agent.diagnose.model import Alert, Evidence, Hit, Limits, Rule, Threshold, duration_text, registrar, who
+from agent.signals import CLIENT_ERROR_TYPES
 
-PREFIX = "dynamo_sidecar_"
+RULES: list[Rule] = []
+rule = registrar(RULES)
+
+OUTCOME = metric("endpoint_probe_outcome")
+# A worker fault explains what the frontend and the canary see of it.
+WORKER_EFFECTS = (
+    "frontend_no_instances:*",
+    "frontend_stale_instances:*",
+    "canary_failing:*",
+    "request_failures:*",
+    "engine_hung:*",
+    "slo_breach:*",
+    "latency_regression:*",
+)
+
+
+def _health_url(ctx: Context, view: dict[str, Any]) -> str:
+    path = (
+        ctx.config.frontend_health_path if view.get("kind") == "frontend" else ctx.config.worker_health_path
+    )
+    return str(view.get("url", "")) + path
 
 
 def _probe_evidence(endpoint: str, probe: str, view: dict[str, Any], url: str) -> list[Evidence]:
     evidence = [
         Evidence(
-            f"{PREFIX}endpoint_probe_outcome{{endpoint={endpoint!r},probe={probe!r}}}",
+            f"{OUTCOME}{{endpoint={endpoint!r},probe={probe!r}}}",
             view.get("outcome"),
             timestamp=view.get("since", 0.0),
             note=f"GET {url}",
         ),
         Evidence(
-            f"{PREFIX}endpoint_http_status_code{{endpoint={endpoint!r},probe={probe!r}}}",
+            f"{metric('endpoint_http_status_code')}{{endpoint={endpoint!r},probe={probe!r}}}",
             view.get("status_code"),
         ),
     ]
@@ -31,171 +56,492 @@ def _probe_evidence(endpoint: str, probe: str, view: dict[str, Any], url: str) -
     return evidence
 
 
-def _probe_hits(
-    ctx: Context, outcomes: set[str], kind: str | None = None, probe: str = "health"
-) -> list[Hit]:
+def _probe_hits(ctx: Context, outcomes: set[str], probe: str = "health") -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health_endpoints().items():
-        if kind and view.get("kind") != kind:
-            continue
         probe_view = view.get("probes", {}).get(probe, {})
-        if probe_view.get("outcome") in outcomes:
-            url = view.get("url", "") + (
-                ctx.config.frontend_health_path
-                if view.get("kind") == "frontend"
-                else ctx.config.worker_health_path
+        if probe_view.get("outcome") not in outcomes:
+            continue
+        url = _health_url(ctx, view)
+        since = probe_view.get("since", ctx.now)
+        kind = str(view.get("kind", ""))
+        hits.append(
+            Hit(
+                endpoint,
+                {"who": who(kind, endpoint), "url": url, "for": duration_text(ctx.now - since)},
+                _probe_evidence(endpoint, probe, probe_view, url),
+                since,
+                role=kind,
             )
-            hits.append(
-                Hit(
-                    endpoint,
-                    {
-                        "kind": view.get("kind"),
-                        "url": url,
-                        "duration": ctx.now - probe_view.get("since", ctx.now),
-                    },
-                    _probe_evidence(endpoint, probe, probe_view, url),
-                    probe_view.get("since", ctx.now),
-                )
-            )
-    return hits
-
-
-# --- sidecar -------------------------------------------------------------------------
-
-
-def collector_failing(ctx: Context) -> list[Hit]:
-    hits = []
-    for status in ctx.state.collectors.values():
-        if status.last_success is False:
-            hits.append(
-                Hit(
-                    status.name,
-                    {"failures": status.consecutive_failures, "error": status.last_error},
-                    [
-                        Evidence(
-                            f'{PREFIX}collector_success{{collector="{status.name}"}}',
-                            0,
-                            timestamp=status.last_run_time,
-                        ),
-                        Evidence("consecutive failures", status.consecutive_failures),
-                        Evidence("last error", status.last_error),
-                        Evidence(
-                            f'{PREFIX}collector_last_success_timestamp_seconds{{collector="{status.name}"}}',
-                            status.last_success_time or None,
-                            unit="unix seconds",
-                        ),
-                    ],
-                    status.first_failure_time or ctx.now,
-                )
-            )
-    return hits
-
-
-def series_dropped(ctx: Context) -> list[Hit]:
-    if not ctx.state.dropped:
-        return []
-    worst = sorted(ctx.state.dropped.items(), key=lambda kv: -kv[1])[:5]
-    return [
-        Hit(
-            "cardinality",
-            {"metrics": ", ".join(name for name, _ in worst)},
-            [Evidence(f'{PREFIX}series_dropped_total{{metric="{name}"}}', count) for name, count in worst],
-            ctx.now,
         )
+    return hits
+
+
+def processes_of(ctx: Context, role: str) -> list[dict[str, Any]]:
+    """The Dynamo processes of one role: the frontend is `dynamo.frontend`, the rest workers."""
+    return [
+        p
+        for p in ctx.state.facts("process").get("processes", [])
+        if "pid" in p and (p.get("process") == "dynamo.frontend") == (role == "frontend")
     ]
 
 
-# --- startup failure / connection anomaly -------------------------------------------
+def _process_evidence(processes: list[dict[str, Any]]) -> list[Evidence]:
+    return [
+        Evidence(
+            f'{metric("process_state")}{{process="{p.get("process")}",pid="{p.get("pid")}"}}',
+            p.get("state", "?"),
+            note=f"listening on {p.get('listen_ports') or 'no port the sidecar can see'}",
+        )
+        for p in processes[:3]
+    ]
 
 
-def endpoint_refused(ctx: Context) -> list[Hit]:
-    return _probe_hits(ctx, {"refused"})
+# --- start-up and shutdown: states, not faults ------------------------------------------------
 
 
-def endpoint_timeout(ctx: Context) -> list[Hit]:
-    return _probe_hits(ctx, {"timeout"})
+def _in_startup(ctx: Context, endpoint: str) -> bool:
+    return ctx.starting(endpoint)
 
 
-def endpoint_malformed(ctx: Context) -> list[Hit]:
-    return _probe_hits(ctx, {"malformed", "http_error", "error"})
+def _after_drain(ctx: Context, endpoint: str, since: float) -> float:
+    """When a drain was seen that the refusal at `since` followed (0 when none)."""
+    drained = ctx.drain_seen(endpoint)
+    return drained if drained and drained <= since + 1.0 else 0.0
 
 
-def frontend_no_instances(ctx: Context) -> list[Hit]:
+@rule(
+    "dynamo_starting",
+    "startup_failure",
+    "info",
+    "{who} is starting: no answer yet at {url} ({outcome}), {elapsed} into the {grace} start-up grace",
+    (
+        "Nothing to do yet: Dynamo loads the model and registers before it answers. If this is still here when the grace ends, it becomes a fault finding.",
+        "A slow start beyond the grace: raise startup_grace, and check the engine's logs (`kubectl logs <pod> -c main`).",
+    ),
+    explains=("canary_failing:*", "request_failures:*", "metrics_scrape_failing:@role"),
+    state=True,
+)
+def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health_endpoints().items():
         probe = view.get("probes", {}).get("health", {})
-        if view.get("kind") == "frontend" and probe.get("outcome") == "ok" and view.get("instances") == []:
+        if not _in_startup(ctx, endpoint) or probe.get("outcome") == "ok":
+            continue
+        kind = str(view.get("kind", ""))
+        hits.append(
+            Hit(
+                endpoint,
+                {
+                    "who": who(kind, endpoint),
+                    "url": _health_url(ctx, view),
+                    "outcome": probe.get("status") or probe.get("outcome"),
+                    "elapsed": duration_text(ctx.uptime),
+                    "grace": duration_text(ctx.config.startup_grace),
+                },
+                _probe_evidence(endpoint, "health", probe, _health_url(ctx, view)),
+                ctx.state.started,
+                role=kind,
+            )
+        )
+    return hits
+
+
+@rule(
+    "dynamo_draining",
+    "shutdown",
+    "info",
+    "{who} is shutting down (draining)",
+    (
+        "Expected during a rollout or scale-down; new requests get 503 until the pod is gone.",
+        "If the pod is not being terminated, check who sent SIGTERM (`kubectl get events`).",
+    ),
+    explains=("canary_failing:*", "request_failures:*"),
+    state=True,
+)
+def dynamo_draining(ctx: Context, t: Limits) -> list[Hit]:
+    hits = []
+    for endpoint, view in ctx.health_endpoints().items():
+        probe = view.get("probes", {}).get("health", {})
+        live = view.get("probes", {}).get("live", {})
+        if (
+            probe.get("status") in SHUTDOWN_STATUSES
+            or view.get("stage") == "draining"
+            or live.get("status") == "shutting_down"
+        ):
+            kind = str(view.get("kind", ""))
             hits.append(
                 Hit(
                     endpoint,
-                    {},
-                    [
-                        Evidence(f'{PREFIX}frontend_instances{{endpoint="{endpoint}"}}', 0),
-                        Evidence("frontend /health status", probe.get("status")),
-                        Evidence("response body", probe.get("body_excerpt", "")[:300]),
-                    ],
+                    {"who": who(kind, endpoint)},
+                    _probe_evidence(endpoint, "health", probe, _health_url(ctx, view)),
                     probe.get("since", ctx.now),
+                    role=kind,
                 )
             )
     return hits
+
+
+@rule(
+    "dynamo_stopped_after_drain",
+    "shutdown",
+    "info",
+    "{who} shut down after a drain {ago} ago: its port is closed, as expected during termination",
+    (
+        "Expected while the pod terminates: Dynamo closes its port once in-flight work is done.",
+        "If the pod is not terminating and this stays, the process exited after SIGTERM without being restarted: check `kubectl describe pod`.",
+    ),
+    explains=("canary_failing:*", "request_failures:*", "metrics_scrape_failing", "port_not_listening:*"),
+    state=True,
+)
+def dynamo_stopped_after_drain(ctx: Context, t: Limits) -> list[Hit]:
+    hits = []
+    for hit in _probe_hits(ctx, {"refused", "timeout"}):
+        drained = _after_drain(ctx, hit.subject, hit.since)
+        if not drained:
+            continue
+        hit.values["ago"] = duration_text(ctx.now - drained)
+        hit.evidence.append(Evidence("drain seen", "shutting down", timestamp=drained))
+        hits.append(hit)
+    return hits
+
+
+# --- processes and ports -----------------------------------------------------------------------
+
+
+@rule(
+    "no_dynamo_process",
+    "startup_failure",
+    "warning",
+    "no Dynamo process is visible to the sidecar",
+    (
+        "If Dynamo's endpoints are refused too, Dynamo is not running: `kubectl describe pod` for the main container's state and last exit.",
+        "If Dynamo answers, the sidecar cannot see its processes: set `shareProcessNamespace: true` on the pod.",
+        "If the entry point is custom, set process_patterns (DYN_SIDECAR_PROCESS_PATTERNS) or process_pid_file.",
+    ),
+    explains=("endpoint_refused:*", "port_not_listening:*", "metrics_scrape_failing:*", *WORKER_EFFECTS),
+    fleet=lambda s, t: s(metric("processes_matched")) + " == 0",
+)
+def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
+    facts = ctx.state.facts("process")
+    if not facts or facts.get("processes") or ctx.any_starting():
+        return []
+    evidence = [Evidence(metric("processes_matched"), 0), Evidence("patterns", ctx.config.process_patterns)]
+    if facts.get("discovery_error"):
+        evidence.append(Evidence("discovery error", facts["discovery_error"]))
+    return [Hit("process", {}, evidence, ctx.state.started if ctx.uptime < 120 else ctx.now)]
+
+
+@rule(
+    "process_stalled",
+    "connection_anomaly",
+    "critical",
+    "process {subject} is {state_name} (state {state}) for {for}: it runs no code and answers nothing",
+    (
+        "State T: someone sent SIGSTOP or a debugger holds it; `kill -CONT <pid>` resumes it, but a Dynamo worker stopped past ~12 s does not re-register: restart the pod.",
+        "State D: it waits on the kernel (storage, NFS, a GPU driver call): check `cat /proc/<pid>/stack`, dmesg and the node's storage.",
+    ),
+    explains=(
+        "endpoint_timeout:@role",
+        "worker_registration_lost:*",
+        "health_flapping:@role",
+        "metrics_scrape_failing:@role",
+        *WORKER_EFFECTS,
+    ),
+    thresholds=(
+        Threshold("stopped_seconds", 0.0, "seconds", "How long a process stays in state T before it counts."),
+        Threshold(
+            "uninterruptible_seconds", 10.0, "seconds", "How long in state D (uninterruptible) counts."
+        ),
+    ),
+    fleet=lambda s, t: s(metric("process_state"), 'state=~"T|t|D"') + " == 1",
+    alert=Alert(
+        "DynamoProcessStalled",
+        "Dynamo process {{ $labels.process }} in {{ $labels.namespace }}/{{ $labels.pod }} is in state {{ $labels.state }}",
+        "1m",
+    ),
+)
+def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
+    hits = []
+    names = {"T": "stopped", "t": "stopped by a tracer", "D": "in uninterruptible sleep"}
+    for process in ctx.state.facts("process").get("processes", []):
+        state = process.get("state")
+        if state not in names:
+            continue
+        since = float(process.get("state_since") or ctx.now)
+        limit = t.uninterruptible_seconds if state == "D" else t.stopped_seconds
+        if ctx.now - since < limit:
+            continue
+        role = "frontend" if process.get("process") == "dynamo.frontend" else "worker"
+        hits.append(
+            Hit(
+                f"{process.get('process')}/{process.get('pid')}",
+                {"state": state, "state_name": names[state], "for": duration_text(ctx.now - since)},
+                [
+                    Evidence(
+                        f'{metric("process_state")}{{pid="{process.get("pid")}",state="{state}"}}',
+                        1,
+                        timestamp=since,
+                    ),
+                    Evidence("command line", process.get("cmdline", "")[:200]),
+                ],
+                since,
+                role=role,
+            )
+        )
+    return hits
+
+
+@rule(
+    "endpoint_wrong_port",
+    "startup_failure",
+    "warning",
+    "the sidecar probes {who} at {url}, which refuses, but the {kind} process answers on port {port}: the sidecar's configured port is wrong",
+    (
+        "worker: Point the sidecar at the port Dynamo uses: set worker_system_urls (DYN_SIDECAR_WORKER_SYSTEM_URLS) to {answers}, or pass the main container's DYN_SYSTEM_PORT to the sidecar.",
+        "frontend: Point the sidecar at the port Dynamo uses: set frontend_url (DYN_SIDECAR_FRONTEND_URL) to {answers}, or pass the main container's DYN_HTTP_PORT to the sidecar.",
+        "Check the pod's probes and Service use that port too.",
+    ),
+    explains=("endpoint_refused", "metrics_scrape_failing", "port_not_listening:@role"),
+)
+def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
+    hits = []
+    for hit in _probe_hits(ctx, {"refused"}):
+        view = ctx.health_endpoints()[hit.subject]
+        answers = view.get("answers_on")
+        if not answers:
+            continue
+        hit.values.update(kind=view.get("kind"), port=answers["port"], answers=answers["url"])
+        hit.evidence.append(
+            Evidence(
+                f"GET {answers['url']}{_health_url(ctx, {'kind': view.get('kind')})}",
+                answers.get("status"),
+                timestamp=answers.get("seen_at", ctx.now),
+                note="Dynamo's health answers on the port its process listens on",
+            )
+        )
+        hit.evidence.extend(_process_evidence(processes_of(ctx, hit.role)))
+        hits.append(hit)
+    return hits
+
+
+@rule(
+    "endpoint_refused",
+    "startup_failure",
+    "critical",
+    "{who} refuses connections at {url} for {for}: nothing listens on its port",
+    (
+        "{alive}",
+        "worker: Check DYN_SYSTEM_ENABLED=true and that DYN_SYSTEM_PORT matches the sidecar's worker_system_urls.",
+        "frontend: Check DYN_HTTP_PORT / --http-port matches the sidecar's frontend_url.",
+    ),
+    explains=("metrics_scrape_failing", "dynamo_not_ready", "port_not_listening:@role", *WORKER_EFFECTS),
+    fleet=lambda s, t: s(OUTCOME, 'probe="health",outcome="refused"') + " == 1",
+    alert=Alert(
+        "DynamoEndpointRefused",
+        "Dynamo {{ $labels.endpoint }} in {{ $labels.namespace }}/{{ $labels.pod }} refuses connections",
+        "1m",
+    ),
+)
+def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
+    hits = []
+    for hit in _probe_hits(ctx, {"refused"}):
+        view = ctx.health_endpoints()[hit.subject]
+        if (
+            _in_startup(ctx, hit.subject)
+            or _after_drain(ctx, hit.subject, hit.since)
+            or view.get("answers_on")
+        ):
+            continue
+        processes = processes_of(ctx, hit.role)
+        if processes:
+            hit.values["alive"] = (
+                f"The {hit.role} process is alive (pid {processes[0].get('pid')}) but not listening on this port: "
+                "check its logs for a bind error, or whether it is still loading."
+            )
+            hit.evidence.extend(_process_evidence(processes))
+        else:
+            hit.values["alive"] = (
+                "No Dynamo process of this role is visible: check `kubectl describe pod` for crash loops, OOMKilled or the last exit code."
+            )
+        hits.append(hit)
+    return hits
+
+
+@rule(
+    "endpoint_timeout",
+    "connection_anomaly",
+    "critical",
+    "{who} accepts connections but does not answer {url} for {for}: the process is hung or overloaded",
+    (
+        "Check the process state (T: stopped, D: blocked in the kernel) and CPU (`dynamo_sidecar_process_cpu_seconds_total`) and cgroup throttling.",
+        "Take a stack dump: `kubectl exec <pod> -c main -- py-spy dump --pid <pid>`.",
+        "worker: A worker hung like this drops out of discovery after ~12 s and never re-registers after it resumes: restart the pod.",
+    ),
+    explains=("metrics_scrape_failing", "health_flapping:*", "dynamo_not_ready", *WORKER_EFFECTS),
+    fleet=lambda s, t: s(OUTCOME, 'probe="health",outcome="timeout"') + " == 1",
+    alert=Alert(
+        "DynamoEndpointHung",
+        "Dynamo {{ $labels.endpoint }} in {{ $labels.namespace }}/{{ $labels.pod }} accepts connections but does not answer",
+        "1m",
+    ),
+)
+def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
+    return [
+        hit
+        for hit in _probe_hits(ctx, {"timeout"})
+        if not _in_startup(ctx, hit.subject) and not _after_drain(ctx, hit.subject, hit.since)
+    ]
+
+
+@rule(
+    "endpoint_bad_response",
+    "connection_anomaly",
+    "warning",
+    "{who} answers {url} with a response that is not Dynamo's health JSON",
+    (
+        "Compare the body in the evidence with what Dynamo 1.6 serves; a proxy or another server on that port can answer instead.",
+        "Check the sidecar's frontend_url / worker_system_urls point at Dynamo itself.",
+    ),
+    fleet=lambda s, t: s(OUTCOME, 'probe="health",outcome=~"malformed|http_error|error"') + " == 1",
+)
+def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:
+    return _probe_hits(ctx, {"malformed", "http_error", "error"})
+
+
+# --- registration ---------------------------------------------------------------------------------
+
+
+@rule(
+    "frontend_no_instances",
+    "startup_failure",
+    "critical",
+    "frontend {subject} reports healthy but has listed zero worker instances for {for}: no model can be served",
+    (
+        "Check the worker pods: are they running, and did they register (worker logs 'Registered endpoint')?",
+        "Check the discovery backend the frontend and workers share (etcd / DYN_DISCOVERY_BACKEND, DYN_NAMESPACE).",
+        "Do not rely on the frontend's /health for readiness: it stays 200 with no workers; use `/v1/models` or the sidecar's canary.",
+    ),
+    explains=("canary_failing:*", "request_failures:*"),
+    thresholds=(Threshold("for_seconds", 0.0, "seconds", "How long zero instances must last."),),
+    fleet=lambda s, t: s(metric("frontend_instances")) + " == 0",
+    alert=Alert(
+        "DynamoFrontendNoWorkers",
+        "Frontend {{ $labels.namespace }}/{{ $labels.pod }} reports healthy with zero worker instances",
+        "2m",
+    ),
+)
+def frontend_no_instances(ctx: Context, t: Limits) -> list[Hit]:
+    hits = []
+    for endpoint, view in ctx.health_endpoints().items():
+        probe = view.get("probes", {}).get("health", {})
+        if view.get("kind") != "frontend" or probe.get("outcome") != "ok" or view.get("instances") != []:
+            continue
+        since = float(view.get("instances_since") or probe.get("since") or ctx.now)
+        if ctx.now - since < t.for_seconds or _in_startup_workers(ctx):
+            continue
+        evidence = [
+            Evidence(f'{metric("frontend_instances")}{{endpoint="{endpoint}"}}', 0, timestamp=since),
+            Evidence("frontend /health status", probe.get("status")),
+            Evidence("response body", probe.get("body_excerpt", "")[:300]),
+        ]
+        gone = sorted(m for m in view.get("models_seen", {}) if m not in (view.get("models") or []))
+        if gone:
+            evidence.append(Evidence("models no longer listed by /v1/models", gone))
+        hits.append(Hit(endpoint, {"for": duration_text(ctx.now - since)}, evidence, since, role="frontend"))
+    return hits
+
+
+def _in_startup_workers(ctx: Context) -> bool:
+    """Within the start-up grace, before any worker registered: workers are still starting."""
+    if not ctx.in_startup_grace:
+        return False
+    events = ctx.events("instances_changed")
+    return not any(e.attributes.get("to", 0) > 0 for e in events) and not any(
+        view.get("instance_ids") for view in ctx.health_endpoints().values() if view.get("kind") == "frontend"
+    )
 
 
 UNAVAILABLE_REASONS = ("transport.cannot_connect", "backend.unavailable")
 STALE_WINDOW = 60.0
 
 
-def frontend_stale_instances(ctx: Context) -> list[Hit]:
-    """/health lists instances, yet they do not serve: the registration outlived the worker."""
+@rule(
+    "frontend_stale_instances",
+    "connection_anomaly",
+    "critical",
+    "frontend {subject} lists {count} worker instance(s) that do not serve: {why}",
+    (
+        "A worker died without deregistering (SIGKILL, OOM kill, node loss); the frontend drops it after its discovery lease expires (~10-20 s).",
+        "Check the worker pods: `kubectl get pods -l nvidia.com/dynamo-component-type=worker` and their last state.",
+        "If it persists past a minute, check the discovery backend (etcd) for leftover keys.",
+    ),
+    explains=("canary_failing:*", "request_failures:*"),
+)
+def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
+    """/health lists instances, yet requests to them fail: the registration outlived the
+    worker. Evidence must come from the frontend's own view (no models, requests failing as
+    unavailable); a worker probe alone proves nothing (the sidecar may probe a wrong port)."""
     hits = []
-    frontend_failures = f"{ctx.names.frontend_prefix}_failures_total"
+    failures = ctx.names.failures_total
     unavailable = sum(
-        ctx.state.increase(frontend_failures, STALE_WINDOW, ctx.now, reason=reason) or 0.0
+        ctx.state.increase(failures, STALE_WINDOW, ctx.now, reason=reason) or 0.0
         for reason in UNAVAILABLE_REASONS
     )
-    dead_workers = [
-        name
-        for name, view in ctx.health_endpoints().items()
-        if view.get("kind") == "worker"
-        and view.get("probes", {}).get("health", {}).get("outcome") in {"refused", "timeout"}
-    ]
     for endpoint, view in ctx.health_endpoints().items():
         probe = view.get("probes", {}).get("health", {})
-        instances = view.get("instances")
-        if view.get("kind") != "frontend" or probe.get("outcome") != "ok" or not instances:
+        ids = view.get("instance_ids") or []
+        if view.get("kind") != "frontend" or probe.get("outcome") != "ok" or not ids:
+            continue
+        no_models = view.get("models") == []
+        if not no_models and unavailable <= 0:
             continue
         evidence = [
-            Evidence(f'{PREFIX}frontend_instances{{endpoint="{endpoint}"}}', len(instances)),
-            Evidence("instances listed by /health", [i.get("instance_id") for i in instances][:5]),
+            Evidence(f'{metric("frontend_instances")}{{endpoint="{endpoint}"}}', len(ids)),
+            Evidence("instance ids listed by /health", ids[:5]),
         ]
-        if view.get("models") == []:
+        why = []
+        if no_models:
             evidence.append(
-                Evidence(f'{PREFIX}frontend_models{{endpoint="{endpoint}"}}', 0, note="GET /v1/models")
+                Evidence(f'{metric("frontend_models")}{{endpoint="{endpoint}"}}', 0, note="GET /v1/models")
             )
+            why.append("/v1/models lists no model")
         if unavailable > 0:
             evidence.append(
                 Evidence(
-                    f'increase({frontend_failures}{{class="Unavailable"}}[{STALE_WINDOW:.0f}s])',
+                    f'increase({failures}{{reason=~"{"|".join(UNAVAILABLE_REASONS)}"}}[{STALE_WINDOW:.0f}s])',
                     unavailable,
-                    note="requests failing: " + " / ".join(UNAVAILABLE_REASONS),
                 )
             )
-        for worker in dead_workers:
-            evidence.append(
-                Evidence(
-                    f'{PREFIX}endpoint_probe_outcome{{endpoint="{worker}",probe="health"}}',
-                    ctx.probe(worker).get("outcome"),
-                    note="the worker in this pod is down",
-                )
+            why.append(f"{unavailable:.0f} request(s) failed as unavailable in the last minute")
+        hits.append(
+            Hit(
+                endpoint,
+                {"count": len(ids), "why": "; ".join(why)},
+                evidence,
+                probe.get("since", ctx.now),
+                role="frontend",
             )
-        if len(evidence) > 2:
-            hits.append(Hit(endpoint, {"count": len(instances)}, evidence, probe.get("since", ctx.now)))
+        )
     return hits
 
 
 KEEPALIVE_LOST = ("keep_alive failed", "lease", "failed to renew")
 
 
-def worker_registration_lost(ctx: Context) -> list[Hit]:
+@rule(
+    "worker_registration_lost",
+    "connection_anomaly",
+    "critical",
+    "this worker cannot keep its discovery registration ({count} keep-alive errors): it looks healthy but serves nothing",
+    (
+        "Restart the worker: after a stall (SIGSTOP, long GC, node pressure) Dynamo 1.6 does not re-register on its own.",
+        "Check etcd / the discovery store reachability and latency from this pod.",
+        "A readiness probe on the worker's /health does not catch this: it stays 200 'ready'.",
+    ),
+    explains=WORKER_EFFECTS,
+)
+def worker_registration_lost(ctx: Context, t: Limits) -> list[Hit]:
     errors = ctx.state.facts("dynamo_logs").get("errors")
     if errors is None:
         return []
@@ -217,190 +563,531 @@ def worker_registration_lost(ctx: Context) -> list[Hit]:
                 for s in lost[:3]
             ],
             min(s.first_seen for s in lost),
+            role="worker",
         )
     ]
 
 
-def worker_notready_endpoints_ready(ctx: Context) -> list[Hit]:
+def _notready_but_ready(view: dict[str, Any]) -> bool:
+    endpoints = view.get("endpoints")
+    return (
+        view.get("kind") == "worker"
+        and view.get("probes", {}).get("health", {}).get("status") == "notready"
+        and isinstance(endpoints, dict)
+        and bool(endpoints)
+        and all(status == "ready" for status in endpoints.values())
+    )
+
+
+@rule(
+    "worker_notready_endpoints_ready",
+    "startup_failure",
+    "warning",
+    "{who} answers 503 notready although its endpoints ({endpoints}) are ready: health-check payloads are not registered",
+    (
+        "Set DYN_HEALTH_CHECK_ENABLED=true on the worker (the Dynamo operator does), or DYN_SYSTEM_STARTING_HEALTH_STATUS=ready.",
+        "Until then a readiness probe on the system port keeps this pod out of service although the worker serves.",
+    ),
+    fleet=lambda s, t: (
+        s(metric("endpoint_status"), 'probe="health",status="notready"')
+        + " == 1 and on (namespace, pod) min by (namespace, pod) ("
+        + s(metric("worker_endpoint_ready"))
+        + ") == 1"
+    ),
+    alert=Alert(
+        "DynamoWorkerNotReadyWhileServing",
+        "Worker {{ $labels.namespace }}/{{ $labels.pod }} is notready while its endpoints are ready (DYN_HEALTH_CHECK_ENABLED unset?)",
+        "5m",
+    ),
+)
+def worker_notready_endpoints_ready(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health_endpoints().items():
-        probe = view.get("probes", {}).get("health", {})
-        endpoints = view.get("endpoints")
-        if (
-            view.get("kind") != "worker"
-            or probe.get("status") != "notready"
-            or not isinstance(endpoints, dict)
-        ):
+        if not _notready_but_ready(view):
             continue
-        if endpoints and all(status == "ready" for status in endpoints.values()):
-            hits.append(
-                Hit(
-                    endpoint,
-                    {"endpoints": ", ".join(sorted(endpoints))},
-                    [
-                        Evidence(
-                            f'{PREFIX}endpoint_status{{endpoint="{endpoint}",probe="health",status="notready"}}',
-                            1,
-                            timestamp=probe.get("since", ctx.now),
-                        ),
-                        Evidence("HTTP status", probe.get("status_code")),
-                        Evidence("per-endpoint status", endpoints),
-                        Evidence("response body", probe.get("body_excerpt", "")[:300]),
-                    ],
-                    probe.get("since", ctx.now),
-                )
+        probe = view["probes"]["health"]
+        hits.append(
+            Hit(
+                endpoint,
+                {"who": who("worker", endpoint), "endpoints": ", ".join(sorted(view["endpoints"]))},
+                [
+                    Evidence(
+                        f'{metric("endpoint_status")}{{endpoint="{endpoint}",probe="health",status="notready"}}',
+                        1,
+                        timestamp=probe.get("since", ctx.now),
+                    ),
+                    Evidence("HTTP status", probe.get("status_code")),
+                    Evidence("per-endpoint status", view["endpoints"]),
+                    Evidence("response body", probe.get("body_excerpt", "")[:300]),
+                ],
+                probe.get("since", ctx.now),
+                role="worker",
             )
+        )
     return hits
 
 
-def dynamo_not_ready(ctx: Context) -> list[Hit]:
-    if ctx.in_startup_grace:
-        return []
+@rule(
+    "dynamo_not_ready",
+    "startup_failure",
+    "warning",
+    "{who} has been unhealthy ('{status}') for {for}, past the start-up grace",
+    (
+        "Check the Dynamo logs for the model load or registration step that has not finished.",
+        "Check etcd / NATS reachability from the pod; 'no endpoints available' usually means discovery.",
+    ),
+)
+def dynamo_not_ready(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for hit in _probe_hits(ctx, {"unhealthy"}):
         view = ctx.health_endpoints()[hit.subject]
         status = view["probes"]["health"].get("status")
-        if status in {"not_ready", "shutting_down"} or view.get("stage") == "draining":
-            continue  # draining is the shutdown rule's
-        if (
-            view.get("kind") == "worker"
-            and status == "notready"
-            and isinstance(view.get("endpoints"), dict)
-            and view["endpoints"]
-            and all(s == "ready" for s in view["endpoints"].values())
-        ):
-            continue  # the more specific rule above says why
+        if _in_startup(ctx, hit.subject) or status in SHUTDOWN_STATUSES or view.get("stage") == "draining":
+            continue  # starting, or draining: the state rules say it
+        if _notready_but_ready(view):
+            continue  # the more specific rule says why
         hit.values["status"] = status
         hits.append(hit)
     return hits
 
 
-def dynamo_draining(ctx: Context) -> list[Hit]:
-    hits = []
-    for endpoint, view in ctx.health_endpoints().items():
-        probe = view.get("probes", {}).get("health", {})
-        live = view.get("probes", {}).get("live", {})
-        if (
-            probe.get("status") == "not_ready"
-            or view.get("stage") == "draining"
-            or live.get("status") == "shutting_down"
-        ):
-            hits.append(
-                Hit(
-                    endpoint,
-                    {},
-                    _probe_evidence(endpoint, "health", probe, view.get("url", "")),
-                    probe.get("since", ctx.now),
-                )
-            )
-    return hits
-
-
-def scrape_failing(ctx: Context) -> list[Hit]:
+@rule(
+    "metrics_scrape_failing",
+    "connection_anomaly",
+    "warning",
+    "Dynamo /metrics on {subject} cannot be scraped ({reason})",
+    (
+        "Check the URL in the evidence answers Prometheus text; derived signals (rates, TTFT quantiles) are missing meanwhile.",
+        "If the body is very large, raise max_response_bytes.",
+    ),
+    fleet=lambda s, t: s(metric("scrape_up")) + " == 0",
+)
+def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for endpoint, fact in ctx.scrape_endpoints().items():
-        if fact.get("up") is False:
-            health = ctx.probe(endpoint)
-            if health.get("outcome") in {"refused", "timeout"}:
-                continue  # the endpoint itself is down; that finding says it
-            hits.append(
-                Hit(
-                    endpoint,
-                    {"reason": fact.get("reason"), "url": fact.get("url")},
-                    [
-                        Evidence(f'{PREFIX}scrape_up{{endpoint="{endpoint}"}}', 0),
-                        Evidence("reason", fact.get("reason")),
-                        Evidence("error", fact.get("error")),
-                        Evidence("response body", (fact.get("body_excerpt") or "")[:200]),
-                    ],
-                    ctx.now,
-                )
+        if fact.get("up") is not False:
+            continue
+        if ctx.probe(endpoint).get("outcome") in {"refused", "timeout"} or ctx.starting(endpoint):
+            continue  # the endpoint itself is down, or not up yet: those findings say it
+        kind = str(ctx.health_endpoints().get(endpoint, {}).get("kind", ""))
+        hits.append(
+            Hit(
+                endpoint,
+                {"reason": fact.get("reason"), "url": fact.get("url")},
+                [
+                    Evidence(f'{metric("scrape_up")}{{endpoint="{endpoint}"}}', 0),
+                    Evidence("reason", fact.get("reason")),
+                    Evidence("error", fact.get("error")),
+                    Evidence("response body", (fact.get("body_excerpt") or "")[:200]),
+                ],
+                ctx.now,
+                role=kind,
             )
+        )
     return hits
 
 
-def worker_restarted(ctx: Context) -> list[Hit]:
+@rule(
+    "worker_restarted",
+    "startup_failure",
+    "warning",
+    "{who} restarted {count} time(s) in the window (uptime reset)",
+    (
+        "Check the container's last state: `kubectl get pod -o jsonpath='{{.status.containerStatuses}}'` for OOMKilled or exit 143/911.",
+        "With liveness failureThreshold 1 on /live, one slow health check restarts the worker: raise the threshold.",
+    ),
+    thresholds=(Threshold("restarts", 1, "restarts", "Restarts within the window that make a finding."),),
+    fleet=lambda s, t: "increase(" + s(metric("worker_restarts_total")) + f"[15m]) >= {t.restarts:g}",
+    alert=Alert(
+        "DynamoWorkerRestarting",
+        "Worker {{ $labels.namespace }}/{{ $labels.pod }} restarted {{ $value }} times in 15 minutes",
+    ),
+)
+def worker_restarted(ctx: Context, t: Limits) -> list[Hit]:
     by_endpoint: dict[str, list[Any]] = {}
-    for event in ctx.events("worker_restart"):
+    for event in ctx.state.recent_events(since=ctx.now - min(ctx.window, 900.0), kind="worker_restart"):
         by_endpoint.setdefault(event.source, []).append(event)
     return [
         Hit(
             endpoint,
-            {"count": len(events)},
+            {"who": who("worker", endpoint), "count": len(events)},
             [Evidence("worker_restart event", e.message, timestamp=e.timestamp) for e in events[-5:]],
             events[0].timestamp,
+            role="worker",
         )
         for endpoint, events in by_endpoint.items()
+        if len(events) >= t.restarts
     ]
 
 
-def health_flapping(ctx: Context) -> list[Hit]:
+@rule(
+    "health_flapping",
+    "connection_anomaly",
+    "warning",
+    "{subject} changed health state {count} times in {minutes:.0f} min (flapping)",
+    (
+        "Look at the transitions in the evidence: alternating ok/timeout suggests overload or CPU throttling.",
+        "Check probe timeouts against the response times in dynamo_sidecar_endpoint_response_seconds.",
+    ),
+    thresholds=(Threshold("transitions", 3, "transitions", "Health transitions within 5 minutes."),),
+)
+def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
     window = min(ctx.window, 300.0)
     by_source: dict[str, list[Any]] = {}
     for event in ctx.state.recent_events(since=ctx.now - window, kind="health_transition"):
+        if event.attributes.get("to_status") in SHUTDOWN_STATUSES:
+            continue  # a drain's transitions are not flapping
         by_source.setdefault(event.source, []).append(event)
-    return [
-        Hit(
-            source,
-            {"count": len(events), "minutes": window / 60},
-            [Evidence("health_transition event", e.message, timestamp=e.timestamp) for e in events[-6:]],
-            events[0].timestamp,
+    hits = []
+    for source, events in by_source.items():
+        if len(events) < t.transitions:
+            continue
+        endpoint = source.split("/")[0]
+        kind = str(ctx.health_endpoints().get(endpoint, {}).get("kind", ""))
+        hits.append(
+            Hit(
+                source,
+                {"count": len(events), "minutes": window / 60},
+                [Evidence("health_transition event", e.message, timestamp=e.timestamp) for e in events[-6:]],
+                events[0].timestamp,
+                role=kind,
+            )
         )
-        for source, events in by_source.items()
-        if len(events) >= 3
-    ]
+    return hits
 
 
-def no_dynamo_process(ctx: Context) -> list[Hit]:
-    facts = ctx.state.facts("process")
-    if not facts or ctx.in_startup_grace or facts.get("processes"):
-        return []
-    evidence = [Evidence(f"{PREFIX}processes_matched", 0), Evidence("patterns", ctx.config.process_patterns)]
-    if facts.get("discovery_error"):
-        evidence.append(Evidence("discovery error", facts["discovery_error"]))
-    return [Hit("process", {}, evidence, ctx.now)]
+# --- what requests see ---------------------------------------------------------------------------------
 
 
-def canary_failing(ctx: Context) -> list[Hit]:
+@rule(
+    "canary_failing",
+    "performance_degradation",
+    "critical",
+    "canary requests for model {subject} failed {failures} times in a row ({outcome}): the model does not serve end to end",
+    (
+        "Look up the canary's Dynamo log lines: GET /diagnose/request/<x-request-id> from the evidence (needs log_files), or search the logs for that x_request_id / trace id.",
+        "timeout with healthy endpoints means a hung engine or worker: check the worker's CPU and `py-spy dump`; restart it if it never answers.",
+        "http_error 503 'not ready' or 404 for a model that was listed means no live worker serves it: see the worker pods and the frontend's instance list.",
+    ),
+    fleet=lambda s, t: s(metric("canary_failing")) + " == 1",
+    alert=Alert(
+        "DynamoCanaryFailing",
+        "Canary requests for {{ $labels.model }} fail end to end through {{ $labels.namespace }}/{{ $labels.pod }}",
+    ),
+)
+def canary_failing(ctx: Context, t: Limits) -> list[Hit]:
     canary = ctx.extra("canary")
-    if canary is None:
-        return []
+    if canary is None or ctx.draining:
+        return []  # a drain stops Dynamo on purpose: what the canary sees then is not a fault
     hits = []
     for model, state in canary.models.items():
         if not state.failing or state.last is None:
             continue
         last = state.last
+        evidence = [
+            Evidence(
+                f'{metric("canary_consecutive_failures")}{{model="{model}"}}',
+                state.consecutive_failures,
+                timestamp=last.timestamp,
+            ),
+            Evidence("last canary outcome", last.outcome, note=last.error),
+            Evidence("last canary HTTP status", last.status or None),
+            Evidence("last canary latency", round(last.latency, 3), unit="seconds"),
+            Evidence("x-request-id", last.request_id, note="GET /diagnose/request/" + last.request_id),
+            Evidence("traceparent", last.traceparent),
+            Evidence("response body", last.body_excerpt[:300]),
+            Evidence(
+                f'{metric("canary_last_success_timestamp_seconds")}{{model="{model}"}}',
+                state.last_success or None,
+                unit="unix seconds",
+            ),
+        ]
+        frontend = ctx.health_endpoints().get("frontend", {})
+        if model not in (frontend.get("models") or []) and model in frontend.get("models_seen", {}):
+            evidence.append(
+                Evidence(
+                    "GET /v1/models",
+                    "not listed",
+                    timestamp=frontend["models_seen"][model],
+                    note="listed until then; a model leaving the list is itself a sign its workers are gone",
+                )
+            )
         hits.append(
             Hit(
                 model,
                 {"failures": state.consecutive_failures, "outcome": last.outcome},
-                [
-                    Evidence(
-                        f'{PREFIX}canary_consecutive_failures{{model="{model}"}}',
-                        state.consecutive_failures,
-                        timestamp=last.timestamp,
-                    ),
-                    Evidence("last canary outcome", last.outcome, note=last.error),
-                    Evidence("last canary HTTP status", last.status or None),
-                    Evidence("last canary latency", round(last.latency, 3), unit="seconds"),
-                    Evidence(
-                        "x-request-id", last.request_id, note="GET /diagnose/request/" + last.request_id
-                    ),
-                    Evidence("traceparent", last.traceparent),
-                    Evidence("response body", last.body_excerpt[:300]),
-                    Evidence(
-                        f'{PREFIX}canary_last_success_timestamp_seconds{{model="{model}"}}',
-                        state.last_success or None,
-                        unit="unix seconds",
-                    ),
-                ],
+                evidence,
                 state.failing_since,
+                role="frontend",
             )
         )
     return hits
 
 
-def otlp_export_failing(ctx: Context) -> list[Hit]:
+CLIENT_ERRORS = CLIENT_ERROR_TYPES
+
+
+@rule(
+    "request_failures",
+    "performance_degradation",
+    "warning",
+    "{count:.0f} request(s) failed in the last {window} ({rate:.2f}/s, {share:.0%} of requests): {types}",
+    (
+        "Look at the failure types in the evidence: unavailable / transport errors follow a worker that died or was removed; deadline_exceeded a hung or overloaded worker.",
+        "A stream that fails after HTTP 200 carries the error in-band: clients that check only the status code count it as a success.",
+        "Enable request migration on the frontend (--migration-limit / DYN_MIGRATION_LIMIT) so a lost worker does not fail in-flight streams.",
+    ),
+    thresholds=(
+        Threshold("failures", 1, "requests", "Server-side failed requests within the window."),
+        Threshold("window_seconds", 120, "seconds", "How far back failed requests count."),
+    ),
+    fleet=lambda s, t: (
+        "sum by (namespace, pod) (increase("
+        + s(
+            "dynamo_frontend_requests_total",
+            'status="error",error_type!~"not_found|invalid_request|validation|bad_request|unsupported|"',
+        )
+        + f"[{t.window_seconds:g}s])) >= {t.failures:g}"
+    ),
+    alert=Alert(
+        "DynamoRequestsFailing",
+        "{{ $value }} Dynamo requests failed server-side on {{ $labels.namespace }}/{{ $labels.pod }}",
+    ),
+)
+def request_failures(ctx: Context, t: Limits) -> list[Hit]:
+    window = min(ctx.window, t.window_seconds)
+    by_type: dict[str, float] = {}
+    first = ctx.now
+    for labels, ring in ctx.state.series_matching(ctx.names.requests_total, status="error"):
+        error_type = dict(labels).get("error_type", "")
+        if error_type in CLIENT_ERRORS:
+            continue
+        points = ring.points(since=ctx.now - window, until=ctx.now)
+        increase = _increase(points)
+        if increase > 0:
+            by_type[error_type] = by_type.get(error_type, 0.0) + increase
+            first = min(first, _first_rise(points))
+    count = sum(by_type.values())
+    if count < t.failures:
+        return []
+    reasons: dict[str, float] = {}
+    for labels, ring in ctx.state.series_matching(ctx.names.failures_total):
+        increase = _increase(ring.points(since=ctx.now - window, until=ctx.now))
+        if increase > 0:
+            reasons[dict(labels).get("reason", "?")] = increase
+    total = ctx.state.increase(ctx.names.requests_total, window, ctx.now) or count
+    types = ", ".join(f"{n:.0f} {k}" for k, n in sorted(by_type.items(), key=lambda kv: -kv[1]))
+    evidence = [
+        Evidence(
+            f'increase({ctx.names.requests_total}{{status="error",error_type="{k}"}}[{window:.0f}s])',
+            round(n, 1),
+        )
+        for k, n in sorted(by_type.items())
+    ]
+    if reasons:
+        evidence.append(Evidence(f"increase({ctx.names.failures_total}[{window:.0f}s]) by reason", reasons))
+    evidence.append(Evidence(f"increase({ctx.names.requests_total}[{window:.0f}s])", round(total, 1)))
+    return [
+        Hit(
+            "requests",
+            {
+                "count": count,
+                "window": duration_text(window),
+                "rate": count / window,
+                "share": min(1.0, count / total) if total else 1.0,
+                "types": types,
+            },
+            evidence,
+            first,
+            role="frontend",
+        )
+    ]
+
+
+def _increase(points: list[tuple[float, float]]) -> float:
+    from agent.state import counter_increase
+
+    return counter_increase(points) if len(points) >= 2 else 0.0
+
+
+def _first_rise(points: list[tuple[float, float]]) -> float:
+    for (_, before), (at, after) in pairwise(points):
+        if after != before:
+            return at
+    return points[-1][0] if points else 0.0
+
+
+@rule(
+    "engine_hung",
+    "performance_degradation",
+    "critical",
+    "{inflight:.0f} request(s) in flight and no token produced for {for}: the engine is hung",
+    (
+        "Check the worker process: state T (stopped) or D (blocked), CPU at zero, or a stack dump (`py-spy dump --pid <pid>`).",
+        "Check the GPU: XID errors, a lost GPU, or utilization stuck at 100% with no progress.",
+        "Restart the worker if it does not recover: Dynamo 1.6 fails the requests with 504 after the request deadline.",
+    ),
+    explains=("canary_failing:*", "slo_breach:*", "latency_regression:*", "request_failures:*"),
+    thresholds=(
+        Threshold(
+            "stalled_seconds",
+            0,
+            "seconds",
+            "No output for this long with work in flight (0: config hung_engine_after).",
+        ),
+    ),
+)
+def engine_hung(ctx: Context, t: Limits) -> list[Hit]:
+    limit = t.stalled_seconds or ctx.config.hung_engine_after
+    signals = ctx.signals
+    if signals.stalled_seconds < limit or signals.stalled_inflight <= 0 or ctx.draining:
+        return []
+    return [
+        Hit(
+            "engine",
+            {"inflight": signals.stalled_inflight, "for": duration_text(signals.stalled_seconds)},
+            [
+                Evidence(
+                    ctx.names.inflight, signals.stalled_inflight, note="frontend or worker in-flight gauge"
+                ),
+                Evidence(
+                    " + ".join(ctx.names.progress_counters()[:2]) + " ...",
+                    "unchanged",
+                    timestamp=signals.stalled_since,
+                    note=f"no first token, token or finished request for {signals.stalled_seconds:.0f}s",
+                ),
+            ],
+            signals.stalled_since,
+            role="worker",
+        )
+    ]
+
+
+# --- shutdown and the sidecar -----------------------------------------------------------------------
+
+
+@rule(
+    "drain_deadline_with_work",
+    "shutdown",
+    "critical",
+    "drain reached its deadline after {duration:.0f}s with {inflight:.0f} request(s) still in flight: they were cut off",
+    (
+        "Raise terminationGracePeriodSeconds (and the sidecar's termination_grace_period) above the longest request, or lower max_tokens for streaming clients.",
+        "Enable request migration on the frontend (--migration-limit / DYN_MIGRATION_LIMIT) so cut streams continue on another worker.",
+        "Check DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT (30 s): a worker forced out exits 911, which Kubernetes shows as 143.",
+    ),
+    fleet=lambda s, t: (
+        s(metric("drain_inflight_at_end"))
+        + " > 0 and on (namespace, pod) "
+        + s(metric("drain_reason"), 'reason="deadline"')
+        + " == 1"
+    ),
+    alert=Alert(
+        "DynamoDrainCutOffRequests",
+        "{{ $labels.namespace }}/{{ $labels.pod }} shut down with {{ $value }} requests still in flight",
+    ),
+)
+def drain_deadline_with_work(ctx: Context, t: Limits) -> list[Hit]:
+    summary = ctx.extra("drain")
+    if summary is None or not summary.done or not summary.work_left:
+        return []
+    return [
+        Hit(
+            "drain",
+            {"inflight": summary.inflight_at_end, "duration": summary.duration},
+            [
+                Evidence(
+                    metric("drain_inflight_at_end"), summary.inflight_at_end, timestamp=summary.ended_at
+                ),
+                Evidence(metric("drain_duration_seconds"), round(summary.duration, 3), unit="seconds"),
+                Evidence(f'{metric("drain_reason")}{{reason="{summary.reason}"}}', 1),
+                Evidence(metric("drain_requests_failed"), summary.requests_failed),
+            ],
+            summary.started_at,
+        )
+    ]
+
+
+@rule(
+    "collector_failing",
+    "sidecar",
+    "warning",
+    "collector {subject} is failing ({failures} runs in a row): {error}",
+    (
+        "The signals this collector provides are stale; the rest of the sidecar keeps working.",
+        "See the error in the evidence; `dynamo-sidecar check-config` shows the settings it uses.",
+    ),
+    fleet=lambda s, t: s(metric("collector_success")) + " == 0",
+    alert=Alert(
+        "DynamoSidecarCollectorFailing",
+        "dynamo-sidecar collector {{ $labels.collector }} failing on {{ $labels.namespace }}/{{ $labels.pod }}",
+        "5m",
+    ),
+)
+def collector_failing(ctx: Context, t: Limits) -> list[Hit]:
+    hits = []
+    for status in ctx.state.collectors.values():
+        if status.last_success is False:
+            hits.append(
+                Hit(
+                    status.name,
+                    {"failures": status.consecutive_failures, "error": status.last_error},
+                    [
+                        Evidence(
+                            f'{metric("collector_success")}{{collector="{status.name}"}}',
+                            0,
+                            timestamp=status.last_run_time,
+                        ),
+                        Evidence("consecutive failures", status.consecutive_failures),
+                        Evidence("last error", status.last_error),
+                        Evidence(
+                            f'{metric("collector_last_success_timestamp_seconds")}{{collector="{status.name}"}}',
+                            status.last_success_time or None,
+                            unit="unix seconds",
+                        ),
+                    ],
+                    status.first_failure_time or ctx.now,
+                )
+            )
+    return hits
+
+
+@rule(
+    "series_dropped",
+    "sidecar",
+    "info",
+    "series over the cardinality cap are being dropped ({metrics})",
+    ("Raise max_series_per_metric, or deny the noisy family with passthrough_deny.",),
+)
+def series_dropped(ctx: Context, t: Limits) -> list[Hit]:
+    if not ctx.state.dropped:
+        return []
+    worst = sorted(ctx.state.dropped.items(), key=lambda kv: -kv[1])[:5]
+    return [
+        Hit(
+            "cardinality",
+            {"metrics": ", ".join(name for name, _ in worst)},
+            [
+                Evidence(f'{metric("series_dropped_total")}{{metric="{name}"}}', count)
+                for name, count in worst
+            ],
+            ctx.now,
+        )
+    ]
+
+
+@rule(
+    "otlp_export_failing",
+    "sidecar",
+    "warning",
+    "traces cannot be exported to {subject} ({dropped} spans dropped)",
+    (
+        "Check the OTLP receiver (the OpenTelemetry Collector) is running and reachable at OTEL_EXPORTER_OTLP_ENDPOINT from this pod.",
+        "Check OTEL_EXPORTER_OTLP_PROTOCOL matches the port: 4317 is gRPC, 4318 is http/protobuf.",
+    ),
+    fleet=lambda s, t: "increase(" + s(metric("otlp_spans_dropped_total")) + "[15m]) > 0",
+)
+def otlp_export_failing(ctx: Context, t: Limits) -> list[Hit]:
     telemetry = ctx.extra("otlp")
     if telemetry is None or not telemetry.enabled:
         return []
@@ -416,240 +1103,11 @@ def otlp_export_failing(ctx: Context) -> list[Hit]:
             status["endpoint"],
             {"dropped": dropped},
             [
-                Evidence(f"{PREFIX}otlp_export_failures_total", status["failures"]),
-                Evidence(f"{PREFIX}otlp_spans_dropped_total", status["dropped"]),
+                Evidence(metric("otlp_export_failures_total"), status["failures"]),
+                Evidence(metric("otlp_spans_dropped_total"), status["dropped"]),
                 Evidence("last export error", status["last_error"]),
                 Evidence("OTLP endpoint", f"{status['endpoint']} ({status['protocol']})"),
             ],
             ctx.now,
         )
     ]
-
-
-def drain_deadline_with_work(ctx: Context) -> list[Hit]:
-    summary = ctx.extra("drain")
-    if summary is None or not summary.done or not summary.work_left:
-        return []
-    return [
-        Hit(
-            "drain",
-            {"inflight": summary.inflight_at_end, "duration": summary.duration},
-            [
-                Evidence(
-                    f"{PREFIX}drain_inflight_at_end", summary.inflight_at_end, timestamp=summary.ended_at
-                ),
-                Evidence(f"{PREFIX}drain_duration_seconds", round(summary.duration, 3), unit="seconds"),
-                Evidence(f'{PREFIX}drain_reason{{reason="{summary.reason}"}}', 1),
-                Evidence(f"{PREFIX}drain_requests_failed", summary.requests_failed),
-            ],
-            summary.started_at,
-        )
-    ]
-
-
-RULES: tuple[Rule, ...] = (
-    Rule(
-        "endpoint_refused",
-        "startup_failure",
-        "critical",
-        "{kind} {subject} refuses connections at {url}: nothing listens on its port",
-        (
-            "Check that the Dynamo process is running: `kubectl logs <pod> -c main` and `kubectl describe pod` for crash loops or OOMKilled.",
-            "For a worker, check DYN_SYSTEM_ENABLED=true and DYN_SYSTEM_PORT match the sidecar's worker_system_urls; for the frontend, DYN_HTTP_PORT / --http-port.",
-            "If the process is shutting down (SIGTERM), this is expected: a worker closes its system port at once.",
-        ),
-        endpoint_refused,
-        explains=("metrics_scrape_failing", "dynamo_not_ready", "frontend_stale_instances:*"),
-    ),
-    Rule(
-        "endpoint_timeout",
-        "connection_anomaly",
-        "critical",
-        "{kind} {subject} accepts connections but does not answer {url}: the process is hung or overloaded",
-        (
-            "Check CPU of the Dynamo process (`dynamo_sidecar_process_cpu_seconds_total`) and cgroup throttling: a stalled event loop looks like this.",
-            "Take a stack dump: `kubectl exec <pod> -c main -- py-spy dump --pid 1` (Python) or check for SIGSTOP (state T in `ps`).",
-            "A worker hung like this drops out of discovery after ~12 s and never re-registers after it resumes: restart the pod.",
-        ),
-        endpoint_timeout,
-        explains=("metrics_scrape_failing", "health_flapping", "frontend_stale_instances:*"),
-    ),
-    Rule(
-        "endpoint_bad_response",
-        "connection_anomaly",
-        "warning",
-        "{kind} {subject} answers {url} with an unusable response",
-        (
-            "Compare the body in the evidence with what Dynamo 1.6 serves; a proxy or a wrong port can answer instead.",
-            "Check the sidecar's frontend_url / worker_system_urls point at Dynamo itself.",
-        ),
-        endpoint_malformed,
-    ),
-    Rule(
-        "frontend_no_instances",
-        "startup_failure",
-        "critical",
-        "frontend {subject} reports healthy but lists zero worker instances: no model can be served",
-        (
-            "Check the worker pods: are they running, and did they register (worker logs 'Registered endpoint')?",
-            "Check the discovery backend the frontend and workers share (etcd / DYN_DISCOVERY_BACKEND, DYN_NAMESPACE).",
-            "Do not rely on the frontend's /health for readiness: it stays 200 with no workers; use `/v1/models` or the sidecar's canary.",
-        ),
-        frontend_no_instances,
-    ),
-    Rule(
-        "frontend_stale_instances",
-        "connection_anomaly",
-        "critical",
-        "frontend {subject} lists {count} worker instance(s) but serves no model: stale registration, requests fail 503",
-        (
-            "A worker died without deregistering (SIGKILL, OOM kill, node loss); the frontend drops it after its discovery lease expires (~10-20 s).",
-            "Check the worker pods: `kubectl get pods -l nvidia.com/dynamo-component-type=worker` and their last state.",
-            "If it persists past a minute, check the discovery backend (etcd) for leftover keys.",
-        ),
-        frontend_stale_instances,
-    ),
-    Rule(
-        "worker_registration_lost",
-        "connection_anomaly",
-        "critical",
-        "this worker cannot keep its discovery registration ({count} keep-alive errors): it looks healthy but serves nothing",
-        (
-            "Restart the worker: after a stall (SIGSTOP, long GC, node pressure) Dynamo 1.6 does not re-register on its own.",
-            "Check etcd / the discovery store reachability and latency from this pod.",
-            "A readiness probe on the worker's /health does not catch this: it stays 200 'ready'.",
-        ),
-        worker_registration_lost,
-    ),
-    Rule(
-        "worker_notready_endpoints_ready",
-        "startup_failure",
-        "warning",
-        "worker {subject} answers 503 notready although its endpoints ({endpoints}) are ready: health-check payloads are not registered",
-        (
-            "Set DYN_HEALTH_CHECK_ENABLED=true on the worker (the Dynamo operator does), or DYN_SYSTEM_STARTING_HEALTH_STATUS=ready.",
-            "Until then a readiness probe on the system port keeps this pod out of service although the worker serves.",
-        ),
-        worker_notready_endpoints_ready,
-    ),
-    Rule(
-        "dynamo_not_ready",
-        "startup_failure",
-        "warning",
-        "{kind} {subject} has been unhealthy ('{status}') past the start-up grace",
-        (
-            "Check the Dynamo logs for the model load or registration step that has not finished.",
-            "Check etcd / NATS reachability from the pod; 'no endpoints available' usually means discovery.",
-        ),
-        dynamo_not_ready,
-    ),
-    Rule(
-        "dynamo_draining",
-        "shutdown",
-        "info",
-        "{subject} is shutting down (draining)",
-        (
-            "Expected during a rollout or scale-down; new requests get 503 until the pod is gone.",
-            "If the pod is not being terminated, check who sent SIGTERM (`kubectl get events`).",
-        ),
-        dynamo_draining,
-    ),
-    Rule(
-        "metrics_scrape_failing",
-        "connection_anomaly",
-        "warning",
-        "Dynamo /metrics on {subject} cannot be scraped ({reason})",
-        (
-            "Check the URL in the evidence answers Prometheus text; derived signals (rates, TTFT quantiles) are missing meanwhile.",
-            "If the body is very large, raise max_response_bytes.",
-        ),
-        scrape_failing,
-    ),
-    Rule(
-        "worker_restarted",
-        "startup_failure",
-        "warning",
-        "worker {subject} restarted {count} time(s) in the window (uptime reset)",
-        (
-            "Check the container's last state: `kubectl get pod -o jsonpath='{{.status.containerStatuses}}'` for OOMKilled or exit 143/911.",
-            "With liveness failureThreshold 1 on /live, one slow health check restarts the worker: raise the threshold.",
-        ),
-        worker_restarted,
-    ),
-    Rule(
-        "health_flapping",
-        "connection_anomaly",
-        "warning",
-        "{subject} changed health state {count} times in {minutes:.0f} min (flapping)",
-        (
-            "Look at the transitions in the evidence: alternating ok/timeout suggests overload or CPU throttling.",
-            "Check probe timeouts against the response times in dynamo_sidecar_endpoint_response_seconds.",
-        ),
-        health_flapping,
-    ),
-    Rule(
-        "no_dynamo_process",
-        "startup_failure",
-        "warning",
-        "no Dynamo process is visible to the sidecar",
-        (
-            "Set `shareProcessNamespace: true` on the pod so the sidecar can see the Dynamo processes.",
-            "If the entry point is custom, set process_patterns (DYN_SIDECAR_PROCESS_PATTERNS) or process_pid_file.",
-        ),
-        no_dynamo_process,
-    ),
-    Rule(
-        "collector_failing",
-        "sidecar",
-        "warning",
-        "collector {subject} is failing ({failures} runs in a row): {error}",
-        (
-            "The signals this collector provides are stale; the rest of the sidecar keeps working.",
-            "See the error in the evidence; `dynamo-sidecar check-config` shows the settings it uses.",
-        ),
-        collector_failing,
-    ),
-    Rule(
-        "series_dropped",
-        "sidecar",
-        "info",
-        "series over the cardinality cap are being dropped ({metrics})",
-        ("Raise max_series_per_metric, or deny the noisy family with passthrough_deny.",),
-        series_dropped,
-    ),
-    Rule(
-        "drain_deadline_with_work",
-        "shutdown",
-        "critical",
-        "drain reached its deadline after {duration:.0f}s with {inflight:.0f} request(s) still in flight: they were cut off",
-        (
-            "Raise terminationGracePeriodSeconds (and the sidecar's termination_grace_period) above the longest request, or lower max_tokens for streaming clients.",
-            "Enable request migration on the frontend (--migration-limit / DYN_MIGRATION_LIMIT) so cut streams continue on another worker.",
-            "Check DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT (30 s): a worker forced out exits 911, which Kubernetes shows as 143.",
-        ),
-        drain_deadline_with_work,
-    ),
-    Rule(
-        "canary_failing",
-        "performance_degradation",
-        "critical",
-        "canary requests for model {subject} failed {failures} times in a row ({outcome}): the model does not serve end to end",
-        (
-            "Look up the canary's Dynamo log lines: GET /diagnose/request/<x-request-id> from the evidence (needs log_files), or search the logs for that x_request_id / trace id.",
-            "timeout with healthy endpoints means a hung engine or worker: check the worker's CPU and `py-spy dump`; restart it if it never answers.",
-            "http_error 503 'not ready' means no live worker serves the model: see the worker pods and the frontend's instance list.",
-        ),
-        canary_failing,
-    ),
-    Rule(
-        "otlp_export_failing",
-        "sidecar",
-        "warning",
-        "traces cannot be exported to {subject} ({dropped} spans dropped)",
-        (
-            "Check the OTLP receiver (the OpenTelemetry Collector) is running and reachable at OTEL_EXPORTER_OTLP_ENDPOINT from this pod.",
-            "Check OTEL_EXPORTER_OTLP_PROTOCOL matches the port: 4317 is gRPC, 4318 is http/protobuf.",
-        ),
-        otlp_export_failing,
-    ),
-)

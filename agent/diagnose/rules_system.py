@@ -1,15 +1,19 @@
-"""Rules over resources, GPUs, the network and performance: where the bottleneck is (CPU,
-memory, GPU, network) once the endpoints themselves answer."""
+"""The rule catalogue, part two: resources, GPUs, the network and performance: where the
+bottleneck is (CPU, memory, GPU, network) once the endpoints themselves answer. Each rule is
+one record over its predicate (see agent/diagnose/rules.py)."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from agent.catalogue import metric
 from agent.diagnose.context import Context
-from agent.diagnose.model import Evidence, Hit, Rule
+from agent.diagnose.model import Alert, Evidence, Hit, Limits, Rule, Threshold, duration_text, registrar
+from agent.signals import SLO_OBJECTIVES, bucket_text, slo_observations
 from collectors.gpu import xid_class
 
-P = "dynamo_sidecar_"
+SYSTEM_RULES: list[Rule] = []
+rule = registrar(SYSTEM_RULES)
 
 
 def _window(ctx: Context) -> float:
@@ -17,92 +21,156 @@ def _window(ctx: Context) -> float:
     return min(ctx.window, ctx.config.signal_window)
 
 
-def _baseline(ctx: Context) -> float:
-    """The pod's own baseline: the two windows before the recent one."""
-    return 2 * ctx.config.signal_window
+def _role(process: dict[str, Any]) -> str:
+    return "frontend" if process.get("process") == "dynamo.frontend" else "worker"
 
 
 # --- resource pressure -------------------------------------------------------------------
 
 
-def cpu_throttled(ctx: Context) -> list[Hit]:
+@rule(
+    "cpu_throttled",
+    "resource_pressure",
+    "warning",
+    "the container is CPU-throttled in {ratio:.0f}% of scheduling periods",
+    (
+        "Raise the container's CPU limit (or remove it and keep the request): throttling stalls the frontend's event loop and the tokenizer.",
+        "Check dynamo_frontend_event_loop_stall_total and TTFT in the same window.",
+    ),
+    thresholds=(
+        Threshold("ratio", 0.25, "ratio", "Share of CFS periods throttled."),
+        Threshold("min_periods", 10, "periods", "Fewest CFS periods in the window to judge."),
+    ),
+    fleet=lambda s, t: (
+        "increase("
+        + s(metric("cgroup_cpu_throttled_periods_total"))
+        + "[5m]) / increase("
+        + s(metric("cgroup_cpu_periods_total"))
+        + f"[5m]) > {t.ratio:g} and increase("
+        + s(metric("cgroup_cpu_periods_total"))
+        + f"[5m]) >= {t.min_periods:g}"
+    ),
+)
+def cpu_throttled(ctx: Context, t: Limits) -> list[Hit]:
     window = _window(ctx)
-    periods = ctx.state.increase(P + "cgroup_cpu_periods_total", window, ctx.now)
-    throttled = ctx.state.increase(P + "cgroup_cpu_throttled_periods_total", window, ctx.now)
-    if not periods or throttled is None or periods < 10:
+    periods = ctx.state.increase(metric("cgroup_cpu_periods_total"), window, ctx.now)
+    throttled = ctx.state.increase(metric("cgroup_cpu_throttled_periods_total"), window, ctx.now)
+    if not periods or throttled is None or periods < t.min_periods:
         return []
     ratio = throttled / periods
-    if ratio < 0.25:
+    if ratio <= t.ratio:
         return []
-    limit = ctx.state.value(P + "cgroup_cpu_limit_cores")
     return [
         Hit(
             "cgroup",
             {"ratio": ratio * 100},
             [
                 Evidence(
-                    f"increase({P}cgroup_cpu_throttled_periods_total[{window:.0f}s]) / increase({P}cgroup_cpu_periods_total)",
+                    f"increase({metric('cgroup_cpu_throttled_periods_total')}[{window:.0f}s]) / increase({metric('cgroup_cpu_periods_total')})",
                     round(ratio, 3),
                     unit="ratio",
                 ),
-                Evidence(f"{P}cgroup_cpu_limit_cores", limit, unit="cores"),
+                Evidence(
+                    metric("cgroup_cpu_limit_cores"),
+                    ctx.state.value(metric("cgroup_cpu_limit_cores")),
+                    unit="cores",
+                ),
             ],
             ctx.now - window,
         )
     ]
 
 
-def cpu_saturated(ctx: Context) -> list[Hit]:
+@rule(
+    "cpu_saturated",
+    "resource_pressure",
+    "warning",
+    "process {subject} uses {cores:.2f} cores of a {limit:.2f}-core limit",
+    ("Raise the CPU limit, or add replicas: a saturated frontend queues requests before any GPU sees them.",),
+    thresholds=(Threshold("share", 0.9, "ratio", "CPU use as a share of the cgroup's limit."),),
+)
+def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
     window = _window(ctx)
-    limit = ctx.state.value(P + "cgroup_cpu_limit_cores")
+    limit = ctx.state.value(metric("cgroup_cpu_limit_cores"))
     if not limit:
         return []  # no CPU limit: nothing to saturate against
     hits = []
     for process in ctx.state.facts("process").get("processes", []):
         if "pid" not in process:
             continue
-        rate = ctx.state.rate(P + "process_cpu_seconds_total", window, ctx.now, pid=str(process["pid"]))
-        if rate is None:
+        rate = ctx.state.rate(metric("process_cpu_seconds_total"), window, ctx.now, pid=str(process["pid"]))
+        if rate is None or rate < t.share * limit:
             continue
-        if rate >= 0.9 * limit:
-            hits.append(
-                Hit(
-                    f"{process['process']}/{process['pid']}",
-                    {"cores": rate, "limit": limit},
-                    [
-                        Evidence(
-                            f'rate({P}process_cpu_seconds_total{{pid="{process["pid"]}"}}[{window:.0f}s])',
-                            round(rate, 3),
-                            unit="cores",
-                        ),
-                        Evidence(f"{P}cgroup_cpu_limit_cores", limit, unit="cores"),
-                    ],
-                    ctx.now - window,
-                )
+        hits.append(
+            Hit(
+                f"{process['process']}/{process['pid']}",
+                {"cores": rate, "limit": limit},
+                [
+                    Evidence(
+                        f'rate({metric("process_cpu_seconds_total")}{{pid="{process["pid"]}"}}[{window:.0f}s])',
+                        round(rate, 3),
+                        unit="cores",
+                    ),
+                    Evidence(metric("cgroup_cpu_limit_cores"), limit, unit="cores"),
+                ],
+                ctx.now - window,
+                role=_role(process),
             )
+        )
     return hits
 
 
-def memory_near_limit(ctx: Context) -> list[Hit]:
-    usage = ctx.state.value(P + "cgroup_memory_usage_bytes")
-    limit = ctx.state.value(P + "cgroup_memory_limit_bytes")
-    if not usage or not limit or usage / limit < 0.9:
+@rule(
+    "memory_near_limit",
+    "resource_pressure",
+    "warning",
+    "the container uses {percent:.0f}% of its memory limit",
+    (
+        "Raise the memory limit before the kernel OOM-kills the process; check for growth in dynamo_sidecar_process_resident_memory_bytes.",
+    ),
+    thresholds=(Threshold("share", 0.9, "ratio", "Memory usage as a share of the limit."),),
+    fleet=lambda s, t: (
+        s(metric("cgroup_memory_usage_bytes"))
+        + " / "
+        + s(metric("cgroup_memory_limit_bytes"))
+        + f" >= {t.share:g}"
+    ),
+)
+def memory_near_limit(ctx: Context, t: Limits) -> list[Hit]:
+    usage = ctx.state.value(metric("cgroup_memory_usage_bytes"))
+    limit = ctx.state.value(metric("cgroup_memory_limit_bytes"))
+    if not usage or not limit or usage / limit < t.share:
         return []
     return [
         Hit(
             "cgroup",
             {"percent": usage / limit * 100},
             [
-                Evidence(f"{P}cgroup_memory_usage_bytes", int(usage), unit="bytes"),
-                Evidence(f"{P}cgroup_memory_limit_bytes", int(limit), unit="bytes"),
+                Evidence(metric("cgroup_memory_usage_bytes"), int(usage), unit="bytes"),
+                Evidence(metric("cgroup_memory_limit_bytes"), int(limit), unit="bytes"),
             ],
             ctx.now,
         )
     ]
 
 
-def oom_killed(ctx: Context) -> list[Hit]:
-    increase = ctx.state.increase(P + "cgroup_memory_events_total", ctx.window, ctx.now, event="oom_kill")
+@rule(
+    "oom_killed",
+    "resource_pressure",
+    "critical",
+    "the kernel OOM-killed {count:.0f} process(es) in the container",
+    (
+        "Raise the memory limit; `kubectl describe pod` shows OOMKilled as the last state.",
+        "Large prompts and long contexts raise tokenizer and frontend memory: check input sequence lengths.",
+    ),
+    explains=("endpoint_refused:*", "no_dynamo_process:*", "worker_restarted:*", "request_failures:*"),
+    fleet=lambda s, t: (
+        "increase(" + s(metric("cgroup_memory_events_total"), 'event="oom_kill"') + "[15m]) > 0"
+    ),
+)
+def oom_killed(ctx: Context, t: Limits) -> list[Hit]:
+    series = metric("cgroup_memory_events_total")
+    increase = ctx.state.increase(series, ctx.window, ctx.now, event="oom_kill")
     if not increase:
         return []
     return [
@@ -110,13 +178,10 @@ def oom_killed(ctx: Context) -> list[Hit]:
             "cgroup",
             {"count": increase},
             [
+                Evidence(f'increase({series}{{event="oom_kill"}}[{ctx.window:.0f}s])', increase),
                 Evidence(
-                    f'increase({P}cgroup_memory_events_total{{event="oom_kill"}}[{ctx.window:.0f}s])',
-                    increase,
-                ),
-                Evidence(
-                    f"{P}cgroup_memory_limit_bytes",
-                    ctx.state.value(P + "cgroup_memory_limit_bytes"),
+                    metric("cgroup_memory_limit_bytes"),
+                    ctx.state.value(metric("cgroup_memory_limit_bytes")),
                     unit="bytes",
                 ),
             ],
@@ -125,26 +190,38 @@ def oom_killed(ctx: Context) -> list[Hit]:
     ]
 
 
-def memory_pressure(ctx: Context) -> list[Hit]:
+@rule(
+    "memory_pressure",
+    "resource_pressure",
+    "warning",
+    "tasks stalled on memory {percent:.0f}% of the last minute ({subject} PSI)",
+    (
+        "Memory is being reclaimed under pressure: raise the limit or move the pod; on host scope, the node is overcommitted.",
+    ),
+    thresholds=(Threshold("stall", 0.1, "ratio", "PSI memory 'some' share over 60 s."),),
+    fleet=lambda s, t: (
+        s(metric("pressure_stall_ratio"), 'resource="memory",kind="some",window="60s"') + f" >= {t.stall:g}"
+    ),
+)
+def memory_pressure(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
+    series = metric("pressure_stall_ratio")
     for scope in ("cgroup", "host"):
-        stall = ctx.state.value(
-            P + "pressure_stall_ratio", scope=scope, resource="memory", kind="some", window="60s"
-        )
-        if stall is not None and stall >= 0.1:
+        stall = ctx.state.value(series, scope=scope, resource="memory", kind="some", window="60s")
+        if stall is not None and stall >= t.stall:
             hits.append(
                 Hit(
                     scope,
                     {"percent": stall * 100},
                     [
                         Evidence(
-                            f'{P}pressure_stall_ratio{{scope="{scope}",resource="memory",kind="some",window="60s"}}',
+                            f'{series}{{scope="{scope}",resource="memory",kind="some",window="60s"}}',
                             round(stall, 4),
                             unit="ratio",
                         ),
                         Evidence(
-                            f"{P}cgroup_memory_usage_bytes",
-                            ctx.state.value(P + "cgroup_memory_usage_bytes"),
+                            metric("cgroup_memory_usage_bytes"),
+                            ctx.state.value(metric("cgroup_memory_usage_bytes")),
                             unit="bytes",
                         ),
                     ],
@@ -154,20 +231,32 @@ def memory_pressure(ctx: Context) -> list[Hit]:
     return hits
 
 
-def fd_exhaustion(ctx: Context) -> list[Hit]:
+@rule(
+    "fd_exhaustion",
+    "resource_pressure",
+    "critical",
+    "process {subject} has {fds} of {limit} file descriptors open",
+    ("Raise RLIMIT_NOFILE for the container, and look for a connection leak (close_wait_leak).",),
+    thresholds=(Threshold("share", 0.9, "ratio", "Open fds as a share of RLIMIT_NOFILE."),),
+    fleet=lambda s, t: (
+        s(metric("process_open_fds")) + " / " + s(metric("process_max_fds")) + f" >= {t.share:g}"
+    ),
+)
+def fd_exhaustion(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for process in ctx.state.facts("process").get("processes", []):
         fds, limit = process.get("open_fds"), process.get("max_fds")
-        if fds and limit and fds / limit >= 0.9:
+        if fds and limit and fds / limit >= t.share:
             hits.append(
                 Hit(
                     f"{process['process']}/{process['pid']}",
                     {"fds": fds, "limit": limit},
                     [
-                        Evidence(f'{P}process_open_fds{{pid="{process["pid"]}"}}', fds),
-                        Evidence(f'{P}process_max_fds{{pid="{process["pid"]}"}}', limit),
+                        Evidence(f'{metric("process_open_fds")}{{pid="{process["pid"]}"}}', fds),
+                        Evidence(f'{metric("process_max_fds")}{{pid="{process["pid"]}"}}', limit),
                     ],
                     ctx.now,
+                    role=_role(process),
                 )
             )
     return hits
@@ -180,7 +269,24 @@ def _gpus(ctx: Context) -> dict[str, dict[str, Any]]:
     return ctx.state.facts("gpu").get("gpus", {})
 
 
-def gpu_xid(ctx: Context) -> list[Hit]:
+@rule(
+    "gpu_xid",
+    "gpu_fault",
+    "critical",
+    "{subject}: XID {xids} ({klass}): {description}",
+    (
+        "XID 79 (fallen off the bus), 48/95 (uncorrectable ECC), 119 (GSP timeout): cordon and drain the node (`kubectl cordon <node>`), then reset the GPU or reboot.",
+        "XID 13/31/43 are usually the application: check the engine's logs around the timestamp.",
+        "XID 94: a contained ECC error; only the affected process needs a restart.",
+    ),
+    explains=("engine_hung:*", "canary_failing:*", "request_failures:*"),
+    fleet=lambda s, t: "increase(" + s(metric("gpu_xid_errors_total")) + "[15m]) > 0",
+    alert=Alert(
+        "DynamoGPUXid",
+        "XID {{ $labels.xid }} on GPU {{ $labels.gpu }} of {{ $labels.namespace }}/{{ $labels.pod }}",
+    ),
+)
+def gpu_xid(ctx: Context, t: Limits) -> list[Hit]:
     by_gpu: dict[str, list[Any]] = {}
     for event in ctx.events("gpu_xid"):
         by_gpu.setdefault(event.source, []).append(event)
@@ -200,7 +306,7 @@ def gpu_xid(ctx: Context) -> list[Hit]:
                 },
                 [
                     Evidence(
-                        f'{P}gpu_xid_errors_total{{gpu="{last["gpu"]}"}}',
+                        f'{metric("gpu_xid_errors_total")}{{gpu="{last["gpu"]}"}}',
                         len(events),
                         timestamp=events[-1].timestamp,
                     ),
@@ -215,25 +321,58 @@ def gpu_xid(ctx: Context) -> list[Hit]:
                     Evidence("uuid", last.get("uuid")),
                 ],
                 events[0].timestamp,
+                role="worker",
             )
         )
     return hits
 
 
-def gpu_lost(ctx: Context) -> list[Hit]:
+@rule(
+    "gpu_lost",
+    "gpu_fault",
+    "critical",
+    "{subject} is lost: NVML cannot reach it",
+    (
+        "Cordon the node and reset the GPU (`nvidia-smi -r`) or reboot; look for XID 79 in the kernel log (`dmesg`).",
+    ),
+    explains=("gpu_xid:*", "engine_hung:*", "canary_failing:*", "request_failures:*"),
+    fleet=lambda s, t: s(metric("gpu_lost")) + " == 1",
+    alert=Alert(
+        "DynamoGPULost", "GPU {{ $labels.gpu }} of {{ $labels.namespace }}/{{ $labels.pod }} is lost"
+    ),
+)
+def gpu_lost(ctx: Context, t: Limits) -> list[Hit]:
     return [
         Hit(
             f"gpu{index}",
             {},
-            [Evidence(f'{P}gpu_lost{{gpu="{index}"}}', 1), Evidence("uuid", gpu.get("uuid"))],
+            [Evidence(f'{metric("gpu_lost")}{{gpu="{index}"}}', 1), Evidence("uuid", gpu.get("uuid"))],
             ctx.now,
+            role="worker",
         )
         for index, gpu in _gpus(ctx).items()
         if gpu.get("lost")
     ]
 
 
-def gpu_ecc(ctx: Context) -> list[Hit]:
+@rule(
+    "gpu_ecc_errors",
+    "gpu_fault",
+    "critical",
+    "{subject} has uncorrectable ECC errors or pending row remaps",
+    (
+        "Pending remaps take effect at the next GPU reset: drain the node and reset the GPU.",
+        "A remap failure means the GPU needs replacement.",
+    ),
+    fleet=lambda s, t: (
+        "("
+        + s(metric("gpu_ecc_errors_total"), 'type="uncorrected",counter="volatile"')
+        + " > 0) or on (namespace, pod, instance, gpu) (max without (kind) ("
+        + s(metric("gpu_remapped_rows"), 'kind=~"pending|failure"')
+        + ") > 0)"
+    ),
+)
+def gpu_ecc_errors(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for index, gpu in _gpus(ctx).items():
         volatile = gpu.get("ecc_uncorrected_volatile") or 0
@@ -245,33 +384,48 @@ def gpu_ecc(ctx: Context) -> list[Hit]:
                     {"volatile": volatile},
                     [
                         Evidence(
-                            f'{P}gpu_ecc_errors_total{{gpu="{index}",type="uncorrected",counter="volatile"}}',
+                            f'{metric("gpu_ecc_errors_total")}{{gpu="{index}",type="uncorrected",counter="volatile"}}',
                             volatile,
                         ),
-                        Evidence(f'{P}gpu_remapped_rows{{gpu="{index}",kind="pending"}}', pending),
-                        Evidence(f'{P}gpu_remapped_rows{{gpu="{index}",kind="failure"}}', failure),
+                        Evidence(f'{metric("gpu_remapped_rows")}{{gpu="{index}",kind="pending"}}', pending),
+                        Evidence(f'{metric("gpu_remapped_rows")}{{gpu="{index}",kind="failure"}}', failure),
                         Evidence("uuid", gpu.get("uuid")),
                     ],
                     ctx.now,
+                    role="worker",
                 )
             )
     return hits
 
 
-THROTTLE_REASONS = {
+THROTTLE_REASONS = (
     "sw_power_cap",
     "hw_slowdown",
     "sw_thermal_slowdown",
     "hw_thermal_slowdown",
     "hw_power_brake_slowdown",
-}
+)
 
 
-def gpu_throttling(ctx: Context) -> list[Hit]:
+@rule(
+    "gpu_throttling",
+    "gpu_fault",
+    "warning",
+    "{subject} clocks are held down ({reasons}){while}",
+    (
+        "Thermal: check the node's cooling and the GPU temperature against its slowdown threshold; power: check the power limit (`nvidia-smi -q -d POWER`).",
+    ),
+    fleet=lambda s, t: (
+        "max without (reason) ("
+        + s(metric("gpu_clock_event_reason"), 'reason=~"' + "|".join(THROTTLE_REASONS) + '"')
+        + ") == 1"
+    ),
+)
+def gpu_throttling(ctx: Context, t: Limits) -> list[Hit]:
     queued = (ctx.signals.queued or 0) > 0
     hits = []
     for index, gpu in _gpus(ctx).items():
-        active = sorted(THROTTLE_REASONS & set(gpu.get("clock_event_reasons", [])))
+        active = sorted(set(THROTTLE_REASONS) & set(gpu.get("clock_event_reasons", [])))
         if not active:
             continue
         hits.append(
@@ -280,44 +434,68 @@ def gpu_throttling(ctx: Context) -> list[Hit]:
                 {"reasons": ", ".join(active), "while": " while requests queue" if queued else ""},
                 [
                     *[
-                        Evidence(f'{P}gpu_clock_event_reason{{gpu="{index}",reason="{r}"}}', 1)
+                        Evidence(f'{metric("gpu_clock_event_reason")}{{gpu="{index}",reason="{r}"}}', 1)
                         for r in active
                     ],
                     Evidence(
-                        f"{P}gpu_temperature_celsius",
+                        metric("gpu_temperature_celsius"),
                         gpu.get("temperature"),
                         unit="celsius",
                         note=f"slowdown at {gpu.get('temperature_slowdown')}",
                     ),
                     Evidence(
-                        f"{P}gpu_power_watts",
+                        metric("gpu_power_watts"),
                         gpu.get("power_watts"),
                         unit="watts",
                         note=f"limit {gpu.get('power_limit_watts')}",
                     ),
-                    Evidence(f"{P}dynamo_queued_requests", ctx.signals.queued),
+                    Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
                 ],
                 ctx.now,
+                role="worker",
             )
         )
     return hits
 
 
-def gpu_memory_near_full(ctx: Context) -> list[Hit]:
+@rule(
+    "gpu_memory_near_full",
+    "gpu_fault",
+    "warning",
+    "{subject} memory is {percent:.0f}% used",
+    (
+        "Lower the engine's memory fraction or max batch size, or the KV cache size; out-of-memory in the engine kills requests.",
+    ),
+    thresholds=(Threshold("share", 0.97, "ratio", "GPU memory used as a share of total."),),
+    fleet=lambda s, t: (
+        s(metric("gpu_memory_bytes"), 'state="used"')
+        + " / ignoring(state) "
+        + s(metric("gpu_memory_bytes"), 'state="total"')
+        + f" >= {t.share:g}"
+    ),
+)
+def gpu_memory_near_full(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for index, gpu in _gpus(ctx).items():
         used, total = gpu.get("memory_used"), gpu.get("memory_total")
-        if used and total and used / total >= 0.97:
+        if used and total and used / total >= t.share:
             hits.append(
                 Hit(
                     f"gpu{index}",
                     {"percent": used / total * 100},
                     [
-                        Evidence(f'{P}gpu_memory_bytes{{gpu="{index}",state="used"}}', used, unit="bytes"),
-                        Evidence(f'{P}gpu_memory_bytes{{gpu="{index}",state="total"}}', total, unit="bytes"),
+                        Evidence(
+                            f'{metric("gpu_memory_bytes")}{{gpu="{index}",state="used"}}', used, unit="bytes"
+                        ),
+                        Evidence(
+                            f'{metric("gpu_memory_bytes")}{{gpu="{index}",state="total"}}',
+                            total,
+                            unit="bytes",
+                        ),
                         Evidence("Dynamo processes on it", gpu.get("processes")),
                     ],
                     ctx.now,
+                    role="worker",
                 )
             )
     return hits
@@ -326,15 +504,25 @@ def gpu_memory_near_full(ctx: Context) -> list[Hit]:
 # --- performance -----------------------------------------------------------------------------
 
 
-def _queue_growing(ctx: Context) -> tuple[float, float] | None:
-    """(now, at the window start) of the frontend queue when it grew and stands at 5 or more."""
+QUEUE_THRESHOLDS = (
+    Threshold("queued", 5, "requests", "Queue depth that counts, once it grew within the window."),
+)
+
+
+def _queue_growing(ctx: Context, t: Limits) -> dict[str, Any] | None:
+    """The frontend queue, when it grew within the window and stands at `queued` or more."""
     window = _window(ctx)
-    best: tuple[float, float] | None = None
+    best: dict[str, Any] | None = None
     for labels, _ in ctx.state.series_matching(ctx.names.queued):
         points = ctx.state.series_points(ctx.names.queued, labels, window, ctx.now)
-        grew = len(points) >= 3 and points[-1][1] >= 5 and points[-1][1] > points[0][1]
-        if grew and (best is None or points[-1][1] > best[0]):
-            best = (points[-1][1], points[0][1])
+        grew = len(points) >= 3 and points[-1][1] >= t.queued and points[-1][1] > points[0][1]
+        if grew and (best is None or points[-1][1] > best["queued"]):
+            best = {
+                "queued": points[-1][1],
+                "was": points[0][1],
+                "ago": duration_text(ctx.now - points[0][0]),
+            }
+            best["since"] = points[0][0]
     return best
 
 
@@ -343,89 +531,273 @@ def _mean_gpu_utilization(ctx: Context) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def queue_growing_gpu_idle(ctx: Context) -> list[Hit]:
-    grown = _queue_growing(ctx)
+def _queue_evidence(ctx: Context, grown: dict[str, Any], utilization: float | None) -> list[Evidence]:
+    return [
+        Evidence(
+            metric("dynamo_queued_requests"),
+            grown["queued"],
+            note=f"was {grown['was']:.0f} {grown['ago']} ago",
+        ),
+        Evidence(
+            f'avg({metric("gpu_utilization_ratio")}{{kind="gpu"}})',
+            None if utilization is None else round(utilization, 3),
+            unit="ratio",
+            note="no GPU visible to the sidecar" if utilization is None else "",
+        ),
+        Evidence(metric("dynamo_request_rate"), ctx.signals.request_rate, unit="requests/s"),
+    ]
+
+
+@rule(
+    "queue_growing_gpu_idle",
+    "performance_degradation",
+    "warning",
+    "requests queue at the frontend ({queued:.0f}, was {was:.0f} {ago} ago) while the GPUs are {utilization:.0f}% busy: a scheduling or routing problem, not capacity",
+    (
+        "Check the router: are requests going to a worker that does not serve (stale instance), or is one worker hot while others idle?",
+        "Check worker health and canaries; compare per-worker in-flight (dynamo_component_inflight_requests).",
+    ),
+    thresholds=(
+        *QUEUE_THRESHOLDS,
+        Threshold("idle", 0.3, "ratio", "Mean GPU utilization below which GPUs count as idle."),
+    ),
+)
+def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
+    grown = _queue_growing(ctx, t)
     utilization = _mean_gpu_utilization(ctx)
-    if not grown or utilization is None or utilization >= 0.3:
+    if not grown or utilization is None or utilization >= t.idle:
         return []
     return [
         Hit(
             "frontend",
-            {"queued": grown[0], "utilization": utilization * 100},
-            [
-                Evidence(
-                    f"{P}dynamo_queued_requests", grown[0], note=f"was {grown[1]:.0f} {_window(ctx):.0f}s ago"
-                ),
-                Evidence(f'avg({P}gpu_utilization_ratio{{kind="gpu"}})', round(utilization, 3), unit="ratio"),
-            ],
-            ctx.now - _window(ctx),
+            {**grown, "utilization": utilization * 100},
+            _queue_evidence(ctx, grown, utilization),
+            grown["since"],
+            role="frontend",
         )
     ]
 
 
-def queue_growing_saturated(ctx: Context) -> list[Hit]:
-    grown = _queue_growing(ctx)
+@rule(
+    "queue_growing_saturated",
+    "performance_degradation",
+    "warning",
+    "requests queue at the frontend ({queued:.0f}, was {was:.0f} {ago} ago) with the GPUs {utilization:.0f}% busy: out of capacity",
+    (
+        "Scale out workers (or the planner's limits); lower max_tokens or concurrency at the client side meanwhile.",
+    ),
+    thresholds=(
+        *QUEUE_THRESHOLDS,
+        Threshold("busy", 0.85, "ratio", "Mean GPU utilization that counts as saturated."),
+    ),
+)
+def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
+    grown = _queue_growing(ctx, t)
     utilization = _mean_gpu_utilization(ctx)
-    if not grown or (utilization is not None and utilization < 0.85):
+    if not grown or utilization is None or utilization < t.busy:
         return []
-    note = "no GPU visible to the sidecar" if utilization is None else ""
     return [
         Hit(
             "frontend",
-            {"queued": grown[0]},
-            [
-                Evidence(
-                    f"{P}dynamo_queued_requests", grown[0], note=f"was {grown[1]:.0f} {_window(ctx):.0f}s ago"
-                ),
-                Evidence(
-                    f'avg({P}gpu_utilization_ratio{{kind="gpu"}})',
-                    None if utilization is None else round(utilization, 3),
-                    unit="ratio",
-                    note=note,
-                ),
-                Evidence(f"{P}dynamo_request_rate", ctx.signals.request_rate, unit="requests/s"),
-            ],
-            ctx.now - _window(ctx),
+            {**grown, "utilization": utilization * 100},
+            _queue_evidence(ctx, grown, utilization),
+            grown["since"],
+            role="frontend",
         )
     ]
 
 
-def latency_regression(ctx: Context) -> list[Hit]:
+@rule(
+    "queue_growing",
+    "performance_degradation",
+    "warning",
+    "requests queue at the frontend ({queued:.0f}, was {was:.0f} {ago} ago); {gpu}",
+    (
+        "Compare the request rate with what the workers finish (dynamo_component_requests_total): more arriving than finishing is capacity; nothing finishing is a stall.",
+        "Scale out workers if they are busy; check worker health and canaries if they are not.",
+    ),
+    thresholds=QUEUE_THRESHOLDS,
+)
+def queue_growing(ctx: Context, t: Limits) -> list[Hit]:
+    """A growing queue where GPU data cannot say whether it is capacity or a stall."""
+    grown = _queue_growing(ctx, t)
+    utilization = _mean_gpu_utilization(ctx)
+    if not grown or (utilization is not None and (utilization < 0.3 or utilization >= 0.85)):
+        return []
+    gpu = (
+        "no GPU is visible to the sidecar, so capacity cannot be told apart from a slow engine"
+        if utilization is None
+        else f"the GPUs are {utilization * 100:.0f}% busy"
+    )
+    return [
+        Hit(
+            "frontend",
+            {**grown, "gpu": gpu},
+            _queue_evidence(ctx, grown, utilization),
+            grown["since"],
+            role="frontend",
+        )
+    ]
+
+
+LATENCY = metric("dynamo_latency_seconds")
+
+
+@rule(
+    "latency_regression",
+    "performance_degradation",
+    "warning",
+    "{subject} p99 is {recent}, {factor:.1f}x this pod's own earlier {baseline}",
+    (
+        "Look at what changed in the window: queue depth, GPU throttling, CPU throttling, retransmits (see the other findings).",
+        "Compare with other pods: one pod is a node problem, all pods is load or a rollout.",
+    ),
+    thresholds=(
+        Threshold("factor", 2.0, "ratio", "Recent p99 over the baseline p99."),
+        Threshold("min_delta", 0.05, "seconds", "Smallest absolute rise that counts."),
+        Threshold("min_observations", 10, "observations", "Fewest observations in each of the two windows."),
+    ),
+    fleet=lambda s, t: (
+        "("
+        + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
+        + f" > {t.factor:g} * avg_over_time("
+        + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
+        + "[10m] offset 5m)) and ("
+        + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
+        + " - avg_over_time("
+        + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
+        + f"[10m] offset 5m) >= {t.min_delta:g})"
+    ),
+    alert=Alert(
+        "DynamoLatencyRegression",
+        "{{ $labels.signal }} p99 on {{ $labels.namespace }}/{{ $labels.pod }} is more than twice its own baseline",
+        "10m",
+    ),
+)
+def latency_regression(ctx: Context, t: Limits) -> list[Hit]:
+    """Recent p99 against the pod's own earlier p99. The windows adapt to the history there
+    is, so a pod that regresses in its first minutes is compared with its first minute."""
     hits = []
     histograms = ctx.names.latency_histograms()
+    history = max(0.0, ctx.now - ctx.state.started)
+    recent_window = min(_window(ctx), max(30.0, history / 2))
+    baseline_window = min(2 * ctx.config.signal_window, max(30.0, history - recent_window))
     for signal in ("ttft", "queue", "itl"):
         name = histograms[signal]
-        recent_window, baseline_window = _window(ctx), _baseline(ctx)
-        recent = ctx.state.window_quantile(name, 0.99, recent_window, ctx.now)
-        baseline = ctx.state.window_quantile(name, 0.99, baseline_window, ctx.now - recent_window)
+        recent_buckets = ctx.state.window_buckets(name, recent_window, ctx.now)
+        base_buckets = ctx.state.window_buckets(name, baseline_window, ctx.now - recent_window)
+        if _count(recent_buckets) < t.min_observations or _count(base_buckets) < t.min_observations:
+            continue
+        from agent.state import histogram_quantile
+
+        recent = histogram_quantile(0.99, recent_buckets)
+        baseline = histogram_quantile(0.99, base_buckets)
         if recent is None or baseline is None or baseline <= 0:
             continue
-        if recent >= 2 * baseline and recent - baseline >= 0.05:
+        if recent >= t.factor * baseline and recent - baseline >= t.min_delta:
             hits.append(
                 Hit(
                     signal,
-                    {"recent": recent * 1000, "baseline": baseline * 1000, "factor": recent / baseline},
+                    {
+                        "recent": bucket_text(recent, recent_buckets),
+                        "baseline": bucket_text(baseline, base_buckets),
+                        "factor": recent / baseline,
+                    },
                     [
                         Evidence(
                             f"histogram_quantile(0.99, {name}) over the last {recent_window:.0f}s",
                             round(recent, 4),
                             unit="seconds",
+                            note=bucket_text(recent, recent_buckets),
                         ),
                         Evidence(
                             f"the same over the {baseline_window:.0f}s before",
                             round(baseline, 4),
                             unit="seconds",
+                            note=bucket_text(baseline, base_buckets),
                         ),
-                        Evidence(f"{P}dynamo_request_rate", ctx.signals.request_rate, unit="requests/s"),
-                        Evidence(f"{P}dynamo_queued_requests", ctx.signals.queued),
+                        Evidence(metric("dynamo_request_rate"), ctx.signals.request_rate, unit="requests/s"),
+                        Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
                     ],
                     ctx.now - recent_window,
+                    role="frontend",
                 )
             )
     return hits
 
 
-def rejections_rising(ctx: Context) -> list[Hit]:
+def _count(buckets: list[tuple[float, float]]) -> float:
+    return buckets[-1][1] if buckets else 0.0
+
+
+@rule(
+    "slo_breach",
+    "performance_degradation",
+    "warning",
+    "{objective} is {observed} against an SLO target of {target} over the last {window}",
+    (
+        "Look at the other findings for the cause (queue growth, a hung or slow worker, throttling); with none, the pod is over capacity for this SLO: scale out.",
+        "The targets are the sidecar's slo_ttft_p99 / slo_itl_p99 / slo_error_rate, set as Dynamo's SLA planner takes them.",
+    ),
+    thresholds=(
+        Threshold("min_observations", 10, "observations", "Fewest observations in the window to judge."),
+    ),
+    fleet=lambda s, t: s(metric("slo_observed")) + " > ignoring(window) " + s(metric("slo_target")) + " > 0",
+    alert=Alert(
+        "DynamoSLOBreach",
+        "{{ $labels.objective }} on {{ $labels.namespace }}/{{ $labels.pod }} is over its SLO target",
+        "5m",
+    ),
+)
+def slo_breach(ctx: Context, t: Limits) -> list[Hit]:
+    hits = []
+    window = _window(ctx)
+    for objective, observation in slo_observations(ctx.state, ctx.names, ctx.config, window, ctx.now).items():
+        if observation.count < t.min_observations or observation.value <= observation.target:
+            continue
+        unit = SLO_OBJECTIVES[objective]
+        if unit == "ratio":
+            observed, target = f"{observation.value:.1%}", f"{observation.target:.1%}"
+        else:
+            observed = observation.text
+            target = f"{observation.target * 1000:.0f} ms"
+        hits.append(
+            Hit(
+                objective,
+                {
+                    "objective": objective,
+                    "observed": observed,
+                    "target": target,
+                    "window": duration_text(window),
+                },
+                [
+                    Evidence(
+                        f'{metric("slo_observed")}{{objective="{objective}"}}',
+                        round(observation.value, 4),
+                        unit=unit,
+                        note=observation.text,
+                    ),
+                    Evidence(
+                        f'{metric("slo_target")}{{objective="{objective}"}}', observation.target, unit=unit
+                    ),
+                    Evidence("observations in the window", observation.count),
+                ],
+                observation.since,
+                role="frontend",
+            )
+        )
+    return hits
+
+
+@rule(
+    "rejections_rising",
+    "performance_degradation",
+    "warning",
+    "Dynamo is rejecting {rate:.2f} requests/s: engine in-flight limit and queue are full",
+    ("Scale out workers, or raise --dynamo-request-queue-limit if bursts are short.",),
+    fleet=lambda s, t: s(metric("dynamo_rejection_rate")) + " > 0",
+)
+def rejections_rising(ctx: Context, t: Limits) -> list[Hit]:
     rate = ctx.signals.rejection_rate
     if not rate:
         return []
@@ -434,24 +806,63 @@ def rejections_rising(ctx: Context) -> list[Hit]:
             "dynamo",
             {"rate": rate},
             [
-                Evidence(f"{P}dynamo_rejection_rate", round(rate, 4), unit="requests/s"),
-                Evidence(f"{P}dynamo_queued_requests", ctx.signals.queued),
+                Evidence(metric("dynamo_rejection_rate"), round(rate, 4), unit="requests/s"),
+                Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
             ],
             ctx.now - ctx.signals.window,
         )
     ]
 
 
-def migrations_rising(ctx: Context) -> list[Hit]:
-    rate = ctx.signals.migration_rate
-    if not rate:
+@rule(
+    "migrations_rising",
+    "performance_degradation",
+    "info",
+    "{what}",
+    (
+        "Migrations follow worker failures: look for worker restarts, hung workers and XIDs in the same window.",
+        "With migration_limit 0 a worker loss fails every in-flight stream: set --migration-limit / DYN_MIGRATION_LIMIT on the frontend.",
+    ),
+)
+def migrations_rising(ctx: Context, t: Limits) -> list[Hit]:
+    window = _window(ctx)
+    migrated = failed = 0.0
+    for labels, ring in ctx.state.series_matching(ctx.names.migrations_total):
+        points = ring.points(since=ctx.now - window, until=ctx.now)
+        if len(points) < 2:
+            continue
+        from agent.state import counter_increase
+
+        increase = counter_increase(points)
+        if dict(labels).get("outcome") in {"failure", "failed", "error"}:
+            failed += increase
+        else:
+            migrated += increase
+    if not migrated and not failed:
         return []
+    limits = [s.value for s in ctx.state.find(ctx.names.migration_limit)]
+    limit = max(limits) if limits else None
+    if limit == 0 or (failed and not migrated):
+        what = f"{migrated + failed:.0f} request(s) lost their worker and could not be migrated" + (
+            " (migration is off: migration_limit 0)" if limit == 0 else ""
+        )
+    else:
+        what = f"{migrated:.0f} request(s) were migrated to another worker after a worker failure" + (
+            f", {failed:.0f} could not be" if failed else ""
+        )
     return [
         Hit(
             "dynamo",
-            {"rate": rate},
-            [Evidence(f"{P}dynamo_migration_rate", round(rate, 4), unit="requests/s")],
-            ctx.now - ctx.signals.window,
+            {"what": what},
+            [
+                Evidence(
+                    f"increase({ctx.names.migrations_total}[{window:.0f}s])",
+                    {"migrated": migrated, "failed": failed},
+                ),
+                Evidence(ctx.names.migration_limit, limit),
+            ],
+            ctx.now - window,
+            role="frontend",
         )
     ]
 
@@ -459,7 +870,32 @@ def migrations_rising(ctx: Context) -> list[Hit]:
 # --- network --------------------------------------------------------------------------------
 
 
-def dependency_unreachable(ctx: Context) -> list[Hit]:
+@rule(
+    "dependency_unreachable",
+    "connection_anomaly",
+    "critical",
+    "{subject} ({target}) is unreachable from this pod: {outcome}",
+    (
+        "Check the dependency's pods and Service (`kubectl get pods,svc -n <ns>`); refused means nothing listens, timeout means a network policy or a dead node, dns_error means the name.",
+        "Check NetworkPolicies between this namespace and the dependency's.",
+        "Dynamo needs etcd for discovery and NATS for events: without them workers do not register.",
+    ),
+    explains=(
+        "frontend_no_instances:*",
+        "dynamo_not_ready:*",
+        "worker_registration_lost:*",
+        "frontend_stale_instances:*",
+        "canary_failing:*",
+        "request_failures:*",
+    ),
+    fleet=lambda s, t: s(metric("probe_up")) + " == 0",
+    alert=Alert(
+        "DynamoDependencyUnreachable",
+        "{{ $labels.role }} ({{ $labels.target }}) unreachable from {{ $labels.namespace }}/{{ $labels.pod }}",
+        "1m",
+    ),
+)
+def dependency_unreachable(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for target, probe in ctx.state.facts("tcp").get("probes", {}).items():
         if probe.get("outcome") not in {None, "ok"}:
@@ -468,10 +904,12 @@ def dependency_unreachable(ctx: Context) -> list[Hit]:
                     probe.get("role", target),
                     {"target": target, "outcome": probe["outcome"]},
                     [
-                        Evidence(f'{P}probe_outcome{{target="{target}",outcome="{probe["outcome"]}"}}', 1),
+                        Evidence(
+                            f'{metric("probe_outcome")}{{target="{target}",outcome="{probe["outcome"]}"}}', 1
+                        ),
                         Evidence("error", probe.get("error")),
                         Evidence(
-                            f'{P}probe_dns_seconds{{target="{target}"}}',
+                            f'{metric("probe_dns_seconds")}{{target="{target}"}}',
                             probe.get("dns_seconds"),
                             unit="seconds",
                         ),
@@ -482,18 +920,42 @@ def dependency_unreachable(ctx: Context) -> list[Hit]:
     return hits
 
 
-def dependency_slow(ctx: Context) -> list[Hit]:
+@rule(
+    "dependency_slow",
+    "connection_anomaly",
+    "warning",
+    "{subject} ({target}) answers slowly: connect {connect:.0f} ms, DNS {dns:.0f} ms",
+    (
+        "Check the dependency's load and the node's network; slow etcd makes registration and lease renewal flap.",
+        "Slow DNS: check CoreDNS and ndots in the pod's resolv.conf.",
+    ),
+    thresholds=(
+        Threshold("connect_seconds", 0.1, "seconds", "TCP connect time that counts as slow."),
+        Threshold("dns_seconds", 0.5, "seconds", "DNS resolution time that counts as slow."),
+    ),
+    fleet=lambda s, t: (
+        s(metric("probe_connect_seconds"))
+        + f" >= {t.connect_seconds:g} or "
+        + s(metric("probe_dns_seconds"))
+        + f" >= {t.dns_seconds:g}"
+    ),
+)
+def dependency_slow(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for target, probe in ctx.state.facts("tcp").get("probes", {}).items():
         connect, dns = probe.get("connect_seconds"), probe.get("dns_seconds")
-        if probe.get("outcome") == "ok" and ((connect or 0) >= 0.1 or (dns or 0) >= 0.5):
+        if probe.get("outcome") == "ok" and (
+            (connect or 0) >= t.connect_seconds or (dns or 0) >= t.dns_seconds
+        ):
             hits.append(
                 Hit(
                     probe.get("role", target),
                     {"target": target, "connect": (connect or 0) * 1000, "dns": (dns or 0) * 1000},
                     [
-                        Evidence(f'{P}probe_connect_seconds{{target="{target}"}}', connect, unit="seconds"),
-                        Evidence(f'{P}probe_dns_seconds{{target="{target}"}}', dns, unit="seconds"),
+                        Evidence(
+                            f'{metric("probe_connect_seconds")}{{target="{target}"}}', connect, unit="seconds"
+                        ),
+                        Evidence(f'{metric("probe_dns_seconds")}{{target="{target}"}}', dns, unit="seconds"),
                     ],
                     ctx.now,
                 )
@@ -501,7 +963,18 @@ def dependency_slow(ctx: Context) -> list[Hit]:
     return hits
 
 
-def port_not_listening(ctx: Context) -> list[Hit]:
+@rule(
+    "port_not_listening",
+    "startup_failure",
+    "critical",
+    "the {subject} port {port} is not listening in this pod",
+    (
+        "The Dynamo process has not bound its port: check its logs for the bind error or a crash.",
+        "Check the port settings (DYN_HTTP_PORT, DYN_SYSTEM_PORT; the system port must be below 32768 in Dynamo 1.6).",
+    ),
+    fleet=lambda s, t: s(metric("tcp_listening")) + " == 0",
+)
+def port_not_listening(ctx: Context, t: Limits) -> list[Hit]:
     if ctx.in_startup_grace:
         return []
     facts = ctx.state.facts("tcp")
@@ -513,21 +986,43 @@ def port_not_listening(ctx: Context) -> list[Hit]:
                 Hit(
                     role,
                     {"port": port},
-                    [Evidence(f'{P}tcp_listening{{port="{port}",role="{role}"}}', 0)],
+                    [Evidence(f'{metric("tcp_listening")}{{port="{port}",role="{role}"}}', 0)],
                     ctx.now,
+                    role="frontend" if role == "frontend" else "worker",
                 )
             )
     return hits
 
 
-def retransmits_high(ctx: Context) -> list[Hit]:
+@rule(
+    "tcp_retransmits_high",
+    "connection_anomaly",
+    "warning",
+    "{percent:.1f}% of TCP segments are retransmitted: packet loss on the pod's network",
+    (
+        "Look at the per-peer retransmits in the evidence to find the path; check the node's NIC errors (`ethtool -S`) and the CNI.",
+        "Cross-node KV transfer and request traffic suffer first: compare TTFT with the retransmit ratio.",
+    ),
+    thresholds=(
+        Threshold("ratio", 0.02, "ratio", "Retransmitted share of sent segments."),
+        Threshold("min_segments", 1000, "segments", "Fewest segments sent in the window to judge."),
+    ),
+    fleet=lambda s, t: (
+        s(metric("tcp_retransmit_ratio"))
+        + f" >= {t.ratio:g} and on (namespace, pod, instance) increase("
+        + s(metric("tcp_kernel_total"), 'counter="OutSegs"')
+        + f"[5m]) >= {t.min_segments:g}"
+    ),
+)
+def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
     ratio = ctx.signals.retransmit_ratio
-    sent = ctx.state.increase(P + "tcp_kernel_total", ctx.signals.window, ctx.now, counter="OutSegs") or 0
-    if ratio is None or ratio < 0.02 or sent < 1000:
+    kernel = metric("tcp_kernel_total")
+    sent = ctx.state.increase(kernel, ctx.signals.window, ctx.now, counter="OutSegs") or 0
+    if ratio is None or ratio < t.ratio or sent < t.min_segments:
         return []
     per_peer = {
-        dict(labels).get("peer"): ring.last()[1]
-        for labels, ring in ctx.state.series_matching(P + "tcp_socket_retransmits")
+        dict(labels).get("peer"): ring.last()[1]  # type: ignore[index]
+        for labels, ring in ctx.state.series_matching(metric("tcp_socket_retransmits"))
         if ring.last()
     }
     return [
@@ -535,10 +1030,8 @@ def retransmits_high(ctx: Context) -> list[Hit]:
             "pod",
             {"percent": ratio * 100},
             [
-                Evidence(f"{P}tcp_retransmit_ratio", round(ratio, 4), unit="ratio"),
-                Evidence(
-                    f'increase({P}tcp_kernel_total{{counter="OutSegs"}}[{ctx.signals.window:.0f}s])', sent
-                ),
+                Evidence(metric("tcp_retransmit_ratio"), round(ratio, 4), unit="ratio"),
+                Evidence(f'increase({kernel}{{counter="OutSegs"}}[{ctx.signals.window:.0f}s])', sent),
                 Evidence("retransmits by peer (tcp_info)", per_peer),
             ],
             ctx.now - ctx.signals.window,
@@ -546,244 +1039,44 @@ def retransmits_high(ctx: Context) -> list[Hit]:
     ]
 
 
-def close_wait_leak(ctx: Context) -> list[Hit]:
-    hits = []
-    for peer, count in ctx.state.facts("tcp").get("close_wait", {}).items():
-        if count >= 50:
-            hits.append(
-                Hit(
-                    peer,
-                    {"count": count},
-                    [Evidence(f'{P}tcp_sockets{{state="close_wait",peer="{peer}"}}', count)],
-                    ctx.now,
-                )
-            )
-    return hits
-
-
-SYSTEM_RULES: tuple[Rule, ...] = (
-    Rule(
-        "dependency_unreachable",
-        "connection_anomaly",
-        "critical",
-        "{subject} ({target}) is unreachable from this pod: {outcome}",
-        (
-            "Check the dependency's pods and Service (`kubectl get pods,svc -n <ns>`); refused means nothing listens, timeout means a network policy or a dead node, dns_error means the name.",
-            "Check NetworkPolicies between this namespace and the dependency's.",
-            "Dynamo needs etcd for discovery and NATS for events: without them workers do not register.",
-        ),
-        dependency_unreachable,
-        explains=(
-            "frontend_no_instances:*",
-            "dynamo_not_ready:*",
-            "worker_registration_lost:*",
-            "frontend_stale_instances:*",
-        ),
+@rule(
+    "close_wait_leak",
+    "connection_anomaly",
+    "warning",
+    "{count} connections to {subject} stuck in CLOSE_WAIT, {owner}: the peer closed, the owner never did (a socket leak)",
+    (
+        "If a Dynamo process owns them, it is not closing connections its peers closed and will run out of descriptors: restart it and report the leak.",
+        "If no Dynamo process owns them, another container in the pod (or, outside a pod, another program on the host) leaks them.",
+        "Compare with dynamo_sidecar_process_open_fds against its limit.",
     ),
-    Rule(
-        "dependency_slow",
-        "connection_anomaly",
-        "warning",
-        "{subject} ({target}) answers slowly: connect {connect:.0f} ms, DNS {dns:.0f} ms",
-        (
-            "Check the dependency's load and the node's network; slow etcd makes registration and lease renewal flap.",
-            "Slow DNS: check CoreDNS and ndots in the pod's resolv.conf.",
-        ),
-        dependency_slow,
-    ),
-    Rule(
-        "port_not_listening",
-        "startup_failure",
-        "critical",
-        "the {subject} port {port} is not listening in this pod",
-        (
-            "The Dynamo process has not bound its port: check its logs for the bind error or a crash.",
-            "Check the port settings (DYN_HTTP_PORT, DYN_SYSTEM_PORT; the system port must be below 32768 in Dynamo 1.6).",
-        ),
-        port_not_listening,
-    ),
-    Rule(
-        "tcp_retransmits_high",
-        "connection_anomaly",
-        "warning",
-        "{percent:.1f}% of TCP segments are retransmitted: packet loss on the pod's network",
-        (
-            "Look at the per-peer retransmits in the evidence to find the path; check the node's NIC errors (`ethtool -S`) and the CNI.",
-            "Cross-node KV transfer and request traffic suffer first: compare TTFT with the retransmit ratio.",
-        ),
-        retransmits_high,
-    ),
-    Rule(
-        "close_wait_leak",
-        "connection_anomaly",
-        "warning",
-        "{count} connections to {subject} stuck in CLOSE_WAIT: the peer closed, this pod never did (a socket leak)",
-        (
-            "The Dynamo process is not closing connections its peers closed; it will run out of descriptors. Restart it and report the leak.",
-            "Compare with dynamo_sidecar_process_open_fds against its limit.",
-        ),
-        close_wait_leak,
-    ),
-    Rule(
-        "cpu_throttled",
-        "resource_pressure",
-        "warning",
-        "the container is CPU-throttled in {ratio:.0f}% of scheduling periods",
-        (
-            "Raise the container's CPU limit (or remove it and keep the request): throttling stalls the frontend's event loop and the tokenizer.",
-            "Check dynamo_frontend_event_loop_stall_total and TTFT in the same window.",
-        ),
-        cpu_throttled,
-    ),
-    Rule(
-        "cpu_saturated",
-        "resource_pressure",
-        "warning",
-        "process {subject} uses {cores:.2f} cores of a {limit:.2f}-core limit",
-        (
-            "Raise the CPU limit, or add replicas: a saturated frontend queues requests before any GPU sees them.",
-        ),
-        cpu_saturated,
-    ),
-    Rule(
-        "memory_near_limit",
-        "resource_pressure",
-        "warning",
-        "the container uses {percent:.0f}% of its memory limit",
-        (
-            "Raise the memory limit before the kernel OOM-kills the process; check for growth in dynamo_sidecar_process_resident_memory_bytes.",
-        ),
-        memory_near_limit,
-    ),
-    Rule(
-        "oom_killed",
-        "resource_pressure",
-        "critical",
-        "the kernel OOM-killed {count:.0f} process(es) in the container",
-        (
-            "Raise the memory limit; `kubectl describe pod` shows OOMKilled as the last state.",
-            "Large prompts and long contexts raise tokenizer and frontend memory: check input sequence lengths.",
-        ),
-        oom_killed,
-    ),
-    Rule(
-        "memory_pressure",
-        "resource_pressure",
-        "warning",
-        "tasks stalled on memory {percent:.0f}% of the last minute ({subject} PSI)",
-        (
-            "Memory is being reclaimed under pressure: raise the limit or move the pod; on host scope, the node is overcommitted.",
-        ),
-        memory_pressure,
-    ),
-    Rule(
-        "fd_exhaustion",
-        "resource_pressure",
-        "critical",
-        "process {subject} has {fds} of {limit} file descriptors open",
-        ("Raise RLIMIT_NOFILE for the container, and look for a connection leak (close_wait_leak).",),
-        fd_exhaustion,
-    ),
-    Rule(
-        "gpu_xid",
-        "gpu_fault",
-        "critical",
-        "{subject}: XID {xids} ({klass}): {description}",
-        (
-            "XID 79 (fallen off the bus), 48/95 (uncorrectable ECC), 119 (GSP timeout): cordon and drain the node (`kubectl cordon <node>`), then reset the GPU or reboot.",
-            "XID 13/31/43 are usually the application: check the engine's logs around the timestamp.",
-            "XID 94: a contained ECC error; only the affected process needs a restart.",
-        ),
-        gpu_xid,
-    ),
-    Rule(
-        "gpu_lost",
-        "gpu_fault",
-        "critical",
-        "{subject} is lost: NVML cannot reach it",
-        (
-            "Cordon the node and reset the GPU (`nvidia-smi -r`) or reboot; look for XID 79 in the kernel log (`dmesg`).",
-        ),
-        gpu_lost,
-        explains=("gpu_xid:*",),
-    ),
-    Rule(
-        "gpu_ecc_errors",
-        "gpu_fault",
-        "critical",
-        "{subject} has uncorrectable ECC errors or pending row remaps",
-        (
-            "Pending remaps take effect at the next GPU reset: drain the node and reset the GPU.",
-            "A remap failure means the GPU needs replacement.",
-        ),
-        gpu_ecc,
-    ),
-    Rule(
-        "gpu_throttling",
-        "gpu_fault",
-        "warning",
-        "{subject} clocks are held down ({reasons}){while}",
-        (
-            "Thermal: check the node's cooling and the GPU temperature against its slowdown threshold; power: check the power limit (`nvidia-smi -q -d POWER`).",
-        ),
-        gpu_throttling,
-    ),
-    Rule(
-        "gpu_memory_near_full",
-        "gpu_fault",
-        "warning",
-        "{subject} memory is {percent:.0f}% used",
-        (
-            "Lower the engine's memory fraction or max batch size, or the KV cache size; out-of-memory in the engine kills requests.",
-        ),
-        gpu_memory_near_full,
-    ),
-    Rule(
-        "queue_growing_gpu_idle",
-        "performance_degradation",
-        "warning",
-        "requests queue at the frontend ({queued:.0f}) while the GPUs are {utilization:.0f}% busy: a scheduling or routing problem, not capacity",
-        (
-            "Check the router: are requests going to a worker that does not serve (stale instance), or is one worker hot while others idle?",
-            "Check worker health and canaries; compare per-worker in-flight (dynamo_component_inflight_requests).",
-        ),
-        queue_growing_gpu_idle,
-    ),
-    Rule(
-        "queue_growing_saturated",
-        "performance_degradation",
-        "warning",
-        "requests queue at the frontend ({queued:.0f}) with the GPUs saturated: out of capacity",
-        (
-            "Scale out workers (or the planner's limits); lower max_tokens or concurrency at the client side meanwhile.",
-        ),
-        queue_growing_saturated,
-    ),
-    Rule(
-        "latency_regression",
-        "performance_degradation",
-        "warning",
-        "{subject} p99 is {recent:.0f} ms, {factor:.1f}x this pod's own baseline of {baseline:.0f} ms",
-        (
-            "Look at what changed in the window: queue depth, GPU throttling, CPU throttling, retransmits (see the other findings).",
-            "Compare with other pods: one pod is a node problem, all pods is load or a rollout.",
-        ),
-        latency_regression,
-    ),
-    Rule(
-        "rejections_rising",
-        "performance_degradation",
-        "warning",
-        "Dynamo is rejecting {rate:.2f} requests/s: engine in-flight limit and queue are full",
-        ("Scale out workers, or raise --dynamo-request-queue-limit if bursts are short.",),
-        rejections_rising,
-    ),
-    Rule(
-        "migrations_rising",
-        "performance_degradation",
-        "info",
-        "requests are being migrated between workers ({rate:.2f}/s)",
-        ("Migrations follow worker failures: look for worker restarts and XIDs in the same window.",),
-        migrations_rising,
+    thresholds=(Threshold("sockets", 50, "sockets", "CLOSE_WAIT sockets to one peer role."),),
+    fleet=lambda s, t: (
+        "sum without (direction) (" + s(metric("tcp_sockets"), 'state="close_wait"') + f") >= {t.sockets:g}"
     ),
 )
+def close_wait_leak(ctx: Context, t: Limits) -> list[Hit]:
+    owners = {
+        f"{p['process']}/{p['pid']}": p["close_wait"]
+        for p in ctx.state.facts("process").get("processes", [])
+        if p.get("close_wait")
+    }
+    hits = []
+    for peer, count in ctx.state.facts("tcp").get("close_wait", {}).items():
+        if count < t.sockets:
+            continue
+        if owners:
+            owner = "owned by " + ", ".join(f"{name} ({n})" for name, n in sorted(owners.items()))
+        else:
+            owner = "owned by no Dynamo process the sidecar sees"
+        hits.append(
+            Hit(
+                peer,
+                {"count": count, "owner": owner},
+                [
+                    Evidence(f'{metric("tcp_sockets")}{{state="close_wait",peer="{peer}"}}', count),
+                    Evidence("CLOSE_WAIT sockets per Dynamo process (/proc/<pid>/fd)", owners or None),
+                ],
+                ctx.now,
+            )
+        )
+    return hits

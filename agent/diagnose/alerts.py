@@ -1,0 +1,56 @@
+"""Prometheus alerting rules generated from the rule records: an alert's expression is its
+rule's fleet query over the rule's thresholds, so alerts, fleet scope and /diagnose agree.
+
+`python -m agent.diagnose.alerts > packaging/prometheus/alerts.yaml` writes the checked-in
+file (a test fails when it is stale); `dynamo-sidecar alerts [--config FILE]` prints the
+rules with a deployment's own threshold overrides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from agent.diagnose.engine import RULES
+from agent.diagnose.fleet import selector
+
+HEADER = """\
+# GENERATED from the rule records in agent/diagnose/rules*.py by
+# `python -m agent.diagnose.alerts`; do not edit by hand (a test fails when this is stale).
+# Each alert's expression is its rule's fleet query: the same thresholds /diagnose uses.
+# Load into Prometheus (rule_files) or wrap in a PrometheusRule (the Helm chart does);
+# `dynamo-sidecar diagnose` on the pod (or with --prometheus-url for the fleet) gives the
+# evidence and actions. Tested with `promtool test rules packaging/prometheus/alerts_test.yaml`.
+"""
+
+
+def alert_rules(overrides: dict[str, float] | None = None) -> list[dict[str, Any]]:
+    out = []
+    sel = selector()
+    for rule in RULES:
+        if rule.alert is None or rule.fleet is None:
+            continue
+        entry: dict[str, Any] = {"alert": rule.alert.name, "expr": rule.fleet(sel, rule.limits(overrides))}
+        if rule.alert.for_:
+            entry["for"] = rule.alert.for_
+        entry["labels"] = {"severity": rule.severity, "category": rule.category}
+        entry["annotations"] = {
+            "summary": rule.alert.summary,
+            "diagnose": rule.id,
+        }
+        # The first action that needs no per-finding value: an alert has no hit to fill it.
+        action = next((a for a in rule.actions if "{" not in a and ": " not in a[:10]), "")
+        if action:
+            entry["annotations"]["action"] = action
+        out.append(entry)
+    return out
+
+
+def alerts_yaml(overrides: dict[str, float] | None = None) -> str:
+    document = {"groups": [{"name": "dynamo-sidecar", "rules": alert_rules(overrides)}]}
+    return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
+
+
+if __name__ == "__main__":
+    print(alerts_yaml(), end="")

@@ -1,4 +1,4 @@
-"""`dynamo-sidecar` command line: run, demo, diagnose, check-config."""
+"""`dynamo-sidecar` command line: run, demo, diagnose, check-config, canary, alerts."""
 
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ def _add_config_flags(parser: argparse.ArgumentParser) -> None:
             dest=f"cfg_{field.name}",
             default=None,
             metavar="VALUE",
-            help=f"{field.metadata['doc']} [env {env_name(field.name)}]",
+            # argparse expands % in help text: a doc's literal % must not break --help.
+            help=f"{field.metadata['doc']} [env {env_name(field.name)}]".replace("%", "%%"),
         )
 
 
@@ -55,6 +56,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_check_config(args: argparse.Namespace) -> int:
     config = _config_from(args)
     print(json.dumps(config.redacted(), indent=2))
+    return 0
+
+
+def _cmd_alerts(args: argparse.Namespace) -> int:
+    from agent.diagnose.alerts import alerts_yaml
+
+    print(alerts_yaml(_config_from(args).thresholds), end="")
     return 0
 
 
@@ -186,6 +194,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     canary.add_argument("--format", choices=["text", "json"], default="text")
     canary.set_defaults(func=_cmd_canary)
+
+    alerts = sub.add_parser(
+        "alerts",
+        help="print Prometheus alerting rules generated from the diagnose rules, with this config's thresholds",
+    )
+    _add_config_flags(alerts)
+    alerts.set_defaults(func=_cmd_alerts)
 
     diag = sub.add_parser(
         "diagnose", help="print a running sidecar's findings; exit 0 ok, 1 warning, 2 critical, 3 unreachable"

@@ -22,6 +22,54 @@ def rules_table() -> str:
     return "\n".join(rows)
 
 
+def rules_reference() -> str:
+    """docs/rules.md: every rule record whole (thresholds, causal links, fleet query, alert)."""
+    from agent.diagnose.engine import RULES
+    from agent.diagnose.fleet import selector
+
+    out = [
+        "# Diagnose rules",
+        "",
+        "Generated from the rule records in `agent/diagnose/rules*.py` by `python -m agent.docs`;",
+        "a test fails when this file is stale. Each record holds the pod predicate, its named",
+        "thresholds, the fleet PromQL (`diagnose --prometheus-url`) and the Prometheus alert",
+        "(`packaging/prometheus/alerts.yaml`), all over the same thresholds.",
+        "",
+        "Override a threshold with the config key `thresholds` (YAML mapping, or",
+        "`DYN_SIDECAR_THRESHOLDS=rule.name=value,...`); `dynamo-sidecar alerts --config FILE`",
+        "prints alert rules with the same overrides.",
+        "",
+        "Causal links: `rule` is the same subject, `rule:*` any subject, `rule:@role` a subject of",
+        "the same role (frontend or worker). A cause is listed first with its symptoms folded",
+        "under it and takes the severity of its worst symptom; a *state* (start-up, a drain)",
+        "turns what it explains into info.",
+        "",
+    ]
+    sel = selector()
+    for rule in RULES:
+        out += [f"## `{rule.id}`", ""]
+        out.append(f"{rule.category}, {rule.severity}{', a state (not a fault)' if rule.state else ''}.")
+        out += ["", "Says: " + rule.summary.replace("{subject}", "<subject>"), ""]
+        out += [f"{i}. {a}" for i, a in enumerate(rule.actions, 1)]
+        out.append("")
+        if rule.thresholds:
+            out += ["| threshold | default | unit | meaning |", "| --- | --- | --- | --- |"]
+            out += [
+                f"| `{rule.id}.{t.name}` | {t.default:g} | {t.unit} | {t.help} |" for t in rule.thresholds
+            ]
+            out.append("")
+        if rule.explains:
+            out += ["Explains: " + ", ".join(f"`{link}`" for link in rule.explains), ""]
+        if rule.fleet is not None:
+            out += ["Fleet query:", "", "```promql", rule.fleet(sel, rule.limits()), "```", ""]
+        if rule.alert is not None:
+            out += [
+                f"Alert: `{rule.alert.name}`" + (f" (for {rule.alert.for_})" if rule.alert.for_ else ""),
+                "",
+            ]
+    return "\n".join(out)
+
+
 SECTIONS = {"metrics-table": markdown_table, "config-table": reference_markdown, "rules-table": rules_table}
 
 
@@ -38,3 +86,6 @@ def update(readme: Path) -> bool:
 if __name__ == "__main__":
     path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
     print("updated" if update(path) else "up to date")
+    rules = path.parent / "docs" / "rules.md"
+    rules.parent.mkdir(exist_ok=True)
+    rules.write_text(rules_reference())

@@ -55,6 +55,14 @@ def _parse_body(result: HttpResult) -> tuple[dict[str, Any] | None, str]:
     return body, ""
 
 
+def _looks_like(kind: str, body: dict[str, Any]) -> bool:
+    """A worker's system /health has per-endpoint readiness or an uptime; a frontend's lists
+    instances. Another Dynamo server on a searched port must not pass for this one."""
+    if kind == "worker":
+        return isinstance(body.get("endpoints"), dict) or isinstance(body.get("uptime"), dict)
+    return isinstance(body.get("instances"), list)
+
+
 MODELS_PATH = "/v1/models"
 
 
@@ -191,14 +199,18 @@ class DynamoHealthCollector(Collector):
         if last is not None and now - last[0] < self.PORT_SEARCH_EVERY:
             return last[1]
         parts = urlsplit(target.base_url)
+        ports = [p for p in self.listening_ports(target.kind) if p != parts.port][:8]
+        if not ports:
+            return None  # nothing known yet (the process collector has not run): ask again
+        urls = [urlunsplit((parts.scheme, f"{parts.hostname}:{port}", "", "", "")) for port in ports]
+        # Other listeners (ZMQ, the request plane) may not speak HTTP: ask them all at once.
+        responses = await asyncio.gather(
+            *(fetch(self._session, url + target.health_path, self.http_timeout, 64 * 1024) for url in urls)
+        )
         found: dict[str, Any] | None = None
-        for port in self.listening_ports(target.kind)[:8]:
-            if port == parts.port:
-                continue
-            url = urlunsplit((parts.scheme, f"{parts.hostname}:{port}", "", "", ""))
-            response = await fetch(self._session, url + target.health_path, self.http_timeout, 64 * 1024)
+        for port, url, response in zip(ports, urls, responses, strict=True):
             body, _ = _parse_body(response) if not response.failure else (None, "")
-            if body is not None:
+            if body is not None and _looks_like(target.kind, body):
                 found = {"port": port, "url": url, "status": str(body["status"])[:64], "seen_at": now}
                 break
         self._port_search[target.endpoint] = (now, found)

@@ -71,6 +71,9 @@ def fast_overrides(**extra: Any) -> dict[str, Any]:
         "interval_jitter": "0",
         "startup_grace": "0",
         "process_pid": str(os.getpid()),
+        # The host's socket table is not the test's: TCP tests enable it in a namespace or
+        # scope their assertions to the sockets they made.
+        "tcp_enabled": "false",
     }
     base.update({k: str(v) for k, v in extra.items()})
     return base

@@ -107,7 +107,11 @@ class RealDynamo:
         return f"http://127.0.0.1:{self.worker_port}"
 
     def start_worker(
-        self, health_check: bool = True, speedup: float = 10.0, extra_env: dict[str, str] | None = None
+        self,
+        health_check: bool = True,
+        speedup: float = 10.0,
+        extra_env: dict[str, str] | None = None,
+        extra_args: list[str] | None = None,
     ) -> None:
         env = {
             **self.env,
@@ -129,6 +133,7 @@ class RealDynamo:
                 "tiny",
                 "--speedup-ratio",
                 str(speedup),
+                *(extra_args or []),
             ],
             env=env,
             stdout=log,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -157,3 +158,33 @@ def test_demo_end_to_end() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_alerts_command_applies_threshold_overrides() -> None:
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "alerts"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DYN_SIDECAR_THRESHOLDS": "worker_restarted.restarts=2"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "[15m]) >= 2" in result.stdout and "alert: DynamoWorkerRestarting" in result.stdout
+    bad = subprocess.run(
+        [sys.executable, "-m", "agent.cli", "alerts"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DYN_SIDECAR_THRESHOLDS": "nope.x=1"},
+    )
+    assert bad.returncode == 2 and "not a known threshold" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@pytest.mark.parametrize("command", ["run", "demo", "check-config", "canary", "alerts", "diagnose"])
+def test_every_help_prints(command: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "agent.cli", command, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr

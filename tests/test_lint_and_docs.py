@@ -10,7 +10,7 @@ import pytest
 
 from agent.catalogue import markdown_table
 from agent.config import reference_markdown
-from agent.docs import rules_table
+from agent.docs import rules_reference, rules_table
 from tests.conftest import ROOT
 
 
@@ -52,3 +52,15 @@ def test_readme_starts_with_the_two_setup_commands() -> None:
     assert "dynamo-sidecar demo" in first_commands[0]
     ci = (ROOT / ".ci" / "run").read_text()
     assert first_commands[1] in ci, "the README's test command must be what .ci/run runs"
+
+
+def test_rules_reference_is_generated_from_the_records() -> None:
+    assert (ROOT / "docs" / "rules.md").read_text() == rules_reference(), "run: python -m agent.docs"
+
+
+def test_alerts_yaml_is_generated_from_the_records() -> None:
+    from agent.diagnose.alerts import alerts_yaml
+
+    assert (ROOT / "packaging" / "prometheus" / "alerts.yaml").read_text() == alerts_yaml(), (
+        "run: python -m agent.diagnose.alerts > packaging/prometheus/alerts.yaml"
+    )

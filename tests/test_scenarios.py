@@ -201,7 +201,7 @@ SCENARIOS = [
         "close_wait_leak:nats",
         "connection_anomaly",
         "close_wait",
-        {"tcp_peer_roles": f"{LEAK_PORT}=nats", "tcp_interval": "0.3"},
+        {"tcp_peer_roles": f"{LEAK_PORT}=nats", "tcp_interval": "0.3", "tcp_enabled": "true"},
         close_wait,
     ),
     Scenario(
@@ -209,12 +209,12 @@ SCENARIOS = [
         "dependency_unreachable:etcd",
         "connection_anomaly",
         "probe_outcome",
-        {"tcp_probe_targets": f"etcd=127.0.0.1:{CLOSED}", "tcp_interval": "0.3"},
+        {"tcp_probe_targets": f"etcd=127.0.0.1:{CLOSED}", "tcp_interval": "0.3", "tcp_enabled": "true"},
         dependency_down,
     ),
     Scenario(
         "queue growth",
-        "queue_growing_saturated:frontend",
+        "queue_growing:frontend",
         "performance_degradation",
         "dynamo_queued_requests",
         {"signal_window": "10", "canary_enabled": "false"},
@@ -254,7 +254,9 @@ async def test_scenario_top_finding(scenario: Scenario, sim, make_sidecar, http)
 
 @pytest.mark.slow
 async def test_dependency_outage_explains_missing_instances(sim, make_sidecar, http) -> None:
-    sidecar = await make_sidecar(sim, tcp_probe_targets=f"etcd=127.0.0.1:{CLOSED}", tcp_interval="0.3")
+    sidecar = await make_sidecar(
+        sim, tcp_probe_targets=f"etcd=127.0.0.1:{CLOSED}", tcp_interval="0.3", tcp_enabled="true"
+    )
     sim.faults.worker_gone = True
 
     async def linked() -> dict | None:

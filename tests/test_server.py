@@ -125,7 +125,7 @@ async def test_healthz_readyz_status(sim, make_sidecar, http) -> None:
     assert status == 200
     await _ready(http, sidecar)
     data = await get_json(http, base_url(sidecar) + "/status")
-    assert set(data["collectors"]) == {"process", "cgroup", "dynamo_health", "dynamo_metrics", "gpu", "tcp"}
+    assert set(data["collectors"]) == {"process", "cgroup", "dynamo_health", "dynamo_metrics", "gpu"}
     assert data["config"]["frontend_url"] == sim.url("frontend")
     assert data["ready"] is True
 

@@ -403,6 +403,7 @@ def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
         "Compare the body in the evidence with what Dynamo 1.6 serves; a proxy or another server on that port can answer instead.",
         "Check the sidecar's frontend_url / worker_system_urls point at Dynamo itself.",
     ),
+    explains=("metrics_scrape_failing",),
     fleet=lambda s, t: s(OUTCOME, 'probe="health",outcome=~"malformed|http_error|error"') + " == 1",
 )
 def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:

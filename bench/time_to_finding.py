@@ -278,7 +278,8 @@ def _real_cases() -> list[tuple[str, str, str]]:
         ("worker SIGSTOP", "process_stalled:dynamo.mocker/{pid}", "stop"),
         ("worker SIGSTOP+SIGCONT", "worker_registration_lost:discovery", "stopcont"),
         ("worker killed mid-stream", "endpoint_refused:worker", "midstream"),
-        ("frontend SIGTERM", "dynamo_draining:frontend", "sigterm"),
+        ("frontend SIGTERM, a stream in flight", "dynamo_draining:frontend", "sigterm"),
+        ("frontend SIGTERM, idle (logs say so)", "(info only)", "sigterm_idle"),
         ("wrong worker system port", "endpoint_wrong_port:worker", "wrongport"),
         ("slow start (mocker --startup-time 20)", "(info only)", "slowstart"),
         ("sidecar started before Dynamo", "(info only)", "before"),
@@ -296,14 +297,14 @@ async def run_real_case(name: str, expect: str, how: str, interval: float, pytho
     info_only = expect == "(info only)"
     try:
         if how not in {"before", "slowstart"}:
-            dynamo.start_worker(speedup=0.1 if how == "midstream" else 10.0)
+            dynamo.start_worker(speedup=0.1 if how in {"midstream", "sigterm"} else 10.0)
             dynamo.start_frontend()
             dynamo.wait_model()
         overrides = {
             "process_pid": "0",
             "process_patterns": own_processes(dynamo),
             "log_files": f"{dynamo.frontend_log},{dynamo.worker_log}",
-            "startup_grace": "60" if info_only else "0",
+            "startup_grace": "60" if how in {"before", "slowstart"} else "0",
         }
         worker_url = dynamo.worker_url
         if how == "wrongport":
@@ -334,8 +335,16 @@ async def run_real_case(name: str, expect: str, how: str, interval: float, pytho
             await asyncio.sleep(1.5)
             started = time.monotonic()
             dynamo.signal_worker(signal.SIGKILL)
-        elif how == "sigterm":
+        elif how in {"sigterm", "sigterm_idle"}:
             assert dynamo.frontend is not None
+            if how == "sigterm":
+                thread = threading.Thread(
+                    target=lambda: dynamo.completion("ttf", 150, stream=True, timeout=60)
+                )
+                thread.start()
+                threads.append(thread)
+                await asyncio.sleep(1.5)
+                started = time.monotonic()
             dynamo.frontend.send_signal(signal.SIGTERM)
         elif how in {"before", "slowstart"}:
             args = ["--startup-time", "20"] if how == "slowstart" else []
@@ -388,6 +397,9 @@ def _table(outcomes: list[Outcome], interval: float) -> str:
 
 
 async def main() -> int:
+    from agent.log import configure
+
+    configure("warning", "console", stream=sys.stderr)  # the table alone on stdout
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -286,16 +286,16 @@ class DynamoHealthCollector(Collector):
                 ids = {str(i.get("instance_id")) for i in view["instances"]}
                 count = len(ids)
                 result.add(PREFIX + "frontend_instances", count, endpoint=target.endpoint)
-                previous = self._instances.get(target.endpoint)
-                if previous is None or previous[0] != count:
-                    if previous is not None:
+                known = self._instances.get(target.endpoint)
+                if known is None or known[0] != count:
+                    if known is not None:
                         result.events.append(
                             Event(
                                 kind="instances_changed",
                                 source=target.endpoint,
-                                message=f"frontend {target.endpoint} worker instances: {previous[0]} -> {count}",
+                                message=f"frontend {target.endpoint} worker instances: {known[0]} -> {count}",
                                 timestamp=now,
-                                attributes={"endpoint": target.endpoint, "from": previous[0], "to": count},
+                                attributes={"endpoint": target.endpoint, "from": known[0], "to": count},
                             )
                         )
                     self._instances[target.endpoint] = (count, now)

@@ -21,12 +21,21 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.samples import CollectResult
+from agent.samples import CollectResult, Event
 from collectors.base import Collector
 
 PREFIX = "dynamo_sidecar_"
 CRI_LINE = re.compile(r"^\S+ (?:stdout|stderr) ([FP]) (.*)$")
 _VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+(?:\.\d+)?")
+# Lines Dynamo's runtime logs when it received SIGTERM: a port that closes after one of these
+# was shut down on purpose. ("Signal handlers set up for graceful shutdown" is a start-up line.)
+SHUTDOWN_MARKERS = (
+    "Received shutdown signal",  # worker (python runtime)
+    "frontend service entering draining stage",  # frontend
+    "HTTP server shutdown requested",
+    "Runtime shutdown initiated",
+    "Phase 1: Cancelling endpoint shutdown token",  # both
+)
 KEPT_FIELDS = ("time", "level", "target", "message", "trace_id", "span_id", "x_request_id", "request_id")
 MAX_LINE = 64 * 1024
 
@@ -163,6 +172,7 @@ class DynamoLogCollector(Collector):
         self.tails: dict[str, _Tail] = {}
         self.stats = LogStats()
         self.errors = ErrorRing()
+        self.shutdowns: list[Event] = []  # handed out as events with the next result
         self.requests = RequestIndex()
 
     # --- reading -------------------------------------------------------------------------
@@ -236,6 +246,19 @@ class DynamoLogCollector(Collector):
         self.stats.bytes_read += self.max_bytes_per_cycle - budget
         return self._result(now, current)
 
+    def _shutdown(self, record: dict[str, Any], tail: _Tail, seen: float) -> None:
+        message = str(record.get("message", ""))
+        if any(marker in message for marker in SHUTDOWN_MARKERS):
+            self.shutdowns.append(
+                Event(
+                    kind="dynamo_shutdown",
+                    source=tail.path,
+                    message=message[:300],
+                    timestamp=seen,
+                    attributes={"file": tail.path, "target": str(record.get("target", ""))[:120]},
+                )
+            )
+
     def _line(self, tail: _Tail, text: str, now: float) -> None:
         text = text.rstrip("\r")
         if not text.strip():
@@ -268,12 +291,15 @@ class DynamoLogCollector(Collector):
         seen = record_time(record, now)
         if level in {"WARN", "WARNING", "ERROR"}:
             self.errors.add(record, seen)
+        self._shutdown(record, tail, seen)
         request_id = record.get("x_request_id")
         if isinstance(request_id, str) and request_id:
             self.requests.add(request_id[:200], {k: record[k] for k in KEPT_FIELDS if k in record})
 
     def _result(self, now: float, files: list[str]) -> CollectResult:
         result = CollectResult()
+        result.events.extend(self.shutdowns)
+        self.shutdowns.clear()
         for (level, target), count in self.stats.lines.items():
             result.add(PREFIX + "log_lines_total", count, level=level, target=target)
         result.add(PREFIX + "log_lines_skipped_total", self.stats.skipped)

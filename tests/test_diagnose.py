@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import aiohttp
+import pytest
 
 from agent.samples import CollectResult
 from collectors.base import Collector
-from tests.conftest import base_url, finding_ids, get_json, wait_for
+from tests.conftest import base_url, finding_ids, free_port, get_json, wait_for
 
 
 async def _finding(http: aiohttp.ClientSession, sidecar, finding_id: str, timeout: float = 10) -> dict:
@@ -85,3 +87,24 @@ async def test_healthy_run_has_no_warnings(sim, make_sidecar, http) -> None:
     await wait_for(lambda: sidecar.state.collectors["dynamo_health"].runs["ok"] >= 3, what="a few cycles")
     report = await get_json(http, base_url(sidecar) + "/diagnose?severity=warning")
     assert report["findings"] == [] and report["status"] == "ok"
+
+
+async def test_wrong_worker_port_names_the_port_dynamo_answers_on(sim, make_sidecar, http) -> None:
+    """The process collector sees which ports the Dynamo process (here: this test process,
+    which serves the simulator) listens on; the health collector finds the worker's health on
+    one of them. The frontend's port answers health too, but with a frontend's body."""
+    wrong = f"http://127.0.0.1:{free_port()}"
+    sidecar = await make_sidecar(sim, worker_system_urls=wrong)
+
+    async def finding() -> dict | None:
+        report = await get_json(http, base_url(sidecar) + "/diagnose")
+        return next((f for f in report["findings"] if f["rule"] == "endpoint_wrong_port"), None)
+
+    found = await wait_for(finding, timeout=15, what="endpoint_wrong_port")
+    assert f"port {sim.ports['worker']}" in found["summary"]
+    view = sidecar.state.facts("dynamo_health")["endpoints"]["worker"]
+    assert view["answers_on"]["port"] == sim.ports["worker"]
+    frontend = sidecar.state.facts("dynamo_health")["endpoints"]["frontend"]
+    assert frontend["first_ok_at"] > 0 and frontend["models_seen"] == {
+        "tiny": pytest.approx(time.time(), abs=30)
+    }

@@ -146,3 +146,24 @@ async def test_request_lookup_endpoint(make_sidecar, http, tmp_path: Path) -> No
         assert response.status == 404
     report = await get_json(http, base_url(sidecar) + "/status")
     assert "dynamo_logs" in report["collectors"]
+
+
+def test_shutdown_lines_become_events(tmp_path) -> None:
+    """Dynamo's own SIGTERM lines (recorded from 1.6.1) mark a deliberate shutdown, so a port
+    that closes after them reads as a drain, not a crash."""
+    from collectors.dynamo_logs import DynamoLogCollector
+
+    log = tmp_path / "worker.log"
+    collector = DynamoLogCollector([str(log)], 1, 1)
+    log.write_text("")
+    collector._collect_sync()
+    lines = [
+        '{"time":"2026-11-25T00:32:20.1Z","level":"INFO","target":"log","message":"Signal handlers set up for graceful shutdown"}',
+        '{"time":"2026-11-25T00:32:25.7Z","level":"INFO","target":"log","message":"Received shutdown signal, shutting down DistributedRuntime instances"}',
+        '{"time":"2026-11-25T00:32:25.8Z","level":"INFO","target":"dynamo_llm::http","message":"frontend service entering draining stage"}',
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    result = collector._collect_sync()
+    shutdowns = [e for e in result.events if e.kind == "dynamo_shutdown"]
+    assert [e.message[:24] for e in shutdowns] == ["Received shutdown signal", "frontend service enterin"]
+    assert collector._collect_sync().events == []  # each is reported once

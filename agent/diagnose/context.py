@@ -70,6 +70,8 @@ class Context:
             attributes = event.attributes
             if attributes.get("endpoint") == endpoint and attributes.get("to_status") in SHUTDOWN_STATUSES:
                 seen = max(seen, event.timestamp)
+        for event in self.events("dynamo_shutdown"):  # Dynamo logged that it got SIGTERM
+            seen = max(seen, event.timestamp)
         view = self.health_endpoints().get(endpoint, {})
         if view.get("stage") == "draining":
             seen = max(seen, self.now)

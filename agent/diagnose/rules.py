@@ -226,6 +226,9 @@ def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
     facts = ctx.state.facts("process")
     if not facts or facts.get("processes") or ctx.any_starting():
         return []
+    answered = [v.get("first_ok_at") or 0.0 for v in ctx.health_endpoints().values()]
+    if max(answered, default=0.0) > facts.get("time", 0.0):
+        return []  # Dynamo answered after the last process scan: that scan is stale, not proof
     evidence = [Evidence(metric("processes_matched"), 0), Evidence("patterns", ctx.config.process_patterns)]
     if facts.get("discovery_error"):
         evidence.append(Evidence("discovery error", facts["discovery_error"]))

@@ -20,6 +20,7 @@ import aiohttp
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent.aio import wait_event
+from agent.facts import HealthFacts, MetricsFacts
 from agent.log import get as get_logger
 from agent.samples import Sample, sample
 from exporters.otlp import traceparent_for
@@ -241,7 +242,8 @@ class Canary:
     # --- idle detection ------------------------------------------------------------------
     def _traffic_total(self) -> float | None:
         found = self.sidecar.state.find(self.sidecar.names.requests_total)
-        if not self.sidecar.state.facts("dynamo_metrics").get("endpoints", {}).get("frontend", {}).get("up"):
+        frontend = self.sidecar.state.facts("dynamo_metrics", MetricsFacts).endpoints.get("frontend")
+        if frontend is None or not frontend.up:
             return None
         return sum(item.value for item in found)
 
@@ -285,9 +287,11 @@ class Canary:
     def models_to_probe(self) -> list[str]:
         """The models /v1/models lists, and those it listed within the history window: a hung
         or dead worker's model leaves the list in ~12-16 s, which is when a canary matters."""
-        view = self.sidecar.state.facts("dynamo_health").get("endpoints", {}).get("frontend", {})
-        listed = list(view.get("models") or [])
-        return listed + sorted(m for m in view.get("models_seen", {}) if m not in listed)
+        view = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
+        if view is None:
+            return []
+        listed = list(view.models or [])
+        return listed + sorted(m for m in view.models_seen if m not in listed)
 
     def paused(self, now: float) -> str:
         """Why no canary may run now ("" when one may): a drain or the start-up grace are

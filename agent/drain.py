@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import psutil
 
 from agent.aio import wait_event
+from agent.facts import MetricsFacts, ProcessFacts
 from agent.log import get as get_logger
 from agent.samples import Event, Sample, sample
 
@@ -124,8 +125,8 @@ class DrainCoordinator:
         names = self.sidecar.names
         unreachable = [
             endpoint
-            for endpoint, fact in state.facts("dynamo_metrics").get("endpoints", {}).items()
-            if not fact.get("up")
+            for endpoint, fact in state.facts("dynamo_metrics", MetricsFacts).endpoints.items()
+            if not fact.up
         ]
         values = [
             value
@@ -156,10 +157,10 @@ class DrainCoordinator:
         cannot be read (gone with its process), so the last readable count stands."""
         frontends = [
             fact
-            for endpoint, fact in self.sidecar.state.facts("dynamo_metrics").get("endpoints", {}).items()
+            for endpoint, fact in self.sidecar.state.facts("dynamo_metrics", MetricsFacts).endpoints.items()
             if endpoint == "frontend"
         ]
-        if not frontends or not frontends[0].get("up"):
+        if not frontends or not frontends[0].up:
             return None
         ok = failed = 0.0
         for item in self.sidecar.state.find(self.sidecar.names.requests_total):
@@ -179,9 +180,7 @@ class DrainCoordinator:
         # anything: the baseline for "during the drain" is the state at the signal.
         await wait_event(fresh, min(2.0, max(self.interval * 2, 0.5)))
         summary.inflight_at_start, _ = self._inflight()
-        summary.processes_at_start = [
-            p["pid"] for p in sidecar.state.facts("process").get("processes", []) if "pid" in p
-        ]
+        summary.processes_at_start = [p.pid for p in sidecar.state.facts("process", ProcessFacts).readable()]
         counts_start = self._counts()
         counts_last = counts_start
         log.info(

@@ -19,6 +19,7 @@ from agent.config import Config
 from agent.diagnose import diagnose
 from agent.diagnose.context import Context
 from agent.drain import DrainCoordinator, DrainSummary
+from agent.facts import ProcessFacts
 from agent.log import get as get_logger
 from agent.samples import Sample, sample
 from agent.scheduler import Scheduler
@@ -179,20 +180,12 @@ class Sidecar:
 
     def _dynamo_pids(self) -> dict[int, str]:
         """The Dynamo processes the process collector found, for GPU per-process memory."""
-        return {
-            p["pid"]: p["process"]
-            for p in self.state.facts("process").get("processes", [])
-            if "pid" in p and "process" in p
-        }
+        return {p.pid: p.process for p in self.state.facts("process", ProcessFacts).readable()}
 
     def _listening_ports(self, kind: str) -> list[int]:
         """Ports the Dynamo processes of one kind listen on (frontend: dynamo.frontend)."""
-        ports: list[int] = []
-        for process in self.state.facts("process").get("processes", []):
-            is_frontend = process.get("process") == "dynamo.frontend"
-            if is_frontend == (kind == "frontend"):
-                ports.extend(process.get("listen_ports") or [])
-        return ports
+        processes = self.state.facts("process", ProcessFacts).of_role(kind)
+        return [port for process in processes for port in process.listen_ports]
 
     # --- derived values ---------------------------------------------------------------
     def _mark_dirty(self, _collector: str) -> None:

@@ -77,9 +77,9 @@ class CollectResult:
     samples: list[Sample] = field(default_factory=list)
     families: list[Family] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
-    # Source-level facts (parsed health bodies, reachability) that diagnose reads
-    # but that are not numbers.
-    facts: dict[str, Any] = field(default_factory=dict)
+    # Source-level facts that are not numbers (parsed health bodies, process states): one
+    # typed dataclass per source, from agent/facts.py.
+    facts: Any = None
 
     def add(self, name: str, value: float, /, **labels: object) -> None:
         self.samples.append(sample(name, value, **labels))

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from agent.diagnose import render
+from agent.facts import LogFacts
 from exporters.prometheus import negotiate
 
 if TYPE_CHECKING:
@@ -117,8 +118,7 @@ async def request_lines(request: web.Request) -> web.Response:
     """The Dynamo log lines of one request, by the x-request-id it was sent with."""
     request_id = request.match_info["x_request_id"]
     sidecar = _sidecar(request)
-    facts = sidecar.state.facts("dynamo_logs")
-    index = facts.get("requests")
+    index = sidecar.state.facts("dynamo_logs", LogFacts).requests
     if index is None:
         return _json(
             {

@@ -16,11 +16,12 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import Any, TypeVar
 
 from agent.samples import CollectResult, Event, Family, Labels, Sample
 
 SeriesKey = tuple[str, Labels]
+F = TypeVar("F")
 CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 
 
@@ -293,9 +294,11 @@ class State:
         found = self.find(name, collector, **labels)
         return found[0].value if found else default
 
-    def facts(self, collector: str) -> dict[str, Any]:
+    def facts(self, collector: str, kind: type[F]) -> F:
+        """The collector's latest typed facts, or an empty instance before its first run."""
         result = self.latest.get(collector)
-        return result.facts if result else {}
+        facts = result.facts if result is not None else None
+        return facts if isinstance(facts, kind) else kind()
 
     def series_points(
         self, name: str, labels: Labels, window: float, now: float | None = None

@@ -24,6 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from agent.config import load_config
 from agent.dynamo_sim.promtext import PromTemplate
 from agent.dynamo_sim.server import recorded
+from agent.facts import (
+    DependencyProbe,
+    EndpointFacts,
+    GpuFact,
+    GpuFacts,
+    HealthFacts,
+    MetricsFacts,
+    ProbeFact,
+    ProcessFact,
+    ProcessFacts,
+    ScrapeFact,
+    TcpFacts,
+)
 from agent.runtime import Sidecar
 from agent.samples import CollectResult, Event, sample
 from collectors.dynamo_metrics import parse_exposition
@@ -56,46 +69,31 @@ def fill(sidecar: Sidecar, now: float) -> int:
             worker.inc("dynamo_component_requests_total", dynamo_endpoint="generate")
         frontend.set("dynamo_frontend_queued_requests", step % 7, model="tiny")
         families = parse_exposition(frontend.render())[0] + parse_exposition(worker.render())[0]
+        scrapes = {
+            name: ScrapeFact(f"http://127.0.0.1/{name}", 200, up=True) for name in ("frontend", "worker")
+        }
         state.update(
-            "dynamo_metrics",
-            CollectResult(
-                families=families, facts={"endpoints": {"frontend": {"up": True}, "worker": {"up": True}}}
+            "dynamo_metrics", CollectResult(families=families, facts=MetricsFacts(scrapes, t)), now=t
+        )
+        ok = {"since": now - WINDOW, "status_code": 200, "outcome": "ok"}
+        endpoints = {
+            "frontend": EndpointFacts(
+                "frontend",
+                "http://127.0.0.1:8000",
+                probes={"health": ProbeFact(status="healthy", **ok)},
+                first_ok_at=now - WINDOW,
+                instance_ids=["1"],
+                models=["tiny"],
             ),
-            now=t,
-        )
-        health = CollectResult(
-            facts={
-                "endpoints": {
-                    "frontend": {
-                        "kind": "frontend",
-                        "url": "http://127.0.0.1:8000",
-                        "instances": [{"instance_id": 1}],
-                        "models": ["tiny"],
-                        "probes": {
-                            "health": {
-                                "outcome": "ok",
-                                "status": "healthy",
-                                "status_code": 200,
-                                "since": now - WINDOW,
-                            }
-                        },
-                    },
-                    "worker": {
-                        "kind": "worker",
-                        "url": "http://127.0.0.1:9090",
-                        "endpoints": {"generate": "ready"},
-                        "probes": {
-                            "health": {
-                                "outcome": "ok",
-                                "status": "ready",
-                                "status_code": 200,
-                                "since": now - WINDOW,
-                            }
-                        },
-                    },
-                }
-            }
-        )
+            "worker": EndpointFacts(
+                "worker",
+                "http://127.0.0.1:9090",
+                probes={"health": ProbeFact(status="ready", **ok)},
+                first_ok_at=now - WINDOW,
+                endpoints={"generate": "ready"},
+            ),
+        }
+        health = CollectResult(facts=HealthFacts(endpoints, t))
         health.add("dynamo_sidecar_endpoint_up", 1, endpoint="frontend", probe="health")
         state.update("dynamo_health", health, now=t)
         system = CollectResult(
@@ -114,20 +112,19 @@ def fill(sidecar: Sidecar, now: float) -> int:
                 sample("dynamo_sidecar_tcp_kernel_total", step * 1000, counter="OutSegs"),
                 sample("dynamo_sidecar_tcp_kernel_total", step * 3, counter="RetransSegs"),
             ],
-            facts={
-                "processes": [{"pid": 100, "process": "dynamo.frontend", "open_fds": 200, "max_fds": 65536}]
-            },
+            facts=ProcessFacts(
+                [ProcessFact(100, "dynamo.frontend", open_fds=200, max_fds=65536, state="S")], time=t
+            ),
         )
         state.update("process", system, now=t)
         gpus = {
-            str(i): {
-                "uuid": f"GPU-{i}",
-                "utilization": 0.7,
-                "memory_used": 4e10,
-                "memory_total": 8e10,
-                "clock_event_reasons": [],
-                "temperature": 60,
-            }
+            str(i): GpuFact(
+                f"GPU-{i}",
+                utilization=0.7,
+                memory_used=40_000_000_000,
+                memory_total=80_000_000_000,
+                temperature=60,
+            )
             for i in range(8)
         }
         gpu = CollectResult(
@@ -135,28 +132,12 @@ def fill(sidecar: Sidecar, now: float) -> int:
                 sample("dynamo_sidecar_gpu_utilization_ratio", 0.7, gpu=i, uuid=f"GPU-{i}", kind="gpu")
                 for i in range(8)
             ],
-            facts={"available": True, "gpus": gpus},
+            facts=GpuFacts(True, gpus=gpus),
         )
         state.update("gpu", gpu, now=t)
-        state.update(
-            "tcp",
-            CollectResult(
-                facts={
-                    "probes": {
-                        "etcd:2379": {
-                            "role": "etcd",
-                            "outcome": "ok",
-                            "connect_seconds": 0.001,
-                            "dns_seconds": 0.001,
-                        }
-                    },
-                    "listening": {"8000": True},
-                    "service_ports": {"8000": "frontend"},
-                    "close_wait": {},
-                }
-            ),
-            now=t,
-        )
+        probes = {"etcd:2379": DependencyProbe("etcd", "ok", connect_seconds=0.001, dns_seconds=0.001)}
+        tcp = TcpFacts(listening={"8000": True}, service_ports={"8000": "frontend"}, probes=probes)
+        state.update("tcp", CollectResult(facts=tcp), now=t)
         if step % 30 == 0:
             state.add_event(
                 Event("health_transition", "worker/health", "worker health: ready -> notready", t)

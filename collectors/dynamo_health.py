@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from agent.facts import EndpointFacts, HealthFacts, PortAnswer, ProbeFact
 from agent.samples import CollectResult, Event
 from collectors.base import Collector
 from collectors.http import HttpResult, fetch, new_session
@@ -125,7 +126,7 @@ class DynamoHealthCollector(Collector):
         self.models_memory = models_memory
         # kind -> ports the Dynamo processes of that kind listen on (process collector).
         self.listening_ports = listening_ports
-        self._port_search: dict[str, tuple[float, dict[str, Any] | None]] = {}
+        self._port_search: dict[str, tuple[float, PortAnswer | None]] = {}
 
     async def collect(self) -> CollectResult:
         if self._session is None:
@@ -151,14 +152,13 @@ class DynamoHealthCollector(Collector):
         responses, models_responses = await asyncio.gather(
             asyncio.gather(*(job[2] for job in jobs)), asyncio.gather(*models_jobs)
         )
-        facts: dict[str, Any] = {}
+        facts: dict[str, EndpointFacts] = {}
         now = time.time()
         for (target, probe, _), response in zip(jobs, responses, strict=True):
-            view = facts.setdefault(
-                target.endpoint, {"kind": target.kind, "url": target.base_url, "probes": {}}
-            )
-            view["probes"][probe] = self._record(result, target, probe, response, now)
-            body = view["probes"][probe].pop("_body", None)
+            view = facts.get(target.endpoint)
+            if view is None:
+                view = facts[target.endpoint] = EndpointFacts(target.kind, target.base_url)
+            view.probes[probe], body = self._record(result, target, probe, response, now)
             if body is not None and probe == "health":
                 self._read_body(result, target, body, view, now)
         for target, response in zip(frontends, models_responses, strict=True):
@@ -166,31 +166,29 @@ class DynamoHealthCollector(Collector):
             models = parse_models(response)
             seen = self._models_seen.setdefault(target.endpoint, {})
             if models is None:
-                view["models_error"] = response.error or f"HTTP {response.status}: {response.excerpt(120)}"
+                view.models_error = response.error or f"HTTP {response.status}: {response.excerpt(120)}"
             else:
-                view["models"] = models
+                view.models = models
                 result.add(PREFIX + "frontend_models", len(models), endpoint=target.endpoint)
                 for model in models:
                     seen[model] = now
             for model, last in list(seen.items()):
                 if now - last > self.models_memory:
                     del seen[model]
-            view["models_seen"] = dict(seen)
+            view.models_seen = dict(seen)
         for target in self.targets:
             view = facts[target.endpoint]
-            if any(p.get("outcome") == "ok" for p in view["probes"].values()):
+            if any(p.outcome == "ok" for p in view.probes.values()):
                 self._first_ok.setdefault(target.endpoint, now)
-            view["first_ok_at"] = self._first_ok.get(target.endpoint, 0.0)
-            if view["probes"].get("health", {}).get("outcome") == "refused":
-                found = await self._search_port(target, now)
-                if found is not None:
-                    view["answers_on"] = found
-        result.facts = {"endpoints": facts, "time": now}
+            view.first_ok_at = self._first_ok.get(target.endpoint, 0.0)
+            if view.probe().outcome == "refused":
+                view.answers_on = await self._search_port(target, now)
+        result.facts = HealthFacts(facts, now)
         return result
 
     PORT_SEARCH_EVERY = 30.0
 
-    async def _search_port(self, target: Target, now: float) -> dict[str, Any] | None:
+    async def _search_port(self, target: Target, now: float) -> PortAnswer | None:
         """The configured port refuses: does this kind's Dynamo process answer its health path
         on another port it listens on? (A wrong DYN_SYSTEM_PORT / worker_system_urls.)"""
         if self.listening_ports is None or self._session is None:
@@ -207,18 +205,18 @@ class DynamoHealthCollector(Collector):
         responses = await asyncio.gather(
             *(fetch(self._session, url + target.health_path, self.http_timeout, 64 * 1024) for url in urls)
         )
-        found: dict[str, Any] | None = None
+        found: PortAnswer | None = None
         for port, url, response in zip(ports, urls, responses, strict=True):
             body, _ = _parse_body(response) if not response.failure else (None, "")
             if body is not None and _looks_like(target.kind, body):
-                found = {"port": port, "url": url, "status": str(body["status"])[:64], "seen_at": now}
+                found = PortAnswer(port, url, str(body["status"])[:64], now)
                 break
         self._port_search[target.endpoint] = (now, found)
         return found
 
     def _record(
         self, result: CollectResult, target: Target, probe: str, response: HttpResult, now: float
-    ) -> dict[str, Any]:
+    ) -> tuple[ProbeFact, dict[str, Any] | None]:
         outcome, status, body, error = classify(response)
         key = (target.endpoint, probe)
         view = self._views.get(key)
@@ -257,33 +255,28 @@ class DynamoHealthCollector(Collector):
         for seen_outcome, count in view.probes.items():
             result.add(PREFIX + "endpoint_probes_total", count, outcome=seen_outcome, **labels)
         result.add(PREFIX + "endpoint_transitions_total", view.transitions, **labels)
-        return {
-            "outcome": outcome,
-            "status": status,
-            "status_code": response.status,
-            "elapsed_seconds": round(response.elapsed, 6),
-            "error": error,
-            "since": view.since,
-            "transitions": view.transitions,
-            "body_excerpt": response.excerpt(400),
-            "_body": body,
-        }
+        fact = ProbeFact(
+            outcome=outcome,
+            status=status,
+            status_code=response.status,
+            elapsed_seconds=round(response.elapsed, 6),
+            error=error,
+            since=view.since,
+            transitions=view.transitions,
+            body_excerpt=response.excerpt(400),
+        )
+        return fact, body
 
     def _read_body(
-        self, result: CollectResult, target: Target, body: dict[str, Any], view: dict[str, Any], now: float
+        self, result: CollectResult, target: Target, body: dict[str, Any], view: EndpointFacts, now: float
     ) -> None:
         if target.kind == "frontend":
             instances = body.get("instances")
             endpoints = body.get("endpoints")
             if isinstance(instances, list):
-                view["instances"] = [
-                    {k: inst.get(k) for k in ("namespace", "component", "endpoint", "instance_id")}
-                    for inst in instances[:64]
-                    if isinstance(inst, dict)
-                ]
                 # One worker registers one instance per endpoint (generate, clear_kv_blocks...):
                 # count distinct instance ids, not list entries.
-                ids = {str(i.get("instance_id")) for i in view["instances"]}
+                ids = {str(i.get("instance_id"))[:64] for i in instances[:256] if isinstance(i, dict)}
                 count = len(ids)
                 result.add(PREFIX + "frontend_instances", count, endpoint=target.endpoint)
                 known = self._instances.get(target.endpoint)
@@ -299,18 +292,18 @@ class DynamoHealthCollector(Collector):
                             )
                         )
                     self._instances[target.endpoint] = (count, now)
-                view["instance_ids"] = sorted(ids)
-                view["instances_since"] = self._instances[target.endpoint][1]
+                view.instance_ids = sorted(ids)
+                view.instances_since = self._instances[target.endpoint][1]
             if isinstance(endpoints, list):
                 result.add(PREFIX + "frontend_registered_endpoints", len(endpoints), endpoint=target.endpoint)
-                view["endpoints"] = [str(e) for e in endpoints[:64]]
+                view.registered = [str(e) for e in endpoints[:64]]
             if "stage" in body:
-                view["stage"] = str(body["stage"])
+                view.stage = str(body["stage"])[:64]
             return
         endpoints = body.get("endpoints")
         if isinstance(endpoints, dict):
-            view["endpoints"] = {str(k): str(v) for k, v in list(endpoints.items())[:64]}
-            for name, status in view["endpoints"].items():
+            view.endpoints = {str(k): str(v) for k, v in list(endpoints.items())[:64]}
+            for name, status in view.endpoints.items():
                 result.add(
                     PREFIX + "worker_endpoint_ready",
                     1 if status == "ready" else 0,
@@ -340,7 +333,7 @@ class DynamoHealthCollector(Collector):
                     )
                 )
             self._uptime[target.endpoint] = uptime
-            view["uptime_seconds"] = uptime
+            view.uptime_seconds = uptime
             result.add(PREFIX + "worker_uptime_seconds", uptime, endpoint=target.endpoint)
         result.add(
             PREFIX + "worker_restarts_total", self._restarts.get(target.endpoint, 0), endpoint=target.endpoint

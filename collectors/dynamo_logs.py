@@ -21,6 +21,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.facts import LogFacts
 from agent.samples import CollectResult, Event
 from collectors.base import Collector
 
@@ -307,13 +308,7 @@ class DynamoLogCollector(Collector):
         result.add(PREFIX + "log_rotations_total", self.stats.rotations)
         result.add(PREFIX + "log_bytes_read_total", self.stats.bytes_read)
         result.add(PREFIX + "log_files", len(files))
-        result.facts = {
-            "files": files,
-            "patterns": self.patterns,
-            "errors": self.errors,
-            "requests": self.requests,
-            "time": now,
-        }
+        result.facts = LogFacts(files, self.patterns, self.errors, self.requests, now)
         return result
 
     async def collect(self) -> CollectResult:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from agent.facts import MetricsFacts, ScrapeFact
 from agent.samples import CollectResult, Family, Sample, labels_from_dict
 from collectors.base import Collector
 from collectors.dynamo_health import Target
@@ -122,14 +122,10 @@ class DynamoMetricsCollector(Collector):
             )
         )
         result = CollectResult()
-        facts: dict[str, Any] = {}
+        facts: dict[str, ScrapeFact] = {}
         for target, response in zip(self.targets, responses, strict=True):
             labels = {"endpoint": target.endpoint}
-            fact: dict[str, Any] = {
-                "url": response.url,
-                "status_code": response.status,
-                "elapsed_seconds": round(response.elapsed, 6),
-            }
+            fact = ScrapeFact(response.url, response.status, round(response.elapsed, 6))
             facts[target.endpoint] = fact
             result.add(PREFIX + "scrape_duration_seconds", response.elapsed, **labels)
             reason = response.failure
@@ -147,21 +143,21 @@ class DynamoMetricsCollector(Collector):
                     self._count_error(target.endpoint, "partial")
             if reason:
                 self._count_error(target.endpoint, reason)
-                fact.update(
-                    up=False,
-                    reason=reason,
-                    error=response.error or f"HTTP {response.status}",
-                    body_excerpt=response.excerpt(200),
-                )
+                fact.reason, fact.error = reason, response.error or f"HTTP {response.status}"
+                fact.body_excerpt = response.excerpt(200)
             else:
-                fact.update(up=True, series=sum(len(f.samples) for f in families), skipped_lines=skipped)
+                fact.up, fact.series, fact.skipped_lines = (
+                    True,
+                    sum(len(f.samples) for f in families),
+                    skipped,
+                )
             result.add(PREFIX + "scrape_up", 0 if reason else 1, **labels)
             result.add(PREFIX + "scrape_bytes", len(response.body), **labels)
             result.add(PREFIX + "scrape_series", sum(len(f.samples) for f in families), **labels)
             result.families.extend(families)
         for (endpoint, reason), count in self._errors.items():
             result.add(PREFIX + "scrape_errors_total", count, endpoint=endpoint, reason=reason)
-        result.facts = {"endpoints": facts, "time": time.time()}
+        result.facts = MetricsFacts(facts, time.time())
         return result
 
     def _count_error(self, endpoint: str, reason: str) -> None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
+from agent.facts import GpuFact, GpuFacts
 from agent.log import get as get_logger
 from agent.samples import CollectResult, Event
 from collectors.base import Collector
@@ -259,11 +260,11 @@ class GpuCollector(Collector):
         now = time.time()
         if not self._init():
             result.add(PREFIX + "gpu_available", 0, reason=self.unavailable_reason)
-            result.facts = {"available": False, "reason": self.unavailable_reason, "gpus": {}, "time": now}
+            result.facts = GpuFacts(False, self.unavailable_reason, time=now)
             return result
         result.add(PREFIX + "gpu_available", 1, reason="ok")
         pids = self.dynamo_pids()
-        gpus: dict[str, Any] = {}
+        gpus: dict[str, GpuFact] = {}
         for index, handle in self._handles.items():
             gpus[str(index)] = self._device(result, index, handle, pids, now)
         self._xids(result)
@@ -271,22 +272,23 @@ class GpuCollector(Collector):
             result.add(PREFIX + "gpu_nvml_errors_total", count, gpu=gpu, function=function, error=error)
         for (gpu, xid), count in self._xid_counts.items():
             result.add(PREFIX + "gpu_xid_errors_total", count, gpu=gpu, xid=xid)
-        result.facts = {
-            "available": True,
-            "gpus": gpus,
-            "recent_xids": list(self._recent_xids),
-            "time": now,
-            "event_error": self.watcher.error if self.watcher else "",
-        }
+        result.facts = GpuFacts(
+            True,
+            "",
+            gpus,
+            list(self._recent_xids),
+            self.watcher.error if self.watcher else "",
+            now,
+        )
         return result
 
     def _device(
         self, result: CollectResult, index: int, handle: Any, pids: dict[int, str], now: float
-    ) -> dict[str, Any]:
+    ) -> GpuFact:
         lib = self._nvml.lib  # type: ignore[union-attr]
         identity = self._static[index]
         gpu = {"gpu": str(index), "uuid": identity["uuid"]}
-        fact: dict[str, Any] = {**identity, "lost": False}
+        fact = GpuFact(identity["uuid"], identity["name"], identity["pci_bus_id"])
         result.add(PREFIX + "gpu_info", 1, name=identity["name"], pci_bus_id=identity["pci_bus_id"], **gpu)
 
         def call(function: Callable[..., Any], *args: Any) -> Any:
@@ -310,22 +312,22 @@ class GpuCollector(Collector):
                 result.events.append(
                     Event("gpu_lost", f"gpu{index}", message, now, {"gpu": index, "uuid": identity["uuid"]})
                 )
-            fact["lost"] = True
+            fact.lost = True
             return fact
         result.add(PREFIX + "gpu_lost", 0, **gpu)
         if utilization is not None:
             result.add(PREFIX + "gpu_utilization_ratio", utilization.gpu / 100, kind="gpu", **gpu)
             result.add(PREFIX + "gpu_utilization_ratio", utilization.memory / 100, kind="memory", **gpu)
-            fact["utilization"] = utilization.gpu / 100
+            fact.utilization = utilization.gpu / 100
         memory = call(lib.nvmlDeviceGetMemoryInfo)
         if memory is not None:
             for state in ("used", "free", "total"):
                 result.add(PREFIX + "gpu_memory_bytes", getattr(memory, state), state=state, **gpu)
-            fact["memory_used"], fact["memory_total"] = memory.used, memory.total
+            fact.memory_used, fact.memory_total = memory.used, memory.total
         temperature = call(lib.nvmlDeviceGetTemperature, lib.NVML_TEMPERATURE_GPU)
         if temperature is not None:
             result.add(PREFIX + "gpu_temperature_celsius", temperature, **gpu)
-            fact["temperature"] = temperature
+            fact.temperature = temperature
         for name, threshold in (
             ("slowdown", lib.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
             ("shutdown", lib.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
@@ -333,15 +335,15 @@ class GpuCollector(Collector):
             value = call(lib.nvmlDeviceGetTemperatureThreshold, threshold)
             if value is not None:
                 result.add(PREFIX + "gpu_temperature_threshold_celsius", value, threshold=name, **gpu)
-                fact[f"temperature_{name}"] = value
+                fact.temperature_thresholds[name] = value
         power = call(lib.nvmlDeviceGetPowerUsage)
         if power is not None:
             result.add(PREFIX + "gpu_power_watts", power / 1000, **gpu)
-            fact["power_watts"] = power / 1000
+            fact.power_watts = power / 1000
         limit = call(lib.nvmlDeviceGetEnforcedPowerLimit)
         if limit is not None:
             result.add(PREFIX + "gpu_power_limit_watts", limit / 1000, **gpu)
-            fact["power_limit_watts"] = limit / 1000
+            fact.power_limit_watts = limit / 1000
         for name, clock in (("sm", lib.NVML_CLOCK_SM), ("memory", lib.NVML_CLOCK_MEM)):
             value = call(lib.nvmlDeviceGetClockInfo, clock)
             if value is not None:
@@ -354,7 +356,7 @@ class GpuCollector(Collector):
                 result.add(PREFIX + "gpu_clock_event_reason", 1 if on else 0, reason=reason, **gpu)
                 if on:
                     active.append(reason)
-            fact["clock_event_reasons"] = active
+            fact.clock_event_reasons = active
         for error_name, error_type in (
             ("corrected", lib.NVML_MEMORY_ERROR_TYPE_CORRECTED),
             ("uncorrected", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
@@ -368,7 +370,7 @@ class GpuCollector(Collector):
                     result.add(
                         PREFIX + "gpu_ecc_errors_total", value, type=error_name, counter=counter_name, **gpu
                     )
-                    fact[f"ecc_{error_name}_{counter_name}"] = value
+                    fact.ecc[f"{error_name}_{counter_name}"] = value
         for cause_name, cause in (
             ("single_bit", lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
             ("double_bit", lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
@@ -382,7 +384,7 @@ class GpuCollector(Collector):
                 ("correctable", "uncorrectable", "pending", "failure"), remapped, strict=False
             ):
                 result.add(PREFIX + "gpu_remapped_rows", value, kind=kind, **gpu)
-            fact["remap_pending"], fact["remap_failure"] = remapped[2], remapped[3]
+            fact.remap_pending, fact.remap_failure = remapped[2], remapped[3]
         replays = call(lib.nvmlDeviceGetPcieReplayCounter)
         if replays is not None:
             result.add(PREFIX + "gpu_pcie_replays_total", replays, **gpu)
@@ -413,7 +415,7 @@ class GpuCollector(Collector):
                 else:
                     other += used
             result.add(PREFIX + "gpu_process_memory_bytes", other, pid="", process="other", **gpu)
-            fact["processes"] = mapped
+            fact.processes = mapped
         return fact
 
     def _nvlinks(self, result: CollectResult, index: int, handle: Any, gpu: dict[str, str]) -> None:

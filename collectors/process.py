@@ -12,10 +12,10 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
 
 import psutil
 
+from agent.facts import ProcessFact, ProcessFacts
 from agent.samples import CollectResult
 from collectors.base import Collector
 
@@ -120,7 +120,7 @@ def _sockets(proc: psutil.Process) -> tuple[list[int], int]:
     return listening, close_wait
 
 
-def _read_process(found: Found, now: float) -> tuple[dict[str, Any], list[tuple[str, float, dict[str, str]]]]:
+def _read_process(found: Found, now: float) -> tuple[ProcessFact, list[tuple[str, float, dict[str, str]]]]:
     proc = psutil.Process(found.pid)
     labels = {"process": found.name, "pid": str(found.pid)}
     out: list[tuple[str, float, dict[str, str]]] = []
@@ -160,20 +160,20 @@ def _read_process(found: Found, now: float) -> tuple[dict[str, Any], list[tuple[
     out.append(("process_uptime_seconds", max(0.0, now - created), labels))
     for letter in STATES:
         out.append(("process_state", 1 if state == letter else 0, {**labels, "state": letter}))
-    fact = {
-        "pid": found.pid,
-        "process": found.name,
-        "cmdline": found.cmdline[:300],
-        "rss_bytes": memory.rss,
-        "threads": threads,
-        "open_fds": fds,
-        "max_fds": max_fds,
-        "cpu_seconds": cpu.user + cpu.system,
-        "start_time": created,
-        "state": state,
-        "listen_ports": listen_ports,
-        "close_wait": close_wait,
-    }
+    fact = ProcessFact(
+        pid=found.pid,
+        process=found.name,
+        cmdline=found.cmdline[:300],
+        rss_bytes=memory.rss,
+        threads=threads,
+        open_fds=fds,
+        max_fds=max_fds,
+        cpu_seconds=cpu.user + cpu.system,
+        start_time=created,
+        state=state,
+        listen_ports=listen_ports,
+        close_wait=close_wait,
+    )
     return fact, out
 
 
@@ -189,7 +189,7 @@ class ProcessCollector(Collector):
         result = CollectResult()
         now = time.time()
         found = self.finder.find()
-        processes = []
+        processes: list[ProcessFact] = []
         states: dict[tuple[int, str], float] = {}
         for item in found:
             try:
@@ -197,18 +197,19 @@ class ProcessCollector(Collector):
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue  # exited between discovery and reading: not an error
             except psutil.AccessDenied:
-                processes.append({"pid": item.pid, "process": item.name, "error": "access denied"})
+                processes.append(ProcessFact(item.pid, item.name, item.cmdline[:300], error="access denied"))
                 continue
             # When the process entered its current state: a stopped (T) or
             # uninterruptible (D) process matters by how long it has stayed there.
-            key = (item.pid, fact["state"])
-            fact["state_since"] = states.setdefault(key, self._state_since.get(key, now))
+            key = (item.pid, fact.state)
+            fact.state_since = states.setdefault(key, self._state_since.get(key, now))
             processes.append(fact)
             for name, value, labels in samples:
                 result.add(PREFIX + name, value, **labels)
         self._state_since = states
-        result.add(PREFIX + "processes_matched", len([p for p in processes if "error" not in p]))
-        result.facts = {"processes": processes, "discovery_error": self.finder.last_error, "time": now}
+        facts = ProcessFacts(processes, self.finder.last_error, now)
+        result.add(PREFIX + "processes_matched", len(facts.readable()))
+        result.facts = facts
         return result
 
     async def collect(self) -> CollectResult:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from agent.facts import DependencyProbe, TcpFacts
 from agent.samples import CollectResult
 from collectors.base import Collector
 from collectors.sockets import (
@@ -252,7 +253,7 @@ class TcpCollector(Collector):
         except NetlinkUnavailable as exc:
             self.netlink_error = f"tcp_info: {exc}"
 
-    def _passive(self, result: CollectResult) -> dict[str, Any]:
+    def _passive(self, result: CollectResult) -> TcpFacts:
         counts, per_peer, listening = self.collect_sockets()
         for (state, peer, direction), count in counts.items():
             result.add(PREFIX + "tcp_sockets", count, state=state, peer=peer, direction=direction)
@@ -271,15 +272,15 @@ class TcpCollector(Collector):
             result.add(PREFIX + "tcp_kernel_total", value, counter=key)
         result.add(PREFIX + "tcp_collection_method", 1, method=self.method)
         close_wait = {peer: n for (state, peer, _), n in counts.items() if state == "close_wait"}
-        return {
-            "method": self.method,
-            "netlink_error": self.netlink_error,
-            "listening": {str(port): port in listening for port in self.service_ports},
-            "service_ports": {str(p): r for p, r in self.service_ports.items()},
-            "close_wait": close_wait,
-            "sockets": sum(counts.values()),
-            "kernel": kernel,
-        }
+        return TcpFacts(
+            method=self.method,
+            netlink_error=self.netlink_error,
+            listening={str(port): port in listening for port in self.service_ports},
+            service_ports={str(p): r for p, r in self.service_ports.items()},
+            close_wait=close_wait,
+            sockets=sum(counts.values()),
+            kernel=kernel,
+        )
 
     # --- active ------------------------------------------------------------------------
     async def _probe(self, target: ProbeTarget, slots: asyncio.Semaphore) -> dict[str, Any]:
@@ -336,12 +337,12 @@ class TcpCollector(Collector):
                 "status": status,
             }
 
-    async def _active(self, result: CollectResult) -> dict[str, Any]:
+    async def _active(self, result: CollectResult) -> dict[str, DependencyProbe]:
         if not self.probe_targets:
             return {}
         slots = asyncio.Semaphore(self.probe_concurrency)
         probes = await asyncio.gather(*(self._probe(t, slots) for t in self.probe_targets))
-        facts = {}
+        facts: dict[str, DependencyProbe] = {}
         for probe in probes:
             target: ProbeTarget = probe.pop("target")
             labels = {"target": target.name, "role": target.role}
@@ -356,7 +357,14 @@ class TcpCollector(Collector):
                 result.add(PREFIX + "probe_connect_seconds", probe["connect_seconds"], **labels)
             if target.http_path and probe.get("status"):
                 result.add(PREFIX + "probe_http_status_code", probe["status"], **labels)
-            facts[target.name] = {"role": target.role, **probe}
+            facts[target.name] = DependencyProbe(
+                target.role,
+                outcome,
+                probe.get("error", ""),
+                probe.get("dns_seconds"),
+                probe.get("connect_seconds"),
+                probe.get("status", 0),
+            )
         for (name, outcome), count in self._probe_counts.items():
             role = next((t.role for t in self.probe_targets if t.name == name), "other")
             result.add(PREFIX + "probes_total", count, target=name, role=role, outcome=outcome)
@@ -366,5 +374,6 @@ class TcpCollector(Collector):
         result = CollectResult()
         passive = await asyncio.to_thread(self._passive, result)
         probes = await self._active(result)
-        result.facts = {**passive, "probes": probes, "time": time.time()}
+        passive.probes, passive.time = probes, time.time()
+        result.facts = passive
         return result

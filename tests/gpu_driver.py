@@ -10,6 +10,7 @@ after each step. Prints one JSON line per collection.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -40,7 +41,7 @@ async def main(steps: list[dict]) -> None:
             out = {
                 "samples": [[s.name, dict(s.labels), s.value] for s in result.samples],
                 "events": [e.to_dict() for e in result.events],
-                "facts": result.facts,
+                "facts": dataclasses.asdict(result.facts) if result.facts is not None else None,
             }
         except Exception as exc:  # what the scheduler would record
             out = {"error": f"{type(exc).__name__}: {exc}"}

@@ -8,6 +8,7 @@ import time
 import aiohttp
 import pytest
 
+from agent.facts import HealthFacts
 from agent.samples import CollectResult
 from collectors.base import Collector
 from tests.conftest import base_url, finding_ids, free_port, get_json, wait_for
@@ -102,9 +103,7 @@ async def test_wrong_worker_port_names_the_port_dynamo_answers_on(sim, make_side
 
     found = await wait_for(finding, timeout=15, what="endpoint_wrong_port")
     assert f"port {sim.ports['worker']}" in found["summary"]
-    view = sidecar.state.facts("dynamo_health")["endpoints"]["worker"]
-    assert view["answers_on"]["port"] == sim.ports["worker"]
-    frontend = sidecar.state.facts("dynamo_health")["endpoints"]["frontend"]
-    assert frontend["first_ok_at"] > 0 and frontend["models_seen"] == {
-        "tiny": pytest.approx(time.time(), abs=30)
-    }
+    view = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["worker"]
+    assert view.answers_on is not None and view.answers_on.port == sim.ports["worker"]
+    frontend = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"]
+    assert frontend.first_ok_at > 0 and frontend.models_seen == {"tiny": pytest.approx(time.time(), abs=30)}

@@ -47,9 +47,9 @@ async def test_healthy_frontend_and_worker(sim) -> None:
     assert value(result, "endpoint_up", endpoint="worker", probe="live") == 1
     assert value(result, "worker_endpoint_ready", endpoint="worker", dynamo_endpoint="generate") == 1
     assert value(result, "worker_uptime_seconds", endpoint="worker") >= 0
-    facts = result.facts["endpoints"]
-    assert "dyn://dynamo.backend.generate" in facts["frontend"]["endpoints"]
-    assert facts["frontend"]["instances"][0]["component"] == "backend"
+    facts = result.facts.endpoints
+    assert "dyn://dynamo.backend.generate" in (facts["frontend"].registered or [])
+    assert facts["frontend"].instance_ids and facts["frontend"].first_ok_at > 0
 
 
 async def test_outcomes_refused_timeout_5xx_malformed_notready(sim) -> None:
@@ -180,13 +180,13 @@ async def test_metrics_hostile_bodies_are_recorded_not_fatal(hostile: str, sim) 
     finally:
         await collector.close()
     assert time.monotonic() - started < 5
-    facts = result.facts["endpoints"]
-    assert facts["garbage"]["up"] is True and facts["garbage"]["skipped_lines"] >= 1
-    assert facts["truncated"]["up"] is True
-    assert facts["huge"]["up"] is False and facts["huge"]["reason"] == "too_large"
-    assert facts["endless"]["up"] is False and facts["endless"]["reason"] == "timeout"
-    assert facts["missing"]["up"] is False and facts["missing"]["reason"] == "http_error"
-    assert facts["worker"]["up"] is True
+    facts = result.facts.endpoints
+    assert facts["garbage"].up is True and facts["garbage"].skipped_lines >= 1
+    assert facts["truncated"].up is True
+    assert facts["huge"].up is False and facts["huge"].reason == "too_large"
+    assert facts["endless"].up is False and facts["endless"].reason == "timeout"
+    assert facts["missing"].up is False and facts["missing"].reason == "http_error"
+    assert facts["worker"].up is True
     assert value(result, "scrape_errors_total", endpoint="huge", reason="too_large") == 1
     assert value(result, "scrape_errors_total", endpoint="garbage", reason="partial") == 1
     assert any(f.name == "dynamo_component_requests" for f in result.families)
@@ -220,6 +220,6 @@ def test_refused_is_distinguished_from_timeout() -> None:
                 result = await collector.collect()
             finally:
                 await collector.close()
-            return result.facts["endpoints"]["worker"]["probes"]["health"]["outcome"]
+            return result.facts.endpoints["worker"].probe().outcome
 
         assert asyncio.run(probe()) == "timeout"

@@ -47,7 +47,7 @@ async def test_recorded_dynamo_lines_and_request_index(tmp_path: Path) -> None:
     total = sum(counts(result).values())
     assert total == len([x for x in recorded.splitlines() if x.strip()])
     assert scalar(result, "log_lines_skipped_total") == 1
-    lines = result.facts["requests"].get("rec-0001")
+    lines = result.facts.requests.get("rec-0001")
     assert lines and all(item["x_request_id"] == "rec-0001" for item in lines)
     assert lines[0]["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
 
@@ -121,7 +121,7 @@ async def test_noisy_error_does_not_evict_others(tmp_path: Path) -> None:
         for i in range(1000):
             handle.write(line(f"FileStore::keep_alive failed opening owned file /kv/{i}", level="ERROR"))
     result = await collector.collect()
-    signatures = result.facts["errors"].recent()
+    signatures = result.facts.errors.recent()
     messages = {s.message for s in signatures}
     assert "disk on fire" in messages
     noisy = next(s for s in signatures if "keep_alive" in s.message)

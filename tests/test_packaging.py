@@ -68,3 +68,111 @@ def test_dashboard_queries_parse_and_use_catalogue_metrics(tmp_path) -> None:
         ["promtool", "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# --- pod view and fleet view on the same series, at and just past each threshold --------------
+
+STEP = 15  # seconds between samples, in both views
+STEPS = 25
+
+
+def _cpu(ratio: float) -> dict[str, list[float]]:
+    return {
+        "dynamo_sidecar_cgroup_cpu_periods_total": [i * 100 for i in range(STEPS)],
+        "dynamo_sidecar_cgroup_cpu_throttled_periods_total": [i * 100 * ratio for i in range(STEPS)],
+    }
+
+
+def _memory(usage: float) -> dict[str, list[float]]:
+    return {
+        "dynamo_sidecar_cgroup_memory_usage_bytes": [usage] * STEPS,
+        "dynamo_sidecar_cgroup_memory_limit_bytes": [100.0] * STEPS,
+    }
+
+
+def _pressure(stall: float) -> dict[str, list[float]]:
+    return {
+        'dynamo_sidecar_pressure_stall_ratio{scope="cgroup",resource="memory",kind="some",window="60s"}': [
+            stall
+        ]
+        * STEPS
+    }
+
+
+SAME_SERIES = [
+    ("cpu_throttled", _cpu(0.25), False),
+    ("cpu_throttled", _cpu(0.26), True),
+    ("memory_near_limit", _memory(89), False),
+    ("memory_near_limit", _memory(90), True),
+    ("memory_pressure", _pressure(0.09), False),
+    ("memory_pressure", _pressure(0.1), True),
+]
+
+
+def _pod_fires(rule_id: str, series: dict[str, list[float]]) -> bool:
+    from agent.config import load_config
+    from agent.diagnose.context import Context
+    from agent.diagnose.engine import evaluate
+    from agent.samples import CollectResult, Sample, labels_from_dict
+    from agent.signals import DynamoNames, compute
+    from agent.state import State
+
+    now = 10_000.0
+    state = State(history_window=900, min_interval=5)
+    state.started = now - 3600
+    for step in range(STEPS):
+        samples = []
+        for spec, values in series.items():
+            name, _, labels = spec.partition("{")
+            pairs = dict(p.split("=", 1) for p in labels.rstrip("}").split(",") if p)
+            samples.append(
+                Sample(name, labels_from_dict({k: v.strip('"') for k, v in pairs.items()}), values[step])
+            )
+        state.update("spec", CollectResult(samples=samples), now=now - (STEPS - 1 - step) * STEP)
+    config = load_config(environ={}, overrides={"startup_grace": "0"})
+    names = DynamoNames()
+    ctx = Context(state, config, compute(state, names, config.signal_window, now), now=now, names=names)
+    return rule_id in {f.rule for f in evaluate(ctx)[0]}
+
+
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool not installed (Debian package 'prometheus')"
+)
+@pytest.mark.parametrize(("rule_id", "series", "fires"), SAME_SERIES)
+def test_pod_and_fleet_views_agree_at_the_threshold(tmp_path, rule_id: str, series, fires: bool) -> None:
+    import yaml
+
+    from agent.diagnose.fleet import fleet_queries
+
+    assert _pod_fires(rule_id, series) is fires, "pod view"
+    rules = {"groups": [{"name": "fleet", "rules": [{"alert": "Fleet", "expr": fleet_queries()[rule_id]}]}]}
+    (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
+    spec = {k if "{" in k else k + "{}": v for k, v in series.items()}
+    expected = [{"exp_labels": {}}] if fires else []
+    test = {
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": f"{STEP}s",
+        "tests": [
+            {
+                "interval": f"{STEP}s",
+                "input_series": [
+                    {"series": name, "values": " ".join(f"{v:g}" for v in values)}
+                    for name, values in spec.items()
+                ],
+                "alert_rule_test": [
+                    {"eval_time": f"{(STEPS - 1) * STEP}s", "alertname": "Fleet", "exp_alerts": expected}
+                ],
+            }
+        ],
+    }
+    (tmp_path / "test.yaml").write_text(yaml.safe_dump(test))
+    result = subprocess.run(
+        ["promtool", "test", "rules", "test.yaml"], cwd=tmp_path, capture_output=True, text=True, timeout=60
+    )
+    output = result.stdout + result.stderr
+    if fires and result.returncode != 0:
+        # The alert carries the series' labels, which the test cannot know in advance: any
+        # firing alert is the fleet view firing.
+        assert 'alertname="Fleet"' in output.partition("got:[")[2], output
+        return
+    assert result.returncode == 0, f"fleet view: {result.stdout}{result.stderr}"

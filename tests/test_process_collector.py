@@ -86,7 +86,7 @@ async def test_pid_file_and_vanished_process(tmp_path: Path) -> None:
     pid_file.write_text("garbage")
     result = await collector.collect()
     assert _values(result, "processes_matched")[()] == 0
-    assert "pid file" in result.facts["discovery_error"]
+    assert "pid file" in result.facts.discovery_error
 
 
 def test_process_label() -> None:
@@ -174,7 +174,7 @@ async def test_cgroup_v1_hybrid_tree_and_unlimited(tmp_path: Path) -> None:
     proc_root = _fake_proc(tmp_path, f"4:memory:/{cg}\n2:cpu,cpuacct:/\n1:name=systemd:/\n0::/\n")
     result = await CgroupCollector(_no_process_finder(), str(root), str(proc_root), 1, 5).collect()
     names = {s.name: s for s in result.samples}
-    assert result.facts["version"] == "v1"
+    assert result.facts.version == "v1"
     assert names["dynamo_sidecar_cgroup_memory_usage_bytes"].value == 2097152
     assert "dynamo_sidecar_cgroup_memory_limit_bytes" not in names  # unlimited
     events = {
@@ -194,14 +194,14 @@ async def test_missing_files_are_not_errors(tmp_path: Path) -> None:
     result = await CgroupCollector(
         _no_process_finder(), str(tmp_path / "nothing"), str(tmp_path / "noproc"), 1, 5
     ).collect()
-    assert result.facts["version"] == "none"
+    assert result.facts.version == "none"
     assert [s.name for s in result.samples] == ["dynamo_sidecar_cgroup_info"]
 
 
 async def test_real_machine_cgroup_and_pressure() -> None:
     result = await CgroupCollector(_no_process_finder(), "/sys/fs/cgroup", "/proc", 1, 5).collect()
     names = {s.name for s in result.samples}
-    assert result.facts["version"] in {"v1", "v2"}
+    assert result.facts.version in {"v1", "v2"}
     assert "dynamo_sidecar_cgroup_memory_usage_bytes" in names
     if os.path.exists("/proc/pressure/cpu"):
         assert any(

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.facts import HealthFacts
 from tests.conftest import base_url, get_json, get_text, wait_for
 from tests.real_dynamo import RealDynamo, dynamo_python, unavailable_reason
 
@@ -110,8 +111,8 @@ async def test_frontend_healthy_with_zero_instances(dynamo: RealDynamo, make_sid
     sidecar = await make_sidecar(frontend_url=dynamo.frontend_url, role="frontend", process_pid="0")
     finding = await _finding(http, sidecar, "frontend_no_instances:frontend")
     assert finding["severity"] == "critical"
-    health = sidecar.state.facts("dynamo_health")["endpoints"]["frontend"]["probes"]["health"]
-    assert health["status"] == "healthy" and health["status_code"] == 200  # what a k8s probe sees
+    health = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"].probe()
+    assert health.status == "healthy" and health.status_code == 200  # what a k8s probe sees
 
 
 async def test_worker_notready_without_health_check_payloads(dynamo: RealDynamo, make_sidecar, http) -> None:
@@ -119,8 +120,8 @@ async def test_worker_notready_without_health_check_payloads(dynamo: RealDynamo,
     sidecar = await make_sidecar(worker_system_urls=dynamo.worker_url, role="worker", process_pid="0")
     finding = await _finding(http, sidecar, "worker_notready_endpoints_ready:worker")
     assert "DYN_HEALTH_CHECK_ENABLED" in finding["actions"][0]
-    probe = sidecar.state.facts("dynamo_health")["endpoints"]["worker"]["probes"]["health"]
-    assert probe["status_code"] == 503 and probe["status"] == "notready"
+    probe = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["worker"].probe()
+    assert probe.status_code == 503 and probe.status == "notready"
 
 
 async def test_worker_sigkill_stale_instance_then_restart(dynamo: RealDynamo, make_sidecar, http) -> None:
@@ -136,19 +137,21 @@ async def test_worker_sigkill_stale_instance_then_restart(dynamo: RealDynamo, ma
     dynamo.signal_worker(signal.SIGKILL)
     refused = await _finding(http, sidecar, "endpoint_refused:worker")
     assert refused["severity"] == "critical"
-    stale = await _finding(http, sidecar, "frontend_stale_instances:frontend", timeout=20)
-    assert any('endpoint="worker"' in e["signal"] and e["value"] == "refused" for e in stale["evidence"])
-    # Requests through the frontend fail while /health still lists the dead instance;
-    # the failures become evidence too.
+    # Requests through the frontend fail while /health (and, for ~8 s, /v1/models) still list
+    # the dead instance. A refused worker probe alone is no proof of a stale registration (the
+    # sidecar may probe a wrong port); the failed requests are.
     status, body = await asyncio.to_thread(dynamo.completion, "after-kill", 2)
     assert status == 503, body
 
-    async def failures_in_evidence() -> bool:
+    async def stale_with_failures() -> dict | None:
         report = await get_json(http, base_url(sidecar) + "/diagnose")
         found = next((f for f in report["findings"] if f["id"] == "frontend_stale_instances:frontend"), None)
-        return found is not None and any("failures_total" in e["signal"] for e in found["evidence"])
+        if found is None or not any("failures_total" in e["signal"] for e in found["evidence"]):
+            return None
+        return found
 
-    await wait_for(failures_in_evidence, timeout=10, what="unavailable failures as evidence")
+    stale = await wait_for(stale_with_failures, timeout=10, what="stale instances shown by failed requests")
+    assert "endpoint_refused:worker" in stale["explained_by"]
     dynamo.worker.wait(timeout=10)  # type: ignore[union-attr]
     dynamo.start_worker()
     restarted = await _finding(http, sidecar, "worker_restarted:worker", timeout=60)
@@ -213,8 +216,8 @@ async def test_frontend_sigterm_is_draining(dynamo: RealDynamo, make_sidecar, ht
     dynamo.frontend.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     finding = await _finding(http, sidecar, "dynamo_draining:frontend", timeout=10)
     assert finding["category"] == "shutdown"
-    live = sidecar.state.facts("dynamo_health")["endpoints"]["frontend"]["probes"]["live"]
-    assert live["status"] == "shutting_down" and live["status_code"] == 503
+    live = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"].probe("live")
+    assert live.status == "shutting_down" and live.status_code == 503
     await asyncio.to_thread(thread.join, 60)
     assert results == [200]
 

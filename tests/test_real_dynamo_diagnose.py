@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from agent.facts import HealthFacts
 from tests.conftest import base_url, free_port, get_json, wait_for
 from tests.real_dynamo import RealDynamo, dynamo_python, unavailable_reason
 
@@ -259,6 +260,6 @@ async def test_one_worker_counts_as_one_instance(dynamo: RealDynamo, make_sideca
     dynamo.wait_model()
     sidecar = await _sidecar(make_sidecar, dynamo)
     await wait_for(lambda: sidecar.ready, timeout=20, what="ready")
-    view = sidecar.state.facts("dynamo_health")["endpoints"]["frontend"]
-    assert len(view["instance_ids"]) == 1
+    view = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"]
+    assert view.instance_ids is not None and len(view.instance_ids) == 1
     assert sidecar.state.value("dynamo_sidecar_frontend_instances") == 1

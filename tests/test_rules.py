@@ -15,6 +15,21 @@ from agent.config import load_config
 from agent.diagnose.context import Context
 from agent.diagnose.engine import RULES, diagnose, evaluate
 from agent.drain import DrainSummary
+from agent.facts import (
+    DependencyProbe,
+    EndpointFacts,
+    GpuFact,
+    GpuFacts,
+    HealthFacts,
+    LogFacts,
+    MetricsFacts,
+    PortAnswer,
+    ProbeFact,
+    ProcessFact,
+    ProcessFacts,
+    ScrapeFact,
+    TcpFacts,
+)
 from agent.samples import CollectResult, Event, sample
 from agent.signals import DynamoNames, compute
 from agent.state import State
@@ -24,33 +39,48 @@ NOW = time.time()
 P = "dynamo_sidecar_"
 
 
-def healthy_endpoints() -> dict[str, Any]:
+def healthy_endpoints() -> dict[str, EndpointFacts]:
+    def ok(status: str) -> ProbeFact:
+        return ProbeFact(outcome="ok", status=status, status_code=200, since=NOW - 600)
+
     return {
-        "frontend": {
-            "kind": "frontend",
-            "url": "http://127.0.0.1:8000",
-            "instances": [{"instance_id": 1}],
-            "instance_ids": ["1"],
-            "instances_since": NOW - 600,
-            "first_ok_at": NOW - 3000,
-            "endpoints": ["dyn://dynamo.backend.generate"],
-            "models": ["tiny"],
-            "probes": {
-                "health": {"outcome": "ok", "status": "healthy", "status_code": 200, "since": NOW - 600},
-                "live": {"outcome": "ok", "status": "live", "status_code": 200, "since": NOW - 600},
-            },
-        },
-        "worker": {
-            "kind": "worker",
-            "url": "http://127.0.0.1:9090",
-            "endpoints": {"generate": "ready"},
-            "first_ok_at": NOW - 3000,
-            "probes": {
-                "health": {"outcome": "ok", "status": "ready", "status_code": 200, "since": NOW - 600},
-                "live": {"outcome": "ok", "status": "ready", "status_code": 200, "since": NOW - 600},
-            },
-        },
+        "frontend": EndpointFacts(
+            "frontend",
+            "http://127.0.0.1:8000",
+            probes={"health": ok("healthy"), "live": ok("live")},
+            first_ok_at=NOW - 3000,
+            instance_ids=["1"],
+            instances_since=NOW - 600,
+            registered=["dyn://dynamo.backend.generate"],
+            models=["tiny"],
+        ),
+        "worker": EndpointFacts(
+            "worker",
+            "http://127.0.0.1:9090",
+            probes={"health": ok("ready"), "live": ok("ready")},
+            first_ok_at=NOW - 3000,
+            endpoints={"generate": "ready"},
+        ),
     }
+
+
+def edit(obj: Any, **changes: Any) -> None:
+    for key, value in changes.items():
+        assert hasattr(obj, key), key
+        setattr(obj, key, value)
+
+
+def processes(*items: dict[str, Any]) -> CollectResult:
+    return CollectResult(facts=ProcessFacts([ProcessFact(**item) for item in items], time=NOW))
+
+
+def gpus(**items: dict[str, Any]) -> CollectResult:
+    return CollectResult(facts=GpuFacts(True, gpus={k: GpuFact(**v) for k, v in items.items()}))
+
+
+def tcp(probes: dict[str, dict[str, Any]] | None = None, **facts: Any) -> CollectResult:
+    typed = {k: DependencyProbe(**v) for k, v in (probes or {}).items()}
+    return CollectResult(facts=TcpFacts(probes=typed, **facts))
 
 
 class Recorded:
@@ -73,7 +103,7 @@ class Recorded:
 
     def context(self) -> Context:
         if "dynamo_health" not in self.state.latest:
-            self.put("dynamo_health", CollectResult(facts={"endpoints": self.health}))
+            self.put("dynamo_health", CollectResult(facts=HealthFacts(self.health, NOW)))
         names = DynamoNames()
         return Context(
             self.state,
@@ -84,8 +114,8 @@ class Recorded:
         )
 
 
-def probe(view: dict[str, Any], **changes: Any) -> None:
-    view["probes"]["health"].update(changes)
+def probe(view: EndpointFacts, **changes: Any) -> None:
+    edit(view.probes["health"], **changes)
 
 
 def failing_model() -> Any:
@@ -107,7 +137,7 @@ def failing_model() -> Any:
 
 def queue_growth(r: Recorded, gpu_utilization: float) -> None:
     r.series("dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", i, model="tiny")])
-    r.put("gpu", CollectResult(facts={"gpus": {"0": {"uuid": "GPU-0", "utilization": gpu_utilization}}}))
+    r.put("gpu", gpus(**{"0": {"uuid": "GPU-0", "utilization": gpu_utilization}}))
 
 
 def latency(r: Recorded) -> None:
@@ -131,10 +161,8 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "endpoint_bad_response": lambda r: probe(
         r.health["frontend"], outcome="malformed", error="body is not JSON"
     ),
-    "frontend_no_instances": lambda r: r.health["frontend"].update(
-        instances=[], instance_ids=[], instances_since=NOW - 20
-    ),
-    "frontend_stale_instances": lambda r: r.health["frontend"].update(models=[]),
+    "frontend_no_instances": lambda r: edit(r.health["frontend"], instance_ids=[], instances_since=NOW - 20),
+    "frontend_stale_instances": lambda r: edit(r.health["frontend"], models=[]),
     "dynamo_starting": lambda r: _starting(r),
     "dynamo_stopped_after_drain": lambda r: (
         r.state.add_event(
@@ -150,23 +178,17 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     ),
     "endpoint_wrong_port": lambda r: (
         probe(r.health["worker"], outcome="refused", status="", status_code=0),
-        r.health["worker"].update(
-            answers_on={"port": 8081, "url": "http://127.0.0.1:8081", "status": "ready", "seen_at": NOW}
-        ),
+        edit(r.health["worker"], answers_on=PortAnswer(8081, "http://127.0.0.1:8081", "ready", NOW)),
     ),
     "process_stalled": lambda r: r.put(
         "process",
-        CollectResult(
-            facts={
-                "processes": [
-                    {
-                        "pid": 9,
-                        "process": "dynamo.mocker",
-                        "state": "T",
-                        "state_since": NOW - 30,
-                        "cmdline": "x",
-                    }
-                ]
+        processes(
+            {
+                "pid": 9,
+                "process": "dynamo.mocker",
+                "state": "T",
+                "state_since": NOW - 30,
+                "cmdline": "x",
             }
         ),
     ),
@@ -202,14 +224,14 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     ),
     "dynamo_not_ready": lambda r: (
         probe(r.health["worker"], outcome="unhealthy", status="notready", status_code=503),
-        r.health["worker"].update(endpoints={"generate": "notready"}),
+        edit(r.health["worker"], endpoints={"generate": "notready"}),
     ),
     "dynamo_draining": lambda r: probe(
         r.health["frontend"], outcome="unhealthy", status="not_ready", status_code=503
     ),
     "metrics_scrape_failing": lambda r: r.put(
         "dynamo_metrics",
-        CollectResult(facts={"endpoints": {"frontend": {"up": False, "reason": "malformed", "url": "x"}}}),
+        CollectResult(facts=MetricsFacts({"frontend": ScrapeFact("x", up=False, reason="malformed")}, NOW)),
     ),
     "worker_restarted": lambda r: r.state.add_event(
         Event("worker_restart", "worker", "worker restarted: uptime went from 50.0s to 1.0s", NOW - 30)
@@ -218,7 +240,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
         r.state.add_event(Event("health_transition", "worker/health", f"flip {i}", NOW - 20 * i))
         for i in range(4)
     ],
-    "no_dynamo_process": lambda r: r.put("process", CollectResult(facts={"processes": []})),
+    "no_dynamo_process": lambda r: r.put("process", processes()),
     "canary_failing": lambda r: r.state.extra.update(canary=failing_model()),
     "drain_deadline_with_work": lambda r: r.state.extra.update(
         drain=DrainSummary(
@@ -248,29 +270,23 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "series_dropped": lambda r: r.state.dropped.update({"dynamo_frontend_requests_total": 12}),
     "dependency_unreachable": lambda r: r.put(
         "tcp",
-        CollectResult(
-            facts={
-                "probes": {"etcd:2379": {"role": "etcd", "outcome": "refused", "error": "connection refused"}}
-            }
-        ),
+        tcp({"etcd:2379": {"role": "etcd", "outcome": "refused", "error": "connection refused"}}),
     ),
     "dependency_slow": lambda r: r.put(
         "tcp",
-        CollectResult(
-            facts={
-                "probes": {
-                    "nats:4222": {
-                        "role": "nats",
-                        "outcome": "ok",
-                        "connect_seconds": 0.25,
-                        "dns_seconds": 0.01,
-                    }
+        tcp(
+            {
+                "nats:4222": {
+                    "role": "nats",
+                    "outcome": "ok",
+                    "connect_seconds": 0.25,
+                    "dns_seconds": 0.01,
                 }
             }
         ),
     ),
     "port_not_listening": lambda r: r.put(
-        "tcp", CollectResult(facts={"listening": {"9090": False}, "service_ports": {"9090": "worker_system"}})
+        "tcp", tcp(listening={"9090": False}, service_ports={"9090": "worker_system"})
     ),
     "tcp_retransmits_high": lambda r: r.series(
         "tcp",
@@ -279,7 +295,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
             sample(P + "tcp_kernel_total", i * 500, counter="RetransSegs"),
         ],
     ),
-    "close_wait_leak": lambda r: r.put("tcp", CollectResult(facts={"close_wait": {"nats": 75}})),
+    "close_wait_leak": lambda r: r.put("tcp", tcp(close_wait={"nats": 75})),
     "cpu_throttled": lambda r: r.series(
         "cgroup",
         lambda i: [
@@ -301,7 +317,9 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
                 sample(P + "cgroup_cpu_limit_cores", 2),
             ],
         ),
-        r.state.latest["process"].facts.update(processes=[{"pid": 7, "process": "dynamo.frontend"}]),
+        setattr(
+            r.state.latest["process"], "facts", processes({"pid": 7, "process": "dynamo.frontend"}).facts
+        ),
     ),
     "memory_near_limit": lambda r: r.put(
         "cgroup",
@@ -332,9 +350,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     ),
     "fd_exhaustion": lambda r: r.put(
         "process",
-        CollectResult(
-            facts={"processes": [{"pid": 7, "process": "dynamo.frontend", "open_fds": 1000, "max_fds": 1024}]}
-        ),
+        processes({"pid": 7, "process": "dynamo.frontend", "open_fds": 1000, "max_fds": 1024}),
     ),
     "gpu_xid": lambda r: r.state.add_event(
         Event(
@@ -345,23 +361,17 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
             {"gpu": 3, "uuid": "GPU-3", "xid": 79, "class": "bus"},
         )
     ),
-    "gpu_lost": lambda r: r.put("gpu", CollectResult(facts={"gpus": {"1": {"uuid": "GPU-1", "lost": True}}})),
+    "gpu_lost": lambda r: r.put("gpu", gpus(**{"1": {"uuid": "GPU-1", "lost": True}})),
     "gpu_ecc_errors": lambda r: r.put(
-        "gpu", CollectResult(facts={"gpus": {"0": {"uuid": "GPU-0", "ecc_uncorrected_volatile": 2}}})
+        "gpu", gpus(**{"0": {"uuid": "GPU-0", "ecc": {"uncorrected_volatile": 2}}})
     ),
     "gpu_throttling": lambda r: r.put(
         "gpu",
-        CollectResult(
-            facts={
-                "gpus": {
-                    "0": {"uuid": "GPU-0", "clock_event_reasons": ["hw_thermal_slowdown"], "temperature": 91}
-                }
-            }
-        ),
+        gpus(**{"0": {"uuid": "GPU-0", "clock_event_reasons": ["hw_thermal_slowdown"], "temperature": 91}}),
     ),
     "gpu_memory_near_full": lambda r: r.put(
         "gpu",
-        CollectResult(facts={"gpus": {"0": {"uuid": "GPU-0", "memory_used": 79e9, "memory_total": 80e9}}}),
+        gpus(**{"0": {"uuid": "GPU-0", "memory_used": 79e9, "memory_total": 80e9}}),
     ),
     "queue_growing_gpu_idle": lambda r: queue_growth(r, 0.1),
     "queue_growing_saturated": lambda r: queue_growth(r, 0.97),
@@ -392,7 +402,7 @@ def _starting(r: Recorded) -> None:
     r.state.started = NOW - 10
     r.config.startup_grace = 60
     for view in r.health.values():
-        view["first_ok_at"] = 0.0
+        view.first_ok_at = 0.0
     probe(r.health["worker"], outcome="refused", status="", status_code=0, since=NOW - 10)
 
 
@@ -400,7 +410,7 @@ def _log_error(r: Recorded, message: str) -> None:
     errors = ErrorRing()
     for _ in range(5):
         errors.add({"level": "ERROR", "target": "dynamo_runtime::storage", "message": message}, NOW - 5)
-    r.put("dynamo_logs", CollectResult(facts={"errors": errors}))
+    r.put("dynamo_logs", CollectResult(facts=LogFacts(errors=errors)))
 
 
 def _collector_failing(r: Recorded) -> None:
@@ -437,32 +447,25 @@ def test_healthy_state_fires_nothing() -> None:
     )
     recorded.put(
         "process",
-        CollectResult(
-            facts={"processes": [{"pid": 7, "process": "dynamo.frontend", "open_fds": 50, "max_fds": 1024}]}
-        ),
+        processes({"pid": 7, "process": "dynamo.frontend", "open_fds": 50, "max_fds": 1024}),
     )
     recorded.put(
         "tcp",
-        CollectResult(
-            facts={
-                "listening": {"8000": True},
-                "probes": {"etcd:2379": {"role": "etcd", "outcome": "ok", "connect_seconds": 0.001}},
-                "close_wait": {},
-            }
+        tcp(
+            {"etcd:2379": {"role": "etcd", "outcome": "ok", "connect_seconds": 0.001}},
+            listening={"8000": True},
         ),
     )
     recorded.put(
         "gpu",
-        CollectResult(
-            facts={
-                "gpus": {
-                    "0": {
-                        "uuid": "GPU-0",
-                        "utilization": 0.6,
-                        "memory_used": 1e9,
-                        "memory_total": 8e10,
-                        "clock_event_reasons": ["gpu_idle"],
-                    }
+        gpus(
+            **{
+                "0": {
+                    "uuid": "GPU-0",
+                    "utilization": 0.6,
+                    "memory_used": 1e9,
+                    "memory_total": 8e10,
+                    "clock_event_reasons": ["gpu_idle"],
                 }
             }
         ),
@@ -493,15 +496,11 @@ def _top(recorded: Recorded) -> dict[str, Any]:
 def test_stopped_worker_is_the_root_not_no_instances() -> None:
     r = Recorded()
     probe(r.health["worker"], outcome="timeout", status="", status_code=0, since=NOW - 20)
-    r.health["frontend"].update(instances=[], instance_ids=[], instances_since=NOW - 8, models=[])
-    r.health["frontend"]["models_seen"] = {"tiny": NOW - 10}
+    edit(r.health["frontend"], instance_ids=[], instances_since=NOW - 8, models=[])
+    r.health["frontend"].models_seen = {"tiny": NOW - 10}
     r.put(
         "process",
-        CollectResult(
-            facts={
-                "processes": [{"pid": 9, "process": "dynamo.mocker", "state": "T", "state_since": NOW - 21}]
-            }
-        ),
+        processes({"pid": 9, "process": "dynamo.mocker", "state": "T", "state_since": NOW - 21}),
     )
     report = _top(r)
     top = report["findings"][0]
@@ -516,10 +515,8 @@ def test_stopped_worker_is_the_root_not_no_instances() -> None:
 def test_wrong_worker_port_is_a_warning_not_a_stale_registration() -> None:
     r = Recorded()
     probe(r.health["worker"], outcome="refused", status="", status_code=0)
-    r.health["worker"]["answers_on"] = {"port": 8081, "url": "http://127.0.0.1:8081", "status": "ready"}
-    r.put(
-        "process", CollectResult(facts={"processes": [{"pid": 9, "process": "dynamo.mocker", "state": "S"}]})
-    )
+    r.health["worker"].answers_on = PortAnswer(8081, "http://127.0.0.1:8081", "ready", NOW)
+    r.put("process", processes({"pid": 9, "process": "dynamo.mocker", "state": "S"}))
     report = _top(r)
     rules = [f["rule"] for f in report["findings"]]
     assert rules == ["endpoint_wrong_port"], rules
@@ -531,9 +528,7 @@ def test_wrong_worker_port_is_a_warning_not_a_stale_registration() -> None:
 def test_refused_worker_probe_alone_is_not_a_stale_registration() -> None:
     r = Recorded()
     probe(r.health["worker"], outcome="refused", status="", status_code=0)
-    r.put(
-        "process", CollectResult(facts={"processes": [{"pid": 9, "process": "dynamo.mocker", "state": "S"}]})
-    )
+    r.put("process", processes({"pid": 9, "process": "dynamo.mocker", "state": "S"}))
     rules = [f["rule"] for f in _top(r)["findings"]]
     assert "frontend_stale_instances" not in rules and "endpoint_refused" in rules
     refused = next(f for f in _top(r)["findings"] if f["rule"] == "endpoint_refused")
@@ -546,7 +541,7 @@ def test_startup_is_info_not_critical() -> None:
     r = Recorded()
     _starting(r)
     probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 10)
-    r.put("process", CollectResult(facts={"processes": []}))
+    r.put("process", processes())
     report = _top(r)
     assert report["status"] == "ok", [(f["rule"], f["severity"]) for f in report["findings"]]
     assert {f["rule"] for f in report["findings"]} == {"dynamo_starting"}
@@ -556,8 +551,8 @@ def test_no_dynamo_process_explains_refused_endpoints_after_grace() -> None:
     r = Recorded()
     for view in r.health.values():
         probe(view, outcome="refused", status="", status_code=0)
-        view["first_ok_at"] = 0.0
-    r.put("process", CollectResult(facts={"processes": []}))
+        view.first_ok_at = 0.0
+    r.put("process", processes())
     report = _top(r)
     top = report["findings"][0]
     assert top["rule"] == "no_dynamo_process" and top["severity"] == "critical"
@@ -717,3 +712,17 @@ def test_threshold_override_from_config() -> None:
 
     with pytest.raises(ConfigError, match="not a known threshold"):
         load_config(environ={}, overrides={"thresholds": "cpu_throttled.nope=1"})
+
+
+def test_flow_shows_coarse_quantiles_as_bounds() -> None:
+    r = Recorded()
+    r.series(
+        "dynamo_metrics",
+        lambda i: [
+            sample("dynamo_frontend_request_duration_seconds_bucket", i * 4, le="2", model="tiny"),
+            sample("dynamo_frontend_request_duration_seconds_bucket", i * 4, le="4", model="tiny"),
+            sample("dynamo_frontend_request_duration_seconds_bucket", i * 4, le="+Inf", model="tiny"),
+        ],
+    )
+    observations = next(s for s in _top(r)["flow"] if s["step"] == "metrics and logs")["observations"]
+    assert "request_duration p99 <= 2 s" in observations, observations

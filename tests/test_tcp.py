@@ -110,7 +110,7 @@ async def test_probe_outcomes_refused_timeout_dns_ok_http() -> None:
         ]
         collector = TcpCollector(1, 10, service_ports={}, probe_targets=targets, probe_timeout=0.5)
         result = await collector.collect()
-        outcomes = {name: fact["outcome"] for name, fact in result.facts["probes"].items()}
+        outcomes = {name: fact.outcome for name, fact in result.facts.probes.items()}
         assert outcomes[targets[0].name] == "refused"
         assert outcomes[targets[1].name] == "timeout"
         assert outcomes[targets[2].name] == "ok"
@@ -120,7 +120,7 @@ async def test_probe_outcomes_refused_timeout_dns_ok_http() -> None:
         assert values[("dynamo_sidecar_probe_http_status_code", http_labels)] == 200
         assert ("dynamo_sidecar_probe_connect_seconds", http_labels) in values
         assert ("dynamo_sidecar_probe_dns_seconds", http_labels) in values
-        kernel = result.facts["kernel"]
+        kernel = result.facts.kernel
         assert "ListenOverflows" in kernel and "RetransSegs" in kernel
     finally:
         for sock in [stuck, *fillers]:
@@ -264,8 +264,8 @@ except OSError as exc:
     print(json.dumps({"error": str(exc)}))
 after = asyncio.run(collector.collect())
 print(json.dumps({
-    "before": before["kernel"], "after": after.facts["kernel"], "sent": sent,
-    "probe": after.facts["probes"][f"{host}:{port}"]["outcome"],
+    "before": before.kernel, "after": after.facts.kernel, "sent": sent,
+    "probe": after.facts.probes[f"{host}:{port}"].outcome,
     "retrans_etcd": next((s.value for s in after.samples if s.name == "dynamo_sidecar_tcp_socket_retransmits" and dict(s.labels)["peer"] == "etcd"), None),
 }))
 """

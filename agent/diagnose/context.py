@@ -8,6 +8,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.config import Config
+from agent.facts import (
+    EndpointFacts,
+    GpuFacts,
+    HealthFacts,
+    LogFacts,
+    MetricsFacts,
+    ProbeFact,
+    ProcessFacts,
+    TcpFacts,
+)
 from agent.signals import DynamoNames, Signals
 from agent.state import State
 
@@ -33,14 +43,37 @@ class Context:
     def in_startup_grace(self) -> bool:
         return self.uptime < self.config.startup_grace
 
-    def health_endpoints(self) -> dict[str, dict[str, Any]]:
-        return self.state.facts("dynamo_health").get("endpoints", {})
+    # --- typed facts, one per source (agent/facts.py); empty before a source's first run ----
+    @property
+    def health(self) -> HealthFacts:
+        return self.state.facts("dynamo_health", HealthFacts)
 
-    def scrape_endpoints(self) -> dict[str, dict[str, Any]]:
-        return self.state.facts("dynamo_metrics").get("endpoints", {})
+    @property
+    def scrapes(self) -> MetricsFacts:
+        return self.state.facts("dynamo_metrics", MetricsFacts)
 
-    def probe(self, endpoint: str, probe: str = "health") -> dict[str, Any]:
-        return self.health_endpoints().get(endpoint, {}).get("probes", {}).get(probe, {})
+    @property
+    def processes(self) -> ProcessFacts:
+        return self.state.facts("process", ProcessFacts)
+
+    @property
+    def tcp(self) -> TcpFacts:
+        return self.state.facts("tcp", TcpFacts)
+
+    @property
+    def gpus(self) -> GpuFacts:
+        return self.state.facts("gpu", GpuFacts)
+
+    @property
+    def logs(self) -> LogFacts:
+        return self.state.facts("dynamo_logs", LogFacts)
+
+    def health_endpoints(self) -> dict[str, EndpointFacts]:
+        return self.health.endpoints
+
+    def probe(self, endpoint: str, probe: str = "health") -> ProbeFact:
+        view = self.health.endpoints.get(endpoint)
+        return view.probe(probe) if view is not None else ProbeFact()
 
     def events(self, kind: str | None = None) -> list[Any]:
         return self.state.recent_events(since=self.now - self.window, kind=kind)
@@ -51,13 +84,11 @@ class Context:
     # --- states that are not faults ---------------------------------------------------------
     def starting(self, endpoint: str) -> bool:
         """Dynamo's start-up: this endpoint has never answered, and the grace has not passed."""
-        view = self.health_endpoints().get(endpoint, {})
-        return self.in_startup_grace and not view.get("first_ok_at")
+        view = self.health.endpoints.get(endpoint)
+        return self.in_startup_grace and not (view is not None and view.first_ok_at)
 
     def any_starting(self) -> bool:
-        return self.in_startup_grace and not any(
-            view.get("first_ok_at") for view in self.health_endpoints().values()
-        )
+        return self.in_startup_grace and not any(view.first_ok_at for view in self.health.endpoints.values())
 
     def drain_seen(self, endpoint: str) -> float:
         """When Dynamo (this endpoint) was last seen shutting down, or the sidecar itself
@@ -72,7 +103,7 @@ class Context:
                 seen = max(seen, event.timestamp)
         for event in self.events("dynamo_shutdown"):  # Dynamo logged that it got SIGTERM
             seen = max(seen, event.timestamp)
-        view = self.health_endpoints().get(endpoint, {})
-        if view.get("stage") == "draining":
+        view = self.health.endpoints.get(endpoint)
+        if view is not None and view.stage == "draining":
             seen = max(seen, self.now)
         return seen

@@ -13,6 +13,7 @@ from agent.diagnose.model import SCHEMA_VERSION, SEVERITIES, SEVERITY_RANK, Evid
 from agent.diagnose.rules import RULES as BASE_RULES
 from agent.diagnose.rules_system import SYSTEM_RULES
 from agent.log import get as get_logger
+from agent.signals import bucket_text
 
 log = get_logger("dynamo_sidecar.diagnose")
 RULES: tuple[Rule, ...] = (*BASE_RULES, *SYSTEM_RULES)
@@ -68,7 +69,7 @@ LOG_EVIDENCE_LEAD = 60.0  # error lines this long before a finding began are sti
 
 
 def _attach_log_evidence(ctx: Context, findings: list[Finding]) -> None:
-    errors = ctx.state.facts("dynamo_logs").get("errors")
+    errors = ctx.logs.errors
     if errors is None:
         return
     for finding in findings:
@@ -129,10 +130,10 @@ def _status(findings: list[Finding]) -> str:
 
 def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
     health = []
-    for endpoint, view in sorted(ctx.health_endpoints().items()):
-        for probe, result in sorted(view.get("probes", {}).items()):
+    for endpoint, view in sorted(ctx.health.endpoints.items()):
+        for probe, result in sorted(view.probes.items()):
             health.append(
-                f"{view.get('kind')} {endpoint} {probe}: {result.get('outcome')} (HTTP {result.get('status_code')}, {result.get('status') or '-'})"
+                f"{view.kind} {endpoint} {probe}: {result.outcome} (HTTP {result.status_code}, {result.status or '-'})"
             )
     signals = ctx.signals
     metrics = []
@@ -142,9 +143,12 @@ def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
         )
     if signals.inflight_total() is not None:
         metrics.append(f"in flight {signals.inflight_total():.0f}, queued {signals.queued or 0:.0f}")
+    histograms = ctx.names.latency_histograms()
     for (name, quantile), value in sorted(signals.latency.items()):
         if quantile == 0.99:
-            metrics.append(f"{name} p99 {value * 1000:.1f} ms")
+            # Coarse buckets (request duration's first bucket is 0-2 s) say a range, not a value.
+            buckets = ctx.state.window_buckets(histograms[name], signals.window, ctx.now)
+            metrics.append(f"{name} p99 {bucket_text(value, buckets)}")
     primary = [f for f in findings if not f.explained_by and f.severity != "info"]
     return [
         {

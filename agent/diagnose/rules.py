@@ -11,6 +11,7 @@ from typing import Any
 from agent.catalogue import metric
 from agent.diagnose.context import SHUTDOWN_STATUSES, Context
 from agent.diagnose.model import Alert, Evidence, Hit, Limits, Rule, Threshold, duration_text, registrar, who
+from agent.facts import EndpointFacts, ProbeFact, ProcessFact
 from agent.signals import CLIENT_ERROR_TYPES
 
 RULES: list[Rule] = []
@@ -29,42 +30,43 @@ WORKER_EFFECTS = (
 )
 
 
-def _health_url(ctx: Context, view: dict[str, Any]) -> str:
-    path = (
-        ctx.config.frontend_health_path if view.get("kind") == "frontend" else ctx.config.worker_health_path
-    )
-    return str(view.get("url", "")) + path
+def _health_path(ctx: Context, kind: str) -> str:
+    return ctx.config.frontend_health_path if kind == "frontend" else ctx.config.worker_health_path
 
 
-def _probe_evidence(endpoint: str, probe: str, view: dict[str, Any], url: str) -> list[Evidence]:
+def _health_url(ctx: Context, view: EndpointFacts) -> str:
+    return view.url + _health_path(ctx, view.kind)
+
+
+def _probe_evidence(endpoint: str, probe: str, view: ProbeFact, url: str) -> list[Evidence]:
     evidence = [
         Evidence(
             f"{OUTCOME}{{endpoint={endpoint!r},probe={probe!r}}}",
-            view.get("outcome"),
-            timestamp=view.get("since", 0.0),
+            view.outcome,
+            timestamp=view.since,
             note=f"GET {url}",
         ),
         Evidence(
             f"{metric('endpoint_http_status_code')}{{endpoint={endpoint!r},probe={probe!r}}}",
-            view.get("status_code"),
+            view.status_code,
         ),
     ]
-    if view.get("error"):
-        evidence.append(Evidence("probe error", view["error"]))
-    if view.get("body_excerpt"):
-        evidence.append(Evidence("response body", view["body_excerpt"][:300]))
+    if view.error:
+        evidence.append(Evidence("probe error", view.error))
+    if view.body_excerpt:
+        evidence.append(Evidence("response body", view.body_excerpt[:300]))
     return evidence
 
 
 def _probe_hits(ctx: Context, outcomes: set[str], probe: str = "health") -> list[Hit]:
     hits = []
-    for endpoint, view in ctx.health_endpoints().items():
-        probe_view = view.get("probes", {}).get(probe, {})
-        if probe_view.get("outcome") not in outcomes:
+    for endpoint, view in ctx.health.endpoints.items():
+        probe_view = view.probe(probe)
+        if probe_view.outcome not in outcomes:
             continue
         url = _health_url(ctx, view)
-        since = probe_view.get("since", ctx.now)
-        kind = str(view.get("kind", ""))
+        since = probe_view.since or ctx.now
+        kind = view.kind
         hits.append(
             Hit(
                 endpoint,
@@ -77,21 +79,12 @@ def _probe_hits(ctx: Context, outcomes: set[str], probe: str = "health") -> list
     return hits
 
 
-def processes_of(ctx: Context, role: str) -> list[dict[str, Any]]:
-    """The Dynamo processes of one role: the frontend is `dynamo.frontend`, the rest workers."""
-    return [
-        p
-        for p in ctx.state.facts("process").get("processes", [])
-        if "pid" in p and (p.get("process") == "dynamo.frontend") == (role == "frontend")
-    ]
-
-
-def _process_evidence(processes: list[dict[str, Any]]) -> list[Evidence]:
+def _process_evidence(processes: list[ProcessFact]) -> list[Evidence]:
     return [
         Evidence(
-            f'{metric("process_state")}{{process="{p.get("process")}",pid="{p.get("pid")}"}}',
-            p.get("state", "?"),
-            note=f"listening on {p.get('listen_ports') or 'no port the sidecar can see'}",
+            f'{metric("process_state")}{{process="{p.process}",pid="{p.pid}"}}',
+            p.state,
+            note=f"listening on {p.listen_ports or 'no port the sidecar can see'}",
         )
         for p in processes[:3]
     ]
@@ -124,18 +117,18 @@ def _after_drain(ctx: Context, endpoint: str, since: float) -> float:
 )
 def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for endpoint, view in ctx.health_endpoints().items():
-        probe = view.get("probes", {}).get("health", {})
-        if not _in_startup(ctx, endpoint) or probe.get("outcome") == "ok":
+    for endpoint, view in ctx.health.endpoints.items():
+        probe = view.probe()
+        if not _in_startup(ctx, endpoint) or probe.outcome == "ok":
             continue
-        kind = str(view.get("kind", ""))
+        kind = view.kind
         hits.append(
             Hit(
                 endpoint,
                 {
                     "who": who(kind, endpoint),
                     "url": _health_url(ctx, view),
-                    "outcome": probe.get("status") or probe.get("outcome"),
+                    "outcome": probe.status or probe.outcome,
                     "elapsed": duration_text(ctx.uptime),
                     "grace": duration_text(ctx.config.startup_grace),
                 },
@@ -156,26 +149,25 @@ def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
         "Expected during a rollout or scale-down; new requests get 503 until the pod is gone.",
         "If the pod is not being terminated, check who sent SIGTERM (`kubectl get events`).",
     ),
-    explains=("canary_failing:*", "request_failures:*"),
+    explains=("canary_failing:*", "request_failures:*", "metrics_scrape_failing"),
     state=True,
 )
 def dynamo_draining(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for endpoint, view in ctx.health_endpoints().items():
-        probe = view.get("probes", {}).get("health", {})
-        live = view.get("probes", {}).get("live", {})
+    for endpoint, view in ctx.health.endpoints.items():
+        probe = view.probe()
         if (
-            probe.get("status") in SHUTDOWN_STATUSES
-            or view.get("stage") == "draining"
-            or live.get("status") == "shutting_down"
+            probe.status in SHUTDOWN_STATUSES
+            or view.stage == "draining"
+            or view.probe("live").status == "shutting_down"
         ):
-            kind = str(view.get("kind", ""))
+            kind = view.kind
             hits.append(
                 Hit(
                     endpoint,
                     {"who": who(kind, endpoint)},
                     _probe_evidence(endpoint, "health", probe, _health_url(ctx, view)),
-                    probe.get("since", ctx.now),
+                    probe.since or ctx.now,
                     role=kind,
                 )
             )
@@ -223,15 +215,15 @@ def dynamo_stopped_after_drain(ctx: Context, t: Limits) -> list[Hit]:
     fleet=lambda s, t: s(metric("processes_matched")) + " == 0",
 )
 def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
-    facts = ctx.state.facts("process")
-    if not facts or facts.get("processes") or ctx.any_starting():
+    facts = ctx.processes
+    if not facts.time or facts.processes or ctx.any_starting():
         return []
-    answered = [v.get("first_ok_at") or 0.0 for v in ctx.health_endpoints().values()]
-    if max(answered, default=0.0) > facts.get("time", 0.0):
+    answered = [v.first_ok_at for v in ctx.health.endpoints.values()]
+    if max(answered, default=0.0) > facts.time:
         return []  # Dynamo answered after the last process scan: that scan is stale, not proof
     evidence = [Evidence(metric("processes_matched"), 0), Evidence("patterns", ctx.config.process_patterns)]
-    if facts.get("discovery_error"):
-        evidence.append(Evidence("discovery error", facts["discovery_error"]))
+    if facts.discovery_error:
+        evidence.append(Evidence("discovery error", facts.discovery_error))
     return [Hit("process", {}, evidence, ctx.state.started if ctx.uptime < 120 else ctx.now)]
 
 
@@ -267,26 +259,26 @@ def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
 def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     names = {"T": "stopped", "t": "stopped by a tracer", "D": "in uninterruptible sleep"}
-    for process in ctx.state.facts("process").get("processes", []):
-        state = process.get("state")
+    for process in ctx.processes.readable():
+        state = process.state
         if state not in names:
             continue
-        since = float(process.get("state_since") or ctx.now)
+        since = process.state_since or ctx.now
         limit = t.uninterruptible_seconds if state == "D" else t.stopped_seconds
         if ctx.now - since < limit:
             continue
-        role = "frontend" if process.get("process") == "dynamo.frontend" else "worker"
+        role = process.role
         hits.append(
             Hit(
-                f"{process.get('process')}/{process.get('pid')}",
+                process.name,
                 {"state": state, "state_name": names[state], "for": duration_text(ctx.now - since)},
                 [
                     Evidence(
-                        f'{metric("process_state")}{{pid="{process.get("pid")}",state="{state}"}}',
+                        f'{metric("process_state")}{{pid="{process.pid}",state="{state}"}}',
                         1,
                         timestamp=since,
                     ),
-                    Evidence("command line", process.get("cmdline", "")[:200]),
+                    Evidence("command line", process.cmdline[:200]),
                 ],
                 since,
                 role=role,
@@ -310,20 +302,20 @@ def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
 def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for hit in _probe_hits(ctx, {"refused"}):
-        view = ctx.health_endpoints()[hit.subject]
-        answers = view.get("answers_on")
-        if not answers:
+        view = ctx.health.endpoints[hit.subject]
+        answers = view.answers_on
+        if answers is None:
             continue
-        hit.values.update(kind=view.get("kind"), port=answers["port"], answers=answers["url"])
+        hit.values.update(kind=view.kind, port=answers.port, answers=answers.url)
         hit.evidence.append(
             Evidence(
-                f"GET {answers['url']}{_health_url(ctx, {'kind': view.get('kind')})}",
-                answers.get("status"),
-                timestamp=answers.get("seen_at", ctx.now),
+                f"GET {answers.url}{_health_path(ctx, view.kind)}",
+                answers.status,
+                timestamp=answers.seen_at,
                 note="Dynamo's health answers on the port its process listens on",
             )
         )
-        hit.evidence.extend(_process_evidence(processes_of(ctx, hit.role)))
+        hit.evidence.extend(_process_evidence(ctx.processes.of_role(hit.role)))
         hits.append(hit)
     return hits
 
@@ -349,18 +341,17 @@ def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
 def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for hit in _probe_hits(ctx, {"refused"}):
-        view = ctx.health_endpoints()[hit.subject]
+        view = ctx.health.endpoints[hit.subject]
         if (
             _in_startup(ctx, hit.subject)
             or _after_drain(ctx, hit.subject, hit.since)
-            or view.get("answers_on")
+            or view.answers_on is not None
         ):
             continue
-        processes = processes_of(ctx, hit.role)
+        processes = ctx.processes.of_role(hit.role)
         if processes:
             hit.values["alive"] = (
-                f"The {hit.role} process is alive (pid {processes[0].get('pid')}) but not listening on this port: "
-                "check its logs for a bind error, or whether it is still loading."
+                f"The {hit.role} process is alive (pid {processes[0].pid}) but not listening on this port: check its logs for a bind error, or whether it is still loading."
             )
             hit.evidence.extend(_process_evidence(processes))
         else:
@@ -437,19 +428,19 @@ def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:
 )
 def frontend_no_instances(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for endpoint, view in ctx.health_endpoints().items():
-        probe = view.get("probes", {}).get("health", {})
-        if view.get("kind") != "frontend" or probe.get("outcome") != "ok" or view.get("instances") != []:
+    for endpoint, view in ctx.health.endpoints.items():
+        probe = view.probe()
+        if view.kind != "frontend" or probe.outcome != "ok" or view.instance_ids != []:
             continue
-        since = float(view.get("instances_since") or probe.get("since") or ctx.now)
+        since = view.instances_since or probe.since or ctx.now
         if ctx.now - since < t.for_seconds or _in_startup_workers(ctx):
             continue
         evidence = [
             Evidence(f'{metric("frontend_instances")}{{endpoint="{endpoint}"}}', 0, timestamp=since),
-            Evidence("frontend /health status", probe.get("status")),
-            Evidence("response body", probe.get("body_excerpt", "")[:300]),
+            Evidence("frontend /health status", probe.status),
+            Evidence("response body", probe.body_excerpt[:300]),
         ]
-        gone = sorted(m for m in view.get("models_seen", {}) if m not in (view.get("models") or []))
+        gone = sorted(m for m in view.models_seen if m not in (view.models or []))
         if gone:
             evidence.append(Evidence("models no longer listed by /v1/models", gone))
         hits.append(Hit(endpoint, {"for": duration_text(ctx.now - since)}, evidence, since, role="frontend"))
@@ -462,7 +453,7 @@ def _in_startup_workers(ctx: Context) -> bool:
         return False
     events = ctx.events("instances_changed")
     return not any(e.attributes.get("to", 0) > 0 for e in events) and not any(
-        view.get("instance_ids") for view in ctx.health_endpoints().values() if view.get("kind") == "frontend"
+        view.instance_ids for view in ctx.health.endpoints.values() if view.kind == "frontend"
     )
 
 
@@ -492,12 +483,12 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
         ctx.state.increase(failures, STALE_WINDOW, ctx.now, reason=reason) or 0.0
         for reason in UNAVAILABLE_REASONS
     )
-    for endpoint, view in ctx.health_endpoints().items():
-        probe = view.get("probes", {}).get("health", {})
-        ids = view.get("instance_ids") or []
-        if view.get("kind") != "frontend" or probe.get("outcome") != "ok" or not ids:
+    for endpoint, view in ctx.health.endpoints.items():
+        probe = view.probe()
+        ids = view.instance_ids or []
+        if view.kind != "frontend" or probe.outcome != "ok" or not ids:
             continue
-        no_models = view.get("models") == []
+        no_models = view.models == []
         if not no_models and unavailable <= 0:
             continue
         evidence = [
@@ -523,7 +514,7 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
                 endpoint,
                 {"count": len(ids), "why": "; ".join(why)},
                 evidence,
-                probe.get("since", ctx.now),
+                probe.since or ctx.now,
                 role="frontend",
             )
         )
@@ -546,7 +537,7 @@ KEEPALIVE_LOST = ("keep_alive failed", "lease", "failed to renew")
     explains=WORKER_EFFECTS,
 )
 def worker_registration_lost(ctx: Context, t: Limits) -> list[Hit]:
-    errors = ctx.state.facts("dynamo_logs").get("errors")
+    errors = ctx.logs.errors
     if errors is None:
         return []
     lost = [
@@ -572,14 +563,12 @@ def worker_registration_lost(ctx: Context, t: Limits) -> list[Hit]:
     ]
 
 
-def _notready_but_ready(view: dict[str, Any]) -> bool:
-    endpoints = view.get("endpoints")
+def _notready_but_ready(view: EndpointFacts) -> bool:
     return (
-        view.get("kind") == "worker"
-        and view.get("probes", {}).get("health", {}).get("status") == "notready"
-        and isinstance(endpoints, dict)
-        and bool(endpoints)
-        and all(status == "ready" for status in endpoints.values())
+        view.kind == "worker"
+        and view.probe().status == "notready"
+        and bool(view.endpoints)
+        and all(status == "ready" for status in (view.endpoints or {}).values())
     )
 
 
@@ -606,25 +595,25 @@ def _notready_but_ready(view: dict[str, Any]) -> bool:
 )
 def worker_notready_endpoints_ready(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for endpoint, view in ctx.health_endpoints().items():
+    for endpoint, view in ctx.health.endpoints.items():
         if not _notready_but_ready(view):
             continue
-        probe = view["probes"]["health"]
+        probe = view.probe()
         hits.append(
             Hit(
                 endpoint,
-                {"who": who("worker", endpoint), "endpoints": ", ".join(sorted(view["endpoints"]))},
+                {"who": who("worker", endpoint), "endpoints": ", ".join(sorted(view.endpoints or {}))},
                 [
                     Evidence(
                         f'{metric("endpoint_status")}{{endpoint="{endpoint}",probe="health",status="notready"}}',
                         1,
-                        timestamp=probe.get("since", ctx.now),
+                        timestamp=probe.since,
                     ),
-                    Evidence("HTTP status", probe.get("status_code")),
-                    Evidence("per-endpoint status", view["endpoints"]),
-                    Evidence("response body", probe.get("body_excerpt", "")[:300]),
+                    Evidence("HTTP status", probe.status_code),
+                    Evidence("per-endpoint status", view.endpoints),
+                    Evidence("response body", probe.body_excerpt[:300]),
                 ],
-                probe.get("since", ctx.now),
+                probe.since or ctx.now,
                 role="worker",
             )
         )
@@ -644,9 +633,9 @@ def worker_notready_endpoints_ready(ctx: Context, t: Limits) -> list[Hit]:
 def dynamo_not_ready(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for hit in _probe_hits(ctx, {"unhealthy"}):
-        view = ctx.health_endpoints()[hit.subject]
-        status = view["probes"]["health"].get("status")
-        if _in_startup(ctx, hit.subject) or status in SHUTDOWN_STATUSES or view.get("stage") == "draining":
+        view = ctx.health.endpoints[hit.subject]
+        status = view.probe().status
+        if _in_startup(ctx, hit.subject) or status in SHUTDOWN_STATUSES or view.stage == "draining":
             continue  # starting, or draining: the state rules say it
         if _notready_but_ready(view):
             continue  # the more specific rule says why
@@ -668,21 +657,26 @@ def dynamo_not_ready(ctx: Context, t: Limits) -> list[Hit]:
 )
 def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for endpoint, fact in ctx.scrape_endpoints().items():
-        if fact.get("up") is not False:
+    for endpoint, fact in ctx.scrapes.endpoints.items():
+        if fact.up:
             continue
-        if ctx.probe(endpoint).get("outcome") in {"refused", "timeout"} or ctx.starting(endpoint):
+        if ctx.probe(endpoint).outcome in {"refused", "timeout"} or ctx.starting(endpoint):
             continue  # the endpoint itself is down, or not up yet: those findings say it
-        kind = str(ctx.health_endpoints().get(endpoint, {}).get("kind", ""))
+        view = ctx.health.endpoints.get(endpoint)
+        kind = view.kind if view is not None else ""
+        if view is not None and ctx.scrapes.time <= view.first_ok_at:
+            continue  # the last scrape predates Dynamo's first answer: start-up, not a fault
+        if ctx.drain_seen(endpoint):
+            continue  # shutting down: Dynamo closes its ports on purpose
         hits.append(
             Hit(
                 endpoint,
-                {"reason": fact.get("reason"), "url": fact.get("url")},
+                {"reason": fact.reason, "url": fact.url},
                 [
                     Evidence(f'{metric("scrape_up")}{{endpoint="{endpoint}"}}', 0),
-                    Evidence("reason", fact.get("reason")),
-                    Evidence("error", fact.get("error")),
-                    Evidence("response body", (fact.get("body_excerpt") or "")[:200]),
+                    Evidence("reason", fact.reason),
+                    Evidence("error", fact.error),
+                    Evidence("response body", fact.body_excerpt[:200]),
                 ],
                 ctx.now,
                 role=kind,
@@ -747,7 +741,8 @@ def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
         if len(events) < t.transitions:
             continue
         endpoint = source.split("/")[0]
-        kind = str(ctx.health_endpoints().get(endpoint, {}).get("kind", ""))
+        view = ctx.health.endpoints.get(endpoint)
+        kind = view.kind if view is not None else ""
         hits.append(
             Hit(
                 source,
@@ -806,13 +801,13 @@ def canary_failing(ctx: Context, t: Limits) -> list[Hit]:
                 unit="unix seconds",
             ),
         ]
-        frontend = ctx.health_endpoints().get("frontend", {})
-        if model not in (frontend.get("models") or []) and model in frontend.get("models_seen", {}):
+        frontend = ctx.health.endpoints.get("frontend")
+        if frontend is not None and model not in (frontend.models or []) and model in frontend.models_seen:
             evidence.append(
                 Evidence(
                     "GET /v1/models",
                     "not listed",
-                    timestamp=frontend["models_seen"][model],
+                    timestamp=frontend.models_seen[model],
                     note="listed until then; a model leaving the list is itself a sign its workers are gone",
                 )
             )

@@ -9,6 +9,7 @@ from typing import Any
 from agent.catalogue import metric
 from agent.diagnose.context import Context
 from agent.diagnose.model import Alert, Evidence, Hit, Limits, Rule, Threshold, duration_text, registrar
+from agent.facts import GpuFact
 from agent.signals import SLO_OBJECTIVES, bucket_text, slo_observations
 from collectors.gpu import xid_class
 
@@ -19,10 +20,6 @@ rule = registrar(SYSTEM_RULES)
 def _window(ctx: Context) -> float:
     """ "Now" for rules over rates: the signal window (default five minutes)."""
     return min(ctx.window, ctx.config.signal_window)
-
-
-def _role(process: dict[str, Any]) -> str:
-    return "frontend" if process.get("process") == "dynamo.frontend" else "worker"
 
 
 # --- resource pressure -------------------------------------------------------------------
@@ -95,26 +92,24 @@ def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
     if not limit:
         return []  # no CPU limit: nothing to saturate against
     hits = []
-    for process in ctx.state.facts("process").get("processes", []):
-        if "pid" not in process:
-            continue
-        rate = ctx.state.rate(metric("process_cpu_seconds_total"), window, ctx.now, pid=str(process["pid"]))
+    for process in ctx.processes.readable():
+        rate = ctx.state.rate(metric("process_cpu_seconds_total"), window, ctx.now, pid=str(process.pid))
         if rate is None or rate < t.share * limit:
             continue
         hits.append(
             Hit(
-                f"{process['process']}/{process['pid']}",
+                process.name,
                 {"cores": rate, "limit": limit},
                 [
                     Evidence(
-                        f'rate({metric("process_cpu_seconds_total")}{{pid="{process["pid"]}"}}[{window:.0f}s])',
+                        f'rate({metric("process_cpu_seconds_total")}{{pid="{process.pid}"}}[{window:.0f}s])',
                         round(rate, 3),
                         unit="cores",
                     ),
                     Evidence(metric("cgroup_cpu_limit_cores"), limit, unit="cores"),
                 ],
                 ctx.now - window,
-                role=_role(process),
+                role=process.role,
             )
         )
     return hits
@@ -244,19 +239,19 @@ def memory_pressure(ctx: Context, t: Limits) -> list[Hit]:
 )
 def fd_exhaustion(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for process in ctx.state.facts("process").get("processes", []):
-        fds, limit = process.get("open_fds"), process.get("max_fds")
+    for process in ctx.processes.readable():
+        fds, limit = process.open_fds, process.max_fds
         if fds and limit and fds / limit >= t.share:
             hits.append(
                 Hit(
-                    f"{process['process']}/{process['pid']}",
+                    process.name,
                     {"fds": fds, "limit": limit},
                     [
-                        Evidence(f'{metric("process_open_fds")}{{pid="{process["pid"]}"}}', fds),
-                        Evidence(f'{metric("process_max_fds")}{{pid="{process["pid"]}"}}', limit),
+                        Evidence(f'{metric("process_open_fds")}{{pid="{process.pid}"}}', fds),
+                        Evidence(f'{metric("process_max_fds")}{{pid="{process.pid}"}}', limit),
                     ],
                     ctx.now,
-                    role=_role(process),
+                    role=process.role,
                 )
             )
     return hits
@@ -265,8 +260,8 @@ def fd_exhaustion(ctx: Context, t: Limits) -> list[Hit]:
 # --- GPU -----------------------------------------------------------------------------------
 
 
-def _gpus(ctx: Context) -> dict[str, dict[str, Any]]:
-    return ctx.state.facts("gpu").get("gpus", {})
+def _gpus(ctx: Context) -> dict[str, GpuFact]:
+    return ctx.gpus.gpus
 
 
 @rule(
@@ -346,12 +341,12 @@ def gpu_lost(ctx: Context, t: Limits) -> list[Hit]:
         Hit(
             f"gpu{index}",
             {},
-            [Evidence(f'{metric("gpu_lost")}{{gpu="{index}"}}', 1), Evidence("uuid", gpu.get("uuid"))],
+            [Evidence(f'{metric("gpu_lost")}{{gpu="{index}"}}', 1), Evidence("uuid", gpu.uuid)],
             ctx.now,
             role="worker",
         )
         for index, gpu in _gpus(ctx).items()
-        if gpu.get("lost")
+        if gpu.lost
     ]
 
 
@@ -375,8 +370,8 @@ def gpu_lost(ctx: Context, t: Limits) -> list[Hit]:
 def gpu_ecc_errors(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for index, gpu in _gpus(ctx).items():
-        volatile = gpu.get("ecc_uncorrected_volatile") or 0
-        pending, failure = gpu.get("remap_pending") or 0, gpu.get("remap_failure") or 0
+        volatile = gpu.ecc.get("uncorrected_volatile", 0)
+        pending, failure = gpu.remap_pending, gpu.remap_failure
         if volatile or pending or failure:
             hits.append(
                 Hit(
@@ -389,7 +384,7 @@ def gpu_ecc_errors(ctx: Context, t: Limits) -> list[Hit]:
                         ),
                         Evidence(f'{metric("gpu_remapped_rows")}{{gpu="{index}",kind="pending"}}', pending),
                         Evidence(f'{metric("gpu_remapped_rows")}{{gpu="{index}",kind="failure"}}', failure),
-                        Evidence("uuid", gpu.get("uuid")),
+                        Evidence("uuid", gpu.uuid),
                     ],
                     ctx.now,
                     role="worker",
@@ -425,7 +420,7 @@ def gpu_throttling(ctx: Context, t: Limits) -> list[Hit]:
     queued = (ctx.signals.queued or 0) > 0
     hits = []
     for index, gpu in _gpus(ctx).items():
-        active = sorted(set(THROTTLE_REASONS) & set(gpu.get("clock_event_reasons", [])))
+        active = sorted(set(THROTTLE_REASONS) & set(gpu.clock_event_reasons))
         if not active:
             continue
         hits.append(
@@ -439,15 +434,15 @@ def gpu_throttling(ctx: Context, t: Limits) -> list[Hit]:
                     ],
                     Evidence(
                         metric("gpu_temperature_celsius"),
-                        gpu.get("temperature"),
+                        gpu.temperature,
                         unit="celsius",
-                        note=f"slowdown at {gpu.get('temperature_slowdown')}",
+                        note=f"slowdown at {gpu.temperature_thresholds.get('slowdown')}",
                     ),
                     Evidence(
                         metric("gpu_power_watts"),
-                        gpu.get("power_watts"),
+                        gpu.power_watts,
                         unit="watts",
-                        note=f"limit {gpu.get('power_limit_watts')}",
+                        note=f"limit {gpu.power_limit_watts}",
                     ),
                     Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
                 ],
@@ -477,7 +472,7 @@ def gpu_throttling(ctx: Context, t: Limits) -> list[Hit]:
 def gpu_memory_near_full(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for index, gpu in _gpus(ctx).items():
-        used, total = gpu.get("memory_used"), gpu.get("memory_total")
+        used, total = gpu.memory_used, gpu.memory_total
         if used and total and used / total >= t.share:
             hits.append(
                 Hit(
@@ -492,7 +487,7 @@ def gpu_memory_near_full(ctx: Context, t: Limits) -> list[Hit]:
                             total,
                             unit="bytes",
                         ),
-                        Evidence("Dynamo processes on it", gpu.get("processes")),
+                        Evidence("Dynamo processes on it", gpu.processes),
                     ],
                     ctx.now,
                     role="worker",
@@ -527,7 +522,7 @@ def _queue_growing(ctx: Context, t: Limits) -> dict[str, Any] | None:
 
 
 def _mean_gpu_utilization(ctx: Context) -> float | None:
-    values = [g["utilization"] for g in _gpus(ctx).values() if g.get("utilization") is not None]
+    values = [g.utilization for g in _gpus(ctx).values() if g.utilization is not None]
     return sum(values) / len(values) if values else None
 
 
@@ -897,20 +892,20 @@ def migrations_rising(ctx: Context, t: Limits) -> list[Hit]:
 )
 def dependency_unreachable(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for target, probe in ctx.state.facts("tcp").get("probes", {}).items():
-        if probe.get("outcome") not in {None, "ok"}:
+    for target, probe in ctx.tcp.probes.items():
+        if probe.outcome != "ok":
             hits.append(
                 Hit(
-                    probe.get("role", target),
-                    {"target": target, "outcome": probe["outcome"]},
+                    probe.role,
+                    {"target": target, "outcome": probe.outcome},
                     [
                         Evidence(
-                            f'{metric("probe_outcome")}{{target="{target}",outcome="{probe["outcome"]}"}}', 1
+                            f'{metric("probe_outcome")}{{target="{target}",outcome="{probe.outcome}"}}', 1
                         ),
-                        Evidence("error", probe.get("error")),
+                        Evidence("error", probe.error),
                         Evidence(
                             f'{metric("probe_dns_seconds")}{{target="{target}"}}',
-                            probe.get("dns_seconds"),
+                            probe.dns_seconds,
                             unit="seconds",
                         ),
                     ],
@@ -942,14 +937,12 @@ def dependency_unreachable(ctx: Context, t: Limits) -> list[Hit]:
 )
 def dependency_slow(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for target, probe in ctx.state.facts("tcp").get("probes", {}).items():
-        connect, dns = probe.get("connect_seconds"), probe.get("dns_seconds")
-        if probe.get("outcome") == "ok" and (
-            (connect or 0) >= t.connect_seconds or (dns or 0) >= t.dns_seconds
-        ):
+    for target, probe in ctx.tcp.probes.items():
+        connect, dns = probe.connect_seconds, probe.dns_seconds
+        if probe.outcome == "ok" and ((connect or 0) >= t.connect_seconds or (dns or 0) >= t.dns_seconds):
             hits.append(
                 Hit(
-                    probe.get("role", target),
+                    probe.role,
                     {"target": target, "connect": (connect or 0) * 1000, "dns": (dns or 0) * 1000},
                     [
                         Evidence(
@@ -977,11 +970,11 @@ def dependency_slow(ctx: Context, t: Limits) -> list[Hit]:
 def port_not_listening(ctx: Context, t: Limits) -> list[Hit]:
     if ctx.in_startup_grace:
         return []
-    facts = ctx.state.facts("tcp")
+    facts = ctx.tcp
     hits = []
-    for port, listening in facts.get("listening", {}).items():
+    for port, listening in facts.listening.items():
         if listening is False:
-            role = facts.get("service_ports", {}).get(port, "dynamo")
+            role = facts.service_ports.get(port, "dynamo")
             hits.append(
                 Hit(
                     role,
@@ -1055,13 +1048,9 @@ def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
     ),
 )
 def close_wait_leak(ctx: Context, t: Limits) -> list[Hit]:
-    owners = {
-        f"{p['process']}/{p['pid']}": p["close_wait"]
-        for p in ctx.state.facts("process").get("processes", [])
-        if p.get("close_wait")
-    }
+    owners = {p.name: p.close_wait for p in ctx.processes.readable() if p.close_wait}
     hits = []
-    for peer, count in ctx.state.facts("tcp").get("close_wait", {}).items():
+    for peer, count in ctx.tcp.close_wait.items():
         if count < t.sockets:
             continue
         if owners:

@@ -55,7 +55,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("drain_requests_failed", "gauge", "Frontend requests that failed during the drain.", (), "drain"),
     _m("slo_target", "gauge", "Configured SLO target by objective (ttft_p99 and itl_p99 in seconds, error_rate as a ratio).", ("objective",), "diagnose"),
     _m("slo_observed", "gauge", "The objective's value over the signal window, as the slo_breach rule judges it.", ("objective",), "diagnose"),
-    _m("drain_reason", "gauge", "1 for why the drain ended: inflight_zero, process_exited, deadline, second_signal.", ("reason",), "drain"),
+    _m("drain_reason", "gauge", "1 for why the drain ended: inflight_zero, process_exited, deadline, second_signal, nothing_to_drain.", ("reason",), "drain"),
     # --- process collector ------------------------------------------------------------
     _m("processes_matched", "gauge", "Dynamo processes found in the pod's process namespace.", (), "process"),
     _m("process_cpu_seconds_total", "counter", "CPU time consumed by the Dynamo process.", ("process", "pid", "mode"), "process"),

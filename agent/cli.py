@@ -6,28 +6,40 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Any
 
 from agent import __version__, log
-from agent.config import FIELDS, Config, ConfigError, env_name, load_config
+from agent.config import FIELDS, Config, ConfigError, default_text, env_name, load_config, value_form
 
 EXIT_CONFIG = 2
 
 
+# Other spellings of a flag: `demo --port` and `run --listen-port` name the same thing.
+FLAG_ALIASES = {"listen_port": ["--port"]}
+
+
 def _add_config_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML file with config keys (see README)")
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML file with config keys (see docs/configuration.md)"
+    )
     group = parser.add_argument_group("config keys (each also settable as DYN_SIDECAR_<KEY>)")
     for field in dataclasses.fields(Config):
+        default = default_text(field)
         group.add_argument(
             f"--{field.name.replace('_', '-')}",
+            *FLAG_ALIASES.get(field.name, []),
             dest=f"cfg_{field.name}",
             default=None,
-            metavar="VALUE",
+            metavar=value_form(field),
             # argparse expands % in help text: a doc's literal % must not break --help.
-            help=f"{field.metadata['doc']} [env {env_name(field.name)}]".replace("%", "%%"),
+            help=f"{field.metadata['doc']} [default {default}; env {env_name(field.name)}]".replace(
+                "%", "%%"
+            ),
         )
 
 
@@ -68,15 +80,22 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from agent.demo import FAULT_NAMES, run_demo
+    from agent.dynamo_sim.server import Faults
 
     faults: dict[str, str] = {}
     for item in args.fault or []:
         name, _, value = item.partition("=")
         if name not in FAULT_NAMES:
             raise ConfigError("--fault", item, "one of " + ", ".join(FAULT_NAMES) + " (optionally =VALUE)")
+        try:
+            Faults().update({name: value or "true"})
+        except ValueError:
+            kind = type(getattr(Faults(), name)).__name__
+            expected = {"float": "a number of seconds", "int": "an integer", "bool": "true or false"}[kind]
+            raise ConfigError("--fault", item, f"{name}={expected}") from None
         faults[name] = value or "true"
     log.configure(args.log_level, "console" if sys.stdout.isatty() else "json")
-    return asyncio.run(run_demo(args.port, faults, args.duration))
+    return asyncio.run(run_demo(args.port, faults, args.duration, concurrency=args.concurrency))
 
 
 def _cmd_canary(args: argparse.Namespace) -> int:
@@ -124,6 +143,41 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     return asyncio.run(round_())
 
 
+def _port(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {raw[:40]!r}")
+    return value
+
+
+def _concurrency(raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 64:
+        raise argparse.ArgumentTypeError(f"expected an integer from 1 to 64, got {raw[:40]!r}")
+    return value
+
+
+def _reason(exc: BaseException) -> str:
+    """An error as a sentence, not a Python repr."""
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        exc = exc.reason if isinstance(exc.reason, BaseException) else OSError(str(exc.reason))
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return "no answer in time"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused (is the sidecar running, and is --url right?)"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror.lower()
+    if isinstance(exc, ValueError):
+        return "the answer is not JSON"
+    return str(exc) or type(exc).__name__
+
+
 def _fetch(url: str, timeout: float) -> tuple[int, bytes]:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
@@ -139,16 +193,31 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         from agent.diagnose.fleet import run_fleet
 
         return run_fleet(args.prometheus_url, args.namespace, args.format, args.timeout)
-    query = f"?format=json&since={args.since}" if args.since else "?format=json"
+    if args.since:
+        from agent.server import parse_window
+
+        try:
+            parse_window(args.since)
+        except ValueError as exc:
+            raise ConfigError("--since", args.since, str(exc)) from None
+    query = "?" + urllib.parse.urlencode({"format": "json", **({"since": args.since} if args.since else {})})
     url = args.url.rstrip("/") + "/diagnose" + query
     try:
         status, body = _fetch(url, args.timeout)
         report: dict[str, Any] = json.loads(body)
     except (OSError, ValueError) as exc:
-        print(f"dynamo-sidecar diagnose: cannot read {url}: {exc}", file=sys.stderr)
+        print(f"dynamo-sidecar diagnose: cannot read {url}: {_reason(exc)}", file=sys.stderr)
         return 3
+    if status == 400:
+        print(
+            f"dynamo-sidecar diagnose: the sidecar refused the request: {report.get('error', '')}",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
     if status != 200 or "findings" not in report:
-        print(f"dynamo-sidecar diagnose: {url} answered HTTP {status}: {body[:200]!r}", file=sys.stderr)
+        print(
+            f"dynamo-sidecar diagnose: {url} answered HTTP {status}, not a diagnose report", file=sys.stderr
+        )
         return 3
     print(
         json.dumps(report, indent=1) if args.format == "json" else text(report),
@@ -175,12 +244,20 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(func=_cmd_check_config)
 
     demo = sub.add_parser("demo", help="run a simulated Dynamo plus the sidecar, with a little traffic")
-    demo.add_argument("--port", type=int, default=9469, help="sidecar port (default 9469)")
+    demo.add_argument(
+        "--port", "--listen-port", dest="port", type=_port, default=9469, help="sidecar port (default 9469)"
+    )
     demo.add_argument(
         "--fault", action="append", metavar="NAME[=VALUE]", help="start with a fault knob set (repeatable)"
     )
     demo.add_argument(
         "--duration", type=float, default=0, help="stop after this many seconds (default: until Ctrl-C)"
+    )
+    demo.add_argument(
+        "--concurrency",
+        type=_concurrency,
+        default=1,
+        help="simulated clients sending at once (default 1; more lets max_concurrency build a queue)",
     )
     demo.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
     demo.set_defaults(func=_cmd_demo)

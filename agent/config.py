@@ -9,9 +9,12 @@ the expected form; the CLI turns it into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import re
-from collections.abc import Callable, Mapping
+import stat
+import sys
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +24,18 @@ import yaml
 ENV_PREFIX = "DYN_SIDECAR_"
 
 
+def _short(value: object, limit: int = 120) -> str:
+    """A value as the error line shows it: repr, cut, so a huge value never floods stderr."""
+    text = (
+        repr(value)
+        if not isinstance(value, str | int | float | bool) or isinstance(value, str)
+        else str(value)
+    )
+    if isinstance(value, int) and not isinstance(value, bool) and len(text) > limit:
+        return f"<an integer of {len(text)} digits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class ConfigError(Exception):
     def __init__(self, key: str, value: object, expected: str, origin: str = "") -> None:
         self.key = key
@@ -28,7 +43,7 @@ class ConfigError(Exception):
         self.expected = expected
         self.origin = origin
         where = f" (from {origin})" if origin else ""
-        super().__init__(f"config key '{key}'{where} has value {value!r}; expected {expected}")
+        super().__init__(f"config key '{key}'{where} has value {_short(value)}; expected {expected}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -265,6 +280,12 @@ def _dyn_env(name: str, fallback: str) -> str:
     return value or fallback
 
 
+def _dyn_env_raw(name: str, fallback: str) -> Any:
+    """Dynamo's variable as a raw default for a typed key: the key's parser validates it and
+    reports errors by the variable's name, so a bad DYN_* value is one clear line."""
+    return _dyn_env(name, fallback)
+
+
 def _default_frontend_url() -> str:
     return f"http://127.0.0.1:{_dyn_env('DYN_HTTP_PORT', '8000')}"
 
@@ -485,7 +506,7 @@ class Config:
     )
     # Canary (read now so the env contract is in one place)
     canary_wait: float = field(
-        default_factory=lambda: _dyn_env("DYN_CANARY_WAIT_TIME", "10"),
+        default_factory=lambda: _dyn_env_raw("DYN_CANARY_WAIT_TIME", "10"),
         metadata=_spec(
             _seconds(0.1, 86400),
             "Idle time before a canary (DYN_CANARY_WAIT_TIME).",
@@ -493,7 +514,7 @@ class Config:
         ),
     )
     canary_timeout: float = field(
-        default_factory=lambda: _dyn_env("DYN_HEALTH_CHECK_REQUEST_TIMEOUT", "3"),
+        default_factory=lambda: _dyn_env_raw("DYN_HEALTH_CHECK_REQUEST_TIMEOUT", "3"),
         metadata=_spec(
             _seconds(0.1, 600),
             "Canary request timeout (DYN_HEALTH_CHECK_REQUEST_TIMEOUT).",
@@ -644,16 +665,63 @@ def env_name(key: str) -> str:
     return ENV_PREFIX + key.upper()
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config file is a few KB; anything near this is a mistake
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader without aliases (a 443-byte alias bomb expands to gigabytes) and with
+    duplicate keys refused (the last one silently winning hides a mistake)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in the config", event.start_mark
+            )
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {_short(key)}", key_node.start_mark
+                )
+            seen.add(key) if isinstance(key, Hashable) else None
+        return super().construct_mapping(node, deep)
+
+
 def load_yaml(path: str) -> dict[str, Any]:
     try:
-        with open(path, encoding="utf-8") as handle:
-            data = yaml.safe_load(handle)
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError("--config", path, "a regular YAML file (this is not a regular file)")
+        if info.st_size > MAX_CONFIG_BYTES:
+            raise ConfigError("--config", path, f"a YAML file of at most {MAX_CONFIG_BYTES} bytes")
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
         raise ConfigError("--config", path, f"a readable YAML file ({exc.strerror})") from None
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError("--config", path, "a UTF-8 YAML file (this one is UTF-16)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            "--config", path, f"a UTF-8 YAML file (invalid byte at offset {exc.start})"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError("--config", path, f"valid YAML (parse error{where})") from None
+        problem = getattr(exc, "problem", None) or "parse error"
+        raise ConfigError("--config", path, f"valid YAML ({problem}{where})") from None
+    except (ValueError, RecursionError) as exc:  # a 5,000-digit integer, absurd nesting
+        raise ConfigError(
+            "--config", path, f"valid YAML ({type(exc).__name__}: {_short(str(exc), 80)})"
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -661,10 +729,21 @@ def load_yaml(path: str) -> dict[str, Any]:
     return data
 
 
+def closest_key(name: str, spell: Callable[[str], str] = str) -> str:
+    """' (did you mean X?)' for the config key nearest to a misspelt one, or ''."""
+    found = difflib.get_close_matches(name, list(FIELDS), n=1, cutoff=0.5)
+    return f" (did you mean {spell(found[0])}?)" if found else ""
+
+
+def _warn(message: str) -> None:
+    print(f"dynamo-sidecar: warning: {message}", file=sys.stderr)
+
+
 def load_config(
     yaml_path: str | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    warn: Callable[[str], None] = _warn,
 ) -> Config:
     """Build the effective config. `overrides` are CLI flags already keyed by field name."""
     environ = os.environ if environ is None else environ
@@ -674,9 +753,16 @@ def load_config(
             key_name = str(key).replace("-", "_")
             if key_name not in FIELDS:
                 raise ConfigError(
-                    str(key), raw, "a known key (see `dynamo-sidecar check-config --help`)", yaml_path
+                    str(key)[:60],
+                    raw,
+                    "a known key" + closest_key(key_name) + " (see `dynamo-sidecar check-config --help`)",
+                    yaml_path,
                 )
             values[key_name] = (raw, yaml_path)
+    for name in sorted(environ):
+        key = name[len(ENV_PREFIX) :].lower()
+        if name.startswith(ENV_PREFIX) and key not in FIELDS:
+            warn(f"{name[:80]} is not a config variable{closest_key(key, env_name)}; ignored")
     for key in FIELDS:
         name = env_name(key)
         if name in environ:
@@ -723,17 +809,71 @@ def _check_consistency(config: Config) -> None:
         )
 
 
+def _plain(value: Any) -> str:
+    """A default as a user writes it in YAML or env: true, 5, a,b - not a Python repr."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ",".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
+
+
+def default_text(f: dataclasses.Field[Any]) -> str:
+    """The default as docs and --help show it."""
+    if f.metadata["dyn_env"]:
+        return f"from {f.metadata['dyn_env']}"
+    value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+    text = _plain(value)
+    if text and value_form(f) == "DURATION":
+        text += "s"
+    return text if text != "" else "none"
+
+
+def value_form(f: dataclasses.Field[Any]) -> str:
+    """The METAVAR of a key's flag: what kind of value it takes."""
+    parser = f.metadata["parser"]
+    name = getattr(parser, "__qualname__", "")
+    for marker, form in (
+        ("_seconds", "DURATION"),
+        ("_bool", "BOOL"),
+        ("_int_range", "INT"),
+        ("_optional_pid", "PID"),
+        ("url_list", "URL[,URL]"),
+        ("_optional_url", "URL"),
+        ("_http_url", "URL"),
+        ("_regex_list", "REGEX[,REGEX]"),
+        ("_thresholds", "RULE.NAME=N[,...]"),
+        ("_optional_fraction", "RATIO"),
+        ("_fraction", "RATIO"),
+        ("_choice", "CHOICE"),
+        ("_path", "PATH"),
+        ("list", "LIST"),
+        ("_optional_file", "FILE"),
+        ("_log_level", "LEVEL"),
+        ("_metric_prefix", "PREFIX"),
+    ):
+        if marker in name:
+            return form
+    return "VALUE"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
 def reference_markdown() -> str:
-    """The configuration table in README, generated from the field declarations."""
-    rows = ["| key | env | default | meaning |", "| --- | --- | --- | --- |"]
+    """The configuration table in docs/configuration.md, generated from the declarations."""
+    rows = ["| key | env | form | default | meaning |", "| --- | --- | --- | --- | --- |"]
     for f in dataclasses.fields(Config):
-        if f.metadata["dyn_env"]:
-            default = f"from {f.metadata['dyn_env']}"
-        elif f.default is not dataclasses.MISSING:
-            default = f"`{f.default}`"
-        else:
-            default = f"`{f.default_factory()}`"  # type: ignore[misc]
-        rows.append(f"| `{f.name}` | `{env_name(f.name)}` | {default} | {f.metadata['doc']} |")
+        default = default_text(f)
+        shown = default if default.startswith("from ") or default == "none" else f"`{_cell(default)}`"
+        rows.append(
+            f"| `{f.name}` | `{env_name(f.name)}` | {value_form(f)} | {shown} | {_cell(f.metadata['doc'])} |"
+        )
     return "\n".join(rows)
 
 

@@ -23,17 +23,18 @@ FAULT_NAMES = [f.name for f in fields(Faults)]
 MAX_DEMO_REQUESTS = 100_000
 
 
-async def _traffic(frontend_url: str, stop: asyncio.Event, period: float) -> None:
-    """A trickle of small completions so the rates and latency quantiles have data."""
+async def _client(frontend_url: str, stop: asyncio.Event, period: float, client: int) -> None:
+    """One client sending small completions, one at a time, `period` apart."""
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as session:
         for index in range(MAX_DEMO_REQUESTS):
             if stop.is_set():
                 return
             body = {"model": "tiny", "prompt": "hello", "max_tokens": 8, "stream": index % 3 == 0}
+            headers = {"x-request-id": f"demo-{client}-{index}"}
             try:
                 async with session.post(
-                    f"{frontend_url}/v1/completions", json=body, headers={"x-request-id": f"demo-{index}"}
+                    f"{frontend_url}/v1/completions", json=body, headers=headers
                 ) as response:
                     await response.read()
             except (aiohttp.ClientError, TimeoutError):
@@ -41,8 +42,19 @@ async def _traffic(frontend_url: str, stop: asyncio.Event, period: float) -> Non
             await wait_event(stop, period)
 
 
+async def _traffic(frontend_url: str, stop: asyncio.Event, period: float, concurrency: int = 1) -> None:
+    """Traffic so the rates and latency quantiles have data: `concurrency` clients at once
+    (more than one lets `max_concurrency` build a queue)."""
+    await asyncio.gather(*(_client(frontend_url, stop, period, c) for c in range(concurrency)))
+
+
 async def run_demo(
-    port: int, faults: dict[str, str], duration: float, host: str = "127.0.0.1", quiet: bool = False
+    port: int,
+    faults: dict[str, str],
+    duration: float,
+    host: str = "127.0.0.1",
+    quiet: bool = False,
+    concurrency: int = 1,
 ) -> int:
     sim = DynamoSim()
     sim.faults.update(faults)
@@ -99,6 +111,9 @@ dynamo-sidecar demo is running (Ctrl-C stops everything).
   make it misbehave           curl -X POST {control}/faults -d '{{"worker_notready": true}}'
                               curl -X POST {control}/frontend/stop      (kill the frontend)
                               curl -X POST {control}/worker/kill        (SIGKILL-like worker death)
+  and well again              curl -X POST {control}/faults -d '{{"worker_notready": false}}'
+                              curl -X POST {control}/frontend/start
+                              curl -X POST {control}/worker/restart
   fault knobs: {", ".join(FAULT_NAMES)}
 """,
             flush=True,
@@ -107,7 +122,7 @@ dynamo-sidecar demo is running (Ctrl-C stops everything).
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    traffic = asyncio.create_task(_traffic(sim.url("frontend"), stop, 0.5))
+    traffic = asyncio.create_task(_traffic(sim.url("frontend"), stop, 0.5, concurrency))
     try:
         if duration > 0:
             await asyncio.wait_for(stop.wait(), timeout=duration)

@@ -1,4 +1,4 @@
-"""Regenerates README's generated sections from the code: `python -m agent.docs`."""
+"""Regenerates the reference in docs/ from the code: `python -m agent.docs`."""
 
 from __future__ import annotations
 
@@ -8,18 +8,6 @@ from pathlib import Path
 
 from agent.catalogue import markdown_table
 from agent.config import reference_markdown
-
-
-def rules_table() -> str:
-    from agent.diagnose.engine import RULES
-
-    rows = ["| rule | category | severity | says | first action |", "| --- | --- | --- | --- | --- |"]
-    for rule in RULES:
-        summary = rule.summary.replace("{subject}", "<subject>").replace("|", "\\|")
-        summary = re.sub(r"\{(\w+)(:[^}]*)?\}", r"<\1>", summary)
-        action = rule.actions[0].replace("|", "\\|") if rule.actions else ""
-        rows.append(f"| `{rule.id}` | {rule.category} | {rule.severity} | {summary} | {action} |")
-    return "\n".join(rows)
 
 
 def rules_reference() -> str:
@@ -70,22 +58,32 @@ def rules_reference() -> str:
     return "\n".join(out)
 
 
-SECTIONS = {"metrics-table": markdown_table, "config-table": reference_markdown, "rules-table": rules_table}
+SECTIONS = {"metrics-table": markdown_table, "config-table": reference_markdown}
 
 
-def update(readme: Path) -> bool:
-    text = readme.read_text()
-    original = text
+# Which generated section lives in which file under docs/.
+SECTION_FILES = {"metrics-table": "metrics.md", "config-table": "configuration.md"}
+
+
+def update(docs: Path) -> bool:
+    """Regenerate the generated sections and docs/rules.md; True when anything changed."""
+    changed = False
     for name, render in SECTIONS.items():
-        pattern = re.compile(rf"(<!-- {name} -->\n).*?(<!-- /{name} -->)", re.S)
-        text = pattern.sub(lambda m, r=render: m.group(1) + r() + "\n" + m.group(2), text)
-    readme.write_text(text)
-    return text != original
+        path = docs / SECTION_FILES[name]
+        text = path.read_text()
+        pattern = re.compile(rf"<!-- {name} -->\n.*?<!-- /{name} -->", re.S)
+        block = f"<!-- {name} -->\n{render()}\n<!-- /{name} -->"
+        new = pattern.sub(block.replace("\\", "\\\\"), text)  # a replacement string, escapes kept
+        if new != text:
+            path.write_text(new)
+            changed = True
+    rules = docs / "rules.md"
+    if not rules.exists() or rules.read_text() != rules_reference():
+        rules.write_text(rules_reference())
+        changed = True
+    return changed
 
 
 if __name__ == "__main__":
-    path = Path(sys.argv[1] if len(sys.argv) > 1 else "README.md")
-    print("updated" if update(path) else "up to date")
-    rules = path.parent / "docs" / "rules.md"
-    rules.parent.mkdir(exist_ok=True)
-    rules.write_text(rules_reference())
+    root = Path(sys.argv[1] if len(sys.argv) > 1 else "docs")
+    print("updated" if update(root) else "up to date")

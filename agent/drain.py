@@ -28,6 +28,8 @@ INFLIGHT_ZERO = "inflight_zero"
 PROCESS_EXITED = "process_exited"
 DEADLINE = "deadline"
 SECOND_SIGNAL = "second_signal"
+NOTHING_TO_DRAIN = "nothing_to_drain"  # no Dynamo process and no readable work: exit at once
+PROGRESS_EVERY = 10.0  # seconds between "still waiting" log lines
 # Dynamo collectors run this fast while draining, so the last state is seen.
 DYNAMO_COLLECTORS = ("dynamo_health", "dynamo_metrics", "process")
 
@@ -200,7 +202,20 @@ class DrainCoordinator:
         )
         zero_since: float | None = None
         reason = DEADLINE
-        while True:
+        if not summary.processes_at_start and summary.inflight_at_start is None:
+            # Dynamo is not running (or already gone) and no in-flight work can be read:
+            # waiting would only hold the pod for the whole grace period.
+            reason = NOTHING_TO_DRAIN
+        else:
+            log.info(
+                "drain waiting for Dynamo's in-flight work to finish or its processes to exit; "
+                "send the signal again to end the drain now",
+                inflight=summary.inflight_at_start,
+                processes=summary.processes_at_start,
+                deadline_in_seconds=round(summary.deadline_at - time.time(), 1),
+            )
+        last_progress = time.monotonic()
+        while reason != NOTHING_TO_DRAIN:
             now = time.time()
             inflight, unreachable = self._inflight()
             # When Dynamo's metrics go away with its process, the last value seen stands.
@@ -222,6 +237,14 @@ class DrainCoordinator:
             if remaining <= 0:
                 reason = DEADLINE
                 break
+            if time.monotonic() - last_progress >= PROGRESS_EVERY:
+                last_progress = time.monotonic()
+                log.info(
+                    "drain still waiting; send the signal again to end it now",
+                    inflight=inflight,
+                    unreachable=unreachable,
+                    deadline_in_seconds=round(remaining, 1),
+                )
             if await wait_event(self._shorten, min(self.interval, remaining)):
                 reason = SECOND_SIGNAL
                 break

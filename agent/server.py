@@ -19,12 +19,19 @@ if TYPE_CHECKING:
 SIDECAR_KEY = web.AppKey("sidecar", object)
 
 
+MAX_WINDOW = 7 * 86400.0
+
+
 def parse_window(text: str) -> float:
-    """`90`, `90s`, `10m`, `2h` -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smh]?)\s*", text)
+    """`90`, `90s`, `10m`, `2h` -> seconds; more than zero and at most a week."""
+    expected = "a duration from 1s to 7 days such as 90s, 10m or 2h"
+    match = re.fullmatch(r"\s*(\d{1,9}(?:\.\d{1,6})?)\s*([smh]?)\s*", text[:40])
     if not match:
-        raise ValueError("expected a duration such as 90s, 10m or 2h")
-    return float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+        raise ValueError(expected)
+    seconds = float(match.group(1)) * {"": 1, "s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if not 1 <= seconds <= MAX_WINDOW:
+        raise ValueError(expected)
+    return seconds
 
 
 def _sidecar(request: web.Request) -> Sidecar:

@@ -221,11 +221,13 @@ class DynamoLogCollector(Collector):
                 if tail.handle:
                     tail.handle.close()
         for path in current:
-            tail = self.tails.get(path)
+            known = self.tails.get(path)
             try:
-                if tail is None:
+                if known is None:
                     tail = self.tails[path] = _Tail(path)
                     self._open(tail, from_end=True)
+                else:
+                    tail = known
                 budget -= self._read_tail(tail, budget, now)
                 stat = os.stat(path)
                 if stat.st_ino != tail.inode:

@@ -303,7 +303,8 @@ class TcpCollector(Collector):
             writer = None
             try:
                 async with asyncio.timeout(self.probe_timeout):
-                    reader, writer = await asyncio.open_connection(address[0], address[1])
+                    host, port = str(address[0]), int(address[1])
+                    reader, writer = await asyncio.open_connection(host, port)
                     connect_seconds = time.monotonic() - started
                     if target.http_path:
                         writer.write(

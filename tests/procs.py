@@ -82,6 +82,9 @@ def spawn_sidecar(
         "0",
         "--log-format",
         "json",
+        # The host's socket table is not the test's (pass --tcp-enabled true to override).
+        "--tcp-enabled",
+        "false",
     ]
     if pid:
         args += ["--process-pid", str(pid)]

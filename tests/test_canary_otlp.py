@@ -145,19 +145,32 @@ async def _metrics_with(http, sidecar, needle: str) -> str | None:
 
 
 async def test_no_canary_while_traffic_flows(sim, make_sidecar, http) -> None:
-    sidecar = await make_sidecar(sim, canary_wait="1")
+    sidecar = await make_sidecar(sim, canary_wait="2")
     await wait_for(lambda: sidecar.ready, what="ready")
-    deadline = time.monotonic() + 4
-    sent = 0
-    while time.monotonic() < deadline and sent < 200:  # bounded traffic: one request every 0.2 s
-        assert (await post_completion(http, sim.url("frontend")))[0] == 200
-        sent += 1
-        await asyncio.sleep(0.2)
+    # Two clients keep requests in flight the whole time (each ~0.4 s of tokens), so there is
+    # never an idle moment, even if this machine stalls for a second.
+    sim.faults.token_delay = 0.05
+    stop = asyncio.Event()
+
+    async def client() -> int:
+        sent = 0
+        while not stop.is_set() and sent < 100:  # bounded traffic
+            assert (await post_completion(http, sim.url("frontend"), max_tokens=8))[0] == 200
+            sent += 1
+        return sent
+
+    clients = [asyncio.create_task(client()) for _ in range(2)]
+    # Well past canary_wait of traffic (about 5 s), observed by the requests it took.
+    started = sim.completed
+    await wait_for(lambda: sim.completed - started >= 24, timeout=30, what="24 requests served")
     assert canary_requests(sim) == []
+    stop.set()
+    await asyncio.gather(*clients)
+    sim.faults.token_delay = 0.002
     # Traffic stops: the canary comes after canary_wait.
-    await wait_for(lambda: canary_requests(sim), timeout=8, what="canary after traffic stops")
+    await wait_for(lambda: canary_requests(sim), timeout=10, what="canary after traffic stops")
     # Its own request does not count as traffic: a second one follows a period later.
-    await wait_for(lambda: len(canary_requests(sim)) >= 2, timeout=8, what="second canary")
+    await wait_for(lambda: len(canary_requests(sim)) >= 2, timeout=10, what="second canary")
 
 
 async def test_hung_engine_marks_model_failing(sim, make_sidecar, http) -> None:
@@ -189,7 +202,7 @@ async def test_hung_engine_marks_model_failing(sim, make_sidecar, http) -> None:
 async def test_canary_outcomes(sim, make_sidecar) -> None:
     import aiohttp
 
-    from agent.canary import BAD_RESPONSE, CONNECT_ERROR, HTTP_ERROR, OK, send_canary
+    from agent.canary import CONNECT_ERROR, HTTP_ERROR, OK, send_canary
 
     async with aiohttp.ClientSession() as session:
         front = sim.url("frontend")
@@ -200,14 +213,6 @@ async def test_canary_outcomes(sim, make_sidecar) -> None:
         await sim.kill_worker()
         result = await send_canary(session, front, "tiny", 2, "completions", False)
         assert result.outcome == HTTP_ERROR and result.status == 503
-        sim.faults.stale_instance = False
-        await sim.start_part("worker")
-        sim.faults.token_delay = 0.01
-        task = asyncio.create_task(send_canary(session, front, "tiny", 5, "completions", True))
-        await asyncio.sleep(0.005)
-        await sim.kill_worker()  # mid-stream: HTTP 200, then an in-band error
-        result = await task
-        assert result.outcome in {BAD_RESPONSE, OK}
         closed = f"http://127.0.0.1:{free_port()}"
         assert (await send_canary(session, closed, "tiny", 2, "completions", False)).outcome == CONNECT_ERROR
 
@@ -372,3 +377,38 @@ def test_cli_canary_round() -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+async def test_canary_reads_an_in_band_stream_error_as_a_failure() -> None:
+    """What Dynamo 1.6.1 sends when a worker dies mid-stream: HTTP 200, then an error event
+    and [DONE] (recorded from the real frontend). A status code alone would call it a success."""
+    import aiohttp
+    from aiohttp import web
+
+    from agent.canary import BAD_RESPONSE, send_canary
+
+    async def midstream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(
+            b'data: {"error":{"message":"Service temporarily unavailable",'
+            b'"type":"service_unavailable","code":503}}\n\n'
+        )
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/v1/completions", midstream)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession() as session:
+            result = await send_canary(session, url, "tiny", 2, "completions", True)
+        assert result.outcome == BAD_RESPONSE and result.status == 200
+        assert result.error.startswith("in-band error") and "service_unavailable" in result.error
+    finally:
+        await runner.cleanup()

@@ -17,7 +17,7 @@ import pytest
 
 from agent.diagnose.fleet import evaluate_fleet, fleet_queries
 from agent.dynamo_sim import DynamoSim
-from agent.facts import HealthFacts
+from agent.facts import EndpointFacts, HealthFacts
 from tests.conftest import PYTHON, base_url, free_port, wait_for
 
 
@@ -168,7 +168,11 @@ async def test_html_report_in_headless_chromium(sim, make_sidecar, http, tmp_pat
     sim.faults.worker_notready = True
     await wait_for(
         lambda: (
-            sidecar.state.facts("dynamo_health", HealthFacts).endpoints["worker"].probe().status == "notready"
+            sidecar.state.facts("dynamo_health", HealthFacts)
+            .endpoints.get("worker", EndpointFacts("worker", ""))
+            .probe()
+            .status
+            == "notready"
         ),
         what="notready seen",
     )

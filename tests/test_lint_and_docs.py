@@ -10,7 +10,7 @@ import pytest
 
 from agent.catalogue import markdown_table
 from agent.config import reference_markdown
-from agent.docs import rules_reference, rules_table
+from agent.docs import rules_reference
 from tests.conftest import ROOT
 
 
@@ -30,19 +30,45 @@ def test_ruff_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.slow
+def test_mypy_is_clean() -> None:
+    try:
+        import mypy  # noqa: F401
+    except ImportError:
+        pytest.skip("mypy is not installed (it is in the [test] extra)")
+    result = subprocess.run(
+        [sys.executable, "-m", "mypy", "--no-error-summary"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
 def _section(readme: str, start: str) -> str:
     begin = readme.index(f"<!-- {start} -->")
     end = readme.index(f"<!-- /{start} -->")
     return readme[begin:end]
 
 
-def test_readme_tables_are_generated_from_the_code() -> None:
+def test_reference_tables_are_generated_from_the_code() -> None:
+    metrics = (ROOT / "docs" / "metrics.md").read_text()
+    assert markdown_table() in _section(metrics, "metrics-table"), "run: python -m agent.docs"
+    config = (ROOT / "docs" / "configuration.md").read_text()
+    assert reference_markdown() in _section(config, "config-table"), "run: python -m agent.docs"
+
+
+def test_readme_is_short_and_its_links_resolve() -> None:
+    import re
+
     readme = (ROOT / "README.md").read_text()
-    assert markdown_table() in _section(readme, "metrics-table"), (
-        "run: python -m agent.docs > README tables (see README)"
-    )
-    assert reference_markdown() in _section(readme, "config-table")
-    assert rules_table() in _section(readme, "rules-table")
+    assert len(readme.splitlines()) <= 150
+    for target in re.findall(r"\]\(((?:docs/)[^)#]+)\)", readme):
+        assert (ROOT / target).exists(), target
+    for page in (ROOT / "docs").glob("*.md"):
+        for target in re.findall(r"\]\(([a-z_]+\.md)\)", page.read_text()):
+            assert (ROOT / "docs" / target).exists(), f"{page.name} -> {target}"
 
 
 def test_readme_starts_with_the_two_setup_commands() -> None:

@@ -97,7 +97,7 @@ def evaluate_fleet(base_url: str, namespace: str = "", timeout: float = 10.0) ->
         )
     ]
     rules = {rule.id: rule for rule in RULES}
-    findings = []
+    findings: list[dict[str, Any]] = []
     for rule_id, promql in fleet_queries(namespace).items():
         rule = rules[rule_id]
         result = query(base_url, promql, timeout)

@@ -244,7 +244,9 @@ class DynamoSim:
                 raise ValueError("not an object")
         except ValueError:
             self.frontend_metrics.inc(
-                "dynamo_frontend_failures_total", **{"class": "InvalidRequest", "reason": "request.invalid"}
+                "dynamo_frontend_failures_total",
+                1.0,
+                **{"class": "InvalidRequest", "reason": "request.invalid"},
             )
             return self._json(recorded("completions_bad_json.txt").splitlines()[0], 400, headers)
         model = str(body.get("model", ""))
@@ -255,7 +257,7 @@ class DynamoSim:
         if model != MODEL and self._worker_serving():
             self._count(endpoint, model, request_type, "error", "not_found")
             self.frontend_metrics.inc(
-                "dynamo_frontend_failures_total", **{"class": "NotFound", "reason": "request.not_found"}
+                "dynamo_frontend_failures_total", 1.0, **{"class": "NotFound", "reason": "request.not_found"}
             )
             return self._json(recorded("completions_unknown_model.txt").splitlines()[0], 404, headers)
         if not self._worker_serving():
@@ -267,12 +269,14 @@ class DynamoSim:
                 self._unavailable_once = True
                 self.frontend_metrics.inc(
                     "dynamo_frontend_failures_total",
+                    1.0,
                     **{"class": "Unavailable", "reason": "transport.cannot_connect"},
                 )
                 body_text = recorded("scenario_worker_sigkill_completion.txt").splitlines()[0]
             else:
                 self.frontend_metrics.inc(
                     "dynamo_frontend_failures_total",
+                    1.0,
                     **{"class": "Unavailable", "reason": "backend.unavailable"},
                 )
                 body_text = recorded("observed_model_not_ready_503.json")

@@ -20,8 +20,8 @@ from agent.dynamo_sim import DynamoSim
 from agent.runtime import Sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-RECORDED = SHARED / "dynamo" / "recorded"
+# Responses recorded from a real Dynamo 1.6.1, shipped in the package for the simulator.
+RECORDED = ROOT / "agent" / "dynamo_sim" / "recorded"
 PYTHON = sys.executable
 
 

@@ -1,6 +1,6 @@
 """The sidecar against a real Dynamo 1.6.1 (frontend + mocker engine on CPU, loopback only).
 
-Each behaviour from ../shared/dynamo/README.md "Observed behaviours worth a finding" is
+Each behaviour of a real Dynamo worth a finding (docs/development.md lists them) is
 reproduced here against the real thing, and the sidecar's view must name it.
 """
 

@@ -188,3 +188,72 @@ def test_every_help_prints(command: str) -> None:
         [sys.executable, "-m", "agent.cli", command, "--help"], capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+
+
+def _cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "agent.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**ENV, **(env or {})},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _one_clear_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and len(lines[0]) < 400, result.stderr[:2000]
+    for word in words:
+        assert word in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("content", "words"),
+    [
+        ("listen_port: 1\n".encode("utf-16"), ("UTF-16",)),
+        (b"x: \xc3\x28\n", ("UTF-8",)),
+        (b'a: &a ["x","x"]\nb: &b [*a,*a]\nc: [*b,*b]\n', ("aliases",)),
+        (b"dynamo_interval: 1\ndynamo_interval: 2\n", ("duplicate key",)),
+        (b"listen_port: " + b"9" * 5000 + b"\n", ("valid YAML",)),
+        (b"dynamo_intervall: 3\n", ("did you mean dynamo_interval",)),
+        (b"# " + b"x" * (2 << 20) + b"\n", ("at most",)),
+    ],
+    ids=["utf16", "bad-utf8", "alias-bomb", "duplicate-key", "huge-integer", "unknown-key", "too-large"],
+)
+def test_bad_config_files_are_one_clear_line(tmp_path, content: bytes, words: tuple[str, ...]) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_bytes(content)
+    _one_clear_line(_cli("check-config", "--config", str(path)), *words)
+
+
+def test_a_fifo_as_config_does_not_hang(tmp_path) -> None:
+    import os
+
+    fifo = tmp_path / "config.fifo"
+    os.mkfifo(fifo)
+    _one_clear_line(_cli("check-config", "--config", str(fifo), timeout=20), "regular")
+
+
+def test_cli_usage_errors_are_one_clear_line() -> None:
+    _one_clear_line(_cli("demo", "--fault", "worker_slow=abc", "--duration", "1"), "worker_slow")
+    _one_clear_line(_cli("diagnose", "--since", "bad"), "--since")
+    _one_clear_line(_cli("diagnose", "--since", "9" * 400), "--since")
+
+
+def test_unknown_env_variable_warns_with_the_nearest_key() -> None:
+    result = _cli("check-config", env={"DYN_SIDECAR_DYNAMO_INTERVALL": "3"})
+    assert result.returncode == 0
+    assert "DYN_SIDECAR_DYNAMO_INTERVALL is not a config variable" in result.stderr
+    assert "did you mean DYN_SIDECAR_DYNAMO_INTERVAL" in result.stderr
+
+
+def test_port_and_listen_port_name_the_same_thing() -> None:
+    result = _cli("check-config", "--port", "9555")
+    assert result.returncode == 0 and json.loads(result.stdout)["listen_port"] == 9555
+    demo = _cli("demo", "--help")
+    assert "--listen-port" in demo.stdout and "--concurrency" in demo.stdout

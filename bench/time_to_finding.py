@@ -290,8 +290,7 @@ def _real_cases() -> list[tuple[str, str, str]]:
 
 
 async def run_real_case(name: str, expect: str, how: str, interval: float, python: str) -> Outcome:
-    from tests.real_dynamo import RealDynamo
-    from tests.test_real_dynamo_diagnose import own_processes
+    from tests.real_dynamo import RealDynamo, own_processes
 
     workdir = Path(tempfile.mkdtemp(prefix="ttf-"))
     dynamo = RealDynamo(python, workdir)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -201,3 +202,13 @@ class RealDynamo:
                 pass
             proc.wait(timeout=20)
         time.sleep(0)
+
+
+def own_processes(dynamo: RealDynamo) -> str:
+    """Patterns that match this test's Dynamo processes only (the machine runs others)."""
+    return ",".join(
+        [
+            rf"dynamo\.frontend --http-port {dynamo.frontend_port}\b",
+            r"dynamo\.mocker --model-path " + re.escape(str(dynamo.model)),
+        ]
+    )

@@ -16,7 +16,7 @@ import pytest
 
 from agent.facts import HealthFacts
 from tests.conftest import base_url, get_json, get_text, wait_for
-from tests.real_dynamo import RealDynamo, dynamo_python, unavailable_reason
+from tests.real_dynamo import RealDynamo, dynamo_python, own_processes, unavailable_reason
 
 PYTHON = dynamo_python()
 pytestmark = [
@@ -50,6 +50,7 @@ async def _sidecar_for(make_sidecar, dynamo: RealDynamo, **extra):
         frontend_url=dynamo.frontend_url,
         worker_system_urls=dynamo.worker_url,
         process_pid="0",
+        process_patterns=own_processes(dynamo),  # not other Dynamo processes on this machine
         log_files=f"{dynamo.frontend_log},{dynamo.worker_log}",
         **extra,
     )
@@ -108,7 +109,12 @@ async def test_sidecar_view_matches_real_dynamo(dynamo: RealDynamo, make_sidecar
 
 async def test_frontend_healthy_with_zero_instances(dynamo: RealDynamo, make_sidecar, http) -> None:
     dynamo.start_frontend()
-    sidecar = await make_sidecar(frontend_url=dynamo.frontend_url, role="frontend", process_pid="0")
+    sidecar = await make_sidecar(
+        frontend_url=dynamo.frontend_url,
+        role="frontend",
+        process_pid="0",
+        process_patterns=own_processes(dynamo),
+    )
     finding = await _finding(http, sidecar, "frontend_no_instances:frontend")
     assert finding["severity"] == "critical"
     health = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"].probe()
@@ -117,7 +123,12 @@ async def test_frontend_healthy_with_zero_instances(dynamo: RealDynamo, make_sid
 
 async def test_worker_notready_without_health_check_payloads(dynamo: RealDynamo, make_sidecar, http) -> None:
     dynamo.start_worker(health_check=False)
-    sidecar = await make_sidecar(worker_system_urls=dynamo.worker_url, role="worker", process_pid="0")
+    sidecar = await make_sidecar(
+        worker_system_urls=dynamo.worker_url,
+        role="worker",
+        process_pid="0",
+        process_patterns=own_processes(dynamo),
+    )
     finding = await _finding(http, sidecar, "worker_notready_endpoints_ready:worker")
     assert "DYN_HEALTH_CHECK_ENABLED" in finding["actions"][0]
     probe = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["worker"].probe()

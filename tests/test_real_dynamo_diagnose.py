@@ -4,7 +4,6 @@ where the top finding used to be a symptom, late, or a false critical, and what 
 from __future__ import annotations
 
 import asyncio
-import re
 import signal
 import threading
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ import pytest
 
 from agent.facts import HealthFacts
 from tests.conftest import base_url, free_port, get_json, wait_for
-from tests.real_dynamo import RealDynamo, dynamo_python, unavailable_reason
+from tests.real_dynamo import RealDynamo, dynamo_python, own_processes, unavailable_reason
 
 PYTHON = dynamo_python()
 pytestmark = [
@@ -33,16 +32,6 @@ def dynamo(tmp_path: Path) -> Iterator[RealDynamo]:
         yield real
     finally:
         real.stop()
-
-
-def own_processes(dynamo: RealDynamo) -> str:
-    """Patterns that match this test's Dynamo processes only (the machine runs others)."""
-    return ",".join(
-        [
-            rf"dynamo\.frontend --http-port {dynamo.frontend_port}\b",
-            r"dynamo\.mocker --model-path " + re.escape(str(dynamo.model)),
-        ]
-    )
 
 
 async def _sidecar(make_sidecar, dynamo: RealDynamo, **extra: Any):

@@ -314,6 +314,11 @@ class Canary:
             # A model unlisted for the whole history window is gone, not failing: forget it.
             for gone in set(self.models) - set(models):
                 del self.models[gone]
+            # Bounded load under model churn: at most canary_max_models a round, taking the
+            # least recently probed first so every model gets its turn.
+            limit = self.sidecar.config.canary_max_models
+            if len(models) > limit:
+                models = sorted(models, key=self._last_probed)[:limit]
         self.rounds += 1
         results = []
         for model in models:
@@ -372,6 +377,10 @@ class Canary:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    def _last_probed(self, model: str) -> float:
+        state = self.models.get(model)
+        return state.last.timestamp if state is not None and state.last is not None else 0.0
 
     # --- reporting -----------------------------------------------------------------------
     @property

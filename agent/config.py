@@ -484,6 +484,20 @@ class Config:
             "Cardinality cap per metric name; extra series are dropped and counted.",
         ),
     )
+    max_series: int = field(
+        default=50_000,
+        metadata=_spec(
+            _int_range(100, 10_000_000),
+            "Cap on all series held, every name together; new series past it are dropped and counted.",
+        ),
+    )
+    max_metric_names: int = field(
+        default=2_000,
+        metadata=_spec(
+            _int_range(10, 1_000_000),
+            "Cap on distinct metric names held; a source inventing names cannot grow memory.",
+        ),
+    )
     max_events: int = field(default=1000, metadata=_spec(_int_range(10, 1_000_000), "Events kept in memory."))
     signal_window: float = field(
         default=300.0, metadata=_spec(_seconds(10, 3600), "Window of derived rates and quantiles.")
@@ -558,6 +572,13 @@ class Config:
             _choice("completions", "chat"), "Canary API: /v1/completions or /v1/chat/completions."
         ),
     )
+    canary_max_models: int = field(
+        default=8,
+        metadata=_spec(
+            _int_range(1, 256),
+            "Most models one canary round probes (the rest wait for later rounds); bounds canary load under model churn.",
+        ),
+    )
     canary_stream: bool = field(
         default=False, metadata=_spec(_bool, "Stream canary responses (measures time to first token).")
     )
@@ -617,6 +638,10 @@ class Config:
             _optional_file, "File with a bearer token that non-loopback callers of POST endpoints must send."
         ),
     )
+    auth_require_token: bool = field(
+        default=False,
+        metadata=_spec(_bool, "Require the bearer token for POST endpoints even from 127.0.0.1 / ::1."),
+    )
     auth_token: str = field(
         default="",
         metadata=_spec(
@@ -633,10 +658,19 @@ class Config:
         return self.role in {"all", "worker"} and bool(self.worker_system_urls)
 
     def redacted(self) -> dict[str, Any]:
+        """The config as /status and check-config show it: secrets and any credentials in a
+        URL (http://user:password@host, nats://token@host) replaced."""
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = "<redacted>" if f.metadata.get("secret") and value else value
+            if f.metadata.get("secret") and value:
+                out[f.name] = "<redacted>"
+            elif isinstance(value, str):
+                out[f.name] = redact_url(value)
+            elif isinstance(value, list):
+                out[f.name] = [redact_url(v) if isinstance(v, str) else v for v in value]
+            else:
+                out[f.name] = value
         return out
 
 
@@ -733,6 +767,14 @@ def closest_key(name: str, spell: Callable[[str], str] = str) -> str:
     """' (did you mean X?)' for the config key nearest to a misspelt one, or ''."""
     found = difflib.get_close_matches(name, list(FIELDS), n=1, cutoff=0.5)
     return f" (did you mean {spell(found[0])}?)" if found else ""
+
+
+URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
+
+
+def redact_url(text: str) -> str:
+    """Credentials in every URL inside `text` replaced: scheme://<redacted>@host."""
+    return URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "<redacted>@", text)
 
 
 def _warn(message: str) -> None:

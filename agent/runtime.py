@@ -15,7 +15,7 @@ from opentelemetry.trace import Status, StatusCode
 
 from agent import __version__
 from agent.canary import Canary
-from agent.config import Config
+from agent.config import Config, redact_url
 from agent.diagnose import diagnose
 from agent.diagnose.context import Context
 from agent.drain import DrainCoordinator, DrainSummary
@@ -144,6 +144,8 @@ class Sidecar:
             history_window=config.history_window,
             min_interval=min(config.process_interval, config.dynamo_interval),
             max_series_per_metric=config.max_series_per_metric,
+            max_series=config.max_series,
+            max_metric_names=config.max_metric_names,
             max_events=config.max_events,
             # Own metrics and the Dynamo series signals need; the rest only pass through.
             history_filter=lambda name: name.startswith("dynamo_sidecar_") or name in history_names,
@@ -274,7 +276,9 @@ class Sidecar:
             "canary": self.canary.status(),
             "otlp": self.telemetry.status(),
             "config": self.config.redacted(),
-            "targets": [t.__dict__ for t in targets_from(self.config)],
+            "targets": [
+                {**t.__dict__, "base_url": redact_url(t.base_url)} for t in targets_from(self.config)
+            ],
             "collectors": {name: status.to_dict() for name, status in self.state.collectors.items()},
             "history": {
                 "series": self.state.history_series,
@@ -309,7 +313,7 @@ class Sidecar:
             "sidecar listening",
             host=self.config.listen_host,
             port=self.port,
-            targets=[t.base_url for t in targets_from(self.config)],
+            targets=[redact_url(t.base_url) for t in targets_from(self.config)],
             collectors=[c.name for c in self.collectors],
         )
 

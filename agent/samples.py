@@ -9,16 +9,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.textsafe import clean
+
 Labels = tuple[tuple[str, str], ...]
 
 
+MAX_LABEL_VALUE = 256
+
+
 def labels_of(**labels: object) -> Labels:
-    """Canonical (sorted, stringified) label tuple, hashable and cheap to compare."""
-    return tuple(sorted((k, str(v)) for k, v in labels.items()))
+    """Canonical (sorted, stringified) label tuple, hashable and cheap to compare. Values are
+    cleaned (valid UTF-8, at most 256 characters): a label from outside cannot break the
+    exposition or hold megabytes."""
+    return tuple(sorted((k, clean(v, MAX_LABEL_VALUE)) for k, v in labels.items()))
 
 
 def labels_from_dict(labels: dict[str, str]) -> Labels:
-    return tuple(sorted(labels.items()))
+    """Labels parsed from a scraped source: kept as they are unless absurdly long."""
+    return tuple(
+        sorted((k, v if len(v) <= MAX_LABEL_VALUE else clean(v, MAX_LABEL_VALUE)) for k, v in labels.items())
+    )
 
 
 @dataclass(frozen=True, slots=True)

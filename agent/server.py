@@ -143,20 +143,28 @@ async def request_lines(request: web.Request) -> web.Response:
     return _json({"x_request_id": request_id, "lines": lines})
 
 
+# The pod's own loopback only: 127.0.0.6 and the rest of 127/8 is where a service mesh's
+# proxy (Istio) delivers traffic from outside the pod, so it proves nothing about the caller.
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
 def _allowed(request: web.Request, sidecar: Sidecar) -> bool:
-    """Mutating endpoints: loopback callers, or the bearer token from config."""
-    peer = request.remote or ""
-    if peer.startswith("127.") or peer == "::1":
-        return True
+    """Mutating endpoints: the bearer token, or (unless auth_require_token) a caller on the
+    pod's own loopback address."""
     token = sidecar.auth_token()
-    return bool(token) and hmac.compare_digest(request.headers.get("Authorization", ""), f"Bearer {token}")
+    header = request.headers.get("Authorization", "")
+    if token and header and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
+        return True
+    return not sidecar.config.auth_require_token and (request.remote or "") in LOOPBACK
 
 
 async def drain(request: web.Request) -> web.Response:
     """For the Dynamo container's preStop hook: start a drain and block until it ends."""
     sidecar = _sidecar(request)
+    if not all(value.isascii() for value in request.headers.values()):
+        return _json({"error": "header values must be ASCII"}, 400)
     if not _allowed(request, sidecar):
-        return _json({"error": "POST /drain is allowed from loopback or with the bearer token"}, 403)
+        return _json({"error": "POST /drain is allowed from 127.0.0.1 / ::1 or with the bearer token"}, 403)
     summary = sidecar.drain.trigger("http")
     await sidecar.drain.wait(sidecar.drain.timeout + sidecar.config.drain_interval + 5)
     return _json(summary.to_dict(), 200 if summary.done else 504)

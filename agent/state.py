@@ -21,6 +21,8 @@ from typing import Any, TypeVar
 from agent.samples import CollectResult, Event, Family, Labels, Sample
 
 SeriesKey = tuple[str, Labels]
+MAX_DROPPED_NAMES = 100
+OTHER_NAMES = "_other"
 F = TypeVar("F")
 CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 
@@ -167,12 +169,16 @@ class State:
         max_series_per_metric: int = 2000,
         max_events: int = 1000,
         history_filter: Any = None,
+        max_series: int = 50_000,
+        max_metric_names: int = 2_000,
     ) -> None:
         self.history_window = history_window
         # Enough points to span the window at the fastest interval, with a hard cap so a
         # tiny interval cannot blow the memory bound.
         self.ring_capacity = max(8, min(2048, int(history_window / max(min_interval, 0.05)) + 2))
         self.max_series_per_metric = max_series_per_metric
+        self.max_series = max_series  # over every name: a flood of new names cannot grow memory
+        self.max_metric_names = max_metric_names
         self.started = time.time()
         self.latest: dict[str, CollectResult] = {}
         self.latest_time: dict[str, float] = {}
@@ -180,6 +186,7 @@ class State:
         self._last_seen: dict[SeriesKey, float] = {}  # every admitted series, for cap + expiry
         self._series_per_metric: dict[str, int] = {}
         self.dropped: dict[str, int] = {}
+        self.caps_hit: dict[str, int] = {}  # which cap dropped how many series
         self.events: deque[Event] = deque(maxlen=max_events)
         self.event_counts: dict[str, int] = {}
         self.collectors: dict[str, CollectorStatus] = {}
@@ -231,16 +238,30 @@ class State:
         self.event_counts[event.kind] = self.event_counts.get(event.kind, 0) + 1
         self.generation += 1
 
+    def _drop(self, name: str, cap: str) -> None:
+        # The drop counters are keyed by outside input too: past 100 names, one bucket.
+        key = name if name in self.dropped or len(self.dropped) < MAX_DROPPED_NAMES else OTHER_NAMES
+        self.dropped[key] = self.dropped.get(key, 0) + 1
+        self.caps_hit[cap] = self.caps_hit.get(cap, 0) + 1
+
     def _admit(self, samples: list[Sample], now: float) -> list[Sample]:
-        """Apply the per-metric cardinality cap. Series already known always pass."""
+        """Apply the cardinality caps: per metric name, distinct names, and series overall.
+        Series already known always pass."""
         admitted = []
         seen = self._last_seen
         for item in samples:
             key = (item.name, item.labels)
             if key not in seen:
-                count = self._series_per_metric.get(item.name, 0)
+                count = self._series_per_metric.get(item.name)
+                if count is None and len(self._series_per_metric) >= self.max_metric_names:
+                    self._drop(item.name, "metric_names")
+                    continue
+                count = count or 0
                 if count >= self.max_series_per_metric:
-                    self.dropped[item.name] = self.dropped.get(item.name, 0) + 1
+                    self._drop(item.name, "series_per_metric")
+                    continue
+                if len(seen) >= self.max_series:
+                    self._drop(item.name, "series")
                     continue
                 self._series_per_metric[item.name] = count + 1
             seen[key] = now
@@ -261,7 +282,11 @@ class State:
                 by_labels.pop(key[1], None)
                 if not by_labels:
                     del self.history[key[0]]
-            self._series_per_metric[key[0]] = max(0, self._series_per_metric.get(key[0], 1) - 1)
+            remaining = self._series_per_metric.get(key[0], 1) - 1
+            if remaining > 0:
+                self._series_per_metric[key[0]] = remaining
+            else:
+                self._series_per_metric.pop(key[0], None)  # frees a slot under the names cap
 
     # --- reads ------------------------------------------------------------------------
     @staticmethod

@@ -9,7 +9,6 @@ records transitions and worker restarts as events with timestamps.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,10 +19,15 @@ import aiohttp
 
 from agent.facts import EndpointFacts, HealthFacts, PortAnswer, ProbeFact
 from agent.samples import CollectResult, Event
+from agent.textsafe import clean, parse_json
 from collectors.base import Collector
 from collectors.http import HttpResult, fetch, new_session
 
 HEALTHY_STATUSES = {"healthy", "ready", "live"}
+MAX_TEXT = 64  # status strings, endpoint names, instance ids: Dynamo's are a few words
+MAX_MODEL_ID = 128
+MAX_MODELS = 64  # models read from one /v1/models answer
+MAX_MODELS_SEEN = 64  # models remembered across answers (the most recently listed kept)
 PREFIX = "dynamo_sidecar_"
 
 
@@ -47,10 +51,9 @@ class ProbeView:
 
 
 def _parse_body(result: HttpResult) -> tuple[dict[str, Any] | None, str]:
-    try:
-        body = json.loads(result.body)
-    except ValueError:
-        return None, "body is not JSON"
+    body, error = parse_json(result.body, text_limit=MAX_TEXT)
+    if error:
+        return None, error
     if not isinstance(body, dict) or not isinstance(body.get("status"), str):
         return None, "body has no string 'status'"
     return body, ""
@@ -71,14 +74,15 @@ def parse_models(result: HttpResult) -> list[str] | None:
     """Model ids from an OpenAI-style /v1/models body; None when unusable."""
     if not result.ok:
         return None
-    try:
-        body = json.loads(result.body)
-    except ValueError:
-        return None
+    body, error = parse_json(result.body, text_limit=MAX_MODEL_ID)
     data = body.get("data") if isinstance(body, dict) else None
-    if not isinstance(data, list):
+    if error or not isinstance(data, list):
         return None
-    return [str(item["id"]) for item in data[:256] if isinstance(item, dict) and "id" in item]
+    return [
+        clean(item["id"], MAX_MODEL_ID)
+        for item in data[:MAX_MODELS]
+        if isinstance(item, dict) and "id" in item
+    ]
 
 
 def classify(result: HttpResult) -> tuple[str, str, dict[str, Any] | None, str]:
@@ -174,6 +178,9 @@ class DynamoHealthCollector(Collector):
                     seen[model] = now
             for model, last in list(seen.items()):
                 if now - last > self.models_memory:
+                    del seen[model]
+            if len(seen) > MAX_MODELS_SEEN:  # model churn: keep the most recently listed
+                for model in sorted(seen, key=seen.__getitem__)[: len(seen) - MAX_MODELS_SEEN]:
                     del seen[model]
             view.models_seen = dict(seen)
         for target in self.targets:
@@ -314,8 +321,8 @@ class DynamoHealthCollector(Collector):
         if isinstance(uptime_raw, dict):
             try:
                 uptime = float(uptime_raw.get("secs", 0)) + float(uptime_raw.get("nanos", 0)) / 1e9
-            except (TypeError, ValueError):
-                return
+            except (TypeError, ValueError, OverflowError):
+                return  # an uptime that is not a number is ignored, the rest of the body kept
             previous = self._uptime.get(target.endpoint)
             if previous is not None and uptime + 1.0 < previous:
                 self._restarts[target.endpoint] = self._restarts.get(target.endpoint, 0) + 1

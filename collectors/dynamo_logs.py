@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import glob
-import json
 import os
 import re
 import threading
@@ -23,6 +22,7 @@ from typing import Any
 
 from agent.facts import LogFacts
 from agent.samples import CollectResult, Event
+from agent.textsafe import clean, parse_json
 from collectors.base import Collector
 
 PREFIX = "dynamo_sidecar_"
@@ -66,10 +66,13 @@ class ErrorSignature:
 class RequestIndex:
     """x_request_id -> its log lines; bounded in requests and in lines per request."""
 
-    def __init__(self, max_requests: int = 2000, max_lines: int = 50) -> None:
+    def __init__(self, max_requests: int = 2000, max_lines: int = 50, max_bytes: int = 8 << 20) -> None:
         self.max_requests = max_requests
         self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.bytes = 0  # approximate size of the kept lines
         self._lines: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        self._sizes: dict[str, int] = {}
         self._lock = threading.Lock()  # written from the reader thread, read from the loop
 
     def add(self, request_id: str, record: dict[str, Any]) -> None:
@@ -80,12 +83,18 @@ class RequestIndex:
         lines = self._lines.get(request_id)
         if lines is None:
             lines = self._lines[request_id] = []
-            while len(self._lines) > self.max_requests:
-                self._lines.popitem(last=False)
+            self._sizes[request_id] = 0
         else:
             self._lines.move_to_end(request_id)
         if len(lines) < self.max_lines:
+            size = 64 + sum(len(str(v)) for v in record.values())
             lines.append(record)
+            self._sizes[request_id] += size
+            self.bytes += size
+        # Oldest requests go first, by count and by bytes.
+        while len(self._lines) > self.max_requests or (self.bytes > self.max_bytes and len(self._lines) > 1):
+            oldest, _ = self._lines.popitem(last=False)
+            self.bytes -= self._sizes.pop(oldest, 0)
 
     def get(self, request_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -140,9 +149,27 @@ class _Tail:
     cri_partial: str = ""
 
 
+LEVELS = {"TRACE", "DEBUG", "INFO", "WARN", "WARNING", "ERROR"}
+MAX_LINE_KEYS = 200  # (level, target) counters kept; the least recently seen are shed
+MAX_INDEXED_BYTES = 8 << 20  # the per-request index, in bytes of kept lines
+
+
 @dataclass
 class LogStats:
-    lines: dict[tuple[str, str], int] = field(default_factory=dict)
+    lines: OrderedDict[tuple[str, str], int] = field(default_factory=OrderedDict)
+    shed_keys: int = 0  # (level, target) counters dropped to keep the cap
+    errors: int = 0  # lines whose handling failed (counted and skipped, the rest kept)
+
+    def count(self, key: tuple[str, str]) -> None:
+        if key in self.lines:
+            self.lines[key] += 1
+            self.lines.move_to_end(key)
+            return
+        self.lines[key] = 1
+        while len(self.lines) > MAX_LINE_KEYS:
+            self.lines.popitem(last=False)
+            self.shed_keys += 1
+
     skipped: int = 0
     truncated_lines: int = 0
     rotations: int = 0
@@ -174,7 +201,7 @@ class DynamoLogCollector(Collector):
         self.stats = LogStats()
         self.errors = ErrorRing()
         self.shutdowns: list[Event] = []  # handed out as events with the next result
-        self.requests = RequestIndex()
+        self.requests = RequestIndex(max_bytes=MAX_INDEXED_BYTES)
 
     # --- reading -------------------------------------------------------------------------
     def _paths(self) -> list[str]:
@@ -208,7 +235,10 @@ class DynamoLogCollector(Collector):
                 self.stats.truncated_lines += 1
                 tail.partial = b""
             for raw in lines:
-                self._line(tail, raw.decode("utf-8", "replace"), now)
+                try:
+                    self._line(tail, raw.decode("utf-8", "replace"), now)
+                except Exception:  # one bad line is that line's error; the rest are read
+                    self.stats.errors += 1
         return used
 
     def _collect_sync(self) -> CollectResult:
@@ -272,25 +302,24 @@ class DynamoLogCollector(Collector):
                 tail.cri_partial = (tail.cri_partial + match.group(2))[:MAX_LINE]
                 return
             text, tail.cri_partial = tail.cri_partial + match.group(2), ""
-        try:
-            record = json.loads(text)
-        except ValueError:
+        record, error = parse_json(text.encode("utf-8", "replace"), max_depth=8, text_limit=2000)
+        if error:
             self.stats.skipped += 1
             return
         if isinstance(record, dict) and isinstance(record.get("log"), str) and "stream" in record:
-            try:  # Docker json-file wraps the line
-                record = json.loads(record["log"])
-            except ValueError:
+            # Docker json-file wraps the line
+            record, error = parse_json(record["log"].encode("utf-8", "replace"), max_depth=8, text_limit=2000)
+            if error:
                 self.stats.skipped += 1
                 return
         if not isinstance(record, dict) or "message" not in record:
             self.stats.skipped += 1
             return
         level = str(record.get("level", "")).upper()
-        target = str(record.get("target", ""))[:120]
+        level = level if level in LEVELS else "OTHER"  # a label value: from a known set only
+        target = clean(record.get("target", ""), 120)
         record["level"] = level
-        key = (level, target)
-        self.stats.lines[key] = self.stats.lines.get(key, 0) + 1
+        self.stats.count((level, target))
         seen = record_time(record, now)
         if level in {"WARN", "WARNING", "ERROR"}:
             self.errors.add(record, seen)
@@ -306,6 +335,9 @@ class DynamoLogCollector(Collector):
         for (level, target), count in self.stats.lines.items():
             result.add(PREFIX + "log_lines_total", count, level=level, target=target)
         result.add(PREFIX + "log_lines_skipped_total", self.stats.skipped)
+        result.add(PREFIX + "log_line_errors_total", self.stats.errors)
+        result.add(PREFIX + "log_counters_shed_total", self.stats.shed_keys)
+        result.add(PREFIX + "log_request_index_bytes", self.requests.bytes)
         result.add(PREFIX + "log_lines_truncated_total", self.stats.truncated_lines)
         result.add(PREFIX + "log_rotations_total", self.stats.rotations)
         result.add(PREFIX + "log_bytes_read_total", self.stats.bytes_read)

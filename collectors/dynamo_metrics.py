@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.facts import MetricsFacts, ScrapeFact
 from agent.samples import CollectResult, Family, Sample, labels_from_dict
+from agent.textsafe import clean
 from collectors.base import Collector
 from collectors.dynamo_health import Target
 from collectors.http import fetch, new_session
@@ -22,23 +23,55 @@ from collectors.http import fetch, new_session
 PREFIX = "dynamo_sidecar_"
 
 
-def _families_from(text: str) -> list[Family]:
-    out = []
+MAX_SCRAPE_SERIES = 100_000  # one scrape; Dynamo's real surface is ~1,300
+
+
+class ParseBudget(Exception):
+    """The parse ran out of time or series: stop the work itself, not only the waiting."""
+
+
+class Budget:
+    def __init__(self, seconds: float, max_series: int = MAX_SCRAPE_SERIES) -> None:
+        self.deadline = time.monotonic() + seconds
+        self.max_series = max_series
+        self.series = 0
+        self.exhausted = ""  # "time" or "series" once it ran out
+
+    def spend(self, series: int) -> None:
+        self.series += series
+        if self.series > self.max_series:
+            self.exhausted = "series"
+            raise ParseBudget(self.exhausted)
+        if time.monotonic() > self.deadline:
+            self.exhausted = "time"
+            raise ParseBudget(self.exhausted)
+
+
+def _families_from(text: str, budget: Budget, out: list[Family] | None = None) -> list[Family]:
+    """Families parsed from `text`, appended to `out` as they complete, so a parse cut by
+    the budget keeps what it had."""
+    out = [] if out is None else out
     for metric in text_string_to_metric_families(text):
-        family = Family(metric.name, metric.type, metric.documentation)
+        budget.spend(len(metric.samples))
+        family = Family(clean(metric.name, 200), metric.type, clean(metric.documentation, 400))
         for item in metric.samples:
             family.samples.append(Sample(item.name, labels_from_dict(item.labels), float(item.value)))
         out.append(family)
     return out
 
 
-def parse_exposition(text: str) -> tuple[list[Family], int]:
-    """Parse a Prometheus text body; on a parse error, salvage block by block.
+def parse_exposition(text: str, budget: Budget | None = None) -> tuple[list[Family], int]:
+    """Parse a Prometheus text body; on a parse error, salvage block by block. Stops when
+    the budget (time, series) runs out, keeping the families parsed so far.
 
     Returns the families and the number of lines that had to be skipped.
     """
+    budget = budget or Budget(10.0)
+    parsed: list[Family] = []
     try:
-        return _families_from(text), 0
+        return _families_from(text, budget, parsed), 0
+    except ParseBudget:
+        return _merge(parsed), 0
     except Exception:  # prometheus_client raises ValueError, IndexError, ... on garbage
         pass
     families: list[Family] = []
@@ -51,7 +84,9 @@ def parse_exposition(text: str) -> tuple[list[Family], int]:
             return
         chunk = "\n".join(block) + "\n"
         try:
-            families.extend(_families_from(chunk))
+            families.extend(_families_from(chunk, budget))
+        except ParseBudget:
+            raise
         except Exception:
             # Fall back to line by line within the block, keeping its TYPE/HELP header.
             header = [line for line in block if line.startswith("#")]
@@ -59,19 +94,24 @@ def parse_exposition(text: str) -> tuple[list[Family], int]:
                 if line.startswith("#"):
                     continue
                 try:
-                    families.extend(_families_from("\n".join([*header, line]) + "\n"))
+                    families.extend(_families_from("\n".join([*header, line]) + "\n", budget))
+                except ParseBudget:
+                    raise
                 except Exception:
                     skipped += 1
         block.clear()
 
-    for line in text.splitlines():
-        if line.startswith("# HELP") or (
-            line.startswith("# TYPE") and not any(b.startswith("# HELP") for b in block[-1:])
-        ):
-            flush()
-        if line.strip():
-            block.append(line)
-    flush()
+    try:
+        for line in text.splitlines():
+            if line.startswith("# HELP") or (
+                line.startswith("# TYPE") and not any(b.startswith("# HELP") for b in block[-1:])
+            ):
+                flush()
+            if line.strip():
+                block.append(line)
+        flush()
+    except ParseBudget:
+        pass  # keep what was salvaged before the budget ran out
     return _merge(families), skipped
 
 
@@ -135,12 +175,17 @@ class DynamoMetricsCollector(Collector):
             skipped = 0
             if not reason:
                 text = response.body.decode("utf-8", "replace")
-                # Parsing 80 KB costs ~20 ms of CPU: keep it off the event loop.
-                families, skipped = await asyncio.to_thread(parse_exposition, text)
+                # Parsing 80 KB costs ~20 ms of CPU: keep it off the event loop. The budget
+                # ends the thread's work before the collector's timeout, so a hostile body
+                # cannot leave a parse running after the collection gave up on it.
+                budget = Budget(max(0.05, self.timeout * 0.6 - response.elapsed))
+                families, skipped = await asyncio.to_thread(parse_exposition, text, budget)
                 if not families:
-                    reason = "malformed"
+                    reason = "malformed" if not budget.exhausted else f"too_many_{budget.exhausted}"
                 elif skipped:
                     self._count_error(target.endpoint, "partial")
+                if budget.exhausted and families:
+                    self._count_error(target.endpoint, f"cut_{budget.exhausted}")
             if reason:
                 self._count_error(target.endpoint, reason)
                 fact.reason, fact.error = reason, response.error or f"HTTP {response.status}"

@@ -73,6 +73,8 @@ def self_samples(state: State, render_seconds: float) -> list[Sample]:
             out.append(sample(PREFIX + "collector_runs_total", count, collector=name, outcome=outcome))
     for metric, count in sorted(state.dropped.items()):
         out.append(sample(PREFIX + "series_dropped_total", count, metric=metric))
+    for cap, count in sorted(state.caps_hit.items()):
+        out.append(sample(PREFIX + "series_caps_hit_total", count, cap=cap))
     for kind, count in sorted(state.event_counts.items()):
         out.append(sample(PREFIX + "events_total", count, kind=kind))
     return out

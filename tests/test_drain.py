@@ -201,16 +201,23 @@ async def test_post_drain_inflight_zero(sim, make_sidecar, http) -> None:
 
 
 def test_mutating_endpoint_access() -> None:
-    sidecar = SimpleNamespace(auth_token=lambda: "s3cret")
+    config = SimpleNamespace(auth_require_token=False)
+    sidecar = SimpleNamespace(auth_token=lambda: "s3cret", config=config)
     loopback = SimpleNamespace(remote="127.0.0.1", headers={})
+    mesh_proxy = SimpleNamespace(remote="127.0.0.6", headers={})  # Istio's inbound source address
     remote = SimpleNamespace(remote="10.1.2.3", headers={})
     remote_token = SimpleNamespace(remote="10.1.2.3", headers={"Authorization": "Bearer s3cret"})
     remote_wrong = SimpleNamespace(remote="10.1.2.3", headers={"Authorization": "Bearer nope"})
     assert _allowed(loopback, sidecar)  # type: ignore[arg-type]
+    assert not _allowed(mesh_proxy, sidecar)  # type: ignore[arg-type]
     assert not _allowed(remote, sidecar)  # type: ignore[arg-type]
     assert _allowed(remote_token, sidecar)  # type: ignore[arg-type]
     assert not _allowed(remote_wrong, sidecar)  # type: ignore[arg-type]
-    assert not _allowed(remote, SimpleNamespace(auth_token=lambda: ""))  # type: ignore[arg-type]
+    no_token = SimpleNamespace(auth_token=lambda: "", config=config)
+    assert not _allowed(remote, no_token)  # type: ignore[arg-type]
+    strict = SimpleNamespace(auth_token=lambda: "s3cret", config=SimpleNamespace(auth_require_token=True))
+    assert not _allowed(loopback, strict)  # type: ignore[arg-type]
+    assert _allowed(SimpleNamespace(remote="127.0.0.1", headers={"Authorization": "Bearer s3cret"}), strict)  # type: ignore[arg-type]
 
 
 def test_nothing_to_drain_exits_at_once() -> None:

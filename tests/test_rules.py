@@ -726,3 +726,29 @@ def test_flow_shows_coarse_quantiles_as_bounds() -> None:
     )
     observations = next(s for s in _top(r)["flow"] if s["step"] == "metrics and logs")["observations"]
     assert "request_duration p99 <= 2 s" in observations, observations
+
+
+def test_a_refusal_waits_for_the_logs_that_could_explain_it() -> None:
+    """With log_files, a port closed a moment ago is judged after the next log read: Dynamo's
+    shutdown lines (logged on SIGTERM) make it a drain, their absence a fault."""
+    r = Recorded()
+    r.config = load_config(
+        environ={}, overrides={"startup_grace": "0", "log_files": "/logs/*.log", "dynamo_interval": "5"}
+    )
+    probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 2)
+    r.put("dynamo_logs", CollectResult(facts=LogFacts(errors=ErrorRing(), time=NOW - 4)))
+    assert "endpoint_refused" not in {f.rule for f in evaluate(r.context())[0]}
+    r.state.add_event(
+        Event("dynamo_shutdown", "/logs/frontend.log", "frontend service entering draining stage", NOW - 3)
+    )
+    r.put("dynamo_logs", CollectResult(facts=LogFacts(errors=ErrorRing(), time=NOW - 1)))
+    rules = {f.rule for f in evaluate(r.context())[0]}
+    assert "dynamo_stopped_after_drain" in rules and "endpoint_refused" not in rules
+
+
+def test_a_refusal_with_logs_read_and_no_shutdown_is_a_fault() -> None:
+    r = Recorded()
+    r.config = load_config(environ={}, overrides={"startup_grace": "0", "log_files": "/logs/*.log"})
+    probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 2)
+    r.put("dynamo_logs", CollectResult(facts=LogFacts(errors=ErrorRing(), time=NOW - 1)))
+    assert "endpoint_refused" in {f.rule for f in evaluate(r.context())[0]}

@@ -97,6 +97,14 @@ def _in_startup(ctx: Context, endpoint: str) -> bool:
     return ctx.starting(endpoint)
 
 
+def _logs_not_read_since(ctx: Context, since: float) -> bool:
+    """With log_files, Dynamo's own shutdown lines tell a deliberate stop from a crash: a
+    refusal is judged once the logs were read after it began (at most two intervals late)."""
+    if not ctx.config.log_files or not ctx.logs.time:
+        return False
+    return ctx.logs.time < since and ctx.now - since < 2 * ctx.config.dynamo_interval
+
+
 def _after_drain(ctx: Context, endpoint: str, since: float) -> float:
     """When a drain was seen that the refusal at `since` followed (0 when none)."""
     drained = ctx.drain_seen(endpoint)
@@ -346,6 +354,7 @@ def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
             _in_startup(ctx, hit.subject)
             or _after_drain(ctx, hit.subject, hit.since)
             or view.answers_on is not None
+            or _logs_not_read_since(ctx, hit.since)
         ):
             continue
         processes = ctx.processes.of_role(hit.role)
@@ -1055,20 +1064,31 @@ def collector_failing(ctx: Context, t: Limits) -> list[Hit]:
     "series_dropped",
     "sidecar",
     "info",
-    "series over the cardinality cap are being dropped ({metrics})",
-    ("Raise max_series_per_metric, or deny the noisy family with passthrough_deny.",),
+    "series over a cardinality cap are being dropped ({caps}; most: {metrics})",
+    (
+        "A source is inventing series or names: find it in the evidence and deny the family with passthrough_deny.",
+        "If the series are wanted, raise max_series_per_metric, max_metric_names or max_series.",
+    ),
+    fleet=lambda s, t: "increase(" + s(metric("series_caps_hit_total")) + "[15m]) > 0",
 )
 def series_dropped(ctx: Context, t: Limits) -> list[Hit]:
     if not ctx.state.dropped:
         return []
     worst = sorted(ctx.state.dropped.items(), key=lambda kv: -kv[1])[:5]
+    caps = ", ".join(f"{cap} cap {n}x" for cap, n in sorted(ctx.state.caps_hit.items()))
     return [
         Hit(
             "cardinality",
-            {"metrics": ", ".join(name for name, _ in worst)},
+            {"metrics": ", ".join(name for name, _ in worst), "caps": caps or "cap"},
             [
-                Evidence(f'{metric("series_dropped_total")}{{metric="{name}"}}', count)
-                for name, count in worst
+                *[
+                    Evidence(f'{metric("series_dropped_total")}{{metric="{name}"}}', count)
+                    for name, count in worst
+                ],
+                *[
+                    Evidence(f'{metric("series_caps_hit_total")}{{cap="{cap}"}}', n)
+                    for cap, n in sorted(ctx.state.caps_hit.items())
+                ],
             ],
             ctx.now,
         )

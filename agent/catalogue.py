@@ -38,6 +38,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("build_info", "gauge", "Always 1; the sidecar's version and Python.", ("version", "python"), "agent"),
     _m("start_time_seconds", "gauge", "Unix time the sidecar started.", (), "agent"),
     _m("ready", "gauge", "1 once every collector has completed one cycle.", (), "agent"),
+    _m("http_connections", "gauge", "Open connections to the sidecar's HTTP server.", (), "agent"),
+    _m("http_connections_refused_total", "counter", "Connections closed at once because max_connections were open.", (), "agent"),
     _m("draining", "gauge", "1 while a drain is in progress.", (), "agent"),
     _m("collector_success", "gauge", "1 if the collector's last run succeeded.", ("collector",), "scheduler"),
     _m("collector_duration_seconds", "gauge", "Duration of the collector's last run.", ("collector",), "scheduler"),

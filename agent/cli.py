@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import socket
 import sys
 import urllib.error
@@ -55,8 +56,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
     config = _config_from(args)
     log.configure(config.log_level, config.log_format)
+
+    async def run_and_exit() -> int:
+        code = await Sidecar(config).run_until_signal()
+        # Everything is recorded and flushed. A worker thread still blocked (a hung NVML
+        # call, a stuck /proc read) must not keep the process past its grace period:
+        # leave without joining the thread pool.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
     try:
-        return asyncio.run(Sidecar(config).run_until_signal())
+        return asyncio.run(run_and_exit())
     except OSError as exc:
         print(
             f"dynamo-sidecar: cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}",

@@ -317,6 +317,20 @@ class Config:
         default=9469,
         metadata=_spec(_int_range(0, 65535), "Port of /metrics, /diagnose, ... (0 picks a free port)."),
     )
+    max_connections: int = field(
+        default=256,
+        metadata=_spec(
+            _int_range(1, 65535),
+            "Most open connections to the HTTP server; more are closed at once and counted.",
+        ),
+    )
+    http_idle_timeout: float = field(
+        default=10.0,
+        metadata=_spec(
+            _seconds(0.5, 600),
+            "An HTTP connection idle this long, or not completing its request headers within it, is closed.",
+        ),
+    )
     # What this pod runs
     role: str = field(
         default="all",

@@ -57,6 +57,56 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    # Libraries (aiohttp, asyncio, OpenTelemetry) log through the standard library: their
+    # records, tracebacks included, become the same one-line records, rate-limited.
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, LibraryHandler)]:
+        root.removeHandler(handler)
+    root.addHandler(LibraryHandler())
+    root.setLevel(logging.WARNING)
+    logging.raiseExceptions = False  # a failing handler must not print tracebacks to stderr
+
+
+class LibraryHandler(logging.Handler):
+    """Standard-library log records as structlog lines: one line each (a traceback becomes
+    the `exception` field), at most RATE_LIMIT a minute per logger and message, the rest
+    counted and reported once the minute is over. A flood (a socket error on every accept
+    under fd exhaustion) cannot fill the disk."""
+
+    RATE_LIMIT = 5
+    PERIOD = 60.0
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self._windows: dict[tuple[str, str], list[float]] = {}  # key -> [window start, count]
+        self.suppressed = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            key = (record.name, str(record.msg)[:200])
+            now = record.created
+            window = self._windows.get(key)
+            if window is None or now - window[0] >= self.PERIOD:
+                if window is not None and window[1] > self.RATE_LIMIT:
+                    get(record.name).warning(
+                        "log lines suppressed",
+                        logger=record.name,
+                        suppressed=int(window[1] - self.RATE_LIMIT),
+                    )
+                if len(self._windows) > 1000:
+                    self._windows.clear()
+                window = self._windows[key] = [now, 0]
+            window[1] += 1
+            if window[1] > self.RATE_LIMIT:
+                self.suppressed += 1
+                return
+            fields: dict[str, Any] = {"logger": record.name}
+            if record.exc_info and record.exc_info[1] is not None:
+                fields["exception"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"[:500]
+            method = {logging.ERROR: "error", logging.CRITICAL: "error"}.get(record.levelno, "warning")
+            getattr(get(record.name), method)(record.getMessage()[:1000], **fields)
+        except Exception:  # logging must never raise into the code that logged
+            self.handleError(record)
 
 
 def get(name: str) -> Any:

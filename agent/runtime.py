@@ -4,7 +4,9 @@ and runs it until a signal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -14,12 +16,14 @@ from aiohttp import web
 from opentelemetry.trace import Status, StatusCode
 
 from agent import __version__
+from agent.aio import wait_event
 from agent.canary import Canary
 from agent.config import Config, redact_url
 from agent.diagnose import diagnose
 from agent.diagnose.context import Context
 from agent.drain import DrainCoordinator, DrainSummary
 from agent.facts import ProcessFacts
+from agent.httpguard import ConnectionLimiter, GuardedSite
 from agent.log import get as get_logger
 from agent.samples import Sample, sample
 from agent.scheduler import Scheduler
@@ -178,6 +182,7 @@ class Sidecar:
         self.state.event_listeners.append(self.telemetry.record_event)
         self.state.extra["otlp"] = self.telemetry
         self.canary = Canary(self)
+        self.connections = ConnectionLimiter(config.max_connections)
         self.state.extra["canary"] = self.canary
 
     def _dynamo_pids(self) -> dict[int, str]:
@@ -202,6 +207,8 @@ class Sidecar:
             out.extend(self.drain.summary.samples())
         out.extend(self.canary.samples())
         out.extend(self._slo_samples())
+        out.append(sample("dynamo_sidecar_http_connections", self.connections.active))
+        out.append(sample("dynamo_sidecar_http_connections_refused_total", self.connections.refused))
         out.extend(self.telemetry.samples())
         return out
 
@@ -304,9 +311,24 @@ class Sidecar:
         self.scheduler.start()
         self.canary.start()
         self._renderer = asyncio.create_task(self._render_loop(), name="renderer")
-        self._runner = web.AppRunner(make_app(self), access_log=None, shutdown_timeout=2.0)
+        self._runner = web.AppRunner(
+            make_app(self),
+            access_log=None,
+            shutdown_timeout=2.0,
+            # Idle keep-alive, and (aiohttp >= 3.14) a connection that never completes a
+            # request: both closed after this long.
+            keepalive_timeout=self.config.http_idle_timeout,
+            max_line_size=8190,
+            max_field_size=8190,
+        )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.listen_host, self.config.listen_port, reuse_address=True)
+        site = GuardedSite(
+            self._runner,
+            self.config.listen_host,
+            self.config.listen_port,
+            self.connections,
+            reuse_address=True,
+        )
         await site.start()
         self.port = self._runner.addresses[0][1]
         log.info(
@@ -325,7 +347,24 @@ class Sidecar:
         await self.scheduler.stop()
         if self._runner is not None:
             await self._runner.cleanup()
-        await asyncio.to_thread(self.telemetry.shutdown)
+        # An OTLP receiver that is down can hold the exporter's shutdown in retries for many
+        # seconds: it runs on a daemon thread and is waited for at most flush_timeout.
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def shut_down() -> None:
+            try:
+                self.telemetry.shutdown()
+            except Exception as exc:  # an exporter failing at exit is logged, not raised
+                log.warning("OTLP exporter shutdown failed", error=repr(exc)[:300])
+            with contextlib.suppress(RuntimeError):  # the loop may be closed by then
+                loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=shut_down, name="otlp-shutdown", daemon=True).start()
+        if not await wait_event(done, self.config.flush_timeout):
+            log.warning(
+                "OTLP exporter shutdown still running; not waiting for it", timeout=self.config.flush_timeout
+            )
         self.stopped.set()
 
     async def flush_telemetry(self) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import stat
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import psutil
 
 from agent.facts import ProcessFact, ProcessFacts
 from agent.samples import CollectResult
+from agent.textsafe import clean
 from collectors.base import Collector
 
 PREFIX = "dynamo_sidecar_"
@@ -57,10 +59,13 @@ class ProcessFinder:
             return self.pid
         if self.pid_file:
             try:
-                with open(self.pid_file, encoding="ascii") as handle:
-                    return int(handle.read().strip())
-            except (OSError, ValueError) as exc:
-                self.last_error = f"pid file {self.pid_file}: {exc}"
+                if not stat.S_ISREG(os.stat(self.pid_file).st_mode):
+                    raise ValueError("not a regular file")
+                with open(self.pid_file, "rb") as handle:
+                    raw = handle.read(32)  # a pid is a few digits; never read a device whole
+                return int(raw.decode("ascii").strip())
+            except (OSError, ValueError, UnicodeDecodeError) as exc:
+                self.last_error = clean(f"pid file {self.pid_file}: {exc}", 200)
         return 0
 
     def find(self) -> list[Found]:

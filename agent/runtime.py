@@ -287,6 +287,10 @@ class Sidecar:
                 {**t.__dict__, "base_url": redact_url(t.base_url)} for t in targets_from(self.config)
             ],
             "collectors": {name: status.to_dict() for name, status in self.state.collectors.items()},
+            # For leak hunting: these must stay flat over days.
+            "tasks": len(asyncio.all_tasks()),
+            "threads": threading.active_count(),
+            "http_connections": self.connections.active,
             "history": {
                 "series": self.state.history_series,
                 "ring_capacity": self.state.ring_capacity,

@@ -26,7 +26,7 @@ V1_UNLIMITED = 2**60  # v1 reports "unlimited" as a page-rounded 2^63-1
 def _read(path: str) -> str | None:
     try:
         with open(path, encoding="ascii", errors="replace") as handle:
-            return handle.read()
+            return handle.read(1 << 20)  # cgroup and /proc files are small; never read a device whole
     except OSError:
         return None
 

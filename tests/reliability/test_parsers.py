@@ -1,0 +1,180 @@
+"""Property tests: every parser of outside input, fed arbitrary input, returns its documented
+result or its documented error and nothing else (hypothesis; a few thousand examples each)."""
+
+from __future__ import annotations
+
+import contextlib
+import string
+import tempfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.config import ConfigError, load_config, load_yaml
+from agent.server import parse_window
+from agent.textsafe import clean, clean_json, parse_json
+from collectors.cgroup import _kv, parse_pressure
+from collectors.dynamo_health import classify, parse_models
+from collectors.dynamo_logs import DynamoLogCollector
+from collectors.dynamo_metrics import Budget, parse_exposition
+from collectors.http import HttpResult
+
+FAST = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# JSON-ish text: the characters JSON is made of, plus escapes that decode to lone surrogates.
+JSONISH = st.lists(
+    st.sampled_from([*'{}[]":,0123456789.-eE tfnrul\\abu', "\\ud800", "\\udfff", '"\\ud800"']), max_size=200
+).map("".join)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+def _encodes(value: object) -> None:
+    """What the exposition and the HTML report do with text: it must encode as UTF-8."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _encodes(k)
+            _encodes(v)
+    elif isinstance(value, list):
+        for v in value:
+            _encodes(v)
+
+
+@FAST
+@given(st.binary(max_size=2000) | JSONISH.map(str.encode))
+def test_parse_json_returns_a_clean_value_or_a_reason(body: bytes) -> None:
+    value, error = parse_json(body)
+    assert not (error and value is not None)
+    _encodes(value)
+    _encodes(error)
+
+
+@FAST
+@given(JSON_VALUES)
+def test_clean_json_always_encodes(value: object) -> None:
+    _encodes(clean_json(value))
+
+
+@FAST
+@given(st.text(), st.integers(min_value=1, max_value=500))
+def test_clean_is_bounded_and_encodes(text: str, limit: int) -> None:
+    out = clean(text, limit)
+    assert len(out) <= limit
+    out.encode("utf-8")
+
+
+def _response(body: bytes, status: int = 200) -> HttpResult:
+    return HttpResult(url="http://x/health", status=status, body=body, elapsed=0.001)
+
+
+@FAST
+@given(st.binary(max_size=2000) | JSONISH.map(str.encode), st.sampled_from([200, 404, 500, 503]))
+def test_health_classification_never_raises(body: bytes, status: int) -> None:
+    outcome, state, parsed, error = classify(_response(body, status))
+    assert outcome in {"ok", "unhealthy", "http_error", "malformed"}
+    _encodes(state)
+    _encodes(parsed)
+    _encodes(error)
+
+
+@FAST
+@given(st.binary(max_size=2000) | JSONISH.map(lambda t: ('{"data":[{"id":' + t + "}]}").encode()))
+def test_models_listing_never_raises(body: bytes) -> None:
+    models = parse_models(_response(body))
+    assert models is None or (isinstance(models, list) and len(models) <= 64)
+    _encodes(models)
+
+
+@FAST
+@given(st.text(max_size=3000))
+def test_exposition_parser_never_raises(text: str) -> None:
+    families, skipped = parse_exposition(text, Budget(2.0))
+    assert skipped >= 0
+    for family in families:
+        for item in family.samples:
+            for _, value in item.labels:
+                value.encode("utf-8")
+
+
+@FAST
+@given(st.text(max_size=2000) | JSONISH)
+def test_log_lines_never_raise(line: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        collector = DynamoLogCollector([str(Path(folder) / "x.log")], 1, 1)
+        tail = type("T", (), {"path": "x.log", "cri_partial": ""})()
+        collector._line(tail, line, 0.0)  # type: ignore[arg-type]
+        for level, target in collector.stats.lines:
+            level.encode("utf-8")
+            target.encode("utf-8")
+
+
+@FAST
+@given(st.text(max_size=2000))
+def test_proc_file_parsers_never_raise(text: str) -> None:
+    assert isinstance(_kv_text(text), dict)
+    assert isinstance(parse_pressure(text), dict)
+
+
+def _kv_text(text: str) -> dict[str, int]:
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", errors="surrogatepass", delete=False) as handle:
+        handle.write(text.encode("utf-8", "replace").decode("utf-8"))
+    return _kv(handle.name)
+
+
+@FAST
+@given(st.text(max_size=60))
+def test_window_parser_returns_seconds_or_value_error(text: str) -> None:
+    try:
+        seconds = parse_window(text)
+    except ValueError:
+        return
+    assert 1 <= seconds <= 7 * 86400
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=1500) | st.text(max_size=1500).map(lambda t: t.encode("utf-8", "surrogatepass")))
+def test_config_yaml_is_a_mapping_or_a_config_error(content: bytes) -> None:
+    with tempfile.NamedTemporaryFile("wb", suffix=".yaml", delete=False) as handle:
+        handle.write(content)
+    try:
+        data = load_yaml(handle.name)
+    except ConfigError:
+        return
+    assert isinstance(data, dict)
+    with contextlib.suppress(ConfigError):
+        load_config(handle.name, environ={}, warn=lambda message: None)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "DYN_SIDECAR_LISTEN_PORT",
+                "DYN_SIDECAR_DYNAMO_INTERVAL",
+                "DYN_SIDECAR_THRESHOLDS",
+                "DYN_SIDECAR_WORKER_SYSTEM_URLS",
+                "DYN_SIDECAR_SLO_ERROR_RATE",
+                "DYN_SIDECAR_PROCESS_PATTERNS",
+                "DYN_SIDECAR_NOPE",
+                "DYN_SYSTEM_PORT",
+            ]
+        ),
+        st.text(alphabet=string.printable, max_size=40),
+        max_size=4,
+    )
+)
+def test_config_env_is_a_config_or_a_config_error(environ: dict[str, str]) -> None:
+    try:
+        load_config(environ=environ, warn=lambda message: None)
+    except ConfigError as exc:
+        assert len(str(exc)) < 600
+    except Exception as exc:  # pragma: no cover - the failure this test exists to catch
+        pytest.fail(f"{type(exc).__name__} escaped: {exc}")

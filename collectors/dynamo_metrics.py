@@ -69,11 +69,13 @@ def parse_exposition(text: str, budget: Budget | None = None) -> tuple[list[Fami
     budget = budget or Budget(10.0)
     parsed: list[Family] = []
     try:
+        if text.count("\n") > CHUNK_LINES:
+            return _chunked(text, budget, parsed), 0
         return _families_from(text, budget, parsed), 0
     except ParseBudget:
         return _merge(parsed), 0
     except Exception:  # prometheus_client raises ValueError, IndexError, ... on garbage
-        pass
+        parsed.clear()
     families: list[Family] = []
     skipped = 0
     block: list[str] = []
@@ -113,6 +115,43 @@ def parse_exposition(text: str, budget: Budget | None = None) -> tuple[list[Fami
     except ParseBudget:
         pass  # keep what was salvaged before the budget ran out
     return _merge(families), skipped
+
+
+CHUNK_LINES = 10_000  # a big body is parsed this many lines at a time, the budget checked between
+
+
+def _chunked(text: str, budget: Budget, out: list[Family]) -> list[Family]:
+    """A large body in slices of CHUNK_LINES sample lines, each with its family's HELP/TYPE
+    header, so the budget can stop the work inside one huge family too."""
+    header: list[str] = []
+    lines: list[str] = []
+
+    def flush() -> None:
+        if lines:
+            _families_from("\n".join([*header, *lines]) + "\n", budget, out)
+            lines.clear()
+
+    def name_of(line: str) -> str:
+        parts = line.split(None, 3)
+        return parts[2] if len(parts) > 2 else ""
+
+    for line in text.splitlines():
+        if line.startswith(("# HELP", "# TYPE")):
+            if header and name_of(header[0]) != name_of(line):
+                flush()  # a new family begins
+                header = []
+            elif not header:
+                flush()
+            header.append(line)
+            continue
+        if line.startswith("#"):
+            continue
+        if line.strip():
+            lines.append(line)
+            if len(lines) >= CHUNK_LINES:
+                flush()
+    flush()
+    return _merge(out)
 
 
 def _merge(families: list[Family]) -> list[Family]:

@@ -223,3 +223,21 @@ def test_refused_is_distinguished_from_timeout() -> None:
             return result.facts.endpoints["worker"].probe().outcome
 
         assert asyncio.run(probe()) == "timeout"
+
+
+def test_chunked_parse_equals_the_whole_parse(monkeypatch) -> None:
+    """Large bodies are parsed in slices so a budget can stop inside a family; the slices must
+    give the same families as one parse (checked on Dynamo's recorded exposition, cut small)."""
+    import collectors.dynamo_metrics as metrics
+
+    text = (RECORDED / "frontend_metrics_after_traffic.prom").read_text()
+    whole, _ = parse_exposition(text)
+    monkeypatch.setattr(metrics, "CHUNK_LINES", 7)
+    sliced = metrics._chunked(text, metrics.Budget(10), [])
+
+    def shape(families):
+        return sorted(
+            (f.name, f.type, sorted((s.name, s.labels, s.value) for s in f.samples)) for f in families
+        )
+
+    assert shape(whole) == shape(sliced)

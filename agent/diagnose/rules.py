@@ -401,7 +401,7 @@ def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
     "endpoint_bad_response",
     "connection_anomaly",
     "warning",
-    "{who} answers {url} with a response that is not Dynamo's health JSON",
+    "{who} {what}",
     (
         "Compare the body in the evidence with what Dynamo 1.6 serves; a proxy or another server on that port can answer instead.",
         "Check the sidecar's frontend_url / worker_system_urls point at Dynamo itself.",
@@ -410,7 +410,17 @@ def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
     fleet=lambda s, t: s(OUTCOME, 'probe="health",outcome=~"malformed|http_error|error"') + " == 1",
 )
 def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:
-    return _probe_hits(ctx, {"malformed", "http_error", "error"})
+    hits = _probe_hits(ctx, {"malformed", "http_error", "error"})
+    for hit in hits:
+        probe = ctx.probe(hit.subject)
+        url = hit.values["url"]
+        if probe.outcome == "error":
+            hit.values["what"] = f"closes or resets the connection at {url} without an answer ({probe.error})"
+        elif probe.outcome == "http_error":
+            hit.values["what"] = f"answers {url} with HTTP {probe.status_code} and no health body"
+        else:
+            hit.values["what"] = f"answers {url} with a body that is not Dynamo's health JSON ({probe.error})"
+    return hits
 
 
 # --- registration ---------------------------------------------------------------------------------

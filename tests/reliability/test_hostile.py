@@ -207,3 +207,70 @@ async def test_huge_status_strings_are_capped(make_sidecar, hostile, http) -> No
         assert len(json.dumps(event.attributes, default=str)) < 4000
     status, body = await get_text(http, base_url(sidecar) + "/diagnose")
     assert status == 200 and len(body) < 500_000
+
+
+async def test_a_connection_reset_is_worded_as_one(make_sidecar, hostile, http) -> None:
+    import asyncio
+    import socket
+    import struct
+
+    async def reset(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # RST on close
+        writer.close()
+
+    server = await asyncio.start_server(reset, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        sidecar = await make_sidecar(
+            frontend_url=hostile.frontend, worker_system_urls=f"http://127.0.0.1:{port}", gpu_enabled="false"
+        )
+
+        async def finding() -> dict | None:
+            report = await get_json(http, base_url(sidecar) + "/diagnose")
+            return next((f for f in report["findings"] if f["id"] == "endpoint_bad_response:worker"), None)
+
+        found = await wait_for(finding, timeout=10, what="the reset endpoint's finding")
+        assert "resets the connection" in found["summary"], found["summary"]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+def test_a_device_as_pid_file_is_refused_not_read() -> None:
+    from collectors.process import ProcessFinder
+
+    finder = ProcessFinder([], pid_file="/dev/urandom")
+    assert finder.find() == []
+    assert "not a regular file" in finder.last_error
+
+
+def test_a_parse_stops_its_own_work_at_its_budget() -> None:
+    """A 200k-series family: the parse thread ends at the budget instead of running on after
+    the collector gave up on it."""
+    import time
+
+    from collectors.dynamo_metrics import Budget, parse_exposition
+
+    text = "# TYPE big gauge\n" + "".join(f'big{{i="{i}"}} 1\n' for i in range(200_000))
+    started = time.monotonic()
+    budget = Budget(0.2, max_series=1_000_000)
+    families, _ = parse_exposition(text, budget)
+    assert time.monotonic() - started < 3  # the whole body takes several seconds
+    assert budget.exhausted == "time"
+    assert 0 < sum(len(f.samples) for f in families) < 200_000  # what was parsed is kept
+    capped = Budget(30, max_series=10_000)
+    parse_exposition(text, capped)
+    assert capped.exhausted == "series"
+
+
+async def test_status_never_shows_credentials(sim, make_sidecar, http) -> None:
+    sidecar = await make_sidecar(
+        sim,
+        tcp_probe_targets="etcd=http://root:hunter2@127.0.0.1:2379/health,nats=nats://tok3n@127.0.0.1:4222",
+        auth_token="s3cret",
+    )
+    status, body = await get_text(http, base_url(sidecar) + "/status")
+    assert status == 200
+    assert "hunter2" not in body and "tok3n" not in body and "s3cret" not in body
+    assert "<redacted>" in body

@@ -108,12 +108,17 @@ def test_soak_memory_tasks_threads_flat_and_exit_bounded(tmp_path) -> None:
         http_post(control + "/frontend/start")
         signalled = time.monotonic()
         sidecar.send_signal(signal.SIGTERM)
-        sidecar.communicate(timeout=40)
+        out, err = sidecar.communicate(timeout=40)
         exit_seconds = time.monotonic() - signalled
         print(json.dumps({"exit_seconds_after_sigterm": round(exit_seconds, 2)}))
         # The bound: drain (in-flight zero plus settle) and the OTLP flush, with margin.
         assert exit_seconds < 15
         assert sidecar.returncode == 0
+        # Every log line, the libraries' (aiohttp, OpenTelemetry's exporter failing against
+        # the dead receiver) included, is one JSON object; nothing else reaches a terminal.
+        lines = [line for line in out.splitlines() if line.strip()]
+        assert lines and all(line.startswith("{") and json.loads(line) for line in lines), lines[:5]
+        assert "Traceback" not in err, err[-2000:]
     finally:
         if sidecar.poll() is None:
             sidecar.kill()

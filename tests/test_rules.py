@@ -752,3 +752,118 @@ def test_a_refusal_with_logs_read_and_no_shutdown_is_a_fault() -> None:
     probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 2)
     r.put("dynamo_logs", CollectResult(facts=LogFacts(errors=ErrorRing(), time=NOW - 1)))
     assert "endpoint_refused" in {f.rule for f in evaluate(r.context())[0]}
+
+
+# --- more thresholds at and just past, pod view ------------------------------------------------
+
+
+def _process_fact(**fields: Any) -> Callable[[Recorded], None]:
+    return lambda r: r.put("process", processes({"pid": 7, "process": "dynamo.mocker", **fields}))
+
+
+def _restarts(count: int) -> Callable[[Recorded], None]:
+    def build(r: Recorded) -> None:
+        for i in range(count):
+            r.state.add_event(Event("worker_restart", "worker", f"restart {i}", NOW - 30 - i))
+
+    return build
+
+
+def _failures(count: int) -> Callable[[Recorded], None]:
+    return lambda r: r.series(
+        "dynamo_metrics",
+        lambda i: [
+            sample("dynamo_frontend_requests_total", i * 10, model="tiny", status="success", error_type=""),
+            sample(
+                "dynamo_frontend_requests_total",
+                0 if i < 55 else count,
+                model="tiny",
+                status="error",
+                error_type="unavailable",
+            ),
+        ],
+    )
+
+
+BOUNDARIES = [
+    ("fd_exhaustion", _process_fact(open_fds=921, max_fds=1024), False),  # 0.8994
+    ("fd_exhaustion", _process_fact(open_fds=922, max_fds=1024), True),  # 0.9004
+    ("process_stalled", _process_fact(state="D", state_since=NOW - 9), False),
+    ("process_stalled", _process_fact(state="D", state_since=NOW - 10), True),
+    ("process_stalled", _process_fact(state="S", state_since=NOW - 600), False),
+    (
+        "gpu_memory_near_full",
+        lambda r: r.put("gpu", gpus(**{"0": {"uuid": "G", "memory_used": 96, "memory_total": 100}})),
+        False,
+    ),
+    (
+        "gpu_memory_near_full",
+        lambda r: r.put("gpu", gpus(**{"0": {"uuid": "G", "memory_used": 97, "memory_total": 100}})),
+        True,
+    ),
+    (
+        "dependency_slow",
+        lambda r: r.put("tcp", tcp({"e": {"role": "etcd", "outcome": "ok", "connect_seconds": 0.099}})),
+        False,
+    ),
+    (
+        "dependency_slow",
+        lambda r: r.put("tcp", tcp({"e": {"role": "etcd", "outcome": "ok", "connect_seconds": 0.1}})),
+        True,
+    ),
+    ("close_wait_leak", lambda r: r.put("tcp", tcp(close_wait={"nats": 49})), False),
+    ("close_wait_leak", lambda r: r.put("tcp", tcp(close_wait={"nats": 50})), True),
+    ("worker_restarted", _restarts(0), False),
+    ("worker_restarted", _restarts(1), True),
+    ("request_failures", _failures(0), False),
+    ("request_failures", _failures(1), True),
+    (
+        "health_flapping",
+        lambda r: [
+            r.state.add_event(Event("health_transition", "worker/health", "f", NOW - i)) for i in range(2)
+        ],
+        False,
+    ),
+    (
+        "health_flapping",
+        lambda r: [
+            r.state.add_event(Event("health_transition", "worker/health", "f", NOW - i)) for i in range(3)
+        ],
+        True,
+    ),
+    (
+        "queue_growing",
+        lambda r: r.series(
+            "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", min(i, 4), model="t")]
+        ),
+        False,
+    ),
+    (
+        "queue_growing",
+        lambda r: r.series(
+            "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", min(i, 5), model="t")]
+        ),
+        True,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rule_id", "build", "fires"), BOUNDARIES, ids=[f"{r}-{f}-{i}" for i, (r, _, f) in enumerate(BOUNDARIES)]
+)
+def test_more_threshold_boundaries(rule_id: str, build: Callable[[Recorded], None], fires: bool) -> None:
+    r = Recorded()
+    build(r)
+    assert (rule_id in {f.rule for f in evaluate(r.context())[0]}) is fires
+
+
+def test_every_threshold_is_overridable_and_documented() -> None:
+    from agent.docs import rules_reference
+
+    reference = rules_reference()
+    for rule in RULES:
+        for threshold in rule.thresholds:
+            key = f"{rule.id}.{threshold.name}"
+            assert f"`{key}`" in reference
+            config = load_config(environ={}, overrides={"thresholds": f"{key}={threshold.default + 1}"})
+            assert rule.limits(config.thresholds)[threshold.name] == threshold.default + 1

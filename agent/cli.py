@@ -1,4 +1,4 @@
-"""`dynamo-sidecar` command line: run, demo, diagnose, check-config, canary, alerts."""
+"""`dynamo-sidecar` command line: run, demo, diagnose, check-config, canary, alerts, inject, webhook."""
 
 from __future__ import annotations
 
@@ -86,6 +86,95 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
     from agent.diagnose.alerts import alerts_yaml
 
     print(alerts_yaml(_config_from(args).thresholds), end="")
+    return 0
+
+
+def _inject_options(args: argparse.Namespace) -> Any:
+    from agent.inject import Options
+
+    options = Options(native=not args.regular_container)
+    if args.image:
+        options.image = args.image
+    return options
+
+
+def _cmd_inject(args: argparse.Namespace) -> int:
+    """Like `linkerd inject`: every document of the input, Dynamo pods with the sidecar."""
+    import yaml
+
+    from agent.config import _StrictLoader
+    from agent.inject import InjectError, inject
+
+    try:
+        raw = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError("-f", args.file, f"a readable file ({exc.strerror})") from None
+    try:
+        documents = list(yaml.load_all(raw.decode("utf-8"), Loader=_StrictLoader))
+    except UnicodeDecodeError:
+        raise ConfigError("-f", args.file, "UTF-8 YAML") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            "-f", args.file, f"valid YAML ({getattr(exc, 'problem', None) or 'parse error'}{where})"
+        ) from None
+    options = _inject_options(args)
+    out = []
+    for document in documents:
+        if document is None:
+            continue
+        if (
+            isinstance(document, dict)
+            and document.get("kind") == "List"
+            and isinstance(document.get("items"), list)
+        ):
+            items = []
+            for item in document["items"]:
+                injected, _ = _inject_one(inject, InjectError, item, options)
+                items.append(injected)
+            document = {**document, "items": items}
+        else:
+            document = _inject_one(inject, InjectError, document, options)[0]
+        out.append(document)
+    sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False, default_flow_style=False))
+    return 0
+
+
+def _inject_one(inject: Any, error: Any, document: Any, options: Any) -> tuple[Any, list[str]]:
+    try:
+        injected, notes = inject(document, options)
+    except error as exc:
+        print(f"dynamo-sidecar inject: {exc}; left unchanged", file=sys.stderr)
+        return document, []
+    for note in notes:
+        print(f"dynamo-sidecar inject: {note}", file=sys.stderr)
+    return injected, notes
+
+
+def _cmd_webhook(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from agent.webhook import make_app, tls_context
+
+    log.configure(args.log_level, "json")
+    try:
+        context = tls_context(args.tls_cert_file, args.tls_key_file)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            "--tls-cert-file/--tls-key-file",
+            args.tls_cert_file,
+            f"a readable PEM certificate and key ({exc})",
+        ) from None
+    web.run_app(
+        make_app(_inject_options(args)),
+        host=args.listen_host,
+        port=args.listen_port,
+        ssl_context=context,
+        access_log=None,
+        print=None,
+        keepalive_timeout=10,
+    )
     return 0
 
 
@@ -282,6 +371,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     canary.add_argument("--format", choices=["text", "json"], default="text")
     canary.set_defaults(func=_cmd_canary)
+
+    inject_cmd = sub.add_parser(
+        "inject",
+        help="add the sidecar to Dynamo pods in Kubernetes YAML (Pod, Deployment, ..., DynamoGraphDeployment); prints the result",
+    )
+    inject_cmd.add_argument("-f", "--file", required=True, help="YAML file (multi-document), or - for stdin")
+    inject_cmd.add_argument("--image", default="", help="sidecar image (default: this version's)")
+    inject_cmd.add_argument(
+        "--regular-container", action="store_true", help="a regular container instead of a native sidecar"
+    )
+    inject_cmd.set_defaults(func=_cmd_inject)
+
+    hook = sub.add_parser("webhook", help="run the mutating admission webhook (HTTPS, POST /mutate)")
+    hook.add_argument("--tls-cert-file", required=True, metavar="FILE")
+    hook.add_argument("--tls-key-file", required=True, metavar="FILE")
+    hook.add_argument("--listen-host", default="0.0.0.0")
+    hook.add_argument("--listen-port", "--port", dest="listen_port", type=_port, default=9443)
+    hook.add_argument("--image", default="", help="sidecar image to inject (default: this version's)")
+    hook.add_argument("--regular-container", action="store_true")
+    hook.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    hook.set_defaults(func=_cmd_webhook)
 
     alerts = sub.add_parser(
         "alerts",

@@ -95,7 +95,34 @@ def _inject_options(args: argparse.Namespace) -> Any:
     options = Options(native=not args.regular_container)
     if args.image:
         options.image = args.image
+    for name in ("cpu_request", "memory_request", "memory_limit"):
+        value = getattr(args, f"sidecar_{name}", "")
+        if value:
+            setattr(options, name, value)
+    for item in args.sidecar_config or []:
+        key, sep, value = item.partition("=")
+        if not sep or key.strip() not in FIELDS:
+            raise ConfigError(
+                "--sidecar-config", item, "KEY=VALUE with a config key (see docs/configuration.md)"
+            )
+        options.config[key.strip()] = value
     return options
+
+
+def _add_inject_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--image", default="", help="sidecar image (default: this version's)")
+    parser.add_argument(
+        "--regular-container", action="store_true", help="a regular container instead of a native sidecar"
+    )
+    parser.add_argument("--sidecar-cpu-request", default="", metavar="QUANTITY")
+    parser.add_argument("--sidecar-memory-request", default="", metavar="QUANTITY")
+    parser.add_argument("--sidecar-memory-limit", default="", metavar="QUANTITY")
+    parser.add_argument(
+        "--sidecar-config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a config key for every injected sidecar",
+    )
 
 
 def _cmd_inject(args: argparse.Namespace) -> int:
@@ -377,10 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="add the sidecar to Dynamo pods in Kubernetes YAML (Pod, Deployment, ..., DynamoGraphDeployment); prints the result",
     )
     inject_cmd.add_argument("-f", "--file", required=True, help="YAML file (multi-document), or - for stdin")
-    inject_cmd.add_argument("--image", default="", help="sidecar image (default: this version's)")
-    inject_cmd.add_argument(
-        "--regular-container", action="store_true", help="a regular container instead of a native sidecar"
-    )
+    _add_inject_flags(inject_cmd)
     inject_cmd.set_defaults(func=_cmd_inject)
 
     hook = sub.add_parser("webhook", help="run the mutating admission webhook (HTTPS, POST /mutate)")
@@ -388,8 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("--tls-key-file", required=True, metavar="FILE")
     hook.add_argument("--listen-host", default="0.0.0.0")
     hook.add_argument("--listen-port", "--port", dest="listen_port", type=_port, default=9443)
-    hook.add_argument("--image", default="", help="sidecar image to inject (default: this version's)")
-    hook.add_argument("--regular-container", action="store_true")
+    _add_inject_flags(hook)
     hook.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     hook.set_defaults(func=_cmd_webhook)
 

@@ -85,8 +85,14 @@ def test_rules_reference_is_generated_from_the_records() -> None:
 
 
 def test_alerts_yaml_is_generated_from_the_records() -> None:
-    from agent.diagnose.alerts import alerts_yaml
+    from agent.diagnose.alerts import ALERT_FILES, alerts_yaml
 
-    assert (ROOT / "packaging" / "prometheus" / "alerts.yaml").read_text() == alerts_yaml(), (
-        "run: python -m agent.diagnose.alerts > packaging/prometheus/alerts.yaml"
+    for relative in ALERT_FILES:
+        assert (ROOT / relative).read_text() == alerts_yaml(), "run: python -m agent.diagnose.alerts --write"
+
+
+def test_the_charts_dashboard_is_the_dashboard() -> None:
+    chart_copy = ROOT / "packaging" / "helm" / "dynamo-sidecar" / "files" / "dynamo-sidecar.json"
+    assert chart_copy.read_bytes() == (ROOT / "packaging" / "grafana" / "dynamo-sidecar.json").read_bytes(), (
+        "copy packaging/grafana/dynamo-sidecar.json into the chart's files/"
     )

@@ -1,8 +1,8 @@
 """Prometheus alerting rules generated from the rule records: an alert's expression is its
 rule's fleet query over the rule's thresholds, so alerts, fleet scope and /diagnose agree.
 
-`python -m agent.diagnose.alerts > packaging/prometheus/alerts.yaml` writes the checked-in
-file (a test fails when it is stale); `dynamo-sidecar alerts [--config FILE]` prints the
+`python -m agent.diagnose.alerts --write` writes the checked-in files (Prometheus rule_files
+and the Helm chart's PrometheusRule source; a test fails when either is stale); `dynamo-sidecar alerts [--config FILE]` prints the
 rules with a deployment's own threshold overrides.
 """
 
@@ -52,5 +52,17 @@ def alerts_yaml(overrides: dict[str, float] | None = None) -> str:
     return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
 
 
+# The checked-in copies: Prometheus rule_files, and the Helm chart's PrometheusRule source.
+ALERT_FILES = ("packaging/prometheus/alerts.yaml", "packaging/helm/dynamo-sidecar/files/alerts.yaml")
+
 if __name__ == "__main__":
-    print(alerts_yaml(), end="")
+    import sys
+    from pathlib import Path
+
+    if "--write" in sys.argv[1:]:
+        root = Path(__file__).resolve().parents[2]
+        for relative in ALERT_FILES:
+            (root / relative).write_text(alerts_yaml())
+            print(f"wrote {relative}")
+    else:
+        print(alerts_yaml(), end="")

@@ -1,0 +1,37 @@
+{{- define "dynamo-sidecar.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "dynamo-sidecar.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "dynamo-sidecar.labels" -}}
+app.kubernetes.io/name: {{ include "dynamo-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "dynamo-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "dynamo-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: webhook
+{{- end -}}
+
+{{- define "dynamo-sidecar.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{- define "dynamo-sidecar.sidecarImage" -}}
+{{- default (include "dynamo-sidecar.image" .) .Values.sidecar.image -}}
+{{- end -}}
+
+{{- define "dynamo-sidecar.tlsSecret" -}}
+{{- printf "%s-tls" (include "dynamo-sidecar.fullname" .) -}}
+{{- end -}}

@@ -34,6 +34,7 @@ from collectors.cgroup import CgroupCollector
 from collectors.dynamo_health import DynamoHealthCollector, Target
 from collectors.dynamo_logs import DynamoLogCollector
 from collectors.dynamo_metrics import DynamoMetricsCollector
+from collectors.exposition import base_name
 from collectors.gpu import GpuCollector
 from collectors.process import ProcessCollector, ProcessFinder
 from collectors.tcp import TcpCollector, parse_probe_target
@@ -75,6 +76,13 @@ def service_ports(config: Config) -> dict[int, str]:
     return ports
 
 
+def wanted_families(names: DynamoNames) -> Callable[[str], bool]:
+    """The scraped families signals and rules read (parsed into samples); the rest of
+    Dynamo's surface passes through as checked text."""
+    bases = {base_name(name) for name in names.history_names()}
+    return lambda family: base_name(family) in bases
+
+
 def build_collectors(
     config: Config,
     dynamo_pids: Callable[[], dict[int, str]] | None = None,
@@ -109,6 +117,7 @@ def build_collectors(
                 config.collector_timeout,
                 config.http_timeout,
                 config.max_response_bytes,
+                wanted=wanted_families(DynamoNames(frontend_prefix=config.frontend_metrics_prefix)),
             )
         )
     if config.gpu_enabled:

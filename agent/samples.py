@@ -90,6 +90,9 @@ class CollectResult:
     # Source-level facts that are not numbers (parsed health bodies, process states): one
     # typed dataclass per source, from agent/facts.py.
     facts: Any = None
+    # Scraped families re-exported as their checked text lines (collectors/exposition.py),
+    # without being parsed; `families` holds only the ones signals and rules read.
+    raw: list[Any] = field(default_factory=list)
 
     def add(self, name: str, value: float, /, **labels: object) -> None:
         self.samples.append(sample(name, value, **labels))

@@ -239,10 +239,14 @@ class State:
         self.generation += 1
 
     def _drop(self, name: str, cap: str) -> None:
+        self.count_drop(name, cap, 1)
+
+    def count_drop(self, name: str, cap: str, count: int) -> None:
+        """Series a cap kept out, by metric and by cap (also for passthrough text)."""
         # The drop counters are keyed by outside input too: past 100 names, one bucket.
         key = name if name in self.dropped or len(self.dropped) < MAX_DROPPED_NAMES else OTHER_NAMES
-        self.dropped[key] = self.dropped.get(key, 0) + 1
-        self.caps_hit[cap] = self.caps_hit.get(cap, 0) + 1
+        self.dropped[key] = self.dropped.get(key, 0) + count
+        self.caps_hit[cap] = self.caps_hit.get(cap, 0) + count
 
     def _admit(self, samples: list[Sample], now: float) -> list[Sample]:
         """Apply the cardinality caps: per metric name, distinct names, and series overall.

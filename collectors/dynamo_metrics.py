@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
@@ -18,6 +19,7 @@ from agent.samples import CollectResult, Family, Sample, labels_from_dict
 from agent.textsafe import clean
 from collectors.base import Collector
 from collectors.dynamo_health import Target
+from collectors.exposition import RawFamily, Splitter
 from collectors.http import fetch, new_session
 
 PREFIX = "dynamo_sidecar_"
@@ -176,9 +178,15 @@ class DynamoMetricsCollector(Collector):
         timeout: float,
         http_timeout: float,
         max_bytes: int,
+        wanted: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(interval, timeout)
         self.targets = targets
+        # Families signals and rules read are parsed into samples; the rest pass through as
+        # checked text. None parses everything.
+        self.wanted = wanted
+        self._splitters: dict[str, Splitter] = {t.endpoint: Splitter() for t in targets}
+        self._parsed: dict[str, dict[str, list[Family]]] = {}  # endpoint -> family text -> parse
         self.metrics_path = metrics_path
         self.http_timeout = http_timeout
         self.max_bytes = max_bytes
@@ -211,15 +219,20 @@ class DynamoMetricsCollector(Collector):
             if not reason and response.status != 200:
                 reason = "http_error"
             families: list[Family] = []
+            raw: list[RawFamily] = []
             skipped = 0
             if not reason:
                 text = response.body.decode("utf-8", "replace")
-                # Parsing 80 KB costs ~20 ms of CPU: keep it off the event loop. The budget
-                # ends the thread's work before the collector's timeout, so a hostile body
-                # cannot leave a parse running after the collection gave up on it.
+                # Off the event loop. The budget ends the thread's work before the
+                # collector's timeout, so a hostile body cannot leave it running after the
+                # collection gave up on it.
                 budget = Budget(max(0.05, self.timeout * 0.6 - response.elapsed))
-                families, skipped = await asyncio.to_thread(parse_exposition, text, budget)
-                if not families:
+                if self.wanted is None:
+                    families, skipped = await asyncio.to_thread(parse_exposition, text, budget)
+                    raw = []
+                else:
+                    raw, families, skipped = await asyncio.to_thread(self._split, target.endpoint, text, budget)
+                if not families and not raw:
                     reason = "malformed" if not budget.exhausted else f"too_many_{budget.exhausted}"
                 elif skipped:
                     self._count_error(target.endpoint, "partial")
@@ -235,14 +248,39 @@ class DynamoMetricsCollector(Collector):
                     sum(len(f.samples) for f in families),
                     skipped,
                 )
+            series = sum(f.lines for f in raw) if raw else sum(len(f.samples) for f in families)
+            if not reason:
+                fact.series = series
             result.add(PREFIX + "scrape_up", 0 if reason else 1, **labels)
             result.add(PREFIX + "scrape_bytes", len(response.body), **labels)
-            result.add(PREFIX + "scrape_series", sum(len(f.samples) for f in families), **labels)
+            result.add(PREFIX + "scrape_series", series, **labels)
             result.families.extend(families)
+            result.raw.append(raw)
         for (endpoint, reason), count in self._errors.items():
             result.add(PREFIX + "scrape_errors_total", count, endpoint=endpoint, reason=reason)
         result.facts = MetricsFacts(facts, time.time())
         return result
+
+    def _split(self, endpoint: str, text: str, budget: Budget) -> tuple[list[RawFamily], list[Family], int]:
+        """(checked families, the wanted ones parsed, lines dropped). A wanted family whose
+        text is unchanged since the last scrape is not parsed again."""
+        raw, stray = self._splitters[endpoint].split(text)
+        budget.spend(sum(f.lines for f in raw))
+        known = self._parsed.get(endpoint, {})
+        parsed: dict[str, list[Family]] = {}
+        families: list[Family] = []
+        assert self.wanted is not None
+        for family in raw:
+            if not self.wanted(family.name):
+                continue
+            text_of = family.text
+            found = known.get(text_of)
+            if found is None:
+                found, _ = parse_exposition(text_of, budget)
+            parsed[text_of] = found
+            families.extend(found)
+        self._parsed[endpoint] = parsed
+        return raw, _merge(families), stray + sum(f.dropped for f in raw)
 
     def _count_error(self, endpoint: str, reason: str) -> None:
         self._errors[(endpoint, reason)] = self._errors.get((endpoint, reason), 0) + 1

@@ -24,6 +24,8 @@ from agent import __version__
 from agent.catalogue import PREFIX, spec_for_sample
 from agent.samples import Family, Sample, sample
 from agent.state import State
+from collectors.dynamo_metrics import parse_exposition
+from collectors.exposition import RawFamily, capped, merge
 
 OPENMETRICS = "openmetrics"
 TEXT = "text"
@@ -95,6 +97,13 @@ def _own_metrics(samples: Iterable[Sample], undeclared: set[str]) -> list[Metric
     return list(metrics.values())
 
 
+def _to_metric(family: Family) -> Metric:
+    metric = Metric(family.name, family.help, family.type)
+    for item in family.samples:
+        metric.add_sample(item.name, dict(item.labels), item.value)
+    return metric
+
+
 class PrometheusExporter:
     def __init__(
         self,
@@ -110,6 +119,9 @@ class PrometheusExporter:
         self._allow = [re.compile(p) for p in allow or []]
         self._deny = [re.compile(p) for p in deny or []]
         self._metrics: list[Metric] = []
+        self._own: list[Metric] = []
+        self._raw: list[RawFamily] = []  # passthrough as checked text, this generation
+        self._raw_parsed: dict[str, list[Metric]] = {}  # family text -> parse, for OpenMetrics
         self._rendered_generation = -1
         self._cache: dict[tuple[str, bool], bytes] = {}
         self.render_seconds = 0.0
@@ -126,7 +138,11 @@ class PrometheusExporter:
     def _passthrough_metrics(self) -> list[Metric]:
         merged: dict[str, Metric] = {}
         seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
-        families: list[Family] = [family for _, family in self.state.families()]
+        # Sources that handed their text over (result.raw) go out as text; the parsed
+        # families they also hand over are for signals and rules only.
+        families: list[Family] = [
+            family for result in list(self.state.latest.values()) if not result.raw for family in result.families
+        ]
         for family in families:
             if not self._passes(family.name):
                 continue
@@ -145,27 +161,66 @@ class PrometheusExporter:
                 metric.add_sample(item.name, dict(item.labels), item.value)
         return [m for m in merged.values() if m.samples]
 
+    def _raw_passthrough(self) -> list[RawFamily]:
+        """Scraped families as their checked text: allow/deny by name, one family per name
+        across sources, within the state's caps (what is cut is counted)."""
+        sources = [
+            [f for f in per_target if self._passes(f.name)]
+            for result in list(self.state.latest.values())
+            for per_target in result.raw
+        ]
+        merged = merge(sources, self.conflicts)
+        state = self.state
+        return capped(
+            merged,
+            state.max_metric_names,
+            state.max_series,
+            state.max_series_per_metric,
+            lambda name, cap, count: state.count_drop(name, cap, count),
+        )
+
     def render(self) -> None:
-        """Build the metric list from the current state and drop stale encodings."""
+        """Build the exposition from the current state and drop stale encodings. Scraped
+        families go out as their checked text; only the sidecar's own are rendered."""
         started = time.perf_counter()
-        passthrough = self._passthrough_metrics() if self.passthrough else []
+        self._raw = self._raw_passthrough() if self.passthrough else []
+        passthrough = self._passthrough_metrics() if self.passthrough else []  # sources without raw text
         own: list[Sample] = [s for s in self.state.samples() if s.name.startswith(PREFIX)]
         own.extend(self.extra_samples())
         own.extend(self_samples(self.state, self.render_seconds))
         for metric, count in sorted(self.conflicts.items()):
             own.append(sample(PREFIX + "passthrough_conflicts_total", count, metric=metric))
-        self._metrics = _own_metrics(own, self.undeclared) + passthrough
+        self._own = _own_metrics(own, self.undeclared) + passthrough
+        self._metrics = []  # the OpenMetrics list is built on the first OpenMetrics scrape
         self._cache = {}
-        self._cache[(TEXT, False)] = generate_text(_Snapshot(self._metrics))
+        self._cache[(TEXT, False)] = generate_text(_Snapshot(self._own)) + "".join(
+            f.text for f in self._raw
+        ).encode()
         self._rendered_generation = self.state.generation
         self.render_seconds = time.perf_counter() - started
+
+    def _openmetrics_list(self) -> list[Metric]:
+        """OpenMetrics needs every family parsed: done for the families whose text changed
+        since the last time, on the first OpenMetrics scrape of a generation."""
+        if not self._metrics:
+            parsed: dict[str, list[Metric]] = {}
+            metrics: list[Metric] = list(self._own)
+            for family in self._raw:
+                found = self._raw_parsed.get(family.text)
+                if found is None:
+                    found = [_to_metric(f) for f in parse_exposition(family.text)[0]]
+                parsed[family.text] = found
+                metrics.extend(found)
+            self._raw_parsed = parsed
+            self._metrics = metrics
+        return self._metrics
 
     def render_if_stale(self) -> None:
         if self._rendered_generation != self.state.generation:
             self.render()
 
     def body(self, fmt: str, use_gzip: bool) -> tuple[bytes, str]:
-        if not self._metrics and self._rendered_generation < 0:
+        if self._rendered_generation < 0:
             self.render()
         key = (fmt, use_gzip)
         cached = self._cache.get(key)
@@ -174,9 +229,9 @@ class PrometheusExporter:
                 plain, _ = self.body(fmt, False)
                 cached = gzip.compress(plain, compresslevel=5)
             elif fmt == OPENMETRICS:
-                cached = generate_openmetrics(_Snapshot(self._metrics))
+                cached = generate_openmetrics(_Snapshot(self._openmetrics_list()))
             else:
-                cached = generate_text(_Snapshot(self._metrics))
+                cached = generate_text(_Snapshot(self._own))
             self._cache[key] = cached
         content_type = OPENMETRICS_CONTENT_TYPE if fmt == OPENMETRICS else CONTENT_TYPE_LATEST
         return cached, content_type

@@ -46,7 +46,8 @@ async def test_metrics_show_process_self_metrics_and_dynamo_health(sim, make_sid
     assert 'dynamo_sidecar_collector_last_success_timestamp_seconds{collector="cgroup"}' in text
     assert 'dynamo_sidecar_endpoint_up{endpoint="frontend",probe="health"} 1.0' in text
     # Dynamo's own series pass through with their names and labels untouched.
-    assert 'dynamo_frontend_model_ready{model="tiny"} 1.0' in text
+    # Unchanged: as Dynamo wrote them (its own number formatting).
+    assert 'dynamo_frontend_model_ready{model="tiny"} 1\n' in text
     assert "dynamo_component_uptime_seconds{worker_id=" in text
     assert "# TYPE dynamo_frontend_time_to_first_token_seconds histogram" in text
 

@@ -1,0 +1,134 @@
+"""What the sidecar costs its pod: CPU (% of one core) and RSS over a run, watching the
+simulated Dynamo (the recorded real /metrics, ~1,300 series) or a real Dynamo 1.6.1, with all
+collectors on, 8 fake GPUs (the tests' fake libnvidia-ml), canaries on, and no scrapes.
+
+    python bench/overhead.py                       # 300 s at the default intervals, simulator
+    python bench/overhead.py --interval 1          # every collector at 1 s
+    python bench/overhead.py --real                # a real Dynamo frontend + mocker (DYNAMO_PYTHON)
+    python bench/overhead.py --seconds 60 --profile out.prof   # cProfile of the sidecar
+    python bench/overhead.py --smoke               # 10 s
+Targets (issue 14): <= 0.5 % of one core at the defaults, RSS <= 60 MB, no growth.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.gpu import state as gpu_state  # noqa: E402
+from tests.conftest import free_port, wait_for_sync  # noqa: E402
+from tests.fake_nvml.build import build_fake_nvml  # noqa: E402
+from tests.procs import PYTHON, http_get, start_sim  # noqa: E402
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def run(seconds: float, interval: float | None, real: bool, profile: str, extra: list[str]) -> dict:
+    workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    gcc = subprocess.run(["which", "gcc"], capture_output=True).returncode == 0
+    env = {**os.environ}
+    if gcc:
+        build_fake_nvml(workdir)
+        (workdir / "state").write_text(gpu_state(8))
+        env.update(LD_LIBRARY_PATH=str(workdir), FAKE_NVML_STATE=str(workdir / "state"))
+    dynamo = None
+    sim = None
+    if real:
+        from tests.real_dynamo import RealDynamo, dynamo_python, own_processes
+
+        python = dynamo_python()
+        if python is None:
+            raise SystemExit("no real Dynamo installed (DYNAMO_PYTHON)")
+        dynamo = RealDynamo(python, workdir)
+        dynamo.start_worker()
+        dynamo.start_frontend()
+        dynamo.wait_model()
+        targets = ["--frontend-url", dynamo.frontend_url, "--worker-system-urls", dynamo.worker_url]
+        targets += ["--process-patterns", own_processes(dynamo)]
+    else:
+        sim, ports = start_sim()
+        targets = [
+            "--frontend-url",
+            f"http://127.0.0.1:{ports['frontend']}",
+            "--worker-system-urls",
+            f"http://127.0.0.1:{ports['worker']}",
+            "--process-pid",
+            str(ports["pid"]),
+        ]
+    port = free_port()
+    args = [PYTHON]
+    if profile:
+        args += ["-m", "cProfile", "-o", profile]
+    args += ["-m", "agent.cli", "run", "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    args += ["--log-format", "json", "--log-level", "warning", *targets, *extra]
+    if interval:
+        for key in ("dynamo-interval", "process-interval", "gpu-interval", "tcp-interval"):
+            args += [f"--{key}", str(interval)]
+        args += ["--collector-timeout", str(min(4.0, interval * 0.8))]
+    sidecar = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for_sync(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=60, what="ready")
+        time.sleep(min(15.0, seconds / 4))  # warm-up: first collections, imports, first renders
+        cpu0, rss0, t0 = cpu_seconds(sidecar.pid), rss_mb(sidecar.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu1, rss1, t1 = cpu_seconds(sidecar.pid), rss_mb(sidecar.pid), time.monotonic()
+        _, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+    finally:
+        sidecar.send_signal(signal.SIGTERM)
+        sidecar.communicate(timeout=60)
+        if sim is not None:
+            sim.kill()
+            sim.wait(timeout=10)
+        if dynamo is not None:
+            dynamo.stop()
+    return {
+        "target": "real Dynamo 1.6.1" if real else "simulator",
+        "interval": interval or "defaults (5 s; tcp 10 s)",
+        "seconds": round(t1 - t0, 1),
+        "cpu_percent_of_one_core": round(100 * (cpu1 - cpu0) / (t1 - t0), 2),
+        "rss_mb_start": round(rss0, 1),
+        "rss_mb_end": round(rss1, 1),
+        "exposition_series": series,
+        "fake_gpus": 8 if gcc else 0,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=300.0)
+    parser.add_argument("--interval", type=float, default=None)
+    parser.add_argument("--real", action="store_true")
+    parser.add_argument("--profile", default="", help="write a cProfile of the sidecar to this file")
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("extra", nargs="*", help="more sidecar flags, after --")
+    args = parser.parse_args()
+    seconds = 10.0 if args.smoke else args.seconds
+    print(json.dumps(run(seconds, args.interval, args.real, args.profile, args.extra)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""Dynamo's Prometheus text, handled as bytes: split by family, each sample line checked
+against the text format's grammar, and only the families the sidecar's signals and rules read
+parsed into samples. Passthrough re-exports the checked lines unchanged, so ~1,300 series a
+scrape cost a split and a regular expression, not a parse and a re-render; a family whose
+bytes did not change since the last scrape is not looked at again.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+# One sample line of the text format 0.0.4: name, optional labels, value, optional timestamp.
+_LABEL = r'[a-zA-Z_][a-zA-Z0-9_]*="(?:[^"\\\n]|\\.)*"'
+SAMPLE_LINE = re.compile(
+    rf"(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)"
+    rf"(?:\{{\s*(?:{_LABEL}\s*(?:,\s*{_LABEL}\s*)*,?\s*)?\}})?"
+    r"[ \t]+(?:[-+]?(?:[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?|Inf|inf|NaN|nan))"
+    r"(?:[ \t]+-?[0-9]+)?[ \t]*"
+)
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+MAX_LINE = 2048  # a longer line (a 200 KB label value) is dropped, not re-exported
+SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created", "_info", "_gsum", "_gcount")
+TYPES = {"counter", "gauge", "histogram", "summary", "untyped"}
+
+
+@dataclass(slots=True)
+class RawFamily:
+    """One family's checked lines, ready to re-export as they are."""
+
+    name: str
+    type: str
+    header: str  # its HELP and TYPE lines, "" when the source gave none
+    body: str  # its sample lines, each ending in a newline
+    lines: int
+    dropped: int = 0  # lines that failed the grammar or the length cap
+
+    @property
+    def text(self) -> str:
+        return self.header + self.body
+
+
+def base_name(name: str) -> str:
+    for suffix in SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _belongs(sample: str, family: str) -> bool:
+    return (
+        sample == family
+        or (sample.startswith(family) and sample[len(family) :] in SUFFIXES)
+        or (base_name(sample) == base_name(family))
+    )
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.out: list[RawFamily] = []
+        self.name = ""
+        self.type = "untyped"
+        self.header: list[str] = []
+        self.body: list[str] = []
+        self.dropped = 0
+
+    def flush(self) -> None:
+        if self.body:  # a header with no samples says nothing: leave it out
+            self.out.append(
+                RawFamily(
+                    self.name,
+                    self.type,
+                    "".join(self.header),
+                    "".join(self.body),
+                    len(self.body),
+                    self.dropped,
+                )
+            )
+        self.name, self.type, self.header, self.body, self.dropped = "", "untyped", [], [], 0
+
+
+def _blocks(text: str) -> list[str]:
+    """The text cut before each HELP/TYPE line that names a new family: no per-line parsing."""
+    blocks: list[str] = []
+    start = 0
+    current = ""
+    position = 0
+    for line in text.split("\n"):
+        if line.startswith(("# HELP ", "# TYPE ")):
+            parts = line.split(None, 3)
+            name = parts[2] if len(parts) > 2 else ""
+            if name != current:
+                if position > start:
+                    blocks.append(text[start:position])
+                start, current = position, name
+        position += len(line) + 1
+    if start < len(text):
+        blocks.append(text[start:])
+    return blocks
+
+
+def _check(block: str) -> tuple[list[RawFamily], int]:
+    """A block's lines against the grammar: (families, lines dropped outside any family)."""
+    build = _Builder()
+    stray = 0
+    for line in block.split("\n"):
+        if not line or line.isspace():
+            continue
+        if line[0] == "#":
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE"):
+                name = parts[2]
+                if name != build.name:
+                    build.flush()
+                    build.name = name
+                if parts[1] == "TYPE":
+                    kind = parts[3].strip() if len(parts) > 3 else "untyped"
+                    if kind not in TYPES:
+                        build.dropped += 1
+                        continue
+                    build.type = kind
+                if len(line) <= MAX_LINE and METRIC_NAME.fullmatch(name):
+                    build.header.append(line + "\n")
+            continue
+        if len(line) > MAX_LINE:
+            build.dropped += 1
+            continue
+        match = SAMPLE_LINE.fullmatch(line)
+        if match is None:
+            if build.name:
+                build.dropped += 1
+            else:
+                stray += 1
+            continue
+        sample = match.group("name")
+        if not build.name or not _belongs(sample, build.name):
+            build.flush()
+            build.name = sample
+        build.body.append(line + "\n")
+    build.flush()
+    return build.out, stray
+
+
+class Splitter:
+    """split_families with memory: a block whose bytes equal last scrape's is not checked
+    again (only what changed since is), and what it remembers is only the last scrape."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, tuple[list[RawFamily], int]] = {}
+        self.checked = 0  # blocks checked in the last split (the rest were reused)
+
+    def split(self, text: str) -> tuple[list[RawFamily], int]:
+        families: list[RawFamily] = []
+        stray = 0
+        seen: dict[str, tuple[list[RawFamily], int]] = {}
+        self.checked = 0
+        for block in _blocks(text):
+            known = self._last.get(block)
+            if known is None:
+                known = _check(block)
+                self.checked += 1
+            seen[block] = known
+            families.extend(known[0])
+            stray += known[1]
+        self._last = seen
+        return families, stray
+
+
+def split_families(text: str) -> tuple[list[RawFamily], int]:
+    """(families in order, lines dropped outside any family). Every kept sample line matches
+    the text format's grammar and belongs to its family's name."""
+    return Splitter().split(text)
+
+
+def merge(sources: Iterable[list[RawFamily]], conflicts: dict[str, int] | None = None) -> list[RawFamily]:
+    """Families of several sources (frontend, workers) as one exposition: a family seen twice
+    keeps its first header and type (one of another type is left out and counted in
+    `conflicts`); a series seen twice keeps its first line."""
+    merged: dict[str, RawFamily] = {}
+    repeated: set[str] = set()
+    for families in sources:
+        for family in families:
+            known = merged.get(family.name)
+            if known is None:
+                merged[family.name] = RawFamily(
+                    family.name, family.type, family.header, family.body, family.lines, family.dropped
+                )
+            elif known.type == family.type:
+                known.body += family.body
+                known.lines += family.lines
+                repeated.add(family.name)
+            elif conflicts is not None:
+                conflicts[family.name] = conflicts.get(family.name, 0) + family.lines
+    for name in repeated:  # rare: only when two sources expose the same family
+        family = merged[name]
+        seen: set[str] = set()
+        kept = []
+        for line in family.body.splitlines(keepends=True):
+            key = line.rsplit(" ", 1)[0]
+            if key not in seen:
+                seen.add(key)
+                kept.append(line)
+        family.body, family.lines = "".join(kept), len(kept)
+    return list(merged.values())
+
+
+def capped(
+    families: list[RawFamily],
+    max_names: int,
+    max_series: int,
+    max_per_family: int,
+    drop: Callable[[str, str, int], None],
+) -> list[RawFamily]:
+    """The families within the caps; what is cut is reported to `drop(name, cap, count)`."""
+    out: list[RawFamily] = []
+    total = 0
+    for family in families:
+        if len(out) >= max_names:
+            drop(family.name, "metric_names", family.lines)
+            continue
+        if family.lines > max_per_family:
+            lines = family.body.splitlines(keepends=True)
+            drop(family.name, "series_per_metric", len(lines) - max_per_family)
+            family = RawFamily(
+                family.name, family.type, family.header, "".join(lines[:max_per_family]), max_per_family
+            )
+        if total + family.lines > max_series:
+            room = max(0, max_series - total)
+            drop(family.name, "series", family.lines - room)
+            if not room:
+                continue
+            lines = family.body.splitlines(keepends=True)[:room]
+            family = RawFamily(family.name, family.type, family.header, "".join(lines), room)
+        total += family.lines
+        out.append(family)
+    return out

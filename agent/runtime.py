@@ -308,11 +308,23 @@ class Sidecar:
         }
 
     # --- lifecycle ----------------------------------------------------------------------
+    def render_every(self) -> float:
+        """One render per collection cycle: collectors finishing at different moments of a
+        cycle are rendered together, not one render each."""
+        fastest = min(self.config.process_interval, self.config.dynamo_interval)
+        if self.draining:
+            fastest = min(fastest, self.config.drain_interval)
+        return max(RENDER_DEBOUNCE, fastest)
+
     async def _render_loop(self) -> None:
+        last = 0.0
         while True:
             await self._dirty.wait()
-            await asyncio.sleep(RENDER_DEBOUNCE)
+            # Wait out the rest of the cycle since the last render (at least the debounce).
+            delay = max(RENDER_DEBOUNCE, last + self.render_every() - time.monotonic())
+            await asyncio.sleep(delay)
             self._dirty.clear()
+            last = time.monotonic()
             try:
                 self.exporter.render()
             except Exception as exc:  # keep serving the last good exposition

@@ -45,7 +45,9 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run(seconds: float, interval: float | None, real: bool, profile: str, extra: list[str]) -> dict:
+def run(
+    seconds: float, interval: float | None, real: bool, profile: str, extra: list[str], spy: str = ""
+) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     gcc = subprocess.run(["which", "gcc"], capture_output=True).returncode == 0
     env = {**os.environ}
@@ -92,7 +94,15 @@ def run(seconds: float, interval: float | None, real: bool, profile: str, extra:
         wait_for_sync(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=60, what="ready")
         time.sleep(min(15.0, seconds / 4))  # warm-up: first collections, imports, first renders
         cpu0, rss0, t0 = cpu_seconds(sidecar.pid), rss_mb(sidecar.pid), time.monotonic()
-        time.sleep(seconds)
+        if spy:
+            subprocess.run(
+                ["py-spy", "record", "--pid", str(sidecar.pid), "--duration", str(int(seconds)), "--rate", "200",
+                 "--threads", "--format", "raw", "-o", spy, "--nonblocking"],
+                capture_output=True, timeout=seconds + 120,
+            )  # fmt: skip
+            top = summarize(spy)
+        else:
+            time.sleep(seconds)
         cpu1, rss1, t1 = cpu_seconds(sidecar.pid), rss_mb(sidecar.pid), time.monotonic()
         _, body = http_get(f"http://127.0.0.1:{port}/metrics")
         series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
@@ -104,7 +114,7 @@ def run(seconds: float, interval: float | None, real: bool, profile: str, extra:
             sim.wait(timeout=10)
         if dynamo is not None:
             dynamo.stop()
-    return {
+    out = {
         "target": "real Dynamo 1.6.1" if real else "simulator",
         "interval": interval or "defaults (5 s; tcp 10 s)",
         "seconds": round(t1 - t0, 1),
@@ -114,19 +124,47 @@ def run(seconds: float, interval: float | None, real: bool, profile: str, extra:
         "exposition_series": series,
         "fake_gpus": 8 if gcc else 0,
     }
+    if spy:
+        out["py_spy_top_self"] = top
+    return out
+
+
+def summarize(path: str, count: int = 15) -> list[tuple[str, float]]:
+    """Functions by share of the samples in which they were on top of a busy stack."""
+    totals: dict[str, int] = {}
+    busy = 0
+    for line in Path(path).read_text().splitlines():
+        stack, _, number = line.rpartition(" ")
+        frames = stack.split(";")
+        top = frames[-1] if frames else "?"
+        if any(
+            idle in top for idle in ("select", "epoll", "wait (threading", "_worker (concurrent", "sleep")
+        ):
+            continue
+        busy += int(number)
+        totals[top] = totals.get(top, 0) + int(number)
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])[:count]
+    return [(name[:120], round(100 * n / max(1, busy), 1)) for name, n in ranked]
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--interval", type=float, default=None)
     parser.add_argument("--real", action="store_true")
     parser.add_argument("--profile", default="", help="write a cProfile of the sidecar to this file")
+    parser.add_argument(
+        "--py-spy",
+        default="",
+        help="sample every thread with py-spy over the run; collapsed stacks to this file",
+    )
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("extra", nargs="*", help="more sidecar flags, after --")
     args = parser.parse_args()
     seconds = 10.0 if args.smoke else args.seconds
-    print(json.dumps(run(seconds, args.interval, args.real, args.profile, args.extra)))
+    print(json.dumps(run(seconds, args.interval, args.real, args.profile, args.extra, args.py_spy), indent=1))
     return 0
 
 

@@ -9,10 +9,12 @@ generation of the state.
 from __future__ import annotations
 
 import gzip
+import math
 import platform
 import re
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.exposition import generate_latest as generate_text
@@ -97,6 +99,55 @@ def _own_metrics(samples: Iterable[Sample], undeclared: set[str]) -> list[Metric
     return list(metrics.values())
 
 
+def _value_text(value: float) -> str:
+    if value != value:
+        return "NaN"
+    if value in (math.inf, -math.inf):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class OwnText:
+    """The sidecar's own families as text 0.0.4, written directly: names and label names come
+    from the catalogue (valid by construction), so only label values need escaping; each
+    series' `name{labels}` prefix is kept from the last render. Several times cheaper than
+    prometheus_client's general encoder, which validates and escapes every name each time."""
+
+    def __init__(self) -> None:
+        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+
+    def render(self, samples: Iterable[Sample], undeclared: set[str]) -> str:
+        families: dict[str, tuple[Any, list[str]]] = {}
+        prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
+        known = self._prefixes
+        for item in samples:
+            spec = spec_for_sample(item.name)
+            if spec is None:
+                undeclared.add(item.name)  # a programming error; the catalogue test catches it
+                continue
+            key = (item.name, item.labels)
+            prefix = known.get(key)
+            if prefix is None:
+                labels = ",".join(f'{k}="{_escape(v)}"' for k, v in item.labels)
+                prefix = f"{item.name}{{{labels}}} " if labels else f"{item.name} "
+            prefixes[key] = prefix
+            entry = families.get(spec.family)
+            if entry is None:
+                entry = families[spec.family] = (spec, [])
+            entry[1].append(prefix + _value_text(item.value) + "\n")
+        self._prefixes = prefixes  # only the series seen this time: bounded by the state
+        out: list[str] = []
+        for spec, lines in families.values():
+            name = spec.name if spec.type != "histogram" else spec.family
+            out.append(f"# HELP {name} {_escape(spec.help)}\n# TYPE {name} {spec.type}\n")
+            out.extend(lines)
+        return "".join(out)
+
+
 def _to_metric(family: Family) -> Metric:
     metric = Metric(family.name, family.help, family.type)
     for item in family.samples:
@@ -120,6 +171,9 @@ class PrometheusExporter:
         self._deny = [re.compile(p) for p in deny or []]
         self._metrics: list[Metric] = []
         self._own: list[Metric] = []
+        self._own_samples: list[Sample] = []
+        self._legacy: list[Metric] = []  # scraped families from sources without raw text
+        self._own_text = OwnText()
         self._raw: list[RawFamily] = []  # passthrough as checked text, this generation
         self._raw_parsed: dict[str, list[Metric]] = {}  # family text -> parse, for OpenMetrics
         self._rendered_generation = -1
@@ -141,7 +195,10 @@ class PrometheusExporter:
         # Sources that handed their text over (result.raw) go out as text; the parsed
         # families they also hand over are for signals and rules only.
         families: list[Family] = [
-            family for result in list(self.state.latest.values()) if not result.raw for family in result.families
+            family
+            for result in list(self.state.latest.values())
+            if not result.raw
+            for family in result.families
         ]
         for family in families:
             if not self._passes(family.name):
@@ -190,12 +247,15 @@ class PrometheusExporter:
         own.extend(self_samples(self.state, self.render_seconds))
         for metric, count in sorted(self.conflicts.items()):
             own.append(sample(PREFIX + "passthrough_conflicts_total", count, metric=metric))
-        self._own = _own_metrics(own, self.undeclared) + passthrough
-        self._metrics = []  # the OpenMetrics list is built on the first OpenMetrics scrape
+        self._own_samples = own
+        self._own = []  # prometheus_client objects, built only for an OpenMetrics scrape
+        self._legacy = passthrough
+        self._metrics = []
         self._cache = {}
-        self._cache[(TEXT, False)] = generate_text(_Snapshot(self._own)) + "".join(
-            f.text for f in self._raw
-        ).encode()
+        text = self._own_text.render(own, self.undeclared) + "".join(f.text for f in self._raw)
+        if passthrough:
+            text += generate_text(_Snapshot(passthrough)).decode()
+        self._cache[(TEXT, False)] = text.encode()
         self._rendered_generation = self.state.generation
         self.render_seconds = time.perf_counter() - started
 
@@ -204,7 +264,7 @@ class PrometheusExporter:
         since the last time, on the first OpenMetrics scrape of a generation."""
         if not self._metrics:
             parsed: dict[str, list[Metric]] = {}
-            metrics: list[Metric] = list(self._own)
+            metrics: list[Metric] = _own_metrics(self._own_samples, self.undeclared) + self._legacy
             for family in self._raw:
                 found = self._raw_parsed.get(family.text)
                 if found is None:
@@ -231,7 +291,7 @@ class PrometheusExporter:
             elif fmt == OPENMETRICS:
                 cached = generate_openmetrics(_Snapshot(self._openmetrics_list()))
             else:
-                cached = generate_text(_Snapshot(self._own))
+                cached = self._cache[(TEXT, False)]
             self._cache[key] = cached
         content_type = OPENMETRICS_CONTENT_TYPE if fmt == OPENMETRICS else CONTENT_TYPE_LATEST
         return cached, content_type

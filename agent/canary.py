@@ -232,6 +232,7 @@ class Canary:
         self.inflight = 0
         self.rounds = 0
         self._last_total: float | None = None
+        self._seen_generation = -1
         self._last_progress: float | None = None
         self._stuck_since = 0.0
         self.last_activity = time.time()
@@ -241,20 +242,16 @@ class Canary:
 
     # --- idle detection ------------------------------------------------------------------
     def _traffic_total(self) -> float | None:
-        found = self.sidecar.state.find(self.sidecar.names.requests_total)
         frontend = self.sidecar.state.facts("dynamo_metrics", MetricsFacts).endpoints.get("frontend")
         if frontend is None or not frontend.up:
             return None
-        return sum(item.value for item in found)
+        return self.sidecar.state.latest_total(self.sidecar.names.requests_total) or 0.0
 
     def _progress(self) -> float:
         """Tokens being produced: TTFT and inter-token observations counted so far."""
         histograms = self.sidecar.names.latency_histograms()
-        return sum(
-            item.value
-            for key in ("ttft", "itl")
-            for item in self.sidecar.state.find(histograms[key] + "_count")
-        )
+        state = self.sidecar.state
+        return sum(state.latest_total(histograms[key] + "_count") or 0.0 for key in ("ttft", "itl"))
 
     def observe_traffic(self, now: float) -> None:
         """Called every check: move `last_activity` when real traffic is seen.
@@ -264,6 +261,9 @@ class Canary:
         nothing for STUCK_PERIODS idle periods are what a hung worker looks like; they no
         longer hold the canary back, since that is when a canary matters most.
         """
+        if self.sidecar.state.generation == self._seen_generation:
+            return  # nothing collected since the last look
+        self._seen_generation = self.sidecar.state.generation
         total = self._traffic_total()
         if total is None:
             return

@@ -439,7 +439,11 @@ class Config:
         ),
     )
     gpu_interval: float = field(
-        default=5.0, metadata=_spec(_seconds(0.1, 3600), "Interval of the GPU collector.")
+        default=10.0,
+        metadata=_spec(
+            _seconds(0.1, 3600),
+            "Interval of the GPU collector (XID errors are events, seen at once whatever the interval).",
+        ),
     )
     # TCP
     tcp_enabled: bool = field(

@@ -18,6 +18,7 @@ from opentelemetry.trace import Status, StatusCode
 from agent import __version__
 from agent.aio import wait_event
 from agent.canary import Canary
+from agent.catalogue import metric
 from agent.config import Config, redact_url
 from agent.diagnose import diagnose
 from agent.diagnose.context import Context
@@ -43,7 +44,19 @@ from exporters.prometheus import PrometheusExporter
 
 log = get_logger("dynamo_sidecar.runtime")
 
-RENDER_DEBOUNCE = 0.2  # collectors that finish together cost one render
+RENDER_DEBOUNCE = 0.2
+# The sidecar's own series that rules and signals read as rates, increases or trends.
+OWN_HISTORY = {
+    metric(name)
+    for name in (
+        "process_cpu_seconds_total",
+        "cgroup_cpu_periods_total",
+        "cgroup_cpu_throttled_periods_total",
+        "cgroup_memory_events_total",
+        "tcp_kernel_total",
+        "tcp_socket_retransmits",
+    )
+}  # collectors that finish together cost one render
 
 
 def targets_from(config: Config) -> list[Target]:
@@ -161,7 +174,9 @@ class Sidecar:
             max_metric_names=config.max_metric_names,
             max_events=config.max_events,
             # Own metrics and the Dynamo series signals need; the rest only pass through.
-            history_filter=lambda name: name.startswith("dynamo_sidecar_") or name in history_names,
+            # History only for what rules and signals read over time; every other series
+            # needs only its latest value (and Prometheus keeps its history).
+            history_filter=lambda name: name in history_names or name in OWN_HISTORY,
         )
         self.collectors = (
             build_collectors(config, self._dynamo_pids, self._listening_ports)

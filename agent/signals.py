@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 
 from agent.samples import Sample, sample
-from agent.state import State
+from agent.state import State, histogram_quantile
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -228,8 +228,9 @@ def compute(state: State, names: DynamoNames, window: float, now: float | None =
         out.retransmit_ratio = retrans / sent
     out.stalled_seconds, out.stalled_since, out.stalled_inflight = _stall(state, names, now)
     for signal, histogram in names.latency_histograms().items():
+        buckets = state.window_buckets(histogram, window, now)  # once; three quantiles from it
         for quantile in QUANTILES:
-            value = state.window_quantile(histogram, quantile, window, now)
+            value = histogram_quantile(quantile, buckets)
             if value is not None:
                 out.latency[(signal, quantile)] = value
     return out

@@ -329,6 +329,15 @@ class State:
         facts = result.facts if result is not None else None
         return facts if isinstance(facts, kind) else kind()
 
+    def latest_total(self, name: str) -> float | None:
+        """Sum of a history-kept metric's series as of its latest scrape (series missing from
+        that scrape left out): cheaper than find(), which walks every latest sample."""
+        rings = self.history.get(name)
+        if not rings:
+            return None
+        newest = max(ring.newest_time() for ring in rings.values())
+        return sum(last[1] for ring in rings.values() if (last := ring.last()) and last[0] == newest)
+
     def series_points(
         self, name: str, labels: Labels, window: float, now: float | None = None
     ) -> list[tuple[float, float]]:

@@ -139,7 +139,9 @@ class XidWatcher:
         index_of = {id(h): i for i, h in self.handles.items()}
         while not self._stop.is_set():
             try:
-                data = lib.nvmlEventSetWait(event_set, 500)
+                # Long enough not to wake (and raise a Python timeout error) twice a second;
+                # stop() joins for at most 2 s, and the thread is a daemon.
+                data = lib.nvmlEventSetWait(event_set, 2000)
             except lib.NVMLError as exc:
                 if getattr(exc, "value", None) != lib.NVML_ERROR_TIMEOUT:
                     self.error = f"event wait: {self.nvml.error_name(exc)}"

@@ -125,7 +125,31 @@ def _sockets(proc: psutil.Process) -> tuple[list[int], int]:
     return listening, close_wait
 
 
-def _read_process(found: Found, now: float) -> tuple[ProcessFact, list[tuple[str, float, dict[str, str]]]]:
+# What changes slowly and costs a scan of every process (children) or of /proc/<pid>/fd and
+# the socket tables (listening ports, CLOSE_WAIT owners) is read at most this often per pid.
+SLOW_EVERY = 30.0
+
+
+@dataclass
+class _Slow:
+    at: float
+    children: int
+    listen_ports: list[int]
+    close_wait: int
+
+
+def _read_slow(proc: psutil.Process, now: float) -> _Slow:
+    try:
+        children = len(proc.children(recursive=True))
+    except psutil.Error:
+        children = 0
+    listen_ports, close_wait = _sockets(proc)
+    return _Slow(now, children, listen_ports, close_wait)
+
+
+def _read_process(
+    found: Found, now: float, slow: _Slow | None = None
+) -> tuple[ProcessFact, list[tuple[str, float, dict[str, str]]], _Slow]:
     proc = psutil.Process(found.pid)
     labels = {"process": found.name, "pid": str(found.pid)}
     out: list[tuple[str, float, dict[str, str]]] = []
@@ -143,12 +167,10 @@ def _read_process(found: Found, now: float) -> tuple[ProcessFact, list[tuple[str
             max_fds: int | None = proc.rlimit(psutil.RLIMIT_NOFILE)[0]
         except (psutil.AccessDenied, AttributeError, OSError):
             max_fds = None
-        try:
-            children = len(proc.children(recursive=True))
-        except psutil.Error:
-            children = 0
         state = STATE_LETTERS.get(proc.status(), "?")
-    listen_ports, close_wait = _sockets(proc)
+    if slow is None or now - slow.at >= SLOW_EVERY:
+        slow = _read_slow(proc, now)
+    children, listen_ports, close_wait = slow.children, slow.listen_ports, slow.close_wait
     out.append(("process_cpu_seconds_total", cpu.user, {**labels, "mode": "user"}))
     out.append(("process_cpu_seconds_total", cpu.system, {**labels, "mode": "system"}))
     out.append(("process_resident_memory_bytes", memory.rss, labels))
@@ -179,7 +201,7 @@ def _read_process(found: Found, now: float) -> tuple[ProcessFact, list[tuple[str
         listen_ports=listen_ports,
         close_wait=close_wait,
     )
-    return fact, out
+    return fact, out, slow
 
 
 class ProcessCollector(Collector):
@@ -189,6 +211,7 @@ class ProcessCollector(Collector):
         super().__init__(interval, timeout)
         self.finder = finder
         self._state_since: dict[tuple[int, str], float] = {}  # (pid, state) -> first seen
+        self._slow: dict[int, _Slow] = {}  # pid -> the slowly changing readings
 
     def _collect_sync(self) -> CollectResult:
         result = CollectResult()
@@ -196,9 +219,10 @@ class ProcessCollector(Collector):
         found = self.finder.find()
         processes: list[ProcessFact] = []
         states: dict[tuple[int, str], float] = {}
+        slow: dict[int, _Slow] = {}
         for item in found:
             try:
-                fact, samples = _read_process(item, now)
+                fact, samples, slow[item.pid] = _read_process(item, now, self._slow.get(item.pid))
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue  # exited between discovery and reading: not an error
             except psutil.AccessDenied:
@@ -212,6 +236,7 @@ class ProcessCollector(Collector):
             for name, value, labels in samples:
                 result.add(PREFIX + name, value, **labels)
         self._state_since = states
+        self._slow = slow  # only pids still there
         facts = ProcessFacts(processes, self.finder.last_error, now)
         result.add(PREFIX + "processes_matched", len(facts.readable()))
         result.facts = facts

@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,3 +139,17 @@ async def post_completion(session: aiohttp.ClientSession, frontend: str, **body:
     payload = {"model": "tiny", "prompt": "hi", "max_tokens": 2, **body}
     async with session.post(frontend + "/v1/completions", json=payload) as response:
         return response.status, await response.read()
+
+
+@pytest.fixture
+def dynamo(tmp_path: Path) -> Iterator[Any]:
+    """A real Dynamo 1.6.1 (frontend + mocker) in tmp_path; tests start its parts."""
+    from tests.real_dynamo import RealDynamo, dynamo_python
+
+    python = dynamo_python()
+    assert python is not None
+    real = RealDynamo(python, tmp_path)
+    try:
+        yield real
+    finally:
+        real.stop()

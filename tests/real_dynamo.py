@@ -16,6 +16,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import wait_for_sync
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -212,3 +214,12 @@ def own_processes(dynamo: RealDynamo) -> str:
             r"dynamo\.mocker --model-path " + re.escape(str(dynamo.model)),
         ]
     )
+
+
+# What every test against the real Dynamo carries: marked, and skipped with the reason when
+# no Dynamo 1.6.1 is installed.
+REAL_DYNAMO_MARKS = [
+    pytest.mark.dynamo,
+    pytest.mark.slow,
+    pytest.mark.skipif(dynamo_python() is None, reason=unavailable_reason()),
+]

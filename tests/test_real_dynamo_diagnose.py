@@ -6,32 +6,13 @@ from __future__ import annotations
 import asyncio
 import signal
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from agent.facts import HealthFacts
 from tests.conftest import base_url, free_port, get_json, wait_for
-from tests.real_dynamo import RealDynamo, dynamo_python, own_processes, unavailable_reason
+from tests.real_dynamo import REAL_DYNAMO_MARKS, RealDynamo, own_processes
 
-PYTHON = dynamo_python()
-pytestmark = [
-    pytest.mark.dynamo,
-    pytest.mark.slow,
-    pytest.mark.skipif(PYTHON is None, reason=unavailable_reason()),
-]
-
-
-@pytest.fixture
-def dynamo(tmp_path: Path) -> Iterator[RealDynamo]:
-    assert PYTHON is not None
-    real = RealDynamo(PYTHON, tmp_path)
-    try:
-        yield real
-    finally:
-        real.stop()
+pytestmark = REAL_DYNAMO_MARKS  # the `dynamo` fixture is in tests/conftest.py
 
 
 async def _sidecar(make_sidecar, dynamo: RealDynamo, **extra: Any):

@@ -499,6 +499,7 @@ def gpu_memory_near_full(ctx: Context, t: Limits) -> list[Hit]:
 # --- performance -----------------------------------------------------------------------------
 
 
+GPU_IDLE, GPU_BUSY = 0.3, 0.85  # queue_growing judges the band between these two rules
 QUEUE_THRESHOLDS = (
     Threshold("queued", 5, "requests", "Queue depth that counts, once it grew within the window."),
 )
@@ -524,6 +525,18 @@ def _queue_growing(ctx: Context, t: Limits) -> dict[str, Any] | None:
 def _mean_gpu_utilization(ctx: Context) -> float | None:
     values = [g.utilization for g in _gpus(ctx).values() if g.utilization is not None]
     return sum(values) / len(values) if values else None
+
+
+def _queue_hit(ctx: Context, grown: dict[str, Any], gpu_busy: float | None, **values: Any) -> list[Hit]:
+    return [
+        Hit(
+            "frontend",
+            {**grown, **values},
+            _queue_evidence(ctx, grown, gpu_busy),
+            grown["since"],
+            role="frontend",
+        )
+    ]
 
 
 def _queue_evidence(ctx: Context, grown: dict[str, Any], utilization: float | None) -> list[Evidence]:
@@ -554,7 +567,7 @@ def _queue_evidence(ctx: Context, grown: dict[str, Any], utilization: float | No
     ),
     thresholds=(
         *QUEUE_THRESHOLDS,
-        Threshold("idle", 0.3, "ratio", "Mean GPU utilization below which GPUs count as idle."),
+        Threshold("idle", GPU_IDLE, "ratio", "Mean GPU utilization below which GPUs count as idle."),
     ),
 )
 def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
@@ -562,15 +575,7 @@ def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
     utilization = _mean_gpu_utilization(ctx)
     if not grown or utilization is None or utilization >= t.idle:
         return []
-    return [
-        Hit(
-            "frontend",
-            {**grown, "utilization": utilization * 100},
-            _queue_evidence(ctx, grown, utilization),
-            grown["since"],
-            role="frontend",
-        )
-    ]
+    return _queue_hit(ctx, grown, utilization, utilization=utilization * 100)
 
 
 @rule(
@@ -583,7 +588,7 @@ def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
     ),
     thresholds=(
         *QUEUE_THRESHOLDS,
-        Threshold("busy", 0.85, "ratio", "Mean GPU utilization that counts as saturated."),
+        Threshold("busy", GPU_BUSY, "ratio", "Mean GPU utilization that counts as saturated."),
     ),
 )
 def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
@@ -591,15 +596,7 @@ def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
     utilization = _mean_gpu_utilization(ctx)
     if not grown or utilization is None or utilization < t.busy:
         return []
-    return [
-        Hit(
-            "frontend",
-            {**grown, "utilization": utilization * 100},
-            _queue_evidence(ctx, grown, utilization),
-            grown["since"],
-            role="frontend",
-        )
-    ]
+    return _queue_hit(ctx, grown, utilization, utilization=utilization * 100)
 
 
 @rule(
@@ -617,22 +614,17 @@ def queue_growing(ctx: Context, t: Limits) -> list[Hit]:
     """A growing queue where GPU data cannot say whether it is capacity or a stall."""
     grown = _queue_growing(ctx, t)
     utilization = _mean_gpu_utilization(ctx)
-    if not grown or (utilization is not None and (utilization < 0.3 or utilization >= 0.85)):
+    # The band the two GPU-aware rules leave, with their thresholds as configured.
+    idle = ctx.config.thresholds.get("queue_growing_gpu_idle.idle", GPU_IDLE)
+    busy = ctx.config.thresholds.get("queue_growing_saturated.busy", GPU_BUSY)
+    if not grown or (utilization is not None and (utilization < idle or utilization >= busy)):
         return []
     gpu = (
         "no GPU is visible to the sidecar, so capacity cannot be told apart from a slow engine"
         if utilization is None
         else f"the GPUs are {utilization * 100:.0f}% busy"
     )
-    return [
-        Hit(
-            "frontend",
-            {**grown, "gpu": gpu},
-            _queue_evidence(ctx, grown, utilization),
-            grown["since"],
-            role="frontend",
-        )
-    ]
+    return _queue_hit(ctx, grown, utilization, gpu=gpu)
 
 
 LATENCY = metric("dynamo_latency_seconds")

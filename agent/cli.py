@@ -1,4 +1,4 @@
-"""`dynamo-sidecar` command line: run, demo, diagnose, check-config, canary, alerts, inject, webhook."""
+"""`dynamo-sidecar` command line: run, demo, diagnose, check-config, canary, alerts, inject, webhook, verify."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from agent import __version__, log
@@ -353,6 +354,106 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     return EXIT_CODES.get(report.get("status", "ok"), 0)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from agent.verify.drill import (
+        DrillSpec,
+        Progress,
+        UsageError,
+        parse_duration,
+        parse_per_phase,
+        parse_rate,
+        parse_slo,
+        run_drill,
+    )
+    from agent.verify.load import LoadSpec
+    from agent.verify.report import render
+
+    def fail(message: str) -> int:
+        print(f"dynamo-sidecar verify: {message}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    try:
+        frontend = _http_url(args.frontend_url, "--frontend-url")
+        sidecar = _http_url(args.sidecar_url, "--sidecar-url") if args.sidecar_url else ""
+        phase_seconds = {"standard": 30.0, "overload": 30.0, "recovery": 60.0}
+        phase_seconds.update(
+            parse_per_phase(
+                args.phase_seconds, "--phase-seconds", lambda v: parse_duration(v, "--phase-seconds")
+            )
+            if args.phase_seconds
+            else {}
+        )
+        for phase, seconds in phase_seconds.items():
+            if not 1 <= seconds <= 3600:
+                raise UsageError(f"--phase-seconds: {phase} must last 1s to 1h, got {seconds:g}s")
+        min_success = {"standard": 0.99}
+        if args.min_success:
+            min_success = parse_per_phase(args.min_success, "--min-success", parse_rate)
+        spec = DrillSpec(
+            load=LoadSpec(
+                frontend_url=frontend,
+                model=args.model,
+                max_tokens=args.max_tokens,
+                stream=args.stream,
+                endpoint=args.endpoint,
+                request_timeout=parse_duration(args.request_timeout, "--request-timeout") or 30.0,
+                new_connections=args.connections == "new",
+            ),
+            phase_seconds=phase_seconds,
+            concurrency=args.concurrency,
+            overload_concurrency=args.overload_concurrency or 4 * args.concurrency,
+            fault_cmd=args.fault_cmd,
+            recover_cmd=args.recover_cmd,
+            command_timeout=parse_duration(args.command_timeout, "--command-timeout"),
+            sidecar_url=sidecar,
+            slo=parse_slo(args.slo),
+            min_success=min_success,
+            recovery_window=parse_duration(args.recovery_window, "--recovery-window") or 5.0,
+            max_recovery=parse_duration(args.max_recovery, "--max-recovery") if args.max_recovery else None,
+            max_requests=args.max_requests,
+        )
+        if spec.overload_concurrency > 256:
+            raise UsageError("--overload-concurrency: at most 256")
+        progress = Progress(enabled=not args.quiet)
+        report = asyncio.run(run_drill(spec, progress))
+    except UsageError as exc:
+        return fail(str(exc))
+    output = render(report, args.format)
+    if args.output:
+        try:
+            Path(args.output).write_text(output)
+        except OSError as exc:
+            return fail(f"--output: cannot write {args.output}: {_reason(exc)}")
+        print(
+            f"report written to {args.output}: {'PASSED' if report['passed'] else 'FAILED'}", file=sys.stderr
+        )
+    else:
+        print(output, end="")
+    return 0 if report["passed"] else 1
+
+
+def _http_url(raw: str, flag: str) -> str:
+    from agent.verify.drill import UsageError
+
+    parsed = urllib.parse.urlsplit(raw.strip())
+    if parsed.scheme not in {"http", "https"} or not parsed.hostname:
+        raise UsageError(f"{flag}: expected an http(s) URL such as http://127.0.0.1:8000, got {raw[:60]!r}")
+    return raw.strip().rstrip("/")
+
+
+def _bounded_int(low: int, high: int) -> Any:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"expected an integer from {low} to {high}, got {raw[:40]!r}")
+        return value
+
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dynamo-sidecar", description="Observability sidecar for NVIDIA Dynamo pods."
@@ -437,6 +538,69 @@ def build_parser() -> argparse.ArgumentParser:
     )
     diag.add_argument("--namespace", default="", help="with --prometheus-url: only this Kubernetes namespace")
     diag.set_defaults(func=_cmd_diagnose)
+
+    verify = sub.add_parser(
+        "verify",
+        help="fault drill: standard, overload (+ fault command) and recovery phases against a frontend; exit 0 met, 1 missed, 2 usage",
+    )
+    verify.add_argument(
+        "--frontend-url", required=True, help="the Dynamo frontend, e.g. http://127.0.0.1:8000"
+    )
+    verify.add_argument("--model", default="", help="model to request (default: the first in /v1/models)")
+    verify.add_argument(
+        "--phase-seconds",
+        default="",
+        metavar="N|PHASE=N,...",
+        help="length of each phase, or per phase (default standard=30,overload=30,recovery=60)",
+    )
+    verify.add_argument(
+        "--concurrency",
+        type=_bounded_int(1, 256),
+        default=4,
+        help="clients in standard and recovery (default 4)",
+    )
+    verify.add_argument(
+        "--overload-concurrency",
+        type=_bounded_int(1, 256),
+        default=0,
+        help="clients in overload (default 4x --concurrency)",
+    )
+    verify.add_argument("--max-tokens", type=_bounded_int(1, 4096), default=16)
+    verify.add_argument("--stream", action=argparse.BooleanOptionalAction, default=True)
+    verify.add_argument("--endpoint", choices=["chat", "completions"], default="chat")
+    verify.add_argument(
+        "--connections",
+        choices=["keep-alive", "new"],
+        default="keep-alive",
+        help="reuse connections as SDK clients do (default), or open one per request",
+    )
+    verify.add_argument("--request-timeout", default="30s", help="per request (default 30s)")
+    verify.add_argument(
+        "--max-requests", type=_bounded_int(1, 1_000_000), default=100_000, help="over the whole drill"
+    )
+    verify.add_argument("--fault-cmd", default="", help="shell command run at the overload phase's start")
+    verify.add_argument("--recover-cmd", default="", help="shell command run at the recovery phase's start")
+    verify.add_argument(
+        "--command-timeout", default="120s", help="a command still running after this is killed"
+    )
+    verify.add_argument("--sidecar-url", default="", help="poll this sidecar's /diagnose during the drill")
+    verify.add_argument(
+        "--slo", default="", help="targets, e.g. ttft_p99=500ms,itl_p99=50ms,latency_p99=5s,error_rate=1%%"
+    )
+    verify.add_argument(
+        "--min-success",
+        default="",
+        metavar="RATE|PHASE=RATE,...",
+        help="minimum success rate per phase (default standard=99%%)",
+    )
+    verify.add_argument(
+        "--recovery-window", default="5s", help="recovered = this long at the standard success rate"
+    )
+    verify.add_argument("--max-recovery", default="", help="fail when recovery takes longer, e.g. 60s")
+    verify.add_argument("--format", choices=["text", "json", "html"], default="text")
+    verify.add_argument("--output", default="", help="write the report here instead of stdout")
+    verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    verify.set_defaults(func=_cmd_verify)
     return parser
 
 

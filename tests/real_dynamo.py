@@ -206,6 +206,24 @@ class RealDynamo:
         time.sleep(0)
 
 
+def worker_restart_script(dynamo: RealDynamo, directory: Path) -> tuple[Path, Path]:
+    """A shell script that starts a fresh mocker exactly as the fixture did, in the background
+    (a drill's recover command), and the file it writes the new worker's pid to."""
+    import shlex
+
+    assert dynamo.worker is not None
+    env = {**dynamo.env, "DYN_SYSTEM_ENABLED": "true", "DYN_SYSTEM_PORT": str(dynamo.worker_port),
+           "DYN_HEALTH_CHECK_ENABLED": "true"}  # fmt: skip
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in env.items() if k.isidentifier())
+    command = shlex.join(str(arg) for arg in dynamo.worker.args)  # type: ignore[union-attr]
+    script, pid_file = directory / "restart_worker.sh", directory / "worker.pid"
+    script.write_text(
+        f"#!/bin/sh\ncd {shlex.quote(str(dynamo.workdir))}\n{exports}"
+        f"nohup {command} >> {shlex.quote(str(dynamo.worker_log))} 2>&1 &\necho $! > {shlex.quote(str(pid_file))}\n"
+    )
+    return script, pid_file
+
+
 def own_processes(dynamo: RealDynamo) -> str:
     """Patterns that match this test's Dynamo processes only (the machine runs others)."""
     return ",".join(

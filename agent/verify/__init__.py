@@ -1,0 +1,1 @@
+"""`dynamo-sidecar verify`: the fault drill (standard, overload and recovery phases)."""

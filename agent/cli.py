@@ -1,4 +1,4 @@
-"""`dynamo-sidecar` command line: run, demo, diagnose, check-config, canary, alerts, inject, webhook, verify."""
+"""`dynamo-sidecar` command line: run, demo, diagnose, check-config, canary, alerts, inject, webhook, verify, audit."""
 
 from __future__ import annotations
 
@@ -130,23 +130,9 @@ def _cmd_inject(args: argparse.Namespace) -> int:
     """Like `linkerd inject`: every document of the input, Dynamo pods with the sidecar."""
     import yaml
 
-    from agent.config import _StrictLoader
     from agent.inject import InjectError, inject
 
-    try:
-        raw = sys.stdin.buffer.read() if args.file == "-" else open(args.file, "rb").read()  # noqa: SIM115
-    except OSError as exc:
-        raise ConfigError("-f", args.file, f"a readable file ({exc.strerror})") from None
-    try:
-        documents = list(yaml.load_all(raw.decode("utf-8"), Loader=_StrictLoader))
-    except UnicodeDecodeError:
-        raise ConfigError("-f", args.file, "UTF-8 YAML") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            "-f", args.file, f"valid YAML ({getattr(exc, 'problem', None) or 'parse error'}{where})"
-        ) from None
+    documents = _read_yaml_documents(args.file)
     options = _inject_options(args)
     out = []
     for document in documents:
@@ -167,6 +153,58 @@ def _cmd_inject(args: argparse.Namespace) -> int:
         out.append(document)
     sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False, default_flow_style=False))
     return 0
+
+
+def _read_yaml_documents(path: str) -> list[Any]:
+    """Every document of a YAML file or stdin; a bad file is one ConfigError naming -f."""
+    import yaml
+
+    from agent.config import _StrictLoader
+
+    try:
+        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115
+    except OSError as exc:
+        raise ConfigError("-f", path, f"a readable file ({exc.strerror})") from None
+    try:
+        return list(yaml.load_all(raw.decode("utf-8"), Loader=_StrictLoader))
+    except UnicodeDecodeError:
+        raise ConfigError("-f", path, "UTF-8 YAML") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(
+            "-f", path, f"valid YAML ({getattr(exc, 'problem', None) or 'parse error'}{where})"
+        ) from None
+
+
+def _cmd_audit(args: argparse.Namespace) -> int:
+    from agent.audit import ManifestError, audit_documents, audit_live, render
+    from agent.diagnose.render import EXIT_CODES
+    from agent.verify.drill import UsageError, parse_duration
+
+    if bool(args.file) == bool(args.live):
+        print("dynamo-sidecar audit: give -f FILE (or - for stdin) or --live, not both", file=sys.stderr)
+        return EXIT_CONFIG
+    try:
+        if args.file:
+            result = audit_documents(_read_yaml_documents(args.file))
+        else:
+            sidecar = _http_url(args.sidecar_url, "--sidecar-url")
+            result = audit_live(
+                sidecar,
+                _http_url(args.kube_api, "--kube-api") if args.kube_api else "",
+                args.timeout,
+                parse_duration(args.min_history, "--min-history"),
+                args.queue_limit,
+                args.inflight_limit,
+                parse_duration(args.slo_ttft_p99, "--slo-ttft-p99") if args.slo_ttft_p99 else None,
+                parse_duration(args.trend_window, "--trend-window") if args.trend_window else None,
+            )
+    except (ManifestError, UsageError) as exc:
+        print(f"dynamo-sidecar audit: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(render(result, args.format), end="")
+    return EXIT_CODES.get(result["status"], 0)
 
 
 def _inject_one(inject: Any, error: Any, document: Any, options: Any) -> tuple[Any, list[str]]:
@@ -601,6 +639,52 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--output", default="", help="write the report here instead of stdout")
     verify.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     verify.set_defaults(func=_cmd_verify)
+
+    audit = sub.add_parser(
+        "audit",
+        help="review Dynamo manifests (-f) or this pod (--live) for configuration and capacity risk; exit 0 ok, 1 warning, 2 critical",
+    )
+    audit.add_argument(
+        "-f",
+        "--file",
+        default="",
+        help="YAML (DynamoGraphDeployment, Deployment, Pod, helm template output; multi-document) or - for stdin",
+    )
+    audit.add_argument(
+        "--live",
+        action="store_true",
+        help="inside the pod: its spec from the API server and the sidecar's observations",
+    )
+    audit.add_argument(
+        "--sidecar-url", default="http://127.0.0.1:9469", help="with --live: the running sidecar"
+    )
+    audit.add_argument(
+        "--kube-api", default="", help="with --live: the API server (default: the in-cluster service)"
+    )
+    audit.add_argument(
+        "--min-history",
+        default="10m",
+        help="with --live: history needed before a trend is claimed (default 10m)",
+    )
+    audit.add_argument(
+        "--trend-window",
+        default="",
+        help="with --live: fit only the most recent part of the history, e.g. 10m (default: all of it)",
+    )
+    audit.add_argument(
+        "--queue-limit", type=float, default=100.0, help="queued requests counted as saturation (default 100)"
+    )
+    audit.add_argument(
+        "--inflight-limit", type=float, default=None, help="requests in flight counted as saturation"
+    )
+    audit.add_argument(
+        "--slo-ttft-p99",
+        default="",
+        help="TTFT p99 target for the forecast (default: the sidecar's slo_ttft_p99)",
+    )
+    audit.add_argument("--timeout", type=float, default=5.0)
+    audit.add_argument("--format", choices=["text", "json", "html"], default="text")
+    audit.set_defaults(func=_cmd_audit)
     return parser
 
 

@@ -51,6 +51,7 @@ OWN_HISTORY = {
     metric(name)
     for name in (
         "process_cpu_seconds_total",
+        "process_resident_memory_bytes",  # the peak, for audit's memory-limit check
         "cgroup_cpu_periods_total",
         "cgroup_cpu_throttled_periods_total",
         "cgroup_memory_events_total",
@@ -196,6 +197,8 @@ class Sidecar:
             deny=config.passthrough_deny,
         )
         self.signals = Signals(window=config.signal_window)
+        self._signal_inputs: tuple[float | None, float | None] = (None, None)
+        self._signal_samples: list[Sample] = []
         self.draining = False
         self.started_monotonic = time.monotonic()
         self._renderer: asyncio.Task[None] | None = None
@@ -224,14 +227,19 @@ class Sidecar:
         self._dirty.set()
 
     def _extra_samples(self) -> list[Sample]:
-        self.signals = compute(self.state, self.names, self.config.signal_window)
-        out = self.signals.to_samples()
+        # The derived signals read only Dynamo's and the TCP collector's series: recomputed
+        # when one of them brought new data, not on every render (other collectors' cycles).
+        inputs = (self.state.latest_time.get("dynamo_metrics"), self.state.latest_time.get("tcp"))
+        if inputs != self._signal_inputs:
+            self._signal_inputs = inputs
+            self.signals = compute(self.state, self.names, self.config.signal_window)
+            self._signal_samples = self.signals.to_samples() + self._slo_samples()
+        out = list(self._signal_samples)
         out.append(sample("dynamo_sidecar_ready", 1 if self.ready else 0))
         out.append(sample("dynamo_sidecar_draining", 1 if self.draining else 0))
         if self.drain.summary is not None:
             out.extend(self.drain.summary.samples())
         out.extend(self.canary.samples())
-        out.extend(self._slo_samples())
         out.append(sample("dynamo_sidecar_http_connections", self.connections.active))
         out.append(sample("dynamo_sidecar_http_connections_refused_total", self.connections.refused))
         out.extend(self.telemetry.samples())

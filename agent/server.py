@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import json
 import re
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -81,6 +82,26 @@ async def canaryz(request: web.Request) -> web.Response:
     failing = canary.failing_models
     body = {"status": "failing" if failing else "ok", "failing_models": failing, "canary": canary.status()}
     return _json(body, 503 if failing else 200)
+
+
+MAX_HISTORY_NAMES = 16
+MAX_HISTORY_SERIES = 200  # per name
+
+
+async def history(request: web.Request) -> web.Response:
+    """The kept history of named series, for `dynamo-sidecar audit --live`'s capacity
+    forecast: {"now", "window_seconds", "series": {name: [{"labels", "points": [[t, v]]}]}}.
+    Only series the sidecar keeps history for are there; bounded in names and series."""
+    sidecar = _sidecar(request)
+    names = request.query.getall("name", [])[:MAX_HISTORY_NAMES]
+    series: dict[str, list[dict[str, Any]]] = {}
+    for name in names:
+        by_labels = sidecar.state.history.get(name) or {}
+        series[name] = [
+            {"labels": dict(labels), "points": [[round(t, 3), v] for t, v in ring.points()]}
+            for labels, ring in list(by_labels.items())[:MAX_HISTORY_SERIES]
+        ]
+    return _json({"now": time.time(), "window_seconds": sidecar.state.history_window, "series": series})
 
 
 async def status(request: web.Request) -> web.Response:
@@ -176,6 +197,7 @@ async def index(request: web.Request) -> web.Response:
         "/diagnose",
         "/diagnose?format=html",
         "/status",
+        "/history?name=<series>",
         "/healthz",
         "/readyz",
         "/canaryz",
@@ -192,6 +214,7 @@ def make_app(sidecar: Sidecar) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", status)
+    app.router.add_get("/history", history)
     app.router.add_get("/canaryz", canaryz)
     app.router.add_get("/diagnose", diagnose_handler)
     app.router.add_post("/drain", drain)

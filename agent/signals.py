@@ -92,6 +92,10 @@ class DynamoNames:
             "dynamo_request_queue",
             f"{self.frontend_prefix}_model_migration_limit",
             *self.progress_counters(),
+            # Capacity trends for `audit --live` (engine gauges; absent series cost nothing).
+            "vllm:kv_cache_usage_perc",
+            "vllm:num_requests_waiting",
+            "sglang:token_usage",
         }
         for histogram in self.latency_histograms().values():
             names.add(histogram + "_bucket")

@@ -6,7 +6,7 @@ collectors on, 8 fake GPUs (the tests' fake libnvidia-ml), canaries on, and no s
     python bench/overhead.py --interval 1          # every collector at 1 s
     python bench/overhead.py --real                # a real Dynamo frontend + mocker (DYNAMO_PYTHON)
     python bench/overhead.py --seconds 60 --profile out.prof   # cProfile of the sidecar
-    python bench/overhead.py --smoke               # 10 s
+    python bench/overhead.py --smoke               # 5 s
 Targets (issue 14): <= 0.5 % of one core at the defaults, RSS <= 60 MB, no growth.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -96,7 +97,7 @@ def run(
         cpu0, rss0, t0 = cpu_seconds(sidecar.pid), rss_mb(sidecar.pid), time.monotonic()
         if spy:
             subprocess.run(
-                ["py-spy", "record", "--pid", str(sidecar.pid), "--duration", str(int(seconds)), "--rate", "200",
+                [shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(sidecar.pid), "--duration", str(int(seconds)), "--rate", os.environ.get("SPY_RATE", "200"),
                  "--threads", "--format", "raw", "-o", spy, "--nonblocking"],
                 capture_output=True, timeout=seconds + 120,
             )  # fmt: skip
@@ -163,7 +164,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("extra", nargs="*", help="more sidecar flags, after --")
     args = parser.parse_args()
-    seconds = 10.0 if args.smoke else args.seconds
+    seconds = 5.0 if args.smoke else args.seconds
     print(json.dumps(run(seconds, args.interval, args.real, args.profile, args.extra, args.py_spy), indent=1))
     return 0
 

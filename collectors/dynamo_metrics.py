@@ -231,7 +231,9 @@ class DynamoMetricsCollector(Collector):
                     families, skipped = await asyncio.to_thread(parse_exposition, text, budget)
                     raw = []
                 else:
-                    raw, families, skipped = await asyncio.to_thread(self._split, target.endpoint, text, budget)
+                    raw, families, skipped = await asyncio.to_thread(
+                        self._split, target.endpoint, text, budget
+                    )
                 if not families and not raw:
                     reason = "malformed" if not budget.exhausted else f"too_many_{budget.exhausted}"
                 elif skipped:

@@ -24,7 +24,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 
 from agent import __version__
 from agent.catalogue import PREFIX, spec_for_sample
-from agent.samples import Family, Sample, sample
+from agent.samples import CollectResult, Family, Sample, sample
 from agent.state import State
 from collectors.dynamo_metrics import parse_exposition
 from collectors.exposition import RawFamily, capped, merge
@@ -121,8 +121,11 @@ class OwnText:
         self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
 
     def render(self, samples: Iterable[Sample], undeclared: set[str]) -> str:
+        return self.join([self.lines(samples, undeclared)])
+
+    def lines(self, samples: Iterable[Sample], undeclared: set[str]) -> dict[str, tuple[Any, list[str]]]:
+        """Each family's sample lines, in the order first seen."""
         families: dict[str, tuple[Any, list[str]]] = {}
-        prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], str] = {}
         known = self._prefixes
         for item in samples:
             spec = spec_for_sample(item.name)
@@ -133,19 +136,36 @@ class OwnText:
             prefix = known.get(key)
             if prefix is None:
                 labels = ",".join(f'{k}="{_escape(v)}"' for k, v in item.labels)
-                prefix = f"{item.name}{{{labels}}} " if labels else f"{item.name} "
-            prefixes[key] = prefix
+                prefix = known[key] = f"{item.name}{{{labels}}} " if labels else f"{item.name} "
             entry = families.get(spec.family)
             if entry is None:
                 entry = families[spec.family] = (spec, [])
             entry[1].append(prefix + _value_text(item.value) + "\n")
-        self._prefixes = prefixes  # only the series seen this time: bounded by the state
+        return families
+
+    def join(self, groups: list[dict[str, tuple[Any, list[str]]]]) -> str:
+        """One exposition from several groups' lines: a family's lines from every group under
+        one HELP/TYPE header."""
+        merged: dict[str, tuple[Any, list[list[str]]]] = {}
+        for group in groups:
+            for family, (spec, lines) in group.items():
+                entry = merged.get(family)
+                if entry is None:
+                    merged[family] = (spec, [lines])
+                else:
+                    entry[1].append(lines)
         out: list[str] = []
-        for spec, lines in families.values():
+        for spec, parts in merged.values():
             name = spec.name if spec.type != "histogram" else spec.family
             out.append(f"# HELP {name} {_escape(spec.help)}\n# TYPE {name} {spec.type}\n")
-            out.extend(lines)
+            for lines in parts:
+                out.extend(lines)
         return "".join(out)
+
+    def forget_unused(self, keep: int) -> None:
+        """Bound the prefix memo: past `keep` entries (series come and go), start over."""
+        if len(self._prefixes) > keep:
+            self._prefixes = {}
 
 
 def _to_metric(family: Family) -> Metric:
@@ -174,6 +194,7 @@ class PrometheusExporter:
         self._own_samples: list[Sample] = []
         self._legacy: list[Metric] = []  # scraped families from sources without raw text
         self._own_text = OwnText()
+        self._by_source: dict[str, tuple[CollectResult, dict[str, tuple[Any, list[str]]], list[Sample]]] = {}
         self._raw: list[RawFamily] = []  # passthrough as checked text, this generation
         self._raw_parsed: dict[str, list[Metric]] = {}  # family text -> parse, for OpenMetrics
         self._rendered_generation = -1
@@ -242,17 +263,33 @@ class PrometheusExporter:
         started = time.perf_counter()
         self._raw = self._raw_passthrough() if self.passthrough else []
         passthrough = self._passthrough_metrics() if self.passthrough else []  # sources without raw text
-        own: list[Sample] = [s for s in self.state.samples() if s.name.startswith(PREFIX)]
-        own.extend(self.extra_samples())
-        own.extend(self_samples(self.state, self.render_seconds))
+        # A collector's own lines are rendered once per result it hands over, not per cycle:
+        # the GPU collector's 400 series every 10 s are not re-formatted every 5 s.
+        groups = []
+        by_source: dict[str, tuple[CollectResult, dict[str, tuple[Any, list[str]]], list[Sample]]] = {}
+        own: list[Sample] = []
+        for source, result in list(self.state.latest.items()):
+            cached = self._by_source.get(source)
+            if cached is None or cached[0] is not result:
+                mine = [s for s in State._all_samples(result) if s.name.startswith(PREFIX)]
+                cached = (result, self._own_text.lines(mine, self.undeclared), mine)
+            by_source[source] = cached
+            groups.append(cached[1])
+            own.extend(cached[2])
+        self._by_source = by_source
+        fresh: list[Sample] = list(self.extra_samples())
+        fresh.extend(self_samples(self.state, self.render_seconds))
         for metric, count in sorted(self.conflicts.items()):
-            own.append(sample(PREFIX + "passthrough_conflicts_total", count, metric=metric))
+            fresh.append(sample(PREFIX + "passthrough_conflicts_total", count, metric=metric))
+        groups.append(self._own_text.lines(fresh, self.undeclared))
+        own.extend(fresh)
+        self._own_text.forget_unused(4 * max(1, len(own)))
         self._own_samples = own
         self._own = []  # prometheus_client objects, built only for an OpenMetrics scrape
         self._legacy = passthrough
         self._metrics = []
         self._cache = {}
-        text = self._own_text.render(own, self.undeclared) + "".join(f.text for f in self._raw)
+        text = self._own_text.join(groups) + "".join(f.text for f in self._raw)
         if passthrough:
             text += generate_text(_Snapshot(passthrough)).decode()
         self._cache[(TEXT, False)] = text.encode()

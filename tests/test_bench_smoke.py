@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import ROOT
 
 BENCH = sorted((ROOT / "bench").glob("*.py"))
-NEEDS = {"quantile_agreement.py": "prometheus", "gpu.py": "gcc"}
+NEEDS = {"quantile_agreement.py": "prometheus", "gpu.py": "gcc", "scrape.py": "wrk"}
 
 
 @pytest.mark.slow

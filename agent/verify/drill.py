@@ -48,7 +48,7 @@ class UsageError(Exception):
 def parse_duration(raw: str, what: str) -> float:
     text = raw.strip().lower()
     scale = 1.0
-    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0)):
+    for suffix, factor in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
         if text.endswith(suffix):
             text, scale = text[: -len(suffix)], factor
             break
@@ -57,7 +57,7 @@ def parse_duration(raw: str, what: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise UsageError(f"{what}: expected a duration such as 500ms, 2s or 1m, got {raw[:40]!r}")
+        raise UsageError(f"{what}: expected a duration such as 500ms, 2s, 1m or 1h, got {raw[:40]!r}")
     return value
 
 

@@ -183,7 +183,7 @@ async def send(session: aiohttp.ClientSession, spec: LoadSpec, phase: str, clock
     return record
 
 
-async def connection_probe(spec: LoadSpec, clock: Any, count: int = 5) -> dict[str, Any]:
+async def connection_probe(spec: LoadSpec, clock: Any, count: int = 3) -> dict[str, Any]:
     """TTFT of `count` sequential requests on one reused connection and on fresh ones.
 
     Why: a server that leaves Nagle on holds its first small write after the headers until

@@ -1,0 +1,288 @@
+"""The pods a manifest describes, as the Dynamo operator would run them.
+
+A DynamoGraphDeployment service is not a pod spec: the operator fills in probes, env, the
+grace period and ports. Each service is read here with the operator's defaults applied
+(Dynamo operator docs, "Operator Default Values Injection"), and every value keeps the
+manifest path it came from, or says it is the operator's default, so a finding can name the
+exact place to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.inject import COMPONENT_LABEL, SIDECAR, TEMPLATE_KINDS, role_of
+
+OPERATOR_GRACE = 60
+OPERATOR = "operator default"
+# What the operator sets when a service does not (1.6.x).
+OPERATOR_PROBES: dict[str, dict[str, dict[str, Any]]] = {
+    "frontend": {
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "initialDelaySeconds": 60, "periodSeconds": 60, "timeoutSeconds": 30, "failureThreshold": 10,
+        },
+        "readinessProbe": {
+            "exec": {"command": ["/bin/sh", "-c",
+                                 'curl -s http://localhost:${DYNAMO_PORT}/health | jq -e ".status == \\"healthy\\""']},
+            "initialDelaySeconds": 60, "periodSeconds": 60, "timeoutSeconds": 30, "failureThreshold": 10,
+        },
+    },
+    "worker": {
+        "livenessProbe": {
+            "httpGet": {"path": "/live", "port": "system"}, "periodSeconds": 5, "timeoutSeconds": 30,
+            "failureThreshold": 1,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/health", "port": "system"}, "periodSeconds": 10, "timeoutSeconds": 30,
+            "failureThreshold": 60,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/live", "port": "system"}, "periodSeconds": 10, "timeoutSeconds": 5,
+            "failureThreshold": 720,
+        },
+    },
+}  # fmt: skip
+OPERATOR_ENV = {
+    "frontend": {"DYNAMO_PORT": "8000", "DYN_HTTP_PORT": "8000"},
+    "worker": {
+        "DYN_SYSTEM_ENABLED": "true",
+        "DYN_SYSTEM_USE_ENDPOINT_HEALTH_STATUS": '["generate"]',
+        "DYN_SYSTEM_PORT": "9090",
+    },
+}
+
+
+class ManifestError(ValueError):
+    """A document that cannot be audited: one line, naming where."""
+
+
+@dataclass
+class Located:
+    value: Any
+    path: str  # manifest path, or "operator default"
+
+
+@dataclass
+class PodUnit:
+    """One kind of pod in the manifest: a DGD service, a workload's template, a Pod."""
+
+    where: str  # "DynamoGraphDeployment llm / service VllmWorker"
+    role: str  # frontend | worker
+    spec_path: str
+    spec: dict[str, Any]
+    main: dict[str, Any]
+    main_path: str
+    dgd: bool
+    env: dict[str, Located] = field(default_factory=dict)  # main's env (value None: valueFrom)
+    probes: dict[str, Located] = field(default_factory=dict)
+    grace: Located = field(default_factory=lambda: Located(30, "Kubernetes default"))
+    resources: Located = field(default_factory=lambda: Located({}, ""))
+    args: list[str] = field(default_factory=list)  # main's command + args, for flags
+    sidecar: dict[str, Any] | None = None
+    sidecar_path: str = ""
+    env_path: str = ""  # where main's env is set: a DGD service's `envs`, else main's `env`
+
+    def env_value(self, name: str) -> str | None:
+        found = self.env.get(name)
+        return None if found is None or found.value is None else str(found.value)
+
+    def sidecar_env(self) -> dict[str, str | None]:
+        if self.sidecar is None:
+            return {}
+        out: dict[str, str | None] = {}
+        for entry in self.sidecar.get("env") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+                out[entry["name"]] = None if "valueFrom" in entry else str(entry.get("value", ""))
+        return out
+
+
+def _env_from(entries: Any, path: str, into: dict[str, Located]) -> None:
+    for index, entry in enumerate(entries or []):
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            value = None if "valueFrom" in entry else entry.get("value", "")
+            into[entry["name"]] = Located(value, f"{path}[{index}]")
+
+
+def _find_sidecar(spec: dict[str, Any], spec_path: str) -> tuple[dict[str, Any] | None, str]:
+    for key in ("initContainers", "containers"):
+        for index, container in enumerate(spec.get(key) or []):
+            if isinstance(container, dict) and container.get("name") == SIDECAR:
+                return container, f"{spec_path}.{key}[{index}]"
+    return None, ""
+
+
+def _main(spec: dict[str, Any], spec_path: str) -> tuple[dict[str, Any], str]:
+    containers = spec.get("containers") or []
+    for index, container in enumerate(containers):
+        if isinstance(container, dict) and container.get("name") == "main":
+            return container, f"{spec_path}.containers[{index}]"
+    for index, container in enumerate(containers):
+        if isinstance(container, dict) and container.get("name") != SIDECAR:
+            return container, f"{spec_path}.containers[{index}]"
+    raise ManifestError(f"{spec_path}: no container to audit")
+
+
+def _guess_role(metadata: dict[str, Any], main: dict[str, Any]) -> str | None:
+    role = role_of((metadata.get("labels") or {}).get(COMPONENT_LABEL))
+    if role:
+        return role
+    words = " ".join(str(part) for part in [*(main.get("command") or []), *(main.get("args") or [])])
+    if "dynamo.frontend" in words:
+        return "frontend"
+    if any(f"dynamo.{engine}" in words for engine in ("vllm", "sglang", "trtllm", "mocker")):
+        return "worker"
+    return None
+
+
+def _template_unit(template: Any, path: str, where: str, notes: list[str]) -> PodUnit | None:
+    if not isinstance(template, dict):
+        raise ManifestError(f"{path}: not a mapping")
+    metadata = template.get("metadata") or {}
+    spec = template.get("spec")
+    if not isinstance(spec, dict):
+        raise ManifestError(f"{path}.spec: not a mapping")
+    spec_path = f"{path}.spec"
+    main, main_path = _main(spec, spec_path)
+    role = _guess_role(metadata, main)
+    if role is None:
+        notes.append(
+            f"{where}: not a Dynamo frontend or worker (no {COMPONENT_LABEL} label, no dynamo module in its command); skipped"
+        )
+        return None
+    unit = PodUnit(where, role, spec_path, spec, main, main_path, dgd=False, env_path=f"{main_path}.env")
+    _env_from(main.get("env"), f"{main_path}.env", unit.env)
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if isinstance(main.get(probe), dict):
+            unit.probes[probe] = Located(main[probe], f"{main_path}.{probe}")
+    if "terminationGracePeriodSeconds" in spec:
+        unit.grace = Located(
+            spec["terminationGracePeriodSeconds"], f"{spec_path}.terminationGracePeriodSeconds"
+        )
+    unit.resources = Located(main.get("resources") or {}, f"{main_path}.resources")
+    unit.args = [str(a) for a in [*(main.get("command") or []), *(main.get("args") or [])]]
+    unit.sidecar, unit.sidecar_path = _find_sidecar(spec, spec_path)
+    return unit
+
+
+def _dgd_units(obj: dict[str, Any], notes: list[str]) -> list[PodUnit]:
+    name = (obj.get("metadata") or {}).get("name", "?")
+    services = (obj.get("spec") or {}).get("services")
+    if not isinstance(services, dict):
+        raise ManifestError(f"DynamoGraphDeployment {name}: spec.services is not a mapping")
+    units = []
+    for service_name, service in services.items():
+        where = f"DynamoGraphDeployment {name} / service {service_name}"
+        if not isinstance(service, dict):
+            raise ManifestError(f"{where}: not a mapping")
+        role = role_of(service.get("subComponentType")) or role_of(service.get("componentType"))
+        if role is None:
+            notes.append(
+                f"{where}: componentType {service.get('componentType')!r} is not a frontend or worker; skipped"
+            )
+            continue
+        base = f"spec.services.{service_name}"
+        extra = service.get("extraPodSpec") or {}
+        if not isinstance(extra, dict):
+            raise ManifestError(f"{where}: extraPodSpec is not a mapping")
+        main = extra.get("mainContainer") or {}
+        unit = PodUnit(
+            where,
+            role,
+            f"{base}.extraPodSpec",
+            extra,
+            main,
+            f"{base}.extraPodSpec.mainContainer",
+            dgd=True,
+            env_path=f"{base}.envs",
+        )
+        for key, value in OPERATOR_ENV[role].items():
+            unit.env[key] = Located(value, OPERATOR)
+        _env_from(service.get("envs"), f"{base}.envs", unit.env)
+        _env_from(main.get("env"), f"{base}.extraPodSpec.mainContainer.env", unit.env)
+        for probe, default in OPERATOR_PROBES[role].items():
+            if isinstance(main.get(probe), dict):
+                unit.probes[probe] = Located(main[probe], f"{base}.extraPodSpec.mainContainer.{probe}")
+            elif isinstance(service.get(probe), dict):
+                unit.probes[probe] = Located(service[probe], f"{base}.{probe}")
+            else:
+                unit.probes[probe] = Located(default, OPERATOR)
+        if "terminationGracePeriodSeconds" in extra:
+            unit.grace = Located(
+                extra["terminationGracePeriodSeconds"], f"{base}.extraPodSpec.terminationGracePeriodSeconds"
+            )
+        else:
+            unit.grace = Located(OPERATOR_GRACE, OPERATOR)
+        if service.get("resources"):
+            unit.resources = Located(service["resources"], f"{base}.resources")
+        else:
+            unit.resources = Located(
+                main.get("resources") or {}, f"{base}.extraPodSpec.mainContainer.resources"
+            )
+        unit.args = [str(a) for a in [*(main.get("command") or []), *(main.get("args") or [])]]
+        unit.sidecar, unit.sidecar_path = _find_sidecar(extra, f"{base}.extraPodSpec")
+        units.append(unit)
+    return units
+
+
+def pod_units(obj: Any, notes: list[str]) -> list[PodUnit]:
+    """The Dynamo pods one document describes; kinds with no pods are noted and skipped."""
+    if obj is None:
+        return []
+    if not isinstance(obj, dict) or not isinstance(obj.get("kind"), str):
+        raise ManifestError("a document is not a Kubernetes object (no kind)")
+    kind = obj["kind"]
+    name = (obj.get("metadata") or {}).get("name", "?")
+    if kind == "List":
+        return [unit for item in obj.get("items") or [] for unit in pod_units(item, notes)]
+    if kind == "DynamoGraphDeployment":
+        return _dgd_units(obj, notes)
+    if kind == "Pod":
+        unit = _template_unit(obj, "", f"Pod {name}", notes)
+        if unit is not None:
+            unit.spec_path = "spec"
+            unit.main_path = unit.main_path.lstrip(".")
+            _strip_leading_dot(unit)
+        return [unit] if unit else []
+    if kind in TEMPLATE_KINDS:
+        return [
+            u
+            for u in [
+                _template_unit(
+                    (obj.get("spec") or {}).get("template"), "spec.template", f"{kind} {name}", notes
+                )
+            ]
+            if u
+        ]
+    if kind == "CronJob":
+        template = (((obj.get("spec") or {}).get("jobTemplate") or {}).get("spec") or {}).get("template")
+        path = "spec.jobTemplate.spec.template"
+        return [u for u in [_template_unit(template, path, f"CronJob {name}", notes)] if u]
+    if kind in KNOWN_PODLESS:
+        return []
+    raise ManifestError(
+        f"{kind} {name}: not a kind audit knows (DynamoGraphDeployment, Pod, Deployment, StatefulSet, "
+        "DaemonSet, ReplicaSet, Job, CronJob, List, or a kind with no pods such as Service)"
+    )
+
+
+# Rendered Helm output is full of these: nothing to audit, nothing wrong.
+KNOWN_PODLESS = {
+    "Service", "ConfigMap", "Secret", "ServiceAccount", "Role", "RoleBinding", "ClusterRole",
+    "ClusterRoleBinding", "PodDisruptionBudget", "HorizontalPodAutoscaler", "Ingress", "NetworkPolicy",
+    "PodMonitor", "ServiceMonitor", "PrometheusRule", "MutatingWebhookConfiguration",
+    "ValidatingWebhookConfiguration", "Certificate", "Issuer", "Namespace", "PersistentVolumeClaim",
+    "CustomResourceDefinition",
+}  # fmt: skip
+
+
+def _strip_leading_dot(unit: PodUnit) -> None:
+    def fix(path: str) -> str:
+        return path[1:] if path.startswith(".") else path
+
+    unit.main_path = fix(unit.main_path)
+    unit.env_path = fix(unit.env_path)
+    unit.sidecar_path = fix(unit.sidecar_path)
+    for located in [*unit.env.values(), *unit.probes.values(), unit.grace, unit.resources]:
+        located.path = fix(located.path)

@@ -1,0 +1,397 @@
+"""`dynamo-sidecar audit`: manifests shaped as users write them for the Dynamo operator, a
+hardened one, bad input, and `--live` against the simulator with a real sidecar process."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+
+from agent.audit import audit_documents
+from agent.audit.capacity import fit_line, forecast, max_observed
+from agent.inject import inject
+from tests.conftest import free_port, wait_for_sync
+from tests.procs import ENV, PYTHON, http_post, start_sidecar, start_sim
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "audit"
+
+
+def load(name: str) -> list[Any]:
+    return list(yaml.safe_load_all((FIXTURES / name).read_text()))
+
+
+def audit_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "agent.cli", "audit", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**ENV, **(env or {})},
+    )
+
+
+def by_rule(result: dict[str, Any]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for finding in result["findings"]:
+        out.setdefault(finding["rule"], []).append(finding)
+    return out
+
+
+# --- manifests -----------------------------------------------------------------------------
+
+
+def test_operator_defaults_give_the_expected_findings_paths_and_actions() -> None:
+    result = audit_documents(load("dgd_defaults.yaml"))
+    rules = by_rule(result)
+    assert result["status"] == "critical"
+    port = rules["system_port_out_of_range"][0]
+    assert port["severity"] == "critical" and "VllmDecodeWorker" in port["subject"]
+    assert port["evidence"][0] == {"signal": "spec.services.VllmDecodeWorker.envs[0]", "value": "40000"}
+    liveness = rules["worker_liveness_single_failure"][0]
+    assert liveness["evidence"][0]["signal"] == "livenessProbe (operator default)"
+    assert "spec.services.VllmDecodeWorker.extraPodSpec.mainContainer.livenessProbe" in liveness["actions"][0]
+    readiness = rules["frontend_readiness_on_health"][0]
+    assert "Frontend" in readiness["subject"] and "/v1/models" in readiness["actions"][0]
+    assert rules["migration_off"][0]["actions"][0].startswith(
+        "set DYN_MIGRATION_LIMIT=3 in spec.services.Frontend.envs"
+    )
+    health = rules["worker_health_check_disabled"][0]
+    assert (
+        health["evidence"][0]["signal"]
+        == "spec.services.VllmDecodeWorker.envs[name=DYN_HEALTH_CHECK_ENABLED]"
+    )
+    assert {f["subject"].rsplit(" ", 1)[1] for f in rules["no_prestop_drain"]} == {
+        "Frontend",
+        "VllmDecodeWorker",
+    }
+    assert len(rules["main_without_resources"]) == 2
+    assert {f["severity"] for f in rules["no_sidecar"]} == {"info"}
+    # Dynamo's own defaults fit the operator's 60 s grace period: no finding for it.
+    assert "grace_shorter_than_drain" not in rules
+    for finding in result["findings"]:
+        assert finding["category"] == "configuration_risk" and finding["actions"]
+
+
+def test_hardened_and_injected_manifest_gives_nothing_at_warning_or_above() -> None:
+    hardened = load("dgd_hardened.yaml")
+    plain = by_rule(audit_documents(hardened))
+    # Without the sidecar the only warnings left are the missing preStop drains.
+    assert {rule for rule, fs in plain.items() if any(f["severity"] != "info" for f in fs)} == {
+        "no_prestop_drain"
+    }
+    injected = [inject(document)[0] for document in hardened]
+    result = audit_documents(injected)
+    assert result["status"] == "ok", [f["summary"] for f in result["findings"]]
+    assert not [f for f in result["findings"] if f["severity"] != "info"]
+
+
+def test_workloads_and_rendered_helm_output() -> None:
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "worker"},
+        "spec": {
+            "template": {
+                "metadata": {"labels": {"nvidia.com/dynamo-component-type": "worker"}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 20,
+                    "containers": [
+                        {
+                            "name": "main",
+                            "image": "dynamo",
+                            "command": ["python3", "-m", "dynamo.vllm"],
+                            "env": [{"name": "DYN_HEALTH_CHECK_ENABLED", "value": "false"}],
+                            "readinessProbe": {"httpGet": {"path": "/health", "port": 9090}},
+                            "livenessProbe": {
+                                "httpGet": {"path": "/live", "port": 9090},
+                                "failureThreshold": 1,
+                            },
+                        }
+                    ],
+                },
+            }
+        },
+    }
+    injected = inject(deployment)[0]
+    # A sidecar injected by hand without shareProcessNamespace or main's env.
+    broken = copy.deepcopy(injected)
+    broken["spec"]["template"]["spec"].pop("shareProcessNamespace")
+    sidecar = broken["spec"]["template"]["spec"]["initContainers"][0]
+    sidecar["env"] = [e for e in sidecar["env"] if e["name"] != "DYN_HEALTH_CHECK_ENABLED"]
+    sidecar["env"].append({"name": "DYN_SIDECAR_DRAIN_TIMEOUT", "value": "30"})
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s"}}
+    rules = by_rule(audit_documents([service, broken, None]))
+    grace = rules["grace_shorter_than_drain"][0]
+    assert grace["evidence"][0] == {
+        "signal": "spec.template.spec.terminationGracePeriodSeconds",
+        "value": 20.0,
+    }
+    assert "set spec.template.spec.terminationGracePeriodSeconds: 45" in grace["actions"][0]
+    # Readiness on /health with the health check off: the worker never becomes ready.
+    assert rules["worker_health_check_disabled"][0]["severity"] == "critical"
+    assert rules["worker_liveness_single_failure"][0]["severity"] == "warning"  # no canary: not critical
+    assert rules["sidecar_drain_exceeds_grace"][0]["severity"] == "critical"
+    assert (
+        rules["sidecar_without_process_namespace"][0]["evidence"][0]["signal"]
+        == "spec.template.spec.shareProcessNamespace"
+    )
+    assert "DYN_HEALTH_CHECK_ENABLED" in rules["sidecar_missing_dynamo_env"][0]["summary"]
+    # The same through the command line, as rendered Helm output on stdin.
+    out = audit_cli("-f", "-", "--format", "json", stdin=yaml.safe_dump_all([service, broken]))
+    assert out.returncode == 2, out.stderr
+    assert json.loads(out.stdout)["status"] == "critical"
+    html = audit_cli("-f", "-", "--format", "html", stdin=yaml.safe_dump_all([service, broken]))
+    assert "<!DOCTYPE html>" in html.stdout and "sidecar_drain_exceeds_grace" in html.stdout
+
+
+def test_bad_input_is_one_clear_line() -> None:
+    cases = [
+        ("kind: Foo\nmetadata: {name: x}\n", "not a kind audit knows"),
+        ("a: [\n", "valid YAML"),
+        ("- just\n- a list\n", "not a Kubernetes object"),
+        (
+            "kind: DynamoGraphDeployment\nmetadata: {name: g}\nspec: {services: 3}\n",
+            "spec.services is not a mapping",
+        ),
+    ]
+    for text, message in cases:
+        out = audit_cli("-f", "-", stdin=text)
+        assert out.returncode == 2, (text, out.stderr)
+        assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr
+    assert audit_cli().returncode == 2
+    assert "readable file" in audit_cli("-f", "/nonexistent.yaml").stderr
+
+
+# --- capacity ------------------------------------------------------------------------------
+
+
+def test_fit_and_forecast_on_synthetic_history() -> None:
+    fit = fit_line([(t, 2.0 * t + 1) for t in range(10)])
+    assert fit is not None and abs(fit.slope_per_second - 2.0) < 1e-9 and fit.r2 > 0.999
+    growing = {
+        "series": {
+            "dynamo_frontend_queued_requests": [
+                {"labels": {}, "points": [[t, t / 10] for t in range(0, 601, 5)]}
+            ]
+        }
+    }
+    findings, fits = forecast(growing, min_history=300, queue_limit=100)
+    queue = [f for f in findings if f["rule"] == "capacity_queue_growing"]
+    assert queue and "reaches 100 queued in" in queue[0]["summary"] and fits["queue_depth"]["r2"] > 0.99
+    flat = {
+        "series": {
+            "dynamo_frontend_queued_requests": [
+                {"labels": {}, "points": [[t, 3 + (t % 2)] for t in range(0, 601, 5)]}
+            ]
+        }
+    }
+    assert forecast(flat, min_history=300)[0] == []
+    short = forecast(
+        growing
+        | {"series": {"dynamo_frontend_queued_requests": [{"labels": {}, "points": [[0, 0], [30, 9]]}]}},
+        300,
+    )[0]
+    assert [f["rule"] for f in short] == ["capacity_history_short"] and short[0]["severity"] == "info"
+    kv = {
+        "series": {
+            "vllm:kv_cache_usage_perc": [
+                {"labels": {"worker_id": "a"}, "points": [[t, 0.2 + t / 1000] for t in range(0, 601, 10)]}
+            ]
+        }
+    }
+    kv_findings = forecast(kv, 300)[0]
+    assert kv_findings[0]["rule"] == "capacity_kv_cache_filling" and "full in" in kv_findings[0]["summary"]
+    buckets = [
+        {"labels": {"le": le}, "points": [[0, 0], [60, count]]}
+        for le, count in (("1", 5), ("10", 9), ("60", 10), ("+Inf", 10))
+    ]
+    assert max_observed(buckets) == 60.0
+
+
+class FakeApiServer:
+    """An API server that answers one GET pods/<name> with a pod, or 403."""
+
+    def __init__(self, pod: dict[str, Any] | None) -> None:
+        self.pod = pod
+        self.port = free_port()
+        self.requests: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+        self._ready.wait(10)
+
+    def _serve(self) -> None:
+        async def handler(request: web.Request) -> web.Response:
+            self.requests.append(request.path)
+            if self.pod is None:
+                return web.json_response({"kind": "Status", "code": 403}, status=403)
+            return web.json_response(self.pod)
+
+        app = web.Application()
+        app.router.add_get("/api/v1/namespaces/{ns}/pods/{name}", handler)
+        runner = web.AppRunner(app)
+        self._loop.run_until_complete(runner.setup())
+        self._loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", self.port).start())
+        self._ready.set()
+        self._loop.run_forever()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture
+def control_sim() -> Iterator[dict[str, int]]:
+    proc, ports = start_sim(control=True)
+    try:
+        yield ports
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+async def _clients(frontend: str, stop: asyncio.Event, count: int, ramp: float = 0.0) -> None:
+    async def client() -> None:
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                try:
+                    async with session.post(
+                        frontend + "/v1/completions", json={"model": "tiny", "prompt": "x", "max_tokens": 4}
+                    ) as r:
+                        await r.read()
+                except aiohttp.ClientError:
+                    await asyncio.sleep(0.05)
+
+    tasks = []
+    for _ in range(count):
+        tasks.append(asyncio.create_task(client()))
+        if ramp:
+            await asyncio.sleep(ramp)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _live(sidecar_url: str, *extra: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    out = audit_cli(
+        "--live", "--sidecar-url", sidecar_url, "--min-history", "6s", "--format", "json", *extra, env=env
+    )
+    assert out.returncode in {0, 1, 2} and "Traceback" not in out.stderr, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.slow
+def test_live_forecasts_saturation_from_a_growing_queue_and_none_from_a_flat_load(
+    control_sim: dict[str, int],
+) -> None:
+    frontend = f"http://127.0.0.1:{control_sim['frontend']}"
+    http_post(
+        f"http://127.0.0.1:{control_sim['control']}/faults", {"max_concurrency": 1, "token_delay": 0.05}
+    )
+    sidecar, sidecar_url = start_sidecar(control_sim, interval="0.3")
+    no_api = {k: "" for k in ("POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST")}
+    try:
+
+        def audit_under_load(count: int, ramp: float, after: float) -> dict[str, Any]:
+            """Audit while the load runs: the queue the sidecar sees is the load's."""
+
+            async def go() -> dict[str, Any]:
+                stop = asyncio.Event()
+                load = asyncio.create_task(_clients(frontend, stop, count, ramp))
+                await asyncio.sleep(after)
+                result = await asyncio.to_thread(
+                    _live, sidecar_url, "--trend-window", f"{after - 1:g}s", env=no_api
+                )
+                stop.set()
+                await load
+                return result
+
+            return asyncio.run(go())
+
+        # Flat: four clients against one slot, a steady queue of about three.
+        flat = audit_under_load(4, 0.0, 9.0)
+        assert not [
+            f for f in flat["findings"] if f["category"] == "capacity_risk" and f["severity"] != "info"
+        ], flat
+        assert flat["capacity_fits"]["queue_depth"] is not None
+        assert any("configuration not checked" in note for note in flat["notes"])
+        # Growing: one more client every half second while the sidecar watches.
+        grown = audit_under_load(24, 0.5, 9.0)
+        queue = [f for f in grown["findings"] if f["rule"] == "capacity_queue_growing"]
+        assert queue, (grown["capacity_fits"], grown["findings"])
+        assert (
+            queue[0]["evidence"][0]["value"]["slope_per_minute"] > 0
+            and "reaches 100 queued in" in queue[0]["summary"]
+        )
+        # Too little history for a claim: said so, and nothing claimed.
+        short = json.loads(
+            audit_cli(
+                "--live", "--sidecar-url", sidecar_url, "--min-history", "1h", "--format", "json", env=no_api
+            ).stdout
+        )
+        assert [f["rule"] for f in short["findings"] if f["category"] == "capacity_risk"] == [
+            "capacity_history_short"
+        ]
+    finally:
+        sidecar.terminate()
+        sidecar.communicate(timeout=30)
+
+
+def test_live_reads_its_own_pod_spec_when_rbac_allows(control_sim: dict[str, int]) -> None:
+    sidecar, sidecar_url = start_sidecar(control_sim, interval="0.3")
+    pod = inject(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "fe-0", "labels": {"nvidia.com/dynamo-component-type": "frontend"}},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "main",
+                        "image": "dynamo",
+                        "command": ["python3", "-m", "dynamo.frontend"],
+                        # Below what the watched process (the simulator, ~40 MB) uses.
+                        "resources": {"limits": {"memory": "16Mi"}},
+                    }
+                ]
+            },
+        }
+    )[0]
+    try:
+        api = FakeApiServer(pod)
+        env = {"POD_NAME": "fe-0", "POD_NAMESPACE": "llm"}
+        result = _live(sidecar_url, "--kube-api", api.url, env=env)
+        assert api.requests == ["/api/v1/namespaces/llm/pods/fe-0"]
+        assert result["pods"] == ["Pod fe-0"]
+        rules = by_rule(result)
+        assert "migration_off" in rules and "main_without_resources" in rules
+        memory = rules["memory_limit_below_peak"][0]
+        assert memory["severity"] == "critical" and memory["evidence"][0]["value"] == 16 * 2**20
+        assert memory["evidence"][1]["value"] > 16 * 2**20  # the observed peak, from the history
+        assert rules["migration_off"][0]["evidence"][0]["signal"].startswith("spec.containers[0]")
+        assert "no_sidecar" not in rules  # it runs next to one
+        denied = FakeApiServer(None)
+        refused = _live(sidecar_url, "--kube-api", denied.url, env=env)
+        assert any("RBAC" in note for note in refused["notes"]), refused["notes"]
+        assert not [f for f in refused["findings"] if f["category"] == "configuration_risk"]
+        unreachable = _live("http://127.0.0.1:9", env={**env, "KUBERNETES_SERVICE_HOST": ""})
+        assert any("cannot read the sidecar" in note for note in unreachable["notes"])
+    finally:
+        sidecar.terminate()
+        sidecar.communicate(timeout=30)
+    wait_for_sync(lambda: sidecar.poll() is not None, timeout=5, what="sidecar exited")

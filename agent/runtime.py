@@ -353,6 +353,12 @@ class Sidecar:
                 self.exporter.render()
             except Exception as exc:  # keep serving the last good exposition
                 log.error("exposition render failed", error=repr(exc))
+                continue
+            # Prometheus asks for gzip: compress the new body off the event loop (zlib
+            # releases the GIL) rather than in the first scrape that wants it.
+            compress = self.exporter.precompress_job()
+            if compress is not None:
+                await asyncio.to_thread(compress)
 
     async def start(self) -> None:
         from agent.server import make_app

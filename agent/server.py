@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import re
@@ -49,7 +50,13 @@ async def metrics(request: web.Request) -> web.Response:
     sidecar = _sidecar(request)
     fmt = negotiate(request.headers.get("Accept", ""))
     use_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
-    body, content_type = sidecar.exporter.body(fmt, use_gzip)
+    exporter = sidecar.exporter
+    if exporter.cached(fmt, use_gzip):
+        body, content_type = exporter.body(fmt, use_gzip)
+    else:
+        # Encoding OpenMetrics or compressing takes milliseconds: not on the event loop, where
+        # it would hold every other scrape and collector.
+        body, content_type = await asyncio.to_thread(exporter.body, fmt, use_gzip)
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     if use_gzip:

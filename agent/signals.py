@@ -171,7 +171,8 @@ class Signals:
 
 
 def _sum_latest(state: State, name: str, **labels: str) -> float | None:
-    found = state.find(name, **labels)
+    # Dynamo's gauges come from its metrics collector: not a walk over every collector's samples.
+    found = state.find(name, "dynamo_metrics", **labels)
     return sum(s.value for s in found) if found else None
 
 

@@ -51,12 +51,28 @@ class SeriesRing:
     def __len__(self) -> int:
         return self._count
 
+    def _first_at_or_after(self, moment: float, strictly: bool = False) -> int:
+        """Logical index of the first point at (or after) `moment`: points are appended in
+        time order, so a window is found by bisection instead of a scan of the whole ring."""
+        times, start, capacity = self._times, self._start, self.capacity
+        low, high = 0, self._count
+        while low < high:
+            middle = (low + high) // 2
+            at = times[(start + middle) % capacity]
+            if at < moment or (strictly and at == moment):
+                low = middle + 1
+            else:
+                high = middle
+        return low
+
     def points(self, since: float = -math.inf, until: float = math.inf) -> list[tuple[float, float]]:
+        first = 0 if since == -math.inf else self._first_at_or_after(since)
+        end = self._count if until == math.inf else self._first_at_or_after(until, strictly=True)
+        times, values, start, capacity = self._times, self._values, self._start, self.capacity
         out = []
-        for i in range(self._count):
-            index = (self._start + i) % self.capacity
-            if since <= self._times[index] <= until:
-                out.append((self._times[index], self._values[index]))
+        for i in range(first, end):
+            index = (start + i) % capacity
+            out.append((times[index], values[index]))
         return out
 
     def last(self) -> tuple[float, float] | None:

@@ -44,10 +44,13 @@ class _Snapshot:
 
 
 def negotiate(accept_header: str) -> str:
-    for part in accept_header.split(","):
-        media = part.split(";")[0].strip()
-        if media == "application/openmetrics-text":
-            return OPENMETRICS
+    """Text 0.0.4 whenever the client accepts it, as client_golang serves by default:
+    Prometheus lists OpenMetrics first but takes text, and text is the cached body written
+    once per cycle. OpenMetrics (every passthrough family parsed and re-encoded) only for a
+    client that asks for nothing else."""
+    medias = {part.split(";")[0].strip().lower() for part in accept_header.split(",")}
+    if "application/openmetrics-text" in medias and not medias & {"text/plain", "text/*", "*/*"}:
+        return OPENMETRICS
     return TEXT
 
 
@@ -194,6 +197,7 @@ class PrometheusExporter:
         self._own_samples: list[Sample] = []
         self._legacy: list[Metric] = []  # scraped families from sources without raw text
         self._own_text = OwnText()
+        self._gzip_wanted = False
         self._by_source: dict[str, tuple[CollectResult, dict[str, tuple[Any, list[str]]], list[Sample]]] = {}
         self._raw: list[RawFamily] = []  # passthrough as checked text, this generation
         self._raw_parsed: dict[str, list[Metric]] = {}  # family text -> parse, for OpenMetrics
@@ -300,6 +304,7 @@ class PrometheusExporter:
         """OpenMetrics needs every family parsed: done for the families whose text changed
         since the last time, on the first OpenMetrics scrape of a generation."""
         if not self._metrics:
+            generation = self._rendered_generation
             parsed: dict[str, list[Metric]] = {}
             metrics: list[Metric] = _own_metrics(self._own_samples, self.undeclared) + self._legacy
             for family in self._raw:
@@ -309,26 +314,58 @@ class PrometheusExporter:
                 parsed[family.text] = found
                 metrics.extend(found)
             self._raw_parsed = parsed
+            if generation != self._rendered_generation:
+                return metrics  # a render replaced this generation meanwhile: do not keep it
             self._metrics = metrics
         return self._metrics
+
+    def precompress_job(self) -> Callable[[], None] | None:
+        """A job compressing this generation's text body with gzip, to run off the event
+        loop; None when no scrape asked for gzip since the last render."""
+        if not self._gzip_wanted:
+            return None
+        self._gzip_wanted = False
+        cache = self._cache
+        plain = cache.get((TEXT, False))
+        if plain is None:
+            return None
+
+        def job() -> None:
+            compressed = gzip.compress(plain, compresslevel=5)
+            if self._cache is cache:  # still this generation's
+                cache.setdefault((TEXT, True), compressed)
+
+        return job
 
     def render_if_stale(self) -> None:
         if self._rendered_generation != self.state.generation:
             self.render()
 
-    def body(self, fmt: str, use_gzip: bool) -> tuple[bytes, str]:
+    def cached(self, fmt: str, use_gzip: bool) -> bool:
+        """Whether body() is a lookup now (else it encodes or compresses: run it off the
+        loop). Called on the event loop; renders there the very first time."""
         if self._rendered_generation < 0:
             self.render()
+        return (fmt, use_gzip) in self._cache
+
+    def body(self, fmt: str, use_gzip: bool) -> tuple[bytes, str]:
+        """The body for a scrape; safe off the event loop: it works on this generation's
+        cache and a render replacing it meanwhile only discards the result."""
+        if self._rendered_generation < 0:
+            self.render()
+        cache = self._cache
         key = (fmt, use_gzip)
-        cached = self._cache.get(key)
+        if use_gzip and fmt == TEXT:
+            self._gzip_wanted = True
+        cached = cache.get(key)
         if cached is None:
             if use_gzip:
-                plain, _ = self.body(fmt, False)
+                plain = cache.get((fmt, False)) or self.body(fmt, False)[0]
                 cached = gzip.compress(plain, compresslevel=5)
             elif fmt == OPENMETRICS:
                 cached = generate_openmetrics(_Snapshot(self._openmetrics_list()))
             else:
-                cached = self._cache[(TEXT, False)]
-            self._cache[key] = cached
+                cached = cache[(TEXT, False)]
+            cached = cache.setdefault(key, cached)
         content_type = OPENMETRICS_CONTENT_TYPE if fmt == OPENMETRICS else CONTENT_TYPE_LATEST
         return cached, content_type

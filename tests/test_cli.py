@@ -182,7 +182,10 @@ def test_alerts_command_applies_threshold_overrides() -> None:
     assert bad.returncode == 2 and "not a known threshold" in bad.stderr and "Traceback" not in bad.stderr
 
 
-@pytest.mark.parametrize("command", ["run", "demo", "check-config", "canary", "alerts", "diagnose"])
+@pytest.mark.parametrize(
+    "command",
+    ["run", "demo", "check-config", "canary", "alerts", "diagnose", "inject", "webhook", "verify", "audit"],
+)
 def test_every_help_prints(command: str) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "agent.cli", command, "--help"], capture_output=True, text=True, timeout=60

@@ -84,6 +84,17 @@ async def test_openmetrics_negotiation_and_gzip(sim, make_sidecar, http) -> None
         assert response.headers["Content-Encoding"] == "gzip"
         raw = await response.read()
     assert b"dynamo_sidecar_endpoint_up" in gzip.decompress(raw)
+    # Once a scraper asked for gzip, the next cycles' bodies are compressed off the event
+    # loop right after their render, before any scrape asks.
+    seen = sidecar.exporter._rendered_generation
+
+    def precompressed() -> bool:
+        exporter = sidecar.exporter
+        return exporter._rendered_generation != seen and ("text", True) in exporter._cache
+
+    await wait_for(precompressed, timeout=10, what="a later cycle's gzip body made before a scrape")
+    compressed = sidecar.exporter._cache[("text", True)]
+    assert gzip.decompress(compressed) == sidecar.exporter._cache[("text", False)]
 
 
 async def test_scrape_is_served_from_cache_between_cycles(sim, make_sidecar, http) -> None:
@@ -202,3 +213,16 @@ async def test_passthrough_allow_deny_and_off(sim, make_sidecar, http) -> None:
     await _ready(http, off)
     text = await _metrics_with(http, off, "dynamo_sidecar_scrape_up")
     assert not [line for line in text.splitlines() if line.startswith("dynamo_frontend_")]
+
+
+def test_prometheus_gets_the_cached_text_and_openmetrics_only_when_asked_for_alone() -> None:
+    from exporters.prometheus import OPENMETRICS, TEXT, negotiate
+
+    # What Prometheus 2.42 sends: OpenMetrics preferred, text accepted.
+    prometheus = (
+        "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,"
+        "text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+    )
+    assert negotiate(prometheus) == TEXT
+    assert negotiate("") == TEXT
+    assert negotiate("application/openmetrics-text; version=1.0.0") == OPENMETRICS

@@ -100,3 +100,27 @@ def test_lazily_created_counter_counts_from_zero() -> None:
     fresh.update("c", CollectResult(samples=[sample("req_total", 6)]), now=100.0)
     fresh.update("c", CollectResult(samples=[sample("req_total", 6)]), now=110.0)
     assert fresh.increase("req_total", 60, now=110.0) == 0
+
+
+def test_ring_window_by_bisection_matches_a_scan() -> None:
+    """points(since, until) bisects the ring; it must return what filtering every point does,
+    including after the ring wrapped and with repeated timestamps."""
+    import math
+    import random
+
+    from agent.state import SeriesRing
+
+    rng = random.Random(7)
+    for capacity in (1, 2, 5, 16):
+        ring = SeriesRing(capacity)
+        appended: list[tuple[float, float]] = []
+        t = 0.0
+        for step in range(40):
+            t += rng.choice([0.0, 0.5, 1.0, 2.0])  # repeats on purpose
+            ring.append(t, float(step))
+            appended.append((t, float(step)))
+            kept = appended[-capacity:]
+            for since, until in [(-math.inf, math.inf), (t - 3, t), (t - 1, math.inf), (-math.inf, t - 2),
+                                 (kept[0][0], kept[-1][0]), (t + 1, t + 2), (t, t)]:  # fmt: skip
+                expected = [(a, v) for a, v in kept if since <= a <= until]
+                assert ring.points(since, until) == expected, (capacity, step, since, until)

@@ -9,6 +9,7 @@ and counted), and events live in a bounded deque.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from array import array
@@ -75,6 +76,21 @@ class SeriesRing:
             out.append((times[index], values[index]))
         return out
 
+    def increase(self, since: float, until: float) -> tuple[int, float]:
+        """(points in the window, the counter's increase over them): counter_increase of
+        points(since, until) without building the list (histogram windows read hundreds)."""
+        first = self._first_at_or_after(since)
+        end = self._first_at_or_after(until, strictly=True)
+        values, start, capacity = self._values, self._start, self.capacity
+        total = 0.0
+        previous = 0.0
+        for i in range(first, end):
+            current = values[(start + i) % capacity]
+            if i > first:
+                total += current - previous if current >= previous else current
+            previous = current
+        return max(0, end - first), total
+
     def last(self) -> tuple[float, float] | None:
         if not self._count:
             return None
@@ -84,6 +100,18 @@ class SeriesRing:
     def newest_time(self) -> float:
         last = self.last()
         return last[0] if last else -math.inf
+
+
+@functools.lru_cache(maxsize=4096)
+def _le_bound(labels: tuple[tuple[str, str], ...]) -> float | None:
+    """A bucket series' upper bound, parsed once per label set."""
+    for key, value in labels:
+        if key == "le":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
 
 
 def counter_increase(points: list[tuple[float, float]]) -> float:
@@ -402,18 +430,15 @@ class State:
         """(upper bound, observations inside the window at or below it), all series summed."""
         now = time.time() if now is None else now
         per_bound: dict[float, float] = {}
+        since = now - window
         for series_labels, ring in self.series_matching(histogram + "_bucket", **labels):
-            bound_text = dict(series_labels).get("le")
-            if bound_text is None:
+            bound = _le_bound(series_labels)
+            if bound is None:
                 continue
-            try:
-                bound = float(bound_text)
-            except ValueError:
+            count, increase = ring.increase(since, now)
+            if count < 2:
                 continue
-            points = ring.points(since=now - window, until=now)
-            if len(points) < 2:
-                continue
-            per_bound[bound] = per_bound.get(bound, 0.0) + counter_increase(points)
+            per_bound[bound] = per_bound.get(bound, 0.0) + increase
         return sorted(per_bound.items())
 
     def recent_events(self, since: float = 0.0, kind: str | None = None) -> list[Event]:

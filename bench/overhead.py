@@ -136,6 +136,8 @@ def summarize(path: str, count: int = 15) -> list[tuple[str, float]]:
     busy = 0
     for line in Path(path).read_text().splitlines():
         stack, _, number = line.rpartition(" ")
+        if not number.isdigit():
+            continue  # py-spy's own notes ("... (N seconds)")
         frames = stack.split(";")
         top = frames[-1] if frames else "?"
         if any(

@@ -157,6 +157,22 @@ class XidWatcher:
             lib.nvmlEventSetFree(event_set)
 
 
+# Readings that change on a scale of minutes or only with an operator's action (thresholds,
+# power limit, persistence mode, lifetime ECC, retired pages, row remapping): asked every
+# SLOW_EVERY seconds and repeated from the last answer in between, as dcgm-exporter polls
+# such fields slowly. Volatile ECC, XIDs and everything live are read every collection.
+SLOW_EVERY = 60.0
+SLOW_CALLS = frozenset(
+    {
+        "nvmlDeviceGetTemperatureThreshold",
+        "nvmlDeviceGetEnforcedPowerLimit",
+        "nvmlDeviceGetPersistenceMode",
+        "nvmlDeviceGetRetiredPages",
+        "nvmlDeviceGetRemappedRows",
+    }
+)
+
+
 class GpuCollector(Collector):
     name = "gpu"
 
@@ -175,6 +191,7 @@ class GpuCollector(Collector):
         self._static: dict[int, dict[str, str]] = {}
         self._lost: set[int] = set()
         self._unsupported: set[tuple[int, str]] = set()
+        self._slow_values: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._errors: dict[tuple[str, str, str], int] = {}
         self._xid_counts: dict[tuple[str, str], int] = {}
         self._recent_xids: deque[dict[str, Any]] = deque(maxlen=100)
@@ -296,11 +313,22 @@ class GpuCollector(Collector):
         def call(function: Callable[..., Any], *args: Any) -> Any:
             if (index, function.__name__) in self._unsupported:
                 return None
+            key = (index, function.__name__, args)
+            slow = function.__name__ in SLOW_CALLS or (
+                function.__name__ == "nvmlDeviceGetTotalEccErrors" and args[-1] == lib.NVML_AGGREGATE_ECC
+            )
+            if slow:
+                cached = self._slow_values.get(key)
+                if cached is not None and now - cached[0] < SLOW_EVERY:
+                    return cached[1]
             try:
-                return function(handle, *args)
+                value = function(handle, *args)
             except lib.NVMLError as exc:
                 self._note_error(index, function.__name__, exc)
                 return None
+            if slow:
+                self._slow_values[key] = (now, value)
+            return value
 
         was_lost = index in self._lost
         self._lost.discard(index)  # a reset GPU comes back: ask again every cycle

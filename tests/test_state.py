@@ -108,7 +108,7 @@ def test_ring_window_by_bisection_matches_a_scan() -> None:
     import math
     import random
 
-    from agent.state import SeriesRing
+    from agent.state import SeriesRing, counter_increase
 
     rng = random.Random(7)
     for capacity in (1, 2, 5, 16):
@@ -117,10 +117,12 @@ def test_ring_window_by_bisection_matches_a_scan() -> None:
         t = 0.0
         for step in range(40):
             t += rng.choice([0.0, 0.5, 1.0, 2.0])  # repeats on purpose
-            ring.append(t, float(step))
-            appended.append((t, float(step)))
+            value = float(step % 7)  # counter resets on purpose
+            ring.append(t, value)
+            appended.append((t, value))
             kept = appended[-capacity:]
             for since, until in [(-math.inf, math.inf), (t - 3, t), (t - 1, math.inf), (-math.inf, t - 2),
                                  (kept[0][0], kept[-1][0]), (t + 1, t + 2), (t, t)]:  # fmt: skip
                 expected = [(a, v) for a, v in kept if since <= a <= until]
                 assert ring.points(since, until) == expected, (capacity, step, since, until)
+                assert ring.increase(since, until) == (len(expected), counter_increase(expected))

@@ -194,11 +194,11 @@ def test_fault_drill_against_the_simulator_with_the_sidecar(
         html_path = tmp_path / "drill.html"
         args = [
             "--frontend-url", f"http://127.0.0.1:{simulated['frontend']}",
-            "--phase-seconds", "standard=3,overload=5,recovery=6",
+            "--phase-seconds", "standard=2,overload=4,recovery=5",
             "--concurrency", "2", "--overload-concurrency", "6", "--max-tokens", "8",
             "--fault-cmd", post_command(control + "/worker/kill"),
             "--recover-cmd", post_command(control + "/worker/restart"),
-            "--recovery-window", "2s", "--max-recovery", "4s",
+            "--recovery-window", "2s", "--max-recovery", "3s",
             "--sidecar-url", sidecar_url,
         ]  # fmt: skip
         result = verify(*args, "--format", "json")
@@ -212,7 +212,7 @@ def test_fault_drill_against_the_simulator_with_the_sidecar(
         assert overload["findings"][0]["id"] == "endpoint_refused:worker", overload["findings"]
         assert overload["findings"][0]["severity"] == "critical"
         assert not any(f["severity"] == "critical" for f in report["phases"]["standard"]["findings"])
-        assert report["recovery"]["recovered"] and report["recovery"]["seconds"] <= 4
+        assert report["recovery"]["recovered"] and report["recovery"]["seconds"] <= 3
         assert [c["returncode"] for c in report["commands"]] == [0, 0]
         assert all(c["met"] for c in report["checks"])
         # HTML of the same report, as `--format html` writes it.
@@ -287,10 +287,10 @@ def test_real_dynamo_worker_sigkill_drill(dynamo: Any, tmp_path: Path) -> None:
     try:
         result = verify(
             "--frontend-url", dynamo.frontend_url,
-            "--phase-seconds", "standard=4,overload=8,recovery=30",
+            "--phase-seconds", "standard=4,overload=8,recovery=16",
             "--concurrency", "2", "--overload-concurrency", "4", "--max-tokens", "8",
             "--fault-cmd", f"kill -9 {dynamo.worker.pid}", "--recover-cmd", f"sh {restart}",
-            "--recovery-window", "3s", "--max-recovery", "25s", "--sidecar-url", sidecar_url,
+            "--recovery-window", "3s", "--max-recovery", "12s", "--sidecar-url", sidecar_url,
             "--format", "json",
         )  # fmt: skip
         report = json.loads(result.stdout)

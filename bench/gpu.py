@@ -40,6 +40,19 @@ def state(gpus: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def fake_gpu_env(workdir: Path, gpus: int = 8) -> dict[str, str]:
+    """The environment that makes a sidecar process load the tests' fake NVML with `gpus`
+    GPUs (built in `workdir`); the plain environment when there is no C compiler."""
+    import shutil
+
+    env = {**os.environ}
+    if shutil.which("gcc"):
+        build_fake_nvml(workdir)
+        (workdir / "state").write_text(state(gpus))
+        env.update(LD_LIBRARY_PATH=str(workdir), FAKE_NVML_STATE=str(workdir / "state"))
+    return env
+
+
 async def measure(runs: int) -> dict:
     from collectors.gpu import GpuCollector
 

@@ -26,9 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu import state as gpu_state  # noqa: E402
+from bench.gpu import fake_gpu_env  # noqa: E402
 from tests.conftest import free_port, wait_for_sync  # noqa: E402
-from tests.fake_nvml.build import build_fake_nvml  # noqa: E402
 from tests.procs import PYTHON, http_get, start_sim  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -50,12 +49,8 @@ def run(
     seconds: float, interval: float | None, real: bool, profile: str, extra: list[str], spy: str = ""
 ) -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    gcc = subprocess.run(["which", "gcc"], capture_output=True).returncode == 0
-    env = {**os.environ}
-    if gcc:
-        build_fake_nvml(workdir)
-        (workdir / "state").write_text(gpu_state(8))
-        env.update(LD_LIBRARY_PATH=str(workdir), FAKE_NVML_STATE=str(workdir / "state"))
+    env = fake_gpu_env(workdir)
+    gcc = "FAKE_NVML_STATE" in env
     dynamo = None
     sim = None
     if real:

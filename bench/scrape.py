@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 import signal
@@ -34,9 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu import state as gpu_state  # noqa: E402
+from bench.gpu import fake_gpu_env  # noqa: E402
 from tests.conftest import free_port, wait_for_sync  # noqa: E402
-from tests.fake_nvml.build import build_fake_nvml  # noqa: E402
 from tests.procs import PYTHON, http_get, start_sim  # noqa: E402
 
 BARE_APP = """
@@ -102,11 +100,7 @@ def run(seconds: float, smoke: bool) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     workdir = Path(tempfile.mkdtemp(prefix="bench-scrape-"))
-    env = {**os.environ}
-    if shutil.which("gcc"):
-        build_fake_nvml(workdir)
-        (workdir / "state").write_text(gpu_state(8))
-        env.update(LD_LIBRARY_PATH=str(workdir), FAKE_NVML_STATE=str(workdir / "state"))
+    env = fake_gpu_env(workdir)
     procs: list[subprocess.Popen[Any]] = []
     sim, ports = start_sim()
     procs.append(sim)

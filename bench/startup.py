@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -25,9 +23,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu import state as gpu_state  # noqa: E402
+from bench.gpu import fake_gpu_env  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
-from tests.fake_nvml.build import build_fake_nvml  # noqa: E402
 from tests.procs import PYTHON, http_get, start_sim  # noqa: E402
 
 
@@ -64,11 +61,7 @@ def one_run(ports: dict[str, int], env: dict[str, str]) -> dict[str, float]:
 
 def run(runs: int) -> dict[str, Any]:
     workdir = Path(tempfile.mkdtemp(prefix="bench-startup-"))
-    env = {**os.environ}
-    if shutil.which("gcc"):
-        build_fake_nvml(workdir)
-        (workdir / "state").write_text(gpu_state(8))
-        env.update(LD_LIBRARY_PATH=str(workdir), FAKE_NVML_STATE=str(workdir / "state"))
+    env = fake_gpu_env(workdir)
     imports = []
     for _ in range(runs):
         t0 = time.monotonic()

@@ -90,6 +90,26 @@ async def sim() -> AsyncIterator[DynamoSim]:
 
 
 @pytest.fixture
+def sim_process() -> Iterator[dict[str, int]]:
+    """`python -m agent.dynamo_sim` as its own process with the control port: its ports and pid."""
+    import signal
+    import subprocess
+
+    from tests.procs import start_sim
+
+    proc, ports = start_sim(control=True)
+    try:
+        yield ports
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
 async def make_sidecar() -> AsyncIterator[Callable[..., Awaitable[Sidecar]]]:
     started: list[Sidecar] = []
 

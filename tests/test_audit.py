@@ -8,7 +8,6 @@ import copy
 import json
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +20,7 @@ from agent.audit import audit_documents
 from agent.audit.capacity import fit_line, forecast, max_observed
 from agent.inject import inject
 from tests.conftest import free_port, wait_for_sync
-from tests.procs import ENV, PYTHON, http_post, start_sidecar, start_sim
+from tests.procs import ENV, PYTHON, http_post, start_sidecar
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "audit"
 
@@ -254,16 +253,6 @@ class FakeApiServer:
         return f"http://127.0.0.1:{self.port}"
 
 
-@pytest.fixture
-def control_sim() -> Iterator[dict[str, int]]:
-    proc, ports = start_sim(control=True)
-    try:
-        yield ports
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-
-
 async def _clients(frontend: str, stop: asyncio.Event, count: int, ramp: float = 0.0) -> None:
     async def client() -> None:
         async with aiohttp.ClientSession() as session:
@@ -297,13 +286,13 @@ def _live(sidecar_url: str, *extra: str, env: dict[str, str] | None = None) -> d
 
 @pytest.mark.slow
 def test_live_forecasts_saturation_from_a_growing_queue_and_none_from_a_flat_load(
-    control_sim: dict[str, int],
+    sim_process: dict[str, int],
 ) -> None:
-    frontend = f"http://127.0.0.1:{control_sim['frontend']}"
+    frontend = f"http://127.0.0.1:{sim_process['frontend']}"
     http_post(
-        f"http://127.0.0.1:{control_sim['control']}/faults", {"max_concurrency": 1, "token_delay": 0.05}
+        f"http://127.0.0.1:{sim_process['control']}/faults", {"max_concurrency": 1, "token_delay": 0.05}
     )
-    sidecar, sidecar_url = start_sidecar(control_sim, interval="0.3")
+    sidecar, sidecar_url = start_sidecar(sim_process, interval="0.3")
     no_api = {k: "" for k in ("POD_NAME", "POD_NAMESPACE", "KUBERNETES_SERVICE_HOST")}
     try:
 
@@ -352,8 +341,8 @@ def test_live_forecasts_saturation_from_a_growing_queue_and_none_from_a_flat_loa
         sidecar.communicate(timeout=30)
 
 
-def test_live_reads_its_own_pod_spec_when_rbac_allows(control_sim: dict[str, int]) -> None:
-    sidecar, sidecar_url = start_sidecar(control_sim, interval="0.3")
+def test_live_reads_its_own_pod_spec_when_rbac_allows(sim_process: dict[str, int]) -> None:
+    sidecar, sidecar_url = start_sidecar(sim_process, interval="0.3")
     pod = inject(
         {
             "apiVersion": "v1",

@@ -6,21 +6,12 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.conftest import free_port, wait_for_sync
-from tests.procs import ENV, PYTHON, http_get, http_post, start_sidecar, start_sim
-
-
-@pytest.fixture
-def sim_process() -> Iterator[dict[str, int]]:
-    proc, ports = start_sim(control=True)
-    yield ports
-    proc.send_signal(signal.SIGTERM)
-    proc.wait(timeout=10)
+from tests.procs import ENV, PYTHON, http_get, http_post, start_sidecar
 
 
 def start_cli_sidecar(ports: dict[str, int], *extra: str) -> tuple[subprocess.Popen[str], int]:

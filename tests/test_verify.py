@@ -25,7 +25,7 @@ from agent.verify.drill import (
 )
 from agent.verify.load import RequestRecord
 from agent.verify.report import render
-from tests.procs import ENV, PYTHON, start_sidecar, start_sim
+from tests.procs import ENV, PYTHON, start_sidecar
 from tests.real_dynamo import REAL_DYNAMO_MARKS
 
 
@@ -49,16 +49,6 @@ def post_command(url: str) -> str:
     """A shell command that POSTs to `url` (no curl needed on the machine)."""
     code = f"import urllib.request as u; u.urlopen(u.Request({url!r}, method='POST'), timeout=10)"
     return f"{shlex.quote(sys.executable)} -c {shlex.quote(code)}"
-
-
-@pytest.fixture
-def simulated() -> Any:
-    proc, ports = start_sim(control=True)
-    try:
-        yield ports
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
 
 
 # --- arguments -------------------------------------------------------------------------
@@ -127,8 +117,8 @@ def test_verdict_follows_the_targets() -> None:
 # --- bad input: one line, exit 2 ---------------------------------------------------------
 
 
-def test_bad_input_is_one_line_and_exit_2(simulated: dict[str, int]) -> None:
-    frontend = f"http://127.0.0.1:{simulated['frontend']}"
+def test_bad_input_is_one_line_and_exit_2(sim_process: dict[str, int]) -> None:
+    frontend = f"http://127.0.0.1:{sim_process['frontend']}"
     cases = [
         (["--frontend-url", "http://127.0.0.1:9"], "cannot reach"),
         (["--frontend-url", frontend, "--model", "no-such-model"], "not served"),
@@ -149,15 +139,15 @@ def test_bad_input_is_one_line_and_exit_2(simulated: dict[str, int]) -> None:
 # --- against the simulator -------------------------------------------------------------
 
 
-def test_slow_worker_misses_the_ttft_slo(simulated: dict[str, int], tmp_path: Path) -> None:
-    control = f"http://127.0.0.1:{simulated['control']}"
+def test_slow_worker_misses_the_ttft_slo(sim_process: dict[str, int], tmp_path: Path) -> None:
+    control = f"http://127.0.0.1:{sim_process['control']}"
     subprocess.run(
         [PYTHON, "-c", f"import urllib.request as u; u.urlopen(u.Request({control + '/faults'!r}, "
          "data=b'{\"ttft_extra\": 0.25}', method='POST'), timeout=5)"],
         check=True, timeout=30,
     )  # fmt: skip
     result = verify(
-        "--frontend-url", f"http://127.0.0.1:{simulated['frontend']}",
+        "--frontend-url", f"http://127.0.0.1:{sim_process['frontend']}",
         "--phase-seconds", "2", "--concurrency", "2", "--overload-concurrency", "4",
         "--slo", "ttft_p99=100ms,error_rate=1%", "--format", "json", quiet=False,
     )  # fmt: skip
@@ -176,7 +166,7 @@ def test_slow_worker_misses_the_ttft_slo(simulated: dict[str, int], tmp_path: Pa
     # The same drill written as HTML by the command line.
     page_path = tmp_path / "slow.html"
     written = verify(
-        "--frontend-url", f"http://127.0.0.1:{simulated['frontend']}", "--phase-seconds", "1",
+        "--frontend-url", f"http://127.0.0.1:{sim_process['frontend']}", "--phase-seconds", "1",
         "--concurrency", "1", "--slo", "ttft_p99=100ms", "--format", "html", "--output", str(page_path),
     )  # fmt: skip
     assert written.returncode == 1 and "report written" in written.stderr and not written.stdout
@@ -186,14 +176,14 @@ def test_slow_worker_misses_the_ttft_slo(simulated: dict[str, int], tmp_path: Pa
 
 
 def test_fault_drill_against_the_simulator_with_the_sidecar(
-    simulated: dict[str, int], tmp_path: Path
+    sim_process: dict[str, int], tmp_path: Path
 ) -> None:
-    control = f"http://127.0.0.1:{simulated['control']}"
-    sidecar, sidecar_url = start_sidecar(simulated, interval="0.5")
+    control = f"http://127.0.0.1:{sim_process['control']}"
+    sidecar, sidecar_url = start_sidecar(sim_process, interval="0.5")
     try:
         html_path = tmp_path / "drill.html"
         args = [
-            "--frontend-url", f"http://127.0.0.1:{simulated['frontend']}",
+            "--frontend-url", f"http://127.0.0.1:{sim_process['frontend']}",
             "--phase-seconds", "standard=2,overload=4,recovery=5",
             "--concurrency", "2", "--overload-concurrency", "6", "--max-tokens", "8",
             "--fault-cmd", post_command(control + "/worker/kill"),

@@ -72,14 +72,7 @@ def parse_slo(raw: str) -> dict[str, float]:
                 f"--slo: expected KEY=VALUE with KEY one of {', '.join(SLO_KEYS)}; got {item[:40]!r}"
             )
         if key == "error_rate":
-            text = value.strip()
-            try:
-                rate = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-            except ValueError:
-                rate = math.nan
-            if not 0 <= rate <= 1:
-                raise UsageError(f"--slo: error_rate expects a share such as 1% or 0.01, got {value[:40]!r}")
-            targets[key] = rate
+            targets[key] = parse_share(value, "--slo error_rate")
         else:
             targets[key] = parse_duration(value, f"--slo {key}")
     return targets
@@ -101,15 +94,20 @@ def parse_per_phase(raw: str, what: str, parse: Callable[[str], float]) -> dict[
     return out
 
 
-def parse_rate(raw: str) -> float:
+def parse_share(raw: str, what: str) -> float:
+    """`99%` or `0.99` -> 0.99; anything outside 0..1 is a UsageError naming `what`."""
     text = raw.strip()
     try:
         value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         value = math.nan
     if not 0 <= value <= 1:
-        raise UsageError(f"--min-success: expected a share such as 99% or 0.99, got {raw[:40]!r}")
+        raise UsageError(f"{what}: expected a share such as 99% or 0.99, got {raw[:40]!r}")
     return value
+
+
+def parse_rate(raw: str) -> float:
+    return parse_share(raw, "--min-success")
 
 
 @dataclass

@@ -198,6 +198,7 @@ class PrometheusExporter:
         self._legacy: list[Metric] = []  # scraped families from sources without raw text
         self._own_text = OwnText()
         self._gzip_wanted = False
+        self.precompressed = 0  # bodies gzipped right after their render, before a scrape asked
         self._by_source: dict[str, tuple[CollectResult, dict[str, tuple[Any, list[str]]], list[Sample]]] = {}
         self._raw: list[RawFamily] = []  # passthrough as checked text, this generation
         self._raw_parsed: dict[str, list[Metric]] = {}  # family text -> parse, for OpenMetrics
@@ -334,6 +335,7 @@ class PrometheusExporter:
             compressed = gzip.compress(plain, compresslevel=5)
             if self._cache is cache:  # still this generation's
                 cache.setdefault((TEXT, True), compressed)
+                self.precompressed += 1
 
         return job
 

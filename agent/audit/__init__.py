@@ -19,7 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent.audit.capacity import DURATION_BUCKETS, HISTORY_NAMES, forecast, max_observed, maxed
+from agent.audit.capacity import DURATION_BUCKETS, HISTORY_NAMES, forecast, max_observed, summed
 from agent.audit.checks import run_checks
 from agent.audit.manifest import ManifestError, pod_units
 from agent.diagnose.model import SEVERITY_RANK
@@ -126,13 +126,10 @@ def observations(sidecar_url: str, timeout: float) -> tuple[dict[str, Any], dict
     longest = max_observed(series.get(DURATION_BUCKETS) or [])
     if longest is not None:
         facts["request_duration_max"] = longest
-    rss = maxed(series.get(PROCESS_RSS) or [])
-    per_time: dict[float, float] = {}
-    for entry in series.get(PROCESS_RSS) or []:
-        for t, v in entry.get("points") or []:
-            per_time[t] = per_time.get(t, 0.0) + v
-    if rss and per_time:
-        facts["memory_peak_bytes"] = max(per_time.values())
+    # The Dynamo processes together, at each reading: their peak is what a limit must hold.
+    rss = summed(series.get(PROCESS_RSS) or [])
+    if rss:
+        facts["memory_peak_bytes"] = max(value for _, value in rss)
     throttled = [f for f in diagnose.get("findings") or [] if str(f.get("rule")) == "cpu_throttled"]
     if throttled:
         facts["cpu_throttled"] = throttled[0].get("summary", "")[:200]

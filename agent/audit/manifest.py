@@ -137,13 +137,13 @@ def _guess_role(metadata: dict[str, Any], main: dict[str, Any]) -> str | None:
 
 
 def _template_unit(template: Any, path: str, where: str, notes: list[str]) -> PodUnit | None:
+    spec_path = f"{path}.spec" if path else "spec"  # a Pod is its own template
     if not isinstance(template, dict):
-        raise ManifestError(f"{path}: not a mapping")
+        raise ManifestError(f"{path or 'the object'}: not a mapping")
     metadata = template.get("metadata") or {}
     spec = template.get("spec")
     if not isinstance(spec, dict):
-        raise ManifestError(f"{path}.spec: not a mapping")
-    spec_path = f"{path}.spec"
+        raise ManifestError(f"{spec_path}: not a mapping")
     main, main_path = _main(spec, spec_path)
     role = _guess_role(metadata, main)
     if role is None:
@@ -240,10 +240,6 @@ def pod_units(obj: Any, notes: list[str]) -> list[PodUnit]:
         return _dgd_units(obj, notes)
     if kind == "Pod":
         unit = _template_unit(obj, "", f"Pod {name}", notes)
-        if unit is not None:
-            unit.spec_path = "spec"
-            unit.main_path = unit.main_path.lstrip(".")
-            _strip_leading_dot(unit)
         return [unit] if unit else []
     if kind in TEMPLATE_KINDS:
         return [
@@ -275,14 +271,3 @@ KNOWN_PODLESS = {
     "ValidatingWebhookConfiguration", "Certificate", "Issuer", "Namespace", "PersistentVolumeClaim",
     "CustomResourceDefinition",
 }  # fmt: skip
-
-
-def _strip_leading_dot(unit: PodUnit) -> None:
-    def fix(path: str) -> str:
-        return path[1:] if path.startswith(".") else path
-
-    unit.main_path = fix(unit.main_path)
-    unit.env_path = fix(unit.env_path)
-    unit.sidecar_path = fix(unit.sidecar_path)
-    for located in [*unit.env.values(), *unit.probes.values(), unit.grace, unit.resources]:
-        located.path = fix(located.path)

@@ -349,14 +349,20 @@ class Canary:
         return results
 
     async def _loop(self) -> None:
-        check = min(1.0, max(0.1, self.sidecar.config.dynamo_interval))
+        # Wakes when the next canary could be due, not on a fixed tick: an idle sidecar's
+        # wake-ups cost CPU in every pod. Traffic in between is not missed: the counters
+        # are compared on waking, and traffic seen then postpones the canary a full period.
+        floor = min(1.0, max(0.1, self.sidecar.config.dynamo_interval))
+        delay = floor
         while not self._stop.is_set():
-            await wait_event(self._stop, check)
+            await wait_event(self._stop, delay)
             now = time.time()
             self.observe_traffic(now)
+            delay = max(floor, self.until_due(now))
             if self.paused(now) or self.idle_for(now) < self.wait:
                 continue
             if not self.models_to_probe():
+                delay = max(floor, self.sidecar.config.dynamo_interval)  # the list's own pace
                 continue
             try:
                 await self.run_round()
@@ -364,6 +370,15 @@ class Canary:
                 log.error("canary round failed", error=repr(exc))
             # The next canary waits a full idle period again: one per model per period.
             self.last_activity = time.time()
+            delay = self.wait
+
+    def until_due(self, now: float) -> float:
+        """Seconds until a canary may next run, if nothing else happens meanwhile (0 while
+        draining: the drain's end is not a time)."""
+        if self.sidecar.draining:
+            return 0.0
+        grace_ends = self.sidecar.state.started + self.sidecar.config.startup_grace
+        return max(grace_ends - now, self.last_activity + self.wait - now)
 
     def start(self) -> None:
         if self.enabled:

@@ -19,7 +19,7 @@ from agent.samples import CollectResult, Family, Sample, labels_from_dict
 from agent.textsafe import clean
 from collectors.base import Collector
 from collectors.dynamo_health import Target
-from collectors.exposition import RawFamily, Splitter
+from collectors.exposition import LineMemo, RawFamily, Splitter, parse_family
 from collectors.http import fetch, new_session
 
 PREFIX = "dynamo_sidecar_"
@@ -186,6 +186,7 @@ class DynamoMetricsCollector(Collector):
         # checked text. None parses everything.
         self.wanted = wanted
         self._splitters: dict[str, Splitter] = {t.endpoint: Splitter() for t in targets}
+        self._lines: dict[str, LineMemo] = {t.endpoint: LineMemo() for t in targets}
         self._parsed: dict[str, dict[str, list[Family]]] = {}  # endpoint -> family text -> parse
         self.metrics_path = metrics_path
         self.http_timeout = http_timeout
@@ -269,6 +270,8 @@ class DynamoMetricsCollector(Collector):
         raw, stray = self._splitters[endpoint].split(text)
         budget.spend(sum(f.lines for f in raw))
         known = self._parsed.get(endpoint, {})
+        lines = self._lines[endpoint]
+        lines.next_scrape()
         parsed: dict[str, list[Family]] = {}
         families: list[Family] = []
         assert self.wanted is not None
@@ -278,7 +281,8 @@ class DynamoMetricsCollector(Collector):
             text_of = family.text
             found = known.get(text_of)
             if found is None:
-                found, _ = parse_exposition(text_of, budget)
+                budget.spend(family.lines)
+                found = parse_family(family, lines)
             parsed[text_of] = found
             families.extend(found)
         self._parsed[endpoint] = parsed

@@ -12,6 +12,7 @@ import os
 import re
 import stat
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import psutil
@@ -20,6 +21,7 @@ from agent.facts import ProcessFact, ProcessFacts
 from agent.samples import CollectResult
 from agent.textsafe import clean
 from collectors.base import Collector
+from collectors.sockets import CLOSE_WAIT, LISTEN, sockets_by_inode
 
 PREFIX = "dynamo_sidecar_"
 
@@ -51,6 +53,7 @@ class ProcessFinder:
         self.pid_file = pid_file
         self.proc_root = proc_root
         self.last_error = ""
+        self._known: dict[int, _Seen] = {}  # pid -> when seen, when its cmdline was read, match
         if proc_root != "/proc":
             psutil.PROCFS_PATH = proc_root
 
@@ -81,19 +84,85 @@ class ProcessFinder:
                 self.last_error = f"pid {explicit}: {type(exc).__name__}"
                 return []
             return [Found(explicit, process_label(cmdline), " ".join(cmdline))]
+        return self._scan()
+
+    def _scan(self) -> list[Found]:
+        """Every process whose command line matches. A process's command line is read when
+        it is first seen, every scan while it is young (it may still exec into Dynamo) or
+        matches (it may exec out of it), and otherwise once a RECHECK_EVERY: a pod's other
+        processes cost a directory listing, not a read each, per scan."""
+        now = time.monotonic()
+        try:
+            names = os.listdir(self.proc_root)
+        except OSError as exc:
+            self.last_error = clean(f"{self.proc_root}: {exc}", 200)
+            return []
         own = os.getpid()
+        known = self._known
+        seen: dict[int, _Seen] = {}
         found = []
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                cmdline = proc.info["cmdline"] or []
-            except (psutil.Error, OSError):
+        for name in names:
+            if not name.isdigit():
                 continue
-            if proc.info["pid"] == own or not cmdline:
+            pid = int(name)
+            if pid == own:
                 continue
-            text = " ".join(cmdline)
-            if any(p.search(text) for p in self.patterns):
-                found.append(Found(proc.info["pid"], process_label(cmdline), text))
+            entry = known.get(pid)
+            if (
+                entry is None
+                or entry.found is not None
+                or now - entry.first < YOUNG
+                or now - entry.checked >= RECHECK_EVERY
+            ):
+                cmdline = read_cmdline(os.path.join(self.proc_root, name, "cmdline"))
+                if cmdline is None:
+                    continue  # gone, or not ours to read: looked at again next scan
+                text = " ".join(cmdline)
+                match = (
+                    Found(pid, process_label(cmdline), text)
+                    if text and any(p.search(text) for p in self.patterns)
+                    else None
+                )
+                entry = _Seen(entry.first if entry is not None else now, now, match)
+            seen[pid] = entry
+            if entry.found is not None:
+                found.append(entry.found)
+        self._known = seen  # only processes still there
         return found
+
+
+# A process first seen less than this long ago has its command line read every scan (a
+# shell that has not exec'd into Dynamo yet); an older one that did not match, this often.
+YOUNG = 60.0
+RECHECK_EVERY = 60.0
+MAX_CMDLINE = 1 << 16
+
+
+@dataclass(slots=True)
+class _Seen:
+    first: float
+    checked: float
+    found: Found | None
+
+
+def read_cmdline(path: str) -> list[str] | None:
+    """A /proc/<pid>/cmdline as psutil splits it (NUL-separated; a process that rewrote its
+    title may use spaces); None when the process is gone or unreadable."""
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(MAX_CMDLINE)
+    except OSError:
+        return None
+    data = raw.decode("utf-8", "replace")
+    if not data:
+        return []
+    sep = "\x00" if data.endswith("\x00") else " "
+    if data.endswith(sep):
+        data = data[:-1]
+    cmdline = data.split(sep)
+    if sep == "\x00" and len(cmdline) == 1 and " " in data:
+        cmdline = data.split(" ")
+    return cmdline
 
 
 # psutil status -> the one-letter state `ps` shows; T and D are what a hung process looks like.
@@ -111,18 +180,44 @@ STATES = ("R", "S", "D", "T", "t", "Z", "X", "I")
 MAX_LISTEN_PORTS = 32
 
 
-def _sockets(proc: psutil.Process) -> tuple[list[int], int]:
-    """(ports the process listens on, its sockets in CLOSE_WAIT). Reads /proc/<pid>/fd, so
-    it needs the same UID as the process; without it both are unknown (empty, 0)."""
+def socket_inodes(fd_dir: str) -> set[int] | None:
+    """The inodes of the sockets among a process's open files; None without the right to
+    read /proc/<pid>/fd (another UID)."""
     try:
-        connections = proc.net_connections(kind="tcp")
-    except (psutil.AccessDenied, psutil.NoSuchProcess, OSError):
+        names = os.listdir(fd_dir)
+    except OSError:
+        return None
+    inodes = set()
+    for name in names:
+        try:
+            target = os.readlink(os.path.join(fd_dir, name))
+        except OSError:
+            continue  # closed meanwhile
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _sockets(
+    pid: int, proc_root: str, table: Callable[[], dict[int, tuple[int, int]]]
+) -> tuple[list[int], int]:
+    """(ports the process listens on, its sockets in CLOSE_WAIT): its socket inodes matched
+    against the namespace's LISTEN and CLOSE_WAIT sockets. Needs the same UID as the process;
+    without it both are unknown (empty, 0)."""
+    inodes = socket_inodes(os.path.join(proc_root, str(pid), "fd"))
+    if not inodes:
         return [], 0
-    listening = sorted({c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN and c.laddr})[
-        :MAX_LISTEN_PORTS
-    ]
-    close_wait = sum(1 for c in connections if c.status == psutil.CONN_CLOSE_WAIT)
-    return listening, close_wait
+    listening: set[int] = set()
+    close_wait = 0
+    for inode in inodes:
+        state_port = table().get(inode)
+        if state_port is None:
+            continue
+        if state_port[0] == LISTEN:
+            listening.add(state_port[1])
+        else:
+            close_wait += 1
+    return sorted(listening)[:MAX_LISTEN_PORTS], close_wait
 
 
 # What changes slowly and costs a scan of every process (children) or of /proc/<pid>/fd and
@@ -138,17 +233,23 @@ class _Slow:
     close_wait: int
 
 
-def _read_slow(proc: psutil.Process, now: float) -> _Slow:
+def _read_slow(
+    proc: psutil.Process, now: float, proc_root: str, table: Callable[[], dict[int, tuple[int, int]]]
+) -> _Slow:
     try:
         children = len(proc.children(recursive=True))
     except psutil.Error:
         children = 0
-    listen_ports, close_wait = _sockets(proc)
+    listen_ports, close_wait = _sockets(proc.pid, proc_root, table)
     return _Slow(now, children, listen_ports, close_wait)
 
 
 def _read_process(
-    found: Found, now: float, slow: _Slow | None = None
+    found: Found,
+    now: float,
+    slow: _Slow | None = None,
+    proc_root: str = "/proc",
+    table: Callable[[], dict[int, tuple[int, int]]] | None = None,
 ) -> tuple[ProcessFact, list[tuple[str, float, dict[str, str]]], _Slow]:
     proc = psutil.Process(found.pid)
     labels = {"process": found.name, "pid": str(found.pid)}
@@ -169,7 +270,7 @@ def _read_process(
             max_fds = None
         state = STATE_LETTERS.get(proc.status(), "?")
     if slow is None or now - slow.at >= SLOW_EVERY:
-        slow = _read_slow(proc, now)
+        slow = _read_slow(proc, now, proc_root, table or _listen_and_close_wait(proc_root))
     children, listen_ports, close_wait = slow.children, slow.listen_ports, slow.close_wait
     out.append(("process_cpu_seconds_total", cpu.user, {**labels, "mode": "user"}))
     out.append(("process_cpu_seconds_total", cpu.system, {**labels, "mode": "system"}))
@@ -204,6 +305,20 @@ def _read_process(
     return fact, out, slow
 
 
+def _listen_and_close_wait(proc_root: str) -> Callable[[], dict[int, tuple[int, int]]]:
+    """The namespace's LISTEN and CLOSE_WAIT sockets, read on first use and then shared by
+    every process of one collection."""
+    table: dict[int, tuple[int, int]] | None = None
+
+    def get() -> dict[int, tuple[int, int]]:
+        nonlocal table
+        if table is None:
+            table = sockets_by_inode((LISTEN, CLOSE_WAIT), proc_root)
+        return table
+
+    return get
+
+
 class ProcessCollector(Collector):
     name = "process"
 
@@ -220,9 +335,12 @@ class ProcessCollector(Collector):
         processes: list[ProcessFact] = []
         states: dict[tuple[int, str], float] = {}
         slow: dict[int, _Slow] = {}
+        table = _listen_and_close_wait(self.finder.proc_root)
         for item in found:
             try:
-                fact, samples, slow[item.pid] = _read_process(item, now, self._slow.get(item.pid))
+                fact, samples, slow[item.pid] = _read_process(
+                    item, now, self._slow.get(item.pid), self.finder.proc_root, table
+                )
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue  # exited between discovery and reading: not an error
             except psutil.AccessDenied:

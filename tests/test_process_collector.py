@@ -89,6 +89,127 @@ async def test_pid_file_and_vanished_process(tmp_path: Path) -> None:
     assert "pid file" in result.facts.discovery_error
 
 
+def test_finder_sees_a_shell_exec_into_dynamo_and_rereads_only_what_it_must(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process that was not Dynamo when first seen (a shell about to exec) is found once
+    it execs; a process that stayed unmatched past YOUNG is not read again each scan."""
+    import collectors.process as process_module
+
+    marker = f"dynamo-finder-test-{os.getpid()}"
+    go = tmp_path / "go"
+    script = f"while [ ! -e {go} ]; do sleep 0.05; done; exec {sys.executable} -c 'import time; time.sleep(60)' \"$M\""
+    shell = subprocess.Popen(["sh", "-c", script], env={**os.environ, "M": marker})  # not in its own cmdline
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "bystander"])
+    reads: list[str] = []
+    real_read = process_module.read_cmdline
+
+    def counting(path: str) -> list[str] | None:
+        reads.append(path)
+        return real_read(path)
+
+    monkeypatch.setattr(process_module, "read_cmdline", counting)
+    try:
+        finder = ProcessFinder([marker + "$"])
+        assert [f.pid for f in finder.find() if f.pid == shell.pid] == []  # still the shell
+        go.write_text("")
+
+        def exec_done() -> bool:
+            return (Path(f"/proc/{shell.pid}/cmdline").read_bytes()).endswith(marker.encode() + b"\0")
+
+        deadline = time.monotonic() + 10
+        while not exec_done():
+            assert time.monotonic() < deadline, "the shell never exec'd"
+            time.sleep(0.02)
+        found = [f for f in finder.find() if f.pid == shell.pid]
+        assert len(found) == 1 and found[0].cmdline.endswith(marker)
+        # Past YOUNG, an unmatched process is listed but its command line is not read again.
+        monkeypatch.setattr(process_module, "YOUNG", 0.0)
+        reads.clear()
+        finder.find()
+        bystander_path = f"/proc/{bystander.pid}/cmdline"
+        assert bystander_path not in reads
+        assert f"/proc/{shell.pid}/cmdline" in reads  # a match is re-read: it may exec away
+        monkeypatch.setattr(process_module, "RECHECK_EVERY", 0.0)
+        reads.clear()
+        finder.find()
+        assert bystander_path in reads
+    finally:
+        for proc in (shell, bystander):
+            proc.kill()
+            proc.wait(timeout=10)
+    assert [f for f in finder.find() if f.pid == shell.pid] == []  # gone, and forgotten
+
+
+def test_read_cmdline_splits_as_psutil_does(tmp_path: Path) -> None:
+    from collectors.process import read_cmdline
+
+    cases = {
+        b"python3\0-m\0dynamo.frontend\0": ["python3", "-m", "dynamo.frontend"],
+        b"dynamo worker: serving model\0": ["dynamo", "worker:", "serving", "model"],  # setproctitle
+        b"nginx: master process": ["nginx:", "master", "process"],
+        b"": [],
+        b"bad\xffbyte\0": ["bad\ufffdbyte"],
+    }
+    for raw, expected in cases.items():
+        path = tmp_path / "cmdline"
+        path.write_bytes(raw)
+        assert read_cmdline(str(path)) == expected, raw
+    assert read_cmdline(str(tmp_path / "missing")) is None
+
+
+@pytest.mark.parametrize("table", ["netlink", "procfs"])
+async def test_listening_ports_and_close_wait_of_a_process(
+    table: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A child that listens on a port and holds a connection its peer closed: the collector
+    reports that port and one CLOSE_WAIT socket (its own fds matched against the table read
+    over netlink, or /proc/net/tcp where netlink is refused)."""
+    import socket
+
+    import collectors.sockets
+
+    if table == "procfs":
+
+        def refused() -> socket.socket:
+            raise collectors.sockets.NetlinkUnavailable("refused for the test")
+
+        monkeypatch.setattr(collectors.sockets, "_open", refused)
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    script = (
+        "import socket, sys, time\n"
+        "listener = socket.socket(); listener.bind(('127.0.0.1', 0)); listener.listen()\n"
+        "peer = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+        "print(listener.getsockname()[1], flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script, str(server.getsockname()[1])], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        port = int(child.stdout.readline())
+        accepted, _ = server.accept()
+        accepted.close()  # the child's end goes to CLOSE_WAIT: it never closes it
+        collector = ProcessCollector(ProcessFinder([], pid=child.pid), 1, 5)
+        deadline = time.monotonic() + 10
+        while True:
+            collector._slow.clear()  # the socket readings are slow ones: read them every time
+            fact = (await collector.collect()).facts.processes[0]
+            if fact.close_wait == 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert fact.listen_ports == [port]
+        assert fact.close_wait == 1
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+        server.close()
+
+
 def test_process_label() -> None:
     assert process_label(["python3", "-m", "dynamo.mocker", "--model-path", "x"]) == "dynamo.mocker"
     assert process_label(["/usr/bin/dynamo-run"]) == "dynamo-run"

@@ -343,6 +343,8 @@ int nvmlEventSetFree(event_set_t *set) { (void)set; return 0; }
 static int next_event(int *gpu, unsigned long long *xid) {
     const char *path = getenv("FAKE_NVML_EVENTS");
     if (!path) return 0;
+    struct stat st; /* nothing appended since the last event: no open, no read */
+    if (stat(path, &st) != 0 || st.st_size <= events_offset) return 0;
     FILE *f = fopen(path, "r");
     if (!f) return 0;
     int found = 0;
@@ -360,8 +362,13 @@ static int next_event(int *gpu, unsigned long long *xid) {
 int nvmlEventSetWait_v2(event_set_t *set, nvmlEventData_t *data, unsigned timeout_ms) {
     int rc = fail(NULL, __func__);
     if (rc) return rc;
-    /* Real NVML blocks in the driver; the fake polls its events file, slowly enough that
-       its own CPU does not count in the sidecar's measured overhead. */
+    /* Real NVML blocks in the driver. Without an events file the fake blocks for the whole
+       timeout too; with one it polls the file every 100 ms (each wake-up costs CPU that
+       would otherwise count in the sidecar's measured overhead). */
+    if (!getenv("FAKE_NVML_EVENTS")) {
+        usleep((useconds_t)timeout_ms * 1000);
+        return 10; /* NVML_ERROR_TIMEOUT */
+    }
     for (unsigned waited = 0;; waited += 100) {
         int gpu;
         unsigned long long xid;

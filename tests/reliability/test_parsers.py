@@ -178,3 +178,54 @@ def test_config_env_is_a_config_or_a_config_error(environ: dict[str, str]) -> No
         assert len(str(exc)) < 600
     except Exception as exc:  # pragma: no cover - the failure this test exists to catch
         pytest.fail(f"{type(exc).__name__} escaped: {exc}")
+
+
+# Exposition text made of the pieces that matter to a parser: names sharing a base, every
+# type, label values with escapes, braces and commas, special values, timestamps.
+_NAMES = ["req_total", "req", "lat_bucket", "lat_sum", "lat_count", "lat", "up", "q", "q_created"]
+_VALUES = ["1", "-2.5", "3e-4", "+Inf", "-Inf", "NaN", "0", "12345678901234"]
+_LABEL_VALUES = ["a", "", 'quo\\"te', "back\\\\slash", "new\\nline", "br{ace}", "com,ma", "tab\\t", "é"]
+_LINE = st.one_of(
+    st.builds(
+        lambda name, labels, value, stamp: name
+        + ("{" + ",".join(f'{k}="{v}"' for k, v in labels) + "}" if labels else "")
+        + " "
+        + value
+        + stamp,
+        st.sampled_from(_NAMES),
+        st.lists(st.tuples(st.sampled_from(["le", "model", "quantile", "x"]), st.sampled_from(_LABEL_VALUES)), max_size=3, unique_by=lambda kv: kv[0]),
+        st.sampled_from(_VALUES),
+        st.sampled_from(["", " 1700000000000"]),
+    ),
+    st.builds(lambda name, kind: f"# TYPE {name} {kind}", st.sampled_from(_NAMES), st.sampled_from(["counter", "gauge", "histogram", "summary", "untyped"])),
+    st.builds(lambda name, text: f"# HELP {name} {text}", st.sampled_from(_NAMES), st.sampled_from(["help", "with \\\\ and \\n", ""])),
+)  # fmt: skip
+
+
+def _sample_set(families) -> list[tuple[str, tuple, str]]:
+    return sorted((s.name, s.labels, repr(s.value)) for f in families for s in f.samples)
+
+
+@FAST
+@given(st.lists(_LINE, max_size=40).map("\n".join))
+def test_fast_family_parse_gives_what_prometheus_client_gives(text: str) -> None:
+    """The purpose-built parser of checked families and prometheus_client's parser agree on
+    every sample (name, labels, value) of the checked text."""
+    from collectors.exposition import parse_family, split_families
+
+    families, _ = split_families(text + "\n")
+    for family in families:
+        reference, _ = parse_exposition(family.text, Budget(2.0))
+        assert _sample_set(parse_family(family)) == _sample_set(reference), family.text
+
+
+def test_fast_family_parse_agrees_on_recorded_dynamo() -> None:
+    from collectors.exposition import parse_family, split_families
+
+    recorded = Path(__file__).resolve().parents[2] / "agent" / "dynamo_sim" / "recorded"
+    for path in sorted(recorded.glob("*.prom")):
+        families, stray = split_families(path.read_text())
+        assert families and stray == 0
+        for family in families:
+            reference, _ = parse_exposition(family.text, Budget(2.0))
+            assert _sample_set(parse_family(family)) == _sample_set(reference), (path.name, family.name)

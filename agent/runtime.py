@@ -178,7 +178,7 @@ class Sidecar:
             # Own metrics and the Dynamo series signals need; the rest only pass through.
             # History only for what rules and signals read over time; every other series
             # needs only its latest value (and Prometheus keeps its history).
-            history_filter=lambda name: name in history_names or name in OWN_HISTORY,
+            history_filter=frozenset(history_names | OWN_HISTORY).__contains__,
         )
         self.collectors = (
             build_collectors(config, self._dynamo_pids, self._listening_ports)

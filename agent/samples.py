@@ -17,11 +17,29 @@ Labels = tuple[tuple[str, str], ...]
 MAX_LABEL_VALUE = 256
 
 
+# Label sets seen before, by their keyword items: collectors add the same series every cycle.
+# Only all-string sets are remembered (1, 1.0 and True are equal keys but different text), so
+# a hit is always exact. Bounded: cleared when full.
+_LABELS_SEEN: dict[tuple[tuple[str, object], ...], Labels] = {}
+MAX_LABELS_SEEN = 50_000
+
+
 def labels_of(**labels: object) -> Labels:
     """Canonical (sorted, stringified) label tuple, hashable and cheap to compare. Values are
     cleaned (valid UTF-8, at most 256 characters): a label from outside cannot break the
     exposition or hold megabytes."""
-    return tuple(sorted((k, clean(v, MAX_LABEL_VALUE)) for k, v in labels.items()))
+    key = tuple(labels.items())
+    try:
+        found = _LABELS_SEEN.get(key)
+    except TypeError:  # an unhashable value: stringified below, not remembered
+        found = None
+    if found is None:
+        found = tuple(sorted((k, clean(v, MAX_LABEL_VALUE)) for k, v in key))
+        if all(value.__class__ is str for _, value in key):
+            if len(_LABELS_SEEN) >= MAX_LABELS_SEEN:
+                _LABELS_SEEN.clear()
+            _LABELS_SEEN[key] = found
+    return found
 
 
 def labels_from_dict(labels: dict[str, str]) -> Labels:

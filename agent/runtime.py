@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -45,6 +46,7 @@ from exporters.prometheus import PrometheusExporter
 log = get_logger("dynamo_sidecar.runtime")
 
 RENDER_DEBOUNCE = 0.2
+SWITCH_INTERVAL = 0.001
 EXPORTER_SHUTDOWN = 0.5  # seconds given to the OTLP exporter's teardown at exit
 # The sidecar's own series that rules and signals read as rates, increases or trends.
 OWN_HISTORY = {
@@ -350,7 +352,8 @@ class Sidecar:
             self._dirty.clear()
             last = time.monotonic()
             try:
-                self.exporter.render()
+                for _ in self.exporter.render_steps():
+                    await asyncio.sleep(0)  # a scrape waiting meanwhile is served now
             except Exception as exc:  # keep serving the last good exposition
                 log.error("exposition render failed", error=repr(exc))
                 continue
@@ -363,6 +366,10 @@ class Sidecar:
     async def start(self) -> None:
         from agent.server import make_app
 
+        # A collector thread running Python holds the GIL until the interpreter asks it to
+        # let go, every switch interval (5 ms by default): a scrape arriving meanwhile waits
+        # that long. 1 ms bounds the wait; the extra hand-offs happen only under contention.
+        sys.setswitchinterval(SWITCH_INTERVAL)
         self.scheduler.start()
         self.canary.start()
         self._renderer = asyncio.create_task(self._render_loop(), name="renderer")

@@ -31,7 +31,7 @@ CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 class SeriesRing:
     """Fixed-capacity ring of (timestamp, value) points for one series."""
 
-    __slots__ = ("_count", "_start", "_times", "_values", "capacity")
+    __slots__ = ("_changed", "_count", "_start", "_times", "_values", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
@@ -39,8 +39,13 @@ class SeriesRing:
         self._values = array("d", bytes(8 * capacity))
         self._start = 0
         self._count = 0
+        # When the value last differed from the point before: a window that starts after it
+        # holds one flat value (most histogram buckets of an idle pod), with no increase.
+        self._changed = -math.inf
 
     def append(self, timestamp: float, value: float) -> None:
+        if self._count and value != self._values[(self._start + self._count - 1) % self.capacity]:
+            self._changed = timestamp
         index = (self._start + self._count) % self.capacity
         self._times[index] = timestamp
         self._values[index] = value
@@ -81,6 +86,8 @@ class SeriesRing:
         points(since, until) without building the list (histogram windows read hundreds)."""
         first = self._first_at_or_after(since)
         end = self._first_at_or_after(until, strictly=True)
+        if self._changed < since:
+            return max(0, end - first), 0.0
         values, start, capacity = self._values, self._start, self.capacity
         total = 0.0
         previous = 0.0

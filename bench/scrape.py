@@ -181,6 +181,8 @@ def run(seconds: float, smoke: bool) -> dict[str, Any]:
         for line in http_get(sidecar_url)[1].decode().splitlines():
             if line.startswith("dynamo_sidecar_exposition_render_seconds "):
                 results["render_seconds_last_cycle"] = round(float(line.split()[1]), 5)
+            if line.startswith("dynamo_sidecar_exposition_render_longest_step_seconds "):
+                results["render_longest_step_seconds"] = round(float(line.split()[1]), 5)
         if prometheus_url:
             time.sleep(2)  # the last scrapes land
             span = int(time.time() - started)

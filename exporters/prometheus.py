@@ -13,7 +13,7 @@ import math
 import platform
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -54,7 +54,7 @@ def negotiate(accept_header: str) -> str:
     return TEXT
 
 
-def self_samples(state: State, render_seconds: float) -> list[Sample]:
+def self_samples(state: State, render_seconds: float, longest_step: float = 0.0) -> list[Sample]:
     """The sidecar's own metrics about itself, from the state's bookkeeping."""
     out = [
         sample(PREFIX + "build_info", 1, version=__version__, python=platform.python_version()),
@@ -62,6 +62,7 @@ def self_samples(state: State, render_seconds: float) -> list[Sample]:
         sample(PREFIX + "history_series", state.history_series),
         sample(PREFIX + "history_window_seconds", state.history_window),
         sample(PREFIX + "exposition_render_seconds", render_seconds),
+        sample(PREFIX + "exposition_render_longest_step_seconds", longest_step),
     ]
     for status in state.collectors.values():
         name = status.name
@@ -213,7 +214,10 @@ class PrometheusExporter:
         self._raw_parsed: dict[str, list[Metric]] = {}  # family text -> parse, for OpenMetrics
         self._rendered_generation = -1
         self._cache: dict[tuple[str, bool], bytes] = {}
-        self.render_seconds = 0.0
+        self.render_seconds = 0.0  # the last render's time on the event loop, its steps summed
+        self.render_longest_step = 0.0
+        self._render_started = 0  # renders begun, and the number of the one installed last
+        self._render_installed = 0
         self.conflicts: dict[str, int] = {}
         self.undeclared: set[str] = set()
 
@@ -272,11 +276,30 @@ class PrometheusExporter:
         )
 
     def render(self) -> None:
-        """Build the exposition from the current state and drop stale encodings. Scraped
+        """Build the exposition from the current state and drop stale encodings, in one go
+        (the first scrape, the final render at exit)."""
+        for _ in self.render_steps():
+            pass
+
+    def render_steps(self) -> Iterator[None]:
+        """The render as steps, each a millisecond or two at most: the render loop yields to
+        the event loop between them, so a scrape arriving mid-render waits for one step, not
+        the whole render. Works on a snapshot of the collectors' results; a render that a
+        newer one overtook (the first scrape's, at exit) discards its result. Scraped
         families go out as their checked text; only the sidecar's own are rendered."""
-        started = time.perf_counter()
-        self._raw = self._raw_passthrough() if self.passthrough else []
-        passthrough = self._passthrough_metrics() if self.passthrough else []  # sources without raw text
+        self._render_started += 1
+        number = self._render_started
+        generation = self.state.generation
+        busy = 0.0
+        longest = 0.0
+        step_started = time.perf_counter()
+
+        def step_done() -> None:
+            nonlocal busy, longest, step_started
+            took = time.perf_counter() - step_started
+            busy += took
+            longest = max(longest, took)
+
         # A collector's own lines are rendered once per result it hands over, not per cycle:
         # the GPU collector's 400 series every 10 s are not re-formatted every 5 s.
         groups = []
@@ -287,28 +310,48 @@ class PrometheusExporter:
             if cached is None or cached[0] is not result:
                 mine = [s for s in State._all_samples(result) if s.name.startswith(PREFIX)]
                 cached = (result, self._own_text.lines(mine, self.undeclared), mine)
+                step_done()
+                yield
+                step_started = time.perf_counter()
             by_source[source] = cached
             groups.append(cached[1])
             own.extend(cached[2])
-        self._by_source = by_source
-        fresh: list[Sample] = list(self.extra_samples())
-        fresh.extend(self_samples(self.state, self.render_seconds))
+        fresh: list[Sample] = list(self.extra_samples())  # the derived signals: one step
+        step_done()
+        yield
+        step_started = time.perf_counter()
+        fresh.extend(self_samples(self.state, self.render_seconds, self.render_longest_step))
         for metric, count in sorted(self.conflicts.items()):
             fresh.append(sample(PREFIX + "passthrough_conflicts_total", count, metric=metric))
         groups.append(self._own_text.lines(fresh, self.undeclared))
         own.extend(fresh)
         self._own_text.forget_unused(4 * max(1, len(own)))
+        step_done()
+        yield
+        step_started = time.perf_counter()
+        raw = self._raw_passthrough() if self.passthrough else []
+        passthrough = self._passthrough_metrics() if self.passthrough else []  # sources without raw text
+        step_done()
+        yield
+        step_started = time.perf_counter()
+        text = self._own_text.join(groups) + "".join(f.text for f in raw)
+        if passthrough:
+            text += generate_text(_Snapshot(passthrough)).decode()
+        body = text.encode()
+        step_done()
+        if number < self._render_installed:
+            return  # a newer render finished while this one waited between steps
+        self._render_installed = number
+        self._by_source = by_source
+        self._raw = raw
         self._own_samples = own
         self._own = []  # prometheus_client objects, built only for an OpenMetrics scrape
         self._legacy = passthrough
         self._metrics = []
-        self._cache = {}
-        text = self._own_text.join(groups) + "".join(f.text for f in self._raw)
-        if passthrough:
-            text += generate_text(_Snapshot(passthrough)).decode()
-        self._cache[(TEXT, False)] = text.encode()
-        self._rendered_generation = self.state.generation
-        self.render_seconds = time.perf_counter() - started
+        self._cache = {(TEXT, False): body}
+        self._rendered_generation = generation
+        self.render_seconds = busy
+        self.render_longest_step = longest
 
     def _openmetrics_list(self) -> list[Metric]:
         """OpenMetrics needs every family parsed: done for the families whose text changed

@@ -104,7 +104,8 @@ def test_lazily_created_counter_counts_from_zero() -> None:
 
 def test_ring_window_by_bisection_matches_a_scan() -> None:
     """points(since, until) bisects the ring; it must return what filtering every point does,
-    including after the ring wrapped and with repeated timestamps."""
+    including after the ring wrapped and with repeated timestamps; increase() (which skips a
+    window holding one flat value) what counter_increase over those points gives."""
     import math
     import random
 
@@ -117,7 +118,7 @@ def test_ring_window_by_bisection_matches_a_scan() -> None:
         t = 0.0
         for step in range(40):
             t += rng.choice([0.0, 0.5, 1.0, 2.0])  # repeats on purpose
-            value = float(step % 7)  # counter resets on purpose
+            value = float((step // 3) % 7)  # flat runs and counter resets on purpose
             ring.append(t, value)
             appended.append((t, value))
             kept = appended[-capacity:]

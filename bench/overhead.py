@@ -5,7 +5,7 @@ collectors on, 8 fake GPUs (the tests' fake libnvidia-ml), canaries on, and no s
     python bench/overhead.py                       # 300 s at the default intervals, simulator
     python bench/overhead.py --interval 1          # every collector at 1 s
     python bench/overhead.py --real                # a real Dynamo frontend + mocker (DYNAMO_PYTHON)
-    python bench/overhead.py --seconds 60 --profile out.prof   # cProfile of the sidecar
+    python bench/overhead.py --seconds 300 --py-spy out.txt    # where the time goes (py-spy)
     python bench/overhead.py --smoke               # 5 s
 Targets (issue 14): <= 0.5 % of one core at the defaults, RSS <= 60 MB, no growth.
 """
@@ -97,9 +97,7 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def run(
-    seconds: float, interval: float | None, real: bool, profile: str, extra: list[str], spy: str = ""
-) -> dict:
+def run(seconds: float, interval: float | None, real: bool, extra: list[str], spy: str = "") -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
     env = fake_gpu_env(workdir)
     gcc = "FAKE_NVML_STATE" in env
@@ -128,10 +126,7 @@ def run(
             str(ports["pid"]),
         ]
     port = free_port()
-    args = [PYTHON]
-    if profile:
-        args += ["-m", "cProfile", "-o", profile]
-    args += ["-m", "agent.cli", "run", "--listen-host", "127.0.0.1", "--listen-port", str(port)]
+    args = [PYTHON, "-m", "agent.cli", "run", "--listen-host", "127.0.0.1", "--listen-port", str(port)]
     args += ["--log-format", "json", "--log-level", "warning", *targets, *extra]
     if interval:
         for key in ("dynamo-interval", "process-interval", "gpu-interval", "tcp-interval"):
@@ -210,7 +205,6 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--interval", type=float, default=None)
     parser.add_argument("--real", action="store_true")
-    parser.add_argument("--profile", default="", help="write a cProfile of the sidecar to this file")
     parser.add_argument(
         "--py-spy",
         default="",
@@ -220,7 +214,7 @@ def main() -> int:
     parser.add_argument("extra", nargs="*", help="more sidecar flags, after --")
     args = parser.parse_args()
     seconds = 5.0 if args.smoke else args.seconds
-    print(json.dumps(run(seconds, args.interval, args.real, args.profile, args.extra, args.py_spy), indent=1))
+    print(json.dumps(run(seconds, args.interval, args.real, args.extra, args.py_spy), indent=1))
     return 0
 
 

@@ -4,7 +4,7 @@ counts at the baseline and the end, and the exit time after SIGTERM.
 
     python bench/soak.py              # 600 s
     python bench/soak.py --seconds 120
-    python bench/soak.py --smoke      # 8 s: the wiring only; the suite runs the soak itself for 45 s
+    python bench/soak.py --smoke      # 8 s: the wiring only; the suite runs the soak itself for 30 s
 """
 
 from __future__ import annotations

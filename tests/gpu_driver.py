@@ -52,3 +52,7 @@ async def main(steps: list[dict]) -> None:
 
 if __name__ == "__main__":
     asyncio.run(main(json.loads(sys.argv[1])))
+    # As the sidecar does: leave without joining a worker thread still inside a slow NVML
+    # call (the slow-driver test leaves one there for seconds).
+    sys.stdout.flush()
+    os._exit(0)

@@ -16,8 +16,8 @@ import pytest
 from tests.conftest import free_port
 from tests.procs import http_get, http_post, spawn_sidecar, start_sim
 
-# 45 s in the suite (the 10-minute budget); `python bench/soak.py --seconds 600` for the long run.
-SOAK_SECONDS = float(os.environ.get("DYN_SIDECAR_SOAK_SECONDS", "45"))
+# 30 s in the suite (the 10-minute budget); `python bench/soak.py --seconds 600` for the long run.
+SOAK_SECONDS = float(os.environ.get("DYN_SIDECAR_SOAK_SECONDS", "30"))
 
 
 def _rss_kib(pid: int) -> int:

@@ -129,10 +129,17 @@ class CgroupCollector(Collector):
         self.proc_root = proc_root
 
     def _paths(self) -> CgroupPaths:
-        for found in self.finder.find()[:1]:
-            text = _read(os.path.join(self.proc_root, str(found.pid), "cgroup"))
-            if text:
-                return resolve(self.cgroup_root, text, "dynamo")
+        # The process collector's last discovery when it is from this cycle; a process that
+        # has gone since (its cgroup file unreadable) means a discovery of our own.
+        found = self.finder.recent(self.interval)
+        for attempt in range(2):
+            for process in found[:1]:
+                text = _read(os.path.join(self.proc_root, str(process.pid), "cgroup"))
+                if text:
+                    return resolve(self.cgroup_root, text, "dynamo")
+            if not found or attempt:
+                break
+            found = self.finder.find()
         return resolve(self.cgroup_root, _read(os.path.join(self.proc_root, "self", "cgroup")) or "", "self")
 
     def _collect_sync(self) -> CollectResult:

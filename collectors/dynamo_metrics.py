@@ -19,7 +19,7 @@ from agent.samples import CollectResult, Family, Sample, labels_from_dict
 from agent.textsafe import clean
 from collectors.base import Collector
 from collectors.dynamo_health import Target
-from collectors.exposition import LineMemo, RawFamily, Splitter, parse_family
+from collectors.exposition import LineCache, RawFamily, Splitter, parse_family
 from collectors.http import fetch, new_session
 
 PREFIX = "dynamo_sidecar_"
@@ -186,7 +186,8 @@ class DynamoMetricsCollector(Collector):
         # checked text. None parses everything.
         self.wanted = wanted
         self._splitters: dict[str, Splitter] = {t.endpoint: Splitter() for t in targets}
-        self._lines: dict[str, LineMemo] = {t.endpoint: LineMemo() for t in targets}
+        # endpoint -> sample line -> its parse
+        self._lines: dict[str, LineCache[Sample]] = {t.endpoint: LineCache() for t in targets}
         self._parsed: dict[str, dict[str, list[Family]]] = {}  # endpoint -> family text -> parse
         self.metrics_path = metrics_path
         self.http_timeout = http_timeout
@@ -271,7 +272,6 @@ class DynamoMetricsCollector(Collector):
         budget.spend(sum(f.lines for f in raw))
         known = self._parsed.get(endpoint, {})
         lines = self._lines[endpoint]
-        lines.next_scrape()
         parsed: dict[str, list[Family]] = {}
         families: list[Family] = []
         assert self.wanted is not None
@@ -286,6 +286,7 @@ class DynamoMetricsCollector(Collector):
             parsed[text_of] = found
             families.extend(found)
         self._parsed[endpoint] = parsed
+        lines.trim(sum(f.lines for f in raw))
         return raw, _merge(families), stray + sum(f.dropped for f in raw)
 
     def _count_error(self, endpoint: str, reason: str) -> None:

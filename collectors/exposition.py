@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from agent.samples import Family, Sample, labels_from_dict
 from agent.textsafe import clean
@@ -103,9 +104,11 @@ def _blocks(text: str) -> list[str]:
     return blocks
 
 
-def _check(block: str) -> tuple[list[RawFamily], int]:
-    """A block's lines against the grammar: (families, lines dropped outside any family)."""
+def _check(block: str, lines_seen: LineCache[str] | None = None) -> tuple[list[RawFamily], int]:
+    """A block's lines against the grammar: (families, lines dropped outside any family). A
+    line that passed in the last scrape (`lines_seen`) is not matched again."""
     build = _Builder()
+    known = lines_seen.get if lines_seen is not None else None
     stray = 0
     for line in block.split("\n"):
         if not line or line.isspace():
@@ -129,14 +132,18 @@ def _check(block: str) -> tuple[list[RawFamily], int]:
         if len(line) > MAX_LINE:
             build.dropped += 1
             continue
-        match = SAMPLE_LINE.fullmatch(line)
-        if match is None:
-            if build.name:
-                build.dropped += 1
-            else:
-                stray += 1
-            continue
-        sample = match.group("name")
+        sample = known(line) if known is not None else None
+        if sample is None:
+            match = SAMPLE_LINE.fullmatch(line)
+            if match is None:
+                if build.name:
+                    build.dropped += 1
+                else:
+                    stray += 1
+                continue
+            sample = match.group("name")
+            if lines_seen is not None:
+                lines_seen.put(line, sample)
         if not build.name or not _belongs(sample, build.name):
             build.flush()
             build.name = sample
@@ -161,26 +168,25 @@ def _unescape(pattern: re.Pattern[str], text: str) -> str:
     return pattern.sub(lambda match: _UNESCAPE[match.group(0)], text) if "\\" in text else text
 
 
-class LineMemo:
-    """Sample lines parsed in the last scrape and this one: a histogram that moved changes a
-    few of its lines, and the rest are a dictionary lookup. Holds two scrapes' lines at most."""
+V = TypeVar("V")
+
+
+class LineCache(Generic[V]):
+    """What was worked out for a sample line (its name, its parse), kept across scrapes: a
+    family that moved changes a few of its lines (the buckets an observation fell under),
+    and the rest are a dictionary lookup. Bounded: emptied once it holds more than twice
+    the lines the source exposes (old values pile up as counters move)."""
 
     def __init__(self) -> None:
-        self._last: dict[str, Sample] = {}
-        self._this: dict[str, Sample] = {}
+        self._known: dict[str, V] = {}
+        self.get = self._known.get
 
-    def next_scrape(self) -> None:
-        self._last, self._this = self._this, {}
+    def put(self, line: str, value: V) -> None:
+        self._known[line] = value
 
-    def get(self, line: str) -> Sample | None:
-        item = self._last.get(line)
-        if item is None:
-            return self._this.get(line)
-        self._this[line] = item
-        return item
-
-    def put(self, line: str, item: Sample) -> None:
-        self._this[line] = item
+    def trim(self, lines_now: int) -> None:
+        if len(self._known) > 2 * lines_now + 1024:
+            self._known.clear()
 
 
 def _parse_line(line: str) -> Sample | None:
@@ -196,7 +202,7 @@ def _parse_line(line: str) -> Sample | None:
     return Sample(sample_name, labels_from_dict(dict(pairs)), float(value_text))
 
 
-def parse_family(family: RawFamily, memo: LineMemo | None = None) -> list[Family]:
+def parse_family(family: RawFamily, memo: LineCache[Sample] | None = None) -> list[Family]:
     """A checked family parsed into samples: the same sample names, labels and values
     prometheus_client's text parser gives (a counter's samples end in `_total`, a name the
     family's type does not own is a family of its own), without its character-by-character
@@ -240,10 +246,12 @@ def parse_family(family: RawFamily, memo: LineMemo | None = None) -> list[Family
 
 class Splitter:
     """split_families with memory: a block whose bytes equal last scrape's is not checked
-    again (only what changed since is), and what it remembers is only the last scrape."""
+    again (only what changed since is), and in a changed block only the lines that changed
+    are matched; what it remembers is only the last scrape."""
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[list[RawFamily], int]] = {}
+        self._lines: LineCache[str] = LineCache()  # line -> its sample name
         self.checked = 0  # blocks checked in the last split (the rest were reused)
 
     def split(self, text: str) -> tuple[list[RawFamily], int]:
@@ -251,15 +259,17 @@ class Splitter:
         stray = 0
         seen: dict[str, tuple[list[RawFamily], int]] = {}
         self.checked = 0
+        lines = self._lines
         for block in _blocks(text):
             known = self._last.get(block)
             if known is None:
-                known = _check(block)
+                known = _check(block, lines)
                 self.checked += 1
             seen[block] = known
             families.extend(known[0])
             stray += known[1]
         self._last = seen
+        lines.trim(sum(f.lines for f in families) + stray)
         return families, stray
 
 

@@ -8,6 +8,7 @@ an explicit PID / PID file. psutil calls block, so one collection runs in a work
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import re
 import stat
@@ -54,6 +55,8 @@ class ProcessFinder:
         self.proc_root = proc_root
         self.last_error = ""
         self._known: dict[int, _Seen] = {}  # pid -> when seen, when its cmdline was read, match
+        self._found: list[Found] = []
+        self._found_at = -math.inf
         if proc_root != "/proc":
             psutil.PROCFS_PATH = proc_root
 
@@ -71,7 +74,19 @@ class ProcessFinder:
                 self.last_error = clean(f"pid file {self.pid_file}: {exc}", 200)
         return 0
 
+    def recent(self, max_age: float) -> list[Found]:
+        """The last find() when it is at most `max_age` seconds old (the process collector's,
+        for the cgroup collector on the same interval), else a new one."""
+        if time.monotonic() - self._found_at <= max_age:
+            return self._found
+        return self.find()
+
     def find(self) -> list[Found]:
+        found = self._find()
+        self._found, self._found_at = found, time.monotonic()
+        return found
+
+    def _find(self) -> list[Found]:
         self.last_error = ""
         explicit = self._explicit_pid()
         if explicit or self.pid_file:

@@ -343,3 +343,23 @@ def test_resolve_prefers_the_process_cgroup_dir(tmp_path: Path) -> None:
 def test_parse_pressure_tolerates_garbage() -> None:
     assert parse_pressure("some avg10=x total=5\nbogus\n") == {"some": {"total": 5.0}}
     _ = time
+
+
+def test_cgroup_collector_reuses_this_cycles_discovery(tmp_path: Path) -> None:
+    """The cgroup collector takes the process collector's discovery from the same cycle
+    instead of scanning /proc again, and looks again itself once that process is gone."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        finder = ProcessFinder([], pid=proc.pid)
+        assert [f.pid for f in finder.find()] == [proc.pid]
+        scans: list[int] = []
+        real_find = finder._find
+        finder._find = lambda: scans.append(1) or real_find()  # type: ignore[method-assign]
+        collector = CgroupCollector(finder, "/sys/fs/cgroup", "/proc", 5, 5)
+        assert collector._paths().scope == "dynamo"
+        assert scans == []  # the discovery above was reused
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    assert collector._paths().scope == "self"  # its cgroup file is gone: discovered anew
+    assert scans == [1]

@@ -229,3 +229,22 @@ def test_fast_family_parse_agrees_on_recorded_dynamo() -> None:
         for family in families:
             reference, _ = parse_exposition(family.text, Budget(2.0))
             assert _sample_set(parse_family(family)) == _sample_set(reference), (path.name, family.name)
+
+
+@FAST
+@given(st.lists(_LINE, min_size=1, max_size=30), st.data())
+def test_what_is_remembered_between_scrapes_changes_nothing(pool: list[str], data: st.DataObject) -> None:
+    """A Splitter and a parse cache that remember earlier scrapes (blocks, checked lines,
+    parsed lines) give what a fresh split and parse of each scrape gives. The scrapes are
+    drawn from one pool of lines, so they share lines and blocks as real scrapes do."""
+    from collectors.exposition import LineCache, Splitter, parse_family, split_families
+
+    splitter = Splitter()
+    parsed: LineCache = LineCache()
+    for _ in range(3):
+        text = "\n".join(data.draw(st.lists(st.sampled_from(pool), max_size=40))) + "\n"
+        remembered, stray = splitter.split(text)
+        fresh, fresh_stray = split_families(text)
+        assert (remembered, stray) == (fresh, fresh_stray)
+        for family in remembered:
+            assert _sample_set(parse_family(family, parsed)) == _sample_set(parse_family(family))

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from agent.facts import CgroupFacts
 from agent.samples import CollectResult
 from collectors.base import Collector
-from collectors.process import ProcessFinder
+from collectors.process import Found, ProcessFinder
 
 PREFIX = "dynamo_sidecar_"
 V1_UNLIMITED = 2**60  # v1 reports "unlimited" as a page-rounded 2^63-1
@@ -129,18 +129,22 @@ class CgroupCollector(Collector):
         self.proc_root = proc_root
 
     def _paths(self) -> CgroupPaths:
-        # The process collector's last discovery when it is from this cycle; a process that
-        # has gone since (its cgroup file unreadable) means a discovery of our own.
+        # The process collector's discovery from this cycle; when that process has gone
+        # since (its cgroup file unreadable), a discovery of our own.
         found = self.finder.recent(self.interval)
-        for attempt in range(2):
-            for process in found[:1]:
-                text = _read(os.path.join(self.proc_root, str(process.pid), "cgroup"))
-                if text:
-                    return resolve(self.cgroup_root, text, "dynamo")
-            if not found or attempt:
-                break
-            found = self.finder.find()
+        paths = self._first_process_paths(found)
+        if paths is None and found:
+            paths = self._first_process_paths(self.finder.find())
+        if paths is not None:
+            return paths
         return resolve(self.cgroup_root, _read(os.path.join(self.proc_root, "self", "cgroup")) or "", "self")
+
+    def _first_process_paths(self, found: list[Found]) -> CgroupPaths | None:
+        for process in found[:1]:
+            text = _read(os.path.join(self.proc_root, str(process.pid), "cgroup"))
+            if text:
+                return resolve(self.cgroup_root, text, "dynamo")
+        return None
 
     def _collect_sync(self) -> CollectResult:
         result = CollectResult()

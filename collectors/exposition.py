@@ -106,7 +106,7 @@ def _blocks(text: str) -> list[str]:
 
 def _check(block: str, lines_seen: LineCache[str] | None = None) -> tuple[list[RawFamily], int]:
     """A block's lines against the grammar: (families, lines dropped outside any family). A
-    line that passed in the last scrape (`lines_seen`) is not matched again."""
+    line that passed in an earlier scrape (`lines_seen`) is not matched again."""
     build = _Builder()
     known = lines_seen.get if lines_seen is not None else None
     stray = 0
@@ -204,10 +204,11 @@ def _parse_line(line: str) -> Sample | None:
 
 def parse_family(family: RawFamily, memo: LineCache[Sample] | None = None) -> list[Family]:
     """A checked family parsed into samples: the same sample names, labels and values
-    prometheus_client's text parser gives (a counter's samples end in `_total`, a name the
-    family's type does not own is a family of its own), without its character-by-character
+    prometheus_client's text parser gives (a counter's samples end in `_total`; from a name
+    the family's type does not own on, each line is a family of its own), without its character-by-character
     parse: the lines already passed the grammar, so one regular expression per line takes
-    them apart (several times faster), and a line seen in the last scrape is not parsed again."""
+    them apart (several times faster), and a line parsed in an earlier scrape (`memo`) is not
+    parsed again."""
     help_text = ""
     kind = "untyped"
     for line in family.header.splitlines():
@@ -241,13 +242,16 @@ def parse_family(family: RawFamily, memo: LineCache[Sample] | None = None) -> li
             samples.append(item)
         else:
             out.append(Family(clean(item.name, 200), "unknown", "", [item]))
+            # As prometheus_client does: after a name the type does not own, the family has
+            # ended, and every later line is a family of its own, none renamed.
+            owned, rename = set(), ""
     return [f for f in out if f.samples] if len(out) > 1 else out
 
 
 class Splitter:
     """split_families with memory: a block whose bytes equal last scrape's is not checked
-    again (only what changed since is), and in a changed block only the lines that changed
-    are matched; what it remembers is only the last scrape."""
+    again (only what changed since is), and in a changed block only the lines not seen
+    before are matched. It remembers the last scrape's blocks and a bounded set of lines."""
 
     def __init__(self) -> None:
         self._last: dict[str, tuple[list[RawFamily], int]] = {}

@@ -18,10 +18,12 @@ MAX_LABEL_VALUE = 256
 
 
 # Label sets seen before, by their keyword items: collectors add the same series every cycle.
-# Only all-string sets are remembered (1, 1.0 and True are equal keys but different text), so
-# a hit is always exact. Bounded: cleared when full.
+# Only sets of short strings are remembered: 1, 1.0 and True are equal keys but different
+# text, so a hit is always exact, and a long value from outside is never held. Bounded:
+# cleared when full (at most ~8,000 x a few 256-character values; the sidecar's own series
+# are ~600-1,500).
 _LABELS_SEEN: dict[tuple[tuple[str, object], ...], Labels] = {}
-MAX_LABELS_SEEN = 50_000
+MAX_LABELS_SEEN = 8192
 
 
 def labels_of(**labels: object) -> Labels:
@@ -35,7 +37,7 @@ def labels_of(**labels: object) -> Labels:
         found = None
     if found is None:
         found = tuple(sorted((k, clean(v, MAX_LABEL_VALUE)) for k, v in key))
-        if all(value.__class__ is str for _, value in key):
+        if all(value.__class__ is str and len(value) <= MAX_LABEL_VALUE for _, value in key):
             if len(_LABELS_SEEN) >= MAX_LABELS_SEEN:
                 _LABELS_SEEN.clear()
             _LABELS_SEEN[key] = found

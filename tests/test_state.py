@@ -127,3 +127,20 @@ def test_ring_window_by_bisection_matches_a_scan() -> None:
                 expected = [(a, v) for a, v in kept if since <= a <= until]
                 assert ring.points(since, until) == expected, (capacity, step, since, until)
                 assert ring.increase(since, until) == (len(expected), counter_increase(expected))
+
+
+def test_remembered_label_sets_are_exact_and_never_hold_a_long_value() -> None:
+    """labels_of remembers label sets for speed: a hit must give what a fresh build gives
+    (1, 1.0 and True are equal keys), and a long value from outside is never kept."""
+    from agent import samples
+
+    assert samples.labels_of(gpu="1") == (("gpu", "1"),)
+    assert samples.labels_of(gpu=1) == (("gpu", "1"),)
+    assert samples.labels_of(gpu=True) == (("gpu", "True"),)
+    assert samples.labels_of(gpu=1.0) == (("gpu", "1.0"),)
+    assert samples.labels_of(b="2", a="1") == (("a", "1"), ("b", "2"))
+    assert samples.labels_of(x=[1]) == (("x", "[1]"),)  # unhashable: built, not remembered
+    long_value = "v" * 100_000
+    cleaned = samples.labels_of(model=long_value)
+    assert len(cleaned[0][1]) == samples.MAX_LABEL_VALUE
+    assert all(len(str(v)) <= samples.MAX_LABEL_VALUE for key in samples._LABELS_SEEN for _, v in key)

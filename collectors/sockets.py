@@ -270,8 +270,9 @@ def netlink_tcp_info(
         sock.close()
 
 
-def procfs_rows(proc_root: str = "/proc") -> Iterator[Row]:
-    """The same rows from /proc/net/tcp{,6}."""
+def _procfs_lines(proc_root: str) -> Iterator[tuple[list[str], int]]:
+    """Each socket line of /proc/net/tcp and tcp6, split into fields, with the length of an
+    address in hex in that file (8 or 32)."""
     for name, addr_hex_len in (("tcp", 8), ("tcp6", 32)):
         path = os.path.join(proc_root, "net", name)
         try:
@@ -281,20 +282,25 @@ def procfs_rows(proc_root: str = "/proc") -> Iterator[Row]:
         with handle:
             next(handle, None)
             for line in handle:
-                parts = line.split()
-                if len(parts) < 5:
-                    continue
-                local, remote, state_hex, queues = parts[1], parts[2], parts[3], parts[4]
-                txq, _, rxq = queues.partition(":")
-                remote_hex, _, remote_port = remote.partition(":")
-                yield (
-                    int(state_hex, 16),
-                    port_key(int(local.rpartition(":")[2], 16)),
-                    port_key(int(remote_port, 16)),
-                    _procfs_addr(remote_hex, addr_hex_len),
-                    int(rxq, 16),
-                    int(txq, 16),
-                )
+                yield line.split(), addr_hex_len
+
+
+def procfs_rows(proc_root: str = "/proc") -> Iterator[Row]:
+    """The same rows from /proc/net/tcp{,6}."""
+    for parts, addr_hex_len in _procfs_lines(proc_root):
+        if len(parts) < 5:
+            continue
+        local, remote, state_hex, queues = parts[1], parts[2], parts[3], parts[4]
+        txq, _, rxq = queues.partition(":")
+        remote_hex, _, remote_port = remote.partition(":")
+        yield (
+            int(state_hex, 16),
+            port_key(int(local.rpartition(":")[2], 16)),
+            port_key(int(remote_port, 16)),
+            _procfs_addr(remote_hex, addr_hex_len),
+            int(rxq, 16),
+            int(txq, 16),
+        )
 
 
 def _procfs_addr(text: str, hex_len: int) -> bytes:
@@ -330,17 +336,13 @@ def sockets_by_inode(states: Iterable[int], proc_root: str = "/proc") -> dict[in
         return out
     except (NetlinkUnavailable, OSError):
         out.clear()
-    for name in ("tcp", "tcp6"):
+    for parts, _ in _procfs_lines(proc_root):
+        if len(parts) < 10:
+            continue
         try:
-            with open(os.path.join(proc_root, "net", name), encoding="ascii") as handle:
-                next(handle, None)
-                for line in handle:
-                    parts = line.split()
-                    if len(parts) < 10:
-                        continue
-                    state = int(parts[3], 16)
-                    if state in wanted:
-                        out[int(parts[9])] = (state, int(parts[1].rpartition(":")[2], 16))
-        except (OSError, ValueError):
+            state = int(parts[3], 16)
+            if state in wanted:
+                out[int(parts[9])] = (state, int(parts[1].rpartition(":")[2], 16))
+        except ValueError:
             continue
     return out

@@ -13,7 +13,7 @@ import math
 import platform
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -284,21 +284,37 @@ class PrometheusExporter:
     def render_steps(self) -> Iterator[None]:
         """The render as steps, each a millisecond or two at most: the render loop yields to
         the event loop between them, so a scrape arriving mid-render waits for one step, not
-        the whole render. Works on a snapshot of the collectors' results; a render that a
-        newer one overtook (the first scrape's, at exit) discards its result. Scraped
-        families go out as their checked text; only the sidecar's own are rendered."""
+        the whole render. Each step is timed here: the sum and the longest step of the render
+        that was installed are exported with the next one."""
+        steps = self._render()
+        busy = longest = 0.0
+        while True:
+            started = time.perf_counter()
+            try:
+                next(steps)
+            except StopIteration as done:
+                installed = bool(done.value)
+                finished = True
+            else:
+                finished = False
+            took = time.perf_counter() - started
+            busy += took
+            longest = max(longest, took)
+            if finished:
+                break
+            yield
+        if installed:
+            self.render_seconds = busy
+            self.render_longest_step = longest
+
+    def _render(self) -> Generator[None, None, bool]:
+        """The render's work, yielding between steps; True when its result was installed.
+        Works on a snapshot of the collectors' results; a render that a newer one overtook
+        (the first scrape's, at exit) discards its result. Scraped families go out as their
+        checked text; only the sidecar's own are rendered."""
         self._render_started += 1
         number = self._render_started
         generation = self.state.generation
-        busy = 0.0
-        longest = 0.0
-        step_started = time.perf_counter()
-
-        def step_done() -> None:
-            nonlocal busy, longest, step_started
-            took = time.perf_counter() - step_started
-            busy += took
-            longest = max(longest, took)
 
         # A collector's own lines are rendered once per result it hands over, not per cycle:
         # the GPU collector's 400 series every 10 s are not re-formatted every 5 s.
@@ -310,37 +326,28 @@ class PrometheusExporter:
             if cached is None or cached[0] is not result:
                 mine = [s for s in State._all_samples(result) if s.name.startswith(PREFIX)]
                 cached = (result, self._own_text.lines(mine, self.undeclared), mine)
-                step_done()
                 yield
-                step_started = time.perf_counter()
             by_source[source] = cached
             groups.append(cached[1])
             own.extend(cached[2])
         fresh: list[Sample] = list(self.extra_samples())  # the derived signals: one step
-        step_done()
         yield
-        step_started = time.perf_counter()
         fresh.extend(self_samples(self.state, self.render_seconds, self.render_longest_step))
         for metric, count in sorted(self.conflicts.items()):
             fresh.append(sample(PREFIX + "passthrough_conflicts_total", count, metric=metric))
         groups.append(self._own_text.lines(fresh, self.undeclared))
         own.extend(fresh)
         self._own_text.forget_unused(4 * max(1, len(own)))
-        step_done()
         yield
-        step_started = time.perf_counter()
         raw = self._raw_passthrough() if self.passthrough else []
         passthrough = self._passthrough_metrics() if self.passthrough else []  # sources without raw text
-        step_done()
         yield
-        step_started = time.perf_counter()
         text = self._own_text.join(groups) + "".join(f.text for f in raw)
         if passthrough:
             text += generate_text(_Snapshot(passthrough)).decode()
         body = text.encode()
-        step_done()
         if number < self._render_installed:
-            return  # a newer render finished while this one waited between steps
+            return False  # a newer render finished while this one waited between steps
         self._render_installed = number
         self._by_source = by_source
         self._raw = raw
@@ -350,8 +357,7 @@ class PrometheusExporter:
         self._metrics = []
         self._cache = {(TEXT, False): body}
         self._rendered_generation = generation
-        self.render_seconds = busy
-        self.render_longest_step = longest
+        return True
 
     def _openmetrics_list(self) -> list[Metric]:
         """OpenMetrics needs every family parsed: done for the families whose text changed

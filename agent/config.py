@@ -305,16 +305,19 @@ DEFAULT_PROCESS_PATTERNS = [
 # commands, deploy/operator/internal/dynamo/backend_*.go): vLLM's Ray agent (`ray start
 # --address=<leader> --block`), TRT-LLM's sshd for the leader's mpirun and the OpenMPI daemon
 # it starts; vLLM `--headless` and SGLang `--node-rank N` ranks match the Dynamo patterns above.
+# An inter-pod GMS weight server (failover.go) runs `gpu_memory_service.cli.server`.
 NON_LEADER_PROCESS_PATTERNS = [
     r"\bray\s+start\b",
     r"\bsshd\b.*\s-D\b",
     r"\borted\b",
+    r"\bgpu_memory_service\b",
 ]
 ROLES = ("all", "frontend", "worker", "non-leader")
 # A pod's place in a multinode group, as the injector passes it (an explicit value, or the
 # operator's labels through the downward API): LWS `role` label `worker` or `leader`, LWS
-# worker index, or a Grove PodClique name ending `-ldr` / `-wkr` (operator suffixes).
-_NON_LEADER = re.compile(r"^(non-leader|worker|[1-9][0-9]*)$|-wkr(-[0-9]+)?$")
+# worker index, or a Grove PodClique name ending `-ldr` / `-wkr` (operator suffixes), or
+# `-gms-<rank>`: an inter-pod GMS weight server, which serves no Dynamo endpoint either.
+_NON_LEADER = re.compile(r"^(non-leader|worker|[1-9][0-9]*)$|-wkr(-[0-9]+)?$|-gms-[0-9]+$")
 _LEADER = re.compile(r"^(leader|0)$|-ldr$")
 
 
@@ -374,8 +377,8 @@ class Config:
         metadata=_spec(
             _label_value,
             "This pod's place in a multinode group: leader, non-leader, or the operator's label as the injector "
-            "passes it (LWS role leader|worker, Grove PodClique name ending -ldr|-wkr). A worker that is a "
-            "non-leader runs as role non-leader; empty: not multinode.",
+            "passes it (LWS role leader|worker, Grove PodClique name ending -ldr|-wkr, or -gms-N for a GPU Memory "
+            "Service weight server). A worker that is a non-leader runs as role non-leader; empty: not multinode.",
         ),
     )
     frontend_url: str = field(

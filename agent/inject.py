@@ -355,6 +355,15 @@ def _node_count(component: dict[str, Any]) -> int:
     return int(count) if str(count).isdigit() else 1
 
 
+def _pods_differ(component: dict[str, Any]) -> bool:
+    """The operator renders pods of different kinds from this one template: a multinode
+    group's leader and non-leaders, or (inter-pod GPU Memory Service) a weight-server pod
+    beside the engines (graph.go expandSingleNodeGMSRoles: clique `<component>-gms-<rank>`)."""
+    gms = component.get("gpuMemoryService") or (component.get("experimental") or {}).get("gpuMemoryService")
+    inter_pod = isinstance(gms, dict) and str(gms.get("mode", "")).lower() == "interpod"
+    return _node_count(component) > 1 or inter_pod
+
+
 def _served(kind: str, name: str, component: dict[str, Any], notes: list[str]) -> str | None:
     """The sidecar role for a DGD service/component, or None (noted) when it is not served."""
     if kind == "service":
@@ -399,7 +408,7 @@ def _inject_services(obj: dict[str, Any], options: Options, notes: list[str]) ->
             default_grace=OPERATOR_GRACE,
             main=main,
             gpu=gpu,
-            sidecar_env=_multinode_env() if role == "worker" and _node_count(service) > 1 else None,
+            sidecar_env=_multinode_env() if role == "worker" and _pods_differ(service) else None,
         ):
             _mark(pod_metadata)
             changed = True
@@ -443,7 +452,7 @@ def _inject_components(obj: dict[str, Any], options: Options, notes: list[str]) 
             merged_env(spec.get("env")),
             default_grace=OPERATOR_GRACE,
             main=main,
-            sidecar_env=_multinode_env() if role == "worker" and _node_count(component) > 1 else None,
+            sidecar_env=_multinode_env() if role == "worker" and _pods_differ(component) else None,
         ):
             _mark(metadata)
             changed = True

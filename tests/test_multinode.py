@@ -203,6 +203,7 @@ def test_a_dgd_multinode_component_resolves_its_role_from_the_pods_own_labels() 
         "LWS worker": ({"role": "worker"}, "non-leader"),
         "Grove leader clique": ({"grove.io/podclique": "vllm-disagg-0-decode-0-decode-ldr"}, "worker"),
         "Grove worker clique": ({"grove.io/podclique": "vllm-disagg-0-decode-0-decode-wkr"}, "non-leader"),
+        "Grove GMS weight server clique": ({"grove.io/podclique": "llm-serving-mn-0-agg-gms-0"}, "non-leader"),
         "Grove worker with a user `role` label": (
             {"role": "gpu", "grove.io/podclique": "vllm-disagg-0-decode-0-decode-wkr"}, "non-leader"),
     }  # fmt: skip

@@ -127,7 +127,8 @@ def test_every_served_component_gets_exactly_one_valid_idempotent_sidecar(versio
             for key, value in dgd_env.items():
                 if COPIED_ENV.search(key) and key not in own:
                     assert env[key] == value, f"{where} {name}: {key}"
-            assert ("DYN_SIDECAR_MULTINODE_POSITION" in env) == (role == "worker" and nodes > 1), (
+            differ = nodes > 1 or ("gms-failover" in where and name == "agg")  # inter-pod GMS
+            assert ("DYN_SIDECAR_MULTINODE_POSITION" in env) == (role == "worker" and differ), (
                 f"{where} {name}"
             )
     frontends_and_workers = {"v1alpha1": 104, "v1beta1": 111}[version]

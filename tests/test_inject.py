@@ -317,7 +317,8 @@ def test_v1beta1_components_opt_outs_and_a_dgd_inject_cannot_read() -> None:
             ],
         },
     }
-    out, notes = inject(dgd)
+    options = Options(image="registry.example/dynamo-sidecar:test")
+    out, notes = inject(dgd, options)
     assert errors(crd, out) == []
     frontend, prefill, epp = out["spec"]["components"]
     assert frontend["podTemplate"]["spec"]["containers"][0]["name"] == "main"
@@ -338,7 +339,7 @@ def test_v1beta1_components_opt_outs_and_a_dgd_inject_cannot_read() -> None:
     one["spec"]["components"][1]["podTemplate"]["metadata"]["annotations"]["dynamo-sidecar.io/inject"] = (
         "false"
     )
-    out, notes = inject(one)
+    out, notes = inject(one, options)
     assert "initContainers" not in out["spec"]["components"][1]["podTemplate"]["spec"]
     assert (
         "opted out" in " ".join(notes)
@@ -348,10 +349,19 @@ def test_v1beta1_components_opt_outs_and_a_dgd_inject_cannot_read() -> None:
         **json.loads(json.dumps(dgd)),
         "metadata": {"name": "g", "annotations": {"dynamo-sidecar.io/inject": "false"}},
     }
-    assert inject(whole)[0] == whole
+    assert inject(whole, options)[0] == whole
     # A DGD inject cannot read: nothing on stdout (a pipe into kubectl must fail), exit 64.
     bad = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "inject", "-f", "-"],
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "inject",
+            "-f",
+            "-",
+            "--image",
+            "registry.example/dynamo-sidecar:test",
+        ],
         input=yaml.safe_dump({**dgd, "spec": {"services": {"x": {"componentType": "worker"}}}}),
         capture_output=True,
         text=True,

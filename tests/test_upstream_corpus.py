@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from agent.audit import audit_documents
-from agent.inject import COPIED_ENV, SIDECAR, inject, role_of
+from agent.inject import COPIED_ENV, SIDECAR, Options, inject, role_of
 from tests.conftest import ROOT
 from tests.crd_schema import errors
 from tests.procs import ENV, PYTHON
@@ -27,6 +27,8 @@ UPSTREAM = ROOT / "tests" / "fixtures" / "upstream" / "dynamo"
 EXAMPLES = UPSTREAM / "examples"
 CRD = UPSTREAM / "crd" / "nvidia.com_dynamographdeployments.yaml"
 VERSIONS = ("v1alpha1", "v1beta1")
+IMAGE = "registry.example/dynamo-sidecar:test"
+OPTIONS = Options(image=IMAGE)
 # Warnings a stock example may still get, because they apply to it as shipped.
 APPLIES = {
     "main_without_resources",  # no cpu/memory request: BestEffort QoS, placed blind, evicted first
@@ -104,8 +106,8 @@ def test_every_served_component_gets_exactly_one_valid_idempotent_sidecar(versio
     skipped = Counter()
     for where, dgd in dgds(version):
         assert errors(CRD, dgd) == [], where  # the validator accepts NVIDIA's own examples
-        out, notes = inject(dgd)
-        assert inject(out)[0] == out, f"{where}: injecting twice changed it"
+        out, notes = inject(dgd, OPTIONS)
+        assert inject(out, OPTIONS)[0] == out, f"{where}: injecting twice changed it"
         assert errors(CRD, out) == [], where
         dgd_env = env_map(dgd["spec"].get("env") or dgd["spec"].get("envs") or [])
         for (name, role, pod, main, nodes), (_, _, before, _, _) in zip(units(out), units(dgd), strict=True):
@@ -120,7 +122,7 @@ def test_every_served_component_gets_exactly_one_valid_idempotent_sidecar(versio
             sidecar = sidecars[0]
             env = env_map(sidecar["env"])
             assert env["DYN_SIDECAR_ROLE"] == role, f"{where} {name}"
-            assert sidecar["image"]  # the CRD's CEL rule: an init container needs an image
+            assert sidecar["image"] == IMAGE  # the CRD's CEL rule: an init container needs an image
             assert pod["shareProcessNamespace"] is True and main["lifecycle"]["preStop"]
             # The DGD's own env reaches the sidecar unless the service or main override it.
             own = env_map(main.get("env") or [])
@@ -144,7 +146,7 @@ def test_dgd_level_observability_env_reaches_the_sidecar() -> None:
             "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
             "DYN_LOGGING_JSONL",
         }
-        out, _ = inject(dgd)
+        out, _ = inject(dgd, OPTIONS)
         for name, _, pod, _, _ in units(out):
             env = env_map(pod["initContainers"][0]["env"])
             assert (
@@ -160,7 +162,7 @@ def test_dgd_level_observability_env_reaches_the_sidecar() -> None:
         else:
             worker = next(s for s in changed["spec"]["services"].values() if s["componentType"] == "worker")
             worker.setdefault("envs", []).append({"name": "DYN_LOGGING_JSONL", "value": "false"})
-        out, _ = inject(changed)
+        out, _ = inject(changed, OPTIONS)
         worker_env = env_map(units(out)[1][2]["initContainers"][0]["env"])
         assert worker_env["DYN_LOGGING_JSONL"] == "false"
 
@@ -170,7 +172,7 @@ def test_audit_reads_every_example_and_warns_only_where_the_advice_applies(versi
     for path in example_files(version):
         docs = documents(path)
         for injected in (False, True):
-            result = audit_documents([inject(d)[0] for d in docs] if injected else docs)
+            result = audit_documents([inject(d, OPTIONS)[0] for d in docs] if injected else docs)
             where = f"{path.relative_to(EXAMPLES)} (injected: {injected})"
             assert result["status"] in {"ok", "warning"}, where
             assert result["pods"], where
@@ -192,7 +194,7 @@ def test_audit_reads_every_example_and_warns_only_where_the_advice_applies(versi
 def test_the_command_line_on_examples_of_both_versions() -> None:
     multinode = EXAMPLES / "v1beta1" / "trtllm" / "disagg-multinode.yaml"
     injected = subprocess.run(
-        [PYTHON, "-m", "agent.cli", "inject", "-f", str(multinode)],
+        [PYTHON, "-m", "agent.cli", "inject", "-f", str(multinode), "--image", IMAGE],
         capture_output=True, text=True, timeout=60, env=ENV,
     )  # fmt: skip
     assert injected.returncode == 0, injected.stderr

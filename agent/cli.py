@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from agent import __version__, log
+from agent import __version__, exitcodes, log
 from agent.config import FIELDS, Config, ConfigError, default_text, env_name, load_config, value_form
 
 EXIT_CONFIG = 2
@@ -135,24 +135,29 @@ def _cmd_inject(args: argparse.Namespace) -> int:
     documents = _read_yaml_documents(args.file)
     options = _inject_options(args)
     out = []
-    for document in documents:
-        if document is None:
-            continue
-        if (
-            isinstance(document, dict)
-            and document.get("kind") == "List"
-            and isinstance(document.get("items"), list)
-        ):
-            items = []
-            for item in document["items"]:
-                injected, _ = _inject_one(inject, InjectError, item, options)
-                items.append(injected)
-            document = {**document, "items": items}
-        else:
-            document = _inject_one(inject, InjectError, document, options)[0]
-        out.append(document)
+    try:
+        for document in documents:
+            if document is None:
+                continue
+            if (
+                isinstance(document, dict)
+                and document.get("kind") == "List"
+                and isinstance(document.get("items"), list)
+            ):
+                document = {
+                    **document,
+                    "items": [_inject_one(inject, item, options) for item in document["items"]],
+                }
+            else:
+                document = _inject_one(inject, document, options)
+            out.append(document)
+    except InjectError as exc:
+        # Nothing on stdout: `inject -f x | kubectl apply -f -` must not ship pods without the
+        # sidecar (kubectl fails on empty input even where the shell ignores our exit code).
+        print(f"dynamo-sidecar inject: {exc}; nothing written", file=sys.stderr)
+        return exitcodes.USAGE
     sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False, default_flow_style=False))
-    return 0
+    return exitcodes.OK
 
 
 def _read_yaml_documents(path: str) -> list[Any]:
@@ -202,20 +207,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             )
     except (ManifestError, UsageError) as exc:
         print(f"dynamo-sidecar audit: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.USAGE  # never 2: that means a critical finding
     print(render(result, args.format), end="")
     return EXIT_CODES.get(result["status"], 0)
 
 
-def _inject_one(inject: Any, error: Any, document: Any, options: Any) -> tuple[Any, list[str]]:
-    try:
-        injected, notes = inject(document, options)
-    except error as exc:
-        print(f"dynamo-sidecar inject: {exc}; left unchanged", file=sys.stderr)
-        return document, []
+def _inject_one(inject: Any, document: Any, options: Any) -> Any:
+    injected, notes = inject(document, options)
     for note in notes:
         print(f"dynamo-sidecar inject: {note}", file=sys.stderr)
-    return injected, notes
+    return injected
 
 
 def _cmd_webhook(args: argparse.Namespace) -> int:

@@ -301,6 +301,38 @@ DEFAULT_PROCESS_PATTERNS = [
     r"-m\s+dynamo\.(frontend|mocker|vllm|sglang|trtllm|common\.backend)",
     r"\bdynamo[-_.](frontend|worker|run)\b",
 ]
+# What a multinode non-leader pod runs instead of a Dynamo server (the operator's per-backend
+# commands, deploy/operator/internal/dynamo/backend_*.go): vLLM's Ray agent (`ray start
+# --address=<leader> --block`), TRT-LLM's sshd for the leader's mpirun and the OpenMPI daemon
+# it starts; vLLM `--headless` and SGLang `--node-rank N` ranks match the Dynamo patterns above.
+# An inter-pod GMS weight server (failover.go) runs `gpu_memory_service.cli.server`.
+NON_LEADER_PROCESS_PATTERNS = [
+    r"\bray\s+start\b",
+    r"\bsshd\b.*\s-D\b",
+    r"\borted\b",
+    r"\bgpu_memory_service\b",
+]
+ROLES = ("all", "frontend", "worker", "non-leader")
+# A pod's place in a multinode group, as the injector passes it (an explicit value, or the
+# operator's labels through the downward API): LWS `role` label `worker` or `leader`, LWS
+# worker index, or a Grove PodClique name ending `-ldr` / `-wkr` (operator suffixes), or
+# `-gms-<rank>`: an inter-pod GMS weight server, which serves no Dynamo endpoint either.
+_NON_LEADER = re.compile(r"^(non-leader|worker|[1-9][0-9]*)$|-wkr(-[0-9]+)?$|-gms-[0-9]+$")
+_LEADER = re.compile(r"^(leader|0)$|-ldr$")
+
+
+def _label_value(raw: Any) -> str:
+    """Label values as the injector passes them (two labels joined at most): kept whole up to
+    253 characters, cut beyond, never refused: they come from the pod's own labels."""
+    return str(raw).strip()[:253]
+
+
+def multinode_position(value: str) -> str:
+    """ "non-leader", "leader" or "" (not known to be in a multinode group)."""
+    text = value.strip().lower()
+    if _NON_LEADER.search(text):
+        return "non-leader"
+    return "leader" if _LEADER.search(text) else ""
 
 
 def _spec(parser: Callable[[Any], Any], doc: str, secret: bool = False, dyn_env: str = "") -> dict[str, Any]:
@@ -335,7 +367,18 @@ class Config:
     role: str = field(
         default="all",
         metadata=_spec(
-            _choice("all", "frontend", "worker"), "Which Dynamo parts to watch: frontend, worker, or all."
+            _choice(*ROLES),
+            "Which Dynamo parts to watch: frontend, worker, all, or non-leader (a multinode non-leader pod: "
+            "GPU, processes, cgroup and TCP only; it serves no Dynamo endpoint).",
+        ),
+    )
+    multinode_position: str = field(
+        default="",
+        metadata=_spec(
+            _label_value,
+            "This pod's place in a multinode group: leader, non-leader, or the operator's label as the injector "
+            "passes it (LWS role leader|worker, Grove PodClique name ending -ldr|-wkr, or -gms-N for a GPU Memory "
+            "Service weight server). A worker that is a non-leader runs as role non-leader; empty: not multinode.",
         ),
     )
     frontend_url: str = field(
@@ -861,6 +904,12 @@ def _check_consistency(config: Config) -> None:
             raise ConfigError(
                 "collector_timeout", config.collector_timeout, f"at most twice {interval_key} plus 60s"
             )
+    if config.role in {"worker", "all"} and multinode_position(config.multinode_position) == "non-leader":
+        # The injector cannot tell leader from non-leader in a DGD component's template (the
+        # operator renders both from it): the pod's own labels decide, here.
+        config.role = "non-leader"
+    if config.role == "non-leader" and config.process_patterns == DEFAULT_PROCESS_PATTERNS:
+        config.process_patterns = [*DEFAULT_PROCESS_PATTERNS, *NON_LEADER_PROCESS_PATTERNS]
     if config.role == "frontend" and not config.frontend_url:
         raise ConfigError("frontend_url", config.frontend_url, "a URL when role is 'frontend'")
     if config.role == "worker" and not config.worker_system_urls:

@@ -39,6 +39,9 @@ class DrainSummary:
     trigger: str
     started_at: float
     deadline_at: float
+    # "hold": end when in-flight work reaches zero (a frontend's preStop waits on it);
+    # "follow": Dynamo drains itself (a worker after SIGTERM): end when its processes exit.
+    mode: str = "hold"
     reason: str = ""
     ended_at: float = 0.0
     inflight_at_start: float | None = None
@@ -63,6 +66,7 @@ class DrainSummary:
     def to_dict(self) -> dict[str, Any]:
         return {
             "trigger": self.trigger,
+            "mode": self.mode,
             "reason": self.reason or "in_progress",
             "started_at": round(self.started_at, 3),
             "ended_at": round(self.ended_at, 3) if self.ended_at else None,
@@ -107,15 +111,22 @@ class DrainCoordinator:
     def active(self) -> bool:
         return self.summary is not None and not self.summary.done
 
-    def trigger(self, trigger: str) -> DrainSummary:
-        """Start a drain (idempotent); a second trigger while draining shortens it."""
+    def trigger(self, trigger: str, follow: bool = False) -> DrainSummary:
+        """Start a drain (idempotent); a second trigger while draining shortens it. `follow`:
+        Dynamo drains itself (a worker's preStop returns at once and SIGTERM follows), so the
+        drain ends when its processes exit, not when in-flight work first reads zero."""
         if self.summary is not None:
             if not self.summary.done and trigger in {"sigterm", "sigint"}:
                 log.warning("second signal during drain: ending it now", trigger=trigger)
                 self._shorten.set()
             return self.summary
         now = time.time()
-        self.summary = DrainSummary(trigger=trigger, started_at=now, deadline_at=now + self.timeout)
+        self.summary = DrainSummary(
+            trigger=trigger,
+            started_at=now,
+            deadline_at=now + self.timeout,
+            mode="follow" if follow else "hold",
+        )
         self.sidecar.draining = True
         self.sidecar.state.extra["drain"] = self.summary
         self._task = asyncio.create_task(self._run(), name="drain")
@@ -200,6 +211,9 @@ class DrainCoordinator:
                 attributes={"inflight": summary.inflight_at_start},
             )
         )
+        if summary.mode == "follow" and not summary.processes_at_start:
+            # No Dynamo process to follow (no shareProcessNamespace?): judge by in-flight work.
+            summary.mode = "hold"
         zero_since: float | None = None
         reason = DEADLINE
         if not summary.processes_at_start and summary.inflight_at_start is None:
@@ -226,7 +240,7 @@ class DrainCoordinator:
             if summary.processes_at_start and not self._processes_alive(summary.processes_at_start):
                 reason = PROCESS_EXITED
                 break
-            if inflight == 0 and not unreachable:
+            if inflight == 0 and not unreachable and summary.mode == "hold":
                 zero_since = zero_since or now
                 if now - zero_since >= self.settle:
                     reason = INFLIGHT_ZERO

@@ -187,13 +187,20 @@ def _allowed(request: web.Request, sidecar: Sidecar) -> bool:
 
 
 async def drain(request: web.Request) -> web.Response:
-    """For the Dynamo container's preStop hook: start a drain and block until it ends."""
+    """For the Dynamo container's preStop hook: start a drain and block until it ends, or,
+    with `?wait=false` (a worker's hook: Dynamo's own shutdown needs the grace period), answer
+    202 at once while the drain follows Dynamo's shutdown."""
     sidecar = _sidecar(request)
     if not all(value.isascii() for value in request.headers.values()):
         return _json({"error": "header values must be ASCII"}, 400)
     if not _allowed(request, sidecar):
         return _json({"error": "POST /drain is allowed from 127.0.0.1 / ::1 or with the bearer token"}, 403)
-    summary = sidecar.drain.trigger("http")
+    wait = request.query.get("wait", "true").strip().lower()
+    if wait not in {"true", "false", "1", "0"}:
+        return _json({"error": "wait must be true or false"}, 400)
+    summary = sidecar.drain.trigger("http", follow=wait in {"false", "0"})
+    if wait in {"false", "0"}:
+        return _json(summary.to_dict(), 200 if summary.done else 202)
     await sidecar.drain.wait(sidecar.drain.timeout + sidecar.config.drain_interval + 5)
     return _json(summary.to_dict(), 200 if summary.done else 504)
 
@@ -208,7 +215,7 @@ async def index(request: web.Request) -> web.Response:
         "/healthz",
         "/readyz",
         "/canaryz",
-        "POST /drain",
+        "POST /drain[?wait=false]",
     ]
     return web.Response(text="dynamo-sidecar\n" + "\n".join(links) + "\n", content_type="text/plain")
 

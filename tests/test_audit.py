@@ -16,8 +16,10 @@ import pytest
 import yaml
 from aiohttp import web
 
+from agent import exitcodes
 from agent.audit import audit_documents
 from agent.audit.capacity import fit_line, forecast, max_observed
+from agent.cli import EXIT_CONFIG
 from agent.inject import inject
 from tests.conftest import free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_post, start_sidecar
@@ -62,19 +64,27 @@ def test_operator_defaults_give_the_expected_findings_paths_and_actions() -> Non
     liveness = rules["worker_liveness_single_failure"][0]
     assert liveness["evidence"][0]["signal"] == "livenessProbe (operator default)"
     assert "spec.services.VllmDecodeWorker.extraPodSpec.mainContainer.livenessProbe" in liveness["actions"][0]
+    # The operator's defaults are NVIDIA's deliberate trade-offs: info, with the trade-off.
+    assert liveness["severity"] == "info"
     readiness = rules["frontend_readiness_on_health"][0]
-    assert "Frontend" in readiness["subject"] and "/v1/models" in readiness["actions"][0]
-    assert rules["migration_off"][0]["actions"][0].startswith(
-        "set DYN_MIGRATION_LIMIT=3 in spec.services.Frontend.envs"
-    )
+    assert readiness["severity"] == "info" and "Frontend" in readiness["subject"]
+    assert "/v1/models" in readiness["actions"][1]
+    # One worker pod in the graph: nowhere to migrate a stream to yet.
+    migration = rules["migration_off"][0]
+    assert migration["severity"] == "info"
+    assert migration["actions"][0].startswith("set DYN_MIGRATION_LIMIT=3 in spec.services.Frontend.envs")
     health = rules["worker_health_check_disabled"][0]
-    assert (
-        health["evidence"][0]["signal"]
-        == "spec.services.VllmDecodeWorker.envs[name=DYN_HEALTH_CHECK_ENABLED]"
-    )
-    assert {f["subject"].rsplit(" ", 1)[1] for f in rules["no_prestop_drain"]} == {
-        "Frontend",
-        "VllmDecodeWorker",
+    assert health["severity"] == "info" and "on purpose" in health["summary"]
+    assert health["evidence"][0] == {
+        "signal": "spec.services.VllmDecodeWorker.envs[name=DYN_HEALTH_CHECK_ENABLED]",
+        "value": "false (operator default)",
+    }
+    # Only the frontend: a worker unregisters from discovery on SIGTERM and drains itself.
+    (prestop,) = rules["no_prestop_drain"]
+    assert prestop["subject"].endswith("Frontend") and prestop["severity"] == "warning"
+    assert prestop["evidence"][1] == {
+        "signal": "DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS (unset: 5 s)",
+        "value": 5.0,
     }
     assert len(rules["main_without_resources"]) == 2
     assert {f["severity"] for f in rules["no_sidecar"]} == {"info"}
@@ -87,10 +97,11 @@ def test_operator_defaults_give_the_expected_findings_paths_and_actions() -> Non
 def test_hardened_and_injected_manifest_gives_nothing_at_warning_or_above() -> None:
     hardened = load("dgd_hardened.yaml")
     plain = by_rule(audit_documents(hardened))
-    # Without the sidecar the only warnings left are the missing preStop drains.
+    # Without the sidecar the only warning left is the frontend's missing preStop drain.
     assert {rule for rule, fs in plain.items() if any(f["severity"] != "info" for f in fs)} == {
         "no_prestop_drain"
     }
+    assert [f["subject"].rsplit(" ", 1)[1] for f in plain["no_prestop_drain"]] == ["Frontend"]
     injected = [inject(document)[0] for document in hardened]
     result = audit_documents(injected)
     assert result["status"] == "ok", [f["summary"] for f in result["findings"]]
@@ -141,7 +152,8 @@ def test_workloads_and_rendered_helm_output() -> None:
     assert "set spec.template.spec.terminationGracePeriodSeconds: 45" in grace["actions"][0]
     # Readiness on /health with the health check off: the worker never becomes ready.
     assert rules["worker_health_check_disabled"][0]["severity"] == "critical"
-    assert rules["worker_liveness_single_failure"][0]["severity"] == "warning"  # no canary: not critical
+    # No canary: /live does no I/O, one missed probe is a stuck process (NVIDIA's choice).
+    assert rules["worker_liveness_single_failure"][0]["severity"] == "info"
     assert rules["sidecar_drain_exceeds_grace"][0]["severity"] == "critical"
     assert (
         rules["sidecar_without_process_namespace"][0]["evidence"][0]["signal"]
@@ -156,6 +168,66 @@ def test_workloads_and_rendered_helm_output() -> None:
     assert "<!DOCTYPE html>" in html.stdout and "sidecar_drain_exceeds_grace" in html.stdout
 
 
+def test_v1beta1_paths_dgd_env_and_a_worker_hook_that_holds_sigterm() -> None:
+    """v1beta1 (the storage version): findings name `spec.components[i]...` paths, the DGD's
+    own `spec.env` counts, and a worker preStop that blocks on /drain (what inject wrote
+    before) is named: it leaves Dynamo 5 s of its own shutdown."""
+    dgd = {
+        "apiVersion": "nvidia.com/v1beta1",
+        "kind": "DynamoGraphDeployment",
+        "metadata": {"name": "g"},
+        "spec": {
+            "env": [{"name": "DYN_SYSTEM_PORT", "value": "40000"}],
+            "components": [
+                {"name": "Frontend", "type": "frontend", "podTemplate": {"spec": {"containers": [{"name": "main", "image": "d"}]}}},
+                {"name": "planner", "type": "planner"},
+                {
+                    "name": "decode",
+                    "type": "decode",
+                    "replicas": 2,
+                    "podTemplate": {"spec": {"containers": [{"name": "main", "image": "d", "args": ["--model", "m"]}]}},
+                },
+            ],
+        },
+    }  # fmt: skip
+    result = audit_documents([dgd, {"kind": "Foo", "metadata": {"name": "f"}}])
+    rules = by_rule(result)
+    assert result["pods"] == [
+        "DynamoGraphDeployment g / component Frontend",
+        "DynamoGraphDeployment g / component decode",
+    ]
+    port = rules["system_port_out_of_range"][0]
+    assert port["evidence"][0] == {"signal": "spec.env[0]", "value": "40000"}
+    assert rules["worker_liveness_single_failure"][0]["actions"][0].startswith(
+        "set spec.components[2].podTemplate.spec.containers[0].livenessProbe"
+    )
+    assert rules["migration_off"][0]["severity"] == "warning"  # two decode pods to migrate between
+    assert any("planner" in note for note in result["notes"])
+    assert any(note.startswith("Foo f: not a kind audit knows") for note in result["notes"])
+    # The hook this project injected into workers before: POST /drain, blocking up to grace - 5 s.
+    old = copy.deepcopy(dgd)
+    main = old["spec"]["components"][2]["podTemplate"]["spec"]["containers"][0]
+    main["lifecycle"] = {
+        "preStop": {
+            "exec": {
+                "command": [
+                    "python3",
+                    "-c",
+                    "u.urlopen(u.Request('http://127.0.0.1:9469/drain', method='POST'), timeout=55)",
+                ]
+            }
+        }
+    }
+    hold = by_rule(audit_documents([old]))["worker_prestop_holds_sigterm"][0]
+    assert hold["severity"] == "warning" and "gets 5s before the kubelet's SIGKILL" in hold["summary"]
+    assert hold["evidence"][0] == {
+        "signal": "spec.components[2].podTemplate.spec.containers[0].lifecycle.preStop",
+        "value": 55.0,
+    }
+    # What inject writes now returns at once: nothing to say.
+    assert "worker_prestop_holds_sigterm" not in by_rule(audit_documents([inject(dgd)[0]]))
+
+
 def test_bad_input_is_one_clear_line() -> None:
     cases = [
         ("kind: Foo\nmetadata: {name: x}\n", "not a kind audit knows"),
@@ -168,10 +240,13 @@ def test_bad_input_is_one_clear_line() -> None:
     ]
     for text, message in cases:
         out = audit_cli("-f", "-", stdin=text)
-        assert out.returncode == 2, (text, out.stderr)
+        # A document audit cannot read is a usage error (64): 2 would read as "critical". An
+        # unreadable file is the CLI's config error, whose code the CLI's exit table sets.
+        expected = EXIT_CONFIG if message == "valid YAML" else exitcodes.USAGE
+        assert out.returncode == expected, (text, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
-    assert audit_cli().returncode == 2
+    assert audit_cli().returncode == EXIT_CONFIG
     assert "readable file" in audit_cli("-f", "/nonexistent.yaml").stderr
 
 

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from types import SimpleNamespace
@@ -260,3 +261,44 @@ def test_a_waiting_drain_says_what_it_waits_for_and_how_to_end_it(slow_dynamo) -
     assert waiting[0]["inflight"] >= 1
     dynamo.send_signal(signal.SIGKILL)
     client.join()
+
+
+def test_a_workers_hook_returns_at_once_and_the_drain_follows_dynamos_own_shutdown(slow_dynamo) -> None:
+    """The preStop `inject` gives a worker: POST /drain?wait=false answers 202 at once, so
+    the kubelet sends SIGTERM to Dynamo with the whole grace period left for its own shutdown
+    (unregister, 5 s, in-flight, engine clean-up). The drain does not end when in-flight work
+    first reads zero (Dynamo is still shutting down) but when Dynamo's process exits."""
+    dynamo, ports = slow_dynamo
+    sidecar, url = start_sidecar(
+        ports, "--role", "worker", "--drain-settle", "0.3", "--drain-interval", "0.2", interval="0.3"
+    )
+    try:
+        request = urllib.request.Request(url + "/drain?wait=false", method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.status == 202
+            summary = json.loads(response.read())
+        assert summary["mode"] == "follow" and summary["reason"] == "in_progress"
+        started = summary["started_at"]
+
+        def drain() -> dict[str, Any]:
+            return json.loads(http_get(url + "/status")[1])["drain"]
+
+        # Idle Dynamo: in-flight reads 0 well past the settle time, and the drain goes on.
+        seen = wait_for_sync(
+            lambda: (d := drain())["inflight_at_end"] == 0 and time.time() - started > 1.0 and d,
+            timeout=20,
+            what="in-flight read as zero past the settle time",
+        )
+        assert seen["reason"] == "in_progress" and seen["processes_at_start"] == [ports["pid"]]
+        dynamo.send_signal(signal.SIGTERM)  # what the kubelet does once the hook returned
+        done = wait_for_sync(
+            lambda: (d := drain())["reason"] != "in_progress" and d, timeout=20, what="drain end"
+        )
+        assert done["reason"] == "process_exited"
+        bad = urllib.request.Request(url + "/drain?wait=maybe", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(bad, timeout=5)
+        assert refused.value.code == 400
+    finally:
+        sidecar.kill()
+        sidecar.communicate(timeout=30)

@@ -73,14 +73,16 @@ def test_worker_pod_gets_a_native_sidecar_that_sees_main() -> None:
     assert env["NVIDIA_VISIBLE_DEVICES"] == "all" and env["DYN_SIDECAR_GPU_ENABLED"] == "true"
     assert sidecar["ports"][0] == {"name": "sidecar-metrics", "containerPort": 9469, "protocol": "TCP"}
     assert sidecar["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert sidecar["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # No readiness probe: a native sidecar's readiness is the pod's, and the operator's
+    # Kubernetes discovery routes to a worker only while its pod is Ready.
+    assert "readinessProbe" not in sidecar
     security = sidecar["securityContext"]
     assert security["runAsNonRoot"] and security["readOnlyRootFilesystem"]
     assert not security["allowPrivilegeEscalation"] and security["capabilities"] == {"drop": ["ALL"]}
     assert "nvidia.com/gpu" not in json.dumps(sidecar["resources"])  # sees GPUs, claims none
-    main = spec["containers"][0]
-    assert "/drain" in main["lifecycle"]["preStop"]["exec"]["command"][-1]
-    assert "timeout=55" in main["lifecycle"]["preStop"]["exec"]["command"][-1]
+    # A worker's hook only marks the drain's start: Dynamo's own shutdown needs the grace period.
+    hook = spec["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1]
+    assert "/drain?wait=false" in hook and "timeout=2" in hook
     assert injected["metadata"]["labels"]["dynamo-sidecar.io/injected"] == "true"
 
 
@@ -274,3 +276,98 @@ async def test_webhook_over_tls(certificate, http) -> None:
         assert 'dynamo_sidecar_webhook_reviews_total{outcome="patched"} 1' in text
     finally:
         await runner.cleanup()
+
+
+def test_v1beta1_components_opt_outs_and_a_dgd_inject_cannot_read() -> None:
+    from tests.crd_schema import errors
+
+    crd = (
+        ROOT / "tests" / "fixtures" / "upstream" / "dynamo" / "crd" / "nvidia.com_dynamographdeployments.yaml"
+    )
+    dgd = {
+        "apiVersion": "nvidia.com/v1beta1",
+        "kind": "DynamoGraphDeployment",
+        "metadata": {"name": "g"},
+        "spec": {
+            "env": [{"name": "DYN_SYSTEM_PORT", "value": "9345"}, {"name": "HF_HOME", "value": "/models"}],
+            "components": [
+                {"name": "Frontend", "type": "frontend"},  # the operator supplies main
+                {
+                    "name": "prefill",
+                    "type": "prefill",
+                    "podTemplate": {
+                        "metadata": {"annotations": {"dynamo-sidecar.io/memory-limit": "256Mi"}},
+                        "spec": {
+                            "terminationGracePeriodSeconds": 120,
+                            "containers": [
+                                {
+                                    "name": "main",
+                                    "image": "w",
+                                    "env": [{"name": "DYN_SYSTEM_PORT", "value": "9400"}],
+                                }
+                            ],
+                        },
+                    },
+                },
+                {
+                    "name": "epp",
+                    "type": "epp",
+                    "eppConfig": {"configMapRef": {"name": "epp-config", "key": "epp.yaml"}},
+                },
+            ],
+        },
+    }
+    options = Options(image="registry.example/dynamo-sidecar:test")
+    out, notes = inject(dgd, options)
+    assert errors(crd, out) == []
+    frontend, prefill, epp = out["spec"]["components"]
+    assert frontend["podTemplate"]["spec"]["containers"][0]["name"] == "main"
+    assert (
+        "/drain'"
+        in frontend["podTemplate"]["spec"]["containers"][0]["lifecycle"]["preStop"]["exec"]["command"][-1]
+    )
+    sidecar = prefill["podTemplate"]["spec"]["initContainers"][0]
+    env = env_of(sidecar)
+    # main's own value wins over the DGD's; HF_HOME is not the sidecar's business
+    assert env["DYN_SYSTEM_PORT"] == "9400" and "HF_HOME" not in env
+    assert env["DYN_SIDECAR_ROLE"] == "worker" and env["DYN_SIDECAR_TERMINATION_GRACE_PERIOD"] == "120"
+    assert sidecar["resources"]["limits"]["memory"] == "256Mi"
+    assert prefill["podTemplate"]["metadata"]["labels"]["dynamo-sidecar.io/injected"] == "true"
+    assert epp == dgd["spec"]["components"][2] and any("epp" in note for note in notes)
+    # Opting out: one component's pod template, or the whole graph.
+    one = json.loads(json.dumps(dgd))
+    one["spec"]["components"][1]["podTemplate"]["metadata"]["annotations"]["dynamo-sidecar.io/inject"] = (
+        "false"
+    )
+    out, notes = inject(one, options)
+    assert "initContainers" not in out["spec"]["components"][1]["podTemplate"]["spec"]
+    assert (
+        "opted out" in " ".join(notes)
+        and out["spec"]["components"][0]["podTemplate"]["spec"]["initContainers"]
+    )
+    whole = {
+        **json.loads(json.dumps(dgd)),
+        "metadata": {"name": "g", "annotations": {"dynamo-sidecar.io/inject": "false"}},
+    }
+    assert inject(whole, options)[0] == whole
+    # A DGD inject cannot read: nothing on stdout (a pipe into kubectl must fail), exit 64.
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "agent.cli",
+            "inject",
+            "-f",
+            "-",
+            "--image",
+            "registry.example/dynamo-sidecar:test",
+        ],
+        input=yaml.safe_dump({**dgd, "spec": {"services": {"x": {"componentType": "worker"}}}}),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode == 64 and bad.stdout == ""
+    assert bad.stderr.strip() == (
+        "dynamo-sidecar inject: nvidia.com/v1beta1 DynamoGraphDeployment has no spec.components list; nothing written"
+    )

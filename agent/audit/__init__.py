@@ -21,7 +21,7 @@ from typing import Any
 
 from agent.audit.capacity import DURATION_BUCKETS, HISTORY_NAMES, forecast, max_observed, summed
 from agent.audit.checks import run_checks
-from agent.audit.manifest import ManifestError, pod_units
+from agent.audit.manifest import ManifestError, UnknownKind, pod_units
 from agent.diagnose.model import SEVERITY_RANK
 
 SCHEMA_VERSION = 1
@@ -54,8 +54,15 @@ def report(
 def audit_documents(documents: list[Any], live: dict[str, Any] | None = None) -> dict[str, Any]:
     notes: list[str] = []
     units = []
+    unknown: list[UnknownKind] = []
     for document in documents:
-        units.extend(pod_units(document, notes))
+        try:
+            units.extend(pod_units(document, notes))
+        except UnknownKind as exc:
+            unknown.append(exc)
+    if unknown and len(unknown) == len([d for d in documents if d is not None]):
+        raise unknown[0]  # nothing in the input is a kind audit reads: say so, not "ok"
+    notes.extend(f"{exc}; skipped" for exc in unknown)
     if not units:
         notes.append("no Dynamo frontend or worker pods found in the input")
     return report(run_checks(units, live), notes, "manifest", {"pods": [u.where for u in units]})

@@ -119,23 +119,87 @@ def _grace_vs_drain(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
         )
 
 
+def _frontend_drain_timeout(unit: PodUnit) -> tuple[float, str]:
+    found = unit.env.get("DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS")
+    if found is None or found.value is None:
+        return FRONTEND_DRAIN_DEFAULT, "DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS (unset: 5 s)"
+    return _number(found.value, FRONTEND_DRAIN_DEFAULT), found.path
+
+
 @check(
-    "no_prestop_drain", "warning", "no preStop drain on main: Dynamo gets SIGTERM while traffic still arrives"
+    "no_prestop_drain",
+    "warning",
+    "frontend without a preStop drain: on SIGTERM Dynamo's own drain cuts streams after 5 s",
 )
 def _no_prestop(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
-    lifecycle = unit.main.get("lifecycle") or {}
-    if lifecycle.get("preStop"):
+    # Workers need no hook: on SIGTERM a worker unregisters from discovery at once, waits
+    # DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS (5 s) for routers to notice, then finishes its
+    # in-flight work; under the operator's Kubernetes discovery it already left routing when the
+    # pod began terminating. A frontend closes its listener and drains for
+    # DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS (5 s), then ends every stream still running
+    # (lib/llm/src/http/service/service_v2.rs, ai-dynamo/dynamo 2a6da14c).
+    if unit.role != "frontend" or (unit.main.get("lifecycle") or {}).get("preStop"):
+        return
+    grace = _number(unit.grace.value, 30)
+    drain, drain_path = _frontend_drain_timeout(unit)
+    if drain >= min(30.0, grace - 10):
         return
     fix = (
-        "dynamo-sidecar inject -f <this file> adds the sidecar and a preStop that drains through it"
+        "dynamo-sidecar inject -f <this file>: its preStop holds SIGTERM until the frontend's in-flight requests finish (up to the grace period less 5 s)"
         if unit.sidecar is None
         else f"add {unit.main_path}.lifecycle.preStop (exec: python3 -c POST http://127.0.0.1:9469/drain), as `dynamo-sidecar inject` writes it"
     )
     yield (
-        f"{unit.where}: main has no preStop hook: SIGTERM reaches Dynamo while the endpoints still route to the pod, "
-        "and nothing waits for in-flight requests before the sidecar and main stop",
-        [(f"{unit.main_path}.lifecycle.preStop", None)],
-        [fix],
+        f"{unit.where}: main has no preStop hook and the frontend drains for {drain:g}s after SIGTERM: a stream longer than that is cut "
+        f"when the pod stops (rolling update, scale-in), although the pod has {grace:g}s",
+        [(f"{unit.main_path}.lifecycle.preStop", None), (drain_path, drain)],
+        [
+            fix,
+            f"or set DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS in {unit.env_path} to your longest stream (at most {max(1, grace - 10):g}s with this grace period)",
+        ],
+        "",
+    )
+
+
+def _pre_stop_hold(pre_stop: dict[str, Any]) -> float | None:
+    """Seconds a worker's preStop can hold SIGTERM back: a `sleep` action or command, or
+    the sidecar's blocking /drain (up to its timeout); None when it returns at once."""
+    sleep = pre_stop.get("sleep")
+    if isinstance(sleep, dict):
+        return _number(sleep.get("seconds"), 0)
+    command = " ".join(str(part) for part in ((pre_stop.get("exec") or {}).get("command") or []))
+    if "/drain" in command and "wait=false" not in command:
+        found = re.search(r"timeout=(\d+(?:\.\d+)?)", command)
+        return _number(found.group(1), 0) if found else None
+    found = re.search(r"\bsleep\s+(\d+(?:\.\d+)?)", command)
+    return _number(found.group(1), 0) if found else None
+
+
+@check(
+    "worker_prestop_holds_sigterm",
+    "warning",
+    "a worker preStop holds SIGTERM back: Dynamo's own shutdown is left too little of the grace period",
+)
+def _worker_hold(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
+    pre_stop = (unit.main.get("lifecycle") or {}).get("preStop")
+    if unit.role != "worker" or not isinstance(pre_stop, dict):
+        return
+    hold = _pre_stop_hold(pre_stop)
+    if hold is None:
+        return
+    grace = _number(unit.grace.value, 30)
+    need = _dynamo_drain(unit)
+    if grace - hold >= need:
+        return
+    yield (
+        f"{unit.where}: main's preStop can hold SIGTERM for {hold:g}s of the pod's {grace:g}s: Dynamo's worker shutdown "
+        f"(unregister, {_number(unit.env_value('DYN_GRACEFUL_SHUTDOWN_GRACE_PERIOD_SECS'), 5.0):g}s for routers to notice, then its in-flight work, up to {need:g}s) "
+        f"gets {max(0.0, grace - hold):g}s before the kubelet's SIGKILL",
+        [(f"{unit.main_path}.lifecycle.preStop", hold), (unit.grace.path, grace)],
+        [
+            "re-run `dynamo-sidecar inject`: a worker's hook now only marks the drain's start (POST /drain?wait=false) and Dynamo drains itself",
+            f"or shorten the hook to at most {max(0.0, grace - need):g}s, or raise the grace period",
+        ],
         "",
     )
 
@@ -169,8 +233,8 @@ def _sidecar_drain(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
 
 @check(
     "worker_liveness_single_failure",
-    "warning",
-    "worker liveness restarts the container after one failed probe",
+    "info",
+    "worker liveness restarts the container after one failed probe (critical with Dynamo's canary on)",
 )
 def _liveness_one(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     probe = unit.probes.get("livenessProbe")
@@ -196,27 +260,34 @@ def _liveness_one(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
         [
             f"set {unit.main_path}.livenessProbe with failureThreshold: 3 (and timeoutSeconds >= 10), keeping path /live on port system"
         ],
+        # With Dynamo's canary off (the operator's default) /live only reports the system
+        # server itself, which does no I/O: one missed probe is a stuck process, and a quick
+        # restart is what NVIDIA chose. With the canary on, one slow canary restarts the worker.
         "critical" if canary else "",
     )
 
 
 @check(
     "frontend_readiness_on_health",
-    "warning",
-    "frontend readiness on /health, which is healthy with zero workers",
+    "info",
+    "frontend readiness on /health, which is healthy with zero workers (the operator's default: a trade-off)",
 )
 def _frontend_readiness(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     probe = unit.probes.get("readinessProbe")
     if unit.role != "frontend" or probe is None or _probe_path(probe.value) != "/health":
         return
+    # A trade-off, not a fault: the operator's own default, documented upstream ("an empty
+    # endpoints or instances array ... does not change the frontend response status"). A
+    # readiness on /v1/models would instead take every frontend out of the Service while the
+    # workers restart, turning 503s into refused connections.
     yield (
-        f'{unit.where}: readiness checks /health, which answers 200 "healthy" with no worker registered (measured on 1.6.1): '
-        "the pod stays in the Service while every request fails with 503",
+        f'{unit.where}: readiness checks /health, which answers 200 "healthy" with no worker registered: '
+        "the pod stays in the Service while requests fail with 503 until a worker registers",
         [(probe.path, _probe_path(probe.value))],
         [
-            f"set {unit.main_path}.readinessProbe to an exec that requires a model: "
+            "alert on zero workers instead: the sidecar's frontend_no_instances finding (alert DynamoFrontendNoWorkers)",
+            f"or, to take a frontend without workers out of the Service, set {unit.main_path}.readinessProbe to an exec that requires a model: "
             "curl -sf http://localhost:8000/v1/models | grep -q '\"id\"'",
-            "or alert on the sidecar's frontend_no_instances finding",
         ],
         "",
     )
@@ -225,7 +296,11 @@ def _frontend_readiness(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
 # --- Dynamo environment ------------------------------------------------------------------------
 
 
-@check("worker_health_check_disabled", "warning", "DYN_HEALTH_CHECK_ENABLED unset or false on a worker")
+@check(
+    "worker_health_check_disabled",
+    "info",
+    "DYN_HEALTH_CHECK_ENABLED off on a worker: a trade-off (critical when readiness on /health then never passes)",
+)
 def _health_check(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     if unit.role != "worker" or _truthy(unit.env_value("DYN_HEALTH_CHECK_ENABLED")):
         return
@@ -236,26 +311,41 @@ def _health_check(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     )
     readiness = unit.probes.get("readinessProbe")
     on_health = readiness is not None and _probe_path(readiness.value) == "/health"
-    if legacy:
-        summary = f"{unit.where}: DYN_HEALTH_CHECK_ENABLED is not true: Dynamo runs no canary, so a hung engine keeps /health 200"
-        severity = ""
-    else:
-        summary = (
-            f"{unit.where}: DYN_HEALTH_CHECK_ENABLED is not true and nothing else marks endpoints ready: the worker's /health "
-            "stays 503 notready although it serves (measured on 1.6.1)"
-            + ("; its readiness probe on /health keeps it out of service" if on_health else "")
+    where = (
+        found.path
+        if found is not None and found.path != OPERATOR
+        else f"{unit.env_path}[name=DYN_HEALTH_CHECK_ENABLED]"
+    )
+    shown = (
+        None if found is None else (f"{found.value} ({OPERATOR})" if found.path == OPERATOR else found.value)
+    )
+    if legacy or (found is not None and found.path == OPERATOR):
+        # NVIDIA's operator sets it false on purpose (ai-dynamo/dynamo#5038, Dec 2025, a week after
+        # turning it on): with its liveness on /live at failureThreshold 1, a canary that times
+        # out on a busy worker (3 s, every 10 s idle) marks the endpoint notready and the kubelet
+        # restarts a serving worker. The price: a hung engine keeps /health at 200.
+        watched = unit.sidecar is not None or live.get("in_pod")
+        yield (
+            f"{unit.where}: Dynamo's canary is off (DYN_HEALTH_CHECK_ENABLED not true), as NVIDIA's operator sets it on purpose: "
+            "a hung engine keeps /health 200 and nothing in Kubernetes restarts it"
+            + ("; the sidecar's canary and engine_hung finding watch for it" if watched else ""),
+            [(where, shown)],
+            [
+                "keep it off, and let the sidecar's canary and engine_hung finding catch a hung engine"
+                + ("" if watched else ": dynamo-sidecar inject -f <this file>"),
+                f"to turn Dynamo's canary on, set DYN_HEALTH_CHECK_ENABLED=true in {unit.env_path} and the liveness failureThreshold to 3 "
+                "with timeoutSeconds >= 10 together (see worker_liveness_single_failure)",
+            ],
+            "",
         )
-        severity = "critical" if on_health else ""
+        return
     yield (
-        summary,
-        [
-            (
-                found.path if found else f"{unit.env_path}[name=DYN_HEALTH_CHECK_ENABLED]",
-                found.value if found else None,
-            )
-        ],
-        [f"set DYN_HEALTH_CHECK_ENABLED=true in {unit.env_path}"],
-        severity,
+        f"{unit.where}: DYN_HEALTH_CHECK_ENABLED is not true and nothing else marks endpoints ready: the worker's /health "
+        "stays 503 notready although it serves (measured on 1.6.1)"
+        + ("; its readiness probe on /health keeps it out of service" if on_health else ""),
+        [(where, shown)],
+        [f"set DYN_HEALTH_CHECK_ENABLED=true in {unit.env_path}, or DYN_SYSTEM_STARTING_HEALTH_STATUS=ready"],
+        "critical" if on_health else "warning",
     )
 
 
@@ -306,12 +396,23 @@ def _migration(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
         value = limit
     if value is not None and _number(value, 0) > 0:
         return
+    # Migration moves a stream to another worker: in a graph of one worker pod there is none,
+    # and the advice is for when it scales out.
+    single = unit.graph_workers is not None and unit.graph_workers < 2
     yield (
         f"{unit.where}: request migration is off (no --migration-limit, DYN_MIGRATION_LIMIT unset or 0): when a worker dies, "
         "every stream it serves ends with an in-band error after HTTP 200",
-        [(f"{unit.main_path}.args --migration-limit / env DYN_MIGRATION_LIMIT", value)],
-        [f"set DYN_MIGRATION_LIMIT=3 in {unit.env_path} (or --migration-limit 3) when clients stream"],
-        "",
+        [(f"{unit.main_path}.args --migration-limit / env DYN_MIGRATION_LIMIT", value)]
+        + (
+            [("worker pods in the graph (worker/decode replicas)", unit.graph_workers)]
+            if unit.graph_workers is not None
+            else []
+        ),
+        [
+            f"set DYN_MIGRATION_LIMIT=3 in {unit.env_path} (or --migration-limit 3) when clients stream"
+            + (" and the graph runs more than one worker pod" if single else "")
+        ],
+        "info" if single else "",
     )
 
 

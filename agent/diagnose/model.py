@@ -27,7 +27,7 @@ CATEGORIES = (
 )
 SEVERITIES = ("info", "warning", "critical")
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
-ROLES = ("frontend", "worker")
+ROLES = ("frontend", "worker", "non-leader")
 
 
 @dataclass
@@ -59,7 +59,9 @@ class Hit:
     values: dict[str, Any]
     evidence: list[Evidence]
     since: float  # when the condition began, not when the sidecar noticed it
-    role: str = ""  # "frontend" | "worker" | "": picks role-specific actions, matches `@role` links
+    role: str = (
+        ""  # "frontend" | "worker" | "non-leader" | "": picks role-specific actions, matches `@role` links
+    )
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,9 @@ class Rule:
         for action in self.actions:
             prefix, sep, rest = action.partition(": ")
             if sep and prefix in ROLES:
-                if prefix == role or not role:
+                # Without a role a hit shows every role's advice, except the non-leader's:
+                # that applies only in a pod the sidecar knows to be a multinode non-leader.
+                if prefix == role or (not role and prefix != "non-leader"):
                     out.append(rest if prefix == role else action)
             else:
                 out.append(action)

@@ -213,8 +213,9 @@ def dynamo_stopped_after_drain(ctx: Context, t: Limits) -> list[Hit]:
     "no_dynamo_process",
     "startup_failure",
     "warning",
-    "no Dynamo process is visible to the sidecar",
+    "no {what} is visible to the sidecar",
     (
+        "non-leader: This is a multinode non-leader pod: main runs the leader's helper (vLLM `ray start --block` or `dynamo.vllm --headless`, SGLang `--node-rank N`, TRT-LLM sshd for mpirun); none runs, so the group's leader cannot use this pod's GPUs. `kubectl logs <pod> -c main` and the leader's logs.",
         "If Dynamo's endpoints are refused too, Dynamo is not running: `kubectl describe pod` for the main container's state and last exit.",
         "If Dynamo answers, the sidecar cannot see its processes: set `shareProcessNamespace: true` on the pod.",
         "If the entry point is custom, set process_patterns (DYN_SIDECAR_PROCESS_PATTERNS) or process_pid_file.",
@@ -232,7 +233,21 @@ def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
     evidence = [Evidence(metric("processes_matched"), 0), Evidence("patterns", ctx.config.process_patterns)]
     if facts.discovery_error:
         evidence.append(Evidence("discovery error", facts.discovery_error))
-    return [Hit("process", {}, evidence, ctx.state.started if ctx.uptime < 120 else ctx.now)]
+    non_leader = ctx.config.role == "non-leader"
+    what = (
+        "Dynamo engine rank or multinode agent (ray, sshd, dynamo --headless)"
+        if non_leader
+        else "Dynamo process"
+    )
+    return [
+        Hit(
+            "process",
+            {"what": what},
+            evidence,
+            ctx.state.started if ctx.uptime < 120 else ctx.now,
+            role="non-leader" if non_leader else "",
+        )
+    ]
 
 
 @rule(

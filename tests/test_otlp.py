@@ -373,6 +373,29 @@ def flushed(sidecar, rotel: Rotel, name: str):
     return check
 
 
+@needs_rotel
+def test_bare_host_port_grpc_endpoint_is_tls_unless_insecure(rotel: Rotel) -> None:
+    """OpenTelemetry's rule: OTEL_EXPORTER_OTLP_INSECURE applies to a scheme-less gRPC endpoint.
+    rotel listens in plaintext, so only the insecure exporter gets its span through."""
+    for insecure, delivered in (("true", True), ("false", False)):
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"127.0.0.1:{rotel.grpc_port}",
+            "OTEL_EXPORTER_OTLP_INSECURE": insecure,
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "500",
+        }
+        telemetry = Telemetry.from_config(load_config(environ=env), environ=env)
+        try:
+            telemetry.tracer.start_span(f"insecure-{insecure}").end()
+            assert telemetry.flush(5)
+            processor = telemetry.processor
+            assert processor is not None
+            assert (processor.exported, processor.failures) == ((1, 0) if delivered else (0, 1))
+        finally:
+            telemetry.shutdown()
+    wait_for_sync(lambda: rotel.named("insecure-true"), timeout=5, what="the plaintext span")
+    assert rotel.named("insecure-false") == []
+
+
 def test_rotel_debug_log_parser_reads_what_rotel_prints() -> None:
     text = (
         "ResourceSpans #0\nResource attributes:\n     -> service.name: Str(s)\nScopeSpans #0\n"

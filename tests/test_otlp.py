@@ -260,7 +260,7 @@ def test_otlp_status_never_shows_header_values_or_url_credentials() -> None:
 
 
 def test_each_transport_is_imported_only_when_selected() -> None:
-    """grpcio adds ~19 MiB of RSS (bench/otlp_cost.py): never paid for http/protobuf."""
+    """grpcio adds ~17 MiB to a running sidecar (bench/otlp_cost.py): never paid for http/protobuf."""
     code = (
         "import sys; from agent.config import load_config; from exporters.otlp import Telemetry\n"
         "env = {'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://127.0.0.1:9', 'OTEL_EXPORTER_OTLP_PROTOCOL': 'http/protobuf'}\n"

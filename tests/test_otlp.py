@@ -318,6 +318,7 @@ def test_grpc_spans_arrive_with_mains_env_from_dynamos_tracing_docs(rotel: Rotel
     env = {k: v for k, v in ENV.items() if not k.startswith("OTEL_")}
     env.update(injected_env(main_env, POD))
     sim, ports = start_sim()
+    proc: subprocess.Popen[str] | None = None
     try:
         proc, url = spawn_sidecar(
             f"http://127.0.0.1:{ports['frontend']}",
@@ -334,6 +335,9 @@ def test_grpc_spans_arrive_with_mains_env_from_dynamos_tracing_docs(rotel: Rotel
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=10)
         sim.terminate()
         sim.wait(timeout=10)
     (drain,) = wait_for_sync(lambda: rotel.named("dynamo_sidecar.drain"), timeout=10, what="drain span")

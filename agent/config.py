@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import yaml
 
@@ -270,6 +270,233 @@ def _optional_fraction(raw: Any) -> float:
     if not 0 <= value <= 1:
         raise ValueError("a fraction from 0 to 1 (0.01) or a percentage (1%); empty for none")
     return value
+
+
+# ---------------------------------------------------------------------------------------
+# OTLP traces. The sidecar reads OpenTelemetry's exporter variables the way Dynamo 1.6.1's
+# runtime reads them, so the `main` container's OTEL_* env (copied by `inject`) sends the
+# sidecar's spans where Dynamo sends its own. Dynamo's rules (ai-dynamo/dynamo
+# lib/runtime/src/logging.rs: otlp_exporter_enabled, parse_otlp_protocol_for_env,
+# resolve_signal_otlp_protocol, resolve_otlp_endpoint; docs/observability/tracing.md at
+# 0b71cf8463a800f6dbe9789813b5445354ca25d5), checked against the installed 1.6.1 runtime's own
+# "OpenTelemetry OTLP export enabled" log line:
+#   - export is on only when OTEL_EXPORT_ENABLED is 1/true/on/yes (any other value is off);
+#   - protocol: OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL, else grpc;
+#     grpc and http/protobuf only (Dynamo falls back to grpc on anything else);
+#   - endpoint: OTEL_EXPORTER_OTLP_TRACES_ENDPOINT as is; else OTEL_EXPORTER_OTLP_ENDPOINT (as
+#     is for grpc, plus /v1/traces for http/protobuf); else http://localhost:4317 (grpc) or
+#     http://localhost:4318/v1/traces (http/protobuf).
+# Where the sidecar differs, on purpose: without OTEL_EXPORT_ENABLED an endpoint alone turns
+# export on (as in every OpenTelemetry SDK: the sidecar also runs outside Dynamo), and
+# http/json is refused with a config error instead of quietly sent as gRPC.
+
+OTLP_PROTOCOLS = ("grpc", "http/protobuf")
+OTLP_DEFAULT_BASE = {"grpc": "http://localhost:4317", "http/protobuf": "http://localhost:4318"}
+OTLP_PORTS = {"grpc": 4317, "http/protobuf": 4318}
+OTLP_TRACES_PATH = "/v1/traces"
+OTLP_DEFAULT_TIMEOUT = 10.0  # seconds: OpenTelemetry's default (10000 ms)
+DYNAMO_TRUTHY = {"1", "true", "on", "yes"}  # Dynamo's env_is_truthy
+
+
+def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str]:
+    """The first of `names` set to a non-blank value, and its name; OpenTelemetry treats an
+    empty variable as unset."""
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return value, name
+    return "", ""
+
+
+def otlp_protocol_from_env(environ: Mapping[str, str]) -> tuple[str, str]:
+    """(protocol as written, the variable it came from or "" for the default grpc)."""
+    value, name = _env(environ, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+    return (value, name) if value else ("grpc", "")
+
+
+def otlp_traces_exporter_off(environ: Mapping[str, str]) -> str:
+    """Why the standard switches turn traces off ("" when they do not): OTEL_SDK_DISABLED=true,
+    or OTEL_TRACES_EXPORTER without otlp (none, console, ...). Dynamo reads neither."""
+    if environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return "OTEL_SDK_DISABLED=true"
+    exporters, _ = _env(environ, "OTEL_TRACES_EXPORTER")
+    if exporters and "otlp" not in {item.strip().lower() for item in exporters.split(",")}:
+        return f"OTEL_TRACES_EXPORTER={exporters[:40]}"
+    return ""
+
+
+def otlp_endpoint_from_env(environ: Mapping[str, str], protocol: str) -> tuple[str, str]:
+    """(traces URL, where it came from) by Dynamo's rules; "" when traces are off."""
+    switched_off = otlp_traces_exporter_off(environ)
+    if switched_off:
+        return "", "env " + switched_off.partition("=")[0]
+    enabled, _ = _env(environ, "OTEL_EXPORT_ENABLED")
+    if enabled and enabled.lower() not in DYNAMO_TRUTHY:
+        return "", "env OTEL_EXPORT_ENABLED"
+    traces, _ = _env(environ, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    if traces:
+        return traces, "env OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    base, _ = _env(environ, "OTEL_EXPORTER_OTLP_ENDPOINT")
+    origin = "env OTEL_EXPORTER_OTLP_ENDPOINT"
+    if not base:
+        if not enabled:
+            return "", "default"
+        base, origin = OTLP_DEFAULT_BASE.get(protocol, OTLP_DEFAULT_BASE["grpc"]), "env OTEL_EXPORT_ENABLED"
+    if protocol == "http/protobuf":
+        return base.rstrip("/") + OTLP_TRACES_PATH, origin
+    return base, origin
+
+
+def otlp_timeout_from_env(environ: Mapping[str, str]) -> tuple[str, str]:
+    """OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT is in milliseconds (the Python SDK reads it as
+    seconds; Dynamo and the specification as milliseconds): as a duration the parser reads."""
+    value, name = _env(environ, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+    if not value:
+        return f"{OTLP_DEFAULT_TIMEOUT:g}s", ""
+    return (value + "ms" if re.fullmatch(r"\d+", value) else value), name
+
+
+def _otlp_protocol(raw: Any) -> str:
+    text = str(raw).strip().lower()
+    if text == "http/json":
+        raise ValueError(
+            "grpc or http/protobuf (http/json is not supported: the sidecar, like Dynamo, sends protobuf)"
+        )
+    if text not in OTLP_PROTOCOLS:
+        raise ValueError("grpc or http/protobuf")
+    return text
+
+
+OTLP_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+):(\d{1,5})")
+
+
+def _otlp_endpoint(raw: Any) -> str:
+    """The URL spans are sent to, used as is; empty or off: no traces. gRPC also takes a bare
+    host:port (TLS unless OTEL_EXPORTER_OTLP_INSECURE=true, as OpenTelemetry specifies)."""
+    expected = "an http(s) URL such as http://otel-collector:4317 (host:port for grpc), or off"
+    text = "" if raw is None else str(raw).strip()
+    if text.lower() in {"", "off", "none"}:
+        return ""
+    if "://" not in text:
+        match = OTLP_HOST_PORT.fullmatch(text)
+        if not match or not 0 < int(match.group(2)) <= 65535:
+            raise ValueError(expected)
+        return text
+    parts = urlsplit(text)
+    if parts.scheme not in {"http", "https"} or not parts.hostname or parts.query or parts.fragment:
+        raise ValueError(expected)
+    try:
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        raise ValueError(expected) from None
+    return text
+
+
+@dataclass(frozen=True)
+class OtlpOptions:
+    """The exporter settings only OTEL_* variables carry: each OTEL_EXPORTER_OTLP_TRACES_X
+    replaces OTEL_EXPORTER_OTLP_X (never merged, as the specification and Dynamo have it)."""
+
+    headers: dict[str, str] = field(default_factory=dict)
+    compression: str = "none"
+    insecure: bool = False  # only for a gRPC endpoint without a scheme
+    certificate_file: str = ""
+    client_key_file: str = ""
+    client_certificate_file: str = ""
+
+    def redacted(self) -> dict[str, Any]:
+        """For /status: header names only (their values are usually credentials)."""
+        return {
+            "headers": sorted(self.headers),
+            "compression": self.compression,
+            "insecure": self.insecure,
+            "certificate_file": self.certificate_file,
+            "client_key_file": self.client_key_file,
+            "client_certificate_file": self.client_certificate_file,
+        }
+
+
+HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP token (RFC 9110)
+
+
+def otlp_options(environ: Mapping[str, str], warn: Callable[[str], None] = lambda _: None) -> OtlpOptions:
+    def pick(suffix: str) -> tuple[str, str]:
+        return _env(environ, f"OTEL_EXPORTER_OTLP_TRACES_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}")
+
+    headers: dict[str, str] = {}
+    raw_headers, headers_name = pick("HEADERS")
+    for position, item in enumerate(raw_headers.split(","), start=1):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key = key.strip().lower()  # gRPC metadata keys must be lower case
+        if not sep or not HEADER_NAME.fullmatch(key):
+            # Dynamo skips such an entry with a warning too. The entry may hold a credential
+            # ("Authorization: Bearer ..."), so only its position is named.
+            warn(f"{headers_name}: entry {position} is not name=value; skipped")
+            continue
+        headers[key] = unquote(value.strip())
+    compression, compression_name = pick("COMPRESSION")
+    compression = compression.lower() or "none"
+    if compression not in {"gzip", "none"}:
+        raise ConfigError(compression_name, compression, "gzip or none", "env")
+    insecure_raw, insecure_name = pick("INSECURE")
+    if insecure_raw and insecure_raw.lower() not in {"true", "false"}:
+        warn(f"{insecure_name}={insecure_raw[:20]!r} is not true or false; read as false")
+    files = {}
+    for suffix in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
+        path, name = pick(suffix)
+        if path and not os.access(path, os.R_OK):
+            raise ConfigError(name, path, "a readable PEM file", "env")
+        files[suffix] = path
+    return OtlpOptions(
+        headers=headers,
+        compression=compression,
+        insecure=insecure_raw.lower() == "true",
+        certificate_file=files["CERTIFICATE"],
+        client_key_file=files["CLIENT_KEY"],
+        client_certificate_file=files["CLIENT_CERTIFICATE"],
+    )
+
+
+def otlp_warnings(endpoint: str, protocol: str) -> list[str]:
+    """Endpoints that parse but will most likely never accept a span."""
+    if not endpoint or "://" not in endpoint:
+        return []
+    parts = urlsplit(endpoint)
+    shown = redact_url(endpoint)
+    out = []
+    other = "http/protobuf" if protocol == "grpc" else "grpc"
+    if parts.port == OTLP_PORTS[other]:
+        out.append(
+            f"OTLP endpoint {shown} is on port {parts.port}, the usual {other} port, but the protocol is "
+            f"{protocol}: set OTEL_EXPORTER_OTLP_PROTOCOL (or otlp_protocol) to {other}, or use port "
+            f"{OTLP_PORTS[protocol]}"
+        )
+    if protocol == "http/protobuf" and parts.path in {"", "/"}:
+        out.append(
+            f"OTLP endpoint {shown} has no path: an OTLP/HTTP receiver takes traces at {OTLP_TRACES_PATH} "
+            "(OTEL_EXPORTER_OTLP_TRACES_ENDPOINT and otlp_endpoint are used as is; "
+            "OTEL_EXPORTER_OTLP_ENDPOINT gets the path added)"
+        )
+    return out
+
+
+def _default_otlp_protocol() -> str:
+    return otlp_protocol_from_env(os.environ)[0]
+
+
+def _default_otlp_timeout() -> Any:
+    """Raw, like the DYN_* defaults: load_config's parser validates it."""
+    return otlp_timeout_from_env(os.environ)[0]
+
+
+def _default_otlp_endpoint() -> str:
+    try:
+        protocol = _otlp_protocol(_default_otlp_protocol())
+    except ValueError:
+        protocol = "grpc"
+    return otlp_endpoint_from_env(os.environ, protocol)[0]
 
 
 # ---------------------------------------------------------------------------------------
@@ -619,6 +846,32 @@ class Config:
     flush_timeout: float = field(
         default=3.0, metadata=_spec(_seconds(0, 60), "Longest wait for the final telemetry flush at exit.")
     )
+    # OTLP traces (defaults from the OTEL_* variables, read as Dynamo reads them)
+    otlp_endpoint: str = field(
+        default_factory=_default_otlp_endpoint,
+        metadata=_spec(
+            _otlp_endpoint,
+            "URL the sidecar's spans go to, used as is (for http/protobuf include /v1/traces); empty or off: "
+            "no traces. Default: resolved from the OTEL_* variables as Dynamo does (docs/operations.md, Traces).",
+            dyn_env="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT/OTEL_EXPORTER_OTLP_ENDPOINT",
+        ),
+    )
+    otlp_protocol: str = field(
+        default_factory=_default_otlp_protocol,
+        metadata=_spec(
+            _otlp_protocol,
+            "OTLP transport: grpc or http/protobuf (default grpc, as Dynamo's).",
+            dyn_env="OTEL_EXPORTER_OTLP_TRACES_PROTOCOL/OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+    )
+    otlp_timeout: float = field(
+        default_factory=_default_otlp_timeout,
+        metadata=_spec(
+            _seconds(0.001, 600),
+            "Timeout of one span export (the OTEL_* variables are in milliseconds; default 10 s).",
+            dyn_env="OTEL_EXPORTER_OTLP_TRACES_TIMEOUT/OTEL_EXPORTER_OTLP_TIMEOUT",
+        ),
+    )
     # Canary
     canary_enabled: bool = field(
         default=True, metadata=_spec(_bool, "Send one-token canary requests through the frontend while idle.")
@@ -873,6 +1126,7 @@ def load_config(
     for key, raw in (overrides or {}).items():
         if raw is not None:
             values[key] = (raw, f"flag --{key.replace('_', '-')}")
+    _otlp_defaults(values, environ)
     config = Config()
     for f in dataclasses.fields(Config):
         if f.name in values:
@@ -884,7 +1138,45 @@ def load_config(
             origin = f"env {f.metadata['dyn_env']}" if f.metadata["dyn_env"] else "default"
         setattr(config, f.name, _parse_field(f.name, raw, origin))
     _check_consistency(config)
+    _check_otlp(config, values["otlp_endpoint"][1], environ, warn)
     return config
+
+
+def _otlp_defaults(values: dict[str, tuple[Any, str]], environ: Mapping[str, str]) -> None:
+    """The OTLP keys' defaults from `environ`'s OTEL_* variables, each reported by the variable
+    it came from; the endpoint is resolved for the protocol in effect (own key or OTEL_*)."""
+    if "otlp_protocol" not in values:
+        protocol, name = otlp_protocol_from_env(environ)
+        values["otlp_protocol"] = (protocol, f"env {name}" if name else "default")
+    protocol = _parse_field("otlp_protocol", *values["otlp_protocol"])
+    if "otlp_endpoint" not in values:
+        values["otlp_endpoint"] = otlp_endpoint_from_env(environ, protocol)
+    if "otlp_timeout" not in values:
+        timeout, name = otlp_timeout_from_env(environ)
+        values["otlp_timeout"] = (timeout, f"env {name}" if name else "default")
+
+
+def _check_otlp(
+    config: Config, endpoint_origin: str, environ: Mapping[str, str], warn: Callable[[str], None]
+) -> None:
+    if config.otlp_endpoint and "://" not in config.otlp_endpoint and config.otlp_protocol != "grpc":
+        raise ConfigError(
+            "otlp_endpoint",
+            redact_url(config.otlp_endpoint),
+            "an http(s) URL for http/protobuf (a bare host:port is for grpc only)",
+            endpoint_origin,
+        )
+    off = otlp_traces_exporter_off(environ)
+    if (
+        not config.otlp_endpoint
+        and off.startswith("OTEL_TRACES_EXPORTER=")
+        and off.lower() != "otel_traces_exporter=none"
+    ):
+        warn(f"{off}: the sidecar exports traces only over OTLP; its traces are off")
+    if config.otlp_endpoint:
+        otlp_options(environ, warn)  # a bad compression or an unreadable TLS file fails at start
+    for message in otlp_warnings(config.otlp_endpoint, config.otlp_protocol):
+        warn(message)
 
 
 def _check_consistency(config: Config) -> None:
@@ -947,6 +1239,8 @@ def value_form(f: dataclasses.Field[Any]) -> str:
     parser = f.metadata["parser"]
     name = getattr(parser, "__qualname__", "")
     for marker, form in (
+        ("_otlp_endpoint", "URL"),
+        ("_otlp_protocol", "CHOICE"),
         ("_seconds", "DURATION"),
         ("_bool", "BOOL"),
         ("_int_range", "INT"),

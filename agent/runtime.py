@@ -208,7 +208,7 @@ class Sidecar:
         self.port: int = 0
         self.stopped = asyncio.Event()
         self.drain = DrainCoordinator(self)
-        self.telemetry = Telemetry()
+        self.telemetry = Telemetry.from_config(config)
         self.state.event_listeners.append(self.telemetry.record_event)
         self.state.extra["otlp"] = self.telemetry
         self.canary = Canary(self)

@@ -1,26 +1,25 @@
-"""Canaries against the simulated Dynamo, and OTLP traces into real receivers started here
-(OTLP/HTTP on aiohttp, OTLP/gRPC on grpcio)."""
+"""Canaries against the simulated Dynamo, and their OTLP traces in a real collector process
+(rotel, tests/otlp_receiver.py) over OTLP/HTTP and OTLP/gRPC."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
-from concurrent import futures
-from typing import Any
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
-from aiohttp import web
-from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from exporters.otlp import BoundedBatchProcessor, Telemetry
-from tests.conftest import PYTHON, base_url, free_port, get_json, get_text, post_completion, wait_for
-from tests.procs import start_sim
+from exporters.otlp import BoundedBatchProcessor, OtlpSettings, Telemetry
+from tests.conftest import base_url, free_port, get_json, get_text, post_completion, wait_for
+from tests.otlp_receiver import ReceivedSpan, Rotel, rotel_binary
+from tests.procs import PYTHON, start_sim
 
 TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}$")
 
@@ -29,80 +28,18 @@ def canary_requests(sim) -> list[dict[str, str]]:
     return [h for h in sim.requests_seen if h.get("x-request-id", "").startswith("canary-")]
 
 
-def _attrs(attributes) -> dict[str, Any]:
-    out = {}
-    for kv in attributes:
-        value = kv.value
-        kind = value.WhichOneof("value")
-        out[kv.key] = getattr(value, kind) if kind else None
-    return out
-
-
-class Received:
-    def __init__(self) -> None:
-        self.spans: list[dict[str, Any]] = []
-
-    def add(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
-        for resource_spans in request.resource_spans:
-            resource = _attrs(resource_spans.resource.attributes)
-            for scope in resource_spans.scope_spans:
-                for span in scope.spans:
-                    self.spans.append(
-                        {
-                            "name": span.name,
-                            "trace_id": span.trace_id.hex(),
-                            "span_id": span.span_id.hex(),
-                            "attributes": _attrs(span.attributes),
-                            "resource": resource,
-                            "events": [e.name for e in span.events],
-                            "status": span.status.code,
-                        }
-                    )
-
-    def named(self, prefix: str) -> list[dict[str, Any]]:
-        return [s for s in self.spans if s["name"].startswith(prefix)]
-
-
 @pytest.fixture
-async def otlp_http() -> AsyncIterator[tuple[str, Received]]:
-    received = Received()
-
-    async def traces(request: web.Request) -> web.Response:
-        message = trace_service_pb2.ExportTraceServiceRequest()
-        message.ParseFromString(await request.read())
-        received.add(message)
-        return web.Response(
-            body=trace_service_pb2.ExportTraceServiceResponse().SerializeToString(),
-            content_type="application/x-protobuf",
-        )
-
-    app = web.Application(client_max_size=32 * 1024 * 1024)
-    app.router.add_post("/v1/traces", traces)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}", received
-    await runner.cleanup()
-
-
-@pytest.fixture
-def otlp_grpc() -> Iterator[tuple[str, Received]]:
-    import grpc
-
-    received = Received()
-
-    class Service(trace_service_pb2_grpc.TraceServiceServicer):
-        def Export(self, request, context):
-            received.add(request)
-            return trace_service_pb2.ExportTraceServiceResponse()
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Service(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"http://127.0.0.1:{port}", received
-    server.stop(grace=None)
+def rotel(tmp_path: Path) -> Iterator[Rotel]:
+    """A real OTLP collector process on loopback (gRPC and HTTP); tests/otlp_receiver.py."""
+    binary = rotel_binary()
+    if binary is None:
+        pytest.skip("rotel not installed: pip install -e '.[test]' (PyPI rotel)")
+    receiver = Rotel(binary, tmp_path)
+    receiver.start()
+    try:
+        yield receiver
+    finally:
+        receiver.stop()
 
 
 K8S_ENV = {
@@ -114,9 +51,12 @@ K8S_ENV = {
 
 
 def set_otlp_env(monkeypatch: pytest.MonkeyPatch, endpoint: str, protocol: str) -> None:
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+    for name in os.environ:
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)  # a base URL: /v1/traces is added for http
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "2000")  # milliseconds
     for key, value in K8S_ENV.items():
         monkeypatch.setenv(key, value)
 
@@ -217,19 +157,25 @@ async def test_canary_outcomes(sim, make_sidecar) -> None:
         assert (await send_canary(session, closed, "tiny", 2, "completions", False)).outcome == CONNECT_ERROR
 
 
+async def flushed_spans(sidecar, rotel: Rotel, name: str, prefix: bool = False) -> list[ReceivedSpan]:
+    async def check() -> list[ReceivedSpan]:
+        await asyncio.to_thread(sidecar.telemetry.flush, 2)
+        return [s for s in rotel.spans() if (s.name.startswith(name) if prefix else s.name == name)]
+
+    return await wait_for(check, timeout=15, what=f"span {name}")
+
+
 async def test_otlp_http_receives_canary_spans_with_k8s_resource(
-    sim, make_sidecar, otlp_http, monkeypatch
+    sim, make_sidecar, rotel, monkeypatch
 ) -> None:
-    endpoint, received = otlp_http
-    set_otlp_env(monkeypatch, endpoint, "http/protobuf")
+    set_otlp_env(monkeypatch, rotel.http_url, "http/protobuf")
     sidecar = await make_sidecar(sim, canary_wait="0.5")
     await wait_for(lambda: canary_requests(sim), timeout=10, what="canary")
-    sidecar.telemetry.flush(5)
-    spans = await wait_for(lambda: received.named("POST /v1/completions"), timeout=10, what="canary span")
-    span = spans[0]
-    assert span["attributes"]["gen_ai.request.model"] == "tiny"
-    assert span["attributes"]["dynamo.canary.outcome"] == "ok"
-    assert span["attributes"]["http.response.status_code"] == 200
+    span = (await flushed_spans(sidecar, rotel, "POST /v1/completions"))[0]
+    assert span.kind == "SPAN_KIND_CLIENT"
+    assert span.attributes["gen_ai.request.model"] == "tiny"
+    assert span.attributes["dynamo.canary.outcome"] == "ok"
+    assert span.attributes["http.response.status_code"] == 200
     for key, value in {
         "k8s.pod.name": "dynamo-worker-0",
         "k8s.namespace.name": "inference",
@@ -237,45 +183,36 @@ async def test_otlp_http_receives_canary_spans_with_k8s_resource(
         "k8s.container.name": "dynamo-sidecar",
         "service.name": "dynamo-sidecar",
     }.items():
-        assert span["resource"][key] == value
-    assert span["resource"]["service.instance.id"].startswith("dynamo-worker-0")
+        assert span.resource[key] == value
+    assert span.resource["service.instance.id"].startswith("dynamo-worker-0")
     # The traceparent the simulated Dynamo received is this span's.
     sent = next(
-        h for h in canary_requests(sim) if h["x-request-id"] == span["attributes"]["dynamo.x_request_id"]
+        h for h in canary_requests(sim) if h["x-request-id"] == span.attributes["dynamo.x_request_id"]
     )
     match = TRACEPARENT.match(sent["traceparent"])
-    assert match and match.group(1) == span["trace_id"] and match.group(2) == span["span_id"]
+    assert match and match.group(1) == span.trace_id and match.group(2) == span.span_id
 
 
-async def test_otlp_grpc_receives_health_transition_events(sim, make_sidecar, otlp_grpc, monkeypatch) -> None:
-    endpoint, received = otlp_grpc
-    set_otlp_env(monkeypatch, endpoint, "grpc")
+async def test_otlp_grpc_receives_health_transition_events(sim, make_sidecar, rotel, monkeypatch) -> None:
+    set_otlp_env(monkeypatch, rotel.grpc_url, "grpc")
     sidecar = await make_sidecar(sim, canary_enabled="false")
     await wait_for(lambda: sidecar.ready, what="ready")
     sim.faults.worker_notready = True
     await wait_for(lambda: sidecar.state.recent_events(kind="health_transition"), what="transition")
-    await asyncio.to_thread(sidecar.telemetry.flush, 5)
-    spans = await wait_for(
-        lambda: received.named("dynamo_sidecar.health_transition"), timeout=10, what="transition span"
-    )
-    assert "health_transition" in spans[0]["events"]
-    assert spans[0]["resource"]["k8s.namespace.name"] == "inference"
+    spans = await flushed_spans(sidecar, rotel, "dynamo_sidecar.health_transition")
+    assert "health_transition" in spans[0].events
+    assert spans[0].resource["k8s.namespace.name"] == "inference"
 
 
-async def test_drain_span_is_exported(sim, make_sidecar, otlp_http, http, monkeypatch) -> None:
-    endpoint, received = otlp_http
-    set_otlp_env(monkeypatch, endpoint, "http/protobuf")
+async def test_drain_span_is_exported(sim, make_sidecar, rotel, http, monkeypatch) -> None:
+    set_otlp_env(monkeypatch, rotel.http_url, "http/protobuf")
     sidecar = await make_sidecar(sim, drain_settle="0.2", drain_interval="0.1", canary_enabled="false")
     async with http.post(base_url(sidecar) + "/drain") as response:
         assert (await response.json())["reason"] == "inflight_zero"
     await sidecar.flush_telemetry()
-    spans = await wait_for(
-        lambda: [s for s in received.spans if s["name"] == "dynamo_sidecar.drain"],
-        timeout=10,
-        what="drain span",
-    )
-    assert spans[0]["attributes"]["dynamo.drain.reason"] == "inflight_zero"
-    assert received.named("dynamo_sidecar.drain_started")  # the events too
+    spans = await flushed_spans(sidecar, rotel, "dynamo_sidecar.drain")
+    assert spans[0].attributes["dynamo.drain.reason"] == "inflight_zero"
+    assert rotel.named("dynamo_sidecar.drain_started")  # the events too
 
 
 class SlowExporter(SpanExporter):
@@ -306,42 +243,39 @@ def test_bounded_queue_drops_and_counts_never_grows() -> None:
     assert processor.failures >= 1 and processor.last_error
 
 
-async def test_unreachable_receiver_is_a_finding_not_a_crash(sim, make_sidecar, http, monkeypatch) -> None:
-    set_otlp_env(monkeypatch, f"http://127.0.0.1:{free_port()}", "http/protobuf")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+async def test_unreachable_receiver_is_a_counter_and_a_log_line(
+    sim, make_sidecar, http, monkeypatch, caplog, protocol: str
+) -> None:
+    set_otlp_env(monkeypatch, f"http://127.0.0.1:{free_port()}", protocol)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1000")
     sidecar = await make_sidecar(sim, canary_wait="0.3")
     await wait_for(lambda: len(canary_requests(sim)) >= 1, timeout=10, what="canary")
-    await asyncio.to_thread(sidecar.telemetry.flush, 3)
 
     async def finding() -> dict | None:
+        await asyncio.to_thread(sidecar.telemetry.flush, 3)
         report = await get_json(http, base_url(sidecar) + "/diagnose")
         return next((f for f in report["findings"] if f["rule"] == "otlp_export_failing"), None)
 
     found = await wait_for(finding, timeout=20, what="otlp finding")
     assert found["category"] == "sidecar"
-    _, text = await get_text(http, base_url(sidecar) + "/metrics")
-    assert 'dynamo_sidecar_otlp_spans_dropped_total{reason="export_failed"}' in text
+
+    async def dropped() -> str | None:  # /metrics is rendered once per cycle
+        _, text = await get_text(http, base_url(sidecar) + "/metrics")
+        return text if re.search(r'otlp_spans_dropped_total\{reason="export_failed"\} [1-9]', text) else None
+
+    text = await wait_for(dropped, timeout=10, what="export_failed drops on /metrics")
+    assert f'dynamo_sidecar_otlp_enabled{{protocol="{protocol}"}} 1.0' in text
+    # The exporter's own error line, once per failed batch: the receiver it could not reach.
+    failed = [r for r in caplog.records if r.levelname == "ERROR" and "Failed to export" in r.getMessage()]
+    assert failed, [r.getMessage() for r in caplog.records][-5:]
 
 
 def test_disabled_without_endpoint_and_bad_protocol() -> None:
-    assert not Telemetry(environ={}).enabled
-    bad = Telemetry(
-        environ={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": "carrier-pigeon",
-        }
-    )
+    assert not Telemetry().enabled
+    assert not Telemetry(OtlpSettings(endpoint="")).enabled
+    bad = Telemetry(OtlpSettings(endpoint="http://127.0.0.1:1", protocol="carrier-pigeon"))
     assert not bad.enabled and "carrier-pigeon" in bad.error
-
-
-def test_grpc_stack_only_imported_when_selected() -> None:
-    code = (
-        "import sys; from exporters.otlp import Telemetry; "
-        "t = Telemetry(environ={'OTEL_EXPORTER_OTLP_ENDPOINT': 'http://127.0.0.1:1'}); "
-        "print('grpc' in sys.modules); t.shutdown()"
-    )
-    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
 
 
 def test_cli_canary_round() -> None:

@@ -439,7 +439,9 @@ def otlp_options(environ: Mapping[str, str], warn: Callable[[str], None] = lambd
     compression, compression_name = pick("COMPRESSION")
     compression = compression.lower() or "none"
     if compression not in {"gzip", "none"}:
-        raise ConfigError(compression_name, compression, "gzip or none", "env")
+        # main's variable: Dynamo would start with it, so the sidecar does too (uncompressed).
+        warn(f"{compression_name}={_short(compression)} is not gzip or none; spans are sent uncompressed")
+        compression = "none"
     insecure_raw, insecure_name = pick("INSECURE")
     if insecure_raw and insecure_raw.lower() not in {"true", "false"}:
         warn(f"{insecure_name}={insecure_raw[:20]!r} is not true or false; read as false")
@@ -447,7 +449,8 @@ def otlp_options(environ: Mapping[str, str], warn: Callable[[str], None] = lambd
     for suffix in ("CERTIFICATE", "CLIENT_KEY", "CLIENT_CERTIFICATE"):
         path, name = pick(suffix)
         if path and not os.access(path, os.R_OK):
-            raise ConfigError(name, path, "a readable PEM file", "env")
+            # Not fatal: the exporter then fails to start, which /status and the log report.
+            warn(f"{name}={_short(path)} is not a readable PEM file; the OTLP exporter cannot use it")
         files[suffix] = path
     return OtlpOptions(
         headers=headers,
@@ -1126,7 +1129,7 @@ def load_config(
     for key, raw in (overrides or {}).items():
         if raw is not None:
             values[key] = (raw, f"flag --{key.replace('_', '-')}")
-    _otlp_defaults(values, environ)
+    _otlp_defaults(values, environ, warn)
     config = Config()
     for f in dataclasses.fields(Config):
         if f.name in values:
@@ -1142,18 +1145,51 @@ def load_config(
     return config
 
 
-def _otlp_defaults(values: dict[str, tuple[Any, str]], environ: Mapping[str, str]) -> None:
+def _otlp_defaults(
+    values: dict[str, tuple[Any, str]], environ: Mapping[str, str], warn: Callable[[str], None]
+) -> None:
     """The OTLP keys' defaults from `environ`'s OTEL_* variables, each reported by the variable
-    it came from; the endpoint is resolved for the protocol in effect (own key or OTEL_*)."""
+    it came from; the endpoint is resolved for the protocol in effect (own key or OTEL_*).
+
+    OTEL_* values are `main`'s, copied by the injector: one Dynamo tolerates must not stop the
+    sidecar (a native sidecar that exits keeps the whole pod from starting). Like Dynamo, a
+    protocol it cannot use falls back to grpc; an endpoint or timeout that does not parse is
+    warned about and left at off / the default. The sidecar's own keys stay strict."""
     if "otlp_protocol" not in values:
-        protocol, name = otlp_protocol_from_env(environ)
-        values["otlp_protocol"] = (protocol, f"env {name}" if name else "default")
+        protocol_raw, name = otlp_protocol_from_env(environ)
+        values["otlp_protocol"] = (protocol_raw, f"env {name}" if name else "default")
+        if name and not _parses("otlp_protocol", protocol_raw):
+            warn(
+                f"{name}={_short(protocol_raw)} is not grpc or http/protobuf; traces use grpc, as Dynamo does"
+            )
+            values["otlp_protocol"] = ("grpc", f"env {name} (not usable; Dynamo's fallback)")
     protocol = _parse_field("otlp_protocol", *values["otlp_protocol"])
     if "otlp_endpoint" not in values:
-        values["otlp_endpoint"] = otlp_endpoint_from_env(environ, protocol)
+        endpoint, origin = otlp_endpoint_from_env(environ, protocol)
+        values["otlp_endpoint"] = (endpoint, origin)
+        usable = _parses("otlp_endpoint", endpoint) and not (
+            endpoint and "://" not in endpoint and protocol != "grpc"
+        )
+        if not usable:
+            warn(
+                f"{origin.removeprefix('env ')}={_short(redact_url(endpoint))} is not a usable {protocol} "
+                "endpoint; the sidecar's traces are off"
+            )
+            values["otlp_endpoint"] = ("", f"{origin} (not usable)")
     if "otlp_timeout" not in values:
         timeout, name = otlp_timeout_from_env(environ)
         values["otlp_timeout"] = (timeout, f"env {name}" if name else "default")
+        if name and not _parses("otlp_timeout", timeout):
+            warn(f"{name}={_short(timeout)} is not a number of milliseconds; the default is used")
+            values["otlp_timeout"] = (f"{OTLP_DEFAULT_TIMEOUT:g}s", f"env {name} (not usable)")
+
+
+def _parses(key: str, raw: Any) -> bool:
+    try:
+        FIELDS[key].metadata["parser"](raw)
+    except ValueError:
+        return False
+    return True
 
 
 def _check_otlp(

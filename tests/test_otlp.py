@@ -14,7 +14,11 @@ from pathlib import Path
 import pytest
 
 from agent.config import ConfigError, load_config, otlp_options, otlp_warnings
+from agent.diagnose.context import Context
+from agent.diagnose.engine import evaluate
 from agent.inject import inject
+from agent.signals import Signals
+from agent.state import State
 from exporters.otlp import OtlpSettings, Telemetry
 from tests.conftest import PYTHON, base_url, get_json, wait_for, wait_for_sync
 from tests.otlp_receiver import ReceivedSpan, Rotel, parse_debug_log, rotel_binary
@@ -159,53 +163,94 @@ def test_a_traces_exporter_other_than_otlp_turns_traces_off_with_a_warning() -> 
 
 
 @pytest.mark.parametrize(
-    ("env", "key", "needle"),
+    ("env", "expected", "needle"),
     [
-        ({"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}, "otlp_protocol", "http/json is not supported"),
-        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "thrift"}, "otlp_protocol", "grpc or http/protobuf"),
-        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://c:21"}, "otlp_endpoint", "http(s) URL"),
-        ({"OTEL_EXPORTER_OTLP_TIMEOUT": "soon"}, "otlp_timeout", "duration"),
+        # Dynamo falls back to grpc for a protocol it cannot use; so does the sidecar.
+        (
+            {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
+            ("http://c:4317", "grpc"),
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+        ),
+        ({"OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "thrift"}, ("http://c:4317", "grpc"), "traces use grpc"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "ftp://c:21"}, ("", "grpc"), "traces are off"),
         (
             {"OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "c:4318"},
-            "otlp_endpoint",
-            "for http/protobuf",
-        ),
-        (
-            {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", "OTEL_EXPORTER_OTLP_COMPRESSION": "br"},
-            "OTEL_EXPORTER_OTLP_COMPRESSION",
-            "gzip or none",
-        ),
-        (
-            {
-                "OTEL_EXPORTER_OTLP_ENDPOINT": "https://c",
-                "OTEL_EXPORTER_OTLP_CERTIFICATE": "/nonexistent.pem",
-            },
-            "OTEL_EXPORTER_OTLP_CERTIFICATE",
-            "readable PEM",
+            ("", "http/protobuf"),
+            "not a usable http/protobuf endpoint",
         ),
     ],
 )
-def test_bad_otel_values_are_config_errors(env: dict[str, str], key: str, needle: str) -> None:
+def test_unusable_otel_values_from_mains_env_are_warned_not_fatal(
+    env: dict[str, str], expected: tuple[str, str], needle: str
+) -> None:
+    """OTEL_* is main's env, copied by the injector: a value Dynamo starts with must not keep
+    the sidecar (a native sidecar: the whole pod) from starting."""
+    warnings: list[str] = []
+    config = load_config(
+        environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", **env}, warn=warnings.append
+    )
+    assert (config.otlp_endpoint, config.otlp_protocol) == expected
+    assert len(warnings) == 1 and needle in warnings[0], warnings
+
+
+def test_unusable_otel_timeout_compression_and_files_are_warned_not_fatal(tmp_path: Path) -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "https://c:4317",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "soon",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "br",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE": str(tmp_path / "missing.pem"),
+    }
+    warnings: list[str] = []
+    config = load_config(environ=env, warn=warnings.append)
+    assert config.otlp_timeout == 10.0 and config.otlp_endpoint == "https://c:4317"
+    assert [w.split("=")[0] for w in warnings] == [
+        "OTEL_EXPORTER_OTLP_TIMEOUT",
+        "OTEL_EXPORTER_OTLP_COMPRESSION",
+        "OTEL_EXPORTER_OTLP_CERTIFICATE",
+    ], warnings
+    # The exporter cannot start without its CA file: recorded, shown, and a finding.
+    telemetry = Telemetry.from_config(config, environ=env)
+    assert not telemetry.enabled and "missing.pem" in telemetry.status()["error"]
+    state = State()
+    state.extra["otlp"] = telemetry
+    (finding,) = [
+        f
+        for f in evaluate(Context(state, config, Signals(window=300.0)))[0]
+        if f.rule == "otlp_export_failing"
+    ]
+    assert finding.subject == "https://c:4317" and finding.since == state.started
+    assert "missing.pem" in finding.evidence[0].value
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "needle"),
+    [
+        ({"otlp_protocol": "http/json"}, "otlp_protocol", "http/json is not supported"),
+        ({"otlp_protocol": "thrift"}, "otlp_protocol", "grpc or http/protobuf"),
+        ({"otlp_endpoint": "ftp://c:21"}, "otlp_endpoint", "http(s) URL"),
+        ({"otlp_timeout": "soon"}, "otlp_timeout", "duration"),
+        ({"otlp_protocol": "http/protobuf", "otlp_endpoint": "c:4318"}, "otlp_endpoint", "for http/protobuf"),
+    ],
+)
+def test_bad_values_of_the_sidecars_own_keys_are_config_errors(
+    overrides: dict[str, str], key: str, needle: str
+) -> None:
     with pytest.raises(ConfigError) as caught:
-        load_config(environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4317", **env})
+        load_config(environ={}, overrides=overrides)
     assert caught.value.key == key and needle in str(caught.value)
 
 
-def test_http_json_from_mains_env_stops_the_cli_like_any_config_error(
+def test_http_json_from_mains_env_does_not_stop_the_sidecar(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from agent.cli import main
 
-    reference = main(["check-config", "--listen-port", "99999"])
-    capsys.readouterr()
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318")
-    assert main(["check-config"]) == reference != 0
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert len(lines) == 1
-    assert (
-        "otlp_protocol" in lines[0] and "OTEL_EXPORTER_OTLP_PROTOCOL" in lines[0] and "http/json" in lines[0]
-    )
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317")
+    assert main(["check-config"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["otlp_protocol"] == "grpc"
+    assert "OTEL_EXPORTER_OTLP_PROTOCOL" in captured.err and "http/json" in captured.err
 
 
 def test_port_and_path_mistakes_are_warned() -> None:

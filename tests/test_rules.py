@@ -264,6 +264,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
                 "dropped": {"queue_full": 0, "export_failed": 40},
                 "last_error": "connection refused",
                 "last_success": 0,
+                "error": "",
             },
         )
     ),

@@ -1133,9 +1133,23 @@ def series_dropped(ctx: Context, t: Limits) -> list[Hit]:
 )
 def otlp_export_failing(ctx: Context, t: Limits) -> list[Hit]:
     telemetry = ctx.extra("otlp")
-    if telemetry is None or not telemetry.enabled:
+    if telemetry is None:
         return []
     status = telemetry.status()
+    if status["error"]:  # configured, but the exporter could not be built (a TLS file, say)
+        return [
+            Hit(
+                status["endpoint"] or "the OTLP receiver",
+                {"dropped": "all"},
+                [
+                    Evidence("OTLP exporter not started", status["error"]),
+                    Evidence("OTLP endpoint", f"{status['endpoint']} ({status['protocol']})"),
+                ],
+                ctx.state.started,
+            )
+        ]
+    if not telemetry.enabled:
+        return []
     dropped = sum(status["dropped"].values())
     recent_success = status["last_success"] and ctx.now - status["last_success"] < 60
     if not status["failures"] and not status["dropped"].get("queue_full"):

@@ -12,6 +12,7 @@ from dataclasses import fields
 
 import aiohttp
 
+from agent import exitcodes
 from agent.aio import wait_event
 from agent.config import load_config
 from agent.dynamo_sim import DynamoSim, Faults
@@ -82,7 +83,7 @@ async def run_demo(
             f"dynamo-sidecar demo: cannot listen on {host}:{port}: {exc.strerror} (try --port)",
             file=sys.stderr,
         )
-        return 1
+        return exitcodes.USAGE
     base = f"http://{host}:{sidecar.port}"
     control = sim.url("control")
     if not quiet:

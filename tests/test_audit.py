@@ -18,10 +18,11 @@ from aiohttp import web
 
 from agent.audit import audit_documents
 from agent.audit.capacity import fit_line, forecast, max_observed
-from agent.inject import inject
+from agent.inject import Options, inject
 from tests.conftest import free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_post, start_sidecar
 
+OPTIONS = Options(image="registry.test/dynamo-sidecar:0.1.0")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "audit"
 
 
@@ -91,7 +92,7 @@ def test_hardened_and_injected_manifest_gives_nothing_at_warning_or_above() -> N
     assert {rule for rule, fs in plain.items() if any(f["severity"] != "info" for f in fs)} == {
         "no_prestop_drain"
     }
-    injected = [inject(document)[0] for document in hardened]
+    injected = [inject(document, OPTIONS)[0] for document in hardened]
     result = audit_documents(injected)
     assert result["status"] == "ok", [f["summary"] for f in result["findings"]]
     assert not [f for f in result["findings"] if f["severity"] != "info"]
@@ -124,7 +125,7 @@ def test_workloads_and_rendered_helm_output() -> None:
             }
         },
     }
-    injected = inject(deployment)[0]
+    injected = inject(deployment, OPTIONS)[0]
     # A sidecar injected by hand without shareProcessNamespace or main's env.
     broken = copy.deepcopy(injected)
     broken["spec"]["template"]["spec"].pop("shareProcessNamespace")
@@ -168,10 +169,10 @@ def test_bad_input_is_one_clear_line() -> None:
     ]
     for text, message in cases:
         out = audit_cli("-f", "-", stdin=text)
-        assert out.returncode == 2, (text, out.stderr)
+        assert out.returncode == 64, (text, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
-    assert audit_cli().returncode == 2
+    assert audit_cli().returncode == 64
     assert "readable file" in audit_cli("-f", "/nonexistent.yaml").stderr
 
 
@@ -359,7 +360,8 @@ def test_live_reads_its_own_pod_spec_when_rbac_allows(sim_process: dict[str, int
                     }
                 ]
             },
-        }
+        },
+        OPTIONS,
     )[0]
     try:
         api = FakeApiServer(pod)

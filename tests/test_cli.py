@@ -96,7 +96,7 @@ def test_port_in_use_is_a_clear_error() -> None:
             env=ENV,
             timeout=30,
         )
-    assert result.returncode == 1
+    assert result.returncode == 64
     assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -170,7 +170,7 @@ def test_alerts_command_applies_threshold_overrides() -> None:
         timeout=60,
         env={**os.environ, "DYN_SIDECAR_THRESHOLDS": "nope.x=1"},
     )
-    assert bad.returncode == 2 and "not a known threshold" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 64 and "not a known threshold" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize(
@@ -198,7 +198,7 @@ def _cli(
 
 
 def _one_clear_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == 64, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and len(lines[0]) < 400, result.stderr[:2000]

@@ -23,6 +23,8 @@ from tests.conftest import ROOT, free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "k8s"
 K8S_VERSION = "1.30.0"
+IMAGE = "registry.test/dynamo-sidecar:0.1.0"
+OPTIONS = Options(image=IMAGE)
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -46,7 +48,7 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 def test_worker_pod_gets_a_native_sidecar_that_sees_main() -> None:
     pod = load("worker_pod.yaml")[0]
-    injected, notes = inject(pod)
+    injected, notes = inject(pod, OPTIONS)
     assert notes == []
     validate(injected)
     spec = injected["spec"]
@@ -91,7 +93,7 @@ def test_frontend_pod_and_options() -> None:
         "dynamo-sidecar.io/memory-limit": "256Mi",
         "dynamo-sidecar.io/config.dynamo_interval": "2s",
     }
-    injected, _ = inject(pod, Options(native=False))
+    injected, _ = inject(pod, Options(image=IMAGE, native=False))
     validate(injected)
     sidecar = sidecar_of(injected["spec"])
     assert sidecar in injected["spec"]["containers"] and "restartPolicy" not in sidecar
@@ -105,12 +107,12 @@ def test_frontend_pod_and_options() -> None:
 
 def test_injection_is_idempotent_and_respects_opt_out_and_other_pods() -> None:
     pod = load("worker_pod.yaml")[0]
-    once, _ = inject(pod)
-    twice, _ = inject(once)
+    once, _ = inject(pod, OPTIONS)
+    twice, _ = inject(once, OPTIONS)
     assert twice == once
     opted = json.loads(json.dumps(pod))
     opted["metadata"]["annotations"] = {"dynamo-sidecar.io/inject": "false"}
-    unchanged, notes = inject(opted)
+    unchanged, notes = inject(opted, OPTIONS)
     assert unchanged == opted and "opted out" in notes[0]
     other = {
         "apiVersion": "v1",
@@ -118,9 +120,9 @@ def test_injection_is_idempotent_and_respects_opt_out_and_other_pods() -> None:
         "metadata": {"name": "x"},
         "spec": {"containers": [{"name": "a", "image": "b"}]},
     }
-    assert inject(other)[0] == other
+    assert inject(other, OPTIONS)[0] == other
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
-    assert inject(config_map)[0] is config_map
+    assert inject(config_map, OPTIONS)[0] is config_map
 
 
 def test_deployment_template_is_injected() -> None:
@@ -137,14 +139,14 @@ def test_deployment_template_is_injected() -> None:
             },
         },
     }
-    injected, _ = inject(deployment)
+    injected, _ = inject(deployment, OPTIONS)
     validate(injected)
     assert sidecar_of(injected["spec"]["template"]["spec"])
 
 
 def test_dynamo_graph_deployment_services_are_injected() -> None:
     dgd = load("dgd.yaml")[0]
-    injected, notes = inject(dgd)
+    injected, notes = inject(dgd, OPTIONS)
     services = injected["spec"]["services"]
     for name, role in (("Frontend", "frontend"), ("VllmDecodeWorker", "worker")):
         extra = services[name]["extraPodSpec"]
@@ -159,12 +161,12 @@ def test_dynamo_graph_deployment_services_are_injected() -> None:
     )
     assert "extraPodSpec" not in services["Planner"] or SIDECAR not in json.dumps(services["Planner"])
     assert any("Planner" in note for note in notes)
-    assert inject(injected)[0] == injected
+    assert inject(injected, OPTIONS)[0] == injected
 
 
 def test_inject_command_on_a_multi_document_file() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "inject", "-f", str(FIXTURES / "dgd.yaml")],
+        [sys.executable, "-m", "agent.cli", "inject", "-f", str(FIXTURES / "dgd.yaml"), "--image", IMAGE],
         capture_output=True,
         text=True,
         timeout=60,
@@ -176,13 +178,13 @@ def test_inject_command_on_a_multi_document_file() -> None:
     assert SIDECAR in json.dumps(documents[0])
     assert "Planner" in result.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "inject", "-f", "-"],
+        [sys.executable, "-m", "agent.cli", "inject", "-f", "-", "--image", IMAGE],
         input="a: [",
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert bad.returncode == 64 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 # --- the admission webhook -----------------------------------------------------------------
@@ -212,12 +214,12 @@ def patched(pod: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
 
 def test_review_patch_applies_to_the_injected_pod() -> None:
     pod = load("worker_pod.yaml")[0]
-    answer, outcome = mutate_review(review(pod), Options())
+    answer, outcome = mutate_review(review(pod), OPTIONS)
     assert outcome == "patched" and answer["response"]["uid"] == "7f1e"
     result = patched(pod, answer)
     validate(result)
-    assert result == inject(pod)[0]
-    again, outcome = mutate_review(review(result), Options())
+    assert result == inject(pod, OPTIONS)[0]
+    again, outcome = mutate_review(review(result), OPTIONS)
     assert outcome == "unchanged" and "patch" not in again["response"]
 
 
@@ -236,7 +238,7 @@ def certificate(tmp_path: Path) -> tuple[str, str]:
 
 async def test_webhook_over_tls(certificate, http) -> None:
     cert, key = certificate
-    runner = web.AppRunner(make_app(Options()))
+    runner = web.AppRunner(make_app(OPTIONS))
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls_context(cert, key)).start()

@@ -155,7 +155,7 @@ def _sidecar_drain(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     if drain + flush > grace:
         yield (
             f"{unit.where}: the sidecar may drain for {drain:g}s and flush for {flush:g}s, the pod gets {grace:g}s: "
-            "the sidecar refuses to start with this (config error, exit 2)",
+            "the sidecar refuses to start with this (config error, exit 64)",
             [(f"{unit.sidecar_path}.env[DYN_SIDECAR_DRAIN_TIMEOUT]", drain), (unit.grace.path, grace)],
             [
                 f"set DYN_SIDECAR_DRAIN_TIMEOUT to at most {max(1, grace - flush - 1):g} or unset it (it then follows the grace period)"

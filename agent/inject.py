@@ -34,10 +34,11 @@ TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 DEFAULT_GRACE = 30  # Kubernetes' default terminationGracePeriodSeconds
 OPERATOR_GRACE = 60  # what the Dynamo operator sets on the pods it renders
 IMAGE_ENV = "DYN_SIDECAR_IMAGE"  # `inject` and `webhook` read the image here when --image is not given
-# Dynamo's images run as uid 1000, gid 0. Linux lets a process read another's /proc/<pid>/fd,
-# limits and environ only when its uid AND gid match the target's, so the sidecar runs with
-# main's uid and gid (these when main's are not stated): with gid 1000 it sees no fd counts,
-# no fd limit and no sockets of Dynamo. gid 0 is a group, not root: runAsNonRoot still holds.
+# Dynamo's images run as uid 1000, gid 0. Linux lets a process read another's fd limit, fd
+# links (/proc/<pid>/fd/N: its sockets) and environ only when its uid AND gid match the
+# target's, so the sidecar runs with main's uid and gid (these when main's are not stated):
+# with gid 1000 it sees no fd limit and no sockets of Dynamo (tests/test_proc_access.py).
+# gid 0 is a group, not root: runAsNonRoot still holds.
 SIDECAR_UID = 1000
 SIDECAR_GID = 0
 
@@ -125,13 +126,14 @@ def option_problems(options: Options) -> list[tuple[str, str, str]]:
     return problems
 
 
-def _checked(options: Options, where: str) -> Options:
+def _checked(options: Options, where: str, annotations: dict[str, Any]) -> Options:
     """The options, or InjectError naming the first value (a pod's annotation, usually) that
     would give a sidecar the API server refuses or a pod that cannot start."""
     for name, value, expected in option_problems(options)[:1]:
+        annotation = PREFIX + name.replace("_", "-")
+        source = f"annotation {annotation}" if annotation in annotations else "inject option"
         raise InjectError(
-            f"{where}: the sidecar's {name.replace('_', ' ')} {value[:80]!r} is not {expected}"
-            f" (annotation {PREFIX}{name.replace('_', '-')})"
+            f"{where}: {source}: the sidecar's {name.replace('_', ' ')} {value[:80]!r} is not {expected}"
         )
     return options
 
@@ -339,7 +341,8 @@ def _inject_template(template: dict[str, Any], options: Options, notes: list[str
     spec = template.setdefault("spec", {})
     if not isinstance(spec, dict):
         raise InjectError(f"{where}: spec is not a mapping")
-    options = _checked(_options_for(metadata.get("annotations") or {}, options), where)
+    annotations = metadata.get("annotations") or {}
+    options = _checked(_options_for(annotations, options), where, annotations)
     changed = inject_pod_spec(spec, role, options)
     if changed:
         _mark(metadata)
@@ -366,9 +369,8 @@ def _inject_dgd(obj: dict[str, Any], options: Options, notes: list[str]) -> bool
             continue
         extra = service.setdefault("extraPodSpec", {})
         main = extra.setdefault("mainContainer", {})
-        service_options = _checked(
-            _options_for(pod_metadata.get("annotations") or {}, options), f"service {name}"
-        )
+        annotations = pod_metadata.get("annotations") or {}
+        service_options = _checked(_options_for(annotations, options), f"service {name}", annotations)
         # The operator puts `envs` on `main`; the sidecar needs the same.
         # The operator turns the service's `resources` (gpu: "1") into main's GPU request.
         gpu = _wants_gpu({"resources": service.get("resources") or {}})

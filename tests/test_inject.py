@@ -276,3 +276,101 @@ async def test_webhook_over_tls(certificate, http) -> None:
         assert 'dynamo_sidecar_webhook_reviews_total{outcome="patched"} 1' in text
     finally:
         await runner.cleanup()
+
+
+# --- the image is explicit, values are Kubernetes quantities, the identity is main's --------
+
+
+def test_the_sidecar_runs_as_mains_user_and_group() -> None:
+    pod = load("worker_pod.yaml")[0]
+    default = sidecar_of(inject(pod, OPTIONS)[0]["spec"])["securityContext"]
+    # Dynamo's images: uid 1000, gid 0 (see tests/test_proc_access.py for why the gid matters).
+    assert (default["runAsUser"], default["runAsGroup"], default["runAsNonRoot"]) == (1000, 0, True)
+    pod["spec"]["securityContext"] = {"runAsUser": 2000, "runAsGroup": 3000}
+    from_pod = sidecar_of(inject(pod, OPTIONS)[0]["spec"])["securityContext"]
+    assert (from_pod["runAsUser"], from_pod["runAsGroup"]) == (2000, 3000)
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 4000, "runAsGroup": 5000}
+    from_main = sidecar_of(inject(pod, OPTIONS)[0]["spec"])["securityContext"]
+    assert (from_main["runAsUser"], from_main["runAsGroup"]) == (4000, 5000)
+    # A root main never makes a root sidecar (runAsNonRoot would keep the pod from starting).
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 0, "runAsGroup": 0}
+    from_root = sidecar_of(inject(pod, OPTIONS)[0]["spec"])["securityContext"]
+    assert (from_root["runAsUser"], from_root["runAsGroup"]) == (1000, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("64Mi", 64 * 2**20), ("50m", 0.05), ("0.5", 0.5), ("1e3", 1000), ("1.5Gi", 1.5 * 2**30), ("2k", 2000),
+     ("lots", None), ("", None), ("-1", None), ("64MB", None), ("1.2.3", None), ("Mi", None), ("9" * 80, None)],
+)  # fmt: skip
+def test_quantities_parse_as_kubernetes_does(text: str, value: float | None) -> None:
+    from agent.inject import parse_quantity
+
+    parsed = parse_quantity(text)
+    assert (float(parsed) if parsed is not None else None) == value
+
+
+def test_a_bad_annotation_leaves_the_pod_alone_with_one_line() -> None:
+    from agent.inject import InjectError
+
+    pod = load("worker_pod.yaml")[0]
+    pod["metadata"]["annotations"] = {"dynamo-sidecar.io/memory-limit": "lots"}
+    with pytest.raises(InjectError, match=r"memory limit 'lots' is not a positive Kubernetes quantity"):
+        inject(pod, OPTIONS)
+    pod["metadata"]["annotations"] = {"dynamo-sidecar.io/image": "Not An Image"}
+    with pytest.raises(InjectError, match=r"annotation dynamo-sidecar.io/image"):
+        inject(pod, OPTIONS)
+    # The webhook answers such a pod allowed and unpatched, with the reason as a warning.
+    answer, outcome = mutate_review(review(pod), OPTIONS)
+    assert outcome == "error" and "patch" not in answer["response"]
+    assert "dynamo-sidecar.io/image" in answer["response"]["warnings"][0]
+
+
+def _inject_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DYN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "inject", "-f", str(FIXTURES / "worker_pod.yaml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, **(env or {})},
+    )
+
+
+def test_inject_writes_only_an_image_someone_configured() -> None:
+    bare = _inject_cli()
+    assert bare.returncode == 64 and bare.stdout == "" and "ghcr.io" not in bare.stderr
+    assert len(bare.stderr.splitlines()) == 1
+    assert "no sidecar image given: pass --image" in bare.stderr and "DYN_SIDECAR_IMAGE" in bare.stderr
+    from_env = _inject_cli(env={"DYN_SIDECAR_IMAGE": "registry.test/from-env:1"})
+    assert from_env.returncode == 0, from_env.stderr
+    assert sidecar_of(yaml.safe_load(from_env.stdout)["spec"])["image"] == "registry.test/from-env:1"
+    flag = _inject_cli(
+        "--image", "registry.test/flag:2", env={"DYN_SIDECAR_IMAGE": "registry.test/from-env:1"}
+    )
+    assert sidecar_of(yaml.safe_load(flag.stdout)["spec"])["image"] == "registry.test/flag:2"
+    digest = "registry.test:5000/team/dynamo-sidecar@sha256:" + "a" * 64
+    assert _inject_cli("--image", digest).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--image", ""], ("'--image'", "an image reference")),
+        (["--image", "Bad Image"], ("'--image'", "an image reference")),
+        ([], ("'DYN_SIDECAR_IMAGE'", "an image reference")),  # set but empty
+        (["--image", IMAGE, "--sidecar-memory-limit", "lots"], ("--sidecar-memory-limit", "'lots'", "160Mi")),
+        (["--image", IMAGE, "--sidecar-cpu-request", "fast"], ("--sidecar-cpu-request", "50m")),
+        (["--image", IMAGE, "--sidecar-memory-request", "0"], ("--sidecar-memory-request", "positive")),
+        (["--image", IMAGE, "--sidecar-memory-request", "1Gi"], ("--sidecar-memory-request", "at most the memory limit")),
+    ],
+    ids=["empty", "spaces", "empty-env", "memory-lots", "cpu-word", "zero", "request-over-limit"],
+)  # fmt: skip
+def test_bad_image_or_quantity_is_one_line_and_exit_64(args: list[str], words: tuple[str, ...]) -> None:
+    result = _inject_cli(*args, env={"DYN_SIDECAR_IMAGE": ""} if not args else None)
+    assert result.returncode == 64 and result.stdout == "", result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr

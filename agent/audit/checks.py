@@ -127,7 +127,7 @@ def _no_prestop(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     if lifecycle.get("preStop"):
         return
     fix = (
-        "dynamo-sidecar inject -f <this file> adds the sidecar and a preStop that drains through it"
+        "dynamo-sidecar inject -f <this file> --image <your image> adds the sidecar and a preStop that drains through it"
         if unit.sidecar is None
         else f"add {unit.main_path}.lifecycle.preStop (exec: python3 -c POST http://127.0.0.1:9469/drain), as `dynamo-sidecar inject` writes it"
     )
@@ -388,7 +388,9 @@ def _no_sidecar(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     yield (
         f"{unit.where}: no dynamo-sidecar: nothing in the pod diagnoses it, drains it or sends canaries",
         [(f"{unit.spec_path}.initContainers[name=dynamo-sidecar]", None)],
-        ["dynamo-sidecar inject -f <this file> | kubectl apply -f -, or label the namespace for the webhook"],
+        [
+            "dynamo-sidecar inject -f <this file> --image <your image> | kubectl apply -f -, or label the namespace for the webhook"
+        ],
         "",
     )
 

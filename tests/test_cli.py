@@ -47,9 +47,8 @@ def test_diagnose_exit_codes(sim_process) -> None:
         )
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert ok.stdout.startswith("dynamo-sidecar diagnose: OK")
-        http_post(f"http://127.0.0.1:{sim_process['control']}/frontend/stop")
 
-        def critical() -> subprocess.CompletedProcess[str] | None:
+        def exits(code: int) -> subprocess.CompletedProcess[str] | None:
             run = subprocess.run(
                 [PYTHON, "-m", "agent.cli", "diagnose", "--url", url],
                 capture_output=True,
@@ -57,9 +56,14 @@ def test_diagnose_exit_codes(sim_process) -> None:
                 env=ENV,
                 timeout=30,
             )
-            return run if run.returncode == 2 else None
+            return run if run.returncode == code else None
 
-        result = wait_for_sync(critical, timeout=15, what="diagnose exit 2")
+        # A warning and nothing worse: exit 1.
+        http_post(f"http://127.0.0.1:{sim_process['control']}/faults", {"worker_notready": True})
+        warning = wait_for_sync(lambda: exits(1), timeout=15, what="diagnose exit 1")
+        assert "[WARNING]" in warning.stdout and "[CRITICAL]" not in warning.stdout
+        http_post(f"http://127.0.0.1:{sim_process['control']}/frontend/stop")
+        result = wait_for_sync(lambda: exits(2), timeout=15, what="diagnose exit 2")
         assert "[CRITICAL]" in result.stdout and "refuses connections" in result.stdout
         as_json = subprocess.run(
             [PYTHON, "-m", "agent.cli", "diagnose", "--url", url, "--format", "json"],

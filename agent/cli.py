@@ -247,6 +247,7 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
 
     from agent.webhook import make_app, tls_context
 
+    options = _inject_options(args)  # the image first: the mistake a new user makes first
     log.configure(args.log_level, "json")
     try:
         context = tls_context(args.tls_cert_file, args.tls_key_file)
@@ -257,7 +258,7 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
             f"a readable PEM certificate and key ({exc})",
         ) from None
     web.run_app(
-        make_app(_inject_options(args)),
+        make_app(options),
         host=args.listen_host,
         port=args.listen_port,
         ssl_context=context,

@@ -50,6 +50,18 @@ CASES: list[tuple[str, list[str], int, str | None]] = [
     ("config value", ["check-config", "--listen-port", "http"], exitcodes.USAGE, "listen_port"),
     ("diagnose --since", ["diagnose", "--since", "bad"], exitcodes.USAGE, "--since"),
     ("inject without an image", ["inject", "-f", str(POD)], exitcodes.USAGE, "--image"),
+    (
+        "webhook without an image",
+        ["webhook", "--tls-cert-file", "/x", "--tls-key-file", "/x"],
+        exitcodes.USAGE,
+        "--image",
+    ),
+    (
+        "webhook: no TLS files",
+        ["webhook", "--tls-cert-file", "/x", "--tls-key-file", "/x", "--image", "r.test/ds:1"],
+        exitcodes.USAGE,
+        "--tls-cert-file",
+    ),
     ("audit: unreadable file", ["audit", "-f", "/nonexistent.yaml"], exitcodes.USAGE, "readable file"),
 ]
 

@@ -746,11 +746,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
     except BrokenPipeError:
-        # The reader went away (`... | head`): nothing more can be said on stdout, and the
-        # interpreter's own flush at exit must not fail again.
+        # The reader went away (`... | head`): interrupted by it, as by Ctrl-C, and quietly
+        # (the reader wanted no more). The interpreter's own flush at exit must not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        print("dynamo-sidecar: output closed before it was all written", file=sys.stderr)
-        return exitcodes.INTERNAL
+        return exitcodes.INTERRUPTED
     except Exception as exc:
         # A bug: one line a user can paste into an issue, never a traceback.
         where = _innermost_frame(exc)

@@ -146,3 +146,19 @@ def test_docs_cli_md_lists_every_code() -> None:
     for name in subcommands():
         assert f"`{name}`" in table, name
     assert exitcodes.BY_STATUS == {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}
+
+
+def test_a_reader_that_went_away_is_130_and_quiet() -> None:
+    """`dynamo-sidecar alerts | head -1`: the reader is gone before the output is written."""
+    import os
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # no reader at all: the first write fails
+    try:
+        proc = subprocess.run(
+            [PYTHON, "-m", "agent.cli", "alerts"], stdout=write_end, stderr=subprocess.PIPE, text=True,
+            timeout=60, env=ENV,
+        )  # fmt: skip
+    finally:
+        os.close(write_end)
+    assert proc.returncode == exitcodes.INTERRUPTED and proc.stderr == ""

@@ -19,7 +19,7 @@ from agent import __version__, exitcodes, log
 from agent.config import FIELDS, Config, ConfigError, default_text, env_name, load_config, value_form
 
 
-class UsageError(Exception):
+class CliUsageError(Exception):
     """A usage error found after parsing: one line after the subcommand's name, exit 64."""
 
 
@@ -101,15 +101,15 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def _inject_options(args: argparse.Namespace) -> Any:
-    """inject's and webhook's Options from their flags; ConfigError (exit 64) naming the flag
-    when the image is not given or a value would give a pod that cannot start."""
+    """inject's and webhook's Options from their flags. Exit 64 in one line when no image is
+    given, or naming the flag whose value would give a pod that cannot start."""
     from agent.inject import IMAGE_ENV, Options, option_problems
 
     image, where = args.image, "--image"
     if image is None:
         image, where = os.environ.get(IMAGE_ENV), IMAGE_ENV
     if image is None:
-        raise UsageError(
+        raise CliUsageError(
             f"no sidecar image given: pass --image <registry>/dynamo-sidecar:{__version__} or set {IMAGE_ENV}"
             " (no image is published: build and push one as README's 'Deploy on Kubernetes' shows)"
         )
@@ -257,16 +257,23 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
             args.tls_cert_file,
             f"a readable PEM certificate and key ({exc})",
         ) from None
-    web.run_app(
-        make_app(options),
-        host=args.listen_host,
-        port=args.listen_port,
-        ssl_context=context,
-        access_log=None,
-        print=None,
-        keepalive_timeout=10,
-    )
-    return 0
+    try:
+        web.run_app(
+            make_app(options),
+            host=args.listen_host,
+            port=args.listen_port,
+            ssl_context=context,
+            access_log=None,
+            print=None,
+            keepalive_timeout=10,
+        )
+    except OSError as exc:
+        print(
+            f"dynamo-sidecar webhook: cannot listen on {args.listen_host}:{args.listen_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return exitcodes.USAGE
+    return exitcodes.OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -740,7 +747,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"dynamo-sidecar: {exc}", file=sys.stderr)
         return exitcodes.USAGE
-    except UsageError as exc:
+    except CliUsageError as exc:
         print(f"dynamo-sidecar {args.command if args else ''}: {exc}", file=sys.stderr)
         return exitcodes.USAGE
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from agent import exitcodes
@@ -162,3 +163,28 @@ def test_a_reader_that_went_away_is_130_and_quiet() -> None:
     finally:
         os.close(write_end)
     assert proc.returncode == exitcodes.INTERRUPTED and proc.stderr == ""
+
+
+def test_a_webhook_port_in_use_is_one_line_and_64(tmp_path: Path) -> None:
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed: cannot make a test certificate")
+    cert, key = tmp_path / "tls.crt", tmp_path / "tls.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        result = subprocess.run(
+            [PYTHON, "-m", "agent.cli", "webhook", "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+             "--image", "registry.test/ds:0.1.0", "--listen-host", "127.0.0.1",
+             "--listen-port", str(busy.getsockname()[1])],
+            capture_output=True, text=True, timeout=60, env=ENV,
+        )  # fmt: skip
+    assert result.returncode == exitcodes.USAGE, result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and "cannot listen" in lines[0] and "Traceback" not in result.stderr

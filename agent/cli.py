@@ -13,12 +13,22 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from agent import __version__, exitcodes, log
 from agent.config import FIELDS, Config, ConfigError, default_text, env_name, load_config, value_form
 
-EXIT_CONFIG = 2
+
+class CliUsageError(Exception):
+    """A usage error found after parsing: one line after the subcommand's name, exit 64."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """argparse with the project's exit codes: a usage error is one line and EX_USAGE (64), so
+    it never reads as diagnose's or audit's "critical" (2), which argparse would exit with."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(exitcodes.USAGE, f"{self.prog}: {message} (see {self.prog} --help)\n")
 
 
 # Other spellings of a flag: `demo --port` and `run --listen-port` name the same thing.
@@ -74,7 +84,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"dynamo-sidecar: cannot listen on {config.listen_host}:{config.listen_port}: {exc.strerror or exc}",
             file=sys.stderr,
         )
-        return 1
+        return exitcodes.USAGE
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -91,15 +101,26 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
 
 
 def _inject_options(args: argparse.Namespace) -> Any:
-    from agent.inject import Options
+    """inject's and webhook's Options from their flags. Exit 64 in one line when no image is
+    given, or naming the flag whose value would give a pod that cannot start."""
+    from agent.inject import IMAGE_ENV, Options, option_problems
 
-    options = Options(native=not args.regular_container)
-    if args.image:
-        options.image = args.image
+    image, where = args.image, "--image"
+    if image is None:
+        image, where = os.environ.get(IMAGE_ENV), IMAGE_ENV
+    if image is None:
+        raise CliUsageError(
+            f"no sidecar image given: pass --image <registry>/dynamo-sidecar:{__version__} or set {IMAGE_ENV}"
+            " (no image is published: build and push one as README's 'Deploy on Kubernetes' shows)"
+        )
+    options = Options(image=image.strip(), native=not args.regular_container)
     for name in ("cpu_request", "memory_request", "memory_limit"):
-        value = getattr(args, f"sidecar_{name}", "")
-        if value:
-            setattr(options, name, value)
+        value = getattr(args, f"sidecar_{name}")
+        if value is not None:
+            setattr(options, name, value.strip())
+    for name, value, expected in option_problems(options)[:1]:
+        flag = where if name == "image" else f"--sidecar-{name.replace('_', '-')}"
+        raise ConfigError(flag, value, expected)
     for item in args.sidecar_config or []:
         key, sep, value = item.partition("=")
         if not sep or key.strip() not in FIELDS:
@@ -111,13 +132,17 @@ def _inject_options(args: argparse.Namespace) -> Any:
 
 
 def _add_inject_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", default="", help="sidecar image (default: this version's)")
+    parser.add_argument(
+        "--image",
+        default=None,
+        help="the sidecar image (required: no image is published; or set DYN_SIDECAR_IMAGE)",
+    )
     parser.add_argument(
         "--regular-container", action="store_true", help="a regular container instead of a native sidecar"
     )
-    parser.add_argument("--sidecar-cpu-request", default="", metavar="QUANTITY")
-    parser.add_argument("--sidecar-memory-request", default="", metavar="QUANTITY")
-    parser.add_argument("--sidecar-memory-limit", default="", metavar="QUANTITY")
+    parser.add_argument("--sidecar-cpu-request", metavar="QUANTITY", help="default 50m")
+    parser.add_argument("--sidecar-memory-request", metavar="QUANTITY", help="default 64Mi")
+    parser.add_argument("--sidecar-memory-limit", metavar="QUANTITY", help="default 160Mi")
     parser.add_argument(
         "--sidecar-config",
         action="append",
@@ -184,12 +209,11 @@ def _read_yaml_documents(path: str) -> list[Any]:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     from agent.audit import ManifestError, audit_documents, audit_live, render
-    from agent.diagnose.render import EXIT_CODES
     from agent.verify.drill import UsageError, parse_duration
 
     if bool(args.file) == bool(args.live):
         print("dynamo-sidecar audit: give -f FILE (or - for stdin) or --live, not both", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.USAGE
     try:
         if args.file:
             result = audit_documents(_read_yaml_documents(args.file))
@@ -209,7 +233,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"dynamo-sidecar audit: {exc}", file=sys.stderr)
         return exitcodes.USAGE  # never 2: that means a critical finding
     print(render(result, args.format), end="")
-    return EXIT_CODES.get(result["status"], 0)
+    return exitcodes.BY_STATUS[result["status"]]
 
 
 def _inject_one(inject: Any, document: Any, options: Any) -> Any:
@@ -224,6 +248,7 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
 
     from agent.webhook import make_app, tls_context
 
+    options = _inject_options(args)  # the image first: the mistake a new user makes first
     log.configure(args.log_level, "json")
     try:
         context = tls_context(args.tls_cert_file, args.tls_key_file)
@@ -233,16 +258,23 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
             args.tls_cert_file,
             f"a readable PEM certificate and key ({exc})",
         ) from None
-    web.run_app(
-        make_app(_inject_options(args)),
-        host=args.listen_host,
-        port=args.listen_port,
-        ssl_context=context,
-        access_log=None,
-        print=None,
-        keepalive_timeout=10,
-    )
-    return 0
+    try:
+        web.run_app(
+            make_app(options),
+            host=args.listen_host,
+            port=args.listen_port,
+            ssl_context=context,
+            access_log=None,
+            print=None,
+            keepalive_timeout=10,
+        )
+    except OSError as exc:
+        print(
+            f"dynamo-sidecar webhook: cannot listen on {args.listen_host}:{args.listen_port}: {exc.strerror or exc}",
+            file=sys.stderr,
+        )
+        return exitcodes.USAGE
+    return exitcodes.OK
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -266,7 +298,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_canary(args: argparse.Namespace) -> int:
-    """One canary round now, straight at the frontend; prints results; exit 1 if any failed."""
+    """One canary round now, straight at the frontend; prints results. Exit 0 when every probe
+    passed, 1 when one failed or the frontend lists no model, 3 when the model list could not
+    be read."""
     import aiohttp
 
     from agent.canary import OK, send_canary
@@ -280,12 +314,14 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     async def round_() -> int:
         async with aiohttp.ClientSession() as session:
             listing = await fetch(session, config.frontend_url + MODELS_PATH, config.http_timeout, 1 << 20)
-            models = args.model or parse_models(listing) or []
+            listed = parse_models(listing)
+            models = args.model or listed or []
             if not models:
                 print(
                     f"no models to probe: GET {config.frontend_url}{MODELS_PATH} -> {listing.failure or listing.status} {listing.excerpt(200)}"
                 )
-                return 1
+                # Nothing answered with a model list: the canary could not look.
+                return exitcodes.WARNING if listed is not None else exitcodes.UNKNOWN
             failed = 0
             for model in models:
                 result = await send_canary(
@@ -305,7 +341,7 @@ def _cmd_canary(args: argparse.Namespace) -> int:
                         f"{model}: {result.outcome} HTTP {result.status or '-'} in {result.latency * 1000:.1f}ms{ttft} x-request-id={result.request_id}"
                         + (f" error={result.error}" if result.error else "")
                     )
-            return 1 if failed else 0
+            return exitcodes.WARNING if failed else exitcodes.OK
 
     return asyncio.run(round_())
 
@@ -354,7 +390,7 @@ def _fetch(url: str, timeout: float) -> tuple[int, bytes]:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from agent.diagnose.render import EXIT_CODES, text
+    from agent.diagnose.render import text
 
     if args.prometheus_url:
         from agent.diagnose.fleet import run_fleet
@@ -374,29 +410,37 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         report: dict[str, Any] = json.loads(body)
     except (OSError, ValueError) as exc:
         print(f"dynamo-sidecar diagnose: cannot read {url}: {_reason(exc)}", file=sys.stderr)
-        return 3
+        return exitcodes.UNKNOWN
     if status == 400:
         print(
             f"dynamo-sidecar diagnose: the sidecar refused the request: {report.get('error', '')}",
             file=sys.stderr,
         )
-        return EXIT_CONFIG
+        return exitcodes.USAGE
     if status != 200 or "findings" not in report:
         print(
             f"dynamo-sidecar diagnose: {url} answered HTTP {status}, not a diagnose report", file=sys.stderr
         )
-        return 3
+        return exitcodes.UNKNOWN
     print(
         json.dumps(report, indent=1) if args.format == "json" else text(report),
         end="" if args.format != "json" else "\n",
     )
-    return EXIT_CODES.get(report.get("status", "ok"), 0)
+    status_name = report.get("status")
+    if status_name not in exitcodes.BY_STATUS:
+        print(
+            f"dynamo-sidecar diagnose: {url} answered an unknown status {str(status_name)[:40]!r}",
+            file=sys.stderr,
+        )
+        return exitcodes.UNKNOWN
+    return exitcodes.BY_STATUS[status_name]
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from agent.verify.drill import (
         DrillSpec,
         Progress,
+        Unreachable,
         UsageError,
         parse_duration,
         parse_per_phase,
@@ -407,9 +451,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from agent.verify.load import LoadSpec
     from agent.verify.report import render
 
-    def fail(message: str) -> int:
+    def fail(message: str, code: int = exitcodes.USAGE) -> int:
         print(f"dynamo-sidecar verify: {message}", file=sys.stderr)
-        return EXIT_CONFIG
+        return code
 
     try:
         frontend = _http_url(args.frontend_url, "--frontend-url")
@@ -455,6 +499,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             raise UsageError("--overload-concurrency: at most 256")
         progress = Progress(enabled=not args.quiet)
         report = asyncio.run(run_drill(spec, progress))
+    except Unreachable as exc:
+        return fail(str(exc), exitcodes.UNKNOWN)
     except UsageError as exc:
         return fail(str(exc))
     output = render(report, args.format)
@@ -468,7 +514,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         )
     else:
         print(output, end="")
-    return 0 if report["passed"] else 1
+    return exitcodes.OK if report["passed"] else exitcodes.WARNING
 
 
 def _http_url(raw: str, flag: str) -> str:
@@ -494,8 +540,11 @@ def _bounded_int(low: int, high: int) -> Any:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="dynamo-sidecar", description="Observability sidecar for NVIDIA Dynamo pods."
+    parser = CliParser(
+        prog="dynamo-sidecar",
+        description="Observability sidecar for NVIDIA Dynamo pods.",
+        epilog="Exit codes: 0 ok, 1 warning, 2 critical, 3 could not look, 64 usage or input error, "
+        "70 internal error, 130 interrupted (docs/cli.md).",
     )
     parser.add_argument("--version", action="version", version=f"dynamo-sidecar {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -564,7 +613,8 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.set_defaults(func=_cmd_alerts)
 
     diag = sub.add_parser(
-        "diagnose", help="print a running sidecar's findings; exit 0 ok, 1 warning, 2 critical, 3 unreachable"
+        "diagnose",
+        help="print a running sidecar's findings; exit 0 ok, 1 warning, 2 critical, 3 could not look",
     )
     diag.add_argument("--url", default="http://127.0.0.1:9469", help="the sidecar's base URL")
     diag.add_argument("--since", default="", help="narrow the window, e.g. 10m")
@@ -580,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = sub.add_parser(
         "verify",
-        help="fault drill: standard, overload (+ fault command) and recovery phases against a frontend; exit 0 met, 1 missed, 2 usage",
+        help="fault drill: standard, overload (+ fault command) and recovery phases against a frontend; exit 0 met, 1 missed, 3 frontend unreachable",
     )
     verify.add_argument(
         "--frontend-url", required=True, help="the Dynamo frontend, e.g. http://127.0.0.1:8000"
@@ -643,7 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser(
         "audit",
-        help="review Dynamo manifests (-f) or this pod (--live) for configuration and capacity risk; exit 0 ok, 1 warning, 2 critical",
+        help="review Dynamo manifests (-f) or this pod (--live) for configuration and capacity risk; exit 0 ok, 1 warning, 2 critical, 3 could not look",
     )
     audit.add_argument(
         "-f",
@@ -690,14 +740,48 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Runs one subcommand; every way out is one of the codes in agent/exitcodes.py."""
+    args: argparse.Namespace | None = None
     try:
+        args = build_parser().parse_args(argv)
         return int(args.func(args))
     except ConfigError as exc:
         print(f"dynamo-sidecar: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
+        return exitcodes.USAGE
+    except CliUsageError as exc:
+        print(f"dynamo-sidecar {args.command if args else ''}: {exc}", file=sys.stderr)
+        return exitcodes.USAGE
     except KeyboardInterrupt:
-        return 130
+        return exitcodes.INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`... | head`): interrupted by it, as by Ctrl-C, and quietly
+        # (the reader wanted no more). The interpreter's own flush at exit must not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exitcodes.INTERRUPTED
+    except Exception as exc:
+        # A bug: one line a user can paste into an issue, never a traceback.
+        where = _innermost_frame(exc)
+        print(
+            f"dynamo-sidecar: internal error: {type(exc).__name__}: {str(exc)[:300]}{where}"
+            " (a bug: please report it with the command that ran)",
+            file=sys.stderr,
+        )
+        return exitcodes.INTERNAL
+
+
+def _innermost_frame(exc: BaseException) -> str:
+    """` at module.py:123` for the deepest frame of the project's own code, or ""."""
+    import traceback
+
+    frames = [
+        frame
+        for frame in traceback.extract_tb(exc.__traceback__)
+        if any(part in frame.filename for part in ("/agent/", "/collectors/", "/exporters/"))
+    ]
+    if not frames:
+        return ""
+    frame = frames[-1]
+    return f" at {Path(frame.filename).parent.name}/{Path(frame.filename).name}:{frame.lineno}"
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 Dynamo's own environment variables (DYN_HTTP_PORT, DYN_SYSTEM_PORT, ...) feed the defaults,
 so a sidecar that the Helm chart hands the `main` container's env needs no configuration.
 Every bad value is a `ConfigError` naming the key, where the value came from, the value and
-the expected form; the CLI turns it into one line on stderr and exit code 2.
+the expected form; the CLI turns it into one line on stderr and exit code 64 (EX_USAGE).
 """
 
 from __future__ import annotations
@@ -34,6 +34,10 @@ def _short(value: object, limit: int = 120) -> str:
     if isinstance(value, int) and not isinstance(value, bool) and len(text) > limit:
         return f"<an integer of {len(text)} digits>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# DYN_SIDECAR_ variables that are not config keys: read by `inject` and `webhook`, not warned about.
+NOT_CONFIG_ENV = frozenset({"DYN_SIDECAR_IMAGE"})
 
 
 class ConfigError(Exception):
@@ -1120,7 +1124,7 @@ def load_config(
             values[key_name] = (raw, yaml_path)
     for name in sorted(environ):
         key = name[len(ENV_PREFIX) :].lower()
-        if name.startswith(ENV_PREFIX) and key not in FIELDS:
+        if name.startswith(ENV_PREFIX) and key not in FIELDS and name not in NOT_CONFIG_ENV:
             warn(f"{name[:80]} is not a config variable{closest_key(key, env_name)}; ignored")
     for key in FIELDS:
         name = env_name(key)

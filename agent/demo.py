@@ -6,12 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import shlex
 import signal
 import sys
 from dataclasses import fields
 
 import aiohttp
 
+from agent import exitcodes
 from agent.aio import wait_event
 from agent.config import load_config
 from agent.dynamo_sim import DynamoSim, Faults
@@ -48,6 +50,20 @@ async def _traffic(frontend_url: str, stop: asyncio.Event, period: float, concur
     await asyncio.gather(*(_client(frontend_url, stop, period, c) for c in range(concurrency)))
 
 
+def verify_command(frontend: str, sidecar: str, control: str) -> str:
+    """A `verify` command line for this demo that runs as pasted: this very program, the
+    demo's URLs, short phases, and the worker killed and restarted through the fault knobs."""
+    program = sys.argv[0] if os.path.basename(sys.argv[0]) == "dynamo-sidecar" else ""
+    words = [program] if program else [sys.executable, "-m", "agent.cli"]
+    words += [
+        "verify", "--frontend-url", frontend, "--sidecar-url", sidecar,
+        "--phase-seconds", "standard=5,overload=5,recovery=15",
+        "--fault-cmd", f"curl -s -X POST {control}/worker/kill",
+        "--recover-cmd", f"curl -s -X POST {control}/worker/restart",
+    ]  # fmt: skip
+    return shlex.join(words)
+
+
 async def run_demo(
     port: int,
     faults: dict[str, str],
@@ -82,7 +98,7 @@ async def run_demo(
             f"dynamo-sidecar demo: cannot listen on {host}:{port}: {exc.strerror} (try --port)",
             file=sys.stderr,
         )
-        return 1
+        return exitcodes.USAGE
     base = f"http://{host}:{sidecar.port}"
     control = sim.url("control")
     if not quiet:
@@ -115,6 +131,9 @@ dynamo-sidecar demo is running (Ctrl-C stops everything).
                               curl -X POST {control}/frontend/start
                               curl -X POST {control}/worker/restart
   fault knobs: {", ".join(FAULT_NAMES)}
+
+  fault drill, in a second terminal (25 s; the worker is killed in overload, restarted for recovery):
+    {verify_command(sim.url("frontend"), base, control)}
 """,
             flush=True,
         )

@@ -22,6 +22,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from agent import __version__
@@ -55,6 +56,34 @@ COPIED_ENV = re.compile(r"^(DYN_|OTEL_)|^(ETCD_ENDPOINTS|NATS_SERVER)$")
 TEMPLATE_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 DEFAULT_GRACE = 30  # Kubernetes' default terminationGracePeriodSeconds
 OPERATOR_GRACE = 60  # what the Dynamo operator sets on the pods it renders
+IMAGE_ENV = "DYN_SIDECAR_IMAGE"  # `inject` and `webhook` read the image here when --image is not given
+# Dynamo's images run as uid 1000, gid 0. Linux lets a process read another's fd limit, fd
+# links (/proc/<pid>/fd/N: its sockets) and environ only when its uid AND gid match the
+# target's, so the sidecar runs with main's uid and gid (these when main's are not stated):
+# with gid 1000 it sees no fd limit and no sockets of Dynamo (tests/test_proc_access.py).
+# gid 0 is a group, not root: runAsNonRoot still holds.
+SIDECAR_UID = 1000
+SIDECAR_GID = 0
+
+# A Kubernetes resource quantity (k8s.io/apimachinery resource.Quantity), unsigned: requests
+# and limits are never negative.
+QUANTITY = re.compile(
+    r"^(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?P<suffix>[KMGTPE]i|[mkMGTPE]|[eE][+-]?[0-9]+)?$"
+)
+SUFFIX_SCALE = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    "m": Decimal("0.001"),
+    **{s: Decimal(1000) ** (i + 1) for i, s in enumerate(("k", "M", "G", "T", "P", "E"))},
+}
+# An image reference as the container runtime parses it: [registry[:port]/]path[:tag][@digest].
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_DOMAIN = (
+    r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?"
+)
+IMAGE_REFERENCE = re.compile(
+    rf"^(?:{_DOMAIN}/)?{_COMPONENT}(?:/{_COMPONENT})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?"
+    r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
+)
 
 
 @dataclass
@@ -63,7 +92,9 @@ class Options:
     (`dynamo-sidecar.io/image`, `.../cpu-request`, `.../memory-request`, `.../memory-limit`,
     `.../native`, and `.../config.<key>` for any config key)."""
 
-    image: str = f"ghcr.io/dynamo-sidecar/dynamo-sidecar:{__version__}"
+    # No default: no image is published, and a native sidecar whose image cannot be pulled
+    # keeps the whole Dynamo pod from starting. The caller names the image it built and pushed.
+    image: str
     pull_policy: str = "IfNotPresent"
     native: bool = True
     cpu_request: str = "50m"
@@ -74,6 +105,81 @@ class Options:
 
 class InjectError(ValueError):
     """The object cannot be injected (its shape is not a Kubernetes object)."""
+
+
+def parse_quantity(text: str) -> Decimal | None:
+    """A resource quantity ("64Mi", "50m", "0.5", "1e3") as a number; None when it is not one."""
+    match = QUANTITY.match(text.strip()) if len(text) <= 64 else None
+    if match is None:
+        return None
+    try:
+        number = Decimal(match["number"])
+    except InvalidOperation:
+        return None
+    suffix = match["suffix"] or ""
+    if suffix[:1] in {"e", "E"}:
+        return number.scaleb(int(suffix[1:])) if abs(int(suffix[1:])) <= 30 else None
+    return number * SUFFIX_SCALE.get(suffix, Decimal(1))
+
+
+def option_problems(options: Options) -> list[tuple[str, str, str]]:
+    """(option, value, what was expected) for each value the API server would refuse or that
+    would give a pod that cannot start; [] when the sidecar container can be written."""
+    problems: list[tuple[str, str, str]] = []
+    if not IMAGE_REFERENCE.match(options.image):
+        problems.append(
+            ("image", options.image, "an image reference such as registry.example.com/dynamo-sidecar:0.1.0")
+        )
+    amounts: dict[str, Decimal] = {}
+    for name, example in (
+        ("cpu_request", "50m or 0.5"),
+        ("memory_request", "64Mi"),
+        ("memory_limit", "160Mi"),
+    ):
+        value = getattr(options, name)
+        amount = parse_quantity(value)
+        if amount is None or amount <= 0:
+            problems.append((name, value, f"a positive Kubernetes quantity such as {example}"))
+        else:
+            amounts[name] = amount
+    if amounts.get("memory_request", Decimal(0)) > amounts.get("memory_limit", Decimal("Infinity")):
+        problems.append(
+            ("memory_request", options.memory_request, f"at most the memory limit ({options.memory_limit})")
+        )
+    return problems
+
+
+def _checked(options: Options, where: str, annotations: dict[str, Any]) -> Options:
+    """The options, or InjectError naming the first value (a pod's annotation, usually) that
+    would give a sidecar the API server refuses or a pod that cannot start."""
+    for name, value, expected in option_problems(options)[:1]:
+        annotation = PREFIX + name.replace("_", "-")
+        source = f"annotation {annotation}" if annotation in annotations else "inject option"
+        raise InjectError(
+            f"{where}: {source}: the sidecar's {name.replace('_', ' ')} {value[:80]!r} is not {expected}"
+        )
+    return options
+
+
+def _run_as(main: dict[str, Any], spec: dict[str, Any]) -> dict[str, int]:
+    """runAsUser and runAsGroup for the sidecar: main's own (its container's, else the pod's),
+    so the sidecar may read main's /proc/<pid>/fd, limits and environ; SIDECAR_UID and
+    SIDECAR_GID where they are not stated. A root main keeps the sidecar at SIDECAR_UID: the
+    sidecar never runs as root."""
+    contexts = [c for c in (main.get("securityContext"), spec.get("securityContext")) if isinstance(c, dict)]
+
+    def stated(key: str) -> int | None:
+        for context in contexts:
+            value = context.get(key)
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+        return None
+
+    uid, gid = stated("runAsUser"), stated("runAsGroup")
+    return {
+        "runAsUser": uid if uid is not None and uid > 0 else SIDECAR_UID,
+        "runAsGroup": gid if gid is not None and gid >= 0 else SIDECAR_GID,
+    }
 
 
 def role_of(component_type: object) -> str | None:
@@ -221,7 +327,8 @@ def sidecar_container(
         "resources": resources,
         "securityContext": {
             "runAsNonRoot": True,
-            "runAsUser": 1000,
+            "runAsUser": SIDECAR_UID,
+            "runAsGroup": SIDECAR_GID,
             "readOnlyRootFilesystem": True,
             "allowPrivilegeEscalation": False,
             "capabilities": {"drop": ["ALL"]},
@@ -277,6 +384,7 @@ def inject_pod_spec(
     grace = int(grace_raw) if str(grace_raw).isdigit() else default_grace
     main_env = merged_env(extra_env or [], main.get("env") or [])
     container = sidecar_container(role, main_env, grace, gpu or _wants_gpu(main), options, sidecar_env)
+    container["securityContext"].update(_run_as(main, spec))
     spec.setdefault("initContainers" if options.native else "containers", []).append(container)
     spec["shareProcessNamespace"] = True
     lifecycle = main.setdefault("lifecycle", {})
@@ -336,13 +444,12 @@ def _inject_template(template: dict[str, Any], options: Options, notes: list[str
     spec = template.setdefault("spec", {})
     if not isinstance(spec, dict):
         raise InjectError(f"{where}: spec is not a mapping")
+    annotations = metadata.get("annotations") or {}
+    options = _checked(_options_for(annotations, options), where, annotations)
     position = pod_position(metadata, _main_container(spec)) if role == "worker" else ""
     sidecar_env = [{"name": "DYN_SIDECAR_MULTINODE_POSITION", "value": position}] if position else []
     changed = inject_pod_spec(
-        spec,
-        NON_LEADER if position == NON_LEADER else role,
-        _options_for(metadata.get("annotations") or {}, options),
-        sidecar_env=sidecar_env,
+        spec, NON_LEADER if position == NON_LEADER else role, options, sidecar_env=sidecar_env
     )
     if changed:
         _mark(metadata)
@@ -398,12 +505,14 @@ def _inject_services(obj: dict[str, Any], options: Options, notes: list[str]) ->
         if not isinstance(extra, dict) or not isinstance(pod_metadata, dict):
             raise InjectError(f"service {name}: extraPodSpec or extraPodMetadata is not a mapping")
         main = extra.setdefault("mainContainer", {})
+        annotations = pod_metadata.get("annotations") or {}
+        service_options = _checked(_options_for(annotations, options), f"service {name}", annotations)
         # The operator turns the service's `resources` (gpu: "1") into main's GPU request.
         gpu = _wants_gpu({"resources": service.get("resources") or {}})
         if inject_pod_spec(
             extra,
             role,
-            _options_for(pod_metadata.get("annotations") or {}, options),
+            service_options,
             merged_env(spec.get("envs"), service.get("envs")),
             default_grace=OPERATOR_GRACE,
             main=main,
@@ -445,10 +554,11 @@ def _inject_components(obj: dict[str, Any], options: Options, notes: list[str]) 
             main = {"name": "main"}
             pod_spec.setdefault("containers", []).append(main)
         metadata = template.setdefault("metadata", {})
+        annotations = metadata.get("annotations") or {}
         if inject_pod_spec(
             pod_spec,
             role,
-            _options_for(metadata.get("annotations") or {}, options),
+            _checked(_options_for(annotations, options), f"component {name}", annotations),
             merged_env(spec.get("env")),
             default_grace=OPERATOR_GRACE,
             main=main,
@@ -478,10 +588,9 @@ def _inject_dgd(obj: dict[str, Any], options: Options, notes: list[str]) -> bool
     )
 
 
-def inject(obj: Any, options: Options | None = None) -> tuple[Any, list[str]]:
+def inject(obj: Any, options: Options) -> tuple[Any, list[str]]:
     """(the object with the sidecar added, notes on what was left alone). Kinds the sidecar
     has nothing to do with come back unchanged."""
-    options = options or Options()
     notes: list[str] = []
     if not isinstance(obj, dict) or "kind" not in obj:
         return obj, notes

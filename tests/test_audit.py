@@ -19,11 +19,11 @@ from aiohttp import web
 from agent import exitcodes
 from agent.audit import audit_documents
 from agent.audit.capacity import fit_line, forecast, max_observed
-from agent.cli import EXIT_CONFIG
-from agent.inject import inject
+from agent.inject import Options, inject
 from tests.conftest import free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_post, start_sidecar
 
+OPTIONS = Options(image="registry.test/dynamo-sidecar:0.1.0")
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "audit"
 
 
@@ -102,7 +102,7 @@ def test_hardened_and_injected_manifest_gives_nothing_at_warning_or_above() -> N
         "no_prestop_drain"
     }
     assert [f["subject"].rsplit(" ", 1)[1] for f in plain["no_prestop_drain"]] == ["Frontend"]
-    injected = [inject(document)[0] for document in hardened]
+    injected = [inject(document, OPTIONS)[0] for document in hardened]
     result = audit_documents(injected)
     assert result["status"] == "ok", [f["summary"] for f in result["findings"]]
     assert not [f for f in result["findings"] if f["severity"] != "info"]
@@ -135,7 +135,7 @@ def test_workloads_and_rendered_helm_output() -> None:
             }
         },
     }
-    injected = inject(deployment)[0]
+    injected = inject(deployment, OPTIONS)[0]
     # A sidecar injected by hand without shareProcessNamespace or main's env.
     broken = copy.deepcopy(injected)
     broken["spec"]["template"]["spec"].pop("shareProcessNamespace")
@@ -225,7 +225,7 @@ def test_v1beta1_paths_dgd_env_and_a_worker_hook_that_holds_sigterm() -> None:
         "value": 55.0,
     }
     # What inject writes now returns at once: nothing to say.
-    assert "worker_prestop_holds_sigterm" not in by_rule(audit_documents([inject(dgd)[0]]))
+    assert "worker_prestop_holds_sigterm" not in by_rule(audit_documents([inject(dgd, OPTIONS)[0]]))
 
 
 def test_bad_input_is_one_clear_line() -> None:
@@ -240,13 +240,10 @@ def test_bad_input_is_one_clear_line() -> None:
     ]
     for text, message in cases:
         out = audit_cli("-f", "-", stdin=text)
-        # A document audit cannot read is a usage error (64): 2 would read as "critical". An
-        # unreadable file is the CLI's config error, whose code the CLI's exit table sets.
-        expected = EXIT_CONFIG if message == "valid YAML" else exitcodes.USAGE
-        assert out.returncode == expected, (text, out.stderr)
+        assert out.returncode == exitcodes.USAGE, (text, out.stderr)
         assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
-    assert audit_cli().returncode == EXIT_CONFIG
+    assert audit_cli().returncode == exitcodes.USAGE
     assert "readable file" in audit_cli("-f", "/nonexistent.yaml").stderr
 
 
@@ -434,7 +431,8 @@ def test_live_reads_its_own_pod_spec_when_rbac_allows(sim_process: dict[str, int
                     }
                 ]
             },
-        }
+        },
+        OPTIONS,
     )[0]
     try:
         api = FakeApiServer(pod)

@@ -307,7 +307,7 @@ def test_cli_canary_round() -> None:
             text=True,
             timeout=60,
         )
-        assert down.returncode == 1 and "no models to probe" in down.stdout
+        assert down.returncode == 3 and "no models to probe" in down.stdout
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -47,9 +47,8 @@ def test_diagnose_exit_codes(sim_process) -> None:
         )
         assert ok.returncode == 0, ok.stdout + ok.stderr
         assert ok.stdout.startswith("dynamo-sidecar diagnose: OK")
-        http_post(f"http://127.0.0.1:{sim_process['control']}/frontend/stop")
 
-        def critical() -> subprocess.CompletedProcess[str] | None:
+        def exits(code: int) -> subprocess.CompletedProcess[str] | None:
             run = subprocess.run(
                 [PYTHON, "-m", "agent.cli", "diagnose", "--url", url],
                 capture_output=True,
@@ -57,9 +56,14 @@ def test_diagnose_exit_codes(sim_process) -> None:
                 env=ENV,
                 timeout=30,
             )
-            return run if run.returncode == 2 else None
+            return run if run.returncode == code else None
 
-        result = wait_for_sync(critical, timeout=15, what="diagnose exit 2")
+        # A warning and nothing worse: exit 1.
+        http_post(f"http://127.0.0.1:{sim_process['control']}/faults", {"worker_notready": True})
+        warning = wait_for_sync(lambda: exits(1), timeout=15, what="diagnose exit 1")
+        assert "[WARNING]" in warning.stdout and "[CRITICAL]" not in warning.stdout
+        http_post(f"http://127.0.0.1:{sim_process['control']}/frontend/stop")
+        result = wait_for_sync(lambda: exits(2), timeout=15, what="diagnose exit 2")
         assert "[CRITICAL]" in result.stdout and "refuses connections" in result.stdout
         as_json = subprocess.run(
             [PYTHON, "-m", "agent.cli", "diagnose", "--url", url, "--format", "json"],
@@ -96,7 +100,7 @@ def test_port_in_use_is_a_clear_error() -> None:
             env=ENV,
             timeout=30,
         )
-    assert result.returncode == 1
+    assert result.returncode == 64
     assert "cannot listen" in result.stderr and "Traceback" not in result.stderr
 
 
@@ -170,7 +174,7 @@ def test_alerts_command_applies_threshold_overrides() -> None:
         timeout=60,
         env={**os.environ, "DYN_SIDECAR_THRESHOLDS": "nope.x=1"},
     )
-    assert bad.returncode == 2 and "not a known threshold" in bad.stderr and "Traceback" not in bad.stderr
+    assert bad.returncode == 64 and "not a known threshold" in bad.stderr and "Traceback" not in bad.stderr
 
 
 @pytest.mark.parametrize(
@@ -198,7 +202,7 @@ def _cli(
 
 
 def _one_clear_line(result: subprocess.CompletedProcess[str], *words: str) -> None:
-    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.returncode == 64, result.stdout + result.stderr
     assert "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and len(lines[0]) < 400, result.stderr[:2000]

@@ -99,18 +99,18 @@ def test_yaml_unknown_key_and_bad_yaml(tmp_path) -> None:
         load_config(str(tmp_path / "missing.yaml"), environ={})
 
 
-def test_cli_config_error_is_one_line_exit_2_no_traceback() -> None:
+def test_cli_config_error_is_one_line_exit_64_no_traceback() -> None:
     result = run_cli("run", "--listen-port", "99999")
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "listen_port" in lines[0] and "99999" in lines[0] and "0 to 65535" in lines[0]
 
 
-def test_cli_env_error_exit_2() -> None:
+def test_cli_env_error_exit_64() -> None:
     result = run_cli("check-config", env={"DYN_SYSTEM_PORT": "nine"})
-    assert result.returncode == 2
+    assert result.returncode == 64
     assert "DYN_SYSTEM_PORT" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -37,7 +37,14 @@ NON_DEFAULT = {
 }
 
 
+# No image is published: every install names one (the schema requires image.repository).
+REPOSITORY = "registry.test/dynamo-sidecar"
+
+
 def render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """The chart rendered with `values`, plus image.repository when they do not set one."""
+    if "repository" not in values.get("image", {}):
+        values = {**values, "image": {**values.get("image", {}), "repository": REPOSITORY}}
     chart = helm.Chart.load(str(CHART))
     try:
         files = chart.render(values, name="ds", namespace="dynamo-system")
@@ -56,9 +63,29 @@ def by_kind(documents: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
 
 
 def test_lint_is_clean() -> None:
-    report = helm.lint(str(CHART), strict=True, kube_version="v1.30.0")
+    values = {"image": {"repository": REPOSITORY}}
+    report = helm.lint(str(CHART), values, strict=True, kube_version="v1.30.0")
     assert report["errors"] == []
     assert [m for m in report["messages"] if m["severity"] >= 2] == []
+
+
+def test_an_install_without_an_image_repository_says_what_to_set() -> None:
+    """No image is published, so none is defaulted: the schema refuses an install that names none."""
+    chart = helm.Chart.load(str(CHART))
+    try:
+        for values, message in [
+            ({}, "at '/image': missing property 'repository'"),
+            ({"image": {"repository": ""}}, "at '/image/repository': minLength"),
+            ({"image": {"repository": "registry.test/dynamo-sidecar:0.1.0"}}, "does not match pattern"),
+        ]:
+            with pytest.raises(helm.HelmValuesError) as refused:
+                chart.render(values, name="ds", namespace="dynamo-system")
+            assert message in str(refused.value), str(refused.value)
+    finally:
+        chart.close()
+    # The defaults name no image at all (the one once there was never published).
+    assert "repository" not in yaml.safe_load((CHART / "values.yaml").read_text())["image"]
+    assert "ghcr.io" not in (CHART / "values.yaml").read_text()
 
 
 @pytest.mark.parametrize("values", [{}, NON_DEFAULT], ids=["defaults", "non-default"])

@@ -23,6 +23,8 @@ from tests.conftest import ROOT, free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "k8s"
 K8S_VERSION = "1.30.0"
+IMAGE = "registry.test/dynamo-sidecar:0.1.0"
+OPTIONS = Options(image=IMAGE)
 
 
 def load(name: str) -> list[dict[str, Any]]:
@@ -46,7 +48,7 @@ def env_of(container: dict[str, Any]) -> dict[str, Any]:
 
 def test_worker_pod_gets_a_native_sidecar_that_sees_main() -> None:
     pod = load("worker_pod.yaml")[0]
-    injected, notes = inject(pod)
+    injected, notes = inject(pod, OPTIONS)
     assert notes == []
     validate(injected)
     spec = injected["spec"]
@@ -93,7 +95,7 @@ def test_frontend_pod_and_options() -> None:
         "dynamo-sidecar.io/memory-limit": "256Mi",
         "dynamo-sidecar.io/config.dynamo_interval": "2s",
     }
-    injected, _ = inject(pod, Options(native=False))
+    injected, _ = inject(pod, Options(image=IMAGE, native=False))
     validate(injected)
     sidecar = sidecar_of(injected["spec"])
     assert sidecar in injected["spec"]["containers"] and "restartPolicy" not in sidecar
@@ -107,12 +109,12 @@ def test_frontend_pod_and_options() -> None:
 
 def test_injection_is_idempotent_and_respects_opt_out_and_other_pods() -> None:
     pod = load("worker_pod.yaml")[0]
-    once, _ = inject(pod)
-    twice, _ = inject(once)
+    once, _ = inject(pod, OPTIONS)
+    twice, _ = inject(once, OPTIONS)
     assert twice == once
     opted = json.loads(json.dumps(pod))
     opted["metadata"]["annotations"] = {"dynamo-sidecar.io/inject": "false"}
-    unchanged, notes = inject(opted)
+    unchanged, notes = inject(opted, OPTIONS)
     assert unchanged == opted and "opted out" in notes[0]
     other = {
         "apiVersion": "v1",
@@ -120,9 +122,9 @@ def test_injection_is_idempotent_and_respects_opt_out_and_other_pods() -> None:
         "metadata": {"name": "x"},
         "spec": {"containers": [{"name": "a", "image": "b"}]},
     }
-    assert inject(other)[0] == other
+    assert inject(other, OPTIONS)[0] == other
     config_map = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}
-    assert inject(config_map)[0] is config_map
+    assert inject(config_map, OPTIONS)[0] is config_map
 
 
 def test_deployment_template_is_injected() -> None:
@@ -139,14 +141,14 @@ def test_deployment_template_is_injected() -> None:
             },
         },
     }
-    injected, _ = inject(deployment)
+    injected, _ = inject(deployment, OPTIONS)
     validate(injected)
     assert sidecar_of(injected["spec"]["template"]["spec"])
 
 
 def test_dynamo_graph_deployment_services_are_injected() -> None:
     dgd = load("dgd.yaml")[0]
-    injected, notes = inject(dgd)
+    injected, notes = inject(dgd, OPTIONS)
     services = injected["spec"]["services"]
     for name, role in (("Frontend", "frontend"), ("VllmDecodeWorker", "worker")):
         extra = services[name]["extraPodSpec"]
@@ -161,12 +163,12 @@ def test_dynamo_graph_deployment_services_are_injected() -> None:
     )
     assert "extraPodSpec" not in services["Planner"] or SIDECAR not in json.dumps(services["Planner"])
     assert any("Planner" in note for note in notes)
-    assert inject(injected)[0] == injected
+    assert inject(injected, OPTIONS)[0] == injected
 
 
 def test_inject_command_on_a_multi_document_file() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "inject", "-f", str(FIXTURES / "dgd.yaml")],
+        [sys.executable, "-m", "agent.cli", "inject", "-f", str(FIXTURES / "dgd.yaml"), "--image", IMAGE],
         capture_output=True,
         text=True,
         timeout=60,
@@ -178,13 +180,13 @@ def test_inject_command_on_a_multi_document_file() -> None:
     assert SIDECAR in json.dumps(documents[0])
     assert "Planner" in result.stderr
     bad = subprocess.run(
-        [sys.executable, "-m", "agent.cli", "inject", "-f", "-"],
+        [sys.executable, "-m", "agent.cli", "inject", "-f", "-", "--image", IMAGE],
         input="a: [",
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
+    assert bad.returncode == 64 and "Traceback" not in bad.stderr and len(bad.stderr.splitlines()) == 1
 
 
 # --- the admission webhook -----------------------------------------------------------------
@@ -214,12 +216,12 @@ def patched(pod: dict[str, Any], answer: dict[str, Any]) -> dict[str, Any]:
 
 def test_review_patch_applies_to_the_injected_pod() -> None:
     pod = load("worker_pod.yaml")[0]
-    answer, outcome = mutate_review(review(pod), Options())
+    answer, outcome = mutate_review(review(pod), OPTIONS)
     assert outcome == "patched" and answer["response"]["uid"] == "7f1e"
     result = patched(pod, answer)
     validate(result)
-    assert result == inject(pod)[0]
-    again, outcome = mutate_review(review(result), Options())
+    assert result == inject(pod, OPTIONS)[0]
+    again, outcome = mutate_review(review(result), OPTIONS)
     assert outcome == "unchanged" and "patch" not in again["response"]
 
 
@@ -238,7 +240,7 @@ def certificate(tmp_path: Path) -> tuple[str, str]:
 
 async def test_webhook_over_tls(certificate, http) -> None:
     cert, key = certificate
-    runner = web.AppRunner(make_app(Options()))
+    runner = web.AppRunner(make_app(OPTIONS))
     await runner.setup()
     port = free_port()
     await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls_context(cert, key)).start()
@@ -371,3 +373,101 @@ def test_v1beta1_components_opt_outs_and_a_dgd_inject_cannot_read() -> None:
     assert bad.stderr.strip() == (
         "dynamo-sidecar inject: nvidia.com/v1beta1 DynamoGraphDeployment has no spec.components list; nothing written"
     )
+
+
+# --- the image is explicit, values are Kubernetes quantities, the identity is main's --------
+
+
+def test_the_sidecar_runs_as_mains_user_and_group() -> None:
+    pod = load("worker_pod.yaml")[0]
+    default = sidecar_of(inject(pod, OPTIONS)[0]["spec"])["securityContext"]
+    # Dynamo's images: uid 1000, gid 0 (see tests/test_proc_access.py for why the gid matters).
+    assert (default["runAsUser"], default["runAsGroup"], default["runAsNonRoot"]) == (1000, 0, True)
+    pod["spec"]["securityContext"] = {"runAsUser": 2000, "runAsGroup": 3000}
+    from_pod = sidecar_of(inject(pod, OPTIONS)[0]["spec"])["securityContext"]
+    assert (from_pod["runAsUser"], from_pod["runAsGroup"]) == (2000, 3000)
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 4000, "runAsGroup": 5000}
+    from_main = sidecar_of(inject(pod, OPTIONS)[0]["spec"])["securityContext"]
+    assert (from_main["runAsUser"], from_main["runAsGroup"]) == (4000, 5000)
+    # A root main never makes a root sidecar (runAsNonRoot would keep the pod from starting).
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 0, "runAsGroup": 0}
+    from_root = sidecar_of(inject(pod, OPTIONS)[0]["spec"])["securityContext"]
+    assert (from_root["runAsUser"], from_root["runAsGroup"]) == (1000, 0)
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("64Mi", 64 * 2**20), ("50m", 0.05), ("0.5", 0.5), ("1e3", 1000), ("1.5Gi", 1.5 * 2**30), ("2k", 2000),
+     ("lots", None), ("", None), ("-1", None), ("64MB", None), ("1.2.3", None), ("Mi", None), ("9" * 80, None)],
+)  # fmt: skip
+def test_quantities_parse_as_kubernetes_does(text: str, value: float | None) -> None:
+    from agent.inject import parse_quantity
+
+    parsed = parse_quantity(text)
+    assert (float(parsed) if parsed is not None else None) == value
+
+
+def test_a_bad_annotation_leaves_the_pod_alone_with_one_line() -> None:
+    from agent.inject import InjectError
+
+    pod = load("worker_pod.yaml")[0]
+    pod["metadata"]["annotations"] = {"dynamo-sidecar.io/memory-limit": "lots"}
+    with pytest.raises(InjectError, match=r"memory limit 'lots' is not a positive Kubernetes quantity"):
+        inject(pod, OPTIONS)
+    pod["metadata"]["annotations"] = {"dynamo-sidecar.io/image": "Not An Image"}
+    with pytest.raises(InjectError, match=r"annotation dynamo-sidecar.io/image"):
+        inject(pod, OPTIONS)
+    # The webhook answers such a pod allowed and unpatched, with the reason as a warning.
+    answer, outcome = mutate_review(review(pod), OPTIONS)
+    assert outcome == "error" and "patch" not in answer["response"]
+    assert "dynamo-sidecar.io/image" in answer["response"]["warnings"][0]
+
+
+def _inject_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    base = {k: v for k, v in os.environ.items() if not k.startswith("DYN_")}
+    return subprocess.run(
+        [sys.executable, "-m", "agent.cli", "inject", "-f", str(FIXTURES / "worker_pod.yaml"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**base, **(env or {})},
+    )
+
+
+def test_inject_writes_only_an_image_someone_configured() -> None:
+    bare = _inject_cli()
+    assert bare.returncode == 64 and bare.stdout == "" and "ghcr.io" not in bare.stderr
+    assert len(bare.stderr.splitlines()) == 1
+    assert "no sidecar image given: pass --image" in bare.stderr and "DYN_SIDECAR_IMAGE" in bare.stderr
+    from_env = _inject_cli(env={"DYN_SIDECAR_IMAGE": "registry.test/from-env:1"})
+    assert from_env.returncode == 0, from_env.stderr
+    assert sidecar_of(yaml.safe_load(from_env.stdout)["spec"])["image"] == "registry.test/from-env:1"
+    flag = _inject_cli(
+        "--image", "registry.test/flag:2", env={"DYN_SIDECAR_IMAGE": "registry.test/from-env:1"}
+    )
+    assert sidecar_of(yaml.safe_load(flag.stdout)["spec"])["image"] == "registry.test/flag:2"
+    digest = "registry.test:5000/team/dynamo-sidecar@sha256:" + "a" * 64
+    assert _inject_cli("--image", digest).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--image", ""], ("'--image'", "an image reference")),
+        (["--image", "Bad Image"], ("'--image'", "an image reference")),
+        ([], ("'DYN_SIDECAR_IMAGE'", "an image reference")),  # set but empty
+        (["--image", IMAGE, "--sidecar-memory-limit", "lots"], ("--sidecar-memory-limit", "'lots'", "160Mi")),
+        (["--image", IMAGE, "--sidecar-cpu-request", "fast"], ("--sidecar-cpu-request", "50m")),
+        (["--image", IMAGE, "--sidecar-memory-request", "0"], ("--sidecar-memory-request", "positive")),
+        (["--image", IMAGE, "--sidecar-memory-request", "1Gi"], ("--sidecar-memory-request", "at most the memory limit")),
+    ],
+    ids=["empty", "spaces", "empty-env", "memory-lots", "cpu-word", "zero", "request-over-limit"],
+)  # fmt: skip
+def test_bad_image_or_quantity_is_one_line_and_exit_64(args: list[str], words: tuple[str, ...]) -> None:
+    result = _inject_cli(*args, env={"DYN_SIDECAR_IMAGE": ""} if not args else None)
+    assert result.returncode == 64 and result.stdout == "", result.stderr
+    assert len(result.stderr.splitlines()) == 1 and "Traceback" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr

@@ -16,7 +16,7 @@ import pytest
 from agent.config import ConfigError, load_config, otlp_options, otlp_warnings
 from agent.diagnose.context import Context
 from agent.diagnose.engine import evaluate
-from agent.inject import inject
+from agent.inject import Options, inject
 from agent.signals import Signals
 from agent.state import State
 from exporters.otlp import OtlpSettings, Telemetry
@@ -337,7 +337,7 @@ def injected_env(main_env: dict[str, str], pod: dict[str, str]) -> dict[str, str
             ]
         },
     }
-    out, _ = inject(manifest)
+    out, _ = inject(manifest, Options(image="registry.test/dynamo-sidecar:test"))
     (sidecar,) = out["spec"]["initContainers"]
     env = {item["name"]: item["value"] for item in sidecar["env"] if "value" in item}
     downward = {item["name"] for item in sidecar["env"] if "valueFrom" in item}

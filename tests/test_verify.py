@@ -114,26 +114,26 @@ def test_verdict_follows_the_targets() -> None:
     }
 
 
-# --- bad input: one line, exit 2 ---------------------------------------------------------
+# --- bad input: one line, exit 64 --------------------------------------------------------
 
 
-def test_bad_input_is_one_line_and_exit_2(sim_process: dict[str, int]) -> None:
+def test_bad_input_is_one_line_and_exit_64_and_an_unreachable_frontend_3(sim_process: dict[str, int]) -> None:
     frontend = f"http://127.0.0.1:{sim_process['frontend']}"
     cases = [
-        (["--frontend-url", "http://127.0.0.1:9"], "cannot reach"),
-        (["--frontend-url", frontend, "--model", "no-such-model"], "not served"),
-        (["--frontend-url", frontend, "--slo", "ttft_p99=soon"], "--slo"),
-        (["--frontend-url", "ftp://x"], "http(s) URL"),
-        (["--frontend-url", frontend, "--phase-seconds", "standard=0.1"], "1s to 1h"),
+        (["--frontend-url", "http://127.0.0.1:9"], "cannot reach", 3),
+        (["--frontend-url", frontend, "--model", "no-such-model"], "not served", 64),
+        (["--frontend-url", frontend, "--slo", "ttft_p99=soon"], "--slo", 64),
+        (["--frontend-url", "ftp://x"], "http(s) URL", 64),
+        (["--frontend-url", frontend, "--phase-seconds", "standard=0.1"], "1s to 1h", 64),
     ]
-    for args, message in cases:
+    for args, message, code in cases:
         result = verify(*args, timeout=60)
-        assert result.returncode == 2, (args, result.stderr)
+        assert result.returncode == code, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and message in lines[0], (args, result.stderr)
         assert "Traceback" not in result.stderr and not result.stdout
     result = verify("--frontend-url", frontend, "--concurrency", "0")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.returncode == 64 and "Traceback" not in result.stderr
 
 
 # --- against the simulator -------------------------------------------------------------

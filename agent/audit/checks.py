@@ -145,7 +145,7 @@ def _no_prestop(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     if drain >= min(30.0, grace - 10):
         return
     fix = (
-        "dynamo-sidecar inject -f <this file>: its preStop holds SIGTERM until the frontend's in-flight requests finish (up to the grace period less 5 s)"
+        "dynamo-sidecar inject -f <this file> --image <your image>: its preStop holds SIGTERM until the frontend's in-flight requests finish (up to the grace period less 5 s)"
         if unit.sidecar is None
         else f"add {unit.main_path}.lifecycle.preStop (exec: python3 -c POST http://127.0.0.1:9469/drain), as `dynamo-sidecar inject` writes it"
     )
@@ -219,7 +219,7 @@ def _sidecar_drain(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     if drain + flush > grace:
         yield (
             f"{unit.where}: the sidecar may drain for {drain:g}s and flush for {flush:g}s, the pod gets {grace:g}s: "
-            "the sidecar refuses to start with this (config error, exit 2)",
+            "the sidecar refuses to start with this (config error, exit 64)",
             [(f"{unit.sidecar_path}.env[DYN_SIDECAR_DRAIN_TIMEOUT]", drain), (unit.grace.path, grace)],
             [
                 f"set DYN_SIDECAR_DRAIN_TIMEOUT to at most {max(1, grace - flush - 1):g} or unset it (it then follows the grace period)"
@@ -489,7 +489,9 @@ def _no_sidecar(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
     yield (
         f"{unit.where}: no dynamo-sidecar: nothing in the pod diagnoses it, drains it or sends canaries",
         [(f"{unit.spec_path}.initContainers[name=dynamo-sidecar]", None)],
-        ["dynamo-sidecar inject -f <this file> | kubectl apply -f -, or label the namespace for the webhook"],
+        [
+            "dynamo-sidecar inject -f <this file> --image <your image> | kubectl apply -f -, or label the namespace for the webhook"
+        ],
         "",
     )
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from agent.diagnose.engine import RULES
 from agent.diagnose.model import SEVERITY_RANK
-from agent.diagnose.render import EXIT_CODES
+from agent.exitcodes import BY_STATUS, UNKNOWN
 
 
 def selector(namespace: str = "") -> Callable[..., str]:
@@ -161,6 +161,6 @@ def run_fleet(base_url: str, namespace: str, fmt: str, timeout: float) -> int:
         report = evaluate_fleet(base_url, namespace, timeout)
     except PrometheusError as exc:
         print(f"dynamo-sidecar diagnose: {exc}", file=sys.stderr)
-        return 3
+        return UNKNOWN
     print(json.dumps(report, indent=1) if fmt == "json" else text(report), end="")
-    return EXIT_CODES[report["status"]]
+    return BY_STATUS[report["status"]]

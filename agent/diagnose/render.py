@@ -8,7 +8,8 @@ import json
 import time
 from typing import Any
 
-EXIT_CODES = {"ok": 0, "warning": 1, "critical": 2}
+# Report status -> exit code: the one table in agent/exitcodes.py, under the name callers use.
+from agent.exitcodes import BY_STATUS as EXIT_CODES  # noqa: F401
 
 
 def _when(timestamp: float) -> str:

@@ -39,7 +39,12 @@ SEVERITY_ORDER = {"info": 0, "warning": 1, "critical": 2}
 
 
 class UsageError(Exception):
-    """A bad argument or a target the drill cannot start against: one line, exit 2."""
+    """A bad argument: one line, exit 64 (EX_USAGE)."""
+
+
+class Unreachable(UsageError):
+    """The frontend could not be asked (down, not answering, no model list): the drill could
+    not look, one line, exit 3."""
 
 
 # --- arguments -------------------------------------------------------------------------
@@ -369,7 +374,8 @@ class FindingLog:
 
 
 async def preflight(session: aiohttp.ClientSession, frontend_url: str, model: str) -> str:
-    """The model to use; UsageError when the frontend cannot be reached or lacks the model."""
+    """The model to use; Unreachable when the frontend cannot be asked, UsageError when it
+    does not serve the model asked for."""
     url = frontend_url + "/v1/models"
     try:
         async with asyncio.timeout(10):
@@ -377,23 +383,23 @@ async def preflight(session: aiohttp.ClientSession, frontend_url: str, model: st
                 body = await response.content.read(1 << 20)
                 status = response.status
     except TimeoutError:
-        raise UsageError(f"--frontend-url: {url} did not answer within 10s") from None
+        raise Unreachable(f"--frontend-url: {url} did not answer within 10s") from None
     except aiohttp.ClientError as exc:
         reason = getattr(exc, "os_error", None) or exc
-        raise UsageError(f"--frontend-url: cannot reach {url}: {str(reason)[:200]}") from None
+        raise Unreachable(f"--frontend-url: cannot reach {url}: {str(reason)[:200]}") from None
     if status != 200:
-        raise UsageError(f"--frontend-url: {url} answered HTTP {status}, not a model list")
+        raise Unreachable(f"--frontend-url: {url} answered HTTP {status}, not a model list")
     try:
         ids = [str(item["id"]) for item in json.loads(body)["data"]]
     except (ValueError, KeyError, TypeError):
-        raise UsageError(f"--frontend-url: {url} did not answer with an OpenAI model list") from None
+        raise Unreachable(f"--frontend-url: {url} did not answer with an OpenAI model list") from None
     if model:
         if model not in ids:
             listed = ", ".join(ids[:10]) or "none"
             raise UsageError(f"--model: {model!r} is not served by {frontend_url} (models: {listed})")
         return model
     if not ids:
-        raise UsageError(
+        raise Unreachable(
             f"--frontend-url: {frontend_url} lists no models yet; pass --model or wait for a worker"
         )
     return ids[0]

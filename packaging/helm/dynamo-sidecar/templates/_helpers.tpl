@@ -25,7 +25,8 @@ app.kubernetes.io/component: webhook
 {{- end -}}
 
 {{- define "dynamo-sidecar.image" -}}
-{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- $repository := required "image.repository is required: the sidecar image you built and pushed (no image is published), e.g. --set image.repository=registry.example.com/dynamo-sidecar" .Values.image.repository -}}
+{{- printf "%s:%s" $repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
 {{- define "dynamo-sidecar.sidecarImage" -}}

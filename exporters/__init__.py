@@ -1,0 +1,1 @@
+"""Exporters: the Prometheus exposition and OTLP traces."""

@@ -353,12 +353,16 @@ def _fetch(url: str, timeout: float) -> tuple[int, bytes]:
 
 
 def _cmd_diagnose(args: argparse.Namespace) -> int:
-    from agent.diagnose.render import EXIT_CODES, text
+    from agent.diagnose.render import text
+    from agent.exitcodes import BY_STATUS, UNKNOWN
 
     if args.prometheus_url:
         from agent.diagnose.fleet import run_fleet
 
-        return run_fleet(args.prometheus_url, args.namespace, args.format, args.timeout)
+        # The deployment's threshold overrides, as the pods and `alerts` take them.
+        overrides = {"thresholds": args.thresholds} if args.thresholds else {}
+        thresholds = load_config(args.config, overrides=overrides).thresholds
+        return run_fleet(args.prometheus_url, args.namespace, args.format, args.timeout, thresholds)
     if args.since:
         from agent.server import parse_window
 
@@ -372,24 +376,26 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         status, body = _fetch(url, args.timeout)
         report: dict[str, Any] = json.loads(body)
     except (OSError, ValueError) as exc:
-        print(f"dynamo-sidecar diagnose: cannot read {url}: {_reason(exc)}", file=sys.stderr)
-        return 3
+        print(f"dynamo-sidecar diagnose: could not read {url}: {_reason(exc)}", file=sys.stderr)
+        return UNKNOWN
     if status == 400:
         print(
             f"dynamo-sidecar diagnose: the sidecar refused the request: {report.get('error', '')}",
             file=sys.stderr,
         )
         return EXIT_CONFIG
-    if status != 200 or "findings" not in report:
+    if status != 200 or not isinstance(report, dict) or "findings" not in report:
         print(
-            f"dynamo-sidecar diagnose: {url} answered HTTP {status}, not a diagnose report", file=sys.stderr
+            f"dynamo-sidecar diagnose: could not read {url}: HTTP {status}, not a diagnose report",
+            file=sys.stderr,
         )
-        return 3
+        return UNKNOWN
     print(
         json.dumps(report, indent=1) if args.format == "json" else text(report),
         end="" if args.format != "json" else "\n",
     )
-    return EXIT_CODES.get(report.get("status", "ok"), 0)
+    # A report without a status it can name was not a look at the pod.
+    return BY_STATUS.get(str(report.get("status")), UNKNOWN)
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -563,7 +569,8 @@ def build_parser() -> argparse.ArgumentParser:
     alerts.set_defaults(func=_cmd_alerts)
 
     diag = sub.add_parser(
-        "diagnose", help="print a running sidecar's findings; exit 0 ok, 1 warning, 2 critical, 3 unreachable"
+        "diagnose",
+        help="print a running sidecar's findings; exit 0 ok, 1 warning, 2 critical, 3 could not look",
     )
     diag.add_argument("--url", default="http://127.0.0.1:9469", help="the sidecar's base URL")
     diag.add_argument("--since", default="", help="narrow the window, e.g. 10m")
@@ -575,6 +582,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fleet scope: evaluate the rules over every pod's metrics in this Prometheus",
     )
     diag.add_argument("--namespace", default="", help="with --prometheus-url: only this Kubernetes namespace")
+    diag.add_argument(
+        "--config",
+        metavar="FILE",
+        help="with --prometheus-url: take threshold overrides from this config file (as `alerts --config`)",
+    )
+    diag.add_argument(
+        "--thresholds",
+        default="",
+        metavar="RULE.NAME=N[,...]",
+        help="with --prometheus-url: threshold overrides (also DYN_SIDECAR_THRESHOLDS)",
+    )
     diag.set_defaults(func=_cmd_diagnose)
 
     verify = sub.add_parser(

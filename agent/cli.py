@@ -204,7 +204,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"dynamo-sidecar audit: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     print(render(result, args.format), end="")
-    return EXIT_CODES.get(result["status"], 0)
+    for missing in result.get("unread", []):  # on stderr too: a pipe to a file still tells
+        print(
+            f"dynamo-sidecar audit: could not read {missing['source']}: {missing['error']}", file=sys.stderr
+        )
+    return EXIT_CODES.get(result["status"], EXIT_CODES["unknown"])
 
 
 def _inject_one(inject: Any, error: Any, document: Any, options: Any) -> tuple[Any, list[str]]:
@@ -376,7 +380,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         status, body = _fetch(url, args.timeout)
         report: dict[str, Any] = json.loads(body)
     except (OSError, ValueError) as exc:
-        print(f"dynamo-sidecar diagnose: could not read {url}: {_reason(exc)}", file=sys.stderr)
+        print(f"dynamo-sidecar diagnose: cannot read {url}: {_reason(exc)}", file=sys.stderr)
         return UNKNOWN
     if status == 400:
         print(
@@ -386,7 +390,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     if status != 200 or not isinstance(report, dict) or "findings" not in report:
         print(
-            f"dynamo-sidecar diagnose: could not read {url}: HTTP {status}, not a diagnose report",
+            f"dynamo-sidecar diagnose: cannot read {url}: HTTP {status}, not a diagnose report",
             file=sys.stderr,
         )
         return UNKNOWN
@@ -473,7 +477,18 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         )
     else:
         print(output, end="")
-    return 0 if report["passed"] else 1
+    unread = (report.get("sidecar") or {}).get("unread_phases") or []
+    if unread:
+        print(
+            f"dynamo-sidecar verify: could not read the sidecar at {sidecar} in: {', '.join(unread)}",
+            file=sys.stderr,
+        )
+    if not report["passed"]:
+        return 1  # a goal missed is a finding, whatever could not be read besides
+    # The drill's client checks passed, but the pod's view it was asked for was not read.
+    from agent.exitcodes import UNKNOWN
+
+    return UNKNOWN if unread else 0
 
 
 def _http_url(raw: str, flag: str) -> str:

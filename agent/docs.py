@@ -60,7 +60,7 @@ def rules_reference() -> str:
         kind = (
             ", a state (not a fault)"
             if rule.state
-            else ", a past event once the pod serves again"
+            else ", about events in a window: a past event once the pod serves after them"
             if rule.events
             else ""
         )

@@ -1029,8 +1029,9 @@ def _last_rise(points: list[tuple[float, float]]) -> float:
             "stalled_seconds",
             0,
             "seconds",
-            "No output for this long with work in flight (0: config hung_engine_after).",
-            pod_only=f"only at 0: the pod view then waits hung_engine_after (two collection intervals by default), the fleet query, which knows no interval, {HUNG_FLEET_DEFAULT:g} s (two default intervals); set it to pin both",
+            "No output for this long with work in flight. 0: the config key hung_engine_after"
+            f" (two collection intervals) in the pod view, {HUNG_FLEET_DEFAULT:g} s (two default"
+            " intervals) in the fleet query, which knows no interval; set it to pin both.",
         ),
     ),
     fleet=lambda s, t: (

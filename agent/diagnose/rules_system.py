@@ -783,12 +783,18 @@ LATENCY = metric("dynamo_latency_seconds")
     thresholds=(
         Threshold("factor", 2.0, "ratio", "Recent p99 over the baseline p99."),
         Threshold("min_delta", 0.05, "seconds", "Smallest absolute rise that counts."),
-        Threshold("min_observations", 10, "observations", "Fewest observations in each of the two windows."),
+        Threshold(
+            "min_observations",
+            10,
+            "observations",
+            "Fewest observations in each of the two windows.",
+            pod_only="the fleet query compares p99 gauges, which carry no observation count",
+        ),
     ),
     fleet=lambda s, t: (
         "("
         + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
-        + f" > {t.factor:g} * avg_over_time("
+        + f" >= {t.factor:g} * avg_over_time("
         + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
         + "[10m] offset 5m)) and ("
         + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')

@@ -9,7 +9,8 @@ long it lasted, and never at its old severity.
 
 The sidecar feeds every evaluation through one `Lifecycle` (each collection cycle and each
 `/diagnose` request), so episodes start and end within one collection interval of the truth.
-Memory is bounded: at most `max_tracked` identities are remembered; resolved ones are
+Memory is bounded: an ended episode is remembered for the history window (a rule's evidence
+reaches no further back), and at most `max_tracked` identities at once; ended ones are
 forgotten first, oldest first.
 """
 
@@ -21,6 +22,9 @@ from dataclasses import dataclass
 from agent.diagnose.model import SEVERITY_RANK, Finding
 
 RESOLVED_FOR = 300.0  # seconds a resolved finding stays in the report (as info)
+# Seconds an ended episode is remembered: a rule's evidence reaches back at most the history
+# window (15 min by default), and a new episode must not be dated before the last one ended.
+REMEMBER_FOR = 900.0
 MAX_TRACKED = 512  # finding identities remembered at once
 
 
@@ -40,8 +44,14 @@ class Episode:
 
 
 class Lifecycle:
-    def __init__(self, resolved_for: float = RESOLVED_FOR, max_tracked: int = MAX_TRACKED) -> None:
+    def __init__(
+        self,
+        resolved_for: float = RESOLVED_FOR,
+        max_tracked: int = MAX_TRACKED,
+        remember_for: float = REMEMBER_FOR,
+    ) -> None:
         self.resolved_for = resolved_for
+        self.remember_for = max(remember_for, resolved_for)
         self.max_tracked = max_tracked
         self.episodes: dict[str, Episode] = {}
 
@@ -112,7 +122,7 @@ class Lifecycle:
 
     def _forget(self, now: float) -> None:
         for key in [
-            k for k, e in self.episodes.items() if e.resolved and now - e.resolved_at > self.resolved_for
+            k for k, e in self.episodes.items() if e.resolved and now - e.resolved_at > self.remember_for
         ]:
             del self.episodes[key]
         excess = len(self.episodes) - self.max_tracked

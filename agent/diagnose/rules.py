@@ -788,9 +788,9 @@ def worker_restarted(ctx: Context, t: Limits) -> list[Hit]:
             endpoint,
             {"who": who("worker", endpoint), "count": len(events)},
             [Evidence("worker_restart event", e.message, timestamp=e.timestamp) for e in events[-5:]],
-            events[0].timestamp,
+            min(e.timestamp for e in events),
             role="worker",
-            last_event=events[-1].timestamp,
+            last_event=max(e.timestamp for e in events),
         )
         for endpoint, events in by_endpoint.items()
         if len(events) >= t.restarts
@@ -828,9 +828,9 @@ def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
                 source,
                 {"count": len(events), "minutes": window / 60},
                 [Evidence("health_transition event", e.message, timestamp=e.timestamp) for e in events[-6:]],
-                events[0].timestamp,
+                min(e.timestamp for e in events),
                 role=kind,
-                last_event=events[-1].timestamp,
+                last_event=max(e.timestamp for e in events),
             )
         )
     return hits

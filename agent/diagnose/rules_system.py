@@ -402,9 +402,9 @@ def gpu_xid(ctx: Context, t: Limits) -> list[Hit]:
                     ],
                     Evidence("uuid", last.get("uuid")),
                 ],
-                events[0].timestamp,
+                min(e.timestamp for e in events),
                 role="worker",
-                last_event=events[-1].timestamp,
+                last_event=max(e.timestamp for e in events),
             )
         )
     return hits

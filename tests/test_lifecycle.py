@@ -561,3 +561,79 @@ def test_a_restart_of_the_state_keeps_events_honest_over_time() -> None:
     _served(after)
     later = ids(evaluate(_context_for(after), lifecycle=life)[0])["worker_restarted:worker"]
     assert (later.state, later.severity, later.since) == ("past", "info", NOW - 30)
+
+
+# --- through the sidecar: a whole incident on the simulator -----------------------------------
+
+
+async def test_kill_then_restart_leaves_nothing_critical_once_requests_succeed(
+    sim, make_sidecar, http
+) -> None:
+    """Worker killed: critical within seconds. Restarted, and five requests in a row succeed:
+    within two collection intervals nothing is critical, the kill's findings are resolved or
+    past (info) and the report says when they ended."""
+    import time
+
+    from tests.conftest import base_url, get_json, post_completion, wait_for
+
+    sidecar = await make_sidecar(sim, canary_enabled="false")
+    url = base_url(sidecar) + "/diagnose"
+    frontend = sim.url("frontend")
+    await wait_for(lambda: sidecar.ready, what="ready")
+    for _ in range(3):
+        assert (await post_completion(http, frontend))[0] == 200
+    killed_at = time.monotonic()
+    await sim.kill_worker()
+
+    async def critical() -> dict[str, Any] | None:
+        report = await get_json(http, url)
+        return report if report["status"] == "critical" else None
+
+    during = await wait_for(critical, timeout=10, what="critical after the kill")
+    kill_to_critical = time.monotonic() - killed_at
+    assert during["findings"][0]["id"] == "endpoint_refused:worker"
+    for _ in range(3):  # requests fail while the worker is gone
+        await post_completion(http, frontend)
+    failed_by = time.time()
+    await sim.restart_worker()
+    # A restarted worker is up a collection or more after the failures (a real one takes
+    # seconds): the sidecar sees it healthy before the requests that prove it serves.
+    from agent.facts import HealthFacts
+
+    await wait_for(
+        lambda: (
+            sidecar.state.facts("dynamo_health", HealthFacts).endpoints["worker"].probe().outcome == "ok"
+            and sidecar.state.latest_time.get("dynamo_metrics", 0) > failed_by
+        ),
+        what="worker healthy again, the failures scraped",
+    )
+    for _ in range(5):  # five in a row, as an on-call engineer checks it
+        status, _ = await post_completion(http, frontend)
+        assert status == 200
+    served_at = time.monotonic()
+
+    async def calm() -> dict[str, Any] | None:
+        report = await get_json(http, url)
+        return report if report["status"] in {"ok", "warning"} else None
+
+    try:
+        after = await wait_for(calm, timeout=10, what="nothing critical after recovery")
+    except AssertionError:
+        report = await get_json(http, url)
+        raise AssertionError(
+            [(f["id"], f["severity"], f["state"], f["summary"]) for f in report["findings"]]
+        ) from None
+    recovery_to_calm = time.monotonic() - served_at
+    interval = sidecar.config.dynamo_interval
+    assert recovery_to_calm <= 2 * interval + 1.0, recovery_to_calm  # the collection, the scrape, a margin
+    assert not [f for f in after["findings"] if f["severity"] == "critical"]
+    by_id = {f["id"]: f for f in after["findings"]}
+    refused = by_id["endpoint_refused:worker"]
+    assert refused["state"] == "resolved" and refused["was"] == "critical" and refused["severity"] == "info"
+    assert refused["duration_seconds"] > 0 and refused["resolved_at"] >= refused["since"]
+    for event_id in ("request_failures:requests", "worker_restarted:worker"):
+        if event_id in by_id:
+            assert by_id[event_id]["state"] == "past" and by_id[event_id]["severity"] == "info", by_id[
+                event_id
+            ]
+    assert kill_to_critical < 5

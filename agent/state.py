@@ -410,14 +410,18 @@ class State:
         series that appeared a minute ago (Dynamo creates a label set at its first request)
         would divide its increase by that minute and count many times over."""
         now = time.time() if now is None else now
-        total, first, last = 0.0, math.inf, -math.inf
-        for _, ring in self.series_matching(name, **labels):
+        wanted = set(labels.items())
+        total, found, first, last = 0.0, False, math.inf, -math.inf
+        for series_labels, ring in self.series_matching(name):
             points = ring.points(since=now - window, until=now)
             if len(points) < 2:
                 continue
-            total += counter_increase(points)
+            # The span is the family's (any label set): errors per second of watching.
             first, last = min(first, points[0][0]), max(last, points[-1][0])
-        if last <= first:
+            if wanted <= set(series_labels):
+                total += counter_increase(points)
+                found = True
+        if not found or last <= first:
             return None
         return total / (last - first)
 

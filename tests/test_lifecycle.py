@@ -637,3 +637,79 @@ async def test_kill_then_restart_leaves_nothing_critical_once_requests_succeed(
                 event_id
             ]
     assert kill_to_critical < 5
+
+
+# --- one number for one thing; a report that has not looked says so ---------------------------
+
+
+def test_the_flow_and_the_finding_count_the_same_failures() -> None:
+    r = Recorded()
+    r.series(
+        "dynamo_metrics",
+        lambda i: [
+            sample(
+                "dynamo_frontend_requests_total",
+                min(i, 55) * 10,
+                model="tiny",
+                status="success",
+                error_type="",
+            ),
+            sample(
+                "dynamo_frontend_requests_total",
+                max(0, i - 54) * 3,
+                model="tiny",
+                status="error",
+                error_type="unavailable",
+            ),
+            sample("dynamo_frontend_requests_total", 7, model="x", status="error", error_type="not_found"),
+        ],
+    )
+    report = diagnose(r.context())
+    failures = next(f for f in report["findings"] if f["rule"] == "request_failures")
+    assert failures["summary"].startswith("15 request(s) failed server-side")
+    metrics = next(s for s in report["flow"] if s["step"] == "metrics and logs")["observations"]
+    assert "15 failed server-side (15 unavailable) in the last 5 min" in metrics, metrics
+    assert not any("errors" in line and "/s" in line for line in metrics), metrics  # no second number
+
+
+def test_a_collector_that_has_not_run_makes_the_report_unknown_not_ok() -> None:
+    r = Recorded()
+    r.state.register_collector("gpu", 5, 4)  # registered, no run completed yet
+    report = diagnose(r.context())
+    assert report["findings"] == [] and report["status"] == "unknown"
+    assert report["unread"] == [{"source": "gpu", "error": "no run completed yet"}]
+    assert "NOT READ: gpu: no run completed yet" in text(report)
+    r.state.collectors["gpu"].last_success = True
+    assert diagnose(r.context())["status"] == "ok"
+
+
+async def test_diagnose_cli_exits_3_while_the_sidecar_has_read_nothing(make_sidecar) -> None:
+    import asyncio
+    import subprocess
+
+    from agent.samples import CollectResult as Result
+    from collectors.base import Collector
+    from tests.conftest import base_url
+    from tests.procs import ENV, PYTHON
+
+    class NeverDone(Collector):
+        name = "never_done"
+
+        def __init__(self) -> None:
+            super().__init__(interval=3600, timeout=3600)
+
+        async def collect(self) -> Result:
+            await asyncio.Event().wait()
+            return Result()
+
+    sidecar = await make_sidecar(collectors=[NeverDone()])
+    out = await asyncio.to_thread(
+        subprocess.run,
+        [PYTHON, "-m", "agent.cli", "diagnose", "--url", base_url(sidecar)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=ENV,
+    )
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert out.stdout.startswith("dynamo-sidecar diagnose: UNKNOWN") and "NOT READ: never_done" in out.stdout

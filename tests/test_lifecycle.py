@@ -203,6 +203,47 @@ def test_a_restart_is_a_past_event_once_the_pod_serves_after_it() -> None:
     assert restarted.served_at == pytest.approx(NOW) and restarted.last_event == pytest.approx(NOW - 30)
 
 
+@pytest.mark.parametrize(
+    ("last_step", "worker_ok", "past"),
+    [
+        (59, True, True),  # a later collection saw no further failure, endpoints healthy
+        (58, True, False),  # nothing collected after the mixed step yet: order unknown
+        (59, False, False),  # the worker's probe fails now
+    ],
+)
+def test_successes_in_the_step_of_the_last_failure(last_step: int, worker_ok: bool, past: bool) -> None:
+    """The first request after a restart fails and the next five succeed within one scrape:
+    the counters cannot order them, so the failures are past only once a later collection saw
+    no further failure and every endpoint answers its health check."""
+    r = Recorded()
+    r.series(
+        "dynamo_metrics",
+        lambda i: [
+            sample(
+                "dynamo_frontend_requests_total",
+                min(i, 40) * 10 + (5 if i >= 58 else 0),
+                model="tiny",
+                status="success",
+                error_type="",
+            ),
+            sample(
+                "dynamo_frontend_requests_total",
+                (3 if i >= 41 else 0) + (1 if i >= 58 else 0),
+                model="tiny",
+                status="error",
+                error_type="unavailable",
+            ),
+        ],
+        steps=last_step + 1,
+        interval=INTERVAL,
+    )
+    if not worker_ok:
+        probe(r.health["worker"], outcome="timeout", status="", status_code=0, since=NOW - 1)
+    # The series ends at NOW: with last_step 58 the mixed step is the latest collection.
+    failures = ids(evaluate(r.context())[0])["request_failures:requests"]
+    assert (failures.state == "past") is past, (failures.state, failures.severity)
+
+
 def test_a_failed_canary_is_past_only_when_its_own_model_serves() -> None:
     def failing(r: Recorded) -> None:
         state = ModelState()

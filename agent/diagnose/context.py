@@ -22,7 +22,7 @@ from agent.facts import (
     TcpFacts,
 )
 from agent.samples import Labels
-from agent.signals import DynamoNames, Signals
+from agent.signals import CLIENT_ERROR_TYPES, DynamoNames, Signals
 from agent.state import SeriesRing, State
 
 # Statuses Dynamo answers while it shuts down (frontend /health, /live).
@@ -70,13 +70,26 @@ class Activity:
     "the pod serves again" (a past event is information once it does)."""
 
     success: dict[str, float]  # model ("" = any model) -> last time a request succeeded
+    failure: dict[str, float] = field(default_factory=dict)  # the same for server-side failures
+    watched: float = 0.0  # the latest collection of the request counters
+    health_ok: bool = False  # every probed Dynamo endpoint answers its health check ok now
 
     def served_after(self, when: float, model: str = "") -> float:
         """When the pod last served a request successfully (of `model`, when given), if that
         was after `when`; 0 otherwise. Once true it stays true for that event: a later fault
-        is a new event of its own finding (its failures, its transitions), not this one's."""
+        is a new event of its own finding (its failures, its transitions), not this one's.
+
+        Counters cannot order what happened within one collection step: successes counted in
+        the same step as the last failure (the first request after a restart fails, the next
+        five succeed) count as after it once a later collection saw no further failure and
+        every endpoint is healthy now."""
         success = self.success.get(model, 0.0)  # "" holds the latest of any model
-        return success if success > when else 0.0
+        if success > when:
+            return success
+        failure = self.failure.get(model, 0.0)
+        if success and success == when and failure <= when < self.watched and self.health_ok:
+            return success
+        return 0.0
 
 
 @dataclass
@@ -132,22 +145,34 @@ class Context:
     @functools.cached_property
     def activity(self) -> Activity:
         success: dict[str, float] = {}
+        failure: dict[str, float] = {}
+        watched = 0.0
 
-        def note(model: str, when: float) -> None:
+        def note(into: dict[str, float], model: str, when: float) -> None:
             if when:
-                success[model] = max(success.get(model, 0.0), when)
-                success[""] = max(success.get("", 0.0), when)
+                into[model] = max(into.get(model, 0.0), when)
+                into[""] = max(into.get("", 0.0), when)
 
         since = self.now - self.window
-        for labels, ring in self.state.series_matching(self.names.requests_total, status="success"):
-            note(dict(labels).get("model", ""), last_rise(ring.points(since=since, until=self.now)))
+        for labels, ring in self.state.series_matching(self.names.requests_total):
+            label = dict(labels)
+            points = ring.points(since=since, until=self.now)
+            if points:
+                watched = max(watched, points[-1][0])
+            if label.get("status") == "success":
+                note(success, label.get("model", ""), last_rise(points))
+            elif label.get("status") == "error" and label.get("error_type", "") not in CLIENT_ERROR_TYPES:
+                note(failure, label.get("model", ""), last_rise(points))
         # A worker pod sees no frontend counters: its own finished requests are what it served.
         for _, ring in self.state.series_matching(self.names.worker_requests_total):
-            note("", last_rise(ring.points(since=since, until=self.now)))
+            note(success, "", last_rise(ring.points(since=since, until=self.now)))
         canary = self.extra("canary")
         for model, state in (getattr(canary, "models", None) or {}).items():
-            note(model, state.last_success)
-        return Activity(success)
+            note(success, model, state.last_success)
+        health_ok = bool(self.health.endpoints) and all(
+            view.probe().outcome == "ok" for view in self.health.endpoints.values()
+        )
+        return Activity(success, failure, watched, health_ok)
 
     def events(self, kind: str | None = None) -> list[Any]:
         return self.state.recent_events(since=self.now - self.window, kind=kind)

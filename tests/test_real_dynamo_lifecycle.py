@@ -46,8 +46,8 @@ async def test_kill_restart_serve_then_nothing_critical(dynamo: RealDynamo, make
     during = await wait_for(lambda: status({"critical"}), timeout=15, interval=0.2, what="critical")
     kill_to_critical = time.monotonic() - killed
     assert during["findings"][0]["id"] == "endpoint_refused:worker", during["findings"][0]
-    # Requests fail while the worker is gone (Dynamo answers 503).
-    assert (await asyncio.to_thread(dynamo.completion, "during", 2))[0] == 503
+    # Requests fail while the worker is gone: 503, or 404 once Dynamo de-listed the model (~8 s).
+    assert (await asyncio.to_thread(dynamo.completion, "during", 2))[0] in {503, 404}
     assert dynamo.worker is not None
     # Off the event loop: the sidecar in this process keeps collecting meanwhile.
     await asyncio.to_thread(dynamo.worker.wait, 10)
@@ -92,7 +92,7 @@ async def test_kill_restart_serve_then_nothing_critical(dynamo: RealDynamo, make
     mark = time.time()
     await wait_for(
         lambda: sidecar.state.latest_time.get("dynamo_health", 0) > mark + 2 * INTERVAL,
-        timeout=10,
+        timeout=4 * INTERVAL + 5,
         what="two more collections",
     )
     settled = await get_json(http, url)

@@ -283,12 +283,17 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     async def round_() -> int:
         async with aiohttp.ClientSession() as session:
             listing = await fetch(session, config.frontend_url + MODELS_PATH, config.http_timeout, 1 << 20)
-            models = args.model or parse_models(listing) or []
+            listed = parse_models(listing)
+            models = args.model or listed or []
             if not models:
                 print(
                     f"no models to probe: GET {config.frontend_url}{MODELS_PATH} -> {listing.failure or listing.status} {listing.excerpt(200)}"
                 )
-                return 1
+                # An empty model list is an answer (nothing is served: a failed round); no
+                # answer, or not a model list, is a round that could not be made.
+                from agent.exitcodes import UNKNOWN
+
+                return 1 if listed == [] else UNKNOWN
             failed = 0
             for model in models:
                 result = await send_canary(

@@ -367,15 +367,17 @@ def test_alerts_at_and_past_each_overridden_threshold(tmp_path: Path) -> None:
     alert's own wait) evaluated on the case's series at the end, as count(...) or vector(0)."""
     tests: list[dict[str, Any]] = []
     files: dict[str, str] = {}
-    for index, (rule_id, title, overrides, series, fires) in enumerate(_groups()):
+    for rule_id, title, overrides, series, fires in _groups():
         alert = _alert_of(rule_id)
         expr = (
             next(e["expr"] for e in alert_rules(overrides) if e["alert"] == alert)
             if alert
             else fleet_queries(overrides=overrides)[rule_id]
         )
-        # The whole file as a user generates it, loaded by promtool too.
-        files.setdefault(f"alerts-{index}.yaml", alerts_yaml(overrides))
+        # The whole file as a user generates it (one per set of overrides), checked by promtool.
+        key = f"alerts-{'-'.join(sorted(overrides))}.yaml"
+        if key not in files:
+            files[key] = alerts_yaml(overrides)
         tests.append(
             {
                 "name": title,

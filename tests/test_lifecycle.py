@@ -117,7 +117,7 @@ STEPS = st.lists(
 )
 
 
-@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(STEPS)
 def test_episodes_against_a_reference_model(steps: list[tuple[float, dict[str, tuple[str, float]]]]) -> None:
     """Property: each evaluation's output matches a plain reference of the rules in the module

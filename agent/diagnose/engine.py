@@ -84,8 +84,8 @@ def evaluate(
 
 def _settle_past_events(ctx: Context, findings: list[Finding]) -> None:
     """A finding about events in its window (restarts, failed requests, transitions) is
-    information once the pod has served again after the last of them: health ok, and a
-    request or canary succeeded after it with no server-side failure since."""
+    information once the pod has served after the last of them: a request (or canary, of the
+    finding's model when it names one) succeeded after it (Activity.served_after)."""
     for finding in findings:
         if not finding.last_event:
             continue

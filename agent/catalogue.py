@@ -59,6 +59,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("drain_requests_failed", "gauge", "Frontend requests that failed during the drain.", (), "drain"),
     _m("slo_target", "gauge", "Configured SLO target by objective (ttft_p99 and itl_p99 in seconds, error_rate as a ratio).", ("objective",), "diagnose"),
     _m("slo_observed", "gauge", "The objective's value over the signal window, as the slo_breach rule judges it.", ("objective",), "diagnose"),
+    _m("slo_observations", "gauge", "Observations (requests) inside the signal window behind slo_observed, by objective.", ("objective",), "diagnose"),
     _m("drain_reason", "gauge", "1 for why the drain ended: inflight_zero, process_exited, deadline, second_signal, nothing_to_drain.", ("reason",), "drain"),
     # --- process collector ------------------------------------------------------------
     _m("processes_matched", "gauge", "Dynamo processes found in the pod's process namespace.", (), "process"),
@@ -173,6 +174,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("dynamo_error_rate", "gauge", "Frontend failed requests per second over the window.", ("window",), "signals"),
     _m("dynamo_inflight_requests", "gauge", "In-flight requests now (frontend, worker).", ("source",), "signals"),
     _m("dynamo_queued_requests", "gauge", "Requests queued at the frontend now.", (), "signals"),
+    _m("dynamo_stalled_seconds", "gauge", "Seconds Dynamo has held requests in flight without producing any output (0 while it progresses or holds nothing), as engine_hung judges it.", (), "signals"),
     _m("dynamo_latency_seconds", "gauge", "Latency percentile (p50, p90, p99) over the window from Dynamo's histograms, as PromQL histogram_quantile computes it.", ("signal", "percentile", "window"), "signals"),
     _m("dynamo_rejection_rate", "gauge", "Rejected requests per second over the window.", ("window",), "signals"),
     _m("dynamo_migration_rate", "gauge", "Migrated requests per second over the window.", ("window",), "signals"),

@@ -233,7 +233,11 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"dynamo-sidecar audit: {exc}", file=sys.stderr)
         return exitcodes.USAGE  # never 2: that means a critical finding
     print(render(result, args.format), end="")
-    return exitcodes.BY_STATUS[result["status"]]
+    for missing in result.get("unread", []):  # on stderr too: a pipe to a file still tells
+        print(
+            f"dynamo-sidecar audit: could not read {missing['source']}: {missing['error']}", file=sys.stderr
+        )
+    return exitcodes.BY_STATUS.get(result["status"], exitcodes.UNKNOWN)
 
 
 def _inject_one(inject: Any, document: Any, options: Any) -> Any:
@@ -395,7 +399,10 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
     if args.prometheus_url:
         from agent.diagnose.fleet import run_fleet
 
-        return run_fleet(args.prometheus_url, args.namespace, args.format, args.timeout)
+        # The deployment's threshold overrides, as the pods and `alerts` take them.
+        overrides = {"thresholds": args.thresholds} if args.thresholds else {}
+        thresholds = load_config(args.config, overrides=overrides).thresholds
+        return run_fleet(args.prometheus_url, args.namespace, args.format, args.timeout, thresholds)
     if args.since:
         from agent.server import parse_window
 
@@ -417,9 +424,10 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return exitcodes.USAGE
-    if status != 200 or "findings" not in report:
+    if status != 200 or not isinstance(report, dict) or "findings" not in report:
         print(
-            f"dynamo-sidecar diagnose: {url} answered HTTP {status}, not a diagnose report", file=sys.stderr
+            f"dynamo-sidecar diagnose: cannot read {url}: HTTP {status}, not a diagnose report",
+            file=sys.stderr,
         )
         return exitcodes.UNKNOWN
     print(
@@ -514,7 +522,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         )
     else:
         print(output, end="")
-    return exitcodes.OK if report["passed"] else exitcodes.WARNING
+    unread = (report.get("sidecar") or {}).get("unread_phases") or []
+    if unread:
+        print(
+            f"dynamo-sidecar verify: could not read the sidecar at {sidecar} in: {', '.join(unread)}",
+            file=sys.stderr,
+        )
+    if not report["passed"]:
+        return exitcodes.WARNING  # a goal missed is a finding, whatever could not be read besides
+    # The drill's client checks passed, but the pod's view it was asked for was not read.
+    return exitcodes.UNKNOWN if unread else exitcodes.OK
 
 
 def _http_url(raw: str, flag: str) -> str:
@@ -626,6 +643,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="fleet scope: evaluate the rules over every pod's metrics in this Prometheus",
     )
     diag.add_argument("--namespace", default="", help="with --prometheus-url: only this Kubernetes namespace")
+    diag.add_argument(
+        "--config",
+        metavar="FILE",
+        help="with --prometheus-url: take threshold overrides from this config file (as `alerts --config`)",
+    )
+    diag.add_argument(
+        "--thresholds",
+        default="",
+        metavar="RULE.NAME=N[,...]",
+        help="with --prometheus-url: threshold overrides (also DYN_SIDECAR_THRESHOLDS)",
+    )
     diag.set_defaults(func=_cmd_diagnose)
 
     verify = sub.add_parser(

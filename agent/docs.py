@@ -14,6 +14,7 @@ def rules_reference() -> str:
     """docs/rules.md: every rule record whole (thresholds, causal links, fleet query, alert)."""
     from agent.diagnose.engine import RULES
     from agent.diagnose.fleet import selector
+    from agent.diagnose.model import Alert, NoAlert
 
     out = [
         "# Diagnose rules",
@@ -30,31 +31,63 @@ def rules_reference() -> str:
         "Causal links: `rule` is the same subject, `rule:*` any subject, `rule:@role` a subject of",
         "the same role (frontend or worker). A cause is listed first with its symptoms folded",
         "under it and takes the severity of its worst symptom; a *state* (start-up, a drain)",
-        "turns what it explains into info.",
+        "turns what it explains into info. Only findings that hold now are linked.",
         "",
+        "A finding about events in its window (marked *past event* below) becomes info once the",
+        "pod serves again after the last of them; when a condition stops holding, its finding",
+        "is shown as resolved (info) for five minutes ([diagnose.md](diagnose.md#findings-over-time)).",
+        "",
+        "## Which findings page",
+        "",
+        "Every critical rule has a Prometheus alert (`packaging/prometheus/alerts.yaml`,",
+        "`dynamo-sidecar alerts`) or says here why it cannot have one.",
+        "",
+        "| rule | severity | alert |",
+        "| --- | --- | --- |",
     ]
+    for rule in RULES:
+        if isinstance(rule.alert, Alert):
+            pages = f"`{rule.alert.name}`" + (f" (for {rule.alert.for_})" if rule.alert.for_ else "")
+        elif isinstance(rule.alert, NoAlert):
+            pages = "none: " + rule.alert.reason
+        else:
+            pages = "none" + (" (fleet query only)" if rule.fleet is not None else "")
+        out.append(f"| `{rule.id}` | {rule.severity} | {pages} |")
+    out.append("")
     sel = selector()
     for rule in RULES:
         out += [f"## `{rule.id}`", ""]
-        out.append(f"{rule.category}, {rule.severity}{', a state (not a fault)' if rule.state else ''}.")
+        kind = (
+            ", a state (not a fault)"
+            if rule.state
+            else ", about events in a window: a past event once the pod serves after them"
+            if rule.events
+            else ""
+        )
+        out.append(f"{rule.category}, {rule.severity}{kind}.")
         out += ["", "Says: " + rule.summary.replace("{subject}", "<subject>"), ""]
         out += [f"{i}. {a}" for i, a in enumerate(rule.actions, 1)]
         out.append("")
         if rule.thresholds:
             out += ["| threshold | default | unit | meaning |", "| --- | --- | --- | --- |"]
             out += [
-                f"| `{rule.id}.{t.name}` | {t.default:g} | {t.unit} | {t.help} |" for t in rule.thresholds
+                f"| `{rule.id}.{t.name}` | {t.default:g} | {t.unit} | {t.help}"
+                + (f" Pod view only {t.pod_only}." if t.pod_only and rule.fleet is not None else "")
+                + " |"
+                for t in rule.thresholds
             ]
             out.append("")
         if rule.explains:
             out += ["Explains: " + ", ".join(f"`{link}`" for link in rule.explains), ""]
         if rule.fleet is not None:
             out += ["Fleet query:", "", "```promql", rule.fleet(sel, rule.limits()), "```", ""]
-        if rule.alert is not None:
+        if isinstance(rule.alert, Alert):
             out += [
                 f"Alert: `{rule.alert.name}`" + (f" (for {rule.alert.for_})" if rule.alert.for_ else ""),
                 "",
             ]
+        elif isinstance(rule.alert, NoAlert):
+            out += ["No alert: " + rule.alert.reason, ""]
     return "\n".join(out)
 
 

@@ -23,6 +23,8 @@ from agent.catalogue import metric
 from agent.config import Config, redact_url
 from agent.diagnose import diagnose
 from agent.diagnose.context import Context
+from agent.diagnose.engine import evaluate
+from agent.diagnose.lifecycle import Lifecycle
 from agent.drain import DrainCoordinator, DrainSummary
 from agent.facts import ProcessFacts
 from agent.httpguard import ConnectionLimiter, GuardedSite
@@ -212,6 +214,9 @@ class Sidecar:
         self.state.event_listeners.append(self.telemetry.record_event)
         self.state.extra["otlp"] = self.telemetry
         self.canary = Canary(self)
+        # Findings over time: every evaluation (one per collection cycle, and each /diagnose)
+        # moves the same episodes, so `since` and "resolved" are within one cycle of the truth.
+        self.lifecycle = Lifecycle()
         self.connections = ConnectionLimiter(config.max_connections)
         self.state.extra["canary"] = self.canary
 
@@ -259,6 +264,9 @@ class Sidecar:
                 out.append(
                     sample("dynamo_sidecar_slo_observed", observed[objective].value, objective=objective)
                 )
+                out.append(
+                    sample("dynamo_sidecar_slo_observations", observed[objective].count, objective=objective)
+                )
         return out
 
     def mark_dirty(self) -> None:
@@ -285,17 +293,32 @@ class Sidecar:
     def ready(self) -> bool:
         return self.scheduler.first_cycle_done.is_set() and not self.draining
 
-    def diagnose_report(self, window: float | None = None, min_severity: str = "info") -> dict[str, Any]:
-        signals = compute(self.state, self.names, self.config.signal_window)
-        ctx = Context(
+    def _diagnose_context(self, window: float | None = None) -> Context:
+        return Context(
             self.state,
             self.config,
-            signals,
+            compute(self.state, self.names, self.config.signal_window),
             window=window or self.config.history_window,
             names=self.names,
             draining=self.draining,
         )
-        return diagnose(ctx, min_severity=min_severity)
+
+    def diagnose_report(self, window: float | None = None, min_severity: str = "info") -> dict[str, Any]:
+        # A narrowed window hides windowed findings without their condition ending: such a
+        # report reads the episodes but does not move them.
+        return diagnose(
+            self._diagnose_context(window),
+            min_severity=min_severity,
+            lifecycle=self.lifecycle,
+            record=window is None or window >= self.config.history_window,
+        )
+
+    def evaluate_findings(self) -> None:
+        """One evaluation into the lifecycle, once per collection cycle."""
+        try:
+            evaluate(self._diagnose_context(), lifecycle=self.lifecycle)
+        except Exception as exc:  # the report path shows rule errors; this must not stop renders
+            log.warning("findings evaluation failed", error=repr(exc)[:300])
 
     def auth_token(self) -> str:
         if self.config.auth_token:
@@ -362,6 +385,8 @@ class Sidecar:
             compress = self.exporter.precompress_job()
             if compress is not None:
                 await asyncio.to_thread(compress)
+            await asyncio.sleep(0)  # a scrape that arrived meanwhile first
+            self.evaluate_findings()
 
     async def start(self) -> None:
         from agent.server import make_app

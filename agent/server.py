@@ -141,11 +141,17 @@ async def diagnose_handler(request: web.Request) -> web.Response:
     severity = request.query.get("severity", "info")
     if severity not in {"info", "warning", "critical"}:
         return _json({"error": "severity must be info, warning or critical"}, 400)
+    refresh = render.DEFAULT_REFRESH
+    if "refresh" in request.query:  # HTML: seconds between reloads, 0 for none
+        raw = request.query["refresh"]
+        if not raw.isdigit() or int(raw) > 3600:
+            return _json({"error": "refresh must be a whole number of seconds from 0 to 3600"}, 400)
+        refresh = int(raw)
     report = sidecar.diagnose_report(window=window, min_severity=severity)
     if fmt == "text":
         return web.Response(text=render.text(report), content_type="text/plain")
     if fmt == "html":
-        return web.Response(text=render.page(report), content_type="text/html")
+        return web.Response(text=render.page(report, refresh), content_type="text/html")
     return _json(report)
 
 

@@ -140,6 +140,8 @@ class Signals:
         put("dynamo_inflight_requests", self.frontend_inflight, source="frontend")
         put("dynamo_inflight_requests", self.worker_inflight, source="worker")
         put("dynamo_queued_requests", self.queued)
+        if self.frontend_inflight is not None or self.worker_inflight is not None:
+            put("dynamo_stalled_seconds", self.stalled_seconds)
         put("dynamo_rejection_rate", self.rejection_rate, window=window)
         put("dynamo_migration_rate", self.migration_rate, window=window)
         put("dynamo_bytes_rate", self.request_bytes_rate, direction="in", window=window)

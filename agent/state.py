@@ -405,15 +405,25 @@ class State:
                 yield series_labels, ring
 
     def rate(self, name: str, window: float, now: float | None = None, **labels: str) -> float | None:
-        """Summed per-second rate of a counter over the window, across matching series."""
+        """Per-second rate of the matching counters together over the window: their summed
+        increase over the time the family was watched in it. Not a sum of per-series rates: a
+        series that appeared a minute ago (Dynamo creates a label set at its first request)
+        would divide its increase by that minute and count many times over."""
         now = time.time() if now is None else now
-        total, found = 0.0, False
-        for _, ring in self.series_matching(name, **labels):
-            value = counter_rate(ring.points(since=now - window, until=now))
-            if value is not None:
-                total += value
+        wanted = set(labels.items())
+        total, found, first, last = 0.0, False, math.inf, -math.inf
+        for series_labels, ring in self.series_matching(name):
+            points = ring.points(since=now - window, until=now)
+            if len(points) < 2:
+                continue
+            # The span is the family's (any label set): errors per second of watching.
+            first, last = min(first, points[0][0]), max(last, points[-1][0])
+            if wanted <= set(series_labels):
+                total += counter_increase(points)
                 found = True
-        return total if found else None
+        if not found or last <= first:
+            return None
+        return total / (last - first)
 
     def increase(self, name: str, window: float, now: float | None = None, **labels: str) -> float | None:
         now = time.time() if now is None else now

@@ -352,8 +352,12 @@ def _live(sidecar_url: str, *extra: str, env: dict[str, str] | None = None) -> d
     out = audit_cli(
         "--live", "--sidecar-url", sidecar_url, "--min-history", "6s", "--format", "json", *extra, env=env
     )
-    assert out.returncode in {0, 1, 2} and "Traceback" not in out.stderr, out.stderr
-    return json.loads(out.stdout)
+    assert "Traceback" not in out.stderr, out.stderr
+    result = json.loads(out.stdout)
+    # The exit code says the status; "unknown" (3) when a source could not be read and
+    # nothing at warning or above was found in the rest.
+    assert out.returncode == {"ok": 0, "warning": 1, "critical": 2, "unknown": 3}[result["status"]], out
+    return result
 
 
 @pytest.mark.slow
@@ -391,6 +395,9 @@ def test_live_forecasts_saturation_from_a_growing_queue_and_none_from_a_flat_loa
         ], flat
         assert flat["capacity_fits"]["queue_depth"] is not None
         assert any("configuration not checked" in note for note in flat["notes"])
+        # No pod spec outside a cluster: that check was not made, so the audit is not "ok".
+        assert [m["source"] for m in flat["unread"]] == ["pod spec"]
+        assert flat["status"] == "unknown", flat["findings"]
         # Growing: one more client every half second while the sidecar watches.
         grown = audit_under_load(20, 0.4, 8.0)
         queue = [f for f in grown["findings"] if f["rule"] == "capacity_queue_growing"]
@@ -453,6 +460,8 @@ def test_live_reads_its_own_pod_spec_when_rbac_allows(sim_process: dict[str, int
         assert not [f for f in refused["findings"] if f["category"] == "configuration_risk"]
         unreachable = _live("http://127.0.0.1:9", env={**env, "KUBERNETES_SERVICE_HOST": ""})
         assert any("cannot read the sidecar" in note for note in unreachable["notes"])
+        assert {m["source"] for m in unreachable["unread"]} == {"sidecar", "pod spec"}
+        assert unreachable["status"] == "unknown" and unreachable["findings"] == []
     finally:
         sidecar.terminate()
         sidecar.communicate(timeout=30)

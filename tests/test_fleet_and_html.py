@@ -4,7 +4,9 @@ report in headless Chromium."""
 from __future__ import annotations
 
 import asyncio
+import html
 import json
+import re
 import shutil
 import subprocess
 import tempfile
@@ -17,7 +19,6 @@ import pytest
 
 from agent.diagnose.fleet import evaluate_fleet, fleet_queries
 from agent.dynamo_sim import DynamoSim
-from agent.facts import EndpointFacts, HealthFacts
 from tests.conftest import PYTHON, base_url, free_port, wait_for
 
 
@@ -118,21 +119,38 @@ async def test_fleet_scope_one_pod_then_everywhere(make_sidecar) -> None:
         finding = await wait_for(everywhere, timeout=30, interval=0.5, what="refused everywhere")
         assert finding["scope"] == "everywhere: all 3 pods"
         # The CLI: text, and exit code 2 for a critical finding; 3 when Prometheus is away.
-        cli = subprocess.run(
+        cli = await asyncio.to_thread(
+            subprocess.run,
             [PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", prom, "--namespace", "inference"],
             capture_output=True,
             text=True,
             timeout=60,
         )
         assert cli.returncode == 2 and "everywhere: all 3 pods" in cli.stdout
-        other_ns = subprocess.run(
+        other_ns = await asyncio.to_thread(
+            subprocess.run,
             [PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", prom, "--namespace", "elsewhere"],
             capture_output=True,
             text=True,
             timeout=60,
         )
-        assert other_ns.returncode == 0 and "0 sidecars" in other_ns.stdout
-        away = subprocess.run(
+        # No sidecar there: nothing was looked at, so not "ok".
+        assert other_ns.returncode == 3 and "0 sidecars" in other_ns.stdout
+        assert (
+            "NOT READ: dynamo_sidecar_build_info: no sidecar's metrics in Prometheus in namespace elsewhere"
+            in other_ns.stdout
+        )
+        # The same overrides as the pods and the alerts: a restart threshold of 3 is >= 3 here.
+        overridden = await asyncio.to_thread(
+            subprocess.run,
+            [PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", prom, "--format", "json",
+             "--thresholds", "worker_restarted.restarts=3"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        fleet = json.loads(overridden.stdout)
+        assert fleet["thresholds"] == {"worker_restarted.restarts": 3.0}
+        away = await asyncio.to_thread(
+            subprocess.run,
             [PYTHON, "-m", "agent.cli", "diagnose", "--prometheus-url", f"http://127.0.0.1:{free_port()}"],
             capture_output=True,
             text=True,
@@ -164,18 +182,25 @@ CHROMIUM_FLAGS = [
     shutil.which("chromium") is None, reason="chromium not installed (Debian package 'chromium')"
 )
 async def test_html_report_in_headless_chromium(sim, make_sidecar, http, tmp_path: Path) -> None:
+    from tests.conftest import get_json, post_completion
+
     sidecar = await make_sidecar(sim, canary_enabled="false")
-    sim.faults.worker_notready = True
-    await wait_for(
-        lambda: (
-            sidecar.state.facts("dynamo_health", HealthFacts)
-            .endpoints.get("worker", EndpointFacts("worker", ""))
-            .probe()
-            .status
-            == "notready"
-        ),
-        what="notready seen",
-    )
+    await wait_for(lambda: sidecar.ready, what="ready")
+    await sim.kill_worker()  # the frontend keeps listing it: stale instance, failed requests
+    for _ in range(3):
+        await post_completion(http, sim.url("frontend"))
+
+    def below(node: dict) -> list[str]:
+        return [i for s in node["symptoms"] for i in [s["id"], *below(s)]]
+
+    async def folded() -> dict | None:
+        report = await get_json(http, base_url(sidecar) + "/diagnose")
+        top = report["tree"][0] if report["tree"] else {}
+        return report if top.get("id") == "endpoint_refused:worker" and len(below(top)) >= 2 else None
+
+    report = await wait_for(folded, timeout=15, what="the refused worker with its symptoms folded under it")
+    symptoms = below(report["tree"][0])
+    direct = len(report["tree"][0]["symptoms"])
     url = base_url(sidecar) + "/diagnose?format=html"
     profile = tmp_path / "profile"
     dump = await asyncio.to_thread(
@@ -187,10 +212,28 @@ async def test_html_report_in_headless_chromium(sim, make_sidecar, http, tmp_pat
     )
     assert dump.returncode == 0, dump.stderr[-2000:]
     dom = dump.stdout
-    assert 'data-id="worker_notready_endpoints_ready:worker"' in dom
-    assert "health-check payloads are not registered" in dom
-    assert "DYN_HEALTH_CHECK_ENABLED" in dom
+    # The cause is a card; its symptoms are cards inside one folded <details> within it.
+    cause = dom.index('data-id="endpoint_refused:worker"')
+    fold = dom.index('<details class="symptoms">', cause)
+    end = dom.index("</details>", fold)
+    for symptom in symptoms:
+        assert fold < dom.index(f'data-id="{symptom}"') < end, symptom
+    assert '<details class="symptoms" open' not in dom  # folded until opened
+    assert f"explains {direct} finding" in dom
+    # Markdown-ish code in actions renders as code; ages are shown; the page reloads itself.
+    spans = [span for f in report["findings"] for a in f["actions"] for span in re.findall(r"`([^`]+)`", a)]
+    assert spans and all(f"<code>{html.escape(span, quote=False)}</code>" in dom for span in spans)
+    assert "`" not in dom
+    assert " ago)" in dom and 'http-equiv="refresh" content="15"' in dom
     assert "<script" not in dom and "http://" not in dom.split("<body>")[0]  # no external assets
+    still = await asyncio.to_thread(
+        subprocess.run,
+        ["chromium", *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--dump-dom", url + "&refresh=0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "http-equiv" not in still.stdout and "auto-reload off" in still.stdout
     shot = tmp_path / "diagnose.png"
     await asyncio.to_thread(
         subprocess.run,

@@ -144,3 +144,22 @@ def test_remembered_label_sets_are_exact_and_never_hold_a_long_value() -> None:
     cleaned = samples.labels_of(model=long_value)
     assert len(cleaned[0][1]) == samples.MAX_LABEL_VALUE
     assert all(len(str(v)) <= samples.MAX_LABEL_VALUE for key in samples._LABELS_SEEN for _, v in key)
+
+
+def test_rate_of_a_family_is_its_increase_over_the_time_it_was_watched() -> None:
+    """A label set Dynamo creates at its first failure (a minute into a five-minute window)
+    does not divide its increase by that minute: the family's rate is one number."""
+    from agent.samples import CollectResult, sample
+    from agent.state import State
+
+    state = State(history_window=900, min_interval=5)
+    now = 10_000.0
+    for step in range(61):  # 300 s, one collection every 5 s
+        samples = [sample("requests_total", step * 10, status="success")]
+        if step >= 48:  # appears 60 s before the end, then one failure per collection
+            samples.append(sample("requests_total", step - 47, status="error", error_type="unavailable"))
+        state.update("m", CollectResult(samples=samples), now=now - 300 + step * 5)
+    # 13 failures (the first one created the series) over the 300 s the family was watched,
+    # not over the 60 s their series has existed.
+    assert state.rate("requests_total", 300, now, status="error") == pytest.approx(13 / 300)
+    assert state.rate("requests_total", 300, now) == pytest.approx((600 + 13) / 300)

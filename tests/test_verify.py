@@ -302,3 +302,26 @@ def test_real_dynamo_worker_sigkill_drill(dynamo: Any, tmp_path: Path) -> None:
         sidecar.communicate(timeout=30)
         if pid_file.exists():
             subprocess.run(["kill", "-9", pid_file.read_text().strip()], check=False)
+
+
+@pytest.mark.slow
+def test_unreachable_sidecar_is_unknown_not_no_findings(sim_process: dict[str, int]) -> None:
+    """The drill passes on the client side, but the pod's view it was asked for could not be
+    read: every phase says so, and the exit code is 3 (unknown), not 0."""
+    from tests.conftest import free_port
+
+    away = f"http://127.0.0.1:{free_port()}"
+    result = verify(
+        "--frontend-url", f"http://127.0.0.1:{sim_process['frontend']}",
+        "--phase-seconds", "1", "--concurrency", "1", "--max-tokens", "2", "--no-stream",
+        "--sidecar-url", away, "--format", "json",
+    )  # fmt: skip
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"could not read the sidecar at {away}" in result.stderr
+    report = json.loads(result.stdout)
+    assert report["passed"] and report["sidecar"]["unread_phases"] == ["standard", "overload", "recovery"]
+    assert all(report["phases"][p]["sidecar_reads"]["answered"] == 0 for p in report["phases"])
+    text = render(report, "text")
+    assert "sidecar: no findings" not in text
+    assert text.count("sidecar: NOT READ in this phase") == 3
+    assert f"UNKNOWN: the sidecar at {away} could not be read in: standard, overload, recovery" in text

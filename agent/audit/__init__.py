@@ -22,7 +22,7 @@ from typing import Any
 from agent.audit.capacity import DURATION_BUCKETS, HISTORY_NAMES, forecast, max_observed, summed
 from agent.audit.checks import run_checks
 from agent.audit.manifest import ManifestError, UnknownKind, pod_units
-from agent.diagnose.model import SEVERITY_RANK
+from agent.diagnose.model import SEVERITY_RANK, report_status
 
 SCHEMA_VERSION = 1
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -34,19 +34,24 @@ def _order(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def report(
-    findings: list[dict[str, Any]], notes: list[str], scope: str, extra: dict[str, Any] | None = None
+    findings: list[dict[str, Any]],
+    notes: list[str],
+    scope: str,
+    extra: dict[str, Any] | None = None,
+    unread: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
+    """`unread`: what the audit could not read. With nothing at warning or above the status is
+    then "unknown" (exit 3), never "ok" for a check it did not make."""
     ordered = _order(findings)
-    worst = max((SEVERITY_RANK[f["severity"]] for f in ordered), default=0)
-    status = "critical" if worst == 2 else "warning" if worst == 1 else "ok"
     return {
         "version": SCHEMA_VERSION,
         "kind": "dynamo-sidecar audit",
         "scope": scope,
-        "status": status,
+        "status": report_status([f["severity"] for f in ordered], bool(unread)),
         "generated_at": round(time.time(), 3),
         "findings": ordered,
         "notes": notes,
+        "unread": list(unread or []),
         **(extra or {}),
     }
 
@@ -154,13 +159,16 @@ def audit_live(
     trend_window: float | None = None,
 ) -> dict[str, Any]:
     notes: list[str] = []
+    unread: list[dict[str, str]] = []
     facts, history, why = observations(sidecar_url, timeout)
     if why:
         notes.append(why + "; no observations, no capacity forecast")
+        unread.append({"source": "sidecar", "error": why})
     pod, why_not = own_pod_spec(api_url, timeout)
     units = []
     if pod is None:
         notes.append(f"configuration not checked: {why_not}")
+        unread.append({"source": "pod spec", "error": why_not})
     else:
         units = pod_units(pod, notes)
     findings = run_checks(units, facts)
@@ -170,7 +178,7 @@ def audit_live(
         slo = slo_ttft_p99 or (float(config["slo_ttft_p99"]) if config.get("slo_ttft_p99") else None)
         capacity, fits = forecast(history, min_history, queue_limit, inflight_limit, slo, trend_window)
         findings.extend(capacity)
-    return report(findings, notes, "live", {"pods": [u.where for u in units], "capacity_fits": fits})
+    return report(findings, notes, "live", {"pods": [u.where for u in units], "capacity_fits": fits}, unread)
 
 
 # --- rendering -------------------------------------------------------------------------------
@@ -183,9 +191,11 @@ def text(result: dict[str, Any]) -> str:
     ]
     if result.get("pods"):
         lines.append("pods: " + "; ".join(result["pods"]))
+    for missing in result.get("unread", []):
+        lines.append(f"NOT READ: {missing['source']}: {missing['error']}")
     lines.append("")
     if not findings:
-        lines.append("No findings.")
+        lines.append("No findings in what could be read." if result.get("unread") else "No findings.")
     for finding in findings:
         lines.append(f"[{finding['severity'].upper()}] {finding['summary']}")
         lines.append(f"  id: {finding['id']}  category: {finding['category']}")
@@ -226,11 +236,16 @@ def page(result: dict[str, Any]) -> str:
             f"<p>{html.escape(finding['id'])} ({finding['category']})</p><ul>{evidence}</ul><ol>{actions}</ol></div>"
         )
     notes = "".join(f"<li>{html.escape(n)}</li>" for n in result["notes"])
+    unread = "".join(
+        f"<li>NOT READ: {html.escape(m['source'])}: {html.escape(m['error'])}</li>"
+        for m in result.get("unread", [])
+    )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>dynamo-sidecar audit</title>'
         "<style>body{font-family:sans-serif;margin:24px}.finding{border-left:4px solid #dadce0;padding-left:12px}"
         ".critical{border-color:#c5221f}.warning{border-color:#e37400}</style></head><body>"
         f"<h1>audit ({html.escape(result['scope'])}): {result['status'].upper()}</h1>"
+        + (f"<ul class='unread'>{unread}</ul>" if unread else "")
         + ("".join(items) or "<p>No findings.</p>")
         + f"<h2>notes</h2><ul>{notes}</ul><h2>text</h2><pre>{html.escape(text(result))}</pre></body></html>\n"
     )

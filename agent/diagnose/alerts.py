@@ -14,22 +14,23 @@ import yaml
 
 from agent.diagnose.engine import RULES
 from agent.diagnose.fleet import selector
+from agent.diagnose.model import Alert, NoAlert
 
 HEADER = """\
-# GENERATED from the rule records in agent/diagnose/rules*.py by
-# `python -m agent.diagnose.alerts`; do not edit by hand (a test fails when this is stale).
-# Each alert's expression is its rule's fleet query: the same thresholds /diagnose uses.
-# Load into Prometheus (rule_files) or wrap in a PrometheusRule (the Helm chart does);
-# `dynamo-sidecar diagnose` on the pod (or with --prometheus-url for the fleet) gives the
-# evidence and actions. Tested with `promtool test rules packaging/prometheus/alerts_test.yaml`.
-"""
+# Prometheus alerting rules for Dynamo pods watched by dynamo-sidecar {version}.
+# Each alert's expression is the fleet query of one diagnose rule, over the same thresholds
+# the sidecar uses{overrides}; its `diagnose` annotation names the rule. When one fires,
+# `dynamo-sidecar diagnose` on the pod (or `--prometheus-url` for every pod) gives the
+# evidence and the actions. Load the file with Prometheus `rule_files:` or wrap it in a
+# PrometheusRule. Regenerate it with `dynamo-sidecar alerts [--config FILE] > alerts.yaml`.
+{unpaged}"""
 
 
 def alert_rules(overrides: dict[str, float] | None = None) -> list[dict[str, Any]]:
     out = []
     sel = selector()
     for rule in RULES:
-        if rule.alert is None or rule.fleet is None:
+        if not isinstance(rule.alert, Alert) or rule.fleet is None:
             continue
         entry: dict[str, Any] = {"alert": rule.alert.name, "expr": rule.fleet(sel, rule.limits(overrides))}
         if rule.alert.for_:
@@ -47,9 +48,21 @@ def alert_rules(overrides: dict[str, float] | None = None) -> list[dict[str, Any
     return out
 
 
+def _header(overrides: dict[str, float] | None) -> str:
+    from agent import __version__
+
+    given = ", ".join(f"{k}={v:g}" for k, v in sorted((overrides or {}).items()))
+    unpaged = [f"#   {rule.id}: {rule.alert.reason}\n" for rule in RULES if isinstance(rule.alert, NoAlert)]
+    return HEADER.format(
+        version=__version__,
+        overrides=f" (overridden here: {given})" if given else "",
+        unpaged=("# Critical findings that cannot page, and why:\n" + "".join(unpaged)) if unpaged else "",
+    )
+
+
 def alerts_yaml(overrides: dict[str, float] | None = None) -> str:
     document = {"groups": [{"name": "dynamo-sidecar", "rules": alert_rules(overrides)}]}
-    return HEADER + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
+    return _header(overrides) + yaml.safe_dump(document, sort_keys=False, width=1000, allow_unicode=True)
 
 
 # The checked-in copies: Prometheus rule_files, and the Helm chart's PrometheusRule source.

@@ -3,8 +3,11 @@ the config and the derived signals. Nothing here touches the network."""
 
 from __future__ import annotations
 
+import functools
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from agent.config import Config
@@ -18,11 +21,75 @@ from agent.facts import (
     ProcessFacts,
     TcpFacts,
 )
-from agent.signals import DynamoNames, Signals
-from agent.state import State
+from agent.samples import Labels
+from agent.signals import CLIENT_ERROR_TYPES, DynamoNames, Signals
+from agent.state import SeriesRing, State
 
 # Statuses Dynamo answers while it shuts down (frontend /health, /live).
 SHUTDOWN_STATUSES = {"not_ready", "shutting_down"}
+
+
+def first_rise(points: list[tuple[float, float]]) -> float:
+    """When a counter first moved within the points (a reset counts); 0 if it never did."""
+    for (_, before), (at, after) in pairwise(points):
+        if after != before:
+            return at
+    return 0.0
+
+
+def last_rise(points: list[tuple[float, float]]) -> float:
+    """When a counter last moved within the points; 0 if it never did."""
+    for index in range(len(points) - 1, 0, -1):
+        if points[index][1] != points[index - 1][1]:
+            return points[index][0]
+    return 0.0
+
+
+def rises(
+    series: Iterable[tuple[Labels, SeriesRing]],
+    since: float,
+    until: float,
+    keep: Callable[[dict[str, str]], bool] = lambda labels: True,
+) -> tuple[float, float]:
+    """(first, last) time any of the kept counters moved in (since, until]; 0s when none did."""
+    first, last = 0.0, 0.0
+    for labels, ring in series:
+        if not keep(dict(labels)):
+            continue
+        points = ring.points(since=since, until=until)
+        began, ended = first_rise(points), last_rise(points)
+        if began:
+            first = min(first, began) if first else began
+            last = max(last, ended)
+    return first, last
+
+
+@dataclass(frozen=True)
+class Activity:
+    """What the pod served lately, from Dynamo's counters and the canary: the facts behind
+    "the pod serves again" (a past event is information once it does)."""
+
+    success: dict[str, float]  # model ("" = any model) -> last time a request succeeded
+    failure: dict[str, float] = field(default_factory=dict)  # the same for server-side failures
+    watched: float = 0.0  # the latest collection of the request counters
+    health_ok: bool = False  # every probed Dynamo endpoint answers its health check ok now
+
+    def served_after(self, when: float, model: str = "") -> float:
+        """When the pod last served a request successfully (of `model`, when given), if that
+        was after `when`; 0 otherwise. Once true it stays true for that event: a later fault
+        is a new event of its own finding (its failures, its transitions), not this one's.
+
+        Counters cannot order what happened within one collection step: successes counted in
+        the same step as the last failure (the first request after a restart fails, the next
+        five succeed) count as after it once a later collection saw no further failure and
+        every endpoint is healthy now."""
+        success = self.success.get(model, 0.0)  # "" holds the latest of any model
+        if success > when:
+            return success
+        failure = self.failure.get(model, 0.0)
+        if success and success == when and failure <= when < self.watched and self.health_ok:
+            return success
+        return 0.0
 
 
 @dataclass
@@ -74,6 +141,38 @@ class Context:
     def probe(self, endpoint: str, probe: str = "health") -> ProbeFact:
         view = self.health.endpoints.get(endpoint)
         return view.probe(probe) if view is not None else ProbeFact()
+
+    @functools.cached_property
+    def activity(self) -> Activity:
+        success: dict[str, float] = {}
+        failure: dict[str, float] = {}
+        watched = 0.0
+
+        def note(into: dict[str, float], model: str, when: float) -> None:
+            if when:
+                into[model] = max(into.get(model, 0.0), when)
+                into[""] = max(into.get("", 0.0), when)
+
+        since = self.now - self.window
+        for labels, ring in self.state.series_matching(self.names.requests_total):
+            label = dict(labels)
+            points = ring.points(since=since, until=self.now)
+            if points:
+                watched = max(watched, points[-1][0])
+            if label.get("status") == "success":
+                note(success, label.get("model", ""), last_rise(points))
+            elif label.get("status") == "error" and label.get("error_type", "") not in CLIENT_ERROR_TYPES:
+                note(failure, label.get("model", ""), last_rise(points))
+        # A worker pod sees no frontend counters: its own finished requests are what it served.
+        for _, ring in self.state.series_matching(self.names.worker_requests_total):
+            note(success, "", last_rise(ring.points(since=since, until=self.now)))
+        canary = self.extra("canary")
+        for model, state in (getattr(canary, "models", None) or {}).items():
+            note(success, model, state.last_success)
+        health_ok = bool(self.health.endpoints) and all(
+            view.probe().outcome == "ok" for view in self.health.endpoints.values()
+        )
+        return Activity(success, failure, watched, health_ok)
 
     def events(self, kind: str | None = None) -> list[Any]:
         return self.state.recent_events(since=self.now - self.window, kind=kind)

@@ -1,5 +1,7 @@
-"""Evaluates the rule catalogue over a Context and assembles the report: findings sorted by
-severity, causal links between them, and the root-cause walk an operator follows."""
+"""Evaluates the rule catalogue over a Context and assembles the report: findings in their
+life (active, past, resolved; agent/diagnose/lifecycle.py), causal links between the active
+ones, causes before the symptoms folded under them, and the root-cause walk an operator
+follows."""
 
 from __future__ import annotations
 
@@ -9,19 +11,37 @@ from typing import Any
 
 from agent import __version__
 from agent.diagnose.context import Context
-from agent.diagnose.model import SCHEMA_VERSION, SEVERITIES, SEVERITY_RANK, Evidence, Finding, Hit, Rule
+from agent.diagnose.lifecycle import Lifecycle
+from agent.diagnose.model import (
+    SCHEMA_VERSION,
+    SEVERITIES,
+    SEVERITY_RANK,
+    Evidence,
+    Finding,
+    Hit,
+    Rule,
+    duration_text,
+    report_status,
+)
 from agent.diagnose.rules import RULES as BASE_RULES
 from agent.diagnose.rules_system import SYSTEM_RULES
 from agent.log import get as get_logger
-from agent.signals import bucket_text
+from agent.signals import CLIENT_ERROR_TYPES, bucket_text
+from agent.state import counter_increase
 
 log = get_logger("dynamo_sidecar.diagnose")
 RULES: tuple[Rule, ...] = (*BASE_RULES, *SYSTEM_RULES)
 
 
 def evaluate(
-    ctx: Context, rules: tuple[Rule, ...] | None = None
+    ctx: Context,
+    rules: tuple[Rule, ...] | None = None,
+    lifecycle: Lifecycle | None = None,
+    record: bool = True,
 ) -> tuple[list[Finding], list[dict[str, str]]]:
+    """Every rule over the context. With a lifecycle, each finding carries its episode's
+    `since` and recently resolved findings follow as info (`record=False`: read the episodes,
+    do not move them). Ordered causes first, each followed by what it explains."""
     rules = RULES if rules is None else rules
     overrides = ctx.config.thresholds
     findings: list[Finding] = []
@@ -50,12 +70,79 @@ def evaluate(
                     actions=[_fill(action, hit) for action in rule.actions_for(hit.role)],
                     since=min(hit.since, ctx.now),
                     role=hit.role,
+                    last_event=hit.last_event,
+                    model=hit.model,
                 )
             )
+    _settle_past_events(ctx, findings)
     _link(findings, {rule.id: rule for rule in rules})
     _attach_log_evidence(ctx, findings)
-    findings.sort(key=lambda f: (bool(f.explained_by), -SEVERITY_RANK[f.severity], f.since))
-    return findings, errors
+    if lifecycle is not None:
+        findings = lifecycle.observe(findings, ctx.now, record=record, window=ctx.window)
+    return order(findings), errors
+
+
+def _settle_past_events(ctx: Context, findings: list[Finding]) -> None:
+    """A finding about events in its window (restarts, failed requests, transitions) is
+    information once the pod has served after the last of them: a request (or canary, of the
+    finding's model when it names one) succeeded after it (Activity.served_after)."""
+    for finding in findings:
+        if not finding.last_event:
+            continue
+        served = ctx.activity.served_after(finding.last_event, finding.model)
+        if served:
+            finding.was, finding.severity, finding.state = finding.severity, "info", "past"
+            finding.served_at = served
+
+
+def _rank(finding: Finding) -> tuple[int, int, float]:
+    """Present faults first (worst first, then the oldest), then past events, then what has
+    resolved (the latest end first): a past event never outranks a present fault."""
+    if finding.state == "resolved":
+        return (2, 0, -finding.resolved_at)
+    return (0 if finding.active else 1, -SEVERITY_RANK[finding.severity], finding.since)
+
+
+def nest(findings: list[Finding]) -> list[tuple[Finding, list[Any]]]:
+    """Causes first, each with the findings it explains nested under it (depth first, each
+    level ranked); a symptom with two causes goes under the first of them."""
+    by_id = {f.id: f for f in findings}
+    placed: set[str] = set()
+
+    def visit(finding: Finding) -> tuple[Finding, list[Any]]:
+        placed.add(finding.id)
+        children = []
+        symptoms = [by_id[i] for i in finding.explains if i in by_id and i not in placed]
+        for symptom in sorted(symptoms, key=_rank):
+            if symptom.id not in placed:
+                children.append(visit(symptom))
+        return finding, children
+
+    roots = [visit(f) for f in sorted(findings, key=_rank) if not f.explained_by and f.id not in placed]
+    # A cycle of causes (a test forbids them) must still lose no finding.
+    roots += [visit(f) for f in sorted(findings, key=_rank) if f.id not in placed]
+    return roots
+
+
+def order(findings: list[Finding]) -> list[Finding]:
+    out: list[Finding] = []
+
+    def flatten(nodes: list[tuple[Finding, list[Any]]]) -> None:
+        for finding, children in nodes:
+            out.append(finding)
+            flatten(children)
+
+    flatten(nest(findings))
+    return out
+
+
+def tree(findings: list[Finding]) -> list[dict[str, Any]]:
+    """The nesting as data, for JSON and the renderers: [{id, symptoms: [...]}]."""
+
+    def as_data(nodes: list[tuple[Finding, list[Any]]]) -> list[dict[str, Any]]:
+        return [{"id": finding.id, "symptoms": as_data(children)} for finding, children in nodes]
+
+    return as_data(nest(findings))
 
 
 def _fill(template: str, hit: Hit) -> str:
@@ -73,7 +160,7 @@ def _attach_log_evidence(ctx: Context, findings: list[Finding]) -> None:
     if errors is None:
         return
     for finding in findings:
-        if finding.category == "sidecar":
+        if finding.category == "sidecar" or not finding.active:
             continue
         for signature in errors.recent(since=finding.since - LOG_EVIDENCE_LEAD)[:3]:
             finding.evidence.append(
@@ -99,7 +186,9 @@ def _explains(cause: Finding, link: str, effect: Finding) -> bool:
 
 def _link(findings: list[Finding], rules: dict[str, Rule]) -> None:
     """Fold symptoms under their cause. A cause takes the severity of its worst symptom: the
-    reason a pod is critical is itself critical, whatever it would rank alone."""
+    reason a pod is critical is itself critical, whatever it would rank alone. Only findings
+    that hold now are linked: a past event explains nothing and is explained by nothing."""
+    findings = [f for f in findings if f.active]
     for cause in findings:
         for effect in findings:
             if effect is cause or effect.id in cause.explains:
@@ -123,9 +212,32 @@ def _link(findings: list[Finding], rules: dict[str, Rule]) -> None:
             cause.severity = SEVERITIES[worst]
 
 
-def _status(findings: list[Finding]) -> str:
-    worst = max((SEVERITY_RANK[f.severity] for f in findings), default=0)
-    return {0: "ok", 1: "warning", 2: "critical"}[worst]
+def unread(ctx: Context) -> list[dict[str, str]]:
+    """What the sidecar could not read: collectors that have not completed a run yet, or
+    whose last run failed (the latter are also `collector_failing` findings)."""
+    out = []
+    for name, status in sorted(ctx.state.collectors.items()):
+        if status.last_success is None:
+            out.append({"source": name, "error": "no run completed yet"})
+        elif status.last_success is False:
+            out.append({"source": name, "error": status.last_error or "its last run failed"})
+    return out
+
+
+def _errors_by_type(ctx: Context, window: float) -> tuple[dict[str, float], dict[str, float]]:
+    """(server-side, client) failed requests by error type within the window."""
+    server: dict[str, float] = {}
+    client: dict[str, float] = {}
+    for labels, ring in ctx.state.series_matching(ctx.names.requests_total, status="error"):
+        points = ring.points(since=ctx.now - window, until=ctx.now)
+        if len(points) < 2:
+            continue
+        increase = counter_increase(points)
+        if increase > 0:
+            error_type = dict(labels).get("error_type", "")
+            into = client if error_type in CLIENT_ERROR_TYPES else server
+            into[error_type] = into.get(error_type, 0.0) + increase
+    return server, client
 
 
 def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
@@ -138,9 +250,22 @@ def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
     signals = ctx.signals
     metrics = []
     if signals.request_rate is not None:
-        metrics.append(
-            f"requests {signals.request_rate:.2f}/s, errors {signals.error_rate or 0:.2f}/s over {signals.window:.0f}s"
-        )
+        metrics.append(f"requests {signals.request_rate:.2f}/s over the last {duration_text(signals.window)}")
+        # Counts, split as request_failures splits them: the same failures are one number.
+        server, client = _errors_by_type(ctx, signals.window)
+        if server or client:
+            parts = []
+            if server:
+                types = ", ".join(
+                    f"{n:.0f} {k or 'unknown'}" for k, n in sorted(server.items(), key=lambda kv: -kv[1])
+                )
+                parts.append(f"{sum(server.values()):.0f} failed server-side ({types})")
+            if client:
+                types = ", ".join(
+                    f"{n:.0f} {k or 'untyped'}" for k, n in sorted(client.items(), key=lambda kv: -kv[1])
+                )
+                parts.append(f"{sum(client.values()):.0f} refused as client errors ({types})")
+            metrics.append("; ".join(parts) + f" in the last {duration_text(signals.window)}")
     if signals.inflight_total() is not None:
         metrics.append(f"in flight {signals.inflight_total():.0f}, queued {signals.queued or 0:.0f}")
     histograms = ctx.names.latency_histograms()
@@ -149,7 +274,7 @@ def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
             # Coarse buckets (request duration's first bucket is 0-2 s) say a range, not a value.
             buckets = ctx.state.window_buckets(histograms[name], signals.window, ctx.now)
             metrics.append(f"{name} p99 {bucket_text(value, buckets)}")
-    primary = [f for f in findings if not f.explained_by and f.severity != "info"]
+    primary = [f for f in findings if not f.explained_by and f.active and f.severity != "info"]
     return [
         {
             "step": "scope",
@@ -169,16 +294,20 @@ def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
     ]
 
 
-def diagnose(ctx: Context, min_severity: str = "info") -> dict[str, Any]:
+def diagnose(
+    ctx: Context, min_severity: str = "info", lifecycle: Lifecycle | None = None, record: bool = True
+) -> dict[str, Any]:
     started = time.perf_counter()
-    findings, errors = evaluate(ctx)
+    findings, errors = evaluate(ctx, lifecycle=lifecycle, record=record)
     # The window narrows event-based rules (restarts, flapping); a condition that is true now
     # is reported whatever its age.
-    findings = [f for f in findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[min_severity]]
+    findings = order([f for f in findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[min_severity]])
+    missing = unread(ctx)
     report = {
         "version": SCHEMA_VERSION,
         "generated_at": round(ctx.now, 3),
-        "status": _status(findings),
+        # Nothing wrong in what could be read is not "ok" while a source has not been read.
+        "status": report_status([f.severity for f in findings], bool(missing)),
         "window_seconds": ctx.window,
         "pod": {
             "name": os.environ.get("POD_NAME", os.environ.get("HOSTNAME", "")),
@@ -187,9 +316,11 @@ def diagnose(ctx: Context, min_severity: str = "info") -> dict[str, Any]:
         },
         "sidecar": {"version": __version__, "uptime_seconds": round(ctx.uptime, 3)},
         "findings": [f.to_dict() for f in findings],
+        "tree": tree(findings),
         "flow": _flow(ctx, findings),
         "signals": ctx.signals.to_dict(),
         "rule_errors": errors,
+        "unread": missing,
     }
     report["evaluation_seconds"] = round(time.perf_counter() - started, 6)
     return report

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.diagnose.engine import RULES
-from agent.diagnose.model import SEVERITY_RANK
-from agent.exitcodes import BY_STATUS, UNKNOWN
+from agent.diagnose.model import SEVERITY_RANK, report_status
+from agent.exitcodes import BY_STATUS
 
 
 def selector(namespace: str = "") -> Callable[..., str]:
@@ -88,7 +88,12 @@ def scope_of(affected: list[PodRef], fleet: list[PodRef]) -> str:
     return f"{len(pods)} of {len(fleet_pods)} pods on {len(nodes) or '?'} nodes"
 
 
-def evaluate_fleet(base_url: str, namespace: str = "", timeout: float = 10.0) -> dict[str, Any]:
+def evaluate_fleet(
+    base_url: str, namespace: str = "", timeout: float = 10.0, overrides: dict[str, float] | None = None
+) -> dict[str, Any]:
+    """Every rule's fleet query, with the deployment's threshold overrides (the same the pods
+    and the alerts use). PrometheusError when Prometheus cannot be asked at all; a query that
+    fails alone is listed under `unread` and the report is not "ok" for it."""
     sel = selector(namespace)
     fleet = [
         PodRef.of(r["metric"])
@@ -98,9 +103,19 @@ def evaluate_fleet(base_url: str, namespace: str = "", timeout: float = 10.0) ->
     ]
     rules = {rule.id: rule for rule in RULES}
     findings: list[dict[str, Any]] = []
-    for rule_id, promql in fleet_queries(namespace).items():
+    unread: list[dict[str, str]] = []
+    if not fleet:
+        where = f" in namespace {namespace}" if namespace else ""
+        unread.append(
+            {"source": "dynamo_sidecar_build_info", "error": f"no sidecar's metrics in Prometheus{where}"}
+        )
+    for rule_id, promql in fleet_queries(namespace, overrides).items():
         rule = rules[rule_id]
-        result = query(base_url, promql, timeout)
+        try:
+            result = query(base_url, promql, timeout)
+        except PrometheusError as exc:
+            unread.append({"source": f"rule {rule_id}", "error": str(exc)[:300]})
+            continue
         if not result:
             continue
         affected = [PodRef.of(r["metric"]) for r in result]
@@ -119,16 +134,17 @@ def evaluate_fleet(base_url: str, namespace: str = "", timeout: float = 10.0) ->
             }
         )
     findings.sort(key=lambda f: (-SEVERITY_RANK[f["severity"]], -len(f["pods"])))
-    worst = max((SEVERITY_RANK[f["severity"]] for f in findings), default=0)
     return {
         "version": 1,
         "scope": "fleet",
         "prometheus": base_url,
         "namespace": namespace or None,
-        "status": {0: "ok", 1: "warning", 2: "critical"}[worst],
+        "status": report_status([f["severity"] for f in findings], bool(unread)),
         "sidecars": len({(p.namespace, p.pod) for p in fleet}),
         "nodes": sorted({p.node for p in fleet if p.node}),
         "findings": findings,
+        "unread": unread,
+        "thresholds": dict(sorted((overrides or {}).items())),
     }
 
 
@@ -138,8 +154,16 @@ def text(report: dict[str, Any]) -> str:
         f"{len(report['nodes']) or '?'} nodes, {len(report['findings'])} findings, from {report['prometheus']})",
         "",
     ]
+    for missing in report.get("unread", []):
+        lines.append(f"NOT READ: {missing['source']}: {missing['error']}")
+    if report.get("unread"):
+        lines.append("")
     if not report["findings"]:
-        lines.append("No findings across the fleet.")
+        lines.append(
+            "No findings across the fleet."
+            if not report.get("unread")
+            else "No findings in what could be read."
+        )
     for finding in report["findings"]:
         lines.append(
             f"[{finding['severity'].upper()}] {finding['rule']} ({finding['category']}): {finding['scope']}"
@@ -154,13 +178,15 @@ def text(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def run_fleet(base_url: str, namespace: str, fmt: str, timeout: float) -> int:
+def run_fleet(
+    base_url: str, namespace: str, fmt: str, timeout: float, overrides: dict[str, float] | None = None
+) -> int:
     import sys
 
     try:
-        report = evaluate_fleet(base_url, namespace, timeout)
+        report = evaluate_fleet(base_url, namespace, timeout, overrides)
     except PrometheusError as exc:
-        print(f"dynamo-sidecar diagnose: {exc}", file=sys.stderr)
-        return UNKNOWN
-    print(json.dumps(report, indent=1) if fmt == "json" else text(report), end="")
+        print(f"dynamo-sidecar diagnose: could not read Prometheus: {exc}", file=sys.stderr)
+        return BY_STATUS["unknown"]
+    print(json.dumps(report, indent=1) + "\n" if fmt == "json" else text(report), end="")
     return BY_STATUS[report["status"]]

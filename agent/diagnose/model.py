@@ -62,6 +62,11 @@ class Hit:
     role: str = (
         ""  # "frontend" | "worker" | "non-leader" | "": picks role-specific actions, matches `@role` links
     )
+    # For a finding about events in a window (restarts, failed requests, transitions): when
+    # the last of them happened. Once the pod has served since then, the finding is a past
+    # event (info). 0: the condition holds now, whatever the pod serves.
+    last_event: float = 0.0
+    model: str = ""  # the model the events concern, when it is one (a canary): "served" means that model
 
 
 @dataclass(frozen=True)
@@ -72,10 +77,15 @@ class Threshold:
     default: float
     unit: str
     help: str
+    # Why the fleet query (and so the alert) cannot apply this threshold; empty when it does.
+    pod_only: str = ""
 
 
 class Limits(dict[str, float]):
-    """A rule's thresholds in effect, read as attributes: `t.ratio`."""
+    """A rule's thresholds in effect, read as attributes: `t.ratio`. `overrides` holds every
+    rule's overrides, for a rule whose condition is bounded by another's thresholds."""
+
+    overrides: dict[str, float]
 
     def __getattr__(self, name: str) -> float:
         try:
@@ -98,6 +108,14 @@ class Alert:
 
 
 @dataclass(frozen=True)
+class NoAlert:
+    """Why a rule has no Prometheus alert (docs/rules.md and `alerts` list it): a critical rule
+    either pages or says why it cannot."""
+
+    reason: str
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     category: str
@@ -111,12 +129,17 @@ class Rule:
     explains: tuple[str, ...] = ()
     thresholds: tuple[Threshold, ...] = ()
     fleet: FleetQuery | None = None  # PromQL returning one series per affected pod
-    alert: Alert | None = None
+    alert: Alert | NoAlert | None = None
     # A state, not a fault (start-up, a drain): what it explains is info, never critical.
     state: bool = False
+    # About events in a window (restarts, failed requests, transitions): its hits say when
+    # the last one happened (Hit.last_event), and once the pod serves after that the finding
+    # is a past event (info).
+    events: bool = False
 
     def limits(self, overrides: dict[str, float] | None = None) -> Limits:
         out = Limits({t.name: t.default for t in self.thresholds})
+        out.overrides = dict(overrides or {})
         for key, value in (overrides or {}).items():
             rule_id, _, name = key.partition(".")
             if rule_id == self.id and name in out:
@@ -151,13 +174,27 @@ class Finding:
     role: str = ""
     explained_by: list[str] = field(default_factory=list)
     explains: list[str] = field(default_factory=list)
+    # Where the finding is in its life (agent/diagnose/lifecycle.py): "active" (the condition
+    # holds), "past" (events in the window, and the pod has served since the last of them) or
+    # "resolved" (the condition no longer holds). Past and resolved findings are info.
+    state: str = "active"
+    was: str = ""  # past or resolved: the severity it had while active
+    last_event: float = 0.0  # from the hit: when the last event of a windowed finding happened
+    model: str = ""
+    served_at: float = 0.0  # past: when the pod last served (after the last event)
+    resolved_at: float = 0.0  # resolved: the first evaluation at which the condition no longer held
+
+    @property
+    def active(self) -> bool:
+        return self.state == "active"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "rule": self.rule,
             "category": self.category,
             "severity": self.severity,
+            "state": self.state,
             "summary": self.summary,
             "subject": self.subject,
             "since": round(self.since, 3),
@@ -166,6 +203,25 @@ class Finding:
             "explained_by": list(self.explained_by),
             "explains": list(self.explains),
         }
+        if self.last_event:
+            out["last_event_at"] = round(self.last_event, 3)
+        if self.state != "active":
+            out["was"] = self.was
+        if self.state == "past":
+            out["served_at"] = round(self.served_at, 3)
+        if self.state == "resolved":
+            out["resolved_at"] = round(self.resolved_at, 3)
+            out["duration_seconds"] = round(max(0.0, self.resolved_at - self.since), 3)
+        return out
+
+
+def report_status(severities: list[str], unread: bool) -> str:
+    """One rule for every reader: the worst finding; with nothing at warning or above, "unknown"
+    when something that was to be read could not be (never "ok" for a check not made)."""
+    worst = max((SEVERITY_RANK[s] for s in severities), default=0)
+    if worst == 0 and unread:
+        return "unknown"
+    return SEVERITIES[worst] if worst else "ok"
 
 
 def who(kind: str, subject: str) -> str:
@@ -196,10 +252,14 @@ def registrar(into: list[Rule]) -> Callable[..., Callable[[Callable[[Context, Li
         explains: tuple[str, ...] = (),
         thresholds: tuple[Threshold, ...] = (),
         fleet: FleetQuery | None = None,
-        alert: Alert | None = None,
+        alert: Alert | NoAlert | None = None,
         state: bool = False,
+        events: bool = False,
     ) -> Callable[[Callable[[Context, Limits], list[Hit]]], Callable[[Context, Limits], list[Hit]]]:
         assert category in CATEGORIES and severity in SEVERITIES, id
+        # A critical finding pages, or its record says why it cannot (docs/rules.md lists both).
+        assert severity != "critical" or alert is not None, f"{id}: a critical rule needs an Alert or NoAlert"
+        assert not isinstance(alert, Alert) or fleet is not None, f"{id}: an alert is its fleet query"
 
         def wrap(predicate: Callable[[Context, Limits], list[Hit]]) -> Callable[[Context, Limits], list[Hit]]:
             into.append(
@@ -215,6 +275,7 @@ def registrar(into: list[Rule]) -> Callable[..., Callable[[Callable[[Context, Li
                     fleet,
                     alert,
                     state,
+                    events,
                 )
             )
             return predicate

@@ -9,8 +9,19 @@ from itertools import pairwise
 from typing import Any
 
 from agent.catalogue import metric
-from agent.diagnose.context import SHUTDOWN_STATUSES, Context
-from agent.diagnose.model import Alert, Evidence, Hit, Limits, Rule, Threshold, duration_text, registrar, who
+from agent.diagnose.context import SHUTDOWN_STATUSES, Context, rises
+from agent.diagnose.model import (
+    Alert,
+    Evidence,
+    Hit,
+    Limits,
+    NoAlert,
+    Rule,
+    Threshold,
+    duration_text,
+    registrar,
+    who,
+)
 from agent.facts import EndpointFacts, ProbeFact, ProcessFact
 from agent.signals import CLIENT_ERROR_TYPES
 
@@ -77,6 +88,13 @@ def _probe_hits(ctx: Context, outcomes: set[str], probe: str = "health") -> list
             )
         )
     return hits
+
+
+def _held(series: str, seconds: float) -> str:
+    """PromQL: the 0/1 series has been 1 for at least `seconds` (at every sample)."""
+    if seconds <= 0:
+        return f"{series} == 1"
+    return f"min_over_time({series}[{seconds:g}s]) == 1"
 
 
 def _process_evidence(processes: list[ProcessFact]) -> list[Evidence]:
@@ -272,7 +290,11 @@ def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
             "uninterruptible_seconds", 10.0, "seconds", "How long in state D (uninterruptible) counts."
         ),
     ),
-    fleet=lambda s, t: s(metric("process_state"), 'state=~"T|t|D"') + " == 1",
+    fleet=lambda s, t: (
+        _held(s(metric("process_state"), 'state=~"T|t"'), t.stopped_seconds)
+        + " or "
+        + _held(s(metric("process_state"), 'state="D"'), t.uninterruptible_seconds)
+    ),
     alert=Alert(
         "DynamoProcessStalled",
         "Dynamo process {{ $labels.process }} in {{ $labels.namespace }}/{{ $labels.pod }} is in state {{ $labels.state }}",
@@ -453,7 +475,11 @@ def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:
     ),
     explains=("canary_failing:*", "request_failures:*"),
     thresholds=(Threshold("for_seconds", 0.0, "seconds", "How long zero instances must last."),),
-    fleet=lambda s, t: s(metric("frontend_instances")) + " == 0",
+    fleet=lambda s, t: (
+        s(metric("frontend_instances")) + " == 0"
+        if t.for_seconds <= 0
+        else f"max_over_time({s(metric('frontend_instances'))}[{t.for_seconds:g}s]) == 0"
+    ),
     alert=Alert(
         "DynamoFrontendNoWorkers",
         "Frontend {{ $labels.namespace }}/{{ $labels.pod }} reports healthy with zero worker instances",
@@ -506,6 +532,23 @@ STALE_WINDOW = 60.0
         "If it persists past a minute, check the discovery backend (etcd) for leftover keys.",
     ),
     explains=("canary_failing:*", "request_failures:*"),
+    fleet=lambda s, t: (
+        "("
+        + s(metric("frontend_instances"))
+        + " > 0 and on (namespace, pod, endpoint) "
+        + s(metric("frontend_models"))
+        + " == 0) or ("
+        + s(metric("frontend_instances"))
+        + " > 0 and on (namespace, pod) sum by (namespace, pod) (increase("
+        + s("dynamo_frontend_failures_total", f'reason=~"{"|".join(UNAVAILABLE_REASONS)}"')
+        + f"[{STALE_WINDOW:.0f}s])) > 0)"
+    ),
+    alert=Alert(
+        "DynamoFrontendStaleInstances",
+        "Frontend {{ $labels.namespace }}/{{ $labels.pod }} lists worker instances that do not serve",
+        "1m",
+    ),
+    events=True,
 )
 def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
     """/health lists instances, yet requests to them fail: the registration outlived the
@@ -516,6 +559,12 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
     unavailable = sum(
         ctx.state.increase(failures, STALE_WINDOW, ctx.now, reason=reason) or 0.0
         for reason in UNAVAILABLE_REASONS
+    )
+    failed_first, failed_last = rises(
+        ctx.state.series_matching(failures),
+        ctx.now - STALE_WINDOW,
+        ctx.now,
+        lambda labels: labels.get("reason") in UNAVAILABLE_REASONS,
     )
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
@@ -543,13 +592,19 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
                 )
             )
             why.append(f"{unavailable:.0f} request(s) failed as unavailable in the last minute")
+        # Since the model left /v1/models, or the first of the failed requests; the failures
+        # alone are events: once requests succeed after them, they are past.
+        starts = [failed_first] if unavailable > 0 and failed_first else []
+        if no_models and view.models_seen:
+            starts.append(max(view.models_seen.values()))
         hits.append(
             Hit(
                 endpoint,
                 {"count": len(ids), "why": "; ".join(why)},
                 evidence,
-                probe.since or ctx.now,
+                min(starts, default=ctx.now),
                 role="frontend",
+                last_event=0.0 if no_models else failed_last,
             )
         )
     return hits
@@ -569,6 +624,9 @@ KEEPALIVE_LOST = ("keep_alive failed", "lease", "failed to renew")
         "A readiness probe on the worker's /health does not catch this: it stays 200 'ready'.",
     ),
     explains=WORKER_EFFECTS,
+    alert=NoAlert(
+        "Dynamo says it lost its lease only in its log lines; no metric carries it. What it causes pages: DynamoFrontendNoWorkers, DynamoFrontendStaleInstances, DynamoCanaryFailing."
+    ),
 )
 def worker_registration_lost(ctx: Context, t: Limits) -> list[Hit]:
     errors = ctx.logs.errors
@@ -734,6 +792,7 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
         "DynamoWorkerRestarting",
         "Worker {{ $labels.namespace }}/{{ $labels.pod }} restarted {{ $value }} times in 15 minutes",
     ),
+    events=True,
 )
 def worker_restarted(ctx: Context, t: Limits) -> list[Hit]:
     by_endpoint: dict[str, list[Any]] = {}
@@ -744,8 +803,9 @@ def worker_restarted(ctx: Context, t: Limits) -> list[Hit]:
             endpoint,
             {"who": who("worker", endpoint), "count": len(events)},
             [Evidence("worker_restart event", e.message, timestamp=e.timestamp) for e in events[-5:]],
-            events[0].timestamp,
+            min(e.timestamp for e in events),
             role="worker",
+            last_event=max(e.timestamp for e in events),
         )
         for endpoint, events in by_endpoint.items()
         if len(events) >= t.restarts
@@ -762,6 +822,7 @@ def worker_restarted(ctx: Context, t: Limits) -> list[Hit]:
         "Check probe timeouts against the response times in dynamo_sidecar_endpoint_response_seconds.",
     ),
     thresholds=(Threshold("transitions", 3, "transitions", "Health transitions within 5 minutes."),),
+    events=True,
 )
 def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
     window = min(ctx.window, 300.0)
@@ -782,8 +843,9 @@ def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
                 source,
                 {"count": len(events), "minutes": window / 60},
                 [Evidence("health_transition event", e.message, timestamp=e.timestamp) for e in events[-6:]],
-                events[0].timestamp,
+                min(e.timestamp for e in events),
                 role=kind,
+                last_event=max(e.timestamp for e in events),
             )
         )
     return hits
@@ -807,6 +869,7 @@ def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
         "DynamoCanaryFailing",
         "Canary requests for {{ $labels.model }} fail end to end through {{ $labels.namespace }}/{{ $labels.pod }}",
     ),
+    events=True,
 )
 def canary_failing(ctx: Context, t: Limits) -> list[Hit]:
     canary = ctx.extra("canary")
@@ -852,19 +915,24 @@ def canary_failing(ctx: Context, t: Limits) -> list[Hit]:
                 evidence,
                 state.failing_since,
                 role="frontend",
+                # Requests for the model that succeed after the last failed canary say it
+                # serves again before the next canary (which waits for an idle moment) does.
+                last_event=last.timestamp,
+                model=model,
             )
         )
     return hits
 
 
 CLIENT_ERRORS = CLIENT_ERROR_TYPES
+HUNG_FLEET_DEFAULT = 10.0  # engine_hung's fleet limit when its threshold is 0: two default intervals
 
 
 @rule(
     "request_failures",
     "performance_degradation",
     "warning",
-    "{count:.0f} request(s) failed in the last {window} ({rate:.2f}/s, {share:.0%} of requests): {types}",
+    "{count:.0f} request(s) failed server-side in the last {window} ({share:.0%} of requests): {types}",
     (
         "Look at the failure types in the evidence: unavailable / transport errors follow a worker that died or was removed; deadline_exceeded a hung or overloaded worker.",
         "A stream that fails after HTTP 200 carries the error in-band: clients that check only the status code count it as a success.",
@@ -886,11 +954,12 @@ CLIENT_ERRORS = CLIENT_ERROR_TYPES
         "DynamoRequestsFailing",
         "{{ $value }} Dynamo requests failed server-side on {{ $labels.namespace }}/{{ $labels.pod }}",
     ),
+    events=True,
 )
 def request_failures(ctx: Context, t: Limits) -> list[Hit]:
     window = min(ctx.window, t.window_seconds)
     by_type: dict[str, float] = {}
-    first = ctx.now
+    first, last = ctx.now, 0.0
     for labels, ring in ctx.state.series_matching(ctx.names.requests_total, status="error"):
         error_type = dict(labels).get("error_type", "")
         if error_type in CLIENT_ERRORS:
@@ -900,6 +969,7 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
         if increase > 0:
             by_type[error_type] = by_type.get(error_type, 0.0) + increase
             first = min(first, _first_rise(points))
+            last = max(last, _last_rise(points))
     count = sum(by_type.values())
     if count < t.failures:
         return []
@@ -933,6 +1003,7 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
             evidence,
             first,
             role="frontend",
+            last_event=last,
         )
     ]
 
@@ -948,6 +1019,13 @@ def _first_rise(points: list[tuple[float, float]]) -> float:
         if after != before:
             return at
     return points[-1][0] if points else 0.0
+
+
+def _last_rise(points: list[tuple[float, float]]) -> float:
+    for (_, before), (at, after) in reversed(list(pairwise(points))):
+        if after != before:
+            return at
+    return 0.0
 
 
 @rule(
@@ -966,8 +1044,18 @@ def _first_rise(points: list[tuple[float, float]]) -> float:
             "stalled_seconds",
             0,
             "seconds",
-            "No output for this long with work in flight (0: config hung_engine_after).",
+            "No output for this long with work in flight. 0: the config key hung_engine_after"
+            f" (two collection intervals) in the pod view, {HUNG_FLEET_DEFAULT:g} s (two default"
+            " intervals) in the fleet query, which knows no interval; set it to pin both.",
         ),
+    ),
+    fleet=lambda s, t: (
+        s(metric("dynamo_stalled_seconds")) + f" >= {t.stalled_seconds or HUNG_FLEET_DEFAULT:g}"
+    ),
+    alert=Alert(
+        "DynamoEngineHung",
+        "Dynamo on {{ $labels.namespace }}/{{ $labels.pod }} holds requests in flight and has produced no token for {{ $value }}s",
+        "1m",
     ),
 )
 def engine_hung(ctx: Context, t: Limits) -> list[Hit]:

@@ -4,13 +4,16 @@ one record over its predicate (see agent/diagnose/rules.py)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from itertools import pairwise
 from typing import Any
 
 from agent.catalogue import metric
-from agent.diagnose.context import Context
+from agent.diagnose.context import Context, rises
 from agent.diagnose.model import Alert, Evidence, Hit, Limits, Rule, Threshold, duration_text, registrar
 from agent.facts import GpuFact
-from agent.signals import SLO_OBJECTIVES, bucket_text, slo_observations
+from agent.signals import CLIENT_ERROR_TYPES, SLO_OBJECTIVES, bucket_text, slo_observations
+from agent.state import State
 from collectors.gpu import xid_class
 
 SYSTEM_RULES: list[Rule] = []
@@ -20,6 +23,67 @@ rule = registrar(SYSTEM_RULES)
 def _window(ctx: Context) -> float:
     """ "Now" for rules over rates: the signal window (default five minutes)."""
     return min(ctx.window, ctx.config.signal_window)
+
+
+# --- when a windowed condition began: the first collection step over the threshold, not the
+# window's start (agent/diagnose/lifecycle.py keeps the earliest across evaluations) ---------
+
+
+def _steps(state: State, name: str, since: float, until: float, **labels: str) -> dict[float, float]:
+    """The matching counters' summed increase per collection step, by the step's end time
+    (every series of one collector run shares its timestamp)."""
+    out: dict[float, float] = {}
+    for _, ring in state.series_matching(name, **labels):
+        for (_, before), (at, after) in pairwise(ring.points(since=since, until=until)):
+            out[at] = out.get(at, 0.0) + (after - before if after >= before else after)
+    return out
+
+
+def _first_step(
+    ctx: Context, steps: dict[float, float], over: Callable[[float, float, float], bool]
+) -> float:
+    """The end of the first step in the window where `over(at, increase, seconds)` holds;
+    now when none does (the lifecycle then dates the finding by its first evaluation)."""
+    times = sorted(steps)
+    for before, at in pairwise(times):
+        if over(at, steps[at], at - before):
+            return at
+    return ctx.now
+
+
+def _above(state: State, histogram: str, bound: float, since: float, until: float) -> dict[float, float]:
+    """Per collection step, the observations above `bound` (the +Inf bucket minus the largest
+    bucket at or below it), all series summed."""
+    bounds = set()
+    for labels, _ in state.series_matching(histogram + "_bucket"):
+        le = dict(labels).get("le", "")
+        try:
+            bounds.add(float(le))
+        except ValueError:
+            continue
+    below = max((b for b in bounds if b <= bound), default=None)
+    total = _steps(state, histogram + "_bucket", since, until, le="+Inf")
+    if below is None:
+        return total
+    kept = _steps(state, histogram + "_bucket", since, until, le=_le_text(below, state, histogram))
+    return {at: n - kept.get(at, 0.0) for at, n in total.items()}
+
+
+def _le_text(bound: float, state: State, histogram: str) -> str:
+    for labels, _ in state.series_matching(histogram + "_bucket"):
+        le = dict(labels).get("le", "")
+        try:
+            if float(le) == bound:
+                return le
+        except ValueError:
+            continue
+    return repr(bound)
+
+
+def _rise_times(steps: dict[float, float]) -> tuple[float, float]:
+    """(first, last) step end with an increase; 0s when none."""
+    moved = sorted(at for at, n in steps.items() if n > 0)
+    return (moved[0], moved[-1]) if moved else (0.0, 0.0)
 
 
 # --- resource pressure -------------------------------------------------------------------
@@ -57,6 +121,13 @@ def cpu_throttled(ctx: Context, t: Limits) -> list[Hit]:
     ratio = throttled / periods
     if ratio <= t.ratio:
         return []
+    since = ctx.now - window
+    throttled_steps = _steps(ctx.state, metric("cgroup_cpu_throttled_periods_total"), since, ctx.now)
+    began = _first_step(
+        ctx,
+        _steps(ctx.state, metric("cgroup_cpu_periods_total"), since, ctx.now),
+        lambda at, n, _: n > 0 and throttled_steps.get(at, 0.0) / n > t.ratio,
+    )
     return [
         Hit(
             "cgroup",
@@ -73,7 +144,7 @@ def cpu_throttled(ctx: Context, t: Limits) -> list[Hit]:
                     unit="cores",
                 ),
             ],
-            ctx.now - window,
+            began,
         )
     ]
 
@@ -96,6 +167,10 @@ def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
         rate = ctx.state.rate(metric("process_cpu_seconds_total"), window, ctx.now, pid=str(process.pid))
         if rate is None or rate < t.share * limit:
             continue
+        steps = _steps(
+            ctx.state, metric("process_cpu_seconds_total"), ctx.now - window, ctx.now, pid=str(process.pid)
+        )
+        began = _first_step(ctx, steps, lambda at, n, seconds: seconds > 0 and n / seconds >= t.share * limit)
         hits.append(
             Hit(
                 process.name,
@@ -108,7 +183,7 @@ def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
                     ),
                     Evidence(metric("cgroup_cpu_limit_cores"), limit, unit="cores"),
                 ],
-                ctx.now - window,
+                began,
                 role=process.role,
             )
         )
@@ -162,12 +237,17 @@ def memory_near_limit(ctx: Context, t: Limits) -> list[Hit]:
     fleet=lambda s, t: (
         "increase(" + s(metric("cgroup_memory_events_total"), 'event="oom_kill"') + "[15m]) > 0"
     ),
+    alert=Alert(
+        "DynamoOOMKilled", "The kernel OOM-killed a process in {{ $labels.namespace }}/{{ $labels.pod }}"
+    ),
+    events=True,
 )
 def oom_killed(ctx: Context, t: Limits) -> list[Hit]:
     series = metric("cgroup_memory_events_total")
     increase = ctx.state.increase(series, ctx.window, ctx.now, event="oom_kill")
     if not increase:
         return []
+    first, last = _rise_times(_steps(ctx.state, series, ctx.now - ctx.window, ctx.now, event="oom_kill"))
     return [
         Hit(
             "cgroup",
@@ -180,7 +260,8 @@ def oom_killed(ctx: Context, t: Limits) -> list[Hit]:
                     unit="bytes",
                 ),
             ],
-            ctx.now,
+            first or ctx.now,
+            last_event=last,
         )
     ]
 
@@ -236,6 +317,11 @@ def memory_pressure(ctx: Context, t: Limits) -> list[Hit]:
     fleet=lambda s, t: (
         s(metric("process_open_fds")) + " / " + s(metric("process_max_fds")) + f" >= {t.share:g}"
     ),
+    alert=Alert(
+        "DynamoFdExhaustion",
+        "Process {{ $labels.process }} in {{ $labels.namespace }}/{{ $labels.pod }} has used {{ $value | humanizePercentage }} of its file descriptors",
+        "5m",
+    ),
 )
 def fd_exhaustion(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
@@ -280,6 +366,7 @@ def _gpus(ctx: Context) -> dict[str, GpuFact]:
         "DynamoGPUXid",
         "XID {{ $labels.xid }} on GPU {{ $labels.gpu }} of {{ $labels.namespace }}/{{ $labels.pod }}",
     ),
+    events=True,
 )
 def gpu_xid(ctx: Context, t: Limits) -> list[Hit]:
     by_gpu: dict[str, list[Any]] = {}
@@ -315,8 +402,9 @@ def gpu_xid(ctx: Context, t: Limits) -> list[Hit]:
                     ],
                     Evidence("uuid", last.get("uuid")),
                 ],
-                events[0].timestamp,
+                min(e.timestamp for e in events),
                 role="worker",
+                last_event=max(e.timestamp for e in events),
             )
         )
     return hits
@@ -365,6 +453,10 @@ def gpu_lost(ctx: Context, t: Limits) -> list[Hit]:
         + " > 0) or on (namespace, pod, instance, gpu) (max without (kind) ("
         + s(metric("gpu_remapped_rows"), 'kind=~"pending|failure"')
         + ") > 0)"
+    ),
+    alert=Alert(
+        "DynamoGPUEccErrors",
+        "GPU {{ $labels.gpu }} of {{ $labels.namespace }}/{{ $labels.pod }} has uncorrectable ECC errors or pending row remaps",
     ),
 )
 def gpu_ecc_errors(ctx: Context, t: Limits) -> list[Hit]:
@@ -505,6 +597,26 @@ QUEUE_THRESHOLDS = (
 )
 
 
+def _queue_fleet(s: Any, t: Limits, gpu: str) -> str:
+    """PromQL: the queue stands at `queued` or more and grew over the signal window, on pods
+    whose mean GPU utilization is in the given band ("idle", "busy", or "between": between
+    the two, or no GPU seen at all), the same three-way split the pod rules make."""
+    queued = s(metric("dynamo_queued_requests"))
+    grown = f"({queued} >= {t.queued:g} and delta({queued}[5m]) > 0)"
+    gpus = s(metric("gpu_utilization_ratio"), 'kind="gpu"')
+    utilization = f"avg by (namespace, pod) ({gpus})"
+    idle = t.overrides.get("queue_growing_gpu_idle.idle", GPU_IDLE)
+    busy = t.overrides.get("queue_growing_saturated.busy", GPU_BUSY)
+    if gpu == "idle":
+        return f"{grown} and on (namespace, pod) {utilization} < {t.get('idle', idle):g}"
+    if gpu == "busy":
+        return f"{grown} and on (namespace, pod) {utilization} >= {t.get('busy', busy):g}"
+    return (
+        f"({grown} and on (namespace, pod) ({utilization} >= {idle:g} < {busy:g}))"
+        f" or ({grown} unless on (namespace, pod) {utilization})"
+    )
+
+
 def _queue_growing(ctx: Context, t: Limits) -> dict[str, Any] | None:
     """The frontend queue, when it grew within the window and stands at `queued` or more."""
     window = _window(ctx)
@@ -518,8 +630,19 @@ def _queue_growing(ctx: Context, t: Limits) -> dict[str, Any] | None:
                 "was": points[0][1],
                 "ago": duration_text(ctx.now - points[0][0]),
             }
-            best["since"] = points[0][0]
+            best["since"] = _left_level(points)
     return best
+
+
+def _left_level(points: list[tuple[float, float]]) -> float:
+    """When the queue last rose above the level it had at the window's start (and stayed)."""
+    start = points[0][1]
+    since = points[-1][0]
+    for at, value in reversed(points):
+        if value <= start:
+            break
+        since = at
+    return since
 
 
 def _mean_gpu_utilization(ctx: Context) -> float | None:
@@ -569,6 +692,12 @@ def _queue_evidence(ctx: Context, grown: dict[str, Any], utilization: float | No
         *QUEUE_THRESHOLDS,
         Threshold("idle", GPU_IDLE, "ratio", "Mean GPU utilization below which GPUs count as idle."),
     ),
+    fleet=lambda s, t: _queue_fleet(s, t, "idle"),
+    alert=Alert(
+        "DynamoQueueGrowingGPUIdle",
+        "Requests queue at {{ $labels.namespace }}/{{ $labels.pod }} while its GPUs are idle: scheduling or routing, not capacity",
+        "5m",
+    ),
 )
 def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
     grown = _queue_growing(ctx, t)
@@ -590,6 +719,12 @@ def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
         *QUEUE_THRESHOLDS,
         Threshold("busy", GPU_BUSY, "ratio", "Mean GPU utilization that counts as saturated."),
     ),
+    fleet=lambda s, t: _queue_fleet(s, t, "busy"),
+    alert=Alert(
+        "DynamoQueueGrowingSaturated",
+        "Requests queue at {{ $labels.namespace }}/{{ $labels.pod }} with its GPUs saturated: out of capacity",
+        "5m",
+    ),
 )
 def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
     grown = _queue_growing(ctx, t)
@@ -609,6 +744,12 @@ def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
         "Scale out workers if they are busy; check worker health and canaries if they are not.",
     ),
     thresholds=QUEUE_THRESHOLDS,
+    fleet=lambda s, t: _queue_fleet(s, t, "between"),
+    alert=Alert(
+        "DynamoQueueGrowing",
+        "Requests queue at {{ $labels.namespace }}/{{ $labels.pod }} ({{ $value }} and growing)",
+        "5m",
+    ),
 )
 def queue_growing(ctx: Context, t: Limits) -> list[Hit]:
     """A growing queue where GPU data cannot say whether it is capacity or a stall."""
@@ -642,12 +783,18 @@ LATENCY = metric("dynamo_latency_seconds")
     thresholds=(
         Threshold("factor", 2.0, "ratio", "Recent p99 over the baseline p99."),
         Threshold("min_delta", 0.05, "seconds", "Smallest absolute rise that counts."),
-        Threshold("min_observations", 10, "observations", "Fewest observations in each of the two windows."),
+        Threshold(
+            "min_observations",
+            10,
+            "observations",
+            "Fewest observations in each of the two windows.",
+            pod_only="the fleet query compares p99 gauges, which carry no observation count",
+        ),
     ),
     fleet=lambda s, t: (
         "("
         + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
-        + f" > {t.factor:g} * avg_over_time("
+        + f" >= {t.factor:g} * avg_over_time("
         + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
         + "[10m] offset 5m)) and ("
         + s(LATENCY, 'signal=~"ttft|queue|itl",percentile="p99"')
@@ -706,7 +853,8 @@ def latency_regression(ctx: Context, t: Limits) -> list[Hit]:
                         Evidence(metric("dynamo_request_rate"), ctx.signals.request_rate, unit="requests/s"),
                         Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
                     ],
-                    ctx.now - recent_window,
+                    _rise_times(_above(ctx.state, name, baseline, ctx.now - recent_window, ctx.now))[0]
+                    or ctx.now,
                     role="frontend",
                 )
             )
@@ -729,12 +877,20 @@ def _count(buckets: list[tuple[float, float]]) -> float:
     thresholds=(
         Threshold("min_observations", 10, "observations", "Fewest observations in the window to judge."),
     ),
-    fleet=lambda s, t: s(metric("slo_observed")) + " > ignoring(window) " + s(metric("slo_target")) + " > 0",
+    fleet=lambda s, t: (
+        s(metric("slo_observed"))
+        + " > ignoring(window) "
+        + s(metric("slo_target"))
+        + " > 0 and on (namespace, pod, objective) "
+        + s(metric("slo_observations"))
+        + f" >= {t.min_observations:g}"
+    ),
     alert=Alert(
         "DynamoSLOBreach",
         "{{ $labels.objective }} on {{ $labels.namespace }}/{{ $labels.pod }} is over its SLO target",
         "5m",
     ),
+    events=True,
 )
 def slo_breach(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
@@ -748,6 +904,9 @@ def slo_breach(ctx: Context, t: Limits) -> list[Hit]:
         else:
             observed = observation.text
             target = f"{observation.target * 1000:.0f} ms"
+        # From the first observation over the target to the last: once the pod serves after
+        # the last, the breach is a past event, whatever the window's quantile still says.
+        first, last = _slo_rises(ctx, objective, observation.target, window)
         hits.append(
             Hit(
                 objective,
@@ -769,11 +928,25 @@ def slo_breach(ctx: Context, t: Limits) -> list[Hit]:
                     ),
                     Evidence("observations in the window", observation.count),
                 ],
-                observation.since,
+                first or ctx.now,
                 role="frontend",
+                last_event=last,
             )
         )
     return hits
+
+
+def _slo_rises(ctx: Context, objective: str, target: float, window: float) -> tuple[float, float]:
+    since = ctx.now - window
+    if objective == "error_rate":
+        return rises(
+            ctx.state.series_matching(ctx.names.requests_total, status="error"),
+            since,
+            ctx.now,
+            lambda labels: labels.get("error_type", "") not in CLIENT_ERROR_TYPES,
+        )
+    histogram = ctx.names.latency_histograms()["ttft" if objective == "ttft_p99" else "itl"]
+    return _rise_times(_above(ctx.state, histogram, target, since, ctx.now))
 
 
 @rule(
@@ -783,11 +956,18 @@ def slo_breach(ctx: Context, t: Limits) -> list[Hit]:
     "Dynamo is rejecting {rate:.2f} requests/s: engine in-flight limit and queue are full",
     ("Scale out workers, or raise --dynamo-request-queue-limit if bursts are short.",),
     fleet=lambda s, t: s(metric("dynamo_rejection_rate")) + " > 0",
+    events=True,
 )
 def rejections_rising(ctx: Context, t: Limits) -> list[Hit]:
     rate = ctx.signals.rejection_rate
     if not rate:
         return []
+    since = ctx.now - ctx.signals.window
+    first, last = 0.0, 0.0
+    for name in (ctx.names.worker_rejections_total, ctx.names.frontend_rejections_total):
+        began, ended = _rise_times(_steps(ctx.state, name, since, ctx.now))
+        if began:
+            first, last = min(first or began, began), max(last, ended)
     return [
         Hit(
             "dynamo",
@@ -796,7 +976,8 @@ def rejections_rising(ctx: Context, t: Limits) -> list[Hit]:
                 Evidence(metric("dynamo_rejection_rate"), round(rate, 4), unit="requests/s"),
                 Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
             ],
-            ctx.now - ctx.signals.window,
+            first or ctx.now,
+            last_event=last,
         )
     ]
 
@@ -848,7 +1029,8 @@ def migrations_rising(ctx: Context, t: Limits) -> list[Hit]:
                 ),
                 Evidence(ctx.names.migration_limit, limit),
             ],
-            ctx.now - window,
+            _rise_times(_steps(ctx.state, ctx.names.migrations_total, ctx.now - window, ctx.now))[0]
+            or ctx.now,
             role="frontend",
         )
     ]
@@ -958,6 +1140,11 @@ def dependency_slow(ctx: Context, t: Limits) -> list[Hit]:
         "Check the port settings (DYN_HTTP_PORT, DYN_SYSTEM_PORT; the system port must be below 32768 in Dynamo 1.6).",
     ),
     fleet=lambda s, t: s(metric("tcp_listening")) + " == 0",
+    alert=Alert(
+        "DynamoPortNotListening",
+        "Dynamo's {{ $labels.role }} port {{ $labels.port }} is not listening in {{ $labels.namespace }}/{{ $labels.pod }}",
+        "2m",
+    ),
 )
 def port_not_listening(ctx: Context, t: Limits) -> list[Hit]:
     if ctx.in_startup_grace:
@@ -1005,6 +1192,13 @@ def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
     sent = ctx.state.increase(kernel, ctx.signals.window, ctx.now, counter="OutSegs") or 0
     if ratio is None or ratio < t.ratio or sent < t.min_segments:
         return []
+    since = ctx.now - ctx.signals.window
+    retransmitted = _steps(ctx.state, kernel, since, ctx.now, counter="RetransSegs")
+    began = _first_step(
+        ctx,
+        _steps(ctx.state, kernel, since, ctx.now, counter="OutSegs"),
+        lambda at, n, _: n > 0 and retransmitted.get(at, 0.0) / n >= t.ratio,
+    )
     per_peer = {
         dict(labels).get("peer"): ring.last()[1]  # type: ignore[index]
         for labels, ring in ctx.state.series_matching(metric("tcp_socket_retransmits"))
@@ -1019,7 +1213,7 @@ def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
                 Evidence(f'increase({kernel}{{counter="OutSegs"}}[{ctx.signals.window:.0f}s])', sent),
                 Evidence("retransmits by peer (tcp_info)", per_peer),
             ],
-            ctx.now - ctx.signals.window,
+            began,
         )
     ]
 

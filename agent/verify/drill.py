@@ -340,12 +340,22 @@ class FindingLog:
         self.polls = 0
         self.poll_errors = 0
         self.last_error = ""
+        self.answered: list[float] = []  # when a poll was answered with a report
+        self.failed: list[tuple[float, str]] = []  # when one was not, and why
+
+    def fail(self, when: float, error: str) -> None:
+        self.poll_errors += 1
+        self.last_error = error
+        self.failed.append((when, error))
 
     def observe(self, when: float, report: dict[str, Any]) -> None:
         self.polls += 1
+        self.answered.append(when)
         for finding in report.get("findings") or []:
             if not isinstance(finding, dict) or not isinstance(finding.get("id"), str):
                 continue
+            if finding.get("state", "active") != "active":
+                continue  # resolved, or a past event: not what the pod shows during this phase
             ident = finding["id"]
             severity = str(finding.get("severity", "info"))
             entry = self.seen.setdefault(
@@ -371,6 +381,15 @@ class FindingLog:
             out.append(entry)
         out.sort(key=lambda e: (-SEVERITY_ORDER.get(e["severity"], 0), e["first_seen_in_phase"]))
         return out
+
+    def reads(self, start: float, end: float) -> dict[str, Any]:
+        """How the polls of one phase went: a phase with none answered was not looked at."""
+        failed = [error for when, error in self.failed if start <= when < end]
+        return {
+            "answered": sum(start <= when < end for when in self.answered),
+            "failed": len(failed),
+            "last_error": failed[-1] if failed else "",
+        }
 
 
 async def preflight(session: aiohttp.ClientSession, frontend_url: str, model: str) -> str:
@@ -447,10 +466,11 @@ async def _poll_sidecar(
                     report = json.loads(await response.content.read(4 << 20))
             if not isinstance(report, dict):
                 raise ValueError("not a report")
+            if "findings" not in report:
+                raise ValueError(f"HTTP {response.status}: not a diagnose report")
             findings.observe(clock(), report)
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-            findings.poll_errors += 1
-            findings.last_error = f"{type(exc).__name__}: {exc}"[:200]
+            findings.fail(clock(), f"{type(exc).__name__}: {exc}"[:200])
         await asyncio.sleep(every)
 
 
@@ -571,6 +591,8 @@ def build_report(
         stats["end"] = round(end, 2)
         stats["concurrency"] = spec.overload_concurrency if phase == "overload" else spec.concurrency
         stats["findings"] = findings.during(start, end) if spec.sidecar_url else None
+        if spec.sidecar_url:
+            stats["sidecar_reads"] = findings.reads(start, end)
         dynamo: dict[str, Any] = {}
         if snapshots.get(previous) and snapshots.get(phase):
             for key, family in histograms.items():
@@ -629,7 +651,13 @@ def build_report(
         "recovery": recovery,
         "commands": [c.to_dict() for c in commands],
         "sidecar": (
-            {"polls": findings.polls, "poll_errors": findings.poll_errors, "last_error": findings.last_error}
+            {
+                "polls": findings.polls,
+                "poll_errors": findings.poll_errors,
+                "last_error": findings.last_error,
+                # Phases in which no poll was answered: the drill could not say what the pod saw.
+                "unread_phases": [p for p in PHASES if not phases[p]["sidecar_reads"]["answered"]],
+            }
             if spec.sidecar_url
             else None
         ),

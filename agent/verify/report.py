@@ -38,6 +38,11 @@ def text(report: dict[str, Any]) -> str:
         + ("PASSED" if report["passed"] else "FAILED"),
         "",
     ]
+    unread = (report.get("sidecar") or {}).get("unread_phases") or []
+    if unread:
+        lines[1:1] = [
+            f"UNKNOWN: the sidecar at {target['sidecar_url']} could not be read in: {', '.join(unread)}"
+        ]
     for phase in PHASES:
         stats = report["phases"][phase]
         lines.append(
@@ -64,7 +69,12 @@ def text(report: dict[str, Any]) -> str:
                 f"  Dynamo's TTFT histogram ({ttft['count']} requests): p99 in ({low:g}, {high if high is not None else 'inf'}] s;"
                 f" client p99 {_ms(p99['client'])}: {verdict}"
             )
-        if stats["findings"] is not None:
+        reads = stats.get("sidecar_reads")
+        if reads is not None and not reads["answered"]:
+            lines.append(
+                f"  sidecar: NOT READ in this phase ({reads['failed']} polls failed: {reads['last_error'] or 'no poll'})"
+            )
+        elif stats["findings"] is not None:
             if stats["findings"]:
                 for finding in stats["findings"][:6]:
                     lines.append(
@@ -234,9 +244,12 @@ def as_html(report: dict[str, Any]) -> str:
     for phase in PHASES:
         stats = report["phases"][phase]
         findings = stats["findings"]
+        reads = stats.get("sidecar_reads")
         listed = (
             "not polled"
             if findings is None
+            else f"NOT READ ({reads['failed']} polls failed)"
+            if reads is not None and not reads["answered"]
             else ", ".join(f"{f['id']} ({f['severity']}, +{f['first_seen_in_phase']:.1f}s)" for f in findings)
             or "none"
         )
@@ -272,7 +285,11 @@ def as_html(report: dict[str, Any]) -> str:
         ".missed td{background:#fce8e6}.met td:first-child{color:#188038}pre{background:#f8f9fa;padding:8px}</style>"
         "</head><body>"
         f"<h1>verify: {verdict}</h1>"
-        f"<p>{html.escape(target['frontend_url'])}, model {html.escape(target['model'])}, "
+        + "".join(
+            f"<p class='unread'>UNKNOWN: the sidecar could not be read in the {html.escape(p)} phase</p>"
+            for p in (report.get("sidecar") or {}).get("unread_phases") or []
+        )
+        + f"<p>{html.escape(target['frontend_url'])}, model {html.escape(target['model'])}, "
         f"{'streaming' if target['stream'] else 'not streaming'}, max_tokens {target['max_tokens']}</p>"
         f"{_svg(report)}"
         "<table><tr><th>phase</th><th>requests</th><th>success</th><th>latency p50/p90/p99</th><th>TTFT</th>"

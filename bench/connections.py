@@ -11,7 +11,7 @@ servers: the webhook (TLS) and the sidecar (plain HTTP), each run as its own pro
 
     python bench/connections.py                    # IDLE 150, FLOOD 1000, both servers
     python bench/connections.py --server webhook --idle 1000 --flood 1000
-    python bench/connections.py --smoke            # IDLE 40, FLOOD 300, 10 probes each
+    python bench/connections.py --smoke            # IDLE 20, FLOOD 300, 5 probes each
 
 Loopback has one address per peer: 127.0.0.2 is the second peer (all of 127/8 is loopback
 on Linux).
@@ -143,17 +143,17 @@ async def settle(pid: int, seconds: float = 1.5) -> float:
     return last
 
 
-async def measure(kind: str, idle: int, flood: int, probes: int) -> dict[str, object]:
+async def measure(kind: str, idle: int, flood: int, probes: int, quick: bool = False) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = start_server(kind, Path(tmp))
         try:
             await wait_up(url)
-            before = await settle(proc.pid)
+            pause = 0.3 if quick else 1.5
+            before = await settle(proc.pid, pause)
             holder, held = hold(url, idle, reopen=False)
-            during = await settle(proc.pid)
+            during = await settle(proc.pid, pause)
             release(holder)
-            await asyncio.sleep(1.0)
-            after = await settle(proc.pid)
+            after = await settle(proc.pid, pause * 2)
             result: dict[str, object] = {
                 "server": kind,
                 "idle_connections_held": held,
@@ -195,14 +195,15 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     if args.smoke:
-        args.idle, args.flood, args.probes = 40, 300, 10
+        args.idle, args.flood, args.probes = 20, 300, 5
     if shutil.which("openssl") is None and args.server != "sidecar":
         print("openssl not installed: cannot make the webhook's certificate", file=sys.stderr)
         sys.exit(3)
     kinds = ["webhook", "sidecar"] if args.server == "both" else [args.server]
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     for kind in kinds:
-        print(json.dumps(asyncio.run(measure(kind, args.idle, args.flood, args.probes))), flush=True)
+        result = asyncio.run(measure(kind, args.idle, args.flood, args.probes, quick=args.smoke))
+        print(json.dumps(result), flush=True)
 
 
 if __name__ == "__main__":

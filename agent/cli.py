@@ -248,30 +248,33 @@ def _inject_one(inject: Any, document: Any, options: Any) -> Any:
 
 
 def _cmd_webhook(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
-    from agent.webhook import make_app, tls_context
+    from agent.webhook import WebhookSettings, serve, tls_context
 
     options = _inject_options(args)  # the image first: the mistake a new user makes first
     log.configure(args.log_level, "json")
     try:
-        context = tls_context(args.tls_cert_file, args.tls_key_file)
+        tls_context(args.tls_cert_file, args.tls_key_file)
     except (OSError, ValueError) as exc:
-        raise ConfigError(
+        error = ConfigError(
             "--tls-cert-file/--tls-key-file",
             args.tls_cert_file,
             f"a readable PEM certificate and key ({exc})",
-        ) from None
-    try:
-        web.run_app(
-            make_app(options),
-            host=args.listen_host,
-            port=args.listen_port,
-            ssl_context=context,
-            access_log=None,
-            print=None,
-            keepalive_timeout=10,
         )
+        print(f"dynamo-sidecar webhook: {error}", file=sys.stderr)
+        return exitcodes.USAGE
+    settings = WebhookSettings(
+        cert_file=args.tls_cert_file,
+        key_file=args.tls_key_file,
+        host=args.listen_host,
+        port=args.listen_port,
+        metrics_port=args.metrics_port,
+        max_connections=args.max_connections,
+        idle_timeout=args.idle_timeout,
+        reload_interval=args.tls_reload_interval,
+        options=options,
+    )
+    try:
+        asyncio.run(serve(settings))
     except OSError as exc:
         print(
             f"dynamo-sidecar webhook: cannot listen on {args.listen_host}:{args.listen_port}: {exc.strerror or exc}",
@@ -368,6 +371,19 @@ def _concurrency(raw: str) -> int:
     if not 1 <= value <= 64:
         raise argparse.ArgumentTypeError(f"expected an integer from 1 to 64, got {raw[:40]!r}")
     return value
+
+
+def _bounded_float(low: float, high: float) -> Any:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw)
+        except ValueError:
+            value = float("nan")
+        if not low <= value <= high:  # NaN fails too
+            raise argparse.ArgumentTypeError(f"expected seconds from {low:g} to {high:g}, got {raw[:40]!r}")
+        return value
+
+    return parse
 
 
 def _reason(exc: BaseException) -> str:
@@ -618,6 +634,32 @@ def build_parser() -> argparse.ArgumentParser:
     hook.add_argument("--tls-key-file", required=True, metavar="FILE")
     hook.add_argument("--listen-host", default="0.0.0.0")
     hook.add_argument("--listen-port", "--port", dest="listen_port", type=_port, default=9443)
+    hook.add_argument(
+        "--metrics-port",
+        type=_port,
+        default=None,
+        help="also serve /metrics and /healthz over plain HTTP on this port (for Prometheus)",
+    )
+    hook.add_argument(
+        "--max-connections",
+        type=_bounded_int(1, 65535),
+        default=256,
+        help="most open connections (a peer may hold 3/4 of them; idle ones are shed first)",
+    )
+    hook.add_argument(
+        "--idle-timeout",
+        type=_bounded_float(0.5, 600),
+        default=10.0,
+        metavar="SECONDS",
+        help="close a connection idle, or not completing its TLS handshake or request, this long",
+    )
+    hook.add_argument(
+        "--tls-reload-interval",
+        type=_bounded_float(0.1, 3600),
+        default=5.0,
+        metavar="SECONDS",
+        help="how often the certificate files are checked for a change",
+    )
     _add_inject_flags(hook)
     hook.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     hook.set_defaults(func=_cmd_webhook)

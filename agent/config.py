@@ -587,7 +587,8 @@ class Config:
         default=256,
         metadata=_spec(
             _int_range(1, 65535),
-            "Most open connections to the HTTP server; more are closed at once and counted.",
+            "Most open connections to the HTTP server (one peer address may hold three quarters); "
+            "past it the oldest idle connection is closed to admit a new one, or, when none is idle, the new one is refused.",
         ),
     )
     http_idle_timeout: float = field(

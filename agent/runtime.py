@@ -249,6 +249,7 @@ class Sidecar:
         out.extend(self.canary.samples())
         out.append(sample("dynamo_sidecar_http_connections", self.connections.active))
         out.append(sample("dynamo_sidecar_http_connections_refused_total", self.connections.refused))
+        out.append(sample("dynamo_sidecar_http_connections_shed_total", self.connections.shed))
         out.extend(self.telemetry.samples())
         return out
 

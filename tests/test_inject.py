@@ -274,8 +274,8 @@ async def test_webhook_over_tls(certificate, http) -> None:
             assert "patch" not in (await response.json())["response"]
         async with http.get(url + "/metrics", ssl=client_tls) as response:
             text = await response.text()
-        assert 'dynamo_sidecar_webhook_reviews_total{outcome="error"} 3' in text
-        assert 'dynamo_sidecar_webhook_reviews_total{outcome="patched"} 1' in text
+        assert 'dynamo_sidecar_webhook_reviews_total{outcome="error"} 3.0' in text
+        assert 'dynamo_sidecar_webhook_reviews_total{outcome="patched"} 1.0' in text
     finally:
         await runner.cleanup()
 

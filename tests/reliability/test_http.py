@@ -14,6 +14,7 @@ import aiohttp
 import pytest
 
 from tests.conftest import base_url, get_text, wait_for
+from tests.conn_holder import holding
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:
@@ -55,6 +56,39 @@ async def test_a_connection_flood_is_capped_and_counted(sim, make_sidecar, http)
     # Once the flood is gone, service is back.
     status, text = await get_text(http, base_url(sidecar) + "/metrics")
     assert status == 200 and "dynamo_sidecar_http_connections_refused_total" in text
+
+
+async def _answered(url: str, count: int) -> int:
+    """GETs answered 200 out of `count`, each on a fresh connection from 127.0.0.1 with 2 s."""
+    answered = 0
+    for _ in range(count):
+        connector = aiohttp.TCPConnector(local_addr=("127.0.0.1", 0), force_close=True)
+        try:
+            async with (
+                aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=2)) as session,
+                session.get(url) as response,
+            ):
+                await response.read()
+                answered += response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
+            pass
+    return answered
+
+
+async def test_one_peer_holding_the_cap_does_not_lock_out_probes_and_scrapes(sim, make_sidecar) -> None:
+    """127.0.0.2 opens more connections than max_connections and re-opens every one the
+    sidecar closes; the kubelet's /healthz and Prometheus's /metrics from 127.0.0.1 still
+    answer (before: 3/40 and 1/40 with the 256 cap held)."""
+    sidecar = await make_sidecar(sim, max_connections="64", http_idle_timeout="30")
+    limiter = sidecar.connections
+    async with holding(sidecar.port, 80) as counts:
+        assert counts["held_at_start"] > limiter.per_peer // 2
+        healthz = await _answered(base_url(sidecar) + "/healthz", 20)
+        held = len(limiter.by_peer.get("127.0.0.2", {}))
+        metrics = await _answered(base_url(sidecar) + "/metrics", 20)
+        assert 0 < held <= limiter.per_peer and limiter.active <= limiter.limit
+    assert healthz >= 18 and metrics >= 18, (healthz, metrics)
+    assert limiter.refused > 0
 
 
 async def test_drain_refused_from_a_mesh_proxy_address(sim, make_sidecar) -> None:

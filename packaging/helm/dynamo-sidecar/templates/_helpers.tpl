@@ -36,3 +36,29 @@ app.kubernetes.io/component: webhook
 {{- define "dynamo-sidecar.tlsSecret" -}}
 {{- printf "%s-tls" (include "dynamo-sidecar.fullname" .) -}}
 {{- end -}}
+
+{{- define "dynamo-sidecar.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "dynamo-sidecar.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- /* The webhook's namespace selector: the values' one whole, or the opt-in label. */ -}}
+{{- define "dynamo-sidecar.namespaceSelector" -}}
+{{- if .Values.webhook.namespaceSelector -}}
+{{- toYaml .Values.webhook.namespaceSelector -}}
+{{- else -}}
+matchLabels:
+  dynamo-sidecar.io/inject: enabled
+matchExpressions:
+  - key: kubernetes.io/metadata.name
+    operator: NotIn
+    values: [kube-system, kube-public, kube-node-lease]
+{{- end -}}
+{{- end -}}
+
+{{- define "dynamo-sidecar.webhookJob" -}}
+{{- printf "%s-webhook" (include "dynamo-sidecar.fullname" .) -}}
+{{- end -}}

@@ -260,7 +260,12 @@ def test_demo_serves_and_stops_on_ctrl_c(installed: Installed) -> None:
             what="the installed demo's frontend seen up",
         )
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=30)
+        # Not communicate(): it reads the pipe's fd directly and would miss what readline()
+        # above already buffered (the banner arrives with the JSON line). The output is a few
+        # KB, far below a pipe's capacity, so waiting first cannot block the demo.
+        proc.wait(timeout=30)
+        assert proc.stderr is not None
+        out, err = proc.stdout.read(), proc.stderr.read()
         assert proc.returncode == 0, err[-2000:]
         assert "demo stopped" in out and "Traceback" not in err
         # The drill the demo offers is this installation's own binary.

@@ -42,6 +42,9 @@ OUTCOMES = (OK, TIMEOUT, HTTP_ERROR, BAD_RESPONSE, CONNECT_ERROR)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PROMPT = "Say OK."
 STUCK_PERIODS = 3  # in-flight work that makes no progress this many idle periods is stuck
+# A model that appeared up to this long before another left the list replaced it (a rolling
+# rename keeps both listed while old and new workers overlap).
+RENAME_OVERLAP = 300.0
 MAX_BODY = 64 * 1024
 
 
@@ -286,21 +289,42 @@ class Canary:
 
     def models_to_probe(self) -> list[str]:
         """The models /v1/models lists, and those it listed within the history window: a hung
-        or dead worker's model leaves the list in ~12-16 s, which is when a canary matters."""
+        or dead worker's model leaves the list in ~12-16 s, which is when a canary matters.
+        A model that left while another appeared (a rename, or a rolling update to a new
+        name) was replaced, not lost: it is not probed."""
         view = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
         if view is None:
             return []
         listed = list(view.models or [])
-        return listed + sorted(m for m in view.models_seen if m not in listed)
+        since = view.models_listed_since
+        unlisted = []
+        for model in sorted(m for m in view.models_seen if m not in listed):
+            last_listed = view.models_seen[model]
+            replaced = any(
+                since.get(other, 0.0) > since.get(model, 0.0)
+                and since.get(other, 0.0) >= last_listed - RENAME_OVERLAP
+                for other in listed
+            )
+            if not replaced:
+                unlisted.append(model)
+        return listed + unlisted
 
     def paused(self, now: float) -> str:
-        """Why no canary may run now ("" when one may): a drain or the start-up grace are
-        states in which a failing canary says nothing about a fault."""
+        """Why no canary may run now ("" when one may): a drain, or Dynamo still starting
+        (the frontend has not answered yet, within the start-up grace), are states in which
+        a failing canary says nothing about a fault. The grace follows Dynamo's readiness,
+        not the sidecar's uptime: a sidecar restarted next to a serving Dynamo probes at once."""
         if self.sidecar.draining:
             return "draining"
-        if now - self.sidecar.state.started < self.sidecar.config.startup_grace:
-            return "startup_grace"
+        if self._dynamo_starting(now):
+            return "dynamo_starting"
         return ""
+
+    def _dynamo_starting(self, now: float) -> bool:
+        if now - self.sidecar.state.started >= self.sidecar.config.startup_grace:
+            return False
+        view = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
+        return view is None or not view.first_ok_at
 
     # --- running -------------------------------------------------------------------------
     async def run_round(
@@ -377,8 +401,13 @@ class Canary:
         draining: the drain's end is not a time)."""
         if self.sidecar.draining:
             return 0.0
-        grace_ends = self.sidecar.state.started + self.sidecar.config.startup_grace
-        return max(grace_ends - now, self.last_activity + self.wait - now)
+        due = self.last_activity + self.wait - now
+        if self._dynamo_starting(now):
+            # Look again at the collection's pace: the canary is due once Dynamo answers.
+            config = self.sidecar.config
+            grace_ends = self.sidecar.state.started + config.startup_grace
+            return max(due, min(config.dynamo_interval, grace_ends - now))
+        return due
 
     def start(self) -> None:
         if self.enabled:

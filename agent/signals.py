@@ -96,6 +96,10 @@ class DynamoNames:
             "vllm:kv_cache_usage_perc",
             "vllm:num_requests_waiting",
             "sglang:token_usage",
+            # The queue rules judge an engine's waiting requests against its running ones.
+            "vllm:num_requests_running",
+            "sglang:num_queue_reqs",
+            "sglang:num_running_reqs",
         }
         for histogram in self.latency_histograms().values():
             names.add(histogram + "_bucket")
@@ -245,7 +249,18 @@ def compute(state: State, names: DynamoNames, window: float, now: float | None =
 
 # objective -> unit. Targets come from config slo_ttft_p99 / slo_itl_p99 / slo_error_rate.
 SLO_OBJECTIVES = {"ttft_p99": "seconds", "itl_p99": "seconds", "error_rate": "ratio"}
-CLIENT_ERROR_TYPES = {"not_found", "invalid_request", "validation", "bad_request", "unsupported", ""}
+# Failures that are the client's doing, not the server's: a bad request, an unknown model,
+# and "cancelled", a client that closed its stream or gave up (Dynamo 1.6.1 counts it as
+# status="error", error_type="cancelled").
+CLIENT_ERROR_TYPES = {
+    "not_found",
+    "invalid_request",
+    "validation",
+    "bad_request",
+    "unsupported",
+    "cancelled",
+    "",
+}
 
 
 def bucket_text(value: float, buckets: list[tuple[float, float]], quantile: float = 0.99) -> str:

@@ -60,6 +60,9 @@ class Hit:
     evidence: list[Evidence]
     since: float  # when the condition began, not when the sidecar noticed it
     role: str = ""  # "frontend" | "worker" | "": picks role-specific actions, matches `@role` links
+    # This hit's grade when it differs from the rule's (a worker lost while others of the
+    # pod still serve is graded by the capacity lost); "" keeps the rule's severity.
+    severity: str = ""
 
 
 @dataclass(frozen=True)

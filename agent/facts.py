@@ -170,7 +170,8 @@ class DependencyProbe:
     dns_seconds: float | None = None
     connect_seconds: float | None = None
     status: int = 0
-    since: float = 0.0  # when the current outcome began
+    since: float = 0.0  # when the current outcome was first seen
+    last_ok: float = 0.0  # when it last answered ok (0: never): a failure began after it
 
 
 @dataclass

@@ -178,6 +178,7 @@ class TcpCollector(Collector):
         self._probe_counts: dict[tuple[str, str], int] = {}
         # target -> (outcome, since): when each dependency's current outcome began.
         self._probe_since: dict[str, tuple[str, float]] = {}
+        self._probe_ok: dict[str, float] = {}  # target -> when it last answered ok
 
     # --- passive -----------------------------------------------------------------------
     def _role_of_addr(self, addr: bytes) -> str:
@@ -395,9 +396,12 @@ class TcpCollector(Collector):
                 result.add(PREFIX + "probe_connect_seconds", probe["connect_seconds"], **labels)
             if target.http_path and probe.get("status"):
                 result.add(PREFIX + "probe_http_status_code", probe["status"], **labels)
+            now = time.time()
             known = self._probe_since.get(target.name)
             if known is None or known[0] != outcome:
-                known = self._probe_since[target.name] = (outcome, time.time())
+                known = self._probe_since[target.name] = (outcome, now)
+            if outcome == "ok":
+                self._probe_ok[target.name] = now
             facts[target.name] = DependencyProbe(
                 target.role,
                 outcome,
@@ -406,6 +410,7 @@ class TcpCollector(Collector):
                 probe.get("connect_seconds"),
                 probe.get("status", 0),
                 since=known[1],
+                last_ok=self._probe_ok.get(target.name, 0.0),
             )
         for (name, outcome), count in self._probe_counts.items():
             role = next((t.role for t in self.probe_targets if t.name == name), "other")

@@ -174,14 +174,15 @@ def _after_drain(ctx: Context, endpoint: str, since: float) -> float:
 
 
 def _dependency_lost_before(ctx: Context, moment: float) -> DependencyProbe | None:
-    """A dependency (etcd, NATS) that had been failing since before `moment`, unless the
-    sidecar itself is draining (then the pod is terminating whatever its dependencies do).
-    Dynamo shuts itself down ~lease TTL after etcd is gone, through the same stages as a
-    SIGTERM: that shutdown is a symptom of the dependency, not a requested drain."""
+    """A dependency (etcd, NATS) failing now whose failure may have begun before `moment`
+    (its last good answer came earlier: a probe sees a loss up to one interval late), unless
+    the sidecar itself is draining (then the pod is terminating whatever its dependencies
+    do). Dynamo shuts itself down ~lease TTL after etcd is gone, through the same stages as
+    a SIGTERM: that shutdown is a symptom of the dependency, not a requested drain."""
     drain = ctx.extra("drain")
     if ctx.draining or (drain is not None and drain.started_at <= moment):
         return None
-    failing = [p for p in ctx.tcp.probes.values() if p.outcome != "ok" and p.since and p.since <= moment]
+    failing = [p for p in ctx.tcp.probes.values() if p.outcome != "ok" and p.last_ok <= moment]
     return min(failing, key=lambda p: p.since) if failing else None
 
 

@@ -23,6 +23,7 @@ from agent.aio import wait_event
 from agent.facts import HealthFacts, MetricsFacts
 from agent.log import get as get_logger
 from agent.samples import Sample, sample
+from agent.signals import engine_start
 from exporters.otlp import traceparent_for
 
 if TYPE_CHECKING:
@@ -87,7 +88,9 @@ class ModelState:
     failing_since: float = 0.0
     last: CanaryResult | None = None
 
-    def observe(self, result: CanaryResult, failures_to_fail: int) -> None:
+    def observe(self, result: CanaryResult, failures_to_fail: int, starting: bool = False) -> None:
+        """Count a result. A failure while the engine is still starting (`starting`) is
+        counted by outcome but does not make the model failing: Dynamo is not ready yet."""
         self.counts[result.outcome] += 1
         index = next(
             (i for i, bound in enumerate(LATENCY_BUCKETS) if result.latency <= bound), len(LATENCY_BUCKETS)
@@ -101,7 +104,7 @@ class ModelState:
             self.consecutive_failures = 0
             self.last_success = result.timestamp
             self.failing_since = 0.0
-        else:
+        elif not starting:
             self.consecutive_failures += 1
             if self.consecutive_failures >= failures_to_fail and not self.failing_since:
                 self.failing_since = result.timestamp
@@ -234,6 +237,7 @@ class Canary:
         self.sent_through_frontend = 0  # our own requests, as the frontend's counter sees them
         self.inflight = 0
         self.rounds = 0
+        self.starting_failures = 0  # failed while the engine was still starting: not counted
         self._last_total: float | None = None
         self._seen_generation = -1
         self._last_progress: float | None = None
@@ -320,6 +324,14 @@ class Canary:
             return "dynamo_starting"
         return ""
 
+    def _engine_starting(self, now: float) -> bool:
+        """A watched worker is young and its engine has produced no token since it started
+        (agent.signals.engine_start): it registered before it serves."""
+        health = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.values()
+        uptimes = [v.uptime_seconds for v in health if v.kind == "worker" and v.uptime_seconds is not None]
+        grace = self.sidecar.config.startup_grace
+        return bool(engine_start(self.sidecar.state, self.sidecar.names, uptimes, grace, now))
+
     def _dynamo_starting(self, now: float) -> bool:
         if now - self.sidecar.state.started >= self.sidecar.config.startup_grace:
             return False
@@ -363,7 +375,10 @@ class Canary:
                 self.sent_through_frontend += 1
             state = self.models.setdefault(model, ModelState())
             was_failing = state.failing
-            state.observe(result, self.failures_to_fail)
+            starting = result.outcome != OK and self._engine_starting(time.time())
+            if starting:
+                self.starting_failures += 1
+            state.observe(result, self.failures_to_fail, starting=starting)
             if state.failing and not was_failing:
                 log.warning("canary failing", failures=state.consecutive_failures, **result.to_dict())
             elif was_failing and not state.failing:
@@ -475,6 +490,7 @@ class Canary:
             "idle_seconds": round(self.idle_for(time.time()), 3),
             "paused": self.paused(time.time()) or None,
             "rounds": self.rounds,
+            "failures_while_starting": self.starting_failures,
             "models": {
                 model: {
                     "failing": state.failing,

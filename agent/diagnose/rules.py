@@ -13,7 +13,7 @@ from agent.catalogue import metric
 from agent.diagnose.context import SHUTDOWN_STATUSES, Context
 from agent.diagnose.model import Alert, Evidence, Hit, Limits, Rule, Threshold, duration_text, registrar, who
 from agent.facts import DependencyProbe, EndpointFacts, ProbeFact, ProcessFact
-from agent.signals import CLIENT_ERROR_TYPES
+from agent.signals import CLIENT_ERROR_TYPES, engine_start, produced_since
 
 RULES: list[Rule] = []
 rule = registrar(RULES)
@@ -122,7 +122,10 @@ def _grade_by_capacity(ctx: Context, hit: Hit, lost: set[str]) -> Hit:
     if hit.role != "worker" or len(workers) < 2 or not serving:
         return hit
     share = _served_share(ctx)
-    served = f", {share:.0%} of requests in the last minute were served" if share is not None else ""
+    served = ""
+    if share is not None:  # 99.6% is not "100%" while some fail
+        served = f", {share:.1%}" if 0.99 < share < 1 else f", {share:.0%}"
+        served += " of requests in the last minute were served"
     hit.values["capacity"] = (
         f"; {len(serving)} of {len(workers)} workers in this pod still answer ({', '.join(serving)}){served}:"
         f" about {1 - len(serving) / len(workers):.0%} of its capacity is lost"
@@ -254,35 +257,21 @@ def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
 
 def _engine_starting(ctx: Context) -> float:
     """When the worker whose engine holds work without producing anything started, while it
-    is within the start-up grace and has produced no token since (0 otherwise). A worker can
-    register and accept requests before its engine serves (the mocker's --startup-time, an
-    engine warming up): a request waiting then is a slow start, not a hung engine."""
+    is within the start-up grace and has produced no token since (0 otherwise); see
+    agent.signals.engine_start. Without a visible worker (a frontend pod), the sidecar's own
+    start-up grace stands in."""
     if ctx.signals.stalled_inflight <= 0:
         return 0.0
-    starts = [
-        ctx.now - view.uptime_seconds
+    uptimes = [
+        view.uptime_seconds
         for view in ctx.health.endpoints.values()
         if view.kind == "worker" and view.uptime_seconds is not None
     ]
-    if starts:
-        started = max(starts)  # the youngest worker
-    elif ctx.in_startup_grace:
-        started = ctx.state.started  # no worker visible (a frontend pod): the sidecar's start
-    else:
-        return 0.0
-    if ctx.now - started >= ctx.config.startup_grace or _progress_since(ctx, max(started, ctx.state.started)):
-        return 0.0
-    return started
-
-
-def _progress_since(ctx: Context, moment: float) -> bool:
-    """Whether any output counter (first tokens, tokens, finished requests) moved since."""
-    for name in ctx.names.progress_counters():
-        for _, ring in ctx.state.series_matching(name):
-            points = ring.points(since=moment, until=ctx.now)
-            if len(points) >= 2 and points[-1][1] != points[0][1]:
-                return True
-    return False
+    if uptimes:
+        return engine_start(ctx.state, ctx.names, uptimes, ctx.config.startup_grace, ctx.now)
+    if ctx.in_startup_grace and not produced_since(ctx.state, ctx.names, ctx.state.started, ctx.now):
+        return ctx.state.started
+    return 0.0
 
 
 @rule(
@@ -707,13 +696,23 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
             probe.since or ctx.now,
             role="frontend",
         )
-        if served > 0:
-            # Some listed instances serve: part of the capacity is gone, not all of it.
+        answering = any(
+            v.kind == "worker" and v.probe().outcome == "ok" for v in ctx.health.endpoints.values()
+        )
+        if served > 0 or (len(ids) > 1 and answering):
+            # Some listed instances serve (requests succeed since the failures began, or
+            # another worker of this pod answers): part of the capacity is gone, not all.
             hit.values["which"] = "of which some do not serve"
-            hit.values["why"] += f", while {served:.0f} were served"
+            if served > 0:
+                hit.values["why"] += f", while {served:.0f} were served"
             hit.severity = "warning"
             evidence.append(
-                Evidence(f'increase({ctx.names.requests_total}{{status="success"}}[{window:.0f}s])', served)
+                Evidence(
+                    f'increase({ctx.names.requests_total}{{status="success"}}) since the first failure',
+                    served,
+                    timestamp=first_failure,
+                    note="other workers of this pod answer" if answering else "",
+                )
             )
         hits.append(hit)
     return hits
@@ -1082,7 +1081,7 @@ CLIENT_ERRORS = CLIENT_ERROR_TYPES
     "request_failures",
     "performance_degradation",
     "warning",
-    "{count:.0f} request(s) failed in the last {window} ({rate:.2f}/s, {share:.0%} of requests): {types}",
+    "{count:.0f} request(s) failed in the last {window} ({rate:.2f}/s, {share_text} of requests): {types}",
     (
         "Look at the failure types in the evidence: unavailable / transport errors follow a worker that died or was removed; deadline_exceeded a hung or overloaded worker.",
         "A stream that fails after HTTP 200 carries the error in-band: clients that check only the status code count it as a success.",
@@ -1128,6 +1127,7 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
             reasons[dict(labels).get("reason", "?")] = increase
     total = ctx.state.increase(ctx.names.requests_total, window, ctx.now) or count
     types = ", ".join(f"{n:.0f} {k}" for k, n in sorted(by_type.items(), key=lambda kv: -kv[1]))
+    share = min(1.0, count / total) if total else 1.0
     evidence = [
         Evidence(
             f'increase({ctx.names.requests_total}{{status="error",error_type="{k}"}}[{window:.0f}s])',
@@ -1145,7 +1145,8 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
                 "count": count,
                 "window": duration_text(window),
                 "rate": count / window,
-                "share": min(1.0, count / total) if total else 1.0,
+                "share": share,
+                "share_text": f"{share:.1%}" if share < 0.01 else f"{share:.0%}",  # 4 of 928 is not "0%"
                 "types": types,
             },
             evidence,

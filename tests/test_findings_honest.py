@@ -13,6 +13,8 @@ from agent.diagnose.engine import diagnose, evaluate
 from agent.diagnose.rules import request_failures
 from agent.facts import EndpointFacts, MetricsFacts, ProbeFact, ScrapeFact
 from agent.samples import CollectResult, Event, sample
+from collectors.tcp import TcpCollector, parse_probe_target
+from tests.real_dynamo import ETCD_MISSING, Etcd, etcd_binary
 from tests.test_rules import NOW, Recorded, edit, probe, processes, tcp
 
 
@@ -448,3 +450,28 @@ def test_the_sidecars_own_process_is_not_named_as_the_worker() -> None:
     refused = next(f for f in _report(r)["findings"] if f["rule"] == "endpoint_refused")
     assert f"pid {os.getpid()}" not in " ".join(refused["actions"])
     assert refused["actions"][0].startswith("No Dynamo process of this role is visible")
+
+
+# --- etcd's health, as a real etcd answers it ---------------------------------------------------
+
+
+@pytest.mark.skipif(etcd_binary() is None, reason=ETCD_MISSING)
+async def test_an_etcd_endpoint_is_probed_at_its_health(tmp_path) -> None:
+    """ETCD_ENDPOINTS=http://host:2379 (no path): etcd answers GET / with 404, which made
+    every etcd-backed pod critical from its first second. /health is 200 {"health":"true"};
+    with a NOSPACE alarm it is 503 {"health":"false"}; a dead etcd refuses."""
+    etcd = Etcd(tmp_path, quota_bytes=65536)
+    etcd.start()
+    collector = TcpCollector(1, 10, service_ports={}, probe_targets=[parse_probe_target("etcd=" + etcd.url)])
+    try:
+        healthy = (await collector.collect()).facts.probes[f"127.0.0.1:{etcd.client_port}"]
+        assert (healthy.outcome, healthy.status) == ("ok", 200)
+        etcd.fill()
+        alarmed = (await collector.collect()).facts.probes[f"127.0.0.1:{etcd.client_port}"]
+        assert (alarmed.outcome, alarmed.status) == ("unhealthy", 503)
+        assert "health false" in alarmed.error and alarmed.last_ok == healthy.since
+        etcd.kill()
+        dead = (await collector.collect()).facts.probes[f"127.0.0.1:{etcd.client_port}"]
+        assert dead.outcome == "refused" and dead.since > alarmed.since and dead.last_ok == healthy.since
+    finally:
+        etcd.kill()

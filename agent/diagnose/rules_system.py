@@ -515,6 +515,9 @@ QUEUE_THRESHOLDS = (
         "How long the queue must hold at that level, every sample, before it counts (a burst's queue drains within seconds).",
     ),
 )
+# Time spent waiting in the queue is time to first token (and a full batch slows every
+# token): a standing queue explains what the latency rules see.
+QUEUE_EFFECTS = ("latency_regression:*", "slo_breach:*")
 # (waiting gauge, running gauge, where): the frontend's queue, and the engines' own.
 QUEUE_SOURCES = (
     ("vllm:num_requests_waiting", "vllm:num_requests_running", "engine"),
@@ -636,6 +639,7 @@ QUEUE_LEAD = (
         "Check the router: are requests going to a worker that does not serve (stale instance), or is one worker hot while others idle?",
         "Check worker health and canaries; compare per-worker in-flight (dynamo_component_inflight_requests).",
     ),
+    explains=QUEUE_EFFECTS,
     thresholds=(
         *QUEUE_THRESHOLDS,
         Threshold("idle", GPU_IDLE, "ratio", "Mean GPU utilization below which GPUs count as idle."),
@@ -657,6 +661,7 @@ def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
     (
         "Scale out workers (or the planner's limits); lower max_tokens or concurrency at the client side meanwhile.",
     ),
+    explains=QUEUE_EFFECTS,
     thresholds=(
         *QUEUE_THRESHOLDS,
         Threshold("busy", GPU_BUSY, "ratio", "Mean GPU utilization that counts as saturated."),
@@ -679,6 +684,7 @@ def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
         "Compare the request rate with what the workers finish (dynamo_component_requests_total): more arriving than finishing is capacity (scale out, or lower the client's concurrency); nothing finishing is a stall.",
         "Raise the engine's batch limit (--max-num-seqs) if its KV cache has room; check worker health and canaries if the workers are not busy.",
     ),
+    explains=QUEUE_EFFECTS,
     thresholds=QUEUE_THRESHOLDS,
 )
 def queue_growing(ctx: Context, t: Limits) -> list[Hit]:

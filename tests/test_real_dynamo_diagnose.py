@@ -64,7 +64,14 @@ async def test_stopped_worker_is_the_root_cause_and_canary_keeps_probing(
     sidecar = await _sidecar(
         make_sidecar, dynamo, canary_enabled="true", canary_wait="1", canary_timeout="1.5"
     )
-    without_logs = await _sidecar(make_sidecar, dynamo, log_files="", tcp_enabled="true", tcp_interval="0.5")
+    without_logs = await _sidecar(
+        make_sidecar,
+        dynamo,
+        log_files="",
+        tcp_enabled="true",
+        tcp_interval="0.5",
+        thresholds="worker_registration_lost.unlisted_seconds=3",
+    )
     await wait_for(lambda: sidecar.ready and without_logs.ready, timeout=20, what="ready")
     dynamo.signal_worker(signal.SIGSTOP)
 

@@ -198,7 +198,7 @@ async def test_a_worker_lost_of_two_says_what_is_left_and_is_a_warning(
             15,
             "worker-0 refused",
         )
-        deadline = time.monotonic() + 5  # and never critical while the other worker serves
+        deadline = time.monotonic() + 3  # and never critical while the other worker serves
         while True:
             assert report["status"] != "critical", _ids(report)
             assert "endpoint_wrong_port:worker-0" not in _ids(report)
@@ -220,7 +220,7 @@ async def test_a_worker_lost_of_two_says_what_is_left_and_is_a_warning(
 async def test_a_slow_start_is_starting_and_a_renamed_model_leaves_the_canary(
     dynamo: RealDynamo, make_sidecar: Any, http: aiohttp.ClientSession
 ) -> None:
-    """The worker registers, then its engine takes 6 s to start (mocker --startup-time):
+    """The worker registers, then its engine takes 4 s to start (mocker --startup-time):
     a request waiting then was called a critical hung engine inside the start-up grace.
     Then the worker comes back serving another model name: /canaryz used to keep probing
     the old name for the 15-minute history window."""
@@ -228,7 +228,7 @@ async def test_a_slow_start_is_starting_and_a_renamed_model_leaves_the_canary(
     sidecar = await _sidecar(
         make_sidecar, dynamo, startup_grace="60", canary_enabled="true", canary_wait="1", canary_timeout="1.5"
     )
-    dynamo.start_worker(extra_args=["--startup-time", "6"])
+    dynamo.start_worker(extra_args=["--startup-time", "4"])
     dynamo.wait_model()
     results: list[tuple[int, bytes]] = []
     waiting = threading.Thread(target=lambda: results.append(dynamo.completion("slow-start", 3, timeout=40)))

@@ -475,3 +475,13 @@ async def test_an_etcd_endpoint_is_probed_at_its_health(tmp_path) -> None:
         assert dead.outcome == "refused" and dead.since > alarmed.since and dead.last_ok == healthy.since
     finally:
         etcd.kill()
+
+
+def test_a_drain_beside_an_unreachable_nats_stays_a_drain() -> None:
+    """Only etcd's loss ends Dynamo's process (its lease); NATS_SERVER may even be unused."""
+    r = Recorded()
+    r.put("tcp", tcp({"nats:4222": {"role": "nats", "outcome": "refused", "since": NOW - 600}}))
+    r.state.add_event(Event("dynamo_shutdown", "/logs/worker.log", "Received shutdown signal", NOW - 10))
+    probe(r.health["worker"], outcome="refused", status="", status_code=0, since=NOW - 9)
+    ids = _ids(_report(r))
+    assert "dynamo_stopped_after_drain:worker" in ids and "endpoint_refused:worker" not in ids

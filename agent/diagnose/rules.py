@@ -177,15 +177,18 @@ def _after_drain(ctx: Context, endpoint: str, since: float) -> float:
 
 
 def _dependency_lost_before(ctx: Context, moment: float) -> DependencyProbe | None:
-    """A dependency (etcd, NATS) failing now whose failure may have begun before `moment`
-    (its last good answer came earlier: a probe sees a loss up to one interval late), unless
-    the sidecar itself is draining (then the pod is terminating whatever its dependencies
-    do). Dynamo shuts itself down ~lease TTL after etcd is gone, through the same stages as
-    a SIGTERM: that shutdown is a symptom of the dependency, not a requested drain."""
+    """etcd failing now, its failure possibly begun before `moment` (its last good answer
+    came earlier: a probe sees a loss up to one interval late), unless the sidecar itself is
+    draining (then the pod is terminating whatever etcd does). Dynamo shuts itself down a
+    lease TTL after etcd is gone, through the same stages as on SIGTERM: that shutdown is
+    etcd's symptom, not a requested drain. (NATS or other probed dependencies do not end
+    Dynamo's process: a drain beside them stays a drain.)"""
     drain = ctx.extra("drain")
     if ctx.draining or (drain is not None and drain.started_at <= moment):
         return None
-    failing = [p for p in ctx.tcp.probes.values() if p.outcome != "ok" and p.last_ok <= moment]
+    failing = [
+        p for p in ctx.tcp.probes.values() if p.role == "etcd" and p.outcome != "ok" and p.last_ok <= moment
+    ]
     return min(failing, key=lambda p: p.since) if failing else None
 
 

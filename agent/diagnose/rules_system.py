@@ -689,8 +689,8 @@ def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
 )
 def queue_growing(ctx: Context, t: Limits) -> list[Hit]:
     """A standing queue where GPU data cannot say whether it is capacity or a stall. (The
-    name is kept from when growth was the test: thresholds `queue_growing.*` and the alert
-    docs use it.)"""
+    name is kept from when growth was the test: operators' thresholds `queue_growing.*`,
+    README's demo table and the bench name it.)"""
     queue = _standing_queue(ctx, t)
     utilization = _mean_gpu_utilization(ctx)
     # The band the two GPU-aware rules leave, with their thresholds as configured.

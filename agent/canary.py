@@ -23,6 +23,7 @@ from agent.aio import wait_event
 from agent.facts import HealthFacts, MetricsFacts
 from agent.log import get as get_logger
 from agent.samples import Sample, sample
+from agent.signals import engine_start
 from exporters.otlp import traceparent_for
 
 if TYPE_CHECKING:
@@ -42,6 +43,9 @@ OUTCOMES = (OK, TIMEOUT, HTTP_ERROR, BAD_RESPONSE, CONNECT_ERROR)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 PROMPT = "Say OK."
 STUCK_PERIODS = 3  # in-flight work that makes no progress this many idle periods is stuck
+# A model that appeared up to this long before another left the list replaced it (a rolling
+# rename keeps both listed while old and new workers overlap).
+RENAME_OVERLAP = 300.0
 MAX_BODY = 64 * 1024
 
 
@@ -84,7 +88,9 @@ class ModelState:
     failing_since: float = 0.0
     last: CanaryResult | None = None
 
-    def observe(self, result: CanaryResult, failures_to_fail: int) -> None:
+    def observe(self, result: CanaryResult, failures_to_fail: int, starting: bool = False) -> None:
+        """Count a result. A failure while the engine is still starting (`starting`) is
+        counted by outcome but does not make the model failing: Dynamo is not ready yet."""
         self.counts[result.outcome] += 1
         index = next(
             (i for i, bound in enumerate(LATENCY_BUCKETS) if result.latency <= bound), len(LATENCY_BUCKETS)
@@ -98,7 +104,7 @@ class ModelState:
             self.consecutive_failures = 0
             self.last_success = result.timestamp
             self.failing_since = 0.0
-        else:
+        elif not starting:
             self.consecutive_failures += 1
             if self.consecutive_failures >= failures_to_fail and not self.failing_since:
                 self.failing_since = result.timestamp
@@ -231,6 +237,7 @@ class Canary:
         self.sent_through_frontend = 0  # our own requests, as the frontend's counter sees them
         self.inflight = 0
         self.rounds = 0
+        self.starting_failures = 0  # failed while the engine was still starting: not counted
         self._last_total: float | None = None
         self._seen_generation = -1
         self._last_progress: float | None = None
@@ -286,21 +293,50 @@ class Canary:
 
     def models_to_probe(self) -> list[str]:
         """The models /v1/models lists, and those it listed within the history window: a hung
-        or dead worker's model leaves the list in ~12-16 s, which is when a canary matters."""
+        or dead worker's model leaves the list in ~12-16 s, which is when a canary matters.
+        A model that left while another appeared (a rename, or a rolling update to a new
+        name) was replaced, not lost: it is not probed."""
         view = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
         if view is None:
             return []
         listed = list(view.models or [])
-        return listed + sorted(m for m in view.models_seen if m not in listed)
+        since = view.models_listed_since
+        unlisted = []
+        for model in sorted(m for m in view.models_seen if m not in listed):
+            last_listed = view.models_seen[model]
+            replaced = any(
+                since.get(other, 0.0) > since.get(model, 0.0)
+                and since.get(other, 0.0) >= last_listed - RENAME_OVERLAP
+                for other in listed
+            )
+            if not replaced:
+                unlisted.append(model)
+        return listed + unlisted
 
     def paused(self, now: float) -> str:
-        """Why no canary may run now ("" when one may): a drain or the start-up grace are
-        states in which a failing canary says nothing about a fault."""
+        """Why no canary may run now ("" when one may): a drain, or Dynamo still starting
+        (the frontend has not answered yet, within the start-up grace), are states in which
+        a failing canary says nothing about a fault. The grace follows Dynamo's readiness,
+        not the sidecar's uptime: a sidecar restarted next to a serving Dynamo probes at once."""
         if self.sidecar.draining:
             return "draining"
-        if now - self.sidecar.state.started < self.sidecar.config.startup_grace:
-            return "startup_grace"
+        if self._dynamo_starting(now):
+            return "dynamo_starting"
         return ""
+
+    def _engine_starting(self, now: float) -> bool:
+        """A watched worker is young and its engine has produced no token since it started
+        (agent.signals.engine_start): it registered before it serves."""
+        health = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.values()
+        uptimes = [v.uptime_seconds for v in health if v.kind == "worker" and v.uptime_seconds is not None]
+        grace = self.sidecar.config.startup_grace
+        return bool(engine_start(self.sidecar.state, self.sidecar.names, uptimes, grace, now))
+
+    def _dynamo_starting(self, now: float) -> bool:
+        if now - self.sidecar.state.started >= self.sidecar.config.startup_grace:
+            return False
+        view = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
+        return view is None or not view.first_ok_at
 
     # --- running -------------------------------------------------------------------------
     async def run_round(
@@ -339,7 +375,10 @@ class Canary:
                 self.sent_through_frontend += 1
             state = self.models.setdefault(model, ModelState())
             was_failing = state.failing
-            state.observe(result, self.failures_to_fail)
+            starting = result.outcome != OK and self._engine_starting(time.time())
+            if starting:
+                self.starting_failures += 1
+            state.observe(result, self.failures_to_fail, starting=starting)
             if state.failing and not was_failing:
                 log.warning("canary failing", failures=state.consecutive_failures, **result.to_dict())
             elif was_failing and not state.failing:
@@ -377,8 +416,13 @@ class Canary:
         draining: the drain's end is not a time)."""
         if self.sidecar.draining:
             return 0.0
-        grace_ends = self.sidecar.state.started + self.sidecar.config.startup_grace
-        return max(grace_ends - now, self.last_activity + self.wait - now)
+        due = self.last_activity + self.wait - now
+        if self._dynamo_starting(now):
+            # Look again at the collection's pace: the canary is due once Dynamo answers.
+            config = self.sidecar.config
+            grace_ends = self.sidecar.state.started + config.startup_grace
+            return max(due, min(config.dynamo_interval, grace_ends - now))
+        return due
 
     def start(self) -> None:
         if self.enabled:
@@ -446,6 +490,7 @@ class Canary:
             "idle_seconds": round(self.idle_for(time.time()), 3),
             "paused": self.paused(time.time()) or None,
             "rounds": self.rounds,
+            "failures_while_starting": self.starting_failures,
             "models": {
                 model: {
                     "failing": state.failing,

@@ -119,7 +119,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("tcp_collection_method", "gauge", "1 for how sockets were read: netlink (sock_diag) or procfs.", ("method",), "tcp"),
     _m("tcp_retransmit_ratio", "gauge", "Retransmitted / sent segments over the window (kernel counters).", ("window",), "signals"),
     _m("probe_up", "gauge", "1 if the dependency's last probe succeeded.", ("target", "role"), "tcp"),
-    _m("probe_outcome", "gauge", "1 for the last probe outcome: ok, refused, timeout, dns_error, dns_timeout, unreachable, http_error, error.", ("target", "role", "outcome"), "tcp"),
+    _m("probe_outcome", "gauge", "1 for the last probe outcome: ok, refused, timeout, dns_error, dns_timeout, unreachable, http_error, unhealthy (etcd /health says false), error.", ("target", "role", "outcome"), "tcp"),
     _m("probe_dns_seconds", "gauge", "Name resolution time of the last probe.", ("target", "role"), "tcp"),
     _m("probe_connect_seconds", "gauge", "TCP connect time of the last probe.", ("target", "role"), "tcp"),
     _m("probe_http_status_code", "gauge", "HTTP status of the last HTTP probe.", ("target", "role"), "tcp"),

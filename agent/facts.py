@@ -53,6 +53,9 @@ class EndpointFacts:
     models: list[str] | None = None  # None when /v1/models could not be read
     models_error: str = ""
     models_seen: dict[str, float] = field(default_factory=dict)  # model -> last listed
+    # model -> when its current listing began, or its last one for a model no longer listed
+    # (a model listed again after a gap starts anew)
+    models_listed_since: dict[str, float] = field(default_factory=dict)
     # worker system /health
     endpoints: dict[str, str] | None = None  # Dynamo endpoint -> ready | notready
     uptime_seconds: float | None = None
@@ -81,6 +84,9 @@ class ScrapeFact:
     body_excerpt: str = ""
     series: int = 0
     skipped_lines: int = 0
+    # Dynamo instance ids (hex `worker_id` labels) the worker's own handler series carry: the
+    # ids a frontend must list (as decimals) for this worker to be served.
+    worker_ids: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -108,9 +114,14 @@ class ProcessFact:
     state_since: float = 0.0
     listen_ports: list[int] = field(default_factory=list)  # needs the same UID (/proc/<pid>/fd)
     close_wait: int = 0
+    # The sidecar's own process, watched through process_pid (the demo, whose simulated
+    # Dynamo runs inside it): measured like any other, but never a Dynamo frontend or worker.
+    own: bool = False
 
     @property
     def role(self) -> str:
+        if self.own:
+            return "sidecar"
         return "frontend" if self.process == "dynamo.frontend" else "worker"
 
     @property
@@ -153,11 +164,14 @@ class CgroupFacts:
 @dataclass
 class DependencyProbe:
     role: str
-    outcome: str  # ok | refused | timeout | dns_error | dns_timeout | unreachable | http_error | error
+    # ok | refused | timeout | dns_error | dns_timeout | unreachable | http_error | unhealthy | error
+    outcome: str
     error: str = ""
     dns_seconds: float | None = None
     connect_seconds: float | None = None
     status: int = 0
+    since: float = 0.0  # when the current outcome was first seen
+    last_ok: float = 0.0  # when it last answered ok (0: never): a failure began after it
 
 
 @dataclass

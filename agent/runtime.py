@@ -225,9 +225,11 @@ class Sidecar:
         return {p.pid: p.process for p in self.state.facts("process", ProcessFacts).readable()}
 
     def _listening_ports(self, kind: str) -> list[int]:
-        """Ports the Dynamo processes of one kind listen on (frontend: dynamo.frontend)."""
-        processes = self.state.facts("process", ProcessFacts).of_role(kind)
-        return [port for process in processes for port in process.listen_ports]
+        """Ports the Dynamo processes of one kind listen on (frontend: dynamo.frontend), and
+        the sidecar's own when it watches itself (a simulated Dynamo inside it, as in the
+        demo): the health search asks each port whether it answers as that kind."""
+        processes = self.state.facts("process", ProcessFacts).readable()
+        return [port for p in processes if p.role == kind or p.own for port in p.listen_ports]
 
     # --- derived values ---------------------------------------------------------------
     def _mark_dirty(self, _collector: str) -> None:

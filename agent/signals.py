@@ -96,6 +96,10 @@ class DynamoNames:
             "vllm:kv_cache_usage_perc",
             "vllm:num_requests_waiting",
             "sglang:token_usage",
+            # The queue rules judge an engine's waiting requests against its running ones.
+            "vllm:num_requests_running",
+            "sglang:num_queue_reqs",
+            "sglang:num_running_reqs",
         }
         for histogram in self.latency_histograms().values():
             names.add(histogram + "_bucket")
@@ -214,6 +218,42 @@ def _stall(state: State, names: DynamoNames, now: float) -> tuple[float, float, 
     return times[-1] - since, since, inflight[times[-1]]
 
 
+def produced_since(state: State, names: DynamoNames, moment: float, now: float) -> bool:
+    """Whether the engine produced output since `moment`: first tokens or further tokens
+    (the frontend's TTFT and ITL counts). A cancelled or failed request also ends and is
+    counted as a finished request, so finished-request counts are used only where no token
+    count is visible (a worker pod without the frontend)."""
+    histograms = names.latency_histograms()
+    tokens = [histograms["ttft"] + "_count", histograms["itl"] + "_count"]
+    counters = (
+        tokens
+        if any(True for name in tokens for _ in state.series_matching(name))
+        else names.progress_counters()
+    )
+    for name in counters:
+        for _, ring in state.series_matching(name):
+            points = ring.points(since=moment, until=now)
+            if len(points) >= 2 and points[-1][1] != points[0][1]:
+                return True
+    return False
+
+
+def engine_start(
+    state: State, names: DynamoNames, worker_uptimes: list[float], grace: float, now: float
+) -> float:
+    """When the youngest worker started (`now` minus its uptime), while it is within `grace`
+    of that and its engine has produced no token since; 0 otherwise. A worker can register
+    and accept requests before its engine serves (an engine warming up, the mocker's
+    --startup-time): requests waiting then are a slow start, not a hung engine, and a canary
+    that times out then is not failing."""
+    if not worker_uptimes:
+        return 0.0
+    started = now - min(worker_uptimes)
+    if now - started >= grace or produced_since(state, names, max(started, state.started), now):
+        return 0.0
+    return started
+
+
 def compute(state: State, names: DynamoNames, window: float, now: float | None = None) -> Signals:
     now = time.time() if now is None else now
     out = Signals(window=window)
@@ -247,7 +287,18 @@ def compute(state: State, names: DynamoNames, window: float, now: float | None =
 
 # objective -> unit. Targets come from config slo_ttft_p99 / slo_itl_p99 / slo_error_rate.
 SLO_OBJECTIVES = {"ttft_p99": "seconds", "itl_p99": "seconds", "error_rate": "ratio"}
-CLIENT_ERROR_TYPES = {"not_found", "invalid_request", "validation", "bad_request", "unsupported", ""}
+# Failures that are the client's doing, not the server's: a bad request, an unknown model,
+# and "cancelled", a client that closed its stream or gave up (Dynamo 1.6.1 counts it as
+# status="error", error_type="cancelled").
+CLIENT_ERROR_TYPES = {
+    "not_found",
+    "invalid_request",
+    "validation",
+    "bad_request",
+    "unsupported",
+    "cancelled",
+    "",
+}
 
 
 def bucket_text(value: float, buckets: list[tuple[float, float]], quantile: float = 0.99) -> str:

@@ -53,6 +53,7 @@ class Case:
     deadline_intervals: float = 2.0
     window_bound: bool = False  # latency and SLO: within one signal window instead
     before: Callable[[Any], Awaitable[None]] | None = None  # warm-up (baseline traffic)
+    demo_traffic: bool = False  # `traffic` clients as `dynamo-sidecar demo --concurrency` sends
 
 
 @dataclass
@@ -114,12 +115,15 @@ SIM_CASES = [
         traffic=2,
         window_bound=True,
     ),
+    # README's recipe: `demo --concurrency 8 --fault max_concurrency=1 --fault token_delay=0.1`,
+    # with the demo's own clients (a small completion each, 0.5 s apart).
     Case(
-        "max_concurrency (1, 8 clients)",
+        "max_concurrency (1, 8 demo clients, token_delay 0.1 s)",
         "queue_growing:frontend",
-        _knob(max_concurrency=1, token_delay=0.2),
+        _knob(max_concurrency=1, token_delay=0.1),
         traffic=8,
         window_bound=True,
+        demo_traffic=True,
     ),
     # hung_engine_after is two intervals of no progress; a third sees it.
     Case(
@@ -199,7 +203,16 @@ async def run_sim_case(case: Case, interval: float) -> Outcome:
     sidecar = Sidecar(config)
     await sidecar.start()
     stop = asyncio.Event()
-    load = asyncio.create_task(_traffic(sim.url("frontend"), case.traffic, stop)) if case.traffic else None
+    load = None
+    if case.traffic:
+        from agent.demo import _traffic as demo_traffic
+
+        clients = (
+            demo_traffic(sim.url("frontend"), stop, 0.5, case.traffic)
+            if case.demo_traffic
+            else _traffic(sim.url("frontend"), case.traffic, stop)
+        )
+        load = asyncio.create_task(clients)
     deadline = (
         config.signal_window if case.window_bound else case.deadline_intervals * interval
     ) + config.http_timeout
@@ -412,19 +425,31 @@ async def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="CI: --quick over four cases")
     parser.add_argument("--real-only", action="store_true")
     parser.add_argument("--sim-only", action="store_true")
+    parser.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="only the cases whose name contains TEXT (repeatable)",
+    )
     args = parser.parse_args()
     args.quick = args.quick or args.smoke
     interval = 1.0 if args.quick else args.interval
     outcomes: list[Outcome] = []
     cases = [c for c in SIM_CASES if c.name in SMOKE] if args.smoke else SIM_CASES
+    if args.only:
+        cases = [c for c in cases if any(text in c.name for text in args.only)]
     if not args.real_only:
         for case in cases:
             outcomes.append(await run_sim_case(case, interval))
             print(f"sim  {outcomes[-1]}", file=sys.stderr)
-        outcomes.append(await run_before_dynamo(interval))
+        if not args.only or any(text in "sidecar started before Dynamo" for text in args.only):
+            outcomes.append(await run_before_dynamo(interval))
     python = os.environ.get("DYNAMO_PYTHON", "")
     if not args.quick and not args.sim_only and python and Path(python).exists():
-        for name, expect, how in _real_cases():
+        for name, expect, how in [
+            c for c in _real_cases() if not args.only or any(t in c[0] for t in args.only)
+        ]:
             outcomes.append(await run_real_case(name, expect, how, interval, python))
             print(f"real {outcomes[-1]}", file=sys.stderr)
     elif not args.quick and not args.sim_only:

@@ -127,6 +127,9 @@ class DynamoHealthCollector(Collector):
         self._instances: dict[str, tuple[int, float]] = {}
         # model -> last time /v1/models listed it; forgotten after `models_memory`.
         self._models_seen: dict[str, dict[str, float]] = {}
+        # model -> when its current (or, once unlisted, its last) listing began.
+        self._models_since: dict[str, dict[str, float]] = {}
+        self._models_listed: dict[str, set[str]] = {}  # listed at the last successful read
         self.models_memory = models_memory
         # kind -> ports the Dynamo processes of that kind listen on (process collector).
         self.listening_ports = listening_ports
@@ -169,20 +172,28 @@ class DynamoHealthCollector(Collector):
             view = facts[target.endpoint]
             models = parse_models(response)
             seen = self._models_seen.setdefault(target.endpoint, {})
+            since = self._models_since.setdefault(target.endpoint, {})
             if models is None:
                 view.models_error = response.error or f"HTTP {response.status}: {response.excerpt(120)}"
             else:
                 view.models = models
                 result.add(PREFIX + "frontend_models", len(models), endpoint=target.endpoint)
+                listed_before = self._models_listed.get(target.endpoint, set())
                 for model in models:
                     seen[model] = now
+                    if model not in listed_before:
+                        since[model] = now  # listed anew (first time, or after a gap)
+                self._models_listed[target.endpoint] = set(models)
             for model, last in list(seen.items()):
                 if now - last > self.models_memory:
                     del seen[model]
             if len(seen) > MAX_MODELS_SEEN:  # model churn: keep the most recently listed
                 for model in sorted(seen, key=seen.__getitem__)[: len(seen) - MAX_MODELS_SEEN]:
                     del seen[model]
+            for model in [m for m in since if m not in seen]:
+                del since[model]
             view.models_seen = dict(seen)
+            view.models_listed_since = dict(since)
         for target in self.targets:
             view = facts[target.endpoint]
             if any(p.outcome == "ok" for p in view.probes.values()):
@@ -204,7 +215,10 @@ class DynamoHealthCollector(Collector):
         if last is not None and now - last[0] < self.PORT_SEARCH_EVERY:
             return last[1]
         parts = urlsplit(target.base_url)
-        ports = [p for p in self.listening_ports(target.kind) if p != parts.port][:8]
+        # Another configured endpoint's port is that endpoint, not this one on a wrong port
+        # (two workers in one pod: the live one must not be taken for the dead one).
+        configured = {urlsplit(t.base_url).port for t in self.targets}
+        ports = [p for p in self.listening_ports(target.kind) if p not in configured][:8]
         if not ports:
             return None  # nothing known yet (the process collector has not run): ask again
         urls = [urlunsplit((parts.scheme, f"{parts.hostname}:{port}", "", "", "")) for port in ports]

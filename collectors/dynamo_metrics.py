@@ -156,6 +156,24 @@ def _chunked(text: str, budget: Budget, out: list[Family]) -> list[Family]:
     return _merge(out)
 
 
+WORKER_HANDLER_FAMILY = "dynamo_component_inflight_requests"
+MAX_WORKER_IDS = 16
+
+
+def _worker_ids(families: list[Family]) -> list[str]:
+    """The worker's instance ids: the `worker_id` labels of its request handler gauge (one
+    per served Dynamo endpoint; the runtime's own uptime series carries other ids)."""
+    ids: set[str] = set()
+    for family in families:
+        if family.name != WORKER_HANDLER_FAMILY:
+            continue
+        for item in family.samples:
+            worker_id = dict(item.labels).get("worker_id", "")
+            if worker_id and len(ids) < MAX_WORKER_IDS:
+                ids.add(worker_id)
+    return sorted(ids)
+
+
 def _merge(families: list[Family]) -> list[Family]:
     merged: dict[str, Family] = {}
     for family in families:
@@ -255,6 +273,8 @@ class DynamoMetricsCollector(Collector):
             series = sum(f.lines for f in raw) if raw else sum(len(f.samples) for f in families)
             if not reason:
                 fact.series = series
+            if target.kind == "worker" and families:
+                fact.worker_ids = _worker_ids(families)
             result.add(PREFIX + "scrape_up", 0 if reason else 1, **labels)
             result.add(PREFIX + "scrape_bytes", len(response.body), **labels)
             result.add(PREFIX + "scrape_series", series, **labels)

@@ -316,6 +316,7 @@ def _read_process(
         state=state,
         listen_ports=listen_ports,
         close_wait=close_wait,
+        own=found.pid == os.getpid(),
     )
     return fact, out, slow
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import ipaddress
+import json
 import os
 import socket
 import time
@@ -35,6 +36,8 @@ from collectors.sockets import (
 
 PREFIX = "dynamo_sidecar_"
 DEFAULT_ROLES = {2379: "etcd", 4222: "nats"}
+ETCD_HEALTH_PATH = "/health"
+MAX_PROBE_BODY = 4096  # an etcd /health answer is a few dozen bytes
 SNMP_TCP = (
     "ActiveOpens",
     "PassiveOpens",
@@ -83,7 +86,29 @@ def parse_probe_target(text: str) -> ProbeTarget:
     if not parts.hostname or not port:
         raise ValueError(f"{text!r}: expected role=host:port or role=http://host:port/path")
     path = (parts.path or "/") if parts.scheme == "http" else ""
-    return ProbeTarget(role.strip(), parts.hostname, int(port), path)
+    role = role.strip()
+    if role == "etcd" and path == "/":
+        # An etcd endpoint as Dynamo's ETCD_ENDPOINTS gives it (http://host:2379): etcd
+        # answers `/` with 404; its health is GET /health (etcd 3.4+).
+        path = ETCD_HEALTH_PATH
+    return ProbeTarget(role, parts.hostname, int(port), path)
+
+
+def etcd_health(status: int, body: bytes) -> tuple[str, str]:
+    """(outcome, error) of etcd's GET /health: 200 `{"health":"true"}` (3.5+ adds
+    `"reason":""`) is ok; `{"health":"false","reason":...}` (no leader, alarms; 503 in
+    3.5+) is a reachable etcd that cannot serve, which Dynamo's leases need."""
+    try:
+        parsed = json.loads(body.decode("utf-8", "replace") or "null")
+    except ValueError:
+        parsed = None
+    health = str(parsed.get("health", "")).lower() if isinstance(parsed, dict) else ""
+    if status == 200 and health == "true":
+        return "ok", ""
+    if health == "false":
+        reason = str(parsed.get("reason", "") if isinstance(parsed, dict) else "")[:160]
+        return "unhealthy", f"etcd /health: health false{': ' + reason if reason else ''} (HTTP {status})"
+    return "http_error", f"etcd /health: HTTP {status}, body {body[:120].decode('utf-8', 'replace')!r}"
 
 
 def parse_role_map(items: list[str]) -> tuple[dict[int, str], list[tuple[Any, str]]]:
@@ -151,6 +176,9 @@ class TcpCollector(Collector):
         self.netlink_error = ""
         self._addr_roles: dict[bytes, str] = {}
         self._probe_counts: dict[tuple[str, str], int] = {}
+        # target -> (outcome, since): when each dependency's current outcome began.
+        self._probe_since: dict[str, tuple[str, float]] = {}
+        self._probe_ok: dict[str, float] = {}  # target -> when it last answered ok
 
     # --- passive -----------------------------------------------------------------------
     def _role_of_addr(self, addr: bytes) -> str:
@@ -314,7 +342,17 @@ class TcpCollector(Collector):
                         line = await reader.readline()
                         parts = line.split()
                         status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
-                        if not 200 <= status < 400:
+                        if target.role == "etcd" and target.http_path == ETCD_HEALTH_PATH and status:
+                            # HTTP/1.0: the body runs to the close. A few bytes at most.
+                            response = b""
+                            while len(response) < MAX_PROBE_BODY:
+                                chunk = await reader.read(MAX_PROBE_BODY - len(response))
+                                if not chunk:
+                                    break
+                                response += chunk
+                            body = response.partition(b"\r\n\r\n")[2]
+                            outcome, error = etcd_health(status, body)
+                        elif not 200 <= status < 400:
                             outcome, error = (
                                 "http_error",
                                 line.decode("latin-1").strip()[:200] or "no status line",
@@ -358,6 +396,12 @@ class TcpCollector(Collector):
                 result.add(PREFIX + "probe_connect_seconds", probe["connect_seconds"], **labels)
             if target.http_path and probe.get("status"):
                 result.add(PREFIX + "probe_http_status_code", probe["status"], **labels)
+            now = time.time()
+            known = self._probe_since.get(target.name)
+            if known is None or known[0] != outcome:
+                known = self._probe_since[target.name] = (outcome, now)
+            if outcome == "ok":
+                self._probe_ok[target.name] = now
             facts[target.name] = DependencyProbe(
                 target.role,
                 outcome,
@@ -365,6 +409,8 @@ class TcpCollector(Collector):
                 probe.get("dns_seconds"),
                 probe.get("connect_seconds"),
                 probe.get("status", 0),
+                since=known[1],
+                last_ok=self._probe_ok.get(target.name, 0.0),
             )
         for (name, outcome), count in self._probe_counts.items():
             role = next((t.role for t in self.probe_targets if t.name == name), "other")

@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -84,7 +85,8 @@ class RealDynamo:
         self.frontend_port = free_i16_port()
         self.worker_port = free_i16_port()
         self.frontend: subprocess.Popen[bytes] | None = None
-        self.worker: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None  # the last one started
+        self.workers: list[subprocess.Popen[bytes]] = []  # every worker started, for stop()
         self.frontend_log = workdir / "frontend.log"
         self.worker_log = workdir / "worker.log"
         self.env = {
@@ -143,17 +145,18 @@ class RealDynamo:
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
         )
+        self.workers.append(self.worker)
         wait_for_sync(
             lambda: http_get(self.worker_url + "/live")[0] in {200, 503},
             timeout=60,
             what="worker system port",
         )
 
-    def start_frontend(self) -> None:
+    def start_frontend(self, extra_env: dict[str, str] | None = None) -> None:
         log = self.frontend_log.open("ab")
         self.frontend = subprocess.Popen(
             [self.python, "-m", "dynamo.frontend", "--http-port", str(self.frontend_port)],
-            env=self.env,
+            env={**self.env, **(extra_env or {})},
             stdout=log,
             stderr=subprocess.STDOUT,
             cwd=self.workdir,
@@ -162,15 +165,15 @@ class RealDynamo:
             lambda: http_get(self.frontend_url + "/live")[0] == 200, timeout=60, what="frontend /live"
         )
 
-    def wait_model(self, present: bool = True, timeout: float = 60) -> None:
+    def wait_model(self, present: bool = True, timeout: float = 60, model: str = "tiny") -> None:
         def check() -> bool:
             status, body = http_get(self.frontend_url + "/v1/models")
             if status != 200:
                 return False
             ids = [m["id"] for m in json.loads(body)["data"]]
-            return ("tiny" in ids) == present
+            return (model in ids) == present
 
-        wait_for_sync(check, timeout=timeout, what=f"model tiny {'listed' if present else 'gone'}")
+        wait_for_sync(check, timeout=timeout, what=f"model {model} {'listed' if present else 'gone'}")
 
     def completion(
         self, request_id: str, max_tokens: int = 4, stream: bool = False, timeout: float = 30
@@ -194,7 +197,7 @@ class RealDynamo:
         self.worker.send_signal(sig)
 
     def stop(self) -> None:
-        for proc in (self.frontend, self.worker):
+        for proc in (self.frontend, *self.workers):
             if proc is None or proc.poll() is not None:
                 continue
             try:
@@ -241,3 +244,64 @@ REAL_DYNAMO_MARKS = [
     pytest.mark.slow,
     pytest.mark.skipif(dynamo_python() is None, reason=unavailable_reason()),
 ]
+
+
+def etcd_binary() -> str | None:
+    """etcd from Debian's etcd-server (.ci/run installs it), or any etcd on PATH."""
+    import shutil
+
+    return shutil.which("etcd")
+
+
+ETCD_MISSING = "etcd not installed: apt-get install etcd-server (.ci/run does)"
+
+
+class Etcd:
+    """A single-member etcd on loopback (ports below 32768, as Dynamo's own), data in
+    `workdir`. `quota_bytes` makes a backend small enough to fill (NOSPACE alarm)."""
+
+    def __init__(self, workdir: Path, quota_bytes: int = 0) -> None:
+        binary = etcd_binary()
+        assert binary is not None, ETCD_MISSING
+        self.client_port, self.peer_port = free_i16_port(), free_i16_port()
+        self.workdir = workdir
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        self.args = [
+            binary,
+            "--name=e1",
+            f"--data-dir={workdir / 'etcd-data'}",
+            f"--listen-client-urls={self.url}",
+            f"--advertise-client-urls={self.url}",
+            f"--listen-peer-urls={peer}",
+            f"--initial-advertise-peer-urls={peer}",
+            f"--initial-cluster=e1={peer}",
+            *([f"--quota-backend-bytes={quota_bytes}"] if quota_bytes else []),
+        ]
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        log = (self.workdir / "etcd.log").open("ab")
+        self.process = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT)
+        wait_for_sync(lambda: http_get(self.url + "/health")[0] == 200, timeout=30, what="etcd /health 200")
+
+    def fill(self) -> None:
+        """Writes past the quota through etcd's v3 JSON gateway: a NOSPACE alarm is raised."""
+        import base64
+
+        value = base64.b64encode(b"x" * 60_000).decode()
+        for index in range(3):
+            body = json.dumps({"key": base64.b64encode(f"fill-{index}".encode()).decode(), "value": value})
+            request = urllib.request.Request(self.url + "/v3/kv/put", data=body.encode())
+            try:
+                urllib.request.urlopen(request, timeout=5).read()
+            except urllib.error.HTTPError:
+                break  # 429 "database space exceeded": the alarm is on
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)

@@ -45,12 +45,6 @@ def jump(total: float, seconds_ago: float) -> list[float]:
     return became(0.0, total, seconds_ago)
 
 
-def ramp(to: float, over: float = 300) -> list[float]:
-    """0 until `over` seconds before the end, then growing linearly to `to` at the end."""
-    start = END - over
-    return [0.0 if i * STEP <= start else to * (i * STEP - start) / over for i in range(STEPS)]
-
-
 def counter(per_step: float) -> list[float]:
     return [i * per_step for i in range(STEPS)]
 
@@ -58,6 +52,7 @@ def counter(per_step: float) -> list[float]:
 P = "dynamo_sidecar_"
 REQUESTS = 'dynamo_frontend_requests_total{model="m",endpoint="completions",request_type="unary",status="error",error_type="unavailable"}'
 QUEUE = metric("dynamo_queued_requests")
+INFLIGHT = metric("dynamo_inflight_requests") + '{source="frontend"}'
 GPU = P + 'gpu_utilization_ratio{gpu="0",uuid="G",kind="gpu"}'
 LATENCY = P + 'dynamo_latency_seconds{signal="ttft",percentile="p99",window="300s"}'
 
@@ -69,10 +64,44 @@ def throttle(ratio: float, per_step: float = 100) -> Series:
     }
 
 
-def queue(to: float, utilization: float | None) -> Series:
-    out = {QUEUE: ramp(to)}
+def queue(level: float, utilization: float | None, running: float = 1.0, held: float = 300) -> Series:
+    """A queue standing at `level` for the last `held` seconds with `running` requests served
+    beside it (the frontend's in-flight gauge counts both)."""
+    out = {QUEUE: became(0, level, held), INFLIGHT: became(0, level + running, held)}
     if utilization is not None:
         out[GPU] = const(utilization)
+    return out
+
+
+def queue_cases() -> dict[tuple[str, str], tuple[float, list[tuple[str, Series, bool]]]]:
+    """The standing-queue thresholds every queue rule shares, each for the GPU band it takes."""
+    out: dict[tuple[str, str], tuple[float, list[tuple[str, Series, bool]]]] = {}
+    for rule, utilization in (
+        ("queue_growing_gpu_idle", 0.1),
+        ("queue_growing_saturated", 0.95),
+        ("queue_growing", None),
+    ):
+        out[(rule, "queued")] = (
+            10,
+            [
+                (c, queue(q, utilization), f)
+                for c, q, f in (("short", 9, False), ("at", 10, True), ("past", 11, True))
+            ],
+        )
+        out[(rule, "ratio")] = (
+            2,
+            [
+                (c, queue(10, utilization, running=r), f)
+                for c, r, f in (("short", 5.5, False), ("at", 5, True), ("past", 4.5, True))
+            ],
+        )
+        out[(rule, "for_seconds")] = (
+            60,
+            [
+                (c, queue(10, utilization, held=h), f)
+                for c, h, f in (("short", 45, False), ("at", 60, True), ("past", 90, True))
+            ],
+        )
     return out
 
 
@@ -212,10 +241,6 @@ CASES: dict[tuple[str, str], tuple[float, list[tuple[str, Series, bool]]]] = {
             for c, v, f in (("short", 49, False), ("at", 50, True), ("past", 51, True))
         ],
     ),
-    ("queue_growing_gpu_idle", "queued"): (
-        10,
-        [(c, queue(q, 0.1), f) for c, q, f in (("short", 9, False), ("at", 10, True), ("past", 11, True))],
-    ),
     ("queue_growing_gpu_idle", "idle"): (
         0.5,
         [
@@ -223,20 +248,12 @@ CASES: dict[tuple[str, str], tuple[float, list[tuple[str, Series, bool]]]] = {
             for c, u, f in (("short", 0.51, False), ("at", 0.5, False), ("past", 0.49, True))
         ],
     ),
-    ("queue_growing_saturated", "queued"): (
-        10,
-        [(c, queue(q, 0.95), f) for c, q, f in (("short", 9, False), ("at", 10, True), ("past", 11, True))],
-    ),
     ("queue_growing_saturated", "busy"): (
         0.6,
         [
             (c, queue(20, u), f)
             for c, u, f in (("short", 0.59, False), ("at", 0.6, True), ("past", 0.61, True))
         ],
-    ),
-    ("queue_growing", "queued"): (
-        10,
-        [(c, queue(q, None), f) for c, q, f in (("short", 9, False), ("at", 10, True), ("past", 11, True))],
     ),
     ("latency_regression", "factor"): (
         3,
@@ -291,6 +308,7 @@ CASES: dict[tuple[str, str], tuple[float, list[tuple[str, Series, bool]]]] = {
             for c, v, f in (("short", 99, False), ("at", 100, True), ("past", 101, True))
         ],
     ),
+    **queue_cases(),
 }
 
 # Bands one rule takes from another's thresholds: queue_growing judges the GPU utilization

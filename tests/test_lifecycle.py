@@ -396,7 +396,9 @@ def _slo(r: Recorded) -> None:
 def _queue(utilization: float | None) -> Callable[[Recorded], None]:
     def build(r: Recorded) -> None:
         r.series(
-            "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", max(0, i - 50), model="t")]
+            # A standing queue from step 50 on: five waiting, nothing else in flight.
+            "dynamo_metrics",
+            lambda i: [sample("dynamo_frontend_queued_requests", 5 if i >= 50 else 0, model="t")],
         )
         if utilization is not None:
             r.put("gpu", _gpu(utilization=utilization))
@@ -447,9 +449,9 @@ SINCE: dict[str, tuple[Callable[[Recorded], Any], float]] = {
     "request_failures": (CASES["request_failures"], at_step(55)),
     "engine_hung": (CASES["engine_hung"], at_step(50)),
     "slo_breach": (_slo, at_step(50)),
-    "queue_growing": (_queue(None), at_step(51)),
-    "queue_growing_gpu_idle": (_queue(0.1), at_step(51)),
-    "queue_growing_saturated": (_queue(0.97), at_step(51)),
+    "queue_growing": (_queue(None), at_step(50)),
+    "queue_growing_gpu_idle": (_queue(0.1), at_step(50)),
+    "queue_growing_saturated": (_queue(0.97), at_step(50)),
     "worker_registration_lost": (CASES["worker_registration_lost"], NOW - 5),
     "worker_notready_endpoints_ready": (
         lambda r: probe(

@@ -8,7 +8,7 @@ import signal
 import threading
 from typing import Any
 
-from agent.facts import HealthFacts
+from agent.facts import HealthFacts, TcpFacts
 from tests.conftest import base_url, free_port, get_json, wait_for
 from tests.real_dynamo import REAL_DYNAMO_MARKS, RealDynamo, own_processes
 
@@ -18,13 +18,13 @@ pytestmark = REAL_DYNAMO_MARKS  # the `dynamo` fixture is in tests/conftest.py
 async def _sidecar(make_sidecar, dynamo: RealDynamo, **extra: Any):
     extra.setdefault("canary_enabled", "false")
     extra.setdefault("worker_system_urls", dynamo.worker_url)
+    extra.setdefault("log_files", f"{dynamo.frontend_log},{dynamo.worker_log}")
+    extra.setdefault("tcp_enabled", "false")
     return await make_sidecar(
         frontend_url=dynamo.frontend_url,
         process_pid="0",
         process_patterns=own_processes(dynamo),
-        log_files=f"{dynamo.frontend_log},{dynamo.worker_log}",
         gpu_enabled="false",
-        tcp_enabled="false",
         **extra,
     )
 
@@ -54,14 +54,25 @@ async def test_stopped_worker_is_the_root_cause_and_canary_keeps_probing(
 ) -> None:
     """Cases 1 and 6: SIGSTOP. The stopped process is the top finding; no-instances and the
     canary failures that follow are folded under it; the canary keeps probing the de-listed
-    model. After SIGCONT the worker never re-registers: registration lost is the cause."""
+    model. After SIGCONT the worker never re-registers: registration lost is the cause.
+    A second sidecar reads no logs and sees the sockets (issue 25): the stopped worker's
+    unread probe connections in CLOSE_WAIT are not a leak, and the lost registration is
+    found from the facts (a ready worker whose instance the frontend does not list)."""
     dynamo.start_worker()
     dynamo.start_frontend()
     dynamo.wait_model()
     sidecar = await _sidecar(
         make_sidecar, dynamo, canary_enabled="true", canary_wait="1", canary_timeout="1.5"
     )
-    await wait_for(lambda: sidecar.ready, timeout=20, what="ready")
+    without_logs = await _sidecar(
+        make_sidecar,
+        dynamo,
+        log_files="",
+        tcp_enabled="true",
+        tcp_interval="0.5",
+        thresholds="worker_registration_lost.unlisted_seconds=3",
+    )
+    await wait_for(lambda: sidecar.ready and without_logs.ready, timeout=20, what="ready")
     dynamo.signal_worker(signal.SIGSTOP)
 
     report = await _until(
@@ -85,6 +96,10 @@ async def test_stopped_worker_is_the_root_cause_and_canary_keeps_probing(
     assert canary is not None and any(e["signal"] == "GET /v1/models" for e in canary["evidence"])
     status = await get_json(http, base_url(sidecar) + "/canaryz")
     assert status["status"] == "failing"
+    # ~15 s of probes the stopped worker never read: well past close_wait_leak's 50 sockets.
+    unread = without_logs.state.facts("tcp", TcpFacts).close_wait.get("worker_system", 0)
+    assert unread >= 50, unread
+    assert _by_rule(await _report(http, without_logs), "close_wait_leak") is None
 
     dynamo.signal_worker(signal.SIGCONT)
     await _until(
@@ -94,6 +109,15 @@ async def test_stopped_worker_is_the_root_cause_and_canary_keeps_probing(
         timeout=40,
         what="registration lost on top after SIGCONT",
     )
+    report = await _until(
+        http,
+        without_logs,
+        lambda r: r["findings"] and _top(r)["id"] == "worker_registration_lost:discovery",
+        timeout=20,
+        what="registration lost on top, without log_files",
+    )
+    assert "answers ready, but the frontend has not listed its instance" in _top(report)["summary"]
+    assert "frontend_no_instances:frontend" in _top(report)["explains"]
 
 
 async def test_wrong_worker_port_is_its_own_finding_not_a_critical(
@@ -151,13 +175,16 @@ async def test_no_dynamo_at_all_ranks_no_process_first(dynamo: RealDynamo, make_
 
 
 async def test_frontend_sigterm_drain_then_shutdown_is_info(dynamo: RealDynamo, make_sidecar, http) -> None:
-    """Case 4: a normal drain. Draining, then the closed port, are info, never critical."""
+    """Case 4: a normal drain. Draining, then the closed port, are info, never critical.
+    The stream outlasts the frontend's 1 s graceful window, so its port closes first and
+    Dynamo logs its shutdown lines again as the process exits, seconds later: that late
+    line is not a new drain that turns the closed port into a crash (issue 25)."""
     dynamo.start_worker(speedup=0.1)
-    dynamo.start_frontend()
+    dynamo.start_frontend(extra_env={"DYN_HTTP_GRACEFUL_SHUTDOWN_TIMEOUT_SECS": "1"})
     dynamo.wait_model()
     sidecar = await _sidecar(make_sidecar, dynamo, canary_enabled="true", canary_wait="1")
     await wait_for(lambda: sidecar.ready, timeout=20, what="ready")
-    thread = threading.Thread(target=lambda: dynamo.completion("inflight", 40, stream=True, timeout=60))
+    thread = threading.Thread(target=lambda: dynamo.completion("inflight", 60, stream=True, timeout=60))
     thread.start()
     await wait_for(lambda: (sidecar.signals.frontend_inflight or 0) >= 1, timeout=20, what="in flight")
     dynamo.frontend.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
@@ -170,10 +197,13 @@ async def test_frontend_sigterm_drain_then_shutdown_is_info(dynamo: RealDynamo, 
         "stopped after drain",
     )
     await asyncio.to_thread(thread.join, 60)
-    for _ in range(10):  # stays non-critical while the port is closed
+    await asyncio.to_thread(dynamo.frontend.wait, 30)  # type: ignore[union-attr]
+    exited = sidecar.state.generation
+    # Stays non-critical while the port is closed, through the exit's late log lines.
+    while sidecar.state.generation < exited + 10:
         report = await _report(http, sidecar)
         assert report["status"] != "critical", [(f["id"], f["severity"]) for f in report["findings"]]
-        await asyncio.sleep(0.5)
+        await asyncio.sleep(0.3)
     assert _by_rule(report, "endpoint_refused") is None
 
 

@@ -594,16 +594,26 @@ def test_instances_and_migrations_say_only_what_was_observed() -> None:
 
 
 def test_queue_without_gpu_data_claims_no_saturation() -> None:
+    """A queue already there at the first sample (the sidecar started under load) counts
+    once it has stood for `for_seconds`: 14 queued behind 2 running, as a real Dynamo 1.6.1
+    with mocker --max-num-seqs 2 and 16 clients shows it."""
     r = Recorded()
     r.state.started = NOW - 35
     r.series(
-        "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", i, model="tiny")], steps=7
+        "dynamo_metrics",
+        lambda i: [
+            sample("dynamo_frontend_queued_requests", 14, model="tiny"),
+            sample("dynamo_frontend_inflight_requests", 16, model="tiny"),
+            sample("dynamo_frontend_time_to_first_token_seconds_count", i * 2, model="tiny"),
+        ],
+        steps=7,
     )
     findings = _top(r)["findings"]
     assert [f["rule"] for f in findings if f["rule"].startswith("queue")] == ["queue_growing"]
     summary = findings[0]["summary"]
     assert "saturated" not in summary and "no GPU is visible" in summary
-    assert "30s ago" in summary  # the age of the first point, not the configured window
+    # The age of the run, not the configured window; the capacity it is judged against.
+    assert "14 requests queue at the frontend, at least 14 for 30s with 2 running" in summary
 
 
 def test_coarse_bucket_quantile_is_shown_as_its_bounds() -> None:
@@ -832,21 +842,26 @@ BOUNDARIES = [
         ],
         True,
     ),
-    (
-        "queue_growing",
-        lambda r: r.series(
-            "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", min(i, 4), model="t")]
-        ),
-        False,
-    ),
-    (
-        "queue_growing",
-        lambda r: r.series(
-            "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", min(i, 5), model="t")]
-        ),
-        True,
-    ),
+    ("queue_growing", lambda r: _queue(r, queued=2, inflight=2), False),
+    ("queue_growing", lambda r: _queue(r, queued=3, inflight=3), True),
+    # against capacity: as many waiting as running counts, fewer does not
+    ("queue_growing", lambda r: _queue(r, queued=9, inflight=19), False),
+    ("queue_growing", lambda r: _queue(r, queued=10, inflight=20), True),
+    # for how long: every sample of the last 30 s, not one
+    ("queue_growing", lambda r: _queue(r, queued=10, inflight=12, steps=6), False),
+    ("queue_growing", lambda r: _queue(r, queued=10, inflight=12, steps=7), True),
 ]
+
+
+def _queue(r: Recorded, queued: float, inflight: float, steps: int = 60) -> None:
+    """A queue standing at `queued` for the last `steps` 5-s samples, after none before."""
+    r.series(
+        "dynamo_metrics",
+        lambda i: [
+            sample("dynamo_frontend_queued_requests", queued if i >= 60 - steps else 0, model="t"),
+            sample("dynamo_frontend_inflight_requests", inflight if i >= 60 - steps else 1, model="t"),
+        ],
+    )
 
 
 @pytest.mark.parametrize(

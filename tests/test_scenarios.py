@@ -216,8 +216,10 @@ SCENARIOS = [
         "queue growth",
         "queue_growing:frontend",
         "performance_degradation",
-        "dynamo_queued_requests",
-        {"signal_window": "10", "canary_enabled": "false"},
+        "dynamo_frontend_queued_requests",
+        # A queue counts once it stood for `for_seconds` (30 s by default); these 12 requests
+        # keep one standing for ~10 s.
+        {"signal_window": "10", "canary_enabled": "false", "thresholds": "queue_growing.for_seconds=3"},
         queue_growth,
         timeout=30,
     ),

@@ -146,7 +146,10 @@ def test_listening_check_for_expected_ports() -> None:
 
 
 def test_config_forms() -> None:
-    assert parse_probe_target("etcd=http://etcd:2379") == ProbeTarget("etcd", "etcd", 2379, "/")
+    # etcd answers `/` with 404: an etcd URL without a path is probed at its /health.
+    assert parse_probe_target("etcd=http://etcd:2379") == ProbeTarget("etcd", "etcd", 2379, "/health")
+    assert parse_probe_target("etcd=http://etcd:2379/") == ProbeTarget("etcd", "etcd", 2379, "/health")
+    assert parse_probe_target("proxy=http://etcd:2379") == ProbeTarget("proxy", "etcd", 2379, "/")
     assert parse_probe_target("nats=nats://nats.dynamo:4222") == ProbeTarget("nats", "nats.dynamo", 4222, "")
     assert parse_probe_target("peer=10.0.0.5:9000").port == 9000
     with pytest.raises(ValueError):

@@ -189,20 +189,28 @@ class Context:
     def any_starting(self) -> bool:
         return self.in_startup_grace and not any(view.first_ok_at for view in self.health.endpoints.values())
 
-    def drain_seen(self, endpoint: str) -> float:
+    def drain_seen(self, endpoint: str, until: float | None = None) -> float:
         """When Dynamo (this endpoint) was last seen shutting down, or the sidecar itself
-        began draining; 0 if neither happened in the window."""
+        began draining; 0 if neither happened in the window. With `until`, only signs seen
+        by then count: Dynamo logs shutdown lines again as its process exits, after the
+        port it drained has closed, and those late lines are not a new drain."""
+        until = self.now if until is None else until
         seen = 0.0
         drain = self.extra("drain")
-        if drain is not None:
+        if drain is not None and drain.started_at <= until:
             seen = drain.started_at
         for event in self.events("health_transition"):
             attributes = event.attributes
-            if attributes.get("endpoint") == endpoint and attributes.get("to_status") in SHUTDOWN_STATUSES:
+            if (
+                attributes.get("endpoint") == endpoint
+                and attributes.get("to_status") in SHUTDOWN_STATUSES
+                and event.timestamp <= until
+            ):
                 seen = max(seen, event.timestamp)
         for event in self.events("dynamo_shutdown"):  # Dynamo logged that it got SIGTERM
-            seen = max(seen, event.timestamp)
+            if event.timestamp <= until:
+                seen = max(seen, event.timestamp)
         view = self.health.endpoints.get(endpoint)
         if view is not None and view.stage == "draining":
-            seen = max(seen, self.now)
+            seen = max(seen, min(self.now, until))
         return seen

@@ -63,7 +63,7 @@ def evaluate(
                     id=f"{rule.id}:{hit.subject}",
                     rule=rule.id,
                     category=rule.category,
-                    severity=rule.severity,
+                    severity=hit.severity if hit.severity in SEVERITY_RANK else rule.severity,
                     summary=summary,
                     subject=hit.subject,
                     evidence=hit.evidence,

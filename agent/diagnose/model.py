@@ -67,6 +67,9 @@ class Hit:
     # event (info). 0: the condition holds now, whatever the pod serves.
     last_event: float = 0.0
     model: str = ""  # the model the events concern, when it is one (a canary): "served" means that model
+    # This hit's grade when it differs from the rule's (a worker lost while others of the
+    # pod still serve is graded by the capacity lost); "" keeps the rule's severity.
+    severity: str = ""
 
 
 @dataclass(frozen=True)

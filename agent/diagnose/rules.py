@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 from typing import Any
+from urllib.parse import urlsplit
 
 from agent.catalogue import metric
 from agent.diagnose.context import SHUTDOWN_STATUSES, Context, rises
@@ -22,8 +23,8 @@ from agent.diagnose.model import (
     registrar,
     who,
 )
-from agent.facts import EndpointFacts, ProbeFact, ProcessFact
-from agent.signals import CLIENT_ERROR_TYPES
+from agent.facts import DependencyProbe, EndpointFacts, ProbeFact, ProcessFact
+from agent.signals import CLIENT_ERROR_TYPES, engine_start, produced_since
 
 RULES: list[Rule] = []
 rule = registrar(RULES)
@@ -108,6 +109,62 @@ def _process_evidence(processes: list[ProcessFact]) -> list[Evidence]:
     ]
 
 
+# --- what a pod with several workers has left ---------------------------------------------------
+
+
+def _endpoints_of(ctx: Context, process: ProcessFact) -> set[str]:
+    """The watched worker endpoints this process serves (its listening ports)."""
+    return {
+        endpoint
+        for endpoint, view in ctx.health.endpoints.items()
+        if view.kind == "worker" and urlsplit(view.url).port in process.listen_ports
+    }
+
+
+def _served_share(ctx: Context, window: float = 60.0) -> float | None:
+    """Share of the frontend's requests served (status success) over the last minute."""
+    total = ctx.state.increase(ctx.names.requests_total, window, ctx.now)
+    if not total:
+        return None
+    served = ctx.state.increase(ctx.names.requests_total, window, ctx.now, status="success") or 0.0
+    return min(1.0, served / total)
+
+
+def _grade_by_capacity(ctx: Context, hit: Hit, lost: set[str]) -> Hit:
+    """A worker fault in a pod whose other workers still answer: say what is left, and grade
+    it warning (part of the capacity is lost) instead of critical (nothing serves). Other
+    hits get an empty `capacity`."""
+    hit.values.setdefault("capacity", "")
+    workers = sorted(e for e, v in ctx.health.endpoints.items() if v.kind == "worker")
+    serving = [e for e in workers if e not in lost and ctx.probe(e).outcome == "ok"]
+    if hit.role != "worker" or len(workers) < 2 or not serving:
+        return hit
+    share = _served_share(ctx)
+    served = ""
+    if share is not None:  # 99.6% is not "100%" while some fail
+        served = f", {share:.1%}" if 0.99 < share < 1 else f", {share:.0%}"
+        served += " of requests in the last minute were served"
+    hit.values["capacity"] = (
+        f"; {len(serving)} of {len(workers)} workers in this pod still answer ({', '.join(serving)}){served}:"
+        f" about {1 - len(serving) / len(workers):.0%} of its capacity is lost"
+    )
+    hit.severity = "warning"
+    hit.evidence.append(
+        Evidence(
+            "workers of this pod that still answer", serving, note=f"of {len(workers)}: {', '.join(workers)}"
+        )
+    )
+    if share is not None:
+        hit.evidence.append(
+            Evidence(
+                f'increase({ctx.names.requests_total}{{status="success"}}[60s]) / increase({ctx.names.requests_total}[60s])',
+                round(share, 3),
+                unit="ratio",
+            )
+        )
+    return hit
+
+
 # --- start-up and shutdown: states, not faults ------------------------------------------------
 
 
@@ -123,26 +180,51 @@ def _logs_not_read_since(ctx: Context, since: float) -> bool:
     return ctx.logs.time < since and ctx.now - since < 2 * ctx.config.dynamo_interval
 
 
+DRAIN_SLACK = 1.0  # a drain sign this long after the refusal still explains it (log lag)
+
+
 def _after_drain(ctx: Context, endpoint: str, since: float) -> float:
-    """When a drain was seen that the refusal at `since` followed (0 when none)."""
-    drained = ctx.drain_seen(endpoint)
-    return drained if drained and drained <= since + 1.0 else 0.0
+    """When a drain was seen that the refusal at `since` followed (0 when none). Only signs
+    seen by then count: Dynamo logs its shutdown lines again as the process exits, after the
+    port closed, and such a late line must not turn the drain into a crash. A shutdown that
+    followed a lost dependency (etcd) is that dependency's consequence, not a drain."""
+    drained = ctx.drain_seen(endpoint, until=since + DRAIN_SLACK)
+    if not drained or _dependency_lost_before(ctx, drained) is not None:
+        return 0.0
+    return drained
+
+
+def _dependency_lost_before(ctx: Context, moment: float) -> DependencyProbe | None:
+    """etcd failing now, its failure possibly begun before `moment` (its last good answer
+    came earlier: a probe sees a loss up to one interval late), unless the sidecar itself is
+    draining (then the pod is terminating whatever etcd does). Dynamo shuts itself down a
+    lease TTL after etcd is gone, through the same stages as on SIGTERM: that shutdown is
+    etcd's symptom, not a requested drain. (NATS or other probed dependencies do not end
+    Dynamo's process: a drain beside them stays a drain.)"""
+    drain = ctx.extra("drain")
+    if ctx.draining or (drain is not None and drain.started_at <= moment):
+        return None
+    failing = [
+        p for p in ctx.tcp.probes.values() if p.role == "etcd" and p.outcome != "ok" and p.last_ok <= moment
+    ]
+    return min(failing, key=lambda p: p.since) if failing else None
 
 
 @rule(
     "dynamo_starting",
     "startup_failure",
     "info",
-    "{who} is starting: no answer yet at {url} ({outcome}), {elapsed} into the {grace} start-up grace",
+    "{who} is starting: {what}, {elapsed} into the {grace} start-up grace",
     (
         "Nothing to do yet: Dynamo loads the model and registers before it answers. If this is still here when the grace ends, it becomes a fault finding.",
         "A slow start beyond the grace: raise startup_grace, and check the engine's logs (`kubectl logs <pod> -c main`).",
     ),
-    explains=("canary_failing:*", "request_failures:*", "metrics_scrape_failing:@role"),
+    explains=("canary_failing:*", "request_failures:*", "metrics_scrape_failing:@role", "engine_hung:*"),
     state=True,
 )
 def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
+    grace = duration_text(ctx.config.startup_grace)
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
         if not _in_startup(ctx, endpoint) or probe.outcome == "ok":
@@ -153,17 +235,64 @@ def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
                 endpoint,
                 {
                     "who": who(kind, endpoint),
-                    "url": _health_url(ctx, view),
-                    "outcome": probe.status or probe.outcome,
+                    "what": f"no answer yet at {_health_url(ctx, view)} ({probe.status or probe.outcome})",
                     "elapsed": duration_text(ctx.uptime),
-                    "grace": duration_text(ctx.config.startup_grace),
+                    "grace": grace,
                 },
                 _probe_evidence(endpoint, "health", probe, _health_url(ctx, view)),
                 ctx.state.started,
                 role=kind,
             )
         )
+    started = _engine_starting(ctx)
+    if started:
+        signals = ctx.signals
+        hits.append(
+            Hit(
+                "engine",
+                {
+                    "who": "the engine",
+                    "what": f"{signals.stalled_inflight:.0f} request(s) wait for its first token, none produced since the worker started",
+                    "elapsed": duration_text(ctx.now - started),
+                    "grace": grace,
+                },
+                [
+                    Evidence(
+                        ctx.names.inflight,
+                        signals.stalled_inflight,
+                        note="frontend or worker in-flight gauge",
+                    ),
+                    Evidence(
+                        " + ".join(ctx.names.progress_counters()[:2]) + " ...",
+                        "unchanged since the worker started",
+                        timestamp=started,
+                    ),
+                    Evidence("worker uptime", round(ctx.now - started, 1), unit="seconds"),
+                ],
+                started,
+                role="worker",
+            )
+        )
     return hits
+
+
+def _engine_starting(ctx: Context) -> float:
+    """When the worker whose engine holds work without producing anything started, while it
+    is within the start-up grace and has produced no token since (0 otherwise); see
+    agent.signals.engine_start. Without a visible worker (a frontend pod), the sidecar's own
+    start-up grace stands in."""
+    if ctx.signals.stalled_inflight <= 0:
+        return 0.0
+    uptimes = [
+        view.uptime_seconds
+        for view in ctx.health.endpoints.values()
+        if view.kind == "worker" and view.uptime_seconds is not None
+    ]
+    if uptimes:
+        return engine_start(ctx.state, ctx.names, uptimes, ctx.config.startup_grace, ctx.now)
+    if ctx.in_startup_grace and not produced_since(ctx.state, ctx.names, ctx.state.started, ctx.now):
+        return ctx.state.started
+    return 0.0
 
 
 @rule(
@@ -175,7 +304,13 @@ def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
         "Expected during a rollout or scale-down; new requests get 503 until the pod is gone.",
         "If the pod is not being terminated, check who sent SIGTERM (`kubectl get events`).",
     ),
-    explains=("canary_failing:*", "request_failures:*", "metrics_scrape_failing"),
+    explains=(
+        "canary_failing:*",
+        "request_failures:*",
+        "metrics_scrape_failing",
+        "engine_hung:*",
+        "frontend_no_instances:*",
+    ),
     state=True,
 )
 def dynamo_draining(ctx: Context, t: Limits) -> list[Hit]:
@@ -186,7 +321,7 @@ def dynamo_draining(ctx: Context, t: Limits) -> list[Hit]:
             probe.status in SHUTDOWN_STATUSES
             or view.stage == "draining"
             or view.probe("live").status == "shutting_down"
-        ):
+        ) and _dependency_lost_before(ctx, probe.since or ctx.now) is None:
             kind = view.kind
             hits.append(
                 Hit(
@@ -209,7 +344,14 @@ def dynamo_draining(ctx: Context, t: Limits) -> list[Hit]:
         "Expected while the pod terminates: Dynamo closes its port once in-flight work is done.",
         "If the pod is not terminating and this stays, the process exited after SIGTERM without being restarted: check `kubectl describe pod`.",
     ),
-    explains=("canary_failing:*", "request_failures:*", "metrics_scrape_failing", "port_not_listening:*"),
+    explains=(
+        "canary_failing:*",
+        "request_failures:*",
+        "metrics_scrape_failing",
+        "port_not_listening:*",
+        "engine_hung:*",
+        "frontend_no_instances:*",
+    ),
     state=True,
 )
 def dynamo_stopped_after_drain(ctx: Context, t: Limits) -> list[Hit]:
@@ -272,7 +414,7 @@ def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
     "process_stalled",
     "connection_anomaly",
     "critical",
-    "process {subject} is {state_name} (state {state}) for {for}: it runs no code and answers nothing",
+    "process {subject} is {state_name} (state {state}) for {for}: it runs no code and answers nothing{capacity}",
     (
         "State T: someone sent SIGSTOP or a debugger holds it; `kill -CONT <pid>` resumes it, but a Dynamo worker stopped past ~12 s does not re-register: restart the pod.",
         "State D: it waits on the kernel (storage, NFS, a GPU driver call): check `cat /proc/<pid>/stack`, dmesg and the node's storage.",
@@ -313,22 +455,27 @@ def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
         if ctx.now - since < limit:
             continue
         role = process.role
-        hits.append(
-            Hit(
-                process.name,
-                {"state": state, "state_name": names[state], "for": duration_text(ctx.now - since)},
-                [
-                    Evidence(
-                        f'{metric("process_state")}{{pid="{process.pid}",state="{state}"}}',
-                        1,
-                        timestamp=since,
-                    ),
-                    Evidence("command line", process.cmdline[:200]),
-                ],
-                since,
-                role=role,
-            )
+        hit = Hit(
+            process.name,
+            {"state": state, "state_name": names[state], "for": duration_text(ctx.now - since)},
+            [
+                Evidence(
+                    f'{metric("process_state")}{{pid="{process.pid}",state="{state}"}}',
+                    1,
+                    timestamp=since,
+                ),
+                Evidence("command line", process.cmdline[:200]),
+            ],
+            since,
+            role=role,
         )
+        # Its endpoints by its ports; where those are not visible, the ones that hang now.
+        lost = _endpoints_of(ctx, process) or {
+            e
+            for e, v in ctx.health.endpoints.items()
+            if v.kind == "worker" and v.probe().outcome == "timeout"
+        }
+        hits.append(_grade_by_capacity(ctx, hit, lost))
     return hits
 
 
@@ -369,7 +516,7 @@ def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
     "endpoint_refused",
     "startup_failure",
     "critical",
-    "{who} refuses connections at {url} for {for}: nothing listens on its port",
+    "{who} refuses connections at {url} for {for}: nothing listens on its port{capacity}",
     (
         "{alive}",
         "worker: Check DYN_SYSTEM_ENABLED=true and that DYN_SYSTEM_PORT matches the sidecar's worker_system_urls.",
@@ -404,7 +551,7 @@ def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
             hit.values["alive"] = (
                 "No Dynamo process of this role is visible: check `kubectl describe pod` for crash loops, OOMKilled or the last exit code."
             )
-        hits.append(hit)
+        hits.append(_grade_by_capacity(ctx, hit, {hit.subject}))
     return hits
 
 
@@ -412,7 +559,7 @@ def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
     "endpoint_timeout",
     "connection_anomaly",
     "critical",
-    "{who} accepts connections but does not answer {url} for {for}: the process is hung or overloaded",
+    "{who} accepts connections but does not answer {url} for {for}: the process is hung or overloaded{capacity}",
     (
         "Check the process state (T: stopped, D: blocked in the kernel) and CPU (`dynamo_sidecar_process_cpu_seconds_total`) and cgroup throttling.",
         "Take a stack dump: `kubectl exec <pod> -c main -- py-spy dump --pid <pid>`.",
@@ -428,7 +575,7 @@ def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
 )
 def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
     return [
-        hit
+        _grade_by_capacity(ctx, hit, {hit.subject})
         for hit in _probe_hits(ctx, {"timeout"})
         if not _in_startup(ctx, hit.subject) and not _after_drain(ctx, hit.subject, hit.since)
     ]
@@ -525,7 +672,7 @@ STALE_WINDOW = 60.0
     "frontend_stale_instances",
     "connection_anomaly",
     "critical",
-    "frontend {subject} lists {count} worker instance(s) that do not serve: {why}",
+    "frontend {subject} lists {count} worker instance(s) {which}: {why}",
     (
         "A worker died without deregistering (SIGKILL, OOM kill, node loss); the frontend drops it after its discovery lease expires (~10-20 s).",
         "Check the worker pods: `kubectl get pods -l nvidia.com/dynamo-component-type=worker` and their last state.",
@@ -556,24 +703,36 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
     unavailable); a worker probe alone proves nothing (the sidecar may probe a wrong port)."""
     hits = []
     failures = ctx.names.failures_total
-    unavailable = sum(
-        ctx.state.increase(failures, STALE_WINDOW, ctx.now, reason=reason) or 0.0
-        for reason in UNAVAILABLE_REASONS
-    )
-    failed_first, failed_last = rises(
-        ctx.state.series_matching(failures),
-        ctx.now - STALE_WINDOW,
-        ctx.now,
-        lambda labels: labels.get("reason") in UNAVAILABLE_REASONS,
-    )
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
         ids = view.instance_ids or []
         if view.kind != "frontend" or probe.outcome != "ok" or not ids:
             continue
+        # Only failures since the list took its present shape are about the instances it
+        # lists now: once a dead worker is dropped, the earlier failures were about it.
+        changed = [e.timestamp for e in ctx.events("instances_changed") if e.source == endpoint]
+        window = min(STALE_WINDOW, ctx.now - max(changed)) if changed else STALE_WINDOW
+        unavailable = sum(
+            ctx.state.increase(failures, window, ctx.now, reason=reason) or 0.0
+            for reason in UNAVAILABLE_REASONS
+        )
+        failed_first, failed_last = rises(
+            ctx.state.series_matching(failures),
+            ctx.now - window,
+            ctx.now,
+            lambda labels: labels.get("reason") in UNAVAILABLE_REASONS,
+        )
+        first_failure = failed_first or ctx.now
         no_models = view.models == []
         if not no_models and unavailable <= 0:
             continue
+        # Requests served since the failures began: some listed instances still serve.
+        served = (
+            ctx.state.increase(ctx.names.requests_total, ctx.now - first_failure, ctx.now, status="success")
+            or 0.0
+            if unavailable > 0 and not no_models
+            else 0.0
+        )
         evidence = [
             Evidence(f'{metric("frontend_instances")}{{endpoint="{endpoint}"}}', len(ids)),
             Evidence("instance ids listed by /health", ids[:5]),
@@ -587,26 +746,45 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
         if unavailable > 0:
             evidence.append(
                 Evidence(
-                    f'increase({failures}{{reason=~"{"|".join(UNAVAILABLE_REASONS)}"}}[{STALE_WINDOW:.0f}s])',
+                    f'increase({failures}{{reason=~"{"|".join(UNAVAILABLE_REASONS)}"}}[{window:.0f}s])',
                     unavailable,
                 )
             )
-            why.append(f"{unavailable:.0f} request(s) failed as unavailable in the last minute")
+            why.append(
+                f"{unavailable:.0f} request(s) failed as unavailable in the last {duration_text(window)}"
+            )
         # Since the model left /v1/models, or the first of the failed requests; the failures
         # alone are events: once requests succeed after them, they are past.
         starts = [failed_first] if unavailable > 0 and failed_first else []
         if no_models and view.models_seen:
             starts.append(max(view.models_seen.values()))
-        hits.append(
-            Hit(
-                endpoint,
-                {"count": len(ids), "why": "; ".join(why)},
-                evidence,
-                min(starts, default=ctx.now),
-                role="frontend",
-                last_event=0.0 if no_models else failed_last,
-            )
+        hit = Hit(
+            endpoint,
+            {"count": len(ids), "which": "that do not serve", "why": "; ".join(why)},
+            evidence,
+            min(starts, default=ctx.now),
+            role="frontend",
+            last_event=0.0 if no_models else failed_last,
         )
+        answering = any(
+            v.kind == "worker" and v.probe().outcome == "ok" for v in ctx.health.endpoints.values()
+        )
+        if served > 0 or (len(ids) > 1 and answering):
+            # Some listed instances serve (requests succeed since the failures began, or
+            # another worker of this pod answers): part of the capacity is gone, not all.
+            hit.values["which"] = "of which some do not serve"
+            if served > 0:
+                hit.values["why"] += f", while {served:.0f} were served"
+            hit.severity = "warning"
+            evidence.append(
+                Evidence(
+                    f'increase({ctx.names.requests_total}{{status="success"}}) since the first failure',
+                    served,
+                    timestamp=first_failure,
+                    note="other workers of this pod answer" if answering else "",
+                )
+            )
+        hits.append(hit)
     return hits
 
 
@@ -617,42 +795,97 @@ KEEPALIVE_LOST = ("keep_alive failed", "lease", "failed to renew")
     "worker_registration_lost",
     "connection_anomaly",
     "critical",
-    "this worker cannot keep its discovery registration ({count} keep-alive errors): it looks healthy but serves nothing",
+    "{what}: it looks healthy but serves nothing{capacity}",
     (
         "Restart the worker: after a stall (SIGSTOP, long GC, node pressure) Dynamo 1.6 does not re-register on its own.",
         "Check etcd / the discovery store reachability and latency from this pod.",
         "A readiness probe on the worker's /health does not catch this: it stays 200 'ready'.",
     ),
     explains=WORKER_EFFECTS,
+    thresholds=(
+        Threshold(
+            "unlisted_seconds",
+            10.0,
+            "seconds",
+            "How long a worker that answers ready may be missing from the frontend's instances (no log_files needed).",
+            pod_only="instance ids are compared in the pod; no metric carries them",
+        ),
+    ),
     alert=NoAlert(
-        "Dynamo says it lost its lease only in its log lines; no metric carries it. What it causes pages: DynamoFrontendNoWorkers, DynamoFrontendStaleInstances, DynamoCanaryFailing."
+        "Dynamo says it lost its lease only in its log lines, and the unlisted worker is found by comparing instance ids, which no metric carries. What it causes pages: DynamoFrontendNoWorkers, DynamoFrontendStaleInstances, DynamoCanaryFailing."
     ),
 )
 def worker_registration_lost(ctx: Context, t: Limits) -> list[Hit]:
+    """From Dynamo's logs (keep-alive errors) when log_files are read; otherwise from the
+    facts: a worker of this pod answers ready, yet the frontend of this pod does not list
+    its instance id (the worker's `worker_id`, hex, is the frontend's decimal instance id)."""
+    lost = []
     errors = ctx.logs.errors
-    if errors is None:
+    if errors is not None:
+        lost = [
+            s
+            for s in errors.recent(since=ctx.now - min(ctx.window, 120.0))
+            if s.level == "ERROR" and any(marker in s.message for marker in KEEPALIVE_LOST)
+        ]
+    unlisted = _unlisted_workers(ctx, t.unlisted_seconds)
+    if not lost and not unlisted:
         return []
-    lost = [
-        s
-        for s in errors.recent(since=ctx.now - min(ctx.window, 120.0))
-        if s.level == "ERROR" and any(marker in s.message for marker in KEEPALIVE_LOST)
+    evidence = [
+        Evidence(f"log {s.level} {s.target}", s.message[:300], timestamp=s.last_seen, note=f"{s.count}x")
+        for s in lost[:3]
     ]
-    if not lost:
-        return []
-    return [
-        Hit(
-            "discovery",
-            {"count": sum(s.count for s in lost)},
-            [
-                Evidence(
-                    f"log {s.level} {s.target}", s.message[:300], timestamp=s.last_seen, note=f"{s.count}x"
-                )
-                for s in lost[:3]
-            ],
-            min(s.first_seen for s in lost),
-            role="worker",
+    whats = []
+    if lost:
+        whats.append(
+            f"this worker cannot keep its discovery registration ({sum(s.count for s in lost)} keep-alive errors)"
         )
+    for endpoint, ids, since in unlisted:
+        whats.append(
+            f"{who('worker', endpoint)} answers ready, but the frontend has not listed its instance for {duration_text(ctx.now - since)}"
+        )
+        evidence.append(
+            Evidence(
+                f"{ctx.names.worker_inflight}{{worker_id}} on {endpoint}",
+                ids,
+                timestamp=since,
+                note="as decimal: " + ", ".join(str(int(i, 16)) for i in ids),
+            )
+        )
+    frontend = next((v for v in ctx.health.endpoints.values() if v.kind == "frontend"), None)
+    if unlisted and frontend is not None:
+        evidence.append(
+            Evidence("instance ids the frontend's /health lists", (frontend.instance_ids or [])[:8])
+        )
+    starts = [s.first_seen for s in lost] + [since for _, _, since in unlisted]
+    hit = Hit("discovery", {"what": "; ".join(whats)}, evidence, min(starts), role="worker")
+    return [_grade_by_capacity(ctx, hit, {endpoint for endpoint, _, _ in unlisted})]
+
+
+def _unlisted_workers(ctx: Context, for_seconds: float) -> list[tuple[str, list[str], float]]:
+    """(endpoint, its instance ids, since when) for each worker of this pod that answers ready
+    while the frontend of this pod, answering too, lists none of its instance ids."""
+    frontends = [
+        v for v in ctx.health.endpoints.values() if v.kind == "frontend" and v.probe().outcome == "ok"
     ]
+    if not frontends or any(v.instance_ids is None for v in frontends):
+        return []
+    listed = {i for v in frontends for i in v.instance_ids or []}
+    out = []
+    for endpoint, view in ctx.health.endpoints.items():
+        scrape = ctx.scrapes.endpoints.get(endpoint)
+        probe = view.probe()
+        if view.kind != "worker" or probe.outcome != "ok" or scrape is None or not scrape.worker_ids:
+            continue
+        try:
+            decimal = {str(int(i, 16)) for i in scrape.worker_ids}
+        except ValueError:
+            continue  # not Dynamo's hex ids: nothing to compare
+        if decimal & listed:
+            continue
+        since = max([probe.since, view.first_ok_at, *(v.instances_since for v in frontends)])
+        if ctx.now - since >= for_seconds and not _in_startup(ctx, endpoint):
+            out.append((endpoint, list(scrape.worker_ids), since))
+    return out
 
 
 def _notready_but_ready(view: EndpointFacts) -> bool:
@@ -932,7 +1165,7 @@ HUNG_FLEET_DEFAULT = 10.0  # engine_hung's fleet limit when its threshold is 0: 
     "request_failures",
     "performance_degradation",
     "warning",
-    "{count:.0f} request(s) failed server-side in the last {window} ({share:.0%} of requests): {types}",
+    "{count:.0f} request(s) failed server-side in the last {window} ({share_text} of requests): {types}",
     (
         "Look at the failure types in the evidence: unavailable / transport errors follow a worker that died or was removed; deadline_exceeded a hung or overloaded worker.",
         "A stream that fails after HTTP 200 carries the error in-band: clients that check only the status code count it as a success.",
@@ -946,7 +1179,7 @@ HUNG_FLEET_DEFAULT = 10.0  # engine_hung's fleet limit when its threshold is 0: 
         "sum by (namespace, pod) (increase("
         + s(
             "dynamo_frontend_requests_total",
-            'status="error",error_type!~"not_found|invalid_request|validation|bad_request|unsupported|"',
+            'status="error",error_type!~"' + "|".join(sorted(CLIENT_ERRORS)) + '"',
         )
         + f"[{t.window_seconds:g}s])) >= {t.failures:g}"
     ),
@@ -980,6 +1213,7 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
             reasons[dict(labels).get("reason", "?")] = increase
     total = ctx.state.increase(ctx.names.requests_total, window, ctx.now) or count
     types = ", ".join(f"{n:.0f} {k}" for k, n in sorted(by_type.items(), key=lambda kv: -kv[1]))
+    share = min(1.0, count / total) if total else 1.0
     evidence = [
         Evidence(
             f'increase({ctx.names.requests_total}{{status="error",error_type="{k}"}}[{window:.0f}s])',
@@ -997,7 +1231,8 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
                 "count": count,
                 "window": duration_text(window),
                 "rate": count / window,
-                "share": min(1.0, count / total) if total else 1.0,
+                "share": share,
+                "share_text": f"{share:.1%}" if share < 0.01 else f"{share:.0%}",  # 4 of 928 is not "0%"
                 "types": types,
             },
             evidence,
@@ -1032,7 +1267,7 @@ def _last_rise(points: list[tuple[float, float]]) -> float:
     "engine_hung",
     "performance_degradation",
     "critical",
-    "{inflight:.0f} request(s) in flight and no token produced for {for}: the engine is hung",
+    "{inflight:.0f} request(s) in flight and no token produced for {for}: the engine is hung{capacity}",
     (
         "Check the worker process: state T (stopped) or D (blocked), CPU at zero, or a stack dump (`py-spy dump --pid <pid>`).",
         "Check the GPU: XID errors, a lost GPU, or utilization stuck at 100% with no progress.",
@@ -1063,25 +1298,26 @@ def engine_hung(ctx: Context, t: Limits) -> list[Hit]:
     signals = ctx.signals
     if signals.stalled_seconds < limit or signals.stalled_inflight <= 0 or ctx.draining:
         return []
-    return [
-        Hit(
-            "engine",
-            {"inflight": signals.stalled_inflight, "for": duration_text(signals.stalled_seconds)},
-            [
-                Evidence(
-                    ctx.names.inflight, signals.stalled_inflight, note="frontend or worker in-flight gauge"
-                ),
-                Evidence(
-                    " + ".join(ctx.names.progress_counters()[:2]) + " ...",
-                    "unchanged",
-                    timestamp=signals.stalled_since,
-                    note=f"no first token, token or finished request for {signals.stalled_seconds:.0f}s",
-                ),
-            ],
-            signals.stalled_since,
-            role="worker",
-        )
-    ]
+    if _engine_starting(ctx):
+        return []  # a slow start: dynamo_starting says it
+    hit = Hit(
+        "engine",
+        {"inflight": signals.stalled_inflight, "for": duration_text(signals.stalled_seconds)},
+        [
+            Evidence(ctx.names.inflight, signals.stalled_inflight, note="frontend or worker in-flight gauge"),
+            Evidence(
+                " + ".join(ctx.names.progress_counters()[:2]) + " ...",
+                "unchanged",
+                timestamp=signals.stalled_since,
+                note=f"no first token, token or finished request for {signals.stalled_seconds:.0f}s",
+            ),
+        ],
+        signals.stalled_since,
+        role="worker",
+    )
+    # Work stuck on one worker of several: the others still answer; graded by what is lost.
+    lost = {e for e, v in ctx.health.endpoints.items() if v.kind == "worker" and v.probe().outcome != "ok"}
+    return [_grade_by_capacity(ctx, hit, lost)]
 
 
 # --- shutdown and the sidecar -----------------------------------------------------------------------

@@ -593,56 +593,120 @@ def gpu_memory_near_full(ctx: Context, t: Limits) -> list[Hit]:
 
 GPU_IDLE, GPU_BUSY = 0.3, 0.85  # queue_growing judges the band between these two rules
 QUEUE_THRESHOLDS = (
-    Threshold("queued", 5, "requests", "Queue depth that counts, once it grew within the window."),
+    Threshold("queued", 3, "requests", "Fewest waiting requests that count as a queue."),
+    Threshold(
+        "ratio",
+        1.0,
+        "ratio",
+        "Waiting requests per running one that count: a queue as long as what the engine serves means each new request waits at least a whole request.",
+    ),
+    Threshold(
+        "for_seconds",
+        30,
+        "seconds",
+        "How long the queue must hold at that level, every sample, before it counts (a burst's queue drains within seconds).",
+    ),
+)
+# Time spent waiting in the queue is time to first token (and a full batch slows every
+# token): a standing queue explains what the latency rules see.
+QUEUE_EFFECTS = ("latency_regression:*", "slo_breach:*")
+# (waiting gauge, running gauge, where): the frontend's queue, and the engines' own.
+QUEUE_SOURCES = (
+    ("vllm:num_requests_waiting", "vllm:num_requests_running", "engine"),
+    ("sglang:num_queue_reqs", "sglang:num_running_reqs", "engine"),
 )
 
 
 def _queue_fleet(s: Any, t: Limits, gpu: str) -> str:
-    """PromQL: the queue stands at `queued` or more and grew over the signal window, on pods
-    whose mean GPU utilization is in the given band ("idle", "busy", or "between": between
-    the two, or no GPU seen at all), the same three-way split the pod rules make."""
+    """PromQL: a queue that held at `queued` or more and at `ratio` times what ran or more at
+    every step of the last `for_seconds` (the frontend's, or an engine's waiting against its
+    running), on pods whose mean GPU utilization is in the given band ("idle", "busy", or
+    "between": between the two, or no GPU seen at all), the same three-way split the pod
+    rules make. Judged by level and duration, as the pod rule judges it."""
+    step = max(1.0, t.for_seconds / 6)
+    window = f"[{t.for_seconds:g}s:{step:g}s]"
+
+    def held(waiting: str, running: str, match: str = "") -> str:
+        # 1 where both conditions hold; min_over_time over the window: held at every step.
+        level = f"({waiting} >= bool {t.queued:g})"
+        against = f"({waiting} >= bool {match}({t.ratio:g} * {running}))"
+        return f"(min_over_time(({level} * {against}){window}) == 1)"
+
     queued = s(metric("dynamo_queued_requests"))
-    grown = f"({queued} >= {t.queued:g} and delta({queued}[5m]) > 0)"
+    # The frontend's in-flight gauge counts the queued requests too.
+    frontend_inflight = s(metric("dynamo_inflight_requests"), 'source="frontend"')
+    frontend_running = f"({frontend_inflight} - ignoring(source) {queued})"
+    standing = " or ".join(
+        [
+            held(queued, frontend_running, "ignoring(source) "),
+            *(held(s(waiting), s(running)) for waiting, running, _ in QUEUE_SOURCES),
+        ]
+    )
+    standing = f"({standing})"
     gpus = s(metric("gpu_utilization_ratio"), 'kind="gpu"')
     utilization = f"avg by (namespace, pod) ({gpus})"
     idle = t.overrides.get("queue_growing_gpu_idle.idle", GPU_IDLE)
     busy = t.overrides.get("queue_growing_saturated.busy", GPU_BUSY)
     if gpu == "idle":
-        return f"{grown} and on (namespace, pod) {utilization} < {t.get('idle', idle):g}"
+        return f"{standing} and on (namespace, pod) {utilization} < {t.get('idle', idle):g}"
     if gpu == "busy":
-        return f"{grown} and on (namespace, pod) {utilization} >= {t.get('busy', busy):g}"
+        return f"{standing} and on (namespace, pod) {utilization} >= {t.get('busy', busy):g}"
     return (
-        f"({grown} and on (namespace, pod) ({utilization} >= {idle:g} < {busy:g}))"
-        f" or ({grown} unless on (namespace, pod) {utilization})"
+        f"({standing} and on (namespace, pod) ({utilization} >= {idle:g} < {busy:g}))"
+        f" or ({standing} unless on (namespace, pod) {utilization})"
     )
 
 
-def _queue_growing(ctx: Context, t: Limits) -> dict[str, Any] | None:
-    """The frontend queue, when it grew within the window and stands at `queued` or more."""
-    window = _window(ctx)
-    best: dict[str, Any] | None = None
-    for labels, _ in ctx.state.series_matching(ctx.names.queued):
-        points = ctx.state.series_points(ctx.names.queued, labels, window, ctx.now)
-        grew = len(points) >= 3 and points[-1][1] >= t.queued and points[-1][1] > points[0][1]
-        if grew and (best is None or points[-1][1] > best["queued"]):
-            best = {
-                "queued": points[-1][1],
-                "was": points[0][1],
-                "ago": duration_text(ctx.now - points[0][0]),
-            }
-            best["since"] = _left_level(points)
-    return best
-
-
-def _left_level(points: list[tuple[float, float]]) -> float:
-    """When the queue last rose above the level it had at the window's start (and stayed)."""
-    start = points[0][1]
-    since = points[-1][0]
-    for at, value in reversed(points):
-        if value <= start:
+def _queue_run(
+    queued: list[tuple[float, float]], running: dict[float, float], t: Limits
+) -> tuple[float, float, float] | None:
+    """(since, fewest queued, running now) of the run of samples, ending with the latest,
+    in which the queue held at `queued` or more and at `ratio` times what ran or more."""
+    since, least = None, float("inf")
+    for at, value in reversed(queued):
+        if value < max(t.queued, t.ratio * running.get(at, 0.0)):
             break
-        since = at
-    return since
+        since, least = at, min(least, value)
+    if since is None:
+        return None
+    return since, least, running.get(queued[-1][0], 0.0)
+
+
+def _standing_queue(ctx: Context, t: Limits) -> dict[str, Any] | None:
+    """The longest-standing queue against capacity: the frontend's queued requests against
+    the requests it has in flight beyond them, or an engine's waiting against its running
+    requests, held at its level for `for_seconds` at every sample. Judged by level and
+    duration, not growth: a queue already there when the history starts counts, and a
+    burst's momentary queue does not."""
+    window = max(_window(ctx), t.for_seconds + ctx.config.dynamo_interval)
+    sources = [(ctx.names.queued, ctx.names.inflight, "frontend"), *QUEUE_SOURCES]
+    best: dict[str, Any] | None = None
+    for waiting, ran, where in sources:
+        for labels, _ in ctx.state.series_matching(waiting):
+            points = ctx.state.series_points(waiting, labels, window, ctx.now)
+            if not points:
+                continue
+            running = dict(ctx.state.series_points(ran, labels, window, ctx.now))
+            if where == "frontend":  # the frontend's in-flight gauge counts the queued ones too
+                queued_at = dict(points)
+                running = {at: max(0.0, value - queued_at.get(at, 0.0)) for at, value in running.items()}
+            run = _queue_run(points, running, t)
+            if run is None or ctx.now - run[0] < t.for_seconds:
+                continue
+            since, least, now_running = run
+            if best is None or ctx.now - since > ctx.now - best["since"]:
+                best = {
+                    "queued": points[-1][1],
+                    "least": least,
+                    "running": now_running,
+                    "since": since,
+                    "for": duration_text(ctx.now - since),
+                    "where": "frontend" if where == "frontend" else f"engine ({waiting})",
+                    "about": "frontend" if where == "frontend" else "engine",
+                    "series": waiting,
+                    "running_series": ran,
+                }
+    return best
 
 
 def _mean_gpu_utilization(ctx: Context) -> float | None:
@@ -650,24 +714,37 @@ def _mean_gpu_utilization(ctx: Context) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def _queue_hit(ctx: Context, grown: dict[str, Any], gpu_busy: float | None, **values: Any) -> list[Hit]:
+def _queue_hit(ctx: Context, queue: dict[str, Any], gpu_busy: float | None, **values: Any) -> list[Hit]:
+    role = "frontend" if queue["about"] == "frontend" else "worker"
     return [
         Hit(
-            "frontend",
-            {**grown, **values},
-            _queue_evidence(ctx, grown, gpu_busy),
-            grown["since"],
-            role="frontend",
+            queue["about"],
+            {**queue, **values},
+            _queue_evidence(ctx, queue, gpu_busy),
+            queue["since"],
+            role=role,
         )
     ]
 
 
-def _queue_evidence(ctx: Context, grown: dict[str, Any], utilization: float | None) -> list[Evidence]:
+def _queue_evidence(ctx: Context, queue: dict[str, Any], utilization: float | None) -> list[Evidence]:
+    ttft = ctx.signals.latency.get(("ttft", 0.99))
     return [
         Evidence(
-            metric("dynamo_queued_requests"),
-            grown["queued"],
-            note=f"was {grown['was']:.0f} {grown['ago']} ago",
+            queue["series"],
+            queue["queued"],
+            timestamp=queue["since"],
+            note=f"at least {queue['least']:.0f} at every sample for {queue['for']}",
+        ),
+        Evidence(
+            queue["running_series"] + (" - queued" if queue["about"] == "frontend" else ""),
+            queue["running"],
+            note="requests being served now",
+        ),
+        Evidence(
+            "frontend TTFT p99 over the signal window",
+            None if ttft is None else round(ttft, 3),
+            unit="seconds",
         ),
         Evidence(
             f'avg({metric("gpu_utilization_ratio")}{{kind="gpu"}})',
@@ -679,15 +756,22 @@ def _queue_evidence(ctx: Context, grown: dict[str, Any], utilization: float | No
     ]
 
 
+QUEUE_LEAD = (
+    "{queued:.0f} requests queue at the {where}, at least {least:.0f} for {for} with {running:.0f} running"
+)
+
+
 @rule(
     "queue_growing_gpu_idle",
     "performance_degradation",
     "warning",
-    "requests queue at the frontend ({queued:.0f}, was {was:.0f} {ago} ago) while the GPUs are {utilization:.0f}% busy: a scheduling or routing problem, not capacity",
+    QUEUE_LEAD
+    + ", while the GPUs are {utilization:.0f}% busy: a scheduling or routing problem, not capacity",
     (
         "Check the router: are requests going to a worker that does not serve (stale instance), or is one worker hot while others idle?",
         "Check worker health and canaries; compare per-worker in-flight (dynamo_component_inflight_requests).",
     ),
+    explains=QUEUE_EFFECTS,
     thresholds=(
         *QUEUE_THRESHOLDS,
         Threshold("idle", GPU_IDLE, "ratio", "Mean GPU utilization below which GPUs count as idle."),
@@ -700,21 +784,22 @@ def _queue_evidence(ctx: Context, grown: dict[str, Any], utilization: float | No
     ),
 )
 def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
-    grown = _queue_growing(ctx, t)
+    queue = _standing_queue(ctx, t)
     utilization = _mean_gpu_utilization(ctx)
-    if not grown or utilization is None or utilization >= t.idle:
+    if not queue or utilization is None or utilization >= t.idle:
         return []
-    return _queue_hit(ctx, grown, utilization, utilization=utilization * 100)
+    return _queue_hit(ctx, queue, utilization, utilization=utilization * 100)
 
 
 @rule(
     "queue_growing_saturated",
     "performance_degradation",
     "warning",
-    "requests queue at the frontend ({queued:.0f}, was {was:.0f} {ago} ago) with the GPUs {utilization:.0f}% busy: out of capacity",
+    QUEUE_LEAD + ", with the GPUs {utilization:.0f}% busy: out of capacity",
     (
         "Scale out workers (or the planner's limits); lower max_tokens or concurrency at the client side meanwhile.",
     ),
+    explains=QUEUE_EFFECTS,
     thresholds=(
         *QUEUE_THRESHOLDS,
         Threshold("busy", GPU_BUSY, "ratio", "Mean GPU utilization that counts as saturated."),
@@ -727,22 +812,23 @@ def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
     ),
 )
 def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
-    grown = _queue_growing(ctx, t)
+    queue = _standing_queue(ctx, t)
     utilization = _mean_gpu_utilization(ctx)
-    if not grown or utilization is None or utilization < t.busy:
+    if not queue or utilization is None or utilization < t.busy:
         return []
-    return _queue_hit(ctx, grown, utilization, utilization=utilization * 100)
+    return _queue_hit(ctx, queue, utilization, utilization=utilization * 100)
 
 
 @rule(
     "queue_growing",
     "performance_degradation",
     "warning",
-    "requests queue at the frontend ({queued:.0f}, was {was:.0f} {ago} ago); {gpu}",
+    QUEUE_LEAD + ": more requests arrive than the engine serves; {gpu}",
     (
-        "Compare the request rate with what the workers finish (dynamo_component_requests_total): more arriving than finishing is capacity; nothing finishing is a stall.",
-        "Scale out workers if they are busy; check worker health and canaries if they are not.",
+        "Compare the request rate with what the workers finish (dynamo_component_requests_total): more arriving than finishing is capacity (scale out, or lower the client's concurrency); nothing finishing is a stall.",
+        "Raise the engine's batch limit (--max-num-seqs) if its KV cache has room; check worker health and canaries if the workers are not busy.",
     ),
+    explains=QUEUE_EFFECTS,
     thresholds=QUEUE_THRESHOLDS,
     fleet=lambda s, t: _queue_fleet(s, t, "between"),
     alert=Alert(
@@ -752,20 +838,22 @@ def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
     ),
 )
 def queue_growing(ctx: Context, t: Limits) -> list[Hit]:
-    """A growing queue where GPU data cannot say whether it is capacity or a stall."""
-    grown = _queue_growing(ctx, t)
+    """A standing queue where GPU data cannot say whether it is capacity or a stall. (The
+    name is kept from when growth was the test: operators' thresholds `queue_growing.*`,
+    README's demo table and the bench name it.)"""
+    queue = _standing_queue(ctx, t)
     utilization = _mean_gpu_utilization(ctx)
     # The band the two GPU-aware rules leave, with their thresholds as configured.
     idle = ctx.config.thresholds.get("queue_growing_gpu_idle.idle", GPU_IDLE)
     busy = ctx.config.thresholds.get("queue_growing_saturated.busy", GPU_BUSY)
-    if not grown or (utilization is not None and (utilization < idle or utilization >= busy)):
+    if not queue or (utilization is not None and (utilization < idle or utilization >= busy)):
         return []
     gpu = (
         "no GPU is visible to the sidecar, so capacity cannot be told apart from a slow engine"
         if utilization is None
         else f"the GPUs are {utilization * 100:.0f}% busy"
     )
-    return _queue_hit(ctx, grown, utilization, gpu=gpu)
+    return _queue_hit(ctx, queue, utilization, gpu=gpu)
 
 
 LATENCY = metric("dynamo_latency_seconds")
@@ -1043,12 +1131,14 @@ def migrations_rising(ctx: Context, t: Limits) -> list[Hit]:
     "dependency_unreachable",
     "connection_anomaly",
     "critical",
-    "{subject} ({target}) is unreachable from this pod: {outcome}",
+    "{subject} ({target}) {what}",
     (
-        "Check the dependency's pods and Service (`kubectl get pods,svc -n <ns>`); refused means nothing listens, timeout means a network policy or a dead node, dns_error means the name.",
+        "Check the dependency's pods and Service (`kubectl get pods,svc -n <ns>`); refused means nothing listens, timeout means a network policy or a dead node, dns_error means the name; unhealthy means etcd answers but has no quorum or an alarm (`etcdctl endpoint health`).",
         "Check NetworkPolicies between this namespace and the dependency's.",
-        "Dynamo needs etcd for discovery and NATS for events: without them workers do not register.",
+        "Dynamo needs etcd for discovery and NATS for events: without them workers do not register, and a Dynamo that loses its etcd lease shuts itself down (~lease TTL later).",
     ),
+    # Dynamo without etcd: instances vanish at once, and ~lease TTL later the runtime shuts
+    # the processes down (ports closed, processes gone): all of it follows from the loss.
     explains=(
         "frontend_no_instances:*",
         "dynamo_not_ready:*",
@@ -1056,6 +1146,11 @@ def migrations_rising(ctx: Context, t: Limits) -> list[Hit]:
         "frontend_stale_instances:*",
         "canary_failing:*",
         "request_failures:*",
+        "endpoint_refused:*",
+        "no_dynamo_process:*",
+        "port_not_listening:*",
+        "metrics_scrape_failing:*",
+        "engine_hung:*",
     ),
     fleet=lambda s, t: s(metric("probe_up")) + " == 0",
     alert=Alert(
@@ -1067,25 +1162,32 @@ def migrations_rising(ctx: Context, t: Limits) -> list[Hit]:
 def dependency_unreachable(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for target, probe in ctx.tcp.probes.items():
-        if probe.outcome != "ok":
-            hits.append(
-                Hit(
-                    probe.role,
-                    {"target": target, "outcome": probe.outcome},
-                    [
-                        Evidence(
-                            f'{metric("probe_outcome")}{{target="{target}",outcome="{probe.outcome}"}}', 1
-                        ),
-                        Evidence("error", probe.error),
-                        Evidence(
-                            f'{metric("probe_dns_seconds")}{{target="{target}"}}',
-                            probe.dns_seconds,
-                            unit="seconds",
-                        ),
-                    ],
-                    ctx.now,
-                )
+        if probe.outcome == "ok":
+            continue
+        since = probe.since or ctx.now
+        what = (
+            f"answers but reports itself unhealthy for {duration_text(ctx.now - since)}: {probe.error}"
+            if probe.outcome == "unhealthy"
+            else f"is unreachable from this pod for {duration_text(ctx.now - since)}: {probe.outcome}"
+        )
+        evidence = [
+            Evidence(
+                f'{metric("probe_outcome")}{{target="{target}",outcome="{probe.outcome}"}}',
+                1,
+                timestamp=since,
+            ),
+            Evidence("error", probe.error),
+            Evidence(
+                f'{metric("probe_dns_seconds")}{{target="{target}"}}', probe.dns_seconds, unit="seconds"
+            ),
+        ]
+        if probe.status:
+            evidence.append(
+                Evidence(f'{metric("probe_http_status_code")}{{target="{target}"}}', probe.status)
             )
+        hits.append(
+            Hit(probe.role, {"target": target, "outcome": probe.outcome, "what": what}, evidence, since)
+        )
     return hits
 
 
@@ -1218,6 +1320,21 @@ def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
     ]
 
 
+STALLED_STATES = {"T", "t", "D"}
+
+
+def _unread_service_port(ctx: Context, peer: str) -> bool:
+    """CLOSE_WAIT on one of this pod's Dynamo ports whose process does not run (stopped, or
+    blocked) or whose endpoint does not answer: the sidecar's own probes, closed on their
+    timeout, that the process never accepted or read. The hang's symptom, not a leak."""
+    kind = {"frontend": "frontend", "worker_system": "worker"}.get(peer)
+    if kind is None or peer not in ctx.tcp.service_ports.values():
+        return False
+    stalled = any(p.state in STALLED_STATES for p in ctx.processes.of_role(kind))
+    hung = any(v.kind == kind and v.probe().outcome == "timeout" for v in ctx.health.endpoints.values())
+    return stalled or hung
+
+
 @rule(
     "close_wait_leak",
     "connection_anomaly",
@@ -1237,7 +1354,7 @@ def close_wait_leak(ctx: Context, t: Limits) -> list[Hit]:
     owners = {p.name: p.close_wait for p in ctx.processes.readable() if p.close_wait}
     hits = []
     for peer, count in ctx.tcp.close_wait.items():
-        if count < t.sockets:
+        if count < t.sockets or _unread_service_port(ctx, peer):
             continue
         if owners:
             owner = "owned by " + ", ".join(f"{name} ({n})" for name, n in sorted(owners.items()))

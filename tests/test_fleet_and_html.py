@@ -202,7 +202,7 @@ async def test_html_report_in_headless_chromium(sim, make_sidecar, http, tmp_pat
     symptoms = below(report["tree"][0])
     direct = len(report["tree"][0]["symptoms"])
     # An age under a second reads "now": let the cause be old enough to read "Ns ago".
-    since = report["tree"][0]["since"]
+    since = next(f["since"] for f in report["findings"] if f["id"] == report["tree"][0]["id"])
     await wait_for(lambda: time.time() - since >= 1.5, timeout=5, what="the cause a second old")
     url = base_url(sidecar) + "/diagnose?format=html"
     profile = tmp_path / "profile"

@@ -883,3 +883,27 @@ def test_every_threshold_is_overridable_and_documented() -> None:
             assert f"`{key}`" in reference
             config = load_config(environ={}, overrides={"thresholds": f"{key}={threshold.default + 1}"})
             assert rule.limits(config.thresholds)[threshold.name] == threshold.default + 1
+
+
+@pytest.mark.parametrize(
+    ("reason", "health_looked_at", "probe_ok_since", "fires"),
+    [
+        ("refused", NOW - 2, NOW - 600, False),  # the probe has not looked since: it will say it
+        ("error", NOW - 2, NOW - 600, False),  # a process stopping mid-scrape, not looked at yet
+        ("refused", NOW, NOW - 0.5, False),  # the port came back between the scrape and the probe
+        ("refused", NOW, NOW - 600, True),  # health answered before and after without a break
+        ("http_error", NOW, NOW - 600, True),
+    ],
+)
+def test_a_scrape_failure_is_judged_after_the_health_probe_looked(
+    reason: str, health_looked_at: float, probe_ok_since: float, fires: bool
+) -> None:
+    r = Recorded()
+    probe(r.health["frontend"], since=probe_ok_since)
+    r.put("dynamo_health", CollectResult(facts=HealthFacts(r.health, health_looked_at)), at=health_looked_at)
+    r.put(
+        "dynamo_metrics",
+        CollectResult(facts=MetricsFacts({"frontend": ScrapeFact("x", up=False, reason=reason)}, NOW - 1)),
+        at=NOW - 1,
+    )
+    assert ("metrics_scrape_failing:frontend" in {f.id for f in evaluate(r.context())[0]}) is fires

@@ -985,8 +985,15 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
     for endpoint, fact in ctx.scrapes.endpoints.items():
         if fact.up:
             continue
-        if ctx.probe(endpoint).outcome in {"refused", "timeout"} or ctx.starting(endpoint):
+        if 0 < ctx.health.time < ctx.scrapes.time:
+            # A port closing (or a process stopping mid-scrape) fails the scrape first; the
+            # health probe names that cause on its next look, so judge the scrape after it.
+            continue
+        probe = ctx.probe(endpoint)
+        if probe.outcome in {"refused", "timeout"} or ctx.starting(endpoint):
             continue  # the endpoint itself is down, or not up yet: those findings say it
+        if fact.reason in {"refused", "error"} and probe.since >= ctx.scrapes.time:
+            continue  # the endpoint came back between the scrape and the probe: a restart
         view = ctx.health.endpoints.get(endpoint)
         kind = view.kind if view is not None else ""
         if view is not None and ctx.scrapes.time <= view.first_ok_at:

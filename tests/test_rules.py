@@ -886,21 +886,24 @@ def test_every_threshold_is_overridable_and_documented() -> None:
 
 
 @pytest.mark.parametrize(
-    ("reason", "health_looked_at", "probe_ok_since", "fires"),
+    ("reason", "health_looked_ago", "probe_ok_for", "fires"),
     [
-        ("refused", NOW - 2, NOW - 600, False),  # the probe has not looked since: it will say it
-        ("error", NOW - 2, NOW - 600, False),  # a process stopping mid-scrape, not looked at yet
-        ("refused", NOW, NOW - 0.5, False),  # the port came back between the scrape and the probe
-        ("refused", NOW, NOW - 600, True),  # health answered before and after without a break
-        ("http_error", NOW, NOW - 600, True),
+        ("refused", 2, 600, False),  # the probe has not looked since: it will say it
+        ("error", 2, 600, False),  # a process stopping mid-scrape, not looked at yet
+        ("refused", 0, 0.5, False),  # the port came back between the scrape and the probe
+        ("refused", 0, 600, True),  # health answered before and after without a break
+        ("http_error", 0, 600, True),
     ],
 )
 def test_a_scrape_failure_is_judged_after_the_health_probe_looked(
-    reason: str, health_looked_at: float, probe_ok_since: float, fires: bool
+    reason: str, health_looked_ago: float, probe_ok_for: float, fires: bool
 ) -> None:
+    """The scrape failed 1 s ago; health looked `health_looked_ago` s ago and had been ok for
+    `probe_ok_for` s by then."""
     r = Recorded()
-    probe(r.health["frontend"], since=probe_ok_since)
-    r.put("dynamo_health", CollectResult(facts=HealthFacts(r.health, health_looked_at)), at=health_looked_at)
+    looked = NOW - health_looked_ago
+    probe(r.health["frontend"], since=NOW - probe_ok_for)
+    r.put("dynamo_health", CollectResult(facts=HealthFacts(r.health, looked)), at=looked)
     r.put(
         "dynamo_metrics",
         CollectResult(facts=MetricsFacts({"frontend": ScrapeFact("x", up=False, reason=reason)}, NOW - 1)),

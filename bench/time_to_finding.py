@@ -323,7 +323,7 @@ async def run_real_case(name: str, expect: str, how: str, interval: float, pytho
         }
         worker_url = dynamo.worker_url
         if how == "wrongport":
-            from tests.conftest import free_port
+            from tests.helpers import free_port
 
             worker_url = f"http://127.0.0.1:{free_port()}"
         config = _sidecar_config(

@@ -20,7 +20,7 @@ from agent import exitcodes
 from agent.audit import audit_documents
 from agent.audit.capacity import fit_line, forecast, max_observed
 from agent.inject import Options, inject
-from tests.conftest import free_port, wait_for_sync
+from tests.helpers import free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_post, start_sidecar
 
 OPTIONS = Options(image="registry.test/dynamo-sidecar:0.1.0")

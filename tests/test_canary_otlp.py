@@ -17,7 +17,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from exporters.otlp import BoundedBatchProcessor, OtlpSettings, Telemetry
-from tests.conftest import base_url, free_port, get_json, get_text, post_completion, wait_for
+from tests.helpers import base_url, free_port, get_json, get_text, post_completion, wait_for
 from tests.otlp_receiver import ReceivedSpan, Rotel, rotel_binary
 from tests.procs import PYTHON, start_sim
 

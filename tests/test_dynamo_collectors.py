@@ -13,7 +13,7 @@ from aiohttp import web
 
 from collectors.dynamo_health import DynamoHealthCollector, Target
 from collectors.dynamo_metrics import DynamoMetricsCollector, parse_exposition
-from tests.conftest import RECORDED, free_port
+from tests.helpers import RECORDED, free_port
 
 
 def frontend_target(url: str) -> Target:

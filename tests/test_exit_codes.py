@@ -13,7 +13,7 @@ import yaml
 
 from agent import exitcodes
 from agent.inject import Options, inject
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 from tests.procs import ENV, PYTHON
 
 AUDIT = ROOT / "tests" / "fixtures" / "audit"

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, free_port, wait_for_sync
 from tests.fake_nvml.build import build_fake_nvml
+from tests.helpers import PYTHON, ROOT, free_port, wait_for_sync
 from tests.procs import http_get, spawn_sidecar
 
 DRIVER = ROOT / "tests" / "gpu_driver.py"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent.diagnose.alerts import alert_rules
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CHART = ROOT / "packaging" / "helm" / "dynamo-sidecar"
 helm = pytest.importorskip(

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from agent.inject import SIDECAR, Options, inject
 from agent.webhook import make_app, mutate_review, tls_context
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "k8s"
 K8S_VERSION = "1.30.0"

@@ -617,7 +617,7 @@ async def test_kill_then_restart_leaves_nothing_critical_once_requests_succeed(
     past (info) and the report says when they ended."""
     import time
 
-    from tests.conftest import base_url, get_json, post_completion, wait_for
+    from tests.helpers import base_url, get_json, post_completion, wait_for
 
     sidecar = await make_sidecar(sim, canary_enabled="false")
     url = base_url(sidecar) + "/diagnose"
@@ -732,7 +732,7 @@ async def test_diagnose_cli_exits_3_while_the_sidecar_has_read_nothing(make_side
 
     from agent.samples import CollectResult as Result
     from collectors.base import Collector
-    from tests.conftest import base_url
+    from tests.helpers import base_url
     from tests.procs import ENV, PYTHON
 
     class NeverDone(Collector):

@@ -10,7 +10,7 @@ import pytest
 
 from agent.catalogue import spec_for_sample
 from agent.diagnose.engine import RULES
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 ALERTS = ROOT / "packaging" / "prometheus"
 

@@ -6,7 +6,7 @@ from agent.samples import CollectResult, sample
 from agent.scheduler import Scheduler
 from agent.state import State
 from collectors.base import Collector
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 class Good(Collector):

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from agent.catalogue import BY_NAME, CATALOGUE, PREFIX, spec_for_sample
-from tests.conftest import base_url, finding_ids, get_json, get_text, post_completion, wait_for
+from tests.helpers import base_url, finding_ids, get_json, get_text, post_completion, wait_for
 
 
 async def _ready(http: aiohttp.ClientSession, sidecar) -> None:

@@ -19,8 +19,8 @@ import yaml
 
 from agent.audit import audit_documents
 from agent.inject import COPIED_ENV, SIDECAR, Options, inject, role_of
-from tests.conftest import ROOT
 from tests.crd_schema import errors
+from tests.helpers import ROOT
 from tests.procs import ENV, PYTHON
 
 UPSTREAM = ROOT / "tests" / "fixtures" / "upstream" / "dynamo"

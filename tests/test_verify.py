@@ -308,7 +308,7 @@ def test_real_dynamo_worker_sigkill_drill(dynamo: Any, tmp_path: Path) -> None:
 def test_unreachable_sidecar_is_unknown_not_no_findings(sim_process: dict[str, int]) -> None:
     """The drill passes on the client side, but the pod's view it was asked for could not be
     read: every phase says so, and the exit code is 3 (unknown), not 0."""
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     away = f"http://127.0.0.1:{free_port()}"
     result = verify(

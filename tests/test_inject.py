@@ -286,7 +286,7 @@ def test_v1beta1_components_opt_outs_and_a_dgd_inject_cannot_read() -> None:
     crd = (
         ROOT / "tests" / "fixtures" / "upstream" / "dynamo" / "crd" / "nvidia.com_dynamographdeployments.yaml"
     )
-    dgd = {
+    dgd: dict[str, Any] = {
         "apiVersion": "nvidia.com/v1beta1",
         "kind": "DynamoGraphDeployment",
         "metadata": {"name": "g"},

@@ -164,22 +164,8 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "frontend_no_instances": lambda r: edit(r.health["frontend"], instance_ids=[], instances_since=NOW - 20),
     "frontend_stale_instances": lambda r: edit(r.health["frontend"], models=[]),
     "dynamo_starting": lambda r: _starting(r),
-    "dynamo_stopped_after_drain": lambda r: (
-        r.state.add_event(
-            Event(
-                "health_transition",
-                "frontend/health",
-                "frontend health: healthy -> not_ready",
-                NOW - 8,
-                {"endpoint": "frontend", "to_status": "not_ready"},
-            )
-        ),
-        probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 4),
-    ),
-    "endpoint_wrong_port": lambda r: (
-        probe(r.health["worker"], outcome="refused", status="", status_code=0),
-        edit(r.health["worker"], answers_on=PortAnswer(8081, "http://127.0.0.1:8081", "ready", NOW)),
-    ),
+    "dynamo_stopped_after_drain": lambda r: _stopped_after_drain(r),
+    "endpoint_wrong_port": lambda r: _wrong_port(r),
     "process_stalled": lambda r: r.put(
         "process",
         processes(
@@ -212,7 +198,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
             sample("dynamo_frontend_time_to_first_token_seconds_count", min(i, 50) * 2, model="tiny"),
         ],
     ),
-    "slo_breach": lambda r: (r.config.__setattr__("slo_ttft_p99", 0.5), latency(r)),
+    "slo_breach": lambda r: _slo_breach(r),
     "queue_growing": lambda r: r.series(
         "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", i, model="tiny")]
     ),
@@ -222,10 +208,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "worker_notready_endpoints_ready": lambda r: probe(
         r.health["worker"], outcome="unhealthy", status="notready", status_code=503
     ),
-    "dynamo_not_ready": lambda r: (
-        probe(r.health["worker"], outcome="unhealthy", status="notready", status_code=503),
-        edit(r.health["worker"], endpoints={"generate": "notready"}),
-    ),
+    "dynamo_not_ready": lambda r: _not_ready(r),
     "dynamo_draining": lambda r: probe(
         r.health["frontend"], outcome="unhealthy", status="not_ready", status_code=503
     ),
@@ -236,10 +219,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "worker_restarted": lambda r: r.state.add_event(
         Event("worker_restart", "worker", "worker restarted: uptime went from 50.0s to 1.0s", NOW - 30)
     ),
-    "health_flapping": lambda r: [
-        r.state.add_event(Event("health_transition", "worker/health", f"flip {i}", NOW - 20 * i))
-        for i in range(4)
-    ],
+    "health_flapping": lambda r: _flapping(r),
     "no_dynamo_process": lambda r: r.put("process", processes()),
     "canary_failing": lambda r: r.state.extra.update(canary=failing_model()),
     "drain_deadline_with_work": lambda r: r.state.extra.update(
@@ -304,24 +284,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
             sample(P + "cgroup_cpu_throttled_periods_total", i * 25),
         ],
     ),
-    "cpu_saturated": lambda r: (
-        r.series(
-            "process",
-            lambda i: [
-                sample(
-                    P + "process_cpu_seconds_total",
-                    i * 5 * 1.95,
-                    pid="7",
-                    process="dynamo.frontend",
-                    mode="user",
-                ),
-                sample(P + "cgroup_cpu_limit_cores", 2),
-            ],
-        ),
-        setattr(
-            r.state.latest["process"], "facts", processes({"pid": 7, "process": "dynamo.frontend"}).facts
-        ),
-    ),
+    "cpu_saturated": lambda r: _cpu_saturated(r),
     "memory_near_limit": lambda r: r.put(
         "cgroup",
         CollectResult(
@@ -397,6 +360,52 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
         ],
     ),
 }
+
+
+def _stopped_after_drain(r: Recorded) -> None:
+    r.state.add_event(
+        Event(
+            "health_transition",
+            "frontend/health",
+            "frontend health: healthy -> not_ready",
+            NOW - 8,
+            {"endpoint": "frontend", "to_status": "not_ready"},
+        )
+    )
+    probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 4)
+
+
+def _wrong_port(r: Recorded) -> None:
+    probe(r.health["worker"], outcome="refused", status="", status_code=0)
+    edit(r.health["worker"], answers_on=PortAnswer(8081, "http://127.0.0.1:8081", "ready", NOW))
+
+
+def _slo_breach(r: Recorded) -> None:
+    r.config.slo_ttft_p99 = 0.5
+    latency(r)
+
+
+def _not_ready(r: Recorded) -> None:
+    probe(r.health["worker"], outcome="unhealthy", status="notready", status_code=503)
+    edit(r.health["worker"], endpoints={"generate": "notready"})
+
+
+def _flapping(r: Recorded) -> None:
+    for i in range(4):
+        r.state.add_event(Event("health_transition", "worker/health", f"flip {i}", NOW - 20 * i))
+
+
+def _cpu_saturated(r: Recorded) -> None:
+    r.series(
+        "process",
+        lambda i: [
+            sample(
+                P + "process_cpu_seconds_total", i * 5 * 1.95, pid="7", process="dynamo.frontend", mode="user"
+            ),
+            sample(P + "cgroup_cpu_limit_cores", 2),
+        ],
+    )
+    r.state.latest["process"].facts = processes({"pid": 7, "process": "dynamo.frontend"}).facts
 
 
 def _starting(r: Recorded) -> None:
@@ -477,12 +486,17 @@ def test_healthy_state_fires_nothing() -> None:
 
 def test_a_broken_rule_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.diagnose import engine
-    from agent.diagnose.model import Rule
+    from agent.diagnose.model import Hit, Limits, Rule
 
-    broken = Rule("broken", "sidecar", "warning", "x", ("y",), lambda ctx: 1 / 0)
+    def divides_by_zero(ctx: Context, t: Limits) -> list[Hit]:
+        return [Hit("x", {"ratio": 1 / len(ctx.events("no_such_event"))}, [], NOW)]
+
+    broken = Rule("broken", "sidecar", "warning", "x", ("y",), divides_by_zero)
     monkeypatch.setattr(engine, "RULES", (*engine.RULES, broken))
     report = diagnose(Recorded().context())
-    assert report["rule_errors"] and report["rule_errors"][0]["rule"] == "broken"
+    # The rule's own fault, named, and the other rules still ran (the healthy state fires none).
+    assert report["rule_errors"] == [{"rule": "broken", "error": "ZeroDivisionError: division by zero"}]
+    assert report["findings"] == []
 
 
 # --- causes before symptoms: the numbered cases of issue 12 on recorded states ----------------

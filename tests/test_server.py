@@ -64,6 +64,7 @@ async def test_every_sidecar_metric_is_declared_in_the_catalogue(sim, make_sidec
     assert not sidecar.exporter.undeclared
     for name in emitted:
         spec = spec_for_sample(name)
+        assert spec is not None
         assert f"# TYPE {spec.name} {spec.type}" in text or f"# TYPE {spec.family} {spec.type}" in text
 
 

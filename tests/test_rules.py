@@ -433,8 +433,107 @@ def _collector_failing(r: Recorded) -> None:
     status.first_failure_time = NOW - 15
 
 
+# What each case's finding is about and the values its evidence shows, in order, worked out from
+# the recorded state above (e.g. request_failures: 2 errors of 242 requests in the 120 s window,
+# 24 steps of 10 successes plus the 2; cpu_throttled: 25 of 50 periods). Floats to 4 places.
+PINNED: dict[str, tuple[str, list[Any]]] = {
+    "canary_failing": (
+        "tiny",
+        [
+            3,
+            "timeout",
+            None,
+            3.0,
+            "canary-1",
+            "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01",
+            "",
+            None,
+        ],
+    ),
+    "close_wait_leak": ("nats", [75, None]),
+    "collector_failing": ("gpu", [0, 3, "TimeoutError: did not finish within 4s", None]),
+    "cpu_saturated": ("dynamo.frontend/7", [1.95, 2.0]),
+    "cpu_throttled": ("cgroup", [0.5, None]),
+    "dependency_slow": ("nats", [0.25, 0.01]),
+    "dependency_unreachable": ("etcd", [1, "connection refused", None]),
+    "drain_deadline_with_work": ("drain", [3, 55.0, 1, 0.0]),
+    "dynamo_draining": ("frontend", ["unhealthy", 503]),
+    "dynamo_not_ready": ("worker", ["unhealthy", 503]),
+    "dynamo_starting": ("worker", ["refused", 0]),
+    "dynamo_stopped_after_drain": ("frontend", ["refused", 0, "shutting down"]),
+    "endpoint_bad_response": ("frontend", ["malformed", 200, "body is not JSON"]),
+    "endpoint_refused": ("frontend", ["refused", 0]),
+    "endpoint_timeout": ("worker", ["timeout", 0]),
+    "endpoint_wrong_port": ("worker", ["refused", 0, "ready"]),
+    "engine_hung": ("engine", [3.0, "unchanged"]),
+    "fd_exhaustion": ("dynamo.frontend/7", [1000, 1024]),
+    "frontend_no_instances": ("frontend", [0, "healthy", ""]),
+    "frontend_stale_instances": ("frontend", [1, ["1"], 0]),
+    "gpu_ecc_errors": ("gpu0", [2, 0, 0, "GPU-0"]),
+    "gpu_lost": ("gpu1", [1, "GPU-1"]),
+    "gpu_memory_near_full": ("gpu0", [79000000000.0, 80000000000.0, []]),
+    "gpu_throttling": ("gpu0", [1, 91, None, None]),
+    "gpu_xid": ("gpu3", [1, "XID 79 on GPU 3: fallen off the bus", "GPU-3"]),
+    "health_flapping": ("worker/health", ["flip 0", "flip 1", "flip 2", "flip 3"]),
+    "latency_regression": ("ttft", [0.9903, 0.0495, None, None]),
+    "memory_near_limit": ("cgroup", [9500000000, 10000000000]),
+    "memory_pressure": ("cgroup", [0.3, None]),
+    "metrics_scrape_failing": ("frontend", [0, "malformed", "", ""]),
+    "migrations_rising": ("dynamo", [{"migrated": 59.0, "failed": 0.0}, None]),
+    "no_dynamo_process": (
+        "process",
+        [
+            0,
+            [
+                "-m\\s+dynamo\\.(frontend|mocker|vllm|sglang|trtllm|common\\.backend)",
+                "\\bdynamo[-_.](frontend|worker|run)\\b",
+            ],
+        ],
+    ),
+    "oom_killed": ("cgroup", [1.0, None]),
+    "otlp_export_failing": (
+        "http://collector:4318",
+        [
+            4,
+            {"queue_full": 0, "export_failed": 40},
+            "connection refused",
+            "http://collector:4318 (http/protobuf)",
+        ],
+    ),
+    "port_not_listening": ("worker_system", [0]),
+    "process_stalled": ("dynamo.mocker/9", [1, "x"]),
+    "queue_growing": ("frontend", [59.0, 0.0, None, None, None]),
+    "queue_growing_gpu_idle": ("frontend", [59.0, 0.0, None, 0.1, None]),
+    "queue_growing_saturated": ("frontend", [59.0, 0.0, None, 0.97, None]),
+    "rejections_rising": ("dynamo", [0.6, None]),
+    "request_failures": ("requests", [2.0, 242.0]),
+    "series_dropped": ("cardinality", [12]),
+    "slo_breach": ("ttft_p99", [0.9903, 0.5, 600.0]),
+    "tcp_retransmits_high": ("pod", [0.05, 590000.0, {}]),
+    "worker_notready_endpoints_ready": ("worker", [1, 503, {"generate": "ready"}, ""]),
+    "worker_registration_lost": (
+        "discovery",
+        [
+            "FileStore::keep_alive failed opening owned file /kv/abc",
+            "FileStore::keep_alive failed opening owned file /kv/abc",
+        ],
+    ),
+    "worker_restarted": ("worker", ["worker restarted: uptime went from 50.0s to 1.0s"]),
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def test_every_rule_has_a_case() -> None:
-    assert set(CASES) == {rule.id for rule in RULES}
+    assert set(CASES) == {rule.id for rule in RULES} == set(PINNED)
 
 
 @pytest.mark.parametrize("rule_id", sorted(CASES))
@@ -446,7 +545,9 @@ def test_rule_fires_on_its_recorded_state(rule_id: str) -> None:
     fired = [f for f in findings if f.rule == rule_id]
     assert fired, f"{rule_id} did not fire; got {[f.id for f in findings]}"
     finding = fired[0]
-    assert finding.evidence and finding.actions and finding.summary and "{" not in finding.summary
+    assert finding.actions and finding.summary and "{" not in finding.summary
+    subject, values = PINNED[rule_id]
+    assert (finding.subject, [_plain(e.value) for e in finding.evidence]) == (subject, values)
 
 
 def test_healthy_state_fires_nothing() -> None:

@@ -587,12 +587,19 @@ def test_healthy_state_fires_nothing() -> None:
 
 def test_a_broken_rule_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.diagnose import engine
-    from agent.diagnose.model import Hit, Limits, Rule
+    from agent.diagnose.model import Category, Hit, Limits, Rule, Severity
 
     def divides_by_zero(ctx: Context, t: Limits) -> list[Hit]:
         return [Hit("x", {"ratio": 1 / len(ctx.events("no_such_event"))}, [], NOW)]
 
-    broken = Rule("broken", "sidecar", "warning", "x", ("y",), divides_by_zero)
+    broken = Rule(
+        id="broken",
+        category=Category.SIDECAR,
+        severity=Severity.WARNING,
+        summary="x",
+        actions=("y",),
+        predicate=divides_by_zero,
+    )
     monkeypatch.setattr(engine, "RULES", (*engine.RULES, broken))
     report = diagnose(Recorded().context())
     # The rule's own fault, named, and the other rules still ran (the healthy state fires none).
@@ -998,3 +1005,24 @@ def test_every_threshold_is_overridable_and_documented() -> None:
             assert f"`{key}`" in reference
             config = load_config(environ={}, overrides={"thresholds": f"{key}={threshold.default + 1}"})
             assert rule.limits(config.thresholds)[threshold.name] == threshold.default + 1
+
+
+def test_a_malformed_rule_record_is_refused_by_exception() -> None:
+    """Validated by raising, so `python -O` (asserts stripped) cannot register a bad record."""
+    from agent.diagnose.model import Category, NoAlert, RuleError, Severity, registrar
+
+    into: list[Any] = []
+    rule = registrar(into)
+    fields: dict[str, Any] = {"summary": "x", "actions": ("y",)}
+    with pytest.raises(RuleError, match=r"^paging: a critical rule needs an Alert or NoAlert$"):
+        rule(id="paging", category=Category.SIDECAR, severity=Severity.CRITICAL, **fields)
+    with pytest.raises(RuleError, match=r"^stringly: category and severity"):
+        rule(id="stringly", category="sidecar", severity=Severity.INFO, **fields)
+    with pytest.raises(TypeError):  # keyword-only: a positional record does not bind
+        rule("positional", Category.SIDECAR, Severity.INFO, "x", ("y",))
+    rule(id="ok", category=Category.SIDECAR, severity=Severity.CRITICAL, alert=NoAlert("pod only"), **fields)(
+        lambda ctx, t: []
+    )
+    with pytest.raises(RuleError, match=r"^ok: two rules with one id$"):
+        rule(id="ok", category=Category.SIDECAR, severity=Severity.INFO, **fields)
+    assert [r.id for r in into] == ["ok"]

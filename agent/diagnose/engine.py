@@ -62,8 +62,8 @@ def evaluate(
                 Finding(
                     id=f"{rule.id}:{hit.subject}",
                     rule=rule.id,
-                    category=rule.category,
-                    severity=hit.severity if hit.severity in SEVERITY_RANK else rule.severity,
+                    category=rule.category.value,
+                    severity=hit.severity if hit.severity in SEVERITY_RANK else rule.severity.value,
                     summary=summary,
                     subject=hit.subject,
                     evidence=hit.evidence,

@@ -601,10 +601,23 @@ def test_a_broken_rule_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) ->
         predicate=divides_by_zero,
     )
     monkeypatch.setattr(engine, "RULES", (*engine.RULES, broken))
-    report = diagnose(Recorded().context())
+    health = engine.RuleHealth(engine.RULES)
+    report = diagnose(Recorded().context(), health=health)
     # The rule's own fault, named, and the other rules still ran (the healthy state fires none).
     assert report["rule_errors"] == [{"rule": "broken", "error": "ZeroDivisionError: division by zero"}]
     assert report["findings"] == []
+    diagnose(Recorded().context(), health=health)
+    # Its health says so too, per rule, as /metrics exports it: two failed evaluations of it,
+    # none of any other rule, and every rule's last evaluation timed.
+    failures = {
+        dict(s.labels)["rule"]: s.value
+        for s in health.samples()
+        if s.name == "dynamo_sidecar_rule_evaluation_failures_total"
+    }
+    assert failures == {rule.id: 2 if rule.id == "broken" else 0 for rule in engine.RULES}
+    timed = [s for s in health.samples() if s.name == "dynamo_sidecar_rule_evaluation_duration_seconds"]
+    assert sorted(dict(s.labels)["rule"] for s in timed) == sorted(rule.id for rule in engine.RULES)
+    assert all(s.value > 0 for s in timed)
 
 
 # --- causes before symptoms: the numbered cases of issue 12 on recorded states ----------------

@@ -5,12 +5,11 @@ network."""
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
 from agent.catalogue import metric
-from agent.diagnose.context import SHUTDOWN_STATUSES, Context, rises
+from agent.diagnose.context import SHUTDOWN_STATUSES, Context, first_rise, last_rise, rises
 from agent.diagnose.model import (
     Alert,
     Category,
@@ -1203,8 +1202,9 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
         increase = _increase(points)
         if increase > 0:
             by_type[error_type] = by_type.get(error_type, 0.0) + increase
-            first = min(first, _first_rise(points))
-            last = max(last, _last_rise(points))
+            # The increase is > 0, so the counter moved: both find a rise.
+            first = min(first, first_rise(points))
+            last = max(last, last_rise(points))
     count = sum(by_type.values())
     if count < t.failures:
         return []
@@ -1249,20 +1249,6 @@ def _increase(points: list[tuple[float, float]]) -> float:
     from agent.state import counter_increase
 
     return counter_increase(points) if len(points) >= 2 else 0.0
-
-
-def _first_rise(points: list[tuple[float, float]]) -> float:
-    for (_, before), (at, after) in pairwise(points):
-        if after != before:
-            return at
-    return points[-1][0] if points else 0.0
-
-
-def _last_rise(points: list[tuple[float, float]]) -> float:
-    for (_, before), (at, after) in reversed(list(pairwise(points))):
-        if after != before:
-            return at
-    return 0.0
 
 
 @rule(

@@ -142,20 +142,8 @@ class ProcessFacts:
         return [p for p in self.readable() if p.role == role]
 
 
-# --- cgroup (collectors/cgroup.py) -------------------------------------------------------------
-
-
-@dataclass
-class CgroupFacts:
-    version: str = ""  # v1 | v2 | hybrid | none
-    scope: str = ""
-    path: str = ""
-    memory_usage_bytes: int | None = None
-    memory_limit_bytes: int | None = None
-    memory_events: dict[str, int] = field(default_factory=dict)
-    cpu_limit_cores: float | None = None
-    pressure_avg10: dict[str, float | None] = field(default_factory=dict)  # scope/resource/kind
-    time: float = 0.0
+# cgroup (collectors/cgroup.py): no facts. Its readings are all numbers, which rules read from
+# the samples and their history.
 
 
 # --- TCP (collectors/tcp.py) ---------------------------------------------------------------------

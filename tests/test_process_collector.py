@@ -16,6 +16,12 @@ from collectors.cgroup import CgroupCollector, parse_pressure, resolve
 from collectors.process import ProcessCollector, ProcessFinder, process_label
 
 
+def _cgroup_version(result: Any) -> str:
+    """The version the cgroup collector found, as it exposes it (cgroup_info's label)."""
+    (info,) = [s for s in result.samples if s.name == "dynamo_sidecar_cgroup_info"]
+    return dict(info.labels)["version"]
+
+
 def _values(result, name: str) -> dict[tuple, float]:
     return {s.labels: s.value for s in result.samples if s.name == "dynamo_sidecar_" + name}
 
@@ -302,7 +308,7 @@ async def test_cgroup_v1_hybrid_tree_and_unlimited(tmp_path: Path) -> None:
     proc_root = _fake_proc(tmp_path, f"4:memory:/{cg}\n2:cpu,cpuacct:/\n1:name=systemd:/\n0::/\n")
     result = await CgroupCollector(_no_process_finder(), str(root), str(proc_root), 1, 5).collect()
     names = {s.name: s for s in result.samples}
-    assert result.facts.version == "v1"
+    assert _cgroup_version(result) == "v1" and result.facts is None
     assert names["dynamo_sidecar_cgroup_memory_usage_bytes"].value == 2097152
     assert "dynamo_sidecar_cgroup_memory_limit_bytes" not in names  # unlimited
     events = {
@@ -322,14 +328,14 @@ async def test_missing_files_are_not_errors(tmp_path: Path) -> None:
     result = await CgroupCollector(
         _no_process_finder(), str(tmp_path / "nothing"), str(tmp_path / "noproc"), 1, 5
     ).collect()
-    assert result.facts.version == "none"
+    assert _cgroup_version(result) == "none"
     assert [s.name for s in result.samples] == ["dynamo_sidecar_cgroup_info"]
 
 
 async def test_real_machine_cgroup_and_pressure() -> None:
     result = await CgroupCollector(_no_process_finder(), "/sys/fs/cgroup", "/proc", 1, 5).collect()
     names = {s.name for s in result.samples}
-    assert result.facts.version in {"v1", "v2"}
+    assert _cgroup_version(result) in {"v1", "v2"}
     assert "dynamo_sidecar_cgroup_memory_usage_bytes" in names
     if os.path.exists("/proc/pressure/cpu"):
         assert any(

@@ -24,7 +24,7 @@ from agent.diagnose.model import (
     registrar,
     who,
 )
-from agent.facts import DependencyProbe, EndpointFacts, ProbeFact, ProcessFact
+from agent.facts import DependencyProbe, EndpointFacts, Outcome, ProbeFact, ProcessFact
 from agent.signals import CLIENT_ERROR_TYPES, engine_start, produced_since
 
 RULES: list[Rule] = []
@@ -71,7 +71,7 @@ def _probe_evidence(endpoint: str, probe: str, view: ProbeFact, url: str) -> lis
     return evidence
 
 
-def _probe_hits(ctx: Context, outcomes: set[str], probe: str = "health") -> list[Hit]:
+def _probe_hits(ctx: Context, outcomes: set[Outcome], probe: str = "health") -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health.endpoints.items():
         probe_view = view.probe(probe)
@@ -137,7 +137,7 @@ def _grade_by_capacity(ctx: Context, hit: Hit, lost: set[str]) -> Hit:
     hits get an empty `capacity`."""
     hit.values.setdefault("capacity", "")
     workers = sorted(e for e, v in ctx.health.endpoints.items() if v.kind == "worker")
-    serving = [e for e in workers if e not in lost and ctx.probe(e).outcome == "ok"]
+    serving = [e for e in workers if e not in lost and ctx.probe(e).outcome == Outcome.OK]
     if hit.role != "worker" or len(workers) < 2 or not serving:
         return hit
     share = _served_share(ctx)
@@ -228,7 +228,7 @@ def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
     grace = duration_text(ctx.config.startup_grace)
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
-        if not _in_startup(ctx, endpoint) or probe.outcome == "ok":
+        if not _in_startup(ctx, endpoint) or probe.outcome == Outcome.OK:
             continue
         kind = view.kind
         hits.append(
@@ -357,7 +357,7 @@ def dynamo_draining(ctx: Context, t: Limits) -> list[Hit]:
 )
 def dynamo_stopped_after_drain(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for hit in _probe_hits(ctx, {"refused", "timeout"}):
+    for hit in _probe_hits(ctx, {Outcome.REFUSED, Outcome.TIMEOUT}):
         drained = _after_drain(ctx, hit.subject, hit.since)
         if not drained:
             continue
@@ -474,7 +474,7 @@ def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
         lost = _endpoints_of(ctx, process) or {
             e
             for e, v in ctx.health.endpoints.items()
-            if v.kind == "worker" and v.probe().outcome == "timeout"
+            if v.kind == "worker" and v.probe().outcome == Outcome.TIMEOUT
         }
         hits.append(_grade_by_capacity(ctx, hit, lost))
     return hits
@@ -494,7 +494,7 @@ def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
 )
 def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for hit in _probe_hits(ctx, {"refused"}):
+    for hit in _probe_hits(ctx, {Outcome.REFUSED}):
         view = ctx.health.endpoints[hit.subject]
         answers = view.answers_on
         if answers is None:
@@ -533,7 +533,7 @@ def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
 )
 def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for hit in _probe_hits(ctx, {"refused"}):
+    for hit in _probe_hits(ctx, {Outcome.REFUSED}):
         view = ctx.health.endpoints[hit.subject]
         if (
             _in_startup(ctx, hit.subject)
@@ -577,7 +577,7 @@ def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
 def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
     return [
         _grade_by_capacity(ctx, hit, {hit.subject})
-        for hit in _probe_hits(ctx, {"timeout"})
+        for hit in _probe_hits(ctx, {Outcome.TIMEOUT})
         if not _in_startup(ctx, hit.subject) and not _after_drain(ctx, hit.subject, hit.since)
     ]
 
@@ -595,13 +595,13 @@ def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
     fleet=lambda s, t: s(OUTCOME, 'probe="health",outcome=~"malformed|http_error|error"') + " == 1",
 )
 def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:
-    hits = _probe_hits(ctx, {"malformed", "http_error", "error"})
+    hits = _probe_hits(ctx, {Outcome.MALFORMED, Outcome.HTTP_ERROR, Outcome.ERROR})
     for hit in hits:
         probe = ctx.probe(hit.subject)
         url = hit.values["url"]
-        if probe.outcome == "error":
+        if probe.outcome == Outcome.ERROR:
             hit.values["what"] = f"closes or resets the connection at {url} without an answer ({probe.error})"
-        elif probe.outcome == "http_error":
+        elif probe.outcome == Outcome.HTTP_ERROR:
             hit.values["what"] = f"answers {url} with HTTP {probe.status_code} and no health body"
         else:
             hit.values["what"] = f"answers {url} with a body that is not Dynamo's health JSON ({probe.error})"
@@ -638,7 +638,7 @@ def frontend_no_instances(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
-        if view.kind != "frontend" or probe.outcome != "ok" or view.instance_ids != []:
+        if view.kind != "frontend" or probe.outcome != Outcome.OK or view.instance_ids != []:
             continue
         since = view.instances_since or probe.since or ctx.now
         if ctx.now - since < t.for_seconds or _in_startup_workers(ctx):
@@ -707,7 +707,7 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
         ids = view.instance_ids or []
-        if view.kind != "frontend" or probe.outcome != "ok" or not ids:
+        if view.kind != "frontend" or probe.outcome != Outcome.OK or not ids:
             continue
         # Only failures since the list took its present shape are about the instances it
         # lists now: once a dead worker is dropped, the earlier failures were about it.
@@ -768,7 +768,7 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
             last_event=0.0 if no_models else failed_last,
         )
         answering = any(
-            v.kind == "worker" and v.probe().outcome == "ok" for v in ctx.health.endpoints.values()
+            v.kind == "worker" and v.probe().outcome == Outcome.OK for v in ctx.health.endpoints.values()
         )
         if served > 0 or (len(ids) > 1 and answering):
             # Some listed instances serve (requests succeed since the failures began, or
@@ -866,7 +866,7 @@ def _unlisted_workers(ctx: Context, for_seconds: float) -> list[tuple[str, list[
     """(endpoint, its instance ids, since when) for each worker of this pod that answers ready
     while the frontend of this pod, answering too, lists none of its instance ids."""
     frontends = [
-        v for v in ctx.health.endpoints.values() if v.kind == "frontend" and v.probe().outcome == "ok"
+        v for v in ctx.health.endpoints.values() if v.kind == "frontend" and v.probe().outcome == Outcome.OK
     ]
     if not frontends or any(v.instance_ids is None for v in frontends):
         return []
@@ -875,7 +875,7 @@ def _unlisted_workers(ctx: Context, for_seconds: float) -> list[tuple[str, list[
     for endpoint, view in ctx.health.endpoints.items():
         scrape = ctx.scrapes.endpoints.get(endpoint)
         probe = view.probe()
-        if view.kind != "worker" or probe.outcome != "ok" or scrape is None or not scrape.worker_ids:
+        if view.kind != "worker" or probe.outcome != Outcome.OK or scrape is None or not scrape.worker_ids:
             continue
         try:
             decimal = {str(int(i, 16)) for i in scrape.worker_ids}
@@ -958,7 +958,7 @@ def worker_notready_endpoints_ready(ctx: Context, t: Limits) -> list[Hit]:
 )
 def dynamo_not_ready(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for hit in _probe_hits(ctx, {"unhealthy"}):
+    for hit in _probe_hits(ctx, {Outcome.UNHEALTHY}):
         view = ctx.health.endpoints[hit.subject]
         status = view.probe().status
         if _in_startup(ctx, hit.subject) or status in SHUTDOWN_STATUSES or view.stage == "draining":
@@ -986,7 +986,7 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
     for endpoint, fact in ctx.scrapes.endpoints.items():
         if fact.up:
             continue
-        if ctx.probe(endpoint).outcome in {"refused", "timeout"} or ctx.starting(endpoint):
+        if ctx.probe(endpoint).outcome in {Outcome.REFUSED, Outcome.TIMEOUT} or ctx.starting(endpoint):
             continue  # the endpoint itself is down, or not up yet: those findings say it
         view = ctx.health.endpoints.get(endpoint)
         kind = view.kind if view is not None else ""
@@ -1304,7 +1304,9 @@ def engine_hung(ctx: Context, t: Limits) -> list[Hit]:
         role="worker",
     )
     # Work stuck on one worker of several: the others still answer; graded by what is lost.
-    lost = {e for e, v in ctx.health.endpoints.items() if v.kind == "worker" and v.probe().outcome != "ok"}
+    lost = {
+        e for e, v in ctx.health.endpoints.items() if v.kind == "worker" and v.probe().outcome != Outcome.OK
+    }
     return [_grade_by_capacity(ctx, hit, lost)]
 
 

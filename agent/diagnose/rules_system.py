@@ -22,7 +22,7 @@ from agent.diagnose.model import (
     duration_text,
     registrar,
 )
-from agent.facts import GpuFact
+from agent.facts import GpuFact, Outcome
 from agent.signals import CLIENT_ERROR_TYPES, SLO_OBJECTIVES, bucket_text, slo_observations
 from agent.state import State
 from collectors.gpu import xid_class
@@ -1344,7 +1344,7 @@ def _unread_service_port(ctx: Context, peer: str) -> bool:
     if kind is None or peer not in ctx.tcp.service_ports.values():
         return False
     stalled = any(p.state in STALLED_STATES for p in ctx.processes.of_role(kind))
-    hung = any(v.kind == kind and v.probe().outcome == "timeout" for v in ctx.health.endpoints.values())
+    hung = any(v.kind == kind and v.probe().outcome == Outcome.TIMEOUT for v in ctx.health.endpoints.values())
     return stalled or hung
 
 

@@ -51,6 +51,8 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("history_series", "gauge", "Series currently held in the history ring.", (), "state"),
     _m("history_window_seconds", "gauge", "How far back the history ring reaches by configuration.", (), "state"),
     _m("events_total", "counter", "Events recorded (health transitions, restarts, XIDs...) by kind.", ("kind",), "state"),
+    _m("rule_evaluation_failures_total", "counter", "Evaluations of the diagnose rule that raised (its findings missing from that report; the error is in its rule_errors).", ("rule",), "diagnose"),
+    _m("rule_evaluation_duration_seconds", "gauge", "How long the diagnose rule's last evaluation took.", ("rule",), "diagnose"),
     _m("exposition_render_seconds", "gauge", "Time the last /metrics render took on the event loop, its steps summed.", (), "exporter"),
     _m("exposition_render_longest_step_seconds", "gauge", "Longest step of the last render: what a scrape arriving mid-render waits at most.", (), "exporter"),
     _m("drain_duration_seconds", "gauge", "Duration of the current or last drain.", (), "drain"),

@@ -9,16 +9,30 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 # --- Dynamo health (collectors/dynamo_health.py) ---------------------------------------------
+
+
+class Outcome(StrEnum):
+    """A health probe's outcome (ProbeFact.outcome). A StrEnum, so it equals the plain strings
+    the collector writes and the metrics carry: rules compare against members, not literals."""
+
+    OK = "ok"
+    UNHEALTHY = "unhealthy"  # answered, with a status that is not healthy/ready
+    REFUSED = "refused"
+    TIMEOUT = "timeout"
+    HTTP_ERROR = "http_error"
+    MALFORMED = "malformed"
+    ERROR = "error"
 
 
 @dataclass
 class ProbeFact:
     """One health probe (health or live) of one endpoint, as last seen."""
 
-    outcome: str = ""  # ok | unhealthy | refused | timeout | http_error | malformed | error
+    outcome: str = ""  # an Outcome value ("" before the first probe)
     status: str = ""  # the body's status string
     status_code: int = 0
     elapsed_seconds: float = 0.0
@@ -142,20 +156,8 @@ class ProcessFacts:
         return [p for p in self.readable() if p.role == role]
 
 
-# --- cgroup (collectors/cgroup.py) -------------------------------------------------------------
-
-
-@dataclass
-class CgroupFacts:
-    version: str = ""  # v1 | v2 | hybrid | none
-    scope: str = ""
-    path: str = ""
-    memory_usage_bytes: int | None = None
-    memory_limit_bytes: int | None = None
-    memory_events: dict[str, int] = field(default_factory=dict)
-    cpu_limit_cores: float | None = None
-    pressure_avg10: dict[str, float | None] = field(default_factory=dict)  # scope/resource/kind
-    time: float = 0.0
+# cgroup (collectors/cgroup.py): no facts. Its readings are all numbers, which rules read from
+# the samples and their history.
 
 
 # --- TCP (collectors/tcp.py) ---------------------------------------------------------------------

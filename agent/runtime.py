@@ -23,7 +23,7 @@ from agent.catalogue import metric
 from agent.config import Config, redact_url
 from agent.diagnose import diagnose
 from agent.diagnose.context import Context
-from agent.diagnose.engine import evaluate
+from agent.diagnose.engine import RuleHealth, evaluate
 from agent.diagnose.lifecycle import Lifecycle
 from agent.drain import DrainCoordinator, DrainSummary
 from agent.facts import ProcessFacts
@@ -217,6 +217,7 @@ class Sidecar:
         # Findings over time: every evaluation (one per collection cycle, and each /diagnose)
         # moves the same episodes, so `since` and "resolved" are within one cycle of the truth.
         self.lifecycle = Lifecycle()
+        self.rule_health = RuleHealth()
         self.connections = ConnectionLimiter(config.max_connections)
         self.state.extra["canary"] = self.canary
 
@@ -253,6 +254,7 @@ class Sidecar:
         out.append(sample("dynamo_sidecar_http_connections_refused_total", self.connections.refused))
         out.append(sample("dynamo_sidecar_http_connections_shed_total", self.connections.shed))
         out.extend(self.telemetry.samples())
+        out.extend(self.rule_health.samples())
         return out
 
     def _slo_samples(self) -> list[Sample]:
@@ -314,12 +316,13 @@ class Sidecar:
             min_severity=min_severity,
             lifecycle=self.lifecycle,
             record=window is None or window >= self.config.history_window,
+            health=self.rule_health,
         )
 
     def evaluate_findings(self) -> None:
         """One evaluation into the lifecycle, once per collection cycle."""
         try:
-            evaluate(self._diagnose_context(), lifecycle=self.lifecycle)
+            evaluate(self._diagnose_context(), lifecycle=self.lifecycle, health=self.rule_health)
         except Exception as exc:  # the report path shows rule errors; this must not stop renders
             log.warning("findings evaluation failed", error=repr(exc)[:300])
 

@@ -46,6 +46,11 @@ class Scheduler:
         if not self.collectors:
             self.first_cycle_done.set()
 
+    def dead_tasks(self) -> list[str]:
+        """The names of the collector loops that have ended. Each runs until stop(), so while
+        the sidecar runs, one that is done has crashed: what /healthz reports."""
+        return [task.get_name() for task in self._tasks if task.done()]
+
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()

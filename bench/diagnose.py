@@ -19,6 +19,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -76,7 +77,7 @@ def fill(sidecar: Sidecar, now: float) -> int:
         state.update(
             "dynamo_metrics", CollectResult(families=families, facts=MetricsFacts(scrapes, t)), now=t
         )
-        ok = {"since": now - WINDOW, "status_code": 200, "outcome": "ok"}
+        ok: dict[str, Any] = {"since": now - WINDOW, "status_code": 200, "outcome": "ok"}
         endpoints = {
             "frontend": EndpointFacts(
                 "frontend",

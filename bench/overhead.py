@@ -22,12 +22,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu import fake_gpu_env  # noqa: E402
-from tests.conftest import free_port, wait_for_sync  # noqa: E402
+from tests.helpers import free_port, wait_for_sync  # noqa: E402
 from tests.procs import PYTHON, http_get, start_sim  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
@@ -160,7 +161,7 @@ def run(seconds: float, interval: float | None, real: bool, extra: list[str], sp
             sim.wait(timeout=10)
         if dynamo is not None:
             dynamo.stop()
-    out = {
+    out: dict[str, Any] = {
         "target": "real Dynamo 1.6.1" if real else "simulator",
         "interval": interval or "defaults (5 s; tcp 10 s)",
         "seconds": round(t1 - t0, 1),

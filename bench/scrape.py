@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.gpu import fake_gpu_env  # noqa: E402
-from tests.conftest import free_port, wait_for_sync  # noqa: E402
+from tests.helpers import free_port, wait_for_sync  # noqa: E402
 from tests.procs import PYTHON, http_get, start_sim  # noqa: E402
 
 BARE_APP = """

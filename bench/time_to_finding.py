@@ -234,7 +234,8 @@ async def run_sim_case(case: Case, interval: float) -> Outcome:
 
 async def _watch(case: Case, sidecar: Sidecar, started: float, deadline: float) -> Outcome:
     seen: float | None = None
-    top, extra = "", []
+    top: str = ""
+    extra: list[str] = []
     end = started + deadline + (2.0 if case.expect else 0.0)
     while time.monotonic() < end:
         report = sidecar.diagnose_report()
@@ -323,7 +324,7 @@ async def run_real_case(name: str, expect: str, how: str, interval: float, pytho
         }
         worker_url = dynamo.worker_url
         if how == "wrongport":
-            from tests.conftest import free_port
+            from tests.helpers import free_port
 
             worker_url = f"http://127.0.0.1:{free_port()}"
         config = _sidecar_config(
@@ -363,9 +364,12 @@ async def run_real_case(name: str, expect: str, how: str, interval: float, pytho
             dynamo.frontend.send_signal(signal.SIGTERM)
         elif how in {"before", "slowstart"}:
             args = ["--startup-time", "20"] if how == "slowstart" else []
-            thread = threading.Thread(
-                target=lambda: (dynamo.start_worker(extra_args=args), dynamo.start_frontend())
-            )
+
+            def start_both(args: list[str] = args) -> None:
+                dynamo.start_worker(extra_args=args)
+                dynamo.start_frontend()
+
+            thread = threading.Thread(target=start_both)
             thread.start()
             threads.append(thread)
         if info_only:

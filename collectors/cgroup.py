@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import time
 from dataclasses import dataclass
 
-from agent.facts import CgroupFacts
 from agent.samples import CollectResult
 from collectors.base import Collector
 from collectors.process import Found, ProcessFinder
@@ -149,32 +147,28 @@ class CgroupCollector(Collector):
     def _collect_sync(self) -> CollectResult:
         result = CollectResult()
         paths = self._paths()
-        facts = CgroupFacts(paths.version, paths.scope, paths.path)
+        # Samples only, no facts: rules read the cgroup's numbers from the samples (and their
+        # history), so facts beside them would be a second copy nothing reads.
         result.add(PREFIX + "cgroup_info", 1, version=paths.version, path=paths.path, scope=paths.scope)
         if paths.version == "v2":
-            self._v2(result, paths.unified, facts)
+            self._v2(result, paths.unified)
         elif paths.version == "v1":
-            self._v1(result, paths, facts)
+            self._v1(result, paths)
         if paths.unified:
-            self._pressure(result, paths.unified, "cgroup", facts)
-        self._pressure(result, os.path.join(self.proc_root, "pressure"), "host", facts, host=True)
-        facts.time = time.time()
-        result.facts = facts
+            self._pressure(result, paths.unified, "cgroup")
+        self._pressure(result, os.path.join(self.proc_root, "pressure"), "host", host=True)
         return result
 
-    def _v2(self, result: CollectResult, base: str, facts: CgroupFacts) -> None:
+    def _v2(self, result: CollectResult, base: str) -> None:
         usage = _read_int(os.path.join(base, "memory.current"))
         if usage is not None:
             result.add(PREFIX + "cgroup_memory_usage_bytes", usage)
-            facts.memory_usage_bytes = usage
         limit = _read_int(os.path.join(base, "memory.max"))  # "max" parses as None
         if limit is not None:
             result.add(PREFIX + "cgroup_memory_limit_bytes", limit)
-            facts.memory_limit_bytes = limit
         for event, count in _kv(os.path.join(base, "memory.events")).items():
             if event in {"oom", "oom_kill", "max", "high", "low", "oom_group_kill"}:
                 result.add(PREFIX + "cgroup_memory_events_total", count, event=event)
-                facts.memory_events[event] = count
         cpu = _kv(os.path.join(base, "cpu.stat"))
         self._cpu_stat(
             result,
@@ -188,24 +182,20 @@ class CgroupCollector(Collector):
             try:
                 cores = int(quota_text[0]) / int(quota_text[1])
                 result.add(PREFIX + "cgroup_cpu_limit_cores", cores)
-                facts.cpu_limit_cores = cores
             except (ValueError, ZeroDivisionError):
                 pass
 
-    def _v1(self, result: CollectResult, paths: CgroupPaths, facts: CgroupFacts) -> None:
+    def _v1(self, result: CollectResult, paths: CgroupPaths) -> None:
         if paths.memory:
             usage = _read_int(os.path.join(paths.memory, "memory.usage_in_bytes"))
             if usage is not None:
                 result.add(PREFIX + "cgroup_memory_usage_bytes", usage)
-                facts.memory_usage_bytes = usage
             limit = _read_int(os.path.join(paths.memory, "memory.limit_in_bytes"))
             if limit is not None and limit < V1_UNLIMITED:
                 result.add(PREFIX + "cgroup_memory_limit_bytes", limit)
-                facts.memory_limit_bytes = limit
             oom = _kv(os.path.join(paths.memory, "memory.oom_control"))
             if "oom_kill" in oom:
                 result.add(PREFIX + "cgroup_memory_events_total", oom["oom_kill"], event="oom_kill")
-                facts.memory_events["oom_kill"] = oom["oom_kill"]
             failcnt = _read_int(os.path.join(paths.memory, "memory.failcnt"))
             if failcnt is not None:
                 # v1 failcnt counts hits of the limit: the same as v2's `max` event.
@@ -224,7 +214,6 @@ class CgroupCollector(Collector):
             period = _read_int(os.path.join(paths.cpu, "cpu.cfs_period_us"))
             if quota is not None and period and quota > 0:
                 result.add(PREFIX + "cgroup_cpu_limit_cores", quota / period)
-                facts.cpu_limit_cores = quota / period
 
     @staticmethod
     def _cpu_stat(
@@ -244,9 +233,7 @@ class CgroupCollector(Collector):
             result.add(PREFIX + "cgroup_cpu_throttled_seconds_total", throttled_seconds)
 
     @staticmethod
-    def _pressure(
-        result: CollectResult, base: str, scope: str, facts: CgroupFacts, host: bool = False
-    ) -> None:
+    def _pressure(result: CollectResult, base: str, scope: str, host: bool = False) -> None:
         for resource in ("cpu", "memory", "io"):
             path = os.path.join(base, resource if host else f"{resource}.pressure")
             text = _read(path)
@@ -271,7 +258,6 @@ class CgroupCollector(Collector):
                         resource=resource,
                         kind=kind,
                     )
-                facts.pressure_avg10[f"{scope}/{resource}/{kind}"] = values.get("avg10")
 
     async def collect(self) -> CollectResult:
         return await asyncio.to_thread(self._collect_sync)

@@ -18,15 +18,16 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any
 
+from agent.catalogue import metric
 from agent.facts import GpuFact, GpuFacts
 from agent.log import get as get_logger
 from agent.samples import CollectResult, Event
 from collectors.base import Collector
 
 log = get_logger("dynamo_sidecar.gpu")
-PREFIX = "dynamo_sidecar_"
 
 # XID classes an operator acts on (NVIDIA's XID catalogue).
 XID_CLASSES: dict[int, tuple[str, str]] = {
@@ -67,6 +68,118 @@ MAX_NVLINKS = 18
 
 def xid_class(xid: int) -> tuple[str, str]:
     return XID_CLASSES.get(xid, ("other", f"XID {xid}"))
+
+
+# --- a GPU's reading and how it is emitted ---------------------------------------------------
+# As node_exporter's meminfo: a reader fills a typed reading in the source's own units, and a
+# table maps each field to its metric, its labels and the unit conversion. The collector's
+# logic (which call, when, what a lost GPU means) stays in the reader; what is exposed is read
+# off the table.
+
+Keyed = dict[Any, Any]  # label value (or tuple of them) -> value
+
+
+@dataclass
+class DeviceReading:
+    """One GPU's answers in one collection, in NVML's units. A field NVML did not answer (not
+    supported, an error) stays None or empty and is not emitted."""
+
+    lost: bool = False  # NVML_ERROR_GPU_IS_LOST: nothing else was read
+    utilization: Keyed = field(default_factory=dict)  # kind (gpu, memory) -> percent
+    memory: Keyed = field(default_factory=dict)  # state (used, free, total) -> bytes
+    temperature: int | None = None  # Celsius
+    temperature_thresholds: Keyed = field(default_factory=dict)  # slowdown, shutdown -> Celsius
+    power_mw: int | None = None
+    power_limit_mw: int | None = None
+    clocks_mhz: Keyed = field(default_factory=dict)  # sm, memory
+    clock_event_reasons: dict[str, bool] = field(default_factory=dict)  # every known reason -> active
+    ecc: Keyed = field(default_factory=dict)  # (corrected|uncorrected, volatile|aggregate) -> errors
+    retired_pages: Keyed = field(default_factory=dict)  # single_bit, double_bit -> pages
+    remapped_rows: Keyed = field(default_factory=dict)  # correctable, uncorrectable, pending, failure
+    pcie_replays: int | None = None
+    pcie_throughput_kbs: Keyed = field(default_factory=dict)  # tx, rx -> KB/s
+    fan_percent: int | None = None
+    persistence: int | None = None  # 1 on, 0 off
+    nvlink_errors: Keyed = field(default_factory=dict)  # (link, replay|recovery|crc_flit) -> errors
+    # ((pid, process), bytes) per Dynamo process, then (("", "other"), the rest); None: not answered
+    process_memory: list[tuple[tuple[Any, str], int]] | None = None
+
+    def fact(self, identity: dict[str, str]) -> GpuFact:
+        """What the rules read, derived from the reading (never set beside it)."""
+        fact = GpuFact(identity["uuid"], identity["name"], identity["pci_bus_id"], lost=self.lost)
+        if self.lost:
+            return fact
+        if self.utilization:
+            fact.utilization = self.utilization["gpu"] / 100
+        if self.memory:
+            fact.memory_used, fact.memory_total = self.memory["used"], self.memory["total"]
+        fact.temperature = self.temperature
+        fact.temperature_thresholds = dict(self.temperature_thresholds)
+        fact.power_watts = None if self.power_mw is None else self.power_mw / 1000
+        fact.power_limit_watts = None if self.power_limit_mw is None else self.power_limit_mw / 1000
+        fact.clock_event_reasons = [reason for reason, on in self.clock_event_reasons.items() if on]
+        fact.ecc = {f"{kind}_{counter}": value for (kind, counter), value in self.ecc.items()}
+        if self.remapped_rows:
+            fact.remap_pending = self.remapped_rows.get("pending", 0)
+            fact.remap_failure = self.remapped_rows.get("failure", 0)
+        if self.process_memory is not None:
+            # The last entry is everything else ("other"): not a Dynamo process.
+            fact.processes = [
+                {"pid": pid, "process": process, "memory": used}
+                for (pid, process), used in self.process_memory[:-1]
+            ]
+        return fact
+
+
+@dataclass(frozen=True)
+class Emitted:
+    """One row of the table: a reading field, the metric it becomes, the label names of its
+    keys (none for a scalar) and the conversion from NVML's unit to the metric's."""
+
+    field: str
+    metric: str
+    labels: tuple[str, ...] = ()
+    convert: Callable[[Any], float] | None = None
+
+
+# In exposition order. The metric names are checked against the catalogue at import.
+EMITTED: tuple[Emitted, ...] = (
+    Emitted("utilization", metric("gpu_utilization_ratio"), ("kind",), lambda percent: percent / 100),
+    Emitted("memory", metric("gpu_memory_bytes"), ("state",)),
+    Emitted("temperature", metric("gpu_temperature_celsius")),
+    Emitted("temperature_thresholds", metric("gpu_temperature_threshold_celsius"), ("threshold",)),
+    Emitted("power_mw", metric("gpu_power_watts"), (), lambda mw: mw / 1000),
+    Emitted("power_limit_mw", metric("gpu_power_limit_watts"), (), lambda mw: mw / 1000),
+    Emitted("clocks_mhz", metric("gpu_clock_hertz"), ("clock",), lambda mhz: mhz * 1e6),
+    Emitted("clock_event_reasons", metric("gpu_clock_event_reason"), ("reason",), lambda on: 1 if on else 0),
+    Emitted("ecc", metric("gpu_ecc_errors_total"), ("type", "counter")),
+    Emitted("retired_pages", metric("gpu_retired_pages"), ("cause",)),
+    Emitted("remapped_rows", metric("gpu_remapped_rows"), ("kind",)),
+    Emitted("pcie_replays", metric("gpu_pcie_replays_total")),
+    Emitted(
+        "pcie_throughput_kbs",
+        metric("gpu_pcie_throughput_bytes_per_second"),
+        ("direction",),
+        lambda kbs: kbs * 1024,
+    ),
+    Emitted("fan_percent", metric("gpu_fan_speed_ratio"), (), lambda percent: percent / 100),
+    Emitted("persistence", metric("gpu_persistence_mode")),
+    Emitted("nvlink_errors", metric("gpu_nvlink_errors_total"), ("link", "counter")),
+    Emitted("process_memory", metric("gpu_process_memory_bytes"), ("pid", "process")),
+)
+
+
+def emit(result: CollectResult, reading: DeviceReading, gpu: dict[str, str]) -> None:
+    """Every answered field of the reading as samples, row by row of EMITTED."""
+    for row in EMITTED:
+        value = getattr(reading, row.field)
+        if value is None:
+            continue
+        keyed = value.items() if isinstance(value, dict) else value if row.labels else [((), value)]
+        for key, raw in keyed:
+            values = key if isinstance(key, tuple) else (key,)
+            labels = dict(zip(row.labels, values, strict=True))
+            result.add(row.metric, row.convert(raw) if row.convert else raw, **labels, **gpu)
 
 
 class _Nvml:
@@ -278,19 +391,19 @@ class GpuCollector(Collector):
         result = CollectResult()
         now = time.time()
         if not self._init():
-            result.add(PREFIX + "gpu_available", 0, reason=self.unavailable_reason)
+            result.add(metric("gpu_available"), 0, reason=self.unavailable_reason)
             result.facts = GpuFacts(False, self.unavailable_reason, time=now)
             return result
-        result.add(PREFIX + "gpu_available", 1, reason="ok")
+        result.add(metric("gpu_available"), 1, reason="ok")
         pids = self.dynamo_pids()
         gpus: dict[str, GpuFact] = {}
         for index, handle in self._handles.items():
             gpus[str(index)] = self._device(result, index, handle, pids, now)
         self._xids(result)
         for (gpu, function, error), count in self._errors.items():
-            result.add(PREFIX + "gpu_nvml_errors_total", count, gpu=gpu, function=function, error=error)
+            result.add(metric("gpu_nvml_errors_total"), count, gpu=gpu, function=function, error=error)
         for (gpu, xid), count in self._xid_counts.items():
-            result.add(PREFIX + "gpu_xid_errors_total", count, gpu=gpu, xid=xid)
+            result.add(metric("gpu_xid_errors_total"), count, gpu=gpu, xid=xid)
         result.facts = GpuFacts(
             True,
             "",
@@ -304,11 +417,31 @@ class GpuCollector(Collector):
     def _device(
         self, result: CollectResult, index: int, handle: Any, pids: dict[int, str], now: float
     ) -> GpuFact:
-        lib = self._nvml.lib  # type: ignore[union-attr]
+        """One GPU: read it (NVML, in NVML's units), then emit the reading through the table."""
         identity = self._static[index]
         gpu = {"gpu": str(index), "uuid": identity["uuid"]}
-        fact = GpuFact(identity["uuid"], identity["name"], identity["pci_bus_id"])
-        result.add(PREFIX + "gpu_info", 1, name=identity["name"], pci_bus_id=identity["pci_bus_id"], **gpu)
+        result.add(metric("gpu_info"), 1, name=identity["name"], pci_bus_id=identity["pci_bus_id"], **gpu)
+        was_lost = index in self._lost
+        reading = self._read(index, handle, pids, now)
+        if reading.lost:
+            # Every further call would fail the same way: report the loss once and move on.
+            result.add(metric("gpu_lost"), 1, **gpu)
+            if not was_lost:
+                message = f"GPU {index} ({identity['uuid']}) is lost: NVML_ERROR_GPU_IS_LOST"
+                log.error("GPU lost", gpu=index, uuid=identity["uuid"])
+                result.events.append(
+                    Event("gpu_lost", f"gpu{index}", message, now, {"gpu": index, "uuid": identity["uuid"]})
+                )
+        else:
+            result.add(metric("gpu_lost"), 0, **gpu)
+            emit(result, reading, gpu)
+        return reading.fact(identity)
+
+    def _read(self, index: int, handle: Any, pids: dict[int, str], now: float) -> DeviceReading:
+        """Everything NVML answers about one GPU, in its own units. The calls are made in this
+        order every time (a lost GPU shows at the first); an unanswered one leaves its field
+        empty. Slow-changing readings come from the last answer until SLOW_EVERY has passed."""
+        lib = self._nvml.lib  # type: ignore[union-attr]
 
         def call(function: Callable[..., Any], *args: Any) -> Any:
             if (index, function.__name__) in self._unsupported:
@@ -330,128 +463,97 @@ class GpuCollector(Collector):
                 self._slow_values[key] = (now, value)
             return value
 
-        was_lost = index in self._lost
+        def each(
+            names: tuple[tuple[str, Any], ...], function: Callable[..., Any], *args: Any
+        ) -> dict[str, Any]:
+            """One call per (name, NVML argument); the names that answered."""
+            out = {}
+            for name, argument in names:
+                value = call(function, *args, argument)
+                if value is not None:
+                    out[name] = value
+            return out
+
+        reading = DeviceReading()
         self._lost.discard(index)  # a reset GPU comes back: ask again every cycle
         utilization = call(lib.nvmlDeviceGetUtilizationRates)
         if index in self._lost:
-            # Every further call would fail the same way: report the loss once and move on.
-            result.add(PREFIX + "gpu_lost", 1, **gpu)
-            if not was_lost:
-                message = f"GPU {index} ({identity['uuid']}) is lost: NVML_ERROR_GPU_IS_LOST"
-                log.error("GPU lost", gpu=index, uuid=identity["uuid"])
-                result.events.append(
-                    Event("gpu_lost", f"gpu{index}", message, now, {"gpu": index, "uuid": identity["uuid"]})
-                )
-            fact.lost = True
-            return fact
-        result.add(PREFIX + "gpu_lost", 0, **gpu)
+            reading.lost = True
+            return reading
         if utilization is not None:
-            result.add(PREFIX + "gpu_utilization_ratio", utilization.gpu / 100, kind="gpu", **gpu)
-            result.add(PREFIX + "gpu_utilization_ratio", utilization.memory / 100, kind="memory", **gpu)
-            fact.utilization = utilization.gpu / 100
+            reading.utilization = {"gpu": utilization.gpu, "memory": utilization.memory}
         memory = call(lib.nvmlDeviceGetMemoryInfo)
         if memory is not None:
-            for state in ("used", "free", "total"):
-                result.add(PREFIX + "gpu_memory_bytes", getattr(memory, state), state=state, **gpu)
-            fact.memory_used, fact.memory_total = memory.used, memory.total
-        temperature = call(lib.nvmlDeviceGetTemperature, lib.NVML_TEMPERATURE_GPU)
-        if temperature is not None:
-            result.add(PREFIX + "gpu_temperature_celsius", temperature, **gpu)
-            fact.temperature = temperature
-        for name, threshold in (
-            ("slowdown", lib.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
-            ("shutdown", lib.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
-        ):
-            value = call(lib.nvmlDeviceGetTemperatureThreshold, threshold)
-            if value is not None:
-                result.add(PREFIX + "gpu_temperature_threshold_celsius", value, threshold=name, **gpu)
-                fact.temperature_thresholds[name] = value
-        power = call(lib.nvmlDeviceGetPowerUsage)
-        if power is not None:
-            result.add(PREFIX + "gpu_power_watts", power / 1000, **gpu)
-            fact.power_watts = power / 1000
-        limit = call(lib.nvmlDeviceGetEnforcedPowerLimit)
-        if limit is not None:
-            result.add(PREFIX + "gpu_power_limit_watts", limit / 1000, **gpu)
-            fact.power_limit_watts = limit / 1000
-        for name, clock in (("sm", lib.NVML_CLOCK_SM), ("memory", lib.NVML_CLOCK_MEM)):
-            value = call(lib.nvmlDeviceGetClockInfo, clock)
-            if value is not None:
-                result.add(PREFIX + "gpu_clock_hertz", value * 1e6, clock=name, **gpu)
+            reading.memory = {state: getattr(memory, state) for state in ("used", "free", "total")}
+        reading.temperature = call(lib.nvmlDeviceGetTemperature, lib.NVML_TEMPERATURE_GPU)
+        reading.temperature_thresholds = each(
+            (
+                ("slowdown", lib.NVML_TEMPERATURE_THRESHOLD_SLOWDOWN),
+                ("shutdown", lib.NVML_TEMPERATURE_THRESHOLD_SHUTDOWN),
+            ),
+            lib.nvmlDeviceGetTemperatureThreshold,
+        )
+        reading.power_mw = call(lib.nvmlDeviceGetPowerUsage)
+        reading.power_limit_mw = call(lib.nvmlDeviceGetEnforcedPowerLimit)
+        reading.clocks_mhz = each(
+            (("sm", lib.NVML_CLOCK_SM), ("memory", lib.NVML_CLOCK_MEM)), lib.nvmlDeviceGetClockInfo
+        )
         reasons = call(lib.nvmlDeviceGetCurrentClocksEventReasons)
         if reasons is not None:
-            active = []
-            for bit, reason in CLOCK_REASONS.items():
-                on = bool(reasons & bit)
-                result.add(PREFIX + "gpu_clock_event_reason", 1 if on else 0, reason=reason, **gpu)
-                if on:
-                    active.append(reason)
-            fact.clock_event_reasons = active
+            reading.clock_event_reasons = {
+                reason: bool(reasons & bit) for bit, reason in CLOCK_REASONS.items()
+            }
         for error_name, error_type in (
             ("corrected", lib.NVML_MEMORY_ERROR_TYPE_CORRECTED),
             ("uncorrected", lib.NVML_MEMORY_ERROR_TYPE_UNCORRECTED),
         ):
-            for counter_name, counter in (
-                ("volatile", lib.NVML_VOLATILE_ECC),
-                ("aggregate", lib.NVML_AGGREGATE_ECC),
-            ):
-                value = call(lib.nvmlDeviceGetTotalEccErrors, error_type, counter)
-                if value is not None:
-                    result.add(
-                        PREFIX + "gpu_ecc_errors_total", value, type=error_name, counter=counter_name, **gpu
-                    )
-                    fact.ecc[f"{error_name}_{counter_name}"] = value
-        for cause_name, cause in (
-            ("single_bit", lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
-            ("double_bit", lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
-        ):
-            pages = call(lib.nvmlDeviceGetRetiredPages, cause)
-            if pages is not None:
-                result.add(PREFIX + "gpu_retired_pages", len(pages), cause=cause_name, **gpu)
+            for counter_name, counter in each(
+                (("volatile", lib.NVML_VOLATILE_ECC), ("aggregate", lib.NVML_AGGREGATE_ECC)),
+                lib.nvmlDeviceGetTotalEccErrors,
+                error_type,
+            ).items():
+                reading.ecc[(error_name, counter_name)] = counter
+        pages = each(
+            (
+                ("single_bit", lib.NVML_PAGE_RETIREMENT_CAUSE_MULTIPLE_SINGLE_BIT_ECC_ERRORS),
+                ("double_bit", lib.NVML_PAGE_RETIREMENT_CAUSE_DOUBLE_BIT_ECC_ERROR),
+            ),
+            lib.nvmlDeviceGetRetiredPages,
+        )
+        reading.retired_pages = {cause: len(retired) for cause, retired in pages.items()}
         remapped = call(lib.nvmlDeviceGetRemappedRows)
         if remapped is not None:
-            for kind, value in zip(
-                ("correctable", "uncorrectable", "pending", "failure"), remapped, strict=False
-            ):
-                result.add(PREFIX + "gpu_remapped_rows", value, kind=kind, **gpu)
-            fact.remap_pending, fact.remap_failure = remapped[2], remapped[3]
-        replays = call(lib.nvmlDeviceGetPcieReplayCounter)
-        if replays is not None:
-            result.add(PREFIX + "gpu_pcie_replays_total", replays, **gpu)
-        for direction, counter in (("tx", lib.NVML_PCIE_UTIL_TX_BYTES), ("rx", lib.NVML_PCIE_UTIL_RX_BYTES)):
-            value = call(lib.nvmlDeviceGetPcieThroughput, counter)
-            if value is not None:
-                result.add(
-                    PREFIX + "gpu_pcie_throughput_bytes_per_second", value * 1024, direction=direction, **gpu
-                )
-        fan = call(lib.nvmlDeviceGetFanSpeed)
-        if fan is not None:
-            result.add(PREFIX + "gpu_fan_speed_ratio", fan / 100, **gpu)
+            kinds = ("correctable", "uncorrectable", "pending", "failure")
+            reading.remapped_rows = dict(zip(kinds, remapped, strict=False))
+        reading.pcie_replays = call(lib.nvmlDeviceGetPcieReplayCounter)
+        reading.pcie_throughput_kbs = each(
+            (("tx", lib.NVML_PCIE_UTIL_TX_BYTES), ("rx", lib.NVML_PCIE_UTIL_RX_BYTES)),
+            lib.nvmlDeviceGetPcieThroughput,
+        )
+        reading.fan_percent = call(lib.nvmlDeviceGetFanSpeed)
         persistence = call(lib.nvmlDeviceGetPersistenceMode)
         if persistence is not None:
-            result.add(PREFIX + "gpu_persistence_mode", 1 if persistence else 0, **gpu)
-        self._nvlinks(result, index, handle, gpu)
+            reading.persistence = 1 if persistence else 0
+        reading.nvlink_errors = self._nvlinks(index, handle)
         processes = call(lib.nvmlDeviceGetComputeRunningProcesses)
         if processes is not None:
             other = 0
-            mapped = []
+            reading.process_memory = []
             for proc in processes:
                 used = proc.usedGpuMemory or 0
                 if proc.pid in pids:
-                    result.add(
-                        PREFIX + "gpu_process_memory_bytes", used, pid=proc.pid, process=pids[proc.pid], **gpu
-                    )
-                    mapped.append({"pid": proc.pid, "process": pids[proc.pid], "memory": used})
+                    reading.process_memory.append(((proc.pid, pids[proc.pid]), used))
                 else:
                     other += used
-            result.add(PREFIX + "gpu_process_memory_bytes", other, pid="", process="other", **gpu)
-            fact.processes = mapped
-        return fact
+            reading.process_memory.append((("", "other"), other))
+        return reading
 
-    def _nvlinks(self, result: CollectResult, index: int, handle: Any, gpu: dict[str, str]) -> None:
+    def _nvlinks(self, index: int, handle: Any) -> dict[tuple[int, str], int]:
+        """(link, counter) -> errors, for the active links; empty on a board without NVLink."""
         lib = self._nvml.lib  # type: ignore[union-attr]
+        out: dict[tuple[int, str], int] = {}
         if (index, "nvlink") in self._unsupported:
-            return
+            return out
         counters = (
             ("replay", lib.NVML_NVLINK_ERROR_DL_REPLAY),
             ("recovery", lib.NVML_NVLINK_ERROR_DL_RECOVERY),
@@ -465,13 +567,13 @@ class GpuCollector(Collector):
                 if link == 0:
                     # No NVLink on this board (or not supported): stop asking.
                     self._unsupported.add((index, "nvlink"))
-                return
+                return out
             for name, counter in counters:
                 try:
-                    value = lib.nvmlDeviceGetNvLinkErrorCounter(handle, link, counter)
+                    out[(link, name)] = lib.nvmlDeviceGetNvLinkErrorCounter(handle, link, counter)
                 except lib.NVMLError:
                     continue
-                result.add(PREFIX + "gpu_nvlink_errors_total", value, link=link, counter=name, **gpu)
+        return out
 
     def _xids(self, result: CollectResult) -> None:
         if self.watcher is None:

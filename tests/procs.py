@@ -11,7 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from tests.conftest import free_port, wait_for_sync
+from tests.helpers import free_port, wait_for_sync
 
 PYTHON = sys.executable
 # The tests' own environment must not leak Dynamo settings into the processes they start.

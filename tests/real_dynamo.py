@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import wait_for_sync
+from tests.helpers import wait_for_sync
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 DEFAULT_VENV = Path.home() / ".cache" / "dynamo-sidecar" / "dynamo-1.6.1"

@@ -20,7 +20,7 @@ from agent import exitcodes
 from agent.audit import audit_documents
 from agent.audit.capacity import fit_line, forecast, max_observed
 from agent.inject import Options, inject
-from tests.conftest import free_port, wait_for_sync
+from tests.helpers import free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_post, start_sidecar
 
 OPTIONS = Options(image="registry.test/dynamo-sidecar:0.1.0")
@@ -172,7 +172,7 @@ def test_v1beta1_paths_dgd_env_and_a_worker_hook_that_holds_sigterm() -> None:
     """v1beta1 (the storage version): findings name `spec.components[i]...` paths, the DGD's
     own `spec.env` counts, and a worker preStop that blocks on /drain (what inject wrote
     before) is named: it leaves Dynamo 5 s of its own shutdown."""
-    dgd = {
+    dgd: dict[str, Any] = {
         "apiVersion": "nvidia.com/v1beta1",
         "kind": "DynamoGraphDeployment",
         "metadata": {"name": "g"},

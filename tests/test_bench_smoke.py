@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 BENCH = sorted((ROOT / "bench").glob("*.py"))
 NEEDS = {"quantile_agreement.py": "prometheus", "gpu.py": "gcc", "scrape.py": "wrk"}

@@ -9,7 +9,7 @@ import time
 
 from agent.facts import EndpointFacts, HealthFacts, ProbeFact
 from agent.samples import CollectResult
-from tests.conftest import base_url, free_port, get_json, wait_for
+from tests.helpers import base_url, free_port, get_json, wait_for
 from tests.test_canary_otlp import canary_requests
 
 

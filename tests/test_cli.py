@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import free_port, wait_for_sync
+from tests.helpers import free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_get, http_post, start_sidecar
 
 

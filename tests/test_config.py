@@ -6,7 +6,7 @@ import subprocess
 import pytest
 
 from agent.config import ConfigError, load_config, reference_markdown
-from tests.conftest import PYTHON
+from tests.helpers import PYTHON
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT, free_port, wait_for_sync
+from tests.helpers import ROOT, free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_get, http_post
 
 

@@ -11,7 +11,7 @@ import pytest
 from agent.facts import HealthFacts
 from agent.samples import CollectResult
 from collectors.base import Collector
-from tests.conftest import base_url, finding_ids, free_port, get_json, wait_for
+from tests.helpers import base_url, finding_ids, free_port, get_json, wait_for
 
 
 async def _finding(http: aiohttp.ClientSession, sidecar, finding_id: str, timeout: float = 10) -> dict:

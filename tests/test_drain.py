@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from agent.server import _allowed
-from tests.conftest import (
+from tests.helpers import (
     base_url,
     get_json,
     get_text,
@@ -224,7 +224,7 @@ def test_mutating_endpoint_access() -> None:
 def test_nothing_to_drain_exits_at_once() -> None:
     """No Dynamo process and nothing answering: SIGTERM must not hold the pod for the whole
     grace period."""
-    from tests.conftest import free_port
+    from tests.helpers import free_port
 
     sidecar, _ = spawn_sidecar(
         f"http://127.0.0.1:{free_port()}",

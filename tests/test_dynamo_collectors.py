@@ -13,7 +13,7 @@ from aiohttp import web
 
 from collectors.dynamo_health import DynamoHealthCollector, Target
 from collectors.dynamo_metrics import DynamoMetricsCollector, parse_exposition
-from tests.conftest import RECORDED, free_port
+from tests.helpers import RECORDED, free_port
 
 
 def frontend_target(url: str) -> Target:
@@ -36,7 +36,9 @@ async def test_healthy_frontend_and_worker(sim) -> None:
         [frontend_target(sim.url("frontend")), worker_target(sim.url("worker"))], 1, 5, 1
     )
     try:
+        before = sim.worker_uptime()
         result = await collector.collect()
+        after = sim.worker_uptime()
     finally:
         await collector.close()
     assert value(result, "endpoint_up", endpoint="frontend", probe="health") == 1
@@ -46,7 +48,9 @@ async def test_healthy_frontend_and_worker(sim) -> None:
     assert value(result, "frontend_registered_endpoints", endpoint="frontend") == 2
     assert value(result, "endpoint_up", endpoint="worker", probe="live") == 1
     assert value(result, "worker_endpoint_ready", endpoint="worker", dynamo_endpoint="generate") == 1
-    assert value(result, "worker_uptime_seconds", endpoint="worker") >= 0
+    # The uptime the worker reported (secs + nanos) while the collector asked it.
+    uptime = value(result, "worker_uptime_seconds", endpoint="worker")
+    assert uptime is not None and before - 1e-6 <= uptime <= after + 1e-6
     facts = result.facts.endpoints
     assert "dyn://dynamo.backend.generate" in (facts["frontend"].registered or [])
     assert facts["frontend"].instance_ids and facts["frontend"].first_ok_at > 0

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from collectors.dynamo_logs import DynamoLogCollector
-from tests.conftest import RECORDED, base_url, get_json, wait_for
+from tests.helpers import RECORDED, base_url, get_json, wait_for
 
 
 def line(message: str, level: str = "INFO", **extra: str) -> str:

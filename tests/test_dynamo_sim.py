@@ -8,7 +8,7 @@ import re
 
 import aiohttp
 
-from tests.conftest import RECORDED
+from tests.helpers import RECORDED
 
 
 def rec(name: str) -> str:

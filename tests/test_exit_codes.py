@@ -7,13 +7,14 @@ import signal
 import socket
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
 from agent import exitcodes
 from agent.inject import Options, inject
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 from tests.procs import ENV, PYTHON
 
 AUDIT = ROOT / "tests" / "fixtures" / "audit"
@@ -70,7 +71,7 @@ def test_each_code_means_one_thing(tmp_path: Path) -> None:
             env=ENV,
         )
         running.append((what, proc, code, word))
-    wrong = []
+    wrong: list[tuple[Any, ...]] = []
     for what, proc, code, word in running:
         out, err = proc.communicate(timeout=120)
         lines = err.splitlines()

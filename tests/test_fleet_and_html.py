@@ -19,7 +19,7 @@ import pytest
 
 from agent.diagnose.fleet import evaluate_fleet, fleet_queries
 from agent.dynamo_sim import DynamoSim
-from tests.conftest import PYTHON, base_url, free_port, wait_for
+from tests.helpers import PYTHON, base_url, free_port, wait_for
 
 
 def _promql_ok(base: str, promql: str) -> bool:
@@ -182,7 +182,7 @@ CHROMIUM_FLAGS = [
     shutil.which("chromium") is None, reason="chromium not installed (Debian package 'chromium')"
 )
 async def test_html_report_in_headless_chromium(sim, make_sidecar, http, tmp_path: Path) -> None:
-    from tests.conftest import get_json, post_completion
+    from tests.helpers import get_json, post_completion
 
     sidecar = await make_sidecar(sim, canary_enabled="false")
     await wait_for(lambda: sidecar.ready, what="ready")

@@ -9,13 +9,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import PYTHON, ROOT, free_port, wait_for_sync
 from tests.fake_nvml.build import build_fake_nvml
+from tests.helpers import PYTHON, ROOT, free_port, wait_for_sync
 from tests.procs import http_get, spawn_sidecar
 
 DRIVER = ROOT / "tests" / "gpu_driver.py"
@@ -168,12 +169,18 @@ def test_gpu_lost_mid_run_and_back(fake_nvml_dir: Path, tmp_path: Path) -> None:
 
 
 def test_xid_bursts_become_counters_and_events(fake_nvml_dir: Path, tmp_path: Path) -> None:
-    burst = "".join(f"{i % 2} {xid}\n" for i, xid in enumerate([79, 48, 13, 13, 13, 94, 119] * 5))
+    sent = [(i % 2, xid) for i, xid in enumerate([79, 48, 13, 13, 13, 94, 119] * 5)]
+    burst = "".join(f"{gpu} {xid}\n" for gpu, xid in sent)
     outs = run_steps(fake_nvml_dir, tmp_path, [{"state": GOOD}, {"events": burst, "sleep": 1.5}])
     last = outs[-1]
-    total = sum(v for name, labels, v in last["samples"] if name == "dynamo_sidecar_gpu_xid_errors_total")
-    assert total == 35
-    assert value(last, "gpu_xid_errors_total", gpu=0, xid=79) is not None
+    counted = {
+        (int(labels["gpu"]), int(labels["xid"])): v
+        for name, labels, v in last["samples"]
+        if name == "dynamo_sidecar_gpu_xid_errors_total"
+    }
+    # One series per GPU and XID, each counting exactly the events sent for it (35 in all).
+    assert counted == Counter(sent)
+    assert counted[(0, 79)] == 3
     kinds = {e["attributes"]["class"] for e in last["events"]}
     assert {"bus", "memory", "application", "firmware"} <= kinds
     assert any("fallen off the bus" in e["message"] for e in last["events"])

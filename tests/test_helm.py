@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from agent.diagnose.alerts import alert_rules
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 CHART = ROOT / "packaging" / "helm" / "dynamo-sidecar"
 helm = pytest.importorskip(
@@ -204,7 +204,7 @@ def test_prometheus_rule_group_passes_promtool(tmp_path: Path) -> None:
 
 # --- knobs, selectors, certificates across upgrades, the webhook's monitoring ---------------
 
-KNOBS = {
+KNOBS: dict[str, Any] = {
     "webhook": {
         "priorityClassName": "system-cluster-critical",
         "podAnnotations": {"example.com/owner": "platform"},

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 
 from agent import __version__
-from tests.conftest import ROOT, free_port
+from tests.helpers import ROOT, free_port
 
 BASE = "localhost/debian:bookworm-min"
 # One tag per clone: suites of several clones on one machine must not build over each other.

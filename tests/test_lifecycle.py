@@ -414,6 +414,16 @@ def _failures_only(r: Recorded) -> None:
     )
 
 
+def _wrong_port_since(r: Recorded) -> None:
+    probe(r.health["worker"], outcome="refused", status="", status_code=0, since=NOW - 40)
+    edit(r.health["worker"], answers_on=PortAnswer(8081, "http://127.0.0.1:8081", "ready", NOW))
+
+
+def _not_ready_since(r: Recorded) -> None:
+    probe(r.health["worker"], outcome="unhealthy", status="notready", status_code=503, since=NOW - 40)
+    edit(r.health["worker"], endpoints={"generate": "notready"})
+
+
 def _models_gone(r: Recorded) -> None:
     edit(r.health["frontend"], models=[], models_seen={"tiny": NOW - 25})
 
@@ -434,13 +444,7 @@ SINCE: dict[str, tuple[Callable[[Recorded], Any], float]] = {
         lambda r: probe(r.health["frontend"], outcome="malformed", error="not JSON", since=NOW - 40),
         NOW - 40,
     ),
-    "endpoint_wrong_port": (
-        lambda r: (
-            probe(r.health["worker"], outcome="refused", status="", status_code=0, since=NOW - 40),
-            edit(r.health["worker"], answers_on=PortAnswer(8081, "http://127.0.0.1:8081", "ready", NOW)),
-        ),
-        NOW - 40,
-    ),
+    "endpoint_wrong_port": (_wrong_port_since, NOW - 40),
     "frontend_no_instances": (CASES["frontend_no_instances"], NOW - 20),
     "frontend_stale_instances": (_models_gone, NOW - 25),
     "dynamo_starting": (CASES["dynamo_starting"], NOW - 10),
@@ -459,15 +463,7 @@ SINCE: dict[str, tuple[Callable[[Recorded], Any], float]] = {
         ),
         NOW - 40,
     ),
-    "dynamo_not_ready": (
-        lambda r: (
-            probe(
-                r.health["worker"], outcome="unhealthy", status="notready", status_code=503, since=NOW - 40
-            ),
-            edit(r.health["worker"], endpoints={"generate": "notready"}),
-        ),
-        NOW - 40,
-    ),
+    "dynamo_not_ready": (_not_ready_since, NOW - 40),
     "dynamo_draining": (
         lambda r: probe(
             r.health["frontend"], outcome="unhealthy", status="not_ready", status_code=503, since=NOW - 40
@@ -617,7 +613,7 @@ async def test_kill_then_restart_leaves_nothing_critical_once_requests_succeed(
     past (info) and the report says when they ended."""
     import time
 
-    from tests.conftest import base_url, get_json, post_completion, wait_for
+    from tests.helpers import base_url, get_json, post_completion, wait_for
 
     sidecar = await make_sidecar(sim, canary_enabled="false")
     url = base_url(sidecar) + "/diagnose"
@@ -732,7 +728,7 @@ async def test_diagnose_cli_exits_3_while_the_sidecar_has_read_nothing(make_side
 
     from agent.samples import CollectResult as Result
     from collectors.base import Collector
-    from tests.conftest import base_url
+    from tests.helpers import base_url
     from tests.procs import ENV, PYTHON
 
     class NeverDone(Collector):

@@ -11,7 +11,7 @@ import pytest
 from agent.catalogue import markdown_table
 from agent.config import reference_markdown
 from agent.docs import rules_reference
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def _ruff() -> list[str]:

@@ -21,7 +21,7 @@ import yaml
 from agent.config import load_config
 from agent.inject import SIDECAR, Options, inject
 from agent.webhook import mutate_review
-from tests.conftest import ROOT, free_port, wait_for_sync
+from tests.helpers import ROOT, free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_get
 
 RENDERS = ROOT / "tests" / "fixtures" / "upstream" / "dynamo" / "operator-testdata"

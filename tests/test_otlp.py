@@ -20,7 +20,7 @@ from agent.inject import Options, inject
 from agent.signals import Signals
 from agent.state import State
 from exporters.otlp import OtlpSettings, Telemetry
-from tests.conftest import PYTHON, base_url, get_json, wait_for, wait_for_sync
+from tests.helpers import PYTHON, base_url, get_json, wait_for, wait_for_sync
 from tests.otlp_receiver import ReceivedSpan, Rotel, parse_debug_log, rotel_binary
 from tests.procs import ENV, http_get, spawn_sidecar, start_sim
 from tests.real_dynamo import REAL_DYNAMO_MARKS, RealDynamo

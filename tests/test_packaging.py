@@ -5,12 +5,13 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from typing import Any
 
 import pytest
 
 from agent.catalogue import spec_for_sample
 from agent.diagnose.engine import RULES
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 ALERTS = ROOT / "packaging" / "prometheus"
 
@@ -148,7 +149,7 @@ def test_pod_and_fleet_views_agree_at_the_threshold(tmp_path, rule_id: str, seri
     rules = {"groups": [{"name": "fleet", "rules": [{"alert": "Fleet", "expr": fleet_queries()[rule_id]}]}]}
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rules))
     spec = {k if "{" in k else k + "{}": v for k, v in series.items()}
-    expected = [{"exp_labels": {}}] if fires else []
+    expected: list[dict[str, Any]] = [{"exp_labels": {}}] if fires else []
     test = {
         "rule_files": ["rules.yaml"],
         "evaluation_interval": f"{STEP}s",

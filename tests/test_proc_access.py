@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from agent.inject import Options, inject
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 DYNAMO = (1000, 0)  # uid, gid of Dynamo's container user
 FD_LIMIT = 777

@@ -15,7 +15,7 @@ import pytest
 
 from agent.cli import build_parser
 from agent.demo import verify_command
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 README = (ROOT / "README.md").read_text()
 SETUP = [

@@ -11,7 +11,7 @@ import signal
 import threading
 
 from agent.facts import HealthFacts
-from tests.conftest import base_url, get_json, get_text, wait_for
+from tests.helpers import base_url, get_json, get_text, wait_for
 from tests.real_dynamo import REAL_DYNAMO_MARKS, RealDynamo, own_processes
 
 pytestmark = REAL_DYNAMO_MARKS  # the `dynamo` fixture is in tests/conftest.py

@@ -9,7 +9,7 @@ import threading
 from typing import Any
 
 from agent.facts import HealthFacts, TcpFacts
-from tests.conftest import base_url, free_port, get_json, wait_for
+from tests.helpers import base_url, free_port, get_json, wait_for
 from tests.real_dynamo import REAL_DYNAMO_MARKS, RealDynamo, own_processes
 
 pytestmark = REAL_DYNAMO_MARKS  # the `dynamo` fixture is in tests/conftest.py

@@ -18,7 +18,7 @@ import aiohttp
 import pytest
 
 from agent.facts import TcpFacts
-from tests.conftest import base_url, get_json, wait_for
+from tests.helpers import base_url, get_json, wait_for
 from tests.real_dynamo import (
     ETCD_MISSING,
     REAL_DYNAMO_MARKS,

@@ -9,7 +9,7 @@ import signal
 import time
 from typing import Any
 
-from tests.conftest import base_url, get_json, wait_for
+from tests.helpers import base_url, get_json, wait_for
 from tests.real_dynamo import REAL_DYNAMO_MARKS, RealDynamo, own_processes
 
 pytestmark = REAL_DYNAMO_MARKS

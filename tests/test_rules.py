@@ -164,22 +164,8 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "frontend_no_instances": lambda r: edit(r.health["frontend"], instance_ids=[], instances_since=NOW - 20),
     "frontend_stale_instances": lambda r: edit(r.health["frontend"], models=[]),
     "dynamo_starting": lambda r: _starting(r),
-    "dynamo_stopped_after_drain": lambda r: (
-        r.state.add_event(
-            Event(
-                "health_transition",
-                "frontend/health",
-                "frontend health: healthy -> not_ready",
-                NOW - 8,
-                {"endpoint": "frontend", "to_status": "not_ready"},
-            )
-        ),
-        probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 4),
-    ),
-    "endpoint_wrong_port": lambda r: (
-        probe(r.health["worker"], outcome="refused", status="", status_code=0),
-        edit(r.health["worker"], answers_on=PortAnswer(8081, "http://127.0.0.1:8081", "ready", NOW)),
-    ),
+    "dynamo_stopped_after_drain": lambda r: _stopped_after_drain(r),
+    "endpoint_wrong_port": lambda r: _wrong_port(r),
     "process_stalled": lambda r: r.put(
         "process",
         processes(
@@ -212,7 +198,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
             sample("dynamo_frontend_time_to_first_token_seconds_count", min(i, 50) * 2, model="tiny"),
         ],
     ),
-    "slo_breach": lambda r: (r.config.__setattr__("slo_ttft_p99", 0.5), latency(r)),
+    "slo_breach": lambda r: _slo_breach(r),
     "queue_growing": lambda r: r.series(
         "dynamo_metrics", lambda i: [sample("dynamo_frontend_queued_requests", i, model="tiny")]
     ),
@@ -222,10 +208,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "worker_notready_endpoints_ready": lambda r: probe(
         r.health["worker"], outcome="unhealthy", status="notready", status_code=503
     ),
-    "dynamo_not_ready": lambda r: (
-        probe(r.health["worker"], outcome="unhealthy", status="notready", status_code=503),
-        edit(r.health["worker"], endpoints={"generate": "notready"}),
-    ),
+    "dynamo_not_ready": lambda r: _not_ready(r),
     "dynamo_draining": lambda r: probe(
         r.health["frontend"], outcome="unhealthy", status="not_ready", status_code=503
     ),
@@ -236,10 +219,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     "worker_restarted": lambda r: r.state.add_event(
         Event("worker_restart", "worker", "worker restarted: uptime went from 50.0s to 1.0s", NOW - 30)
     ),
-    "health_flapping": lambda r: [
-        r.state.add_event(Event("health_transition", "worker/health", f"flip {i}", NOW - 20 * i))
-        for i in range(4)
-    ],
+    "health_flapping": lambda r: _flapping(r),
     "no_dynamo_process": lambda r: r.put("process", processes()),
     "canary_failing": lambda r: r.state.extra.update(canary=failing_model()),
     "drain_deadline_with_work": lambda r: r.state.extra.update(
@@ -304,24 +284,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
             sample(P + "cgroup_cpu_throttled_periods_total", i * 25),
         ],
     ),
-    "cpu_saturated": lambda r: (
-        r.series(
-            "process",
-            lambda i: [
-                sample(
-                    P + "process_cpu_seconds_total",
-                    i * 5 * 1.95,
-                    pid="7",
-                    process="dynamo.frontend",
-                    mode="user",
-                ),
-                sample(P + "cgroup_cpu_limit_cores", 2),
-            ],
-        ),
-        setattr(
-            r.state.latest["process"], "facts", processes({"pid": 7, "process": "dynamo.frontend"}).facts
-        ),
-    ),
+    "cpu_saturated": lambda r: _cpu_saturated(r),
     "memory_near_limit": lambda r: r.put(
         "cgroup",
         CollectResult(
@@ -399,6 +362,52 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
 }
 
 
+def _stopped_after_drain(r: Recorded) -> None:
+    r.state.add_event(
+        Event(
+            "health_transition",
+            "frontend/health",
+            "frontend health: healthy -> not_ready",
+            NOW - 8,
+            {"endpoint": "frontend", "to_status": "not_ready"},
+        )
+    )
+    probe(r.health["frontend"], outcome="refused", status="", status_code=0, since=NOW - 4)
+
+
+def _wrong_port(r: Recorded) -> None:
+    probe(r.health["worker"], outcome="refused", status="", status_code=0)
+    edit(r.health["worker"], answers_on=PortAnswer(8081, "http://127.0.0.1:8081", "ready", NOW))
+
+
+def _slo_breach(r: Recorded) -> None:
+    r.config.slo_ttft_p99 = 0.5
+    latency(r)
+
+
+def _not_ready(r: Recorded) -> None:
+    probe(r.health["worker"], outcome="unhealthy", status="notready", status_code=503)
+    edit(r.health["worker"], endpoints={"generate": "notready"})
+
+
+def _flapping(r: Recorded) -> None:
+    for i in range(4):
+        r.state.add_event(Event("health_transition", "worker/health", f"flip {i}", NOW - 20 * i))
+
+
+def _cpu_saturated(r: Recorded) -> None:
+    r.series(
+        "process",
+        lambda i: [
+            sample(
+                P + "process_cpu_seconds_total", i * 5 * 1.95, pid="7", process="dynamo.frontend", mode="user"
+            ),
+            sample(P + "cgroup_cpu_limit_cores", 2),
+        ],
+    )
+    r.state.latest["process"].facts = processes({"pid": 7, "process": "dynamo.frontend"}).facts
+
+
 def _starting(r: Recorded) -> None:
     r.state.started = NOW - 10
     r.config.startup_grace = 60
@@ -424,8 +433,107 @@ def _collector_failing(r: Recorded) -> None:
     status.first_failure_time = NOW - 15
 
 
+# What each case's finding is about and the values its evidence shows, in order, worked out from
+# the recorded state above (e.g. request_failures: 2 errors of 242 requests in the 120 s window,
+# 24 steps of 10 successes plus the 2; cpu_throttled: 25 of 50 periods). Floats to 4 places.
+PINNED: dict[str, tuple[str, list[Any]]] = {
+    "canary_failing": (
+        "tiny",
+        [
+            3,
+            "timeout",
+            None,
+            3.0,
+            "canary-1",
+            "00-aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-bbbbbbbbbbbbbbbb-01",
+            "",
+            None,
+        ],
+    ),
+    "close_wait_leak": ("nats", [75, None]),
+    "collector_failing": ("gpu", [0, 3, "TimeoutError: did not finish within 4s", None]),
+    "cpu_saturated": ("dynamo.frontend/7", [1.95, 2.0]),
+    "cpu_throttled": ("cgroup", [0.5, None]),
+    "dependency_slow": ("nats", [0.25, 0.01]),
+    "dependency_unreachable": ("etcd", [1, "connection refused", None]),
+    "drain_deadline_with_work": ("drain", [3, 55.0, 1, 0.0]),
+    "dynamo_draining": ("frontend", ["unhealthy", 503]),
+    "dynamo_not_ready": ("worker", ["unhealthy", 503]),
+    "dynamo_starting": ("worker", ["refused", 0]),
+    "dynamo_stopped_after_drain": ("frontend", ["refused", 0, "shutting down"]),
+    "endpoint_bad_response": ("frontend", ["malformed", 200, "body is not JSON"]),
+    "endpoint_refused": ("frontend", ["refused", 0]),
+    "endpoint_timeout": ("worker", ["timeout", 0]),
+    "endpoint_wrong_port": ("worker", ["refused", 0, "ready"]),
+    "engine_hung": ("engine", [3.0, "unchanged"]),
+    "fd_exhaustion": ("dynamo.frontend/7", [1000, 1024]),
+    "frontend_no_instances": ("frontend", [0, "healthy", ""]),
+    "frontend_stale_instances": ("frontend", [1, ["1"], 0]),
+    "gpu_ecc_errors": ("gpu0", [2, 0, 0, "GPU-0"]),
+    "gpu_lost": ("gpu1", [1, "GPU-1"]),
+    "gpu_memory_near_full": ("gpu0", [79000000000.0, 80000000000.0, []]),
+    "gpu_throttling": ("gpu0", [1, 91, None, None]),
+    "gpu_xid": ("gpu3", [1, "XID 79 on GPU 3: fallen off the bus", "GPU-3"]),
+    "health_flapping": ("worker/health", ["flip 0", "flip 1", "flip 2", "flip 3"]),
+    "latency_regression": ("ttft", [0.9903, 0.0495, None, None]),
+    "memory_near_limit": ("cgroup", [9500000000, 10000000000]),
+    "memory_pressure": ("cgroup", [0.3, None]),
+    "metrics_scrape_failing": ("frontend", [0, "malformed", "", ""]),
+    "migrations_rising": ("dynamo", [{"migrated": 59.0, "failed": 0.0}, None]),
+    "no_dynamo_process": (
+        "process",
+        [
+            0,
+            [
+                "-m\\s+dynamo\\.(frontend|mocker|vllm|sglang|trtllm|common\\.backend)",
+                "\\bdynamo[-_.](frontend|worker|run)\\b",
+            ],
+        ],
+    ),
+    "oom_killed": ("cgroup", [1.0, None]),
+    "otlp_export_failing": (
+        "http://collector:4318",
+        [
+            4,
+            {"queue_full": 0, "export_failed": 40},
+            "connection refused",
+            "http://collector:4318 (http/protobuf)",
+        ],
+    ),
+    "port_not_listening": ("worker_system", [0]),
+    "process_stalled": ("dynamo.mocker/9", [1, "x"]),
+    "queue_growing": ("frontend", [59.0, 0.0, None, None, None]),
+    "queue_growing_gpu_idle": ("frontend", [59.0, 0.0, None, 0.1, None]),
+    "queue_growing_saturated": ("frontend", [59.0, 0.0, None, 0.97, None]),
+    "rejections_rising": ("dynamo", [0.6, None]),
+    "request_failures": ("requests", [2.0, 242.0]),
+    "series_dropped": ("cardinality", [12]),
+    "slo_breach": ("ttft_p99", [0.9903, 0.5, 600.0]),
+    "tcp_retransmits_high": ("pod", [0.05, 590000.0, {}]),
+    "worker_notready_endpoints_ready": ("worker", [1, 503, {"generate": "ready"}, ""]),
+    "worker_registration_lost": (
+        "discovery",
+        [
+            "FileStore::keep_alive failed opening owned file /kv/abc",
+            "FileStore::keep_alive failed opening owned file /kv/abc",
+        ],
+    ),
+    "worker_restarted": ("worker", ["worker restarted: uptime went from 50.0s to 1.0s"]),
+}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
 def test_every_rule_has_a_case() -> None:
-    assert set(CASES) == {rule.id for rule in RULES}
+    assert set(CASES) == {rule.id for rule in RULES} == set(PINNED)
 
 
 @pytest.mark.parametrize("rule_id", sorted(CASES))
@@ -437,7 +545,9 @@ def test_rule_fires_on_its_recorded_state(rule_id: str) -> None:
     fired = [f for f in findings if f.rule == rule_id]
     assert fired, f"{rule_id} did not fire; got {[f.id for f in findings]}"
     finding = fired[0]
-    assert finding.evidence and finding.actions and finding.summary and "{" not in finding.summary
+    assert finding.actions and finding.summary and "{" not in finding.summary
+    subject, values = PINNED[rule_id]
+    assert (finding.subject, [_plain(e.value) for e in finding.evidence]) == (subject, values)
 
 
 def test_healthy_state_fires_nothing() -> None:
@@ -477,12 +587,37 @@ def test_healthy_state_fires_nothing() -> None:
 
 def test_a_broken_rule_is_reported_not_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
     from agent.diagnose import engine
-    from agent.diagnose.model import Rule
+    from agent.diagnose.model import Category, Hit, Limits, Rule, Severity
 
-    broken = Rule("broken", "sidecar", "warning", "x", ("y",), lambda ctx: 1 / 0)
+    def divides_by_zero(ctx: Context, t: Limits) -> list[Hit]:
+        return [Hit("x", {"ratio": 1 / len(ctx.events("no_such_event"))}, [], NOW)]
+
+    broken = Rule(
+        id="broken",
+        category=Category.SIDECAR,
+        severity=Severity.WARNING,
+        summary="x",
+        actions=("y",),
+        predicate=divides_by_zero,
+    )
     monkeypatch.setattr(engine, "RULES", (*engine.RULES, broken))
-    report = diagnose(Recorded().context())
-    assert report["rule_errors"] and report["rule_errors"][0]["rule"] == "broken"
+    health = engine.RuleHealth(engine.RULES)
+    report = diagnose(Recorded().context(), health=health)
+    # The rule's own fault, named, and the other rules still ran (the healthy state fires none).
+    assert report["rule_errors"] == [{"rule": "broken", "error": "ZeroDivisionError: division by zero"}]
+    assert report["findings"] == []
+    diagnose(Recorded().context(), health=health)
+    # Its health says so too, per rule, as /metrics exports it: two failed evaluations of it,
+    # none of any other rule, and every rule's last evaluation timed.
+    failures = {
+        dict(s.labels)["rule"]: s.value
+        for s in health.samples()
+        if s.name == "dynamo_sidecar_rule_evaluation_failures_total"
+    }
+    assert failures == {rule.id: 2 if rule.id == "broken" else 0 for rule in engine.RULES}
+    timed = [s for s in health.samples() if s.name == "dynamo_sidecar_rule_evaluation_duration_seconds"]
+    assert sorted(dict(s.labels)["rule"] for s in timed) == sorted(rule.id for rule in engine.RULES)
+    assert all(s.value > 0 for s in timed)
 
 
 # --- causes before symptoms: the numbered cases of issue 12 on recorded states ----------------
@@ -910,3 +1045,24 @@ def test_a_scrape_failure_is_judged_after_the_health_probe_looked(
         at=NOW - 1,
     )
     assert ("metrics_scrape_failing:frontend" in {f.id for f in evaluate(r.context())[0]}) is fires
+
+
+def test_a_malformed_rule_record_is_refused_by_exception() -> None:
+    """Validated by raising, so `python -O` (asserts stripped) cannot register a bad record."""
+    from agent.diagnose.model import Category, NoAlert, RuleError, Severity, registrar
+
+    into: list[Any] = []
+    rule = registrar(into)
+    fields: dict[str, Any] = {"summary": "x", "actions": ("y",)}
+    with pytest.raises(RuleError, match=r"^paging: a critical rule needs an Alert or NoAlert$"):
+        rule(id="paging", category=Category.SIDECAR, severity=Severity.CRITICAL, **fields)
+    with pytest.raises(RuleError, match=r"^stringly: category and severity"):
+        rule(id="stringly", category="sidecar", severity=Severity.INFO, **fields)
+    with pytest.raises(TypeError):  # keyword-only: a positional record does not bind
+        rule("positional", Category.SIDECAR, Severity.INFO, "x", ("y",))
+    rule(id="ok", category=Category.SIDECAR, severity=Severity.CRITICAL, alert=NoAlert("pod only"), **fields)(
+        lambda ctx, t: []
+    )
+    with pytest.raises(RuleError, match=r"^ok: two rules with one id$"):
+        rule(id="ok", category=Category.SIDECAR, severity=Severity.INFO, **fields)
+    assert [r.id for r in into] == ["ok"]

@@ -17,7 +17,7 @@ import pytest
 
 from agent.samples import CollectResult
 from collectors.base import Collector
-from tests.conftest import base_url, free_port, get_json, post_completion, wait_for
+from tests.helpers import base_url, free_port, get_json, post_completion, wait_for
 
 
 @dataclass

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 
 from agent.samples import CollectResult, sample
 from agent.scheduler import Scheduler
 from agent.state import State
 from collectors.base import Collector
-from tests.conftest import wait_for
+from tests.helpers import wait_for
 
 
 class Good(Collector):
@@ -90,3 +91,29 @@ async def test_speed_up_wakes_collectors_now() -> None:
         await wait_for(lambda: good.runs >= 4, timeout=5, what="faster runs")
     finally:
         await scheduler.stop()
+
+
+class Fatal(BaseException):
+    """Not an Exception: the collector loop does not catch it, so the loop task ends."""
+
+
+class Dies(Collector):
+    name = "dies"
+
+    def __init__(self) -> None:
+        super().__init__(interval=0.05, timeout=1)
+
+    async def collect(self) -> CollectResult:
+        raise Fatal("the loop cannot survive this")
+
+
+async def test_a_dead_collector_loop_is_named_and_healthz_fails(make_sidecar, http) -> None:
+    from tests.helpers import base_url, get_text
+
+    good = Good()
+    sidecar = await make_sidecar(collectors=[good, Dies()])
+    assert await wait_for(lambda: sidecar.scheduler.dead_tasks() == ["collector:dies"], what="dead loop")
+    runs = good.runs
+    await wait_for(lambda: good.runs > runs, what="the other collector still running")
+    status, body = await get_text(http, base_url(sidecar) + "/healthz")
+    assert (status, json.loads(body)) == (503, {"status": "unhealthy", "dead_tasks": ["collector:dies"]})

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from agent.catalogue import BY_NAME, CATALOGUE, PREFIX, spec_for_sample
-from tests.conftest import base_url, finding_ids, get_json, get_text, post_completion, wait_for
+from tests.helpers import base_url, finding_ids, get_json, get_text, post_completion, wait_for
 
 
 async def _ready(http: aiohttp.ClientSession, sidecar) -> None:
@@ -62,8 +62,15 @@ async def test_every_sidecar_metric_is_declared_in_the_catalogue(sim, make_sidec
     undeclared = {name for name in emitted if spec_for_sample(name) is None}
     assert not undeclared, f"emitted but not in agent/catalogue.py: {undeclared}"
     assert not sidecar.exporter.undeclared
+    # Each rule's health, from the first render: its failures counter starts at zero.
+    assert 'dynamo_sidecar_rule_evaluation_failures_total{rule="endpoint_refused"} 0.0' in text
+    # ... and its duration once a cycle's evaluation has run (renders may come first).
+    await _metrics_with(
+        http, sidecar, 'dynamo_sidecar_rule_evaluation_duration_seconds{rule="endpoint_refused"}'
+    )
     for name in emitted:
         spec = spec_for_sample(name)
+        assert spec is not None
         assert f"# TYPE {spec.name} {spec.type}" in text or f"# TYPE {spec.family} {spec.type}" in text
 
 

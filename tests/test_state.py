@@ -20,8 +20,8 @@ def test_ring_keeps_only_capacity_points_in_order() -> None:
 def test_counter_reset_never_makes_a_negative_rate() -> None:
     points = [(0.0, 100.0), (10.0, 110.0), (20.0, 5.0), (30.0, 15.0)]
     assert counter_increase(points) == 10 + 5 + 10
-    rate = counter_rate(points)
-    assert rate is not None and rate > 0
+    # 25 over 30 s: the reset counts the 5 after it, never the drop of 105.
+    assert counter_rate(points) == pytest.approx(25 / 30)
     assert counter_rate([(0.0, 1.0)]) is None
 
 
@@ -60,8 +60,10 @@ def test_window_quantile_uses_only_observations_inside_the_window() -> None:
     hist(1000, 0, 0)
     hist(1100, 100, 0)  # 100 fast observations early
     hist(1200, 100, 100)  # then 100 slow ones
-    assert state.window_quantile("lat", 0.5, 150, now=1200) > 0.1  # only the slow ones
-    assert state.window_quantile("lat", 0.25, 600, now=1200) <= 0.1
+    # Last 150 s: only the 100 slow ones, all in (0.1, 1]: the median interpolates to the middle.
+    assert state.window_quantile("lat", 0.5, 150, now=1200) == pytest.approx(0.1 + 0.9 * 50 / 100)
+    # Whole window: 100 fast of 200, so the 25th percentile is half way into the first bucket.
+    assert state.window_quantile("lat", 0.25, 600, now=1200) == pytest.approx(0.1 * 50 / 100)
 
 
 def test_cardinality_cap_drops_and_counts() -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from collectors.sockets import port_filter
 from collectors.tcp import ProbeTarget, TcpCollector, parse_probe_target, parse_role_map
-from tests.conftest import free_port, wait_for_sync
+from tests.helpers import free_port, wait_for_sync
 
 
 def listener(backlog: int = 128) -> tuple[socket.socket, int]:

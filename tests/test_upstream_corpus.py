@@ -19,8 +19,8 @@ import yaml
 
 from agent.audit import audit_documents
 from agent.inject import COPIED_ENV, SIDECAR, Options, inject, role_of
-from tests.conftest import ROOT
 from tests.crd_schema import errors
+from tests.helpers import ROOT
 from tests.procs import ENV, PYTHON
 
 UPSTREAM = ROOT / "tests" / "fixtures" / "upstream" / "dynamo"
@@ -68,7 +68,9 @@ def units(dgd: dict[str, Any]) -> list[tuple[str, str | None, dict[str, Any], di
     if dgd["apiVersion"].endswith("/v1beta1"):
         for component in spec["components"]:
             pod = (component.get("podTemplate") or {}).get("spec") or {}
-            main = next((c for c in pod.get("containers") or [] if c.get("name") == "main"), {})
+            main: dict[str, Any] = next(
+                (c for c in pod.get("containers") or [] if c.get("name") == "main"), {}
+            )
             nodes = (component.get("multinode") or {}).get("nodeCount", 1)
             out.append((component["name"], role_of(component.get("type")), pod, main, nodes))
     else:
@@ -103,7 +105,7 @@ def test_the_corpus_is_nvidias_examples_of_both_versions_with_their_licence() ->
 @pytest.mark.parametrize("version", VERSIONS)
 def test_every_served_component_gets_exactly_one_valid_idempotent_sidecar(version: str) -> None:
     injected_count = 0
-    skipped = Counter()
+    skipped: Counter[str] = Counter()
     for where, dgd in dgds(version):
         assert errors(CRD, dgd) == [], where  # the validator accepts NVIDIA's own examples
         out, notes = inject(dgd, OPTIONS)

@@ -32,8 +32,8 @@ from agent.webhook import (
     json_patch,
     uid_from_head,
 )
-from tests.conftest import PYTHON, ROOT, free_port, wait_for, wait_for_sync
 from tests.conn_holder import holding
+from tests.helpers import PYTHON, ROOT, free_port, wait_for, wait_for_sync
 from tests.webhook_client import (
     client_tls,
     file_certificate,

@@ -26,7 +26,7 @@ import pytest
 
 from agent import __version__
 from agent.cli import build_parser
-from tests.conftest import ROOT, free_port, wait_for_sync
+from tests.helpers import ROOT, free_port, wait_for_sync
 from tests.procs import ENV, http_get
 
 pytestmark = pytest.mark.slow

@@ -35,7 +35,7 @@ def alert_rules(overrides: dict[str, float] | None = None) -> list[dict[str, Any
         entry: dict[str, Any] = {"alert": rule.alert.name, "expr": rule.fleet(sel, rule.limits(overrides))}
         if rule.alert.for_:
             entry["for"] = rule.alert.for_
-        entry["labels"] = {"severity": rule.severity, "category": rule.category}
+        entry["labels"] = {"severity": rule.severity.value, "category": rule.category.value}
         entry["annotations"] = {
             "summary": rule.alert.summary,
             "diagnose": rule.id,

@@ -17,6 +17,7 @@ from agent.facts import (
     HealthFacts,
     LogFacts,
     MetricsFacts,
+    Outcome,
     ProbeFact,
     ProcessFacts,
     TcpFacts,
@@ -170,7 +171,7 @@ class Context:
         for model, state in (getattr(canary, "models", None) or {}).items():
             note(success, model, state.last_success)
         health_ok = bool(self.health.endpoints) and all(
-            view.probe().outcome == "ok" for view in self.health.endpoints.values()
+            view.probe().outcome == Outcome.OK for view in self.health.endpoints.values()
         )
         return Activity(success, failure, watched, health_ok)
 

@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 from agent import __version__
+from agent.catalogue import metric
 from agent.diagnose.context import Context
 from agent.diagnose.lifecycle import Lifecycle
 from agent.diagnose.model import (
@@ -26,6 +27,7 @@ from agent.diagnose.model import (
 from agent.diagnose.rules import RULES as BASE_RULES
 from agent.diagnose.rules_system import SYSTEM_RULES
 from agent.log import get as get_logger
+from agent.samples import Sample, sample
 from agent.signals import CLIENT_ERROR_TYPES, bucket_text
 from agent.state import counter_increase
 
@@ -33,11 +35,36 @@ log = get_logger("dynamo_sidecar.diagnose")
 RULES: tuple[Rule, ...] = (*BASE_RULES, *SYSTEM_RULES)
 
 
+class RuleHealth:
+    """Each rule's own health, as a Prometheus alerting rule has one: how many evaluations
+    raised, and how long the last one took. One per sidecar (the rule records are shared);
+    every evaluation through `evaluate(..., health=)` counts, the cycle's and /diagnose's."""
+
+    def __init__(self, rules: tuple[Rule, ...] = RULES) -> None:
+        # Every rule from the start: a counter that appears only on its first failure has no
+        # zero for rate() to start from.
+        self.failures: dict[str, int] = {rule.id: 0 for rule in rules}
+        self.duration: dict[str, float] = {}
+
+    def observe(self, rule_id: str, seconds: float, failed: bool) -> None:
+        self.duration[rule_id] = seconds
+        if failed:
+            self.failures[rule_id] = self.failures.get(rule_id, 0) + 1
+
+    def samples(self) -> list[Sample]:
+        out = [sample(metric("rule_evaluation_failures_total"), n, rule=r) for r, n in self.failures.items()]
+        out.extend(
+            sample(metric("rule_evaluation_duration_seconds"), s, rule=r) for r, s in self.duration.items()
+        )
+        return out
+
+
 def evaluate(
     ctx: Context,
     rules: tuple[Rule, ...] | None = None,
     lifecycle: Lifecycle | None = None,
     record: bool = True,
+    health: RuleHealth | None = None,
 ) -> tuple[list[Finding], list[dict[str, str]]]:
     """Every rule over the context. With a lifecycle, each finding carries its episode's
     `since` and recently resolved findings follow as info (`record=False`: read the episodes,
@@ -47,12 +74,17 @@ def evaluate(
     findings: list[Finding] = []
     errors: list[dict[str, str]] = []
     for rule in rules:
+        started = time.perf_counter()
         try:
             hits = rule.predicate(ctx, rule.limits(overrides))
         except Exception as exc:  # one broken rule must not hide the others
+            if health is not None:
+                health.observe(rule.id, time.perf_counter() - started, failed=True)
             errors.append({"rule": rule.id, "error": f"{type(exc).__name__}: {exc}"})
             log.warning("diagnose rule failed", rule=rule.id, error=repr(exc))
             continue
+        if health is not None:
+            health.observe(rule.id, time.perf_counter() - started, failed=False)
         for hit in hits:
             try:
                 summary = rule.summary.format(subject=hit.subject, **hit.values)
@@ -62,8 +94,8 @@ def evaluate(
                 Finding(
                     id=f"{rule.id}:{hit.subject}",
                     rule=rule.id,
-                    category=rule.category,
-                    severity=hit.severity if hit.severity in SEVERITY_RANK else rule.severity,
+                    category=rule.category.value,
+                    severity=hit.severity if hit.severity in SEVERITY_RANK else rule.severity.value,
                     summary=summary,
                     subject=hit.subject,
                     evidence=hit.evidence,
@@ -295,10 +327,14 @@ def _flow(ctx: Context, findings: list[Finding]) -> list[dict[str, Any]]:
 
 
 def diagnose(
-    ctx: Context, min_severity: str = "info", lifecycle: Lifecycle | None = None, record: bool = True
+    ctx: Context,
+    min_severity: str = "info",
+    lifecycle: Lifecycle | None = None,
+    record: bool = True,
+    health: RuleHealth | None = None,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    findings, errors = evaluate(ctx, lifecycle=lifecycle, record=record)
+    findings, errors = evaluate(ctx, lifecycle=lifecycle, record=record, health=health)
     # The window narrows event-based rules (restarts, flapping); a condition that is true now
     # is reported whatever its age.
     findings = order([f for f in findings if SEVERITY_RANK[f.severity] >= SEVERITY_RANK[min_severity]])

@@ -123,8 +123,8 @@ def evaluate_fleet(
         findings.append(
             {
                 "rule": rule.id,
-                "category": rule.category,
-                "severity": rule.severity,
+                "category": rule.category.value,
+                "severity": rule.severity.value,
                 "scope": scope_of(list(unique.values()), fleet),
                 "pods": sorted(f"{p.namespace + '/' if p.namespace else ''}{p.pod}" for p in unique.values()),
                 "nodes": sorted({p.node for p in unique.values() if p.node}),

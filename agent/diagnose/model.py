@@ -10,22 +10,42 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agent.diagnose.context import Context
 
 SCHEMA_VERSION = 1
-CATEGORIES = (
-    "startup_failure",
-    "performance_degradation",
-    "connection_anomaly",
-    "resource_pressure",
-    "gpu_fault",
-    "shutdown",
-    "sidecar",
-)
-SEVERITIES = ("info", "warning", "critical")
+
+
+class Category(StrEnum):
+    """What a rule is about. A StrEnum: it reads, compares, formats and serialises (JSON, YAML
+    via str) as its value, so the report and the alert labels are the plain strings."""
+
+    STARTUP_FAILURE = "startup_failure"
+    PERFORMANCE_DEGRADATION = "performance_degradation"
+    CONNECTION_ANOMALY = "connection_anomaly"
+    RESOURCE_PRESSURE = "resource_pressure"
+    GPU_FAULT = "gpu_fault"
+    SHUTDOWN = "shutdown"
+    SIDECAR = "sidecar"
+
+
+class Severity(StrEnum):
+    """A rule's grade, lowest first (SEVERITY_RANK orders them)."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class RuleError(ValueError):
+    """A rule record that breaks the registry's invariants: raised at import, naming the rule."""
+
+
+CATEGORIES = tuple(c.value for c in Category)
+SEVERITIES = tuple(s.value for s in Severity)
 SEVERITY_RANK = {name: rank for rank, name in enumerate(SEVERITIES)}
 ROLES = ("frontend", "worker", "non-leader")
 
@@ -118,11 +138,11 @@ class NoAlert:
     reason: str
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Rule:
     id: str
-    category: str
-    severity: str
+    category: Category
+    severity: Severity
     summary: str  # str.format template over Hit.values (and {subject})
     # Most likely first. "frontend: ..." / "worker: ..." apply only to hits of that role.
     actions: tuple[str, ...]
@@ -242,16 +262,17 @@ def duration_text(seconds: float) -> str:
 
 
 def registrar(into: list[Rule]) -> Callable[..., Callable[[Callable[[Context, Limits], list[Hit]]], Any]]:
-    """`@rule(id, category, severity, summary, actions, ...)` over a predicate: the record and
-    its predicate stand together, and the record is appended to `into`."""
+    """`@rule(id=..., category=..., severity=..., summary=..., actions=..., ...)` over a
+    predicate: the record and its predicate stand together, and the record is appended to
+    `into`. Every field is keyword-only: a record of eleven fields is read by name."""
 
     def rule(
+        *,
         id: str,
-        category: str,
-        severity: str,
+        category: Category,
+        severity: Severity,
         summary: str,
         actions: tuple[str, ...],
-        *,
         explains: tuple[str, ...] = (),
         thresholds: tuple[Threshold, ...] = (),
         fleet: FleetQuery | None = None,
@@ -259,26 +280,32 @@ def registrar(into: list[Rule]) -> Callable[..., Callable[[Callable[[Context, Li
         state: bool = False,
         events: bool = False,
     ) -> Callable[[Callable[[Context, Limits], list[Hit]]], Callable[[Context, Limits], list[Hit]]]:
-        assert category in CATEGORIES and severity in SEVERITIES, id
+        # Checked by exception, not assert: `python -O` must not let a malformed rule through.
+        if not isinstance(category, Category) or not isinstance(severity, Severity):
+            raise RuleError(f"{id}: category and severity are a Category and a Severity")
         # A critical finding pages, or its record says why it cannot (docs/rules.md lists both).
-        assert severity != "critical" or alert is not None, f"{id}: a critical rule needs an Alert or NoAlert"
-        assert not isinstance(alert, Alert) or fleet is not None, f"{id}: an alert is its fleet query"
+        if severity is Severity.CRITICAL and alert is None:
+            raise RuleError(f"{id}: a critical rule needs an Alert or NoAlert")
+        if isinstance(alert, Alert) and fleet is None:
+            raise RuleError(f"{id}: an alert is its fleet query")
+        if any(r.id == id for r in into):
+            raise RuleError(f"{id}: two rules with one id")
 
         def wrap(predicate: Callable[[Context, Limits], list[Hit]]) -> Callable[[Context, Limits], list[Hit]]:
             into.append(
                 Rule(
-                    id,
-                    category,
-                    severity,
-                    summary,
-                    actions,
-                    predicate,
-                    explains,
-                    thresholds,
-                    fleet,
-                    alert,
-                    state,
-                    events,
+                    id=id,
+                    category=category,
+                    severity=severity,
+                    summary=summary,
+                    actions=actions,
+                    predicate=predicate,
+                    explains=explains,
+                    thresholds=thresholds,
+                    fleet=fleet,
+                    alert=alert,
+                    state=state,
+                    events=events,
                 )
             )
             return predicate

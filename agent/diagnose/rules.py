@@ -5,25 +5,26 @@ network."""
 
 from __future__ import annotations
 
-from itertools import pairwise
 from typing import Any
 from urllib.parse import urlsplit
 
 from agent.catalogue import metric
-from agent.diagnose.context import SHUTDOWN_STATUSES, Context, rises
+from agent.diagnose.context import SHUTDOWN_STATUSES, Context, first_rise, last_rise, rises
 from agent.diagnose.model import (
     Alert,
+    Category,
     Evidence,
     Hit,
     Limits,
     NoAlert,
     Rule,
+    Severity,
     Threshold,
     duration_text,
     registrar,
     who,
 )
-from agent.facts import DependencyProbe, EndpointFacts, ProbeFact, ProcessFact
+from agent.facts import DependencyProbe, EndpointFacts, Outcome, ProbeFact, ProcessFact
 from agent.signals import CLIENT_ERROR_TYPES, engine_start, produced_since
 
 RULES: list[Rule] = []
@@ -70,7 +71,7 @@ def _probe_evidence(endpoint: str, probe: str, view: ProbeFact, url: str) -> lis
     return evidence
 
 
-def _probe_hits(ctx: Context, outcomes: set[str], probe: str = "health") -> list[Hit]:
+def _probe_hits(ctx: Context, outcomes: set[Outcome], probe: str = "health") -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health.endpoints.items():
         probe_view = view.probe(probe)
@@ -136,7 +137,7 @@ def _grade_by_capacity(ctx: Context, hit: Hit, lost: set[str]) -> Hit:
     hits get an empty `capacity`."""
     hit.values.setdefault("capacity", "")
     workers = sorted(e for e, v in ctx.health.endpoints.items() if v.kind == "worker")
-    serving = [e for e in workers if e not in lost and ctx.probe(e).outcome == "ok"]
+    serving = [e for e in workers if e not in lost and ctx.probe(e).outcome == Outcome.OK]
     if hit.role != "worker" or len(workers) < 2 or not serving:
         return hit
     share = _served_share(ctx)
@@ -211,11 +212,11 @@ def _dependency_lost_before(ctx: Context, moment: float) -> DependencyProbe | No
 
 
 @rule(
-    "dynamo_starting",
-    "startup_failure",
-    "info",
-    "{who} is starting: {what}, {elapsed} into the {grace} start-up grace",
-    (
+    id="dynamo_starting",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.INFO,
+    summary="{who} is starting: {what}, {elapsed} into the {grace} start-up grace",
+    actions=(
         "Nothing to do yet: Dynamo loads the model and registers before it answers. If this is still here when the grace ends, it becomes a fault finding.",
         "A slow start beyond the grace: raise startup_grace, and check the engine's logs (`kubectl logs <pod> -c main`).",
     ),
@@ -227,7 +228,7 @@ def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
     grace = duration_text(ctx.config.startup_grace)
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
-        if not _in_startup(ctx, endpoint) or probe.outcome == "ok":
+        if not _in_startup(ctx, endpoint) or probe.outcome == Outcome.OK:
             continue
         kind = view.kind
         hits.append(
@@ -296,11 +297,11 @@ def _engine_starting(ctx: Context) -> float:
 
 
 @rule(
-    "dynamo_draining",
-    "shutdown",
-    "info",
-    "{who} is shutting down (draining)",
-    (
+    id="dynamo_draining",
+    category=Category.SHUTDOWN,
+    severity=Severity.INFO,
+    summary="{who} is shutting down (draining)",
+    actions=(
         "Expected during a rollout or scale-down; new requests get 503 until the pod is gone.",
         "If the pod is not being terminated, check who sent SIGTERM (`kubectl get events`).",
     ),
@@ -336,11 +337,11 @@ def dynamo_draining(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "dynamo_stopped_after_drain",
-    "shutdown",
-    "info",
-    "{who} shut down after a drain {ago} ago: its port is closed, as expected during termination",
-    (
+    id="dynamo_stopped_after_drain",
+    category=Category.SHUTDOWN,
+    severity=Severity.INFO,
+    summary="{who} shut down after a drain {ago} ago: its port is closed, as expected during termination",
+    actions=(
         "Expected while the pod terminates: Dynamo closes its port once in-flight work is done.",
         "If the pod is not terminating and this stays, the process exited after SIGTERM without being restarted: check `kubectl describe pod`.",
     ),
@@ -356,7 +357,7 @@ def dynamo_draining(ctx: Context, t: Limits) -> list[Hit]:
 )
 def dynamo_stopped_after_drain(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for hit in _probe_hits(ctx, {"refused", "timeout"}):
+    for hit in _probe_hits(ctx, {Outcome.REFUSED, Outcome.TIMEOUT}):
         drained = _after_drain(ctx, hit.subject, hit.since)
         if not drained:
             continue
@@ -370,11 +371,11 @@ def dynamo_stopped_after_drain(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "no_dynamo_process",
-    "startup_failure",
-    "warning",
-    "no {what} is visible to the sidecar",
-    (
+    id="no_dynamo_process",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.WARNING,
+    summary="no {what} is visible to the sidecar",
+    actions=(
         "non-leader: This is a multinode non-leader pod: main runs the leader's helper (vLLM `ray start --block` or `dynamo.vllm --headless`, SGLang `--node-rank N`, TRT-LLM sshd for mpirun); none runs, so the group's leader cannot use this pod's GPUs. `kubectl logs <pod> -c main` and the leader's logs.",
         "If Dynamo's endpoints are refused too, Dynamo is not running: `kubectl describe pod` for the main container's state and last exit.",
         "If Dynamo answers, the sidecar cannot see its processes: set `shareProcessNamespace: true` on the pod.",
@@ -411,11 +412,11 @@ def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "process_stalled",
-    "connection_anomaly",
-    "critical",
-    "process {subject} is {state_name} (state {state}) for {for}: it runs no code and answers nothing{capacity}",
-    (
+    id="process_stalled",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.CRITICAL,
+    summary="process {subject} is {state_name} (state {state}) for {for}: it runs no code and answers nothing{capacity}",
+    actions=(
         "State T: someone sent SIGSTOP or a debugger holds it; `kill -CONT <pid>` resumes it, but a Dynamo worker stopped past ~12 s does not re-register: restart the pod.",
         "State D: it waits on the kernel (storage, NFS, a GPU driver call): check `cat /proc/<pid>/stack`, dmesg and the node's storage.",
     ),
@@ -473,18 +474,18 @@ def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
         lost = _endpoints_of(ctx, process) or {
             e
             for e, v in ctx.health.endpoints.items()
-            if v.kind == "worker" and v.probe().outcome == "timeout"
+            if v.kind == "worker" and v.probe().outcome == Outcome.TIMEOUT
         }
         hits.append(_grade_by_capacity(ctx, hit, lost))
     return hits
 
 
 @rule(
-    "endpoint_wrong_port",
-    "startup_failure",
-    "warning",
-    "the sidecar probes {who} at {url}, which refuses, but the {kind} process answers on port {port}: the sidecar's configured port is wrong",
-    (
+    id="endpoint_wrong_port",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.WARNING,
+    summary="the sidecar probes {who} at {url}, which refuses, but the {kind} process answers on port {port}: the sidecar's configured port is wrong",
+    actions=(
         "worker: Point the sidecar at the port Dynamo uses: set worker_system_urls (DYN_SIDECAR_WORKER_SYSTEM_URLS) to {answers}, or pass the main container's DYN_SYSTEM_PORT to the sidecar.",
         "frontend: Point the sidecar at the port Dynamo uses: set frontend_url (DYN_SIDECAR_FRONTEND_URL) to {answers}, or pass the main container's DYN_HTTP_PORT to the sidecar.",
         "Check the pod's probes and Service use that port too.",
@@ -493,7 +494,7 @@ def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
 )
 def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for hit in _probe_hits(ctx, {"refused"}):
+    for hit in _probe_hits(ctx, {Outcome.REFUSED}):
         view = ctx.health.endpoints[hit.subject]
         answers = view.answers_on
         if answers is None:
@@ -513,11 +514,11 @@ def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "endpoint_refused",
-    "startup_failure",
-    "critical",
-    "{who} refuses connections at {url} for {for}: nothing listens on its port{capacity}",
-    (
+    id="endpoint_refused",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.CRITICAL,
+    summary="{who} refuses connections at {url} for {for}: nothing listens on its port{capacity}",
+    actions=(
         "{alive}",
         "worker: Check DYN_SYSTEM_ENABLED=true and that DYN_SYSTEM_PORT matches the sidecar's worker_system_urls.",
         "frontend: Check DYN_HTTP_PORT / --http-port matches the sidecar's frontend_url.",
@@ -532,7 +533,7 @@ def endpoint_wrong_port(ctx: Context, t: Limits) -> list[Hit]:
 )
 def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for hit in _probe_hits(ctx, {"refused"}):
+    for hit in _probe_hits(ctx, {Outcome.REFUSED}):
         view = ctx.health.endpoints[hit.subject]
         if (
             _in_startup(ctx, hit.subject)
@@ -556,11 +557,11 @@ def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "endpoint_timeout",
-    "connection_anomaly",
-    "critical",
-    "{who} accepts connections but does not answer {url} for {for}: the process is hung or overloaded{capacity}",
-    (
+    id="endpoint_timeout",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.CRITICAL,
+    summary="{who} accepts connections but does not answer {url} for {for}: the process is hung or overloaded{capacity}",
+    actions=(
         "Check the process state (T: stopped, D: blocked in the kernel) and CPU (`dynamo_sidecar_process_cpu_seconds_total`) and cgroup throttling.",
         "Take a stack dump: `kubectl exec <pod> -c main -- py-spy dump --pid <pid>`.",
         "worker: A worker hung like this drops out of discovery after ~12 s and never re-registers after it resumes: restart the pod.",
@@ -576,17 +577,17 @@ def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
 def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
     return [
         _grade_by_capacity(ctx, hit, {hit.subject})
-        for hit in _probe_hits(ctx, {"timeout"})
+        for hit in _probe_hits(ctx, {Outcome.TIMEOUT})
         if not _in_startup(ctx, hit.subject) and not _after_drain(ctx, hit.subject, hit.since)
     ]
 
 
 @rule(
-    "endpoint_bad_response",
-    "connection_anomaly",
-    "warning",
-    "{who} {what}",
-    (
+    id="endpoint_bad_response",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.WARNING,
+    summary="{who} {what}",
+    actions=(
         "Compare the body in the evidence with what Dynamo 1.6 serves; a proxy or another server on that port can answer instead.",
         "Check the sidecar's frontend_url / worker_system_urls point at Dynamo itself.",
     ),
@@ -594,13 +595,13 @@ def endpoint_timeout(ctx: Context, t: Limits) -> list[Hit]:
     fleet=lambda s, t: s(OUTCOME, 'probe="health",outcome=~"malformed|http_error|error"') + " == 1",
 )
 def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:
-    hits = _probe_hits(ctx, {"malformed", "http_error", "error"})
+    hits = _probe_hits(ctx, {Outcome.MALFORMED, Outcome.HTTP_ERROR, Outcome.ERROR})
     for hit in hits:
         probe = ctx.probe(hit.subject)
         url = hit.values["url"]
-        if probe.outcome == "error":
+        if probe.outcome == Outcome.ERROR:
             hit.values["what"] = f"closes or resets the connection at {url} without an answer ({probe.error})"
-        elif probe.outcome == "http_error":
+        elif probe.outcome == Outcome.HTTP_ERROR:
             hit.values["what"] = f"answers {url} with HTTP {probe.status_code} and no health body"
         else:
             hit.values["what"] = f"answers {url} with a body that is not Dynamo's health JSON ({probe.error})"
@@ -611,11 +612,11 @@ def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "frontend_no_instances",
-    "startup_failure",
-    "critical",
-    "frontend {subject} reports healthy but has listed zero worker instances for {for}: no model can be served",
-    (
+    id="frontend_no_instances",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.CRITICAL,
+    summary="frontend {subject} reports healthy but has listed zero worker instances for {for}: no model can be served",
+    actions=(
         "Check the worker pods: are they running, and did they register (worker logs 'Registered endpoint')?",
         "Check the discovery backend the frontend and workers share (etcd / DYN_DISCOVERY_BACKEND, DYN_NAMESPACE).",
         "Do not rely on the frontend's /health for readiness: it stays 200 with no workers; use `/v1/models` or the sidecar's canary.",
@@ -637,7 +638,7 @@ def frontend_no_instances(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
-        if view.kind != "frontend" or probe.outcome != "ok" or view.instance_ids != []:
+        if view.kind != "frontend" or probe.outcome != Outcome.OK or view.instance_ids != []:
             continue
         since = view.instances_since or probe.since or ctx.now
         if ctx.now - since < t.for_seconds or _in_startup_workers(ctx):
@@ -669,11 +670,11 @@ STALE_WINDOW = 60.0
 
 
 @rule(
-    "frontend_stale_instances",
-    "connection_anomaly",
-    "critical",
-    "frontend {subject} lists {count} worker instance(s) {which}: {why}",
-    (
+    id="frontend_stale_instances",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.CRITICAL,
+    summary="frontend {subject} lists {count} worker instance(s) {which}: {why}",
+    actions=(
         "A worker died without deregistering (SIGKILL, OOM kill, node loss); the frontend drops it after its discovery lease expires (~10-20 s).",
         "Check the worker pods: `kubectl get pods -l nvidia.com/dynamo-component-type=worker` and their last state.",
         "If it persists past a minute, check the discovery backend (etcd) for leftover keys.",
@@ -706,7 +707,7 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
     for endpoint, view in ctx.health.endpoints.items():
         probe = view.probe()
         ids = view.instance_ids or []
-        if view.kind != "frontend" or probe.outcome != "ok" or not ids:
+        if view.kind != "frontend" or probe.outcome != Outcome.OK or not ids:
             continue
         # Only failures since the list took its present shape are about the instances it
         # lists now: once a dead worker is dropped, the earlier failures were about it.
@@ -767,7 +768,7 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
             last_event=0.0 if no_models else failed_last,
         )
         answering = any(
-            v.kind == "worker" and v.probe().outcome == "ok" for v in ctx.health.endpoints.values()
+            v.kind == "worker" and v.probe().outcome == Outcome.OK for v in ctx.health.endpoints.values()
         )
         if served > 0 or (len(ids) > 1 and answering):
             # Some listed instances serve (requests succeed since the failures began, or
@@ -792,11 +793,11 @@ KEEPALIVE_LOST = ("keep_alive failed", "lease", "failed to renew")
 
 
 @rule(
-    "worker_registration_lost",
-    "connection_anomaly",
-    "critical",
-    "{what}: it looks healthy but serves nothing{capacity}",
-    (
+    id="worker_registration_lost",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.CRITICAL,
+    summary="{what}: it looks healthy but serves nothing{capacity}",
+    actions=(
         "Restart the worker: after a stall (SIGSTOP, long GC, node pressure) Dynamo 1.6 does not re-register on its own.",
         "Check etcd / the discovery store reachability and latency from this pod.",
         "A readiness probe on the worker's /health does not catch this: it stays 200 'ready'.",
@@ -865,7 +866,7 @@ def _unlisted_workers(ctx: Context, for_seconds: float) -> list[tuple[str, list[
     """(endpoint, its instance ids, since when) for each worker of this pod that answers ready
     while the frontend of this pod, answering too, lists none of its instance ids."""
     frontends = [
-        v for v in ctx.health.endpoints.values() if v.kind == "frontend" and v.probe().outcome == "ok"
+        v for v in ctx.health.endpoints.values() if v.kind == "frontend" and v.probe().outcome == Outcome.OK
     ]
     if not frontends or any(v.instance_ids is None for v in frontends):
         return []
@@ -874,7 +875,7 @@ def _unlisted_workers(ctx: Context, for_seconds: float) -> list[tuple[str, list[
     for endpoint, view in ctx.health.endpoints.items():
         scrape = ctx.scrapes.endpoints.get(endpoint)
         probe = view.probe()
-        if view.kind != "worker" or probe.outcome != "ok" or scrape is None or not scrape.worker_ids:
+        if view.kind != "worker" or probe.outcome != Outcome.OK or scrape is None or not scrape.worker_ids:
             continue
         try:
             decimal = {str(int(i, 16)) for i in scrape.worker_ids}
@@ -898,11 +899,11 @@ def _notready_but_ready(view: EndpointFacts) -> bool:
 
 
 @rule(
-    "worker_notready_endpoints_ready",
-    "startup_failure",
-    "warning",
-    "{who} answers 503 notready although its endpoints ({endpoints}) are ready: health-check payloads are not registered",
-    (
+    id="worker_notready_endpoints_ready",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.WARNING,
+    summary="{who} answers 503 notready although its endpoints ({endpoints}) are ready: health-check payloads are not registered",
+    actions=(
         "Set DYN_HEALTH_CHECK_ENABLED=true on the worker (the Dynamo operator does), or DYN_SYSTEM_STARTING_HEALTH_STATUS=ready.",
         "Until then a readiness probe on the system port keeps this pod out of service although the worker serves.",
     ),
@@ -946,18 +947,18 @@ def worker_notready_endpoints_ready(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "dynamo_not_ready",
-    "startup_failure",
-    "warning",
-    "{who} has been unhealthy ('{status}') for {for}, past the start-up grace",
-    (
+    id="dynamo_not_ready",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.WARNING,
+    summary="{who} has been unhealthy ('{status}') for {for}, past the start-up grace",
+    actions=(
         "Check the Dynamo logs for the model load or registration step that has not finished.",
         "Check etcd / NATS reachability from the pod; 'no endpoints available' usually means discovery.",
     ),
 )
 def dynamo_not_ready(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    for hit in _probe_hits(ctx, {"unhealthy"}):
+    for hit in _probe_hits(ctx, {Outcome.UNHEALTHY}):
         view = ctx.health.endpoints[hit.subject]
         status = view.probe().status
         if _in_startup(ctx, hit.subject) or status in SHUTDOWN_STATUSES or view.stage == "draining":
@@ -970,11 +971,11 @@ def dynamo_not_ready(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "metrics_scrape_failing",
-    "connection_anomaly",
-    "warning",
-    "Dynamo /metrics on {subject} cannot be scraped ({reason})",
-    (
+    id="metrics_scrape_failing",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.WARNING,
+    summary="Dynamo /metrics on {subject} cannot be scraped ({reason})",
+    actions=(
         "Check the URL in the evidence answers Prometheus text; derived signals (rates, TTFT quantiles) are missing meanwhile.",
         "If the body is very large, raise max_response_bytes.",
     ),
@@ -990,7 +991,7 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
             # health probe names that cause on its next look, so judge the scrape after it.
             continue
         probe = ctx.probe(endpoint)
-        if probe.outcome in {"refused", "timeout"} or ctx.starting(endpoint):
+        if probe.outcome in {Outcome.REFUSED, Outcome.TIMEOUT} or ctx.starting(endpoint):
             continue  # the endpoint itself is down, or not up yet: those findings say it
         if fact.reason in {"refused", "error"} and probe.since >= ctx.scrapes.time:
             continue  # the endpoint came back between the scrape and the probe: a restart
@@ -1018,11 +1019,11 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "worker_restarted",
-    "startup_failure",
-    "warning",
-    "{who} restarted {count} time(s) in the window (uptime reset)",
-    (
+    id="worker_restarted",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.WARNING,
+    summary="{who} restarted {count} time(s) in the window (uptime reset)",
+    actions=(
         "Check the container's last state: `kubectl get pod -o jsonpath='{{.status.containerStatuses}}'` for OOMKilled or exit 143/911.",
         "With liveness failureThreshold 1 on /live, one slow health check restarts the worker: raise the threshold.",
     ),
@@ -1053,11 +1054,11 @@ def worker_restarted(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "health_flapping",
-    "connection_anomaly",
-    "warning",
-    "{subject} changed health state {count} times in {minutes:.0f} min (flapping)",
-    (
+    id="health_flapping",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.WARNING,
+    summary="{subject} changed health state {count} times in {minutes:.0f} min (flapping)",
+    actions=(
         "Look at the transitions in the evidence: alternating ok/timeout suggests overload or CPU throttling.",
         "Check probe timeouts against the response times in dynamo_sidecar_endpoint_response_seconds.",
     ),
@@ -1095,11 +1096,11 @@ def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "canary_failing",
-    "performance_degradation",
-    "critical",
-    "canary requests for model {subject} failed {failures} times in a row ({outcome}): the model does not serve end to end",
-    (
+    id="canary_failing",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.CRITICAL,
+    summary="canary requests for model {subject} failed {failures} times in a row ({outcome}): the model does not serve end to end",
+    actions=(
         "Look up the canary's Dynamo log lines: GET /diagnose/request/<x-request-id> from the evidence (needs log_files), or search the logs for that x_request_id / trace id.",
         "timeout with healthy endpoints means a hung engine or worker: check the worker's CPU and `py-spy dump`; restart it if it never answers.",
         "http_error 503 'not ready' or 404 for a model that was listed means no live worker serves it: see the worker pods and the frontend's instance list.",
@@ -1169,11 +1170,11 @@ HUNG_FLEET_DEFAULT = 10.0  # engine_hung's fleet limit when its threshold is 0: 
 
 
 @rule(
-    "request_failures",
-    "performance_degradation",
-    "warning",
-    "{count:.0f} request(s) failed server-side in the last {window} ({share_text} of requests): {types}",
-    (
+    id="request_failures",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.WARNING,
+    summary="{count:.0f} request(s) failed server-side in the last {window} ({share_text} of requests): {types}",
+    actions=(
         "Look at the failure types in the evidence: unavailable / transport errors follow a worker that died or was removed; deadline_exceeded a hung or overloaded worker.",
         "A stream that fails after HTTP 200 carries the error in-band: clients that check only the status code count it as a success.",
         "Enable request migration on the frontend (--migration-limit / DYN_MIGRATION_LIMIT) so a lost worker does not fail in-flight streams.",
@@ -1208,8 +1209,9 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
         increase = _increase(points)
         if increase > 0:
             by_type[error_type] = by_type.get(error_type, 0.0) + increase
-            first = min(first, _first_rise(points))
-            last = max(last, _last_rise(points))
+            # The increase is > 0, so the counter moved: both find a rise.
+            first = min(first, first_rise(points))
+            last = max(last, last_rise(points))
     count = sum(by_type.values())
     if count < t.failures:
         return []
@@ -1256,26 +1258,12 @@ def _increase(points: list[tuple[float, float]]) -> float:
     return counter_increase(points) if len(points) >= 2 else 0.0
 
 
-def _first_rise(points: list[tuple[float, float]]) -> float:
-    for (_, before), (at, after) in pairwise(points):
-        if after != before:
-            return at
-    return points[-1][0] if points else 0.0
-
-
-def _last_rise(points: list[tuple[float, float]]) -> float:
-    for (_, before), (at, after) in reversed(list(pairwise(points))):
-        if after != before:
-            return at
-    return 0.0
-
-
 @rule(
-    "engine_hung",
-    "performance_degradation",
-    "critical",
-    "{inflight:.0f} request(s) in flight and no token produced for {for}: the engine is hung{capacity}",
-    (
+    id="engine_hung",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.CRITICAL,
+    summary="{inflight:.0f} request(s) in flight and no token produced for {for}: the engine is hung{capacity}",
+    actions=(
         "Check the worker process: state T (stopped) or D (blocked), CPU at zero, or a stack dump (`py-spy dump --pid <pid>`).",
         "Check the GPU: XID errors, a lost GPU, or utilization stuck at 100% with no progress.",
         "Restart the worker if it does not recover: Dynamo 1.6 fails the requests with 504 after the request deadline.",
@@ -1323,7 +1311,9 @@ def engine_hung(ctx: Context, t: Limits) -> list[Hit]:
         role="worker",
     )
     # Work stuck on one worker of several: the others still answer; graded by what is lost.
-    lost = {e for e, v in ctx.health.endpoints.items() if v.kind == "worker" and v.probe().outcome != "ok"}
+    lost = {
+        e for e, v in ctx.health.endpoints.items() if v.kind == "worker" and v.probe().outcome != Outcome.OK
+    }
     return [_grade_by_capacity(ctx, hit, lost)]
 
 
@@ -1331,11 +1321,11 @@ def engine_hung(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "drain_deadline_with_work",
-    "shutdown",
-    "critical",
-    "drain reached its deadline after {duration:.0f}s with {inflight:.0f} request(s) still in flight: they were cut off",
-    (
+    id="drain_deadline_with_work",
+    category=Category.SHUTDOWN,
+    severity=Severity.CRITICAL,
+    summary="drain reached its deadline after {duration:.0f}s with {inflight:.0f} request(s) still in flight: they were cut off",
+    actions=(
         "Raise terminationGracePeriodSeconds (and the sidecar's termination_grace_period) above the longest request, or lower max_tokens for streaming clients.",
         "Enable request migration on the frontend (--migration-limit / DYN_MIGRATION_LIMIT) so cut streams continue on another worker.",
         "Check DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT (30 s): a worker forced out exits 911, which Kubernetes shows as 143.",
@@ -1373,11 +1363,11 @@ def drain_deadline_with_work(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "collector_failing",
-    "sidecar",
-    "warning",
-    "collector {subject} is failing ({failures} runs in a row): {error}",
-    (
+    id="collector_failing",
+    category=Category.SIDECAR,
+    severity=Severity.WARNING,
+    summary="collector {subject} is failing ({failures} runs in a row): {error}",
+    actions=(
         "The signals this collector provides are stale; the rest of the sidecar keeps working.",
         "See the error in the evidence; `dynamo-sidecar check-config` shows the settings it uses.",
     ),
@@ -1417,11 +1407,11 @@ def collector_failing(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "series_dropped",
-    "sidecar",
-    "info",
-    "series over a cardinality cap are being dropped ({caps}; most: {metrics})",
-    (
+    id="series_dropped",
+    category=Category.SIDECAR,
+    severity=Severity.INFO,
+    summary="series over a cardinality cap are being dropped ({caps}; most: {metrics})",
+    actions=(
         "A source is inventing series or names: find it in the evidence and deny the family with passthrough_deny.",
         "If the series are wanted, raise max_series_per_metric, max_metric_names or max_series.",
     ),
@@ -1452,11 +1442,11 @@ def series_dropped(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "otlp_export_failing",
-    "sidecar",
-    "warning",
-    "traces cannot be exported to {subject} ({dropped} spans dropped)",
-    (
+    id="otlp_export_failing",
+    category=Category.SIDECAR,
+    severity=Severity.WARNING,
+    summary="traces cannot be exported to {subject} ({dropped} spans dropped)",
+    actions=(
         "Check the OTLP receiver (the OpenTelemetry Collector) is running and reachable at OTEL_EXPORTER_OTLP_ENDPOINT from this pod.",
         "Check OTEL_EXPORTER_OTLP_PROTOCOL matches the port: 4317 is gRPC, 4318 is http/protobuf.",
     ),

@@ -10,8 +10,19 @@ from typing import Any
 
 from agent.catalogue import metric
 from agent.diagnose.context import Context, rises
-from agent.diagnose.model import Alert, Evidence, Hit, Limits, Rule, Threshold, duration_text, registrar
-from agent.facts import GpuFact
+from agent.diagnose.model import (
+    Alert,
+    Category,
+    Evidence,
+    Hit,
+    Limits,
+    Rule,
+    Severity,
+    Threshold,
+    duration_text,
+    registrar,
+)
+from agent.facts import GpuFact, Outcome
 from agent.signals import CLIENT_ERROR_TYPES, SLO_OBJECTIVES, bucket_text, slo_observations
 from agent.state import State
 from collectors.gpu import xid_class
@@ -90,11 +101,11 @@ def _rise_times(steps: dict[float, float]) -> tuple[float, float]:
 
 
 @rule(
-    "cpu_throttled",
-    "resource_pressure",
-    "warning",
-    "the container is CPU-throttled in {ratio:.0f}% of scheduling periods",
-    (
+    id="cpu_throttled",
+    category=Category.RESOURCE_PRESSURE,
+    severity=Severity.WARNING,
+    summary="the container is CPU-throttled in {ratio:.0f}% of scheduling periods",
+    actions=(
         "Raise the container's CPU limit (or remove it and keep the request): throttling stalls the frontend's event loop and the tokenizer.",
         "Check dynamo_frontend_event_loop_stall_total and TTFT in the same window.",
     ),
@@ -150,11 +161,13 @@ def cpu_throttled(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "cpu_saturated",
-    "resource_pressure",
-    "warning",
-    "process {subject} uses {cores:.2f} cores of a {limit:.2f}-core limit",
-    ("Raise the CPU limit, or add replicas: a saturated frontend queues requests before any GPU sees them.",),
+    id="cpu_saturated",
+    category=Category.RESOURCE_PRESSURE,
+    severity=Severity.WARNING,
+    summary="process {subject} uses {cores:.2f} cores of a {limit:.2f}-core limit",
+    actions=(
+        "Raise the CPU limit, or add replicas: a saturated frontend queues requests before any GPU sees them.",
+    ),
     thresholds=(Threshold("share", 0.9, "ratio", "CPU use as a share of the cgroup's limit."),),
 )
 def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
@@ -191,11 +204,11 @@ def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "memory_near_limit",
-    "resource_pressure",
-    "warning",
-    "the container uses {percent:.0f}% of its memory limit",
-    (
+    id="memory_near_limit",
+    category=Category.RESOURCE_PRESSURE,
+    severity=Severity.WARNING,
+    summary="the container uses {percent:.0f}% of its memory limit",
+    actions=(
         "Raise the memory limit before the kernel OOM-kills the process; check for growth in dynamo_sidecar_process_resident_memory_bytes.",
     ),
     thresholds=(Threshold("share", 0.9, "ratio", "Memory usage as a share of the limit."),),
@@ -225,11 +238,11 @@ def memory_near_limit(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "oom_killed",
-    "resource_pressure",
-    "critical",
-    "the kernel OOM-killed {count:.0f} process(es) in the container",
-    (
+    id="oom_killed",
+    category=Category.RESOURCE_PRESSURE,
+    severity=Severity.CRITICAL,
+    summary="the kernel OOM-killed {count:.0f} process(es) in the container",
+    actions=(
         "Raise the memory limit; `kubectl describe pod` shows OOMKilled as the last state.",
         "Large prompts and long contexts raise tokenizer and frontend memory: check input sequence lengths.",
     ),
@@ -267,11 +280,11 @@ def oom_killed(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "memory_pressure",
-    "resource_pressure",
-    "warning",
-    "tasks stalled on memory {percent:.0f}% of the last minute ({subject} PSI)",
-    (
+    id="memory_pressure",
+    category=Category.RESOURCE_PRESSURE,
+    severity=Severity.WARNING,
+    summary="tasks stalled on memory {percent:.0f}% of the last minute ({subject} PSI)",
+    actions=(
         "Memory is being reclaimed under pressure: raise the limit or move the pod; on host scope, the node is overcommitted.",
     ),
     thresholds=(Threshold("stall", 0.1, "ratio", "PSI memory 'some' share over 60 s."),),
@@ -308,11 +321,11 @@ def memory_pressure(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "fd_exhaustion",
-    "resource_pressure",
-    "critical",
-    "process {subject} has {fds} of {limit} file descriptors open",
-    ("Raise RLIMIT_NOFILE for the container, and look for a connection leak (close_wait_leak).",),
+    id="fd_exhaustion",
+    category=Category.RESOURCE_PRESSURE,
+    severity=Severity.CRITICAL,
+    summary="process {subject} has {fds} of {limit} file descriptors open",
+    actions=("Raise RLIMIT_NOFILE for the container, and look for a connection leak (close_wait_leak).",),
     thresholds=(Threshold("share", 0.9, "ratio", "Open fds as a share of RLIMIT_NOFILE."),),
     fleet=lambda s, t: (
         s(metric("process_open_fds")) + " / " + s(metric("process_max_fds")) + f" >= {t.share:g}"
@@ -351,11 +364,11 @@ def _gpus(ctx: Context) -> dict[str, GpuFact]:
 
 
 @rule(
-    "gpu_xid",
-    "gpu_fault",
-    "critical",
-    "{subject}: XID {xids} ({klass}): {description}",
-    (
+    id="gpu_xid",
+    category=Category.GPU_FAULT,
+    severity=Severity.CRITICAL,
+    summary="{subject}: XID {xids} ({klass}): {description}",
+    actions=(
         "XID 79 (fallen off the bus), 48/95 (uncorrectable ECC), 119 (GSP timeout): cordon and drain the node (`kubectl cordon <node>`), then reset the GPU or reboot.",
         "XID 13/31/43 are usually the application: check the engine's logs around the timestamp.",
         "XID 94: a contained ECC error; only the affected process needs a restart.",
@@ -411,11 +424,11 @@ def gpu_xid(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "gpu_lost",
-    "gpu_fault",
-    "critical",
-    "{subject} is lost: NVML cannot reach it",
-    (
+    id="gpu_lost",
+    category=Category.GPU_FAULT,
+    severity=Severity.CRITICAL,
+    summary="{subject} is lost: NVML cannot reach it",
+    actions=(
         "Cordon the node and reset the GPU (`nvidia-smi -r`) or reboot; look for XID 79 in the kernel log (`dmesg`).",
     ),
     explains=("gpu_xid:*", "engine_hung:*", "canary_failing:*", "request_failures:*"),
@@ -439,11 +452,11 @@ def gpu_lost(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "gpu_ecc_errors",
-    "gpu_fault",
-    "critical",
-    "{subject} has uncorrectable ECC errors or pending row remaps",
-    (
+    id="gpu_ecc_errors",
+    category=Category.GPU_FAULT,
+    severity=Severity.CRITICAL,
+    summary="{subject} has uncorrectable ECC errors or pending row remaps",
+    actions=(
         "Pending remaps take effect at the next GPU reset: drain the node and reset the GPU.",
         "A remap failure means the GPU needs replacement.",
     ),
@@ -495,11 +508,11 @@ THROTTLE_REASONS = (
 
 
 @rule(
-    "gpu_throttling",
-    "gpu_fault",
-    "warning",
-    "{subject} clocks are held down ({reasons}){while}",
-    (
+    id="gpu_throttling",
+    category=Category.GPU_FAULT,
+    severity=Severity.WARNING,
+    summary="{subject} clocks are held down ({reasons}){while}",
+    actions=(
         "Thermal: check the node's cooling and the GPU temperature against its slowdown threshold; power: check the power limit (`nvidia-smi -q -d POWER`).",
     ),
     fleet=lambda s, t: (
@@ -546,11 +559,11 @@ def gpu_throttling(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "gpu_memory_near_full",
-    "gpu_fault",
-    "warning",
-    "{subject} memory is {percent:.0f}% used",
-    (
+    id="gpu_memory_near_full",
+    category=Category.GPU_FAULT,
+    severity=Severity.WARNING,
+    summary="{subject} memory is {percent:.0f}% used",
+    actions=(
         "Lower the engine's memory fraction or max batch size, or the KV cache size; out-of-memory in the engine kills requests.",
     ),
     thresholds=(Threshold("share", 0.97, "ratio", "GPU memory used as a share of total."),),
@@ -762,12 +775,12 @@ QUEUE_LEAD = (
 
 
 @rule(
-    "queue_growing_gpu_idle",
-    "performance_degradation",
-    "warning",
-    QUEUE_LEAD
+    id="queue_growing_gpu_idle",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.WARNING,
+    summary=QUEUE_LEAD
     + ", while the GPUs are {utilization:.0f}% busy: a scheduling or routing problem, not capacity",
-    (
+    actions=(
         "Check the router: are requests going to a worker that does not serve (stale instance), or is one worker hot while others idle?",
         "Check worker health and canaries; compare per-worker in-flight (dynamo_component_inflight_requests).",
     ),
@@ -792,11 +805,11 @@ def queue_growing_gpu_idle(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "queue_growing_saturated",
-    "performance_degradation",
-    "warning",
-    QUEUE_LEAD + ", with the GPUs {utilization:.0f}% busy: out of capacity",
-    (
+    id="queue_growing_saturated",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.WARNING,
+    summary=QUEUE_LEAD + ", with the GPUs {utilization:.0f}% busy: out of capacity",
+    actions=(
         "Scale out workers (or the planner's limits); lower max_tokens or concurrency at the client side meanwhile.",
     ),
     explains=QUEUE_EFFECTS,
@@ -820,11 +833,11 @@ def queue_growing_saturated(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "queue_growing",
-    "performance_degradation",
-    "warning",
-    QUEUE_LEAD + ": more requests arrive than the engine serves; {gpu}",
-    (
+    id="queue_growing",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.WARNING,
+    summary=QUEUE_LEAD + ": more requests arrive than the engine serves; {gpu}",
+    actions=(
         "Compare the request rate with what the workers finish (dynamo_component_requests_total): more arriving than finishing is capacity (scale out, or lower the client's concurrency); nothing finishing is a stall.",
         "Raise the engine's batch limit (--max-num-seqs) if its KV cache has room; check worker health and canaries if the workers are not busy.",
     ),
@@ -860,11 +873,11 @@ LATENCY = metric("dynamo_latency_seconds")
 
 
 @rule(
-    "latency_regression",
-    "performance_degradation",
-    "warning",
-    "{subject} p99 is {recent}, {factor:.1f}x this pod's own earlier {baseline}",
-    (
+    id="latency_regression",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.WARNING,
+    summary="{subject} p99 is {recent}, {factor:.1f}x this pod's own earlier {baseline}",
+    actions=(
         "Look at what changed in the window: queue depth, GPU throttling, CPU throttling, retransmits (see the other findings).",
         "Compare with other pods: one pod is a node problem, all pods is load or a rollout.",
     ),
@@ -954,11 +967,11 @@ def _count(buckets: list[tuple[float, float]]) -> float:
 
 
 @rule(
-    "slo_breach",
-    "performance_degradation",
-    "warning",
-    "{objective} is {observed} against an SLO target of {target} over the last {window}",
-    (
+    id="slo_breach",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.WARNING,
+    summary="{objective} is {observed} against an SLO target of {target} over the last {window}",
+    actions=(
         "Look at the other findings for the cause (queue growth, a hung or slow worker, throttling); with none, the pod is over capacity for this SLO: scale out.",
         "The targets are the sidecar's slo_ttft_p99 / slo_itl_p99 / slo_error_rate, set as Dynamo's SLA planner takes them.",
     ),
@@ -1038,11 +1051,11 @@ def _slo_rises(ctx: Context, objective: str, target: float, window: float) -> tu
 
 
 @rule(
-    "rejections_rising",
-    "performance_degradation",
-    "warning",
-    "Dynamo is rejecting {rate:.2f} requests/s: engine in-flight limit and queue are full",
-    ("Scale out workers, or raise --dynamo-request-queue-limit if bursts are short.",),
+    id="rejections_rising",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.WARNING,
+    summary="Dynamo is rejecting {rate:.2f} requests/s: engine in-flight limit and queue are full",
+    actions=("Scale out workers, or raise --dynamo-request-queue-limit if bursts are short.",),
     fleet=lambda s, t: s(metric("dynamo_rejection_rate")) + " > 0",
     events=True,
 )
@@ -1071,11 +1084,11 @@ def rejections_rising(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "migrations_rising",
-    "performance_degradation",
-    "info",
-    "{what}",
-    (
+    id="migrations_rising",
+    category=Category.PERFORMANCE_DEGRADATION,
+    severity=Severity.INFO,
+    summary="{what}",
+    actions=(
         "Migrations follow worker failures: look for worker restarts, hung workers and XIDs in the same window.",
         "With migration_limit 0 a worker loss fails every in-flight stream: set --migration-limit / DYN_MIGRATION_LIMIT on the frontend.",
     ),
@@ -1128,11 +1141,11 @@ def migrations_rising(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "dependency_unreachable",
-    "connection_anomaly",
-    "critical",
-    "{subject} ({target}) {what}",
-    (
+    id="dependency_unreachable",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.CRITICAL,
+    summary="{subject} ({target}) {what}",
+    actions=(
         "Check the dependency's pods and Service (`kubectl get pods,svc -n <ns>`); refused means nothing listens, timeout means a network policy or a dead node, dns_error means the name; unhealthy means etcd answers but has no quorum or an alarm (`etcdctl endpoint health`).",
         "Check NetworkPolicies between this namespace and the dependency's.",
         "Dynamo needs etcd for discovery and NATS for events: without them workers do not register, and a Dynamo that loses its etcd lease shuts itself down (~lease TTL later).",
@@ -1192,11 +1205,11 @@ def dependency_unreachable(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "dependency_slow",
-    "connection_anomaly",
-    "warning",
-    "{subject} ({target}) answers slowly: connect {connect:.0f} ms, DNS {dns:.0f} ms",
-    (
+    id="dependency_slow",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.WARNING,
+    summary="{subject} ({target}) answers slowly: connect {connect:.0f} ms, DNS {dns:.0f} ms",
+    actions=(
         "Check the dependency's load and the node's network; slow etcd makes registration and lease renewal flap.",
         "Slow DNS: check CoreDNS and ndots in the pod's resolv.conf.",
     ),
@@ -1233,11 +1246,11 @@ def dependency_slow(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "port_not_listening",
-    "startup_failure",
-    "critical",
-    "the {subject} port {port} is not listening in this pod",
-    (
+    id="port_not_listening",
+    category=Category.STARTUP_FAILURE,
+    severity=Severity.CRITICAL,
+    summary="the {subject} port {port} is not listening in this pod",
+    actions=(
         "The Dynamo process has not bound its port: check its logs for the bind error or a crash.",
         "Check the port settings (DYN_HTTP_PORT, DYN_SYSTEM_PORT; the system port must be below 32768 in Dynamo 1.6).",
     ),
@@ -1269,11 +1282,11 @@ def port_not_listening(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
-    "tcp_retransmits_high",
-    "connection_anomaly",
-    "warning",
-    "{percent:.1f}% of TCP segments are retransmitted: packet loss on the pod's network",
-    (
+    id="tcp_retransmits_high",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.WARNING,
+    summary="{percent:.1f}% of TCP segments are retransmitted: packet loss on the pod's network",
+    actions=(
         "Look at the per-peer retransmits in the evidence to find the path; check the node's NIC errors (`ethtool -S`) and the CNI.",
         "Cross-node KV transfer and request traffic suffer first: compare TTFT with the retransmit ratio.",
     ),
@@ -1331,16 +1344,16 @@ def _unread_service_port(ctx: Context, peer: str) -> bool:
     if kind is None or peer not in ctx.tcp.service_ports.values():
         return False
     stalled = any(p.state in STALLED_STATES for p in ctx.processes.of_role(kind))
-    hung = any(v.kind == kind and v.probe().outcome == "timeout" for v in ctx.health.endpoints.values())
+    hung = any(v.kind == kind and v.probe().outcome == Outcome.TIMEOUT for v in ctx.health.endpoints.values())
     return stalled or hung
 
 
 @rule(
-    "close_wait_leak",
-    "connection_anomaly",
-    "warning",
-    "{count} connections to {subject} stuck in CLOSE_WAIT, {owner}: the peer closed, the owner never did (a socket leak)",
-    (
+    id="close_wait_leak",
+    category=Category.CONNECTION_ANOMALY,
+    severity=Severity.WARNING,
+    summary="{count} connections to {subject} stuck in CLOSE_WAIT, {owner}: the peer closed, the owner never did (a socket leak)",
+    actions=(
         "If a Dynamo process owns them, it is not closing connections its peers closed and will run out of descriptors: restart it and report the leak.",
         "If no Dynamo process owns them, another container in the pod (or, outside a pod, another program on the host) leaks them.",
         "Compare with dynamo_sidecar_process_open_fds against its limit.",

@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import base_url, get_json, get_text, wait_for
+from tests.helpers import base_url, get_json, get_text, wait_for
 
 WORKER_OK = {"status": "ready", "uptime": {"secs": 10, "nanos": 0}, "endpoints": {"generate": "ready"}}
 FRONTEND_OK = {"status": "healthy", "endpoints": ["dyn://dynamo.backend.generate"], "instances": []}

@@ -13,8 +13,8 @@ import time
 import aiohttp
 import pytest
 
-from tests.conftest import base_url, get_text, wait_for
 from tests.conn_holder import holding
+from tests.helpers import base_url, get_text, wait_for
 
 
 def _closed_within(sock: socket.socket, seconds: float) -> bool:

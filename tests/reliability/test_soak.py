@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
+from tests.helpers import free_port
 from tests.procs import http_get, http_post, spawn_sidecar, start_sim
 
 # 30 s in the suite (the 10-minute budget); `python bench/soak.py --seconds 600` for the long run.

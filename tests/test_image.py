@@ -30,6 +30,9 @@ IMAGE = f"localhost/dynamo-sidecar:test-{hashlib.sha256(str(ROOT).encode()).hexd
 HOST_CA = "/etc/ssl/certs/ca-certificates.crt"
 PODMAN = ["podman", "--runtime", "runc"]
 LIMITS = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
+# The first test builds the base (debootstrap) and the image inside its fixture: minutes on a
+# busy machine, bounded by each step's own timeout rather than the suite's 120 s per test.
+pytestmark = pytest.mark.timeout(2400)
 
 
 def test_hadolint_passes() -> None:

@@ -27,7 +27,7 @@ from agent.diagnose.model import (
 from agent.diagnose.rules import RULES as BASE_RULES
 from agent.diagnose.rules_system import SYSTEM_RULES
 from agent.log import get as get_logger
-from agent.samples import Sample, sample
+from agent.samples import Labels, Sample, labels_of
 from agent.signals import CLIENT_ERROR_TYPES, bucket_text
 from agent.state import counter_increase
 
@@ -40,23 +40,37 @@ class RuleHealth:
     raised, and how long the last one took. One per sidecar (the rule records are shared);
     every evaluation through `evaluate(..., health=)` counts, the cycle's and /diagnose's."""
 
+    FAILURES = metric("rule_evaluation_failures_total")
+    DURATION = metric("rule_evaluation_duration_seconds")
+
     def __init__(self, rules: tuple[Rule, ...] = RULES) -> None:
         # Every rule from the start: a counter that appears only on its first failure has no
         # zero for rate() to start from.
         self.failures: dict[str, int] = {rule.id: 0 for rule in rules}
         self.duration: dict[str, float] = {}
+        # Every render asks for the samples, and evaluations are rarer: built once per change,
+        # each rule's label tuple once for good.
+        self._labels: dict[str, Labels] = {}
+        self._samples: list[Sample] | None = None
 
     def observe(self, rule_id: str, seconds: float, failed: bool) -> None:
         self.duration[rule_id] = seconds
         if failed:
             self.failures[rule_id] = self.failures.get(rule_id, 0) + 1
+        self._samples = None
+
+    def _rule(self, rule_id: str) -> Labels:
+        found = self._labels.get(rule_id)
+        if found is None:
+            found = self._labels[rule_id] = labels_of(rule=rule_id)
+        return found
 
     def samples(self) -> list[Sample]:
-        out = [sample(metric("rule_evaluation_failures_total"), n, rule=r) for r, n in self.failures.items()]
-        out.extend(
-            sample(metric("rule_evaluation_duration_seconds"), s, rule=r) for r, s in self.duration.items()
-        )
-        return out
+        if self._samples is None:
+            out = [Sample(self.FAILURES, self._rule(r), float(n)) for r, n in self.failures.items()]
+            out.extend(Sample(self.DURATION, self._rule(r), s) for r, s in self.duration.items())
+            self._samples = out
+        return self._samples
 
 
 def evaluate(

@@ -20,8 +20,8 @@ SCHEMA_VERSION = 1
 
 
 class Category(StrEnum):
-    """What a rule is about. A StrEnum: it reads, compares, formats and serialises (JSON, YAML
-    via str) as its value, so the report and the alert labels are the plain strings."""
+    """What a rule is about. A StrEnum: it compares, hashes, formats and JSON-encodes as its
+    value. yaml.safe_dump refuses enums, so findings and alert labels take `.value`."""
 
     STARTUP_FAILURE = "startup_failure"
     PERFORMANCE_DEGRADATION = "performance_degradation"

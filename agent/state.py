@@ -36,6 +36,7 @@ CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 # Kept to the millisecond: timestamps are stored as whole milliseconds (a ring returns what
 # it was given rounded so, the same value whether a point is still in the head or sealed).
 CHUNK = 32  # points per sealed chunk
+CHUNK_OVERHEAD = 16  # a sealed chunk's slot in the ring's list and its first timestamp
 # Values are stored as deltas of whole numbers when they are whole numbers times 10^-k
 # (counters, byte and request counts, ratios and seconds with few decimals: most series).
 _SCALES = (1, 10, 100, 1000, 10_000, 100_000, 1_000_000)
@@ -152,7 +153,7 @@ class SeriesRing:
             self._blobs.append(blob)
             self._firsts.append(times[0])
             self._times, self._values = times[CHUNK:], values[CHUNK:]
-            grown += sys.getsizeof(blob) + 8
+            grown += sys.getsizeof(blob) + CHUNK_OVERHEAD
         if self._count < self.capacity:
             self._count += 1
         else:
@@ -168,7 +169,7 @@ class SeriesRing:
         self._skip += 1
         if self._skip < CHUNK:
             return 0
-        freed = sys.getsizeof(self._blobs[0]) + 8
+        freed = sys.getsizeof(self._blobs[0]) + CHUNK_OVERHEAD
         del self._blobs[0]
         del self._firsts[0]
         self._skip = 0
@@ -223,6 +224,10 @@ class SeriesRing:
     def newest_time(self) -> float:
         return self._times[-1] if self._times else -math.inf
 
+    def sealed_bytes(self) -> int:
+        """The sealed chunks' share of memory, as append() counts it."""
+        return sum(sys.getsizeof(blob) + CHUNK_OVERHEAD for blob in self._blobs)
+
     def nbytes(self) -> int:
         """What the ring holds in memory now: the object, its arrays and sealed chunks."""
         return (
@@ -233,6 +238,32 @@ class SeriesRing:
             + sys.getsizeof(self._times)
             + sys.getsizeof(self._values)
         )
+
+
+def _ring_fixed() -> int:
+    """Bytes of a ring apart from its sealed chunks, at most: the object, its lists and a
+    head at its fullest (CHUNK + 1 points appended one by one, as they are)."""
+    ring = SeriesRing(CHUNK + 1)
+    most = 0
+    for index in range(CHUNK + 1):
+        ring._times.append(float(index))
+        ring._values.append(0.5)
+        most = max(most, ring.nbytes())
+    return most + 2 * 64  # the chunk list's and first-times' over-allocation
+
+
+RING_FIXED = _ring_fixed()
+# What a kept series is charged against the memory budget: its ring as if full of values that
+# do not compress at all (8 bytes a value, ~2.5 a timestamp, the chunk overhead), so the
+# rings admitted can fill up without leaving the budget. Typical rings need half of it.
+RESERVE_PER_POINT = 13
+# An admitted series' latest sample, its key in the bookkeeping dicts and its label tuple
+# (plus its label text, counted apart): measured by bench/history.py (~700 bytes).
+SERIES_BYTES = 800
+
+
+def series_cost(labels: Labels) -> int:
+    return SERIES_BYTES + sum(len(key) + len(value) for key, value in labels)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -348,6 +379,8 @@ class State:
         history_filter: Any = None,
         max_series: int = 50_000,
         max_metric_names: int = 2_000,
+        memory_budget: int | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.history_window = history_window
         # Enough points to span the window at the fastest interval, with a hard cap so a
@@ -371,6 +404,17 @@ class State:
         self.extra: dict[str, Any] = {}
         self.event_listeners: list[Any] = []  # component state other parts publish (drain, canary)
         self._history_filter = history_filter or (lambda name: True)
+        # The memory budget (bytes, None for none): series and their history are admitted
+        # only while the state's estimated memory stays inside it (see budget_used); what it
+        # keeps out is counted. memory_limit is the container's, for the finding's evidence.
+        self.memory_budget = memory_budget
+        self.memory_limit = memory_limit
+        self.ring_reserve = RING_FIXED + self.ring_capacity * RESERVE_PER_POINT
+        self.history_bytes = 0  # kept rings: their fixed part at its largest + sealed chunks
+        self.series_bytes = 0  # admitted series, estimated (series_cost)
+        self.history_kept = 0  # rings held
+        self.history_refused = 0  # admitted series whose history the budget did not keep
+        self._unkept: set[SeriesKey] = set()
 
     # --- writes ---------------------------------------------------------------------
     def register_collector(self, name: str, interval: float, timeout: float) -> CollectorStatus:
@@ -388,24 +432,40 @@ class State:
         self.latest[collector] = result
         self.latest_time[collector] = now
         for item in self._all_samples(result):
-            if not self._history_filter(item.name):
-                continue
             by_labels = self.history.get(item.name)
-            if by_labels is None:
-                by_labels = self.history[item.name] = {}
-            ring = by_labels.get(item.labels)
+            ring = by_labels.get(item.labels) if by_labels is not None else None
             if ring is None:
-                ring = by_labels[item.labels] = SeriesRing(self.ring_capacity)
-                if previous is not None and item.name.endswith(CUMULATIVE_SUFFIXES):
-                    # Dynamo creates counter and histogram series lazily, at their first
-                    # event. A series absent from the source's previous scrape was zero
-                    # then; without this point the first events would never count.
-                    ring.append(previous, 0.0)
-            ring.append(now, item.value)
+                continue  # no history kept for it: by the filter, or the budget was spent
+            if not ring and previous is not None and item.name.endswith(CUMULATIVE_SUFFIXES):
+                # Dynamo creates counter and histogram series lazily, at their first
+                # event. A series absent from the source's previous scrape was zero
+                # then; without this point the first events would never count.
+                ring.append(previous, 0.0)
+            self.history_bytes += ring.append(now, item.value)
         for event in result.events:
             self.add_event(event)
         self._expire(now)
         self.generation += 1
+
+    def budget_used(self) -> int:
+        """The state's memory as the budget counts it: admitted series, and every kept ring
+        at its full reserve (or what the rings hold, were that ever more)."""
+        return self.series_bytes + max(self.history_bytes, self.history_kept * self.ring_reserve)
+
+    def _keep_history(self, name: str, labels: Labels) -> None:
+        """At a series' admission: an empty ring when its history is wanted and the budget
+        holds the ring full; otherwise the series keeps its latest value only (counted)."""
+        budget = self.memory_budget
+        if budget is not None and self.budget_used() + self.ring_reserve > budget:
+            self._unkept.add((name, labels))
+            self.history_refused += 1
+            return
+        by_labels = self.history.get(name)
+        if by_labels is None:
+            by_labels = self.history[name] = {}
+        by_labels[labels] = SeriesRing(self.ring_capacity)
+        self.history_bytes += RING_FIXED
+        self.history_kept += 1
 
     def add_event(self, event: Event) -> None:
         for listener in self.event_listeners:
@@ -444,7 +504,15 @@ class State:
                 if len(seen) >= self.max_series:
                     self._drop(item.name, "series")
                     continue
+                cost = series_cost(item.labels)
+                budget = self.memory_budget
+                if budget is not None and self.budget_used() + cost > budget:
+                    self._drop(item.name, "memory_budget")
+                    continue
+                self.series_bytes += cost
                 self._series_per_metric[item.name] = count + 1
+                if self._history_filter(item.name):
+                    self._keep_history(item.name, item.labels)
             seen[key] = now
             admitted.append(item)
         return admitted
@@ -458,9 +526,14 @@ class State:
         stale = [key for key, seen in self._last_seen.items() if seen < horizon]
         for key in stale:
             del self._last_seen[key]
+            self.series_bytes -= series_cost(key[1])
+            self._unkept.discard(key)
             by_labels = self.history.get(key[0])
             if by_labels is not None:
-                by_labels.pop(key[1], None)
+                ring = by_labels.pop(key[1], None)
+                if ring is not None:
+                    self.history_bytes -= RING_FIXED + ring.sealed_bytes()
+                    self.history_kept -= 1
                 if not by_labels:
                     del self.history[key[0]]
             remaining = self._series_per_metric.get(key[0], 1) - 1
@@ -589,4 +662,4 @@ class State:
 
     @property
     def history_series(self) -> int:
-        return sum(len(by_labels) for by_labels in self.history.values())
+        return self.history_kept

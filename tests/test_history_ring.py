@@ -11,7 +11,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.state import CHUNK, SeriesRing, counter_increase, millis
+from agent.samples import CollectResult, sample
+from agent.state import CHUNK, RING_FIXED, SeriesRing, State, counter_increase, millis
 
 VALUES = st.one_of(
     st.integers(-(2**60), 2**60).map(float),  # past 2^53: not exact integers, stored raw
@@ -86,3 +87,35 @@ def test_a_ring_grows_with_its_content_and_a_full_one_stays_under_2_kb() -> None
         young, full = _filled(kind, 3), _filled(kind, 400)
         assert young.nbytes() < 600, (kind, young.nbytes())  # was 3,056 bytes from the start
         assert full.nbytes() < 2048, (kind, full.nbytes())  # the issue's goal, per kept series
+
+
+def _flood(state: State, series: int, steps: int, start: float = 1000.0) -> None:
+    for step in range(steps):
+        samples = [sample("m_total", step * (i % 5), i=str(i)) for i in range(series)]
+        state.update("c", CollectResult(samples=samples), now=start + 5 * step)
+
+
+def test_the_state_counts_its_history_bytes_as_it_goes() -> None:
+    """history_bytes is kept by appends and expiry, without a walk: never under what the
+    rings hold, and over it by at most their fixed part's slack."""
+    state = State(history_window=900, min_interval=5)
+    _flood(state, 40, 300)
+    rings = [ring for by_labels in state.history.values() for ring in by_labels.values()]
+    actual = sum(ring.nbytes() for ring in rings)
+    assert len(rings) == state.history_kept == 40
+    assert actual <= state.history_bytes <= actual + 40 * RING_FIXED // 2
+    _flood(state, 0, 300, start=1000.0 + 5 * 300)  # 1,500 s without the series: they expire
+    assert (state.history_kept, state.history_bytes, state.series_bytes) == (0, 0, 0)
+
+
+def test_the_memory_budget_keeps_new_series_and_history_out_and_counts_them() -> None:
+    state = State(history_window=900, min_interval=5, memory_budget=200_000)
+    _flood(state, 400, 3)
+    assert state.budget_used() <= 200_000
+    kept, admitted = state.history_kept, len(state._last_seen)
+    # Each kept series is charged its full reserve: ~3.4 KB at 182 points, 800+ bytes a series.
+    assert 40 <= kept < 60 and kept < admitted < 400, (kept, admitted)
+    assert state.history_refused == admitted - kept
+    assert state.caps_hit == {"memory_budget": 3 * (400 - admitted)}  # each scrape counts
+    assert state.dropped == {"m_total": 3 * (400 - admitted)}
+    assert sum(len(ring) for ring in state.history["m_total"].values()) == 3 * kept

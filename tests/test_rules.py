@@ -155,6 +155,17 @@ def latency(r: Recorded) -> None:
     r.series("dynamo_metrics", buckets, steps=180)
 
 
+def _over_budget(r: Recorded) -> None:
+    """A 20 KB budget and 40 series: 5 kept with history (3.4 KB each), the rest without."""
+    r.state.memory_budget = 20_000
+    r.put(
+        "process",
+        CollectResult(
+            samples=[sample("dynamo_sidecar_process_cpu_seconds_total", 1, pid=i) for i in range(40)]
+        ),
+    )
+
+
 CASES: dict[str, Callable[[Recorded], Any]] = {
     "endpoint_refused": lambda r: probe(r.health["frontend"], outcome="refused", status_code=0),
     "endpoint_timeout": lambda r: probe(r.health["worker"], outcome="timeout", status_code=0),
@@ -269,6 +280,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
         )
     ),
     "series_dropped": lambda r: r.state.dropped.update({"dynamo_frontend_requests_total": 12}),
+    "memory_budget": lambda r: _over_budget(r),
     "dependency_unreachable": lambda r: r.put(
         "tcp",
         tcp({"etcd:2379": {"role": "etcd", "outcome": "refused", "error": "connection refused"}}),

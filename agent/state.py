@@ -224,6 +224,17 @@ class SeriesRing:
     def newest_time(self) -> float:
         return self._times[-1] if self._times else -math.inf
 
+    def copy(self) -> SeriesRing:
+        """A frozen copy to read elsewhere (another thread) while this one takes appends: the
+        sealed chunks are immutable bytes and shared, only the lists and the head are copied."""
+        other = SeriesRing(self.capacity)
+        other._blobs = list(self._blobs)
+        other._firsts = array("d", self._firsts)
+        other._times = array("d", self._times)
+        other._values = array("d", self._values)
+        other._skip, other._count, other._changed = self._skip, self._count, self._changed
+        return other
+
     def sealed_bytes(self) -> int:
         """The sealed chunks' share of memory, as append() counts it."""
         return sum(sys.getsizeof(blob) + CHUNK_OVERHEAD for blob in self._blobs)
@@ -257,6 +268,9 @@ RING_FIXED = _ring_fixed()
 # do not compress at all (8 bytes a value, ~2.5 a timestamp, the chunk overhead), so the
 # rings admitted can fill up without leaving the budget. Typical rings need half of it.
 RESERVE_PER_POINT = 13
+# History may hold at most this share of the budget: under a flood of new series their history
+# stops first, and the latest values of the series already known still fit.
+HISTORY_SHARE = 0.5
 # An admitted series' latest sample, its key in the bookkeeping dicts and its label tuple
 # (plus its label text, counted apart): measured by bench/history.py (~700 bytes).
 SERIES_BYTES = 800
@@ -456,7 +470,10 @@ class State:
         """At a series' admission: an empty ring when its history is wanted and the budget
         holds the ring full; otherwise the series keeps its latest value only (counted)."""
         budget = self.memory_budget
-        if budget is not None and self.budget_used() + self.ring_reserve > budget:
+        if budget is not None and (
+            (self.history_kept + 1) * self.ring_reserve > budget * HISTORY_SHARE
+            or self.budget_used() + self.ring_reserve > budget
+        ):
             self._unkept.add((name, labels))
             self.history_refused += 1
             return

@@ -34,10 +34,10 @@ ROOT = Path(__file__).resolve().parent.parent
 STEPS = 182  # 900 s at 5 s, the ring's default capacity
 
 
-def _values(kind: str, series: int, steps: int) -> list[list[float]]:
+def _values(kind: str, series: int, steps: int) -> list[float]:
     rng = random.Random(series)
     out, value = [], 0.0
-    for step in range(steps):
+    for _ in range(steps):
         if kind == "flat":
             value = 3.0
         elif kind == "counter":
@@ -48,8 +48,8 @@ def _values(kind: str, series: int, steps: int) -> list[list[float]]:
             value = round(value + rng.randint(0, 9) / 100, 2)
         else:
             value = rng.random() * 100
-        out.append([value])
-    return [row for row in out]
+        out.append(value)
+    return out
 
 
 def _fill_kind(state: Any, kind: str, series: int) -> None:
@@ -60,7 +60,7 @@ def _fill_kind(state: Any, kind: str, series: int) -> None:
     t = 1.765e9
     for step in range(STEPS):
         t += 5.0 * (1 + rng.uniform(-0.1, 0.1))  # the scheduler's jitter
-        samples = [sample("m_total", columns[i][step][0], i=str(i)) for i in range(series)]
+        samples = [sample("m_total", columns[i][step], i=str(i)) for i in range(series)]
         state.update("c", CollectResult(samples=samples), now=t)
 
 
@@ -83,7 +83,9 @@ def bytes_per_series(kinds: list[str], series: int) -> dict[str, Any]:
     for kind in kinds:
 
         def build(keep: bool, kind: str = kind) -> Any:
-            state = State(history_window=900, min_interval=5, history_filter=None if keep else (lambda name: False))
+            state = State(
+                history_window=900, min_interval=5, history_filter=None if keep else (lambda name: False)
+            )
             _fill_kind(state, kind, series)
             return state
 
@@ -176,7 +178,12 @@ async def worst_case_http(per_name: int, concurrent: int) -> dict[str, Any]:
     from agent.samples import CollectResult, sample
     from agent.signals import DynamoNames
 
-    overrides = {"listen_host": "127.0.0.1", "listen_port": "0", "gpu_enabled": "false", "tcp_enabled": "false"}
+    overrides = {
+        "listen_host": "127.0.0.1",
+        "listen_port": "0",
+        "gpu_enabled": "false",
+        "tcp_enabled": "false",
+    }
     overrides |= {"frontend_url": "http://127.0.0.1:9", "worker_system_urls": "http://127.0.0.1:9"}
     sidecar = Sidecar(load_config(environ={}, overrides=overrides))
     await sidecar.start()
@@ -187,7 +194,9 @@ async def worst_case_http(per_name: int, concurrent: int) -> dict[str, Any]:
         start = time.time() - 5.0 * state.ring_capacity
         for step in range(state.ring_capacity):
             samples = [
-                sample(name, step * (i + 1) + 0.25 * (step % 3), **labels[i]) for name in names for i in range(per_name)
+                sample(name, step * (i + 1) + 0.25 * (step % 3), **labels[i])
+                for name in names
+                for i in range(per_name)
             ]
             state.update("worst", CollectResult(samples=samples), now=start + 5.0 * step)
         base = f"http://127.0.0.1:{sidecar.port}"
@@ -239,7 +248,9 @@ async def worst_case_http(per_name: int, concurrent: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--code", default=str(ROOT), help="the checkout whose agent/ to measure")
     parser.add_argument("--series", type=int, default=500, help="series per kind for the bytes measurement")
@@ -256,7 +267,9 @@ def main() -> int:
     if not args.smoke:
         result["realistic_mix"] = realistic_mix()
     if not args.skip_http:
-        result["history_worst_case"] = asyncio.run(worst_case_http(10 if args.smoke else 200, args.concurrent))
+        result["history_worst_case"] = asyncio.run(
+            worst_case_http(10 if args.smoke else 200, args.concurrent)
+        )
     print(json.dumps(result, indent=1))
     return 0
 

@@ -81,6 +81,30 @@ def _int_range(low: int, high: int) -> Callable[[Any], int]:
     return parse
 
 
+_BYTE_UNITS = {"": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+def _bytes_or_auto(low: int, high: int) -> Callable[[Any], int | None]:
+    """`auto` (None), or bytes as a number or a Kubernetes-style quantity: 64Mi, 512M, 1Gi."""
+    expected = f"auto, or bytes from {low} to {high} (a number, or with Ki/Mi/Gi, k/M/G)"
+
+    def parse(raw: Any) -> int | None:
+        if isinstance(raw, bool):
+            raise ValueError(expected)
+        text = str(raw).strip().lower()[:40]
+        if raw is None or text == "auto":
+            return None
+        match = re.fullmatch(r"(\d{1,15})\s*(ki|mi|gi|k|m|g)?b?", text)
+        if not match:
+            raise ValueError(expected)
+        value = int(match.group(1)) * _BYTE_UNITS[match.group(2) or ""]
+        if not low <= value <= high:
+            raise ValueError(expected)
+        return value
+
+    return parse
+
+
 def _seconds(low: float, high: float) -> Callable[[Any], float]:
     """Seconds as a number, or with a unit suffix: 500ms, 5s, 2m, 1h."""
     expected = f"a duration from {low:g}s to {high:g}s (number of seconds, or 500ms/5s/2m/1h)"
@@ -794,6 +818,21 @@ class Config:
             "Cap on distinct metric names held; a source inventing names cannot grow memory.",
         ),
     )
+    memory_limit: int | None = field(
+        default=None,
+        metadata=_spec(
+            _bytes_or_auto(16 * 2**20, 2**40),
+            "The sidecar container's memory limit the budget derives from; auto: read from its cgroup (memory.max).",
+        ),
+    )
+    memory_budget: int | None = field(
+        default=None,
+        metadata=_spec(
+            _bytes_or_auto(2**20, 2**40),
+            "Memory for series and their history; auto: a quarter of memory_limit, or 128Mi when no limit is known. "
+            "Past it new series, and first their history, are kept out and counted.",
+        ),
+    )
     max_events: int = field(default=1000, metadata=_spec(_int_range(10, 1_000_000), "Events kept in memory."))
     signal_window: float = field(
         default=300.0, metadata=_spec(_seconds(10, 3600), "Window of derived rates and quantiles.")
@@ -1270,6 +1309,8 @@ def default_text(f: dataclasses.Field[Any]) -> str:
         return f"from {f.metadata['dyn_env']}"
     value = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
     text = _plain(value)
+    if value is None and value_form(f) == "BYTES":
+        text = "auto"
     if text and value_form(f) == "DURATION":
         text += "s"
     return text if text != "" else "none"
@@ -1299,6 +1340,7 @@ def value_form(f: dataclasses.Field[Any]) -> str:
         ("_optional_file", "FILE"),
         ("_log_level", "LEVEL"),
         ("_metric_prefix", "PREFIX"),
+        ("_bytes_or_auto", "BYTES"),
     ):
         if marker in name:
             return form

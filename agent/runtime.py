@@ -29,6 +29,7 @@ from agent.drain import DrainCoordinator, DrainSummary
 from agent.facts import ProcessFacts
 from agent.httpguard import ConnectionLimiter, GuardedSite
 from agent.log import get as get_logger
+from agent.membudget import budget, own_memory_limit
 from agent.samples import Sample, sample
 from agent.scheduler import Scheduler
 from agent.signals import SLO_OBJECTIVES, DynamoNames, Signals, compute, slo_observations
@@ -172,6 +173,7 @@ class Sidecar:
         self.config = config
         self.names = DynamoNames(frontend_prefix=config.frontend_metrics_prefix)
         history_names = self.names.history_names()
+        memory_limit = config.memory_limit or own_memory_limit()
         self.state = State(
             history_window=config.history_window,
             min_interval=min(config.process_interval, config.dynamo_interval),
@@ -183,6 +185,8 @@ class Sidecar:
             # History only for what rules and signals read over time; every other series
             # needs only its latest value (and Prometheus keeps its history).
             history_filter=frozenset(history_names | OWN_HISTORY).__contains__,
+            memory_budget=budget(config.memory_budget, memory_limit),
+            memory_limit=memory_limit,
         )
         self.collectors = (
             build_collectors(config, self._dynamo_pids, self._listening_ports)
@@ -358,6 +362,11 @@ class Sidecar:
             "history": {
                 "series": self.state.history_series,
                 "ring_capacity": self.state.ring_capacity,
+                "bytes": self.state.history_bytes,
+                "refused": self.state.history_refused,
+                "memory_budget_bytes": self.state.memory_budget,
+                "memory_budget_used_bytes": self.state.budget_used(),
+                "memory_limit_bytes": self.state.memory_limit,
                 "events": len(self.state.events),
             },
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import math
 import re
 import time
 from typing import TYPE_CHECKING, Any
@@ -13,6 +14,8 @@ from aiohttp import web
 
 from agent.diagnose import render
 from agent.facts import LogFacts
+from agent.samples import Labels
+from agent.state import SeriesRing
 from exporters.prometheus import negotiate
 
 if TYPE_CHECKING:
@@ -95,22 +98,112 @@ async def canaryz(request: web.Request) -> web.Response:
 
 MAX_HISTORY_NAMES = 16
 MAX_HISTORY_SERIES = 200  # per name
+# One answer holds at most this many points and bytes (about 2.5 MB of JSON at 100,000
+# points); the rest follows with ?offset=next_offset. A series longer than max_points (at
+# most 1,000) is downsampled to every k-th point, its newest point always kept.
+MAX_HISTORY_POINTS = 100_000
+MAX_HISTORY_BYTES = 4 * 2**20
+MAX_SERIES_POINTS = 1000
+# Answers computed at once (each off the event loop, in a thread): more wait their turn, so
+# a flood of queries holds a few answers' memory, not one each.
+HISTORY_AT_ONCE = 2
+HISTORY_SLOTS = web.AppKey("history_slots", asyncio.Semaphore)
+
+
+def _bounded_int(raw: str, low: int, high: int, default: int) -> int:
+    if raw == "":
+        return default
+    if not raw.isdigit() or not low <= int(raw) <= high:
+        raise ValueError(f"a whole number from {low} to {high}")
+    return int(raw)
+
+
+def _downsample(points: list[tuple[float, float]], most: int) -> list[tuple[float, float]]:
+    """Every k-th point so that at most `most` remain, counted back from the newest (kept)."""
+    if len(points) <= most:
+        return points
+    step = -(-len(points) // most)  # ceiling
+    return points[::-1][::step][::-1]
+
+
+def _encode_history(
+    picked: list[tuple[str, Labels, SeriesRing]], since: float, most: int, offset: int
+) -> tuple[dict[str, list[str]], int, int | None]:
+    """(JSON text of each series by name, points, the offset to continue from or None): runs
+    in a thread, on frozen copies of the rings, and stops at MAX_HISTORY_BYTES."""
+    out: dict[str, list[str]] = {}
+    size = points = 0
+    for index, (name, labels, ring) in enumerate(picked):
+        kept = _downsample(ring.points(since=since), most)
+        text = json.dumps({"labels": dict(labels), "points": kept}, separators=(",", ":"), allow_nan=True)
+        if size + len(text) > MAX_HISTORY_BYTES and index:
+            return out, points, offset + index
+        out.setdefault(name, []).append(text)
+        size += len(text) + 1
+        points += len(kept)
+    return out, points, None
 
 
 async def history(request: web.Request) -> web.Response:
     """The kept history of named series, for `dynamo-sidecar audit --live`'s capacity
-    forecast: {"now", "window_seconds", "series": {name: [{"labels", "points": [[t, v]]}]}}.
-    Only series the sidecar keeps history for are there; bounded in names and series."""
+    forecast: {"now", "window_seconds", "series": {name: [{"labels", "points": [[t, v]]}]},
+    "points", "next_offset"}. Only series the sidecar keeps history for are there; bounded in
+    names, series, points and bytes (the rest by ?offset=next_offset), computed in a thread
+    on copies of the rings; from the pod's loopback or with the bearer token."""
     sidecar = _sidecar(request)
-    names = request.query.getall("name", [])[:MAX_HISTORY_NAMES]
-    series: dict[str, list[dict[str, Any]]] = {}
+    if not _allowed(request, sidecar):
+        return _json({"error": "GET /history is allowed from 127.0.0.1 / ::1 or with the bearer token"}, 403)
+    try:
+        most = _bounded_int(request.query.get("max_points", ""), 2, MAX_SERIES_POINTS, MAX_SERIES_POINTS)
+        offset = _bounded_int(request.query.get("offset", ""), 0, MAX_HISTORY_NAMES * MAX_HISTORY_SERIES, 0)
+        since = time.time() - parse_window(request.query["since"]) if "since" in request.query else -math.inf
+    except ValueError as exc:
+        return _json({"error": f"max_points, offset, since: {exc}"}, 400)
+    state = sidecar.state
+    names = list(dict.fromkeys(request.query.getall("name", [])))[:MAX_HISTORY_NAMES]
+    # On the loop, without yielding: which series, and a frozen copy of each ring (a few
+    # microseconds each), up to the points one answer may hold.
+    picked: list[tuple[str, Labels, SeriesRing]] = []
+    budget = MAX_HISTORY_POINTS
+    position = 0
+    next_offset: int | None = None
     for name in names:
-        by_labels = sidecar.state.history.get(name) or {}
-        series[name] = [
-            {"labels": dict(labels), "points": [[round(t, 3), v] for t, v in ring.points()]}
-            for labels, ring in list(by_labels.items())[:MAX_HISTORY_SERIES]
-        ]
-    return _json({"now": time.time(), "window_seconds": sidecar.state.history_window, "series": series})
+        for labels, ring in list((state.history.get(name) or {}).items())[:MAX_HISTORY_SERIES]:
+            position += 1
+            if position <= offset:
+                continue
+            cost = min(len(ring), most)
+            if picked and cost > budget:
+                next_offset = position - 1
+                break
+            picked.append((name, labels, ring.copy()))
+            budget -= cost
+        if next_offset is not None:
+            break
+    async with request.app[HISTORY_SLOTS]:
+        encoded, points, cut = await asyncio.to_thread(_encode_history, picked, since, most, offset)
+    if cut is not None:
+        next_offset = cut
+    # The envelope around the series' texts, written by hand: the texts are not parsed again.
+    parts = []
+    for name in names:
+        entries = encoded.get(name, [])
+        parts.append(json.dumps(name) + ":[" + ",".join(entries) + "]")
+    head = {
+        "now": time.time(),
+        "window_seconds": state.history_window,
+        "points": points,
+        "next_offset": next_offset,
+        "limits": {
+            "names": MAX_HISTORY_NAMES,
+            "series_per_name": MAX_HISTORY_SERIES,
+            "points": MAX_HISTORY_POINTS,
+            "bytes": MAX_HISTORY_BYTES,
+            "max_points": most,
+        },
+    }
+    body = json.dumps(head)[:-1] + ',"series":{' + ",".join(parts) + "}}"
+    return web.Response(text=body, content_type="application/json")
 
 
 async def status(request: web.Request) -> web.Response:
@@ -219,7 +312,7 @@ async def index(request: web.Request) -> web.Response:
         "/diagnose",
         "/diagnose?format=html",
         "/status",
-        "/history?name=<series>",
+        "/history?name=<series>[&since=10m&max_points=N&offset=N] (loopback or token)",
         "/healthz",
         "/readyz",
         "/canaryz",
@@ -231,6 +324,7 @@ async def index(request: web.Request) -> web.Response:
 def make_app(sidecar: Sidecar) -> web.Application:
     app = web.Application(client_max_size=64 * 1024)
     app[SIDECAR_KEY] = sidecar
+    app[HISTORY_SLOTS] = asyncio.Semaphore(HISTORY_AT_ONCE)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

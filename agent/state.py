@@ -1,9 +1,11 @@
 """Latest samples per collector plus a bounded history, so rates, quantiles and diagnose
 work without Prometheus.
 
-Memory is capped by construction: each series' history is a fixed-size ring of two float
-arrays (16 bytes a point), every metric name has a cardinality cap (extra series are dropped
-and counted), and events live in a bounded deque.
+Memory is capped by construction: each series' history is a ring of at most ring_capacity
+points that grows with its content and seals its older points into deflated chunks (about
+1.5-2 KB for a full default ring of 182 points, against 16 bytes a point before), every
+metric name has a cardinality cap (extra series are dropped and counted), the whole state
+has a memory budget (see State), and events live in a bounded deque.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import sys
 import time
+import zlib
 from array import array
+from bisect import bisect_left, bisect_right
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import pairwise
+from itertools import accumulate, pairwise
 from typing import Any, TypeVar
 
 from agent.samples import CollectResult, Event, Family, Labels, Sample
@@ -28,85 +33,262 @@ F = TypeVar("F")
 CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 
 
-class SeriesRing:
-    """Fixed-capacity ring of (timestamp, value) points for one series."""
+# Kept to the millisecond: timestamps are stored as whole milliseconds (a ring returns what
+# it was given rounded so, the same value whether a point is still in the head or sealed).
+CHUNK = 32  # points per sealed chunk
+CHUNK_OVERHEAD = 16  # a sealed chunk's slot in the ring's list and its first timestamp
+# Values are stored as deltas of whole numbers when they are whole numbers times 10^-k
+# (counters, byte and request counts, ratios and seconds with few decimals: most series).
+_SCALES = (1, 10, 100, 1000, 10_000, 100_000, 1_000_000)
+_EXACT = 2.0**53
 
-    __slots__ = ("_changed", "_count", "_start", "_times", "_values", "capacity")
+
+def millis(timestamp: float) -> float:
+    """A timestamp as the ring keeps it: rounded to the millisecond, by the same arithmetic
+    the decoder uses, so a point reads the same before and after its chunk is sealed."""
+    return round(timestamp * 1000) / 1000
+
+
+def _bounds(since: float, until: float) -> tuple[float, float]:
+    """A window's ends rounded as the points are: a point taken at the window's very start
+    (now - window, to the float) stays inside it, as it did before times were rounded."""
+    return (
+        since if math.isinf(since) else millis(since),
+        until if math.isinf(until) else millis(until),
+    )
+
+
+def _planes(raw: bytes) -> bytes:
+    """Byte planes of 8-byte words (all first bytes, then all second bytes...): neighbouring
+    samples share their high bytes, so the planes are runs that deflate squeezes to little."""
+    return b"".join(raw[i::8] for i in range(8))
+
+
+def _words(planes: bytes, count: int) -> bytes:
+    out = bytearray(8 * count)
+    for i in range(8):
+        out[i::8] = planes[i * count : (i + 1) * count]
+    return bytes(out)
+
+
+def _scaled(values: array[float]) -> tuple[int, list[int]] | None:
+    """(k, the values times 10^k as integers) for the smallest k that gives them back exactly
+    by the decoder's arithmetic; None for NaN, infinities, -0.0 or other floats."""
+    for exponent, scale in enumerate(_SCALES):
+        numbers = []
+        for value in values:
+            scaled = value * scale
+            if not -_EXACT < scaled < _EXACT:  # NaN and infinities too
+                return None
+            number = round(scaled)
+            if number / scale != value or (not number and math.copysign(1.0, value) < 0):
+                break
+            numbers.append(number)
+        else:
+            return exponent, numbers
+    return None
+
+
+def _deltas(numbers: list[int]) -> array[int]:
+    return array("q", [numbers[0], *(b - a for a, b in pairwise(numbers))])
+
+
+def _seal(times: array[float], values: array[float]) -> bytes:
+    """One chunk as bytes: a flag (0: raw doubles; 1 + k: integers over 10^k), then deflated
+    byte planes of the millisecond timestamps' deltas and of the values (their deltas when
+    scaled to integers, else the doubles themselves)."""
+    columns = _deltas([round(t * 1000) for t in times]).tobytes()
+    scaled = _scaled(values)
+    if scaled is None:
+        flag, body = 0, values.tobytes()
+    else:
+        flag, body = scaled[0] + 1, _deltas(scaled[1]).tobytes()
+    return bytes((flag,)) + zlib.compress(_planes(columns + body), 6, -15)
+
+
+@functools.lru_cache(maxsize=1024)
+def _unseal(blob: bytes) -> tuple[array[float], array[float]]:
+    """A sealed chunk's (times, values). Cached by content (rules read the same windows every
+    cycle; equal bytes decode to equal points, so the cache can never answer wrongly)."""
+    raw = _words(zlib.decompress(blob[1:], -15), 2 * CHUNK)
+    ms = array("q")
+    ms.frombytes(raw[: 8 * CHUNK])
+    times = array("d", [k / 1000 for k in accumulate(ms)])
+    values = array("d")
+    if blob[0]:
+        steps = array("q")
+        steps.frombytes(raw[8 * CHUNK :])
+        scale = _SCALES[blob[0] - 1]
+        values.extend([k / scale for k in accumulate(steps)] if scale > 1 else accumulate(steps))
+    else:
+        values.frombytes(raw[8 * CHUNK :])
+    return times, values
+
+
+class SeriesRing:
+    """The last `capacity` (timestamp, value) points of one series, stored compactly and
+    growing with its content: the newest points (under CHUNK) in two plain arrays, older ones
+    sealed CHUNK at a time into deflated byte chunks (see _seal). The oldest point leaves when
+    the ring is full; its chunk is freed once all its points have left."""
+
+    __slots__ = ("_blobs", "_changed", "_count", "_firsts", "_skip", "_times", "_values", "capacity")
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._times = array("d", bytes(8 * capacity))
-        self._values = array("d", bytes(8 * capacity))
-        self._start = 0
+        self._blobs: list[bytes] = []  # sealed chunks, oldest first, CHUNK points each
+        self._firsts = array("d")  # first timestamp of each sealed chunk, to bisect windows
+        self._times = array("d")  # the head: points not sealed yet
+        self._values = array("d")
+        self._skip = 0  # points of the oldest sealed chunk that already left the ring
         self._count = 0
         # When the value last differed from the point before: a window that starts after it
         # holds one flat value (most histogram buckets of an idle pod), with no increase.
         self._changed = -math.inf
 
-    def append(self, timestamp: float, value: float) -> None:
-        if self._count and value != self._values[(self._start + self._count - 1) % self.capacity]:
+    def append(self, timestamp: float, value: float) -> int:
+        """Add the newest point; returns how many bytes of sealed chunks that added (negative
+        when a chunk was freed), so the state can keep its memory total without a walk."""
+        timestamp = millis(timestamp)
+        times, values = self._times, self._values
+        if times and value != values[-1]:
             self._changed = timestamp
-        index = (self._start + self._count) % self.capacity
-        self._times[index] = timestamp
-        self._values[index] = value
+        times.append(timestamp)
+        values.append(value)
+        grown = 0
+        if len(times) > CHUNK:
+            # Seal all but the newest point: the head is never empty, so last() and the
+            # change check above never decode a chunk.
+            blob = _seal(times[:CHUNK], values[:CHUNK])
+            self._blobs.append(blob)
+            self._firsts.append(times[0])
+            self._times, self._values = times[CHUNK:], values[CHUNK:]
+            grown += sys.getsizeof(blob) + CHUNK_OVERHEAD
         if self._count < self.capacity:
             self._count += 1
         else:
-            self._start = (self._start + 1) % self.capacity
+            grown -= self._drop_oldest()
+        return grown
+
+    def _drop_oldest(self) -> int:
+        """Forget the oldest point; returns the bytes of a chunk that freed."""
+        if not self._blobs:  # capacity under a chunk: the head is the whole ring
+            del self._times[0]
+            del self._values[0]
+            return 0
+        self._skip += 1
+        if self._skip < CHUNK:
+            return 0
+        freed = sys.getsizeof(self._blobs[0]) + CHUNK_OVERHEAD
+        del self._blobs[0]
+        del self._firsts[0]
+        self._skip = 0
+        return freed
 
     def __len__(self) -> int:
         return self._count
 
-    def _first_at_or_after(self, moment: float, strictly: bool = False) -> int:
-        """Logical index of the first point at (or after) `moment`: points are appended in
-        time order, so a window is found by bisection instead of a scan of the whole ring."""
-        times, start, capacity = self._times, self._start, self.capacity
-        low, high = 0, self._count
-        while low < high:
-            middle = (low + high) // 2
-            at = times[(start + middle) % capacity]
-            if at < moment or (strictly and at == moment):
-                low = middle + 1
-            else:
-                high = middle
-        return low
+    def _columns(self, since: float, until: float) -> tuple[array[float], array[float]]:
+        """Times and values of every kept point that may lie in [since, until] (a superset:
+        the caller bisects), decoding only the sealed chunks the window reaches."""
+        head_times = self._times
+        blobs, firsts = self._blobs, self._firsts
+        if not blobs or (head_times and since > head_times[0]):  # sealed points are older
+            return head_times, self._values
+        first = max(0, bisect_left(firsts, since) - 1)
+        end = bisect_right(firsts, until)
+        times, values = array("d"), array("d")
+        for index in range(first, end):
+            chunk_times, chunk_values = _unseal(blobs[index])
+            skip = self._skip if index == 0 else 0
+            times += chunk_times[skip:] if skip else chunk_times
+            values += chunk_values[skip:] if skip else chunk_values
+        if end == len(blobs):
+            times += head_times
+            values += self._values
+        return times, values
 
     def points(self, since: float = -math.inf, until: float = math.inf) -> list[tuple[float, float]]:
-        first = 0 if since == -math.inf else self._first_at_or_after(since)
-        end = self._count if until == math.inf else self._first_at_or_after(until, strictly=True)
-        times, values, start, capacity = self._times, self._values, self._start, self.capacity
-        out = []
-        for i in range(first, end):
-            index = (start + i) % capacity
-            out.append((times[index], values[index]))
-        return out
+        since, until = _bounds(since, until)
+        times, values = self._columns(since, until)
+        first = 0 if since == -math.inf else bisect_left(times, since)
+        end = len(times) if until == math.inf else bisect_right(times, until)
+        return list(zip(times[first:end], values[first:end], strict=True))
 
     def increase(self, since: float, until: float) -> tuple[int, float]:
         """(points in the window, the counter's increase over them): counter_increase of
         points(since, until) without building the list (histogram windows read hundreds)."""
-        first = self._first_at_or_after(since)
-        end = self._first_at_or_after(until, strictly=True)
-        if self._changed < since:
+        since, until = _bounds(since, until)
+        times, values = self._columns(since, until)
+        first, end = bisect_left(times, since), bisect_right(times, until)
+        if self._changed < since or end - first < 2:
             return max(0, end - first), 0.0
-        values, start, capacity = self._values, self._start, self.capacity
         total = 0.0
-        previous = 0.0
-        for i in range(first, end):
-            current = values[(start + i) % capacity]
-            if i > first:
-                total += current - previous if current >= previous else current
-            previous = current
-        return max(0, end - first), total
+        for previous, current in pairwise(values[first:end]):
+            total += current - previous if current >= previous else current
+        return end - first, total
 
     def last(self) -> tuple[float, float] | None:
-        if not self._count:
+        if not self._times:
             return None
-        index = (self._start + self._count - 1) % self.capacity
-        return self._times[index], self._values[index]
+        return self._times[-1], self._values[-1]
 
     def newest_time(self) -> float:
-        last = self.last()
-        return last[0] if last else -math.inf
+        return self._times[-1] if self._times else -math.inf
+
+    def copy(self) -> SeriesRing:
+        """A frozen copy to read elsewhere (another thread) while this one takes appends: the
+        sealed chunks are immutable bytes and shared, only the lists and the head are copied."""
+        other = SeriesRing(self.capacity)
+        other._blobs = list(self._blobs)
+        other._firsts = array("d", self._firsts)
+        other._times = array("d", self._times)
+        other._values = array("d", self._values)
+        other._skip, other._count, other._changed = self._skip, self._count, self._changed
+        return other
+
+    def sealed_bytes(self) -> int:
+        """The sealed chunks' share of memory, as append() counts it."""
+        return sum(sys.getsizeof(blob) + CHUNK_OVERHEAD for blob in self._blobs)
+
+    def nbytes(self) -> int:
+        """What the ring holds in memory now: the object, its arrays and sealed chunks."""
+        return (
+            sys.getsizeof(self)
+            + sum(sys.getsizeof(blob) for blob in self._blobs)
+            + sys.getsizeof(self._blobs)
+            + sys.getsizeof(self._firsts)
+            + sys.getsizeof(self._times)
+            + sys.getsizeof(self._values)
+        )
+
+
+def _ring_fixed() -> int:
+    """Bytes of a ring apart from its sealed chunks, at most: the object, its lists and a
+    head at its fullest (CHUNK + 1 points appended one by one, as they are)."""
+    ring = SeriesRing(CHUNK + 1)
+    most = 0
+    for index in range(CHUNK + 1):
+        ring._times.append(float(index))
+        ring._values.append(0.5)
+        most = max(most, ring.nbytes())
+    return most + 2 * 64  # the chunk list's and first-times' over-allocation
+
+
+RING_FIXED = _ring_fixed()
+# What a kept series is charged against the memory budget: its ring as if full of values that
+# do not compress at all (8 bytes a value, ~2.5 a timestamp, the chunk overhead), so the
+# rings admitted can fill up without leaving the budget. Typical rings need half of it.
+RESERVE_PER_POINT = 13
+# History may hold at most this share of the budget: under a flood of new series their history
+# stops first, and the latest values of the series already known still fit.
+HISTORY_SHARE = 0.5
+# An admitted series' latest sample, its key in the bookkeeping dicts and its label tuple
+# (plus its label text, counted apart): measured by bench/history.py (~700 bytes).
+SERIES_BYTES = 800
+
+
+def series_cost(labels: Labels) -> int:
+    return SERIES_BYTES + sum(len(key) + len(value) for key, value in labels)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -222,6 +404,8 @@ class State:
         history_filter: Any = None,
         max_series: int = 50_000,
         max_metric_names: int = 2_000,
+        memory_budget: int | None = None,
+        memory_limit: int | None = None,
     ) -> None:
         self.history_window = history_window
         # Enough points to span the window at the fastest interval, with a hard cap so a
@@ -245,6 +429,17 @@ class State:
         self.extra: dict[str, Any] = {}
         self.event_listeners: list[Any] = []  # component state other parts publish (drain, canary)
         self._history_filter = history_filter or (lambda name: True)
+        # The memory budget (bytes, None for none): series and their history are admitted
+        # only while the state's estimated memory stays inside it (see budget_used); what it
+        # keeps out is counted. memory_limit is the container's, for the finding's evidence.
+        self.memory_budget = memory_budget
+        self.memory_limit = memory_limit
+        self.ring_reserve = RING_FIXED + self.ring_capacity * RESERVE_PER_POINT
+        self.history_bytes = 0  # kept rings: their fixed part at its largest + sealed chunks
+        self.series_bytes = 0  # admitted series, estimated (series_cost)
+        self.history_kept = 0  # rings held
+        self.history_refused = 0  # admitted series whose history the budget did not keep
+        self._unkept: set[SeriesKey] = set()
 
     # --- writes ---------------------------------------------------------------------
     def register_collector(self, name: str, interval: float, timeout: float) -> CollectorStatus:
@@ -262,24 +457,43 @@ class State:
         self.latest[collector] = result
         self.latest_time[collector] = now
         for item in self._all_samples(result):
-            if not self._history_filter(item.name):
-                continue
             by_labels = self.history.get(item.name)
-            if by_labels is None:
-                by_labels = self.history[item.name] = {}
-            ring = by_labels.get(item.labels)
+            ring = by_labels.get(item.labels) if by_labels is not None else None
             if ring is None:
-                ring = by_labels[item.labels] = SeriesRing(self.ring_capacity)
-                if previous is not None and item.name.endswith(CUMULATIVE_SUFFIXES):
-                    # Dynamo creates counter and histogram series lazily, at their first
-                    # event. A series absent from the source's previous scrape was zero
-                    # then; without this point the first events would never count.
-                    ring.append(previous, 0.0)
-            ring.append(now, item.value)
+                continue  # no history kept for it: by the filter, or the budget was spent
+            if not ring and previous is not None and item.name.endswith(CUMULATIVE_SUFFIXES):
+                # Dynamo creates counter and histogram series lazily, at their first
+                # event. A series absent from the source's previous scrape was zero
+                # then; without this point the first events would never count.
+                ring.append(previous, 0.0)
+            self.history_bytes += ring.append(now, item.value)
         for event in result.events:
             self.add_event(event)
         self._expire(now)
         self.generation += 1
+
+    def budget_used(self) -> int:
+        """The state's memory as the budget counts it: admitted series, and every kept ring
+        at its full reserve (or what the rings hold, were that ever more)."""
+        return self.series_bytes + max(self.history_bytes, self.history_kept * self.ring_reserve)
+
+    def _keep_history(self, name: str, labels: Labels) -> None:
+        """At a series' admission: an empty ring when its history is wanted and the budget
+        holds the ring full; otherwise the series keeps its latest value only (counted)."""
+        budget = self.memory_budget
+        if budget is not None and (
+            (self.history_kept + 1) * self.ring_reserve > budget * HISTORY_SHARE
+            or self.budget_used() + self.ring_reserve > budget
+        ):
+            self._unkept.add((name, labels))
+            self.history_refused += 1
+            return
+        by_labels = self.history.get(name)
+        if by_labels is None:
+            by_labels = self.history[name] = {}
+        by_labels[labels] = SeriesRing(self.ring_capacity)
+        self.history_bytes += RING_FIXED
+        self.history_kept += 1
 
     def add_event(self, event: Event) -> None:
         for listener in self.event_listeners:
@@ -318,7 +532,15 @@ class State:
                 if len(seen) >= self.max_series:
                     self._drop(item.name, "series")
                     continue
+                cost = series_cost(item.labels)
+                budget = self.memory_budget
+                if budget is not None and self.budget_used() + cost > budget:
+                    self._drop(item.name, "memory_budget")
+                    continue
+                self.series_bytes += cost
                 self._series_per_metric[item.name] = count + 1
+                if self._history_filter(item.name):
+                    self._keep_history(item.name, item.labels)
             seen[key] = now
             admitted.append(item)
         return admitted
@@ -332,9 +554,14 @@ class State:
         stale = [key for key, seen in self._last_seen.items() if seen < horizon]
         for key in stale:
             del self._last_seen[key]
+            self.series_bytes -= series_cost(key[1])
+            self._unkept.discard(key)
             by_labels = self.history.get(key[0])
             if by_labels is not None:
-                by_labels.pop(key[1], None)
+                ring = by_labels.pop(key[1], None)
+                if ring is not None:
+                    self.history_bytes -= RING_FIXED + ring.sealed_bytes()
+                    self.history_kept -= 1
                 if not by_labels:
                     del self.history[key[0]]
             remaining = self._series_per_metric.get(key[0], 1) - 1
@@ -463,4 +690,4 @@ class State:
 
     @property
     def history_series(self) -> int:
-        return sum(len(by_labels) for by_labels in self.history.values())
+        return self.history_kept

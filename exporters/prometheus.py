@@ -61,6 +61,10 @@ def self_samples(state: State, render_seconds: float, longest_step: float = 0.0)
         sample(PREFIX + "start_time_seconds", state.started),
         sample(PREFIX + "history_series", state.history_series),
         sample(PREFIX + "history_window_seconds", state.history_window),
+        sample(PREFIX + "history_bytes", state.history_bytes),
+        sample(PREFIX + "history_refused_total", state.history_refused),
+        sample(PREFIX + "memory_budget_used_bytes", state.budget_used()),
+        sample(PREFIX + "memory_budget_bytes", state.memory_budget or 0),
         sample(PREFIX + "exposition_render_seconds", render_seconds),
         sample(PREFIX + "exposition_render_longest_step_seconds", longest_step),
     ]

@@ -308,6 +308,13 @@ CASES: dict[tuple[str, str], tuple[float, list[tuple[str, Series, bool]]]] = {
             for c, v, f in (("short", 99, False), ("at", 100, True), ("past", 101, True))
         ],
     ),
+    ("memory_budget", "ratio"): (
+        0.5,
+        [
+            (c, share(P + "memory_budget_used_bytes", P + "memory_budget_bytes", v), f)
+            for c, v, f in (("short", 49, False), ("at", 50, True), ("past", 51, True))
+        ],
+    ),
     **queue_cases(),
 }
 

@@ -479,6 +479,7 @@ SINCE: dict[str, tuple[Callable[[Recorded], Any], float]] = {
     "collector_failing": (CASES["collector_failing"], NOW - 15),
     "otlp_export_failing": (CASES["otlp_export_failing"], NOW),
     "series_dropped": (CASES["series_dropped"], NOW),
+    "memory_budget": (CASES["memory_budget"], NOW),
     "dependency_unreachable": (CASES["dependency_unreachable"], NOW),
     "dependency_slow": (CASES["dependency_slow"], NOW),
     "port_not_listening": (CASES["port_not_listening"], NOW),

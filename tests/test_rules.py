@@ -35,7 +35,9 @@ from agent.signals import DynamoNames, compute
 from agent.state import State
 from collectors.dynamo_logs import ErrorRing
 
-NOW = time.time()
+# Whole seconds: the history rings keep milliseconds, and the boundary cases below sit on
+# a threshold exactly (a point at now - 30 s must read as 30 s old, not 29.9996).
+NOW = float(int(time.time()))
 P = "dynamo_sidecar_"
 
 
@@ -155,6 +157,17 @@ def latency(r: Recorded) -> None:
     r.series("dynamo_metrics", buckets, steps=180)
 
 
+def _over_budget(r: Recorded) -> None:
+    """A 20 KB budget and 40 series: 2 kept with history, 14 kept without, 24 dropped."""
+    r.state.memory_budget = 20_000
+    r.put(
+        "process",
+        CollectResult(
+            samples=[sample("dynamo_sidecar_process_cpu_seconds_total", 1, pid=i) for i in range(40)]
+        ),
+    )
+
+
 CASES: dict[str, Callable[[Recorded], Any]] = {
     "endpoint_refused": lambda r: probe(r.health["frontend"], outcome="refused", status_code=0),
     "endpoint_timeout": lambda r: probe(r.health["worker"], outcome="timeout", status_code=0),
@@ -249,6 +262,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
         )
     ),
     "series_dropped": lambda r: r.state.dropped.update({"dynamo_frontend_requests_total": 12}),
+    "memory_budget": lambda r: _over_budget(r),
     "dependency_unreachable": lambda r: r.put(
         "tcp",
         tcp({"etcd:2379": {"role": "etcd", "outcome": "refused", "error": "connection refused"}}),
@@ -490,6 +504,7 @@ PINNED: dict[str, tuple[str, list[Any]]] = {
             ],
         ],
     ),
+    "memory_budget": ("state", [19730, 20000, None, 2128, 2, 14, 24]),
     "oom_killed": ("cgroup", [1.0, None]),
     "otlp_export_failing": (
         "http://collector:4318",

@@ -124,11 +124,41 @@ def own_pod_spec(api_url: str, timeout: float) -> tuple[dict[str, Any] | None, s
         return None, f"cannot read the pod spec from {api_url}: {getattr(exc, 'reason', exc)}"
 
 
+def _sidecar_token() -> str:
+    """The sidecar's bearer token when audit runs in its container (from its env or file):
+    /history answers loopback callers without it, unless auth_require_token is set."""
+    token = os.environ.get("DYN_SIDECAR_AUTH_TOKEN", "")
+    path = os.environ.get("DYN_SIDECAR_AUTH_TOKEN_FILE", "")
+    if not token and path:
+        try:
+            with open(path, encoding="utf-8") as handle:
+                token = handle.read(4096).strip()
+        except OSError:
+            token = ""
+    return token
+
+
+def _history(url: str, timeout: float, pages: int = 16) -> Any:
+    """/history, its pages (?offset=next_offset) merged into one answer."""
+    token = _sidecar_token()
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    history = _get_json(url, timeout, headers)
+    for _ in range(pages - 1):
+        offset = history.get("next_offset") if isinstance(history, dict) else None
+        if not isinstance(offset, int):
+            break
+        more = _get_json(f"{url}&offset={offset}", timeout, headers)
+        for name, entries in (more.get("series") or {}).items():
+            history.setdefault("series", {}).setdefault(name, []).extend(entries)
+        history["next_offset"] = more.get("next_offset")
+    return history
+
+
 def observations(sidecar_url: str, timeout: float) -> tuple[dict[str, Any], dict[str, Any] | None, str]:
     """(facts for the checks, the history, why not) from the running sidecar."""
     query = urllib.parse.urlencode([("name", name) for name in [*HISTORY_NAMES, PROCESS_RSS]])
     try:
-        history = _get_json(f"{sidecar_url}/history?{query}", timeout)
+        history = _history(f"{sidecar_url}/history?{query}", timeout)
         diagnose = _get_json(f"{sidecar_url}/diagnose?format=json", timeout)
         status = _get_json(f"{sidecar_url}/status", timeout)
     except (OSError, ValueError) as exc:

@@ -1442,6 +1442,69 @@ def series_dropped(ctx: Context, t: Limits) -> list[Hit]:
 
 
 @rule(
+    id="memory_budget",
+    category=Category.SIDECAR,
+    severity=Severity.WARNING,
+    summary="the sidecar's series and history use {percent}% of their memory budget ({used} of {budget} bytes){kept_out}",
+    actions=(
+        "A source is flooding series: find it with series_dropped and deny the family with passthrough_deny.",
+        "If the series are wanted, raise the sidecar container's memory limit (the budget is a quarter of it) or memory_budget.",
+    ),
+    thresholds=(Threshold("ratio", 0.8, "ratio", "Share of memory_budget in use that makes a finding."),),
+    fleet=lambda s, t: (
+        s(metric("memory_budget_used_bytes"))
+        + f" >= {t.ratio:g} * "
+        + s(metric("memory_budget_bytes"))
+        + " and "
+        + s(metric("memory_budget_bytes"))
+        + " > 0"
+    ),
+)
+def memory_budget(ctx: Context, t: Limits) -> list[Hit]:
+    """Before the container's limit: the state's memory (series, and kept rings counted at
+    their full size) near its budget, or series or history already kept out by it."""
+    state = ctx.state
+    budget = state.memory_budget
+    if not budget:
+        return []
+    used = state.budget_used()
+    refused = state.caps_hit.get("memory_budget", 0)
+    if used < t.ratio * budget and not refused and not state.history_refused:
+        return []
+    kept_out = []
+    if refused:
+        kept_out.append(f"{refused} series dropped")
+    if state.history_refused:
+        kept_out.append(f"{state.history_refused} series without history")
+    return [
+        Hit(
+            "state",
+            {
+                "percent": round(100 * used / budget),
+                "used": used,
+                "budget": budget,
+                "kept_out": "; " + ", ".join(kept_out) if kept_out else "",
+            },
+            [
+                Evidence(metric("memory_budget_used_bytes"), used, unit="bytes"),
+                Evidence(metric("memory_budget_bytes"), budget, unit="bytes"),
+                Evidence(
+                    "container memory limit",
+                    state.memory_limit,
+                    unit="bytes",
+                    note="" if state.memory_limit else "unknown: the budget is memory_budget or 128Mi",
+                ),
+                Evidence(metric("history_bytes"), state.history_bytes, unit="bytes"),
+                Evidence(metric("history_series"), state.history_kept),
+                Evidence(metric("history_refused_total"), state.history_refused),
+                Evidence(f'{metric("series_caps_hit_total")}{{cap="memory_budget"}}', refused),
+            ],
+            ctx.now,
+        )
+    ]
+
+
+@rule(
     id="otlp_export_failing",
     category=Category.SIDECAR,
     severity=Severity.WARNING,

@@ -1,0 +1,278 @@
+"""What history costs: bytes per kept series, and /history at its worst.
+
+1. Bytes per kept series at the default window and interval (900 s at 5 s: 182 points),
+   measured with tracemalloc as the difference between the same state filled with and
+   without history: per kind of series (flat, counter, small integer gauge, two-decimal
+   value, raw float), and for the realistic mix bench/diagnose.py records (a real Dynamo's
+   frontend and worker /metrics, processes, cgroup, GPUs).
+2. /history worst case (issue 26: 16 names x 200 series, every ring full) through the real
+   aiohttp app: one query's pages, then four at once while /healthz is polled every 20 ms:
+   time, largest answer, the longest /healthz wait and the process's RSS growth.
+
+    python bench/history.py                   # both
+    python bench/history.py --smoke           # 16 x 10 series, a few kinds
+    python bench/history.py --code /work/main # the same against another checkout (before)
+Goals: <= 2 KB per kept series (must: 4 KB); worst-case /history <= 1 s, /healthz never
+held > 0.5 s, peak RSS <= 250 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import sys
+import threading
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+STEPS = 182  # 900 s at 5 s, the ring's default capacity
+
+
+def _values(kind: str, series: int, steps: int) -> list[float]:
+    rng = random.Random(series)
+    out, value = [], 0.0
+    for _ in range(steps):
+        if kind == "flat":
+            value = 3.0
+        elif kind == "counter":
+            value += rng.randint(0, 20)
+        elif kind == "gauge":
+            value = float(rng.randint(0, 8))
+        elif kind == "decimal":
+            value = round(value + rng.randint(0, 9) / 100, 2)
+        else:
+            value = rng.random() * 100
+        out.append(value)
+    return out
+
+
+def _fill_kind(state: Any, kind: str, series: int) -> None:
+    from agent.samples import CollectResult, sample
+
+    columns = [_values(kind, i, STEPS) for i in range(series)]
+    rng = random.Random(7)
+    t = 1.765e9
+    for step in range(STEPS):
+        t += 5.0 * (1 + rng.uniform(-0.1, 0.1))  # the scheduler's jitter
+        samples = [sample("m_total", columns[i][step], i=str(i)) for i in range(series)]
+        state.update("c", CollectResult(samples=samples), now=t)
+
+
+def _traced(build: Any) -> int:
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    kept = build()
+    gc.collect()
+    used = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    del kept
+    return used
+
+
+def bytes_per_series(kinds: list[str], series: int) -> dict[str, Any]:
+    from agent.state import State
+
+    out: dict[str, Any] = {}
+    for kind in kinds:
+
+        def build(keep: bool, kind: str = kind) -> Any:
+            state = State(
+                history_window=900, min_interval=5, history_filter=None if keep else (lambda name: False)
+            )
+            _fill_kind(state, kind, series)
+            return state
+
+        _traced(lambda: build(True))  # warms the caches, as in realistic_mix
+        without = _traced(lambda: build(False))
+        with_history = _traced(lambda: build(True))
+        out[kind] = round((with_history - without) / series)
+    return out
+
+
+def realistic_mix() -> dict[str, Any]:
+    sys.path.insert(0, str(ROOT / "bench"))
+    import diagnose as recorded  # bench/diagnose.py: 15 minutes of a real Dynamo's series
+
+    from agent.config import load_config
+    from agent.runtime import Sidecar
+
+    def build(keep: bool) -> Any:
+        sidecar = Sidecar(load_config(environ={}, overrides={"listen_port": "0"}))
+        if not keep:
+            sidecar.state._history_filter = lambda name: False
+        recorded.fill(sidecar, time.time())
+        return sidecar
+
+    holder: dict[str, Any] = {}
+
+    def keep_one() -> Any:
+        holder["sidecar"] = build(True)
+        return holder["sidecar"]
+
+    # A first fill warms the module-level caches (label sets, parsed templates), which would
+    # otherwise be counted to whichever fill runs first.
+    _traced(lambda: build(True))
+    without = _traced(lambda: build(False))
+    with_history = _traced(keep_one)
+    state = holder["sidecar"].state
+    kept = state.history_series
+    out = {"kept_series": kept, "bytes_per_kept_series": round((with_history - without) / kept)}
+    if hasattr(state, "history_bytes"):
+        rings = [ring for by_labels in state.history.values() for ring in by_labels.values()]
+        out["ring_nbytes_per_series"] = round(sum(ring.nbytes() for ring in rings) / kept)
+    return out
+
+
+class PeakRss:
+    def __init__(self) -> None:
+        import psutil
+
+        self.process = psutil.Process()
+        self.base = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+async def _query(http: Any, url: str) -> tuple[float, int, int, int]:
+    """(seconds, pages, points, largest answer) for every page of one query."""
+    began = time.monotonic()
+    offset: Any = 0
+    pages = points = largest = 0
+    while offset is not None and pages < 100:
+        async with http.get(f"{url}&offset={offset}") as response:
+            body = await response.read()
+        assert response.status == 200, (response.status, body[:200])
+        page = json.loads(body)
+        pages += 1
+        largest = max(largest, len(body))
+        points += page.get("points") or sum(len(e["points"]) for es in page["series"].values() for e in es)
+        offset = page.get("next_offset")
+    return time.monotonic() - began, pages, points, largest
+
+
+async def worst_case_http(per_name: int, concurrent: int) -> dict[str, Any]:
+    import aiohttp
+
+    from agent.config import load_config
+    from agent.runtime import Sidecar
+    from agent.samples import CollectResult, sample
+    from agent.signals import DynamoNames
+
+    overrides = {
+        "listen_host": "127.0.0.1",
+        "listen_port": "0",
+        "gpu_enabled": "false",
+        "tcp_enabled": "false",
+    }
+    overrides |= {"frontend_url": "http://127.0.0.1:9", "worker_system_urls": "http://127.0.0.1:9"}
+    sidecar = Sidecar(load_config(environ={}, overrides=overrides))
+    await sidecar.start()
+    try:
+        names = sorted(DynamoNames().history_names())[:16]
+        state = sidecar.state
+        labels = [{"instance": f"i{i:03d}", "model": "m" * 40} for i in range(per_name)]
+        start = time.time() - 5.0 * state.ring_capacity
+        for step in range(state.ring_capacity):
+            samples = [
+                sample(name, step * (i + 1) + 0.25 * (step % 3), **labels[i])
+                for name in names
+                for i in range(per_name)
+            ]
+            state.update("worst", CollectResult(samples=samples), now=start + 5.0 * step)
+        base = f"http://127.0.0.1:{sidecar.port}"
+        url = base + "/history?" + "&".join(f"name={name}" for name in names)
+        timeout = aiohttp.ClientTimeout(total=600)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            with PeakRss() as one_rss:
+                one = await _query(http, url)
+            gc.collect()
+            stalls: list[float] = []
+            done = asyncio.Event()
+
+            async def probe() -> None:
+                while not done.is_set():
+                    began = time.monotonic()
+                    async with http.get(base + "/healthz") as response:
+                        await response.read()
+                    stalls.append(time.monotonic() - began)
+                    await asyncio.sleep(0.02)
+
+            with PeakRss() as many_rss:
+                prober = asyncio.create_task(probe())
+                began = time.monotonic()
+                many = await asyncio.gather(*(_query(http, url) for _ in range(concurrent)))
+                elapsed = time.monotonic() - began
+                done.set()
+                await prober
+        return {
+            "series": len(names) * per_name,
+            "points_per_series": state.ring_capacity,
+            "one_query": {
+                "seconds": round(one[0], 3),
+                "pages": one[1],
+                "points": one[2],
+                "largest_answer_bytes": one[3],
+                "rss_growth_mb": round((one_rss.peak - one_rss.base) / 2**20, 1),
+            },
+            f"{concurrent}_at_once": {
+                "seconds": round(elapsed, 3),
+                "slowest_query_seconds": round(max(q[0] for q in many), 3),
+                "healthz_polls": len(stalls),
+                "healthz_longest_seconds": round(max(stalls, default=0.0), 3),
+                "rss_base_mb": round(many_rss.base / 2**20, 1),
+                "rss_peak_mb": round(many_rss.peak / 2**20, 1),
+            },
+        }
+    finally:
+        await sidecar.stop()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--code", default=str(ROOT), help="the checkout whose agent/ to measure")
+    parser.add_argument("--series", type=int, default=500, help="series per kind for the bytes measurement")
+    parser.add_argument("--concurrent", type=int, default=4)
+    parser.add_argument("--skip-http", action="store_true")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(args.code).resolve()))
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
+    kinds = ["flat", "counter"] if args.smoke else ["flat", "counter", "gauge", "decimal", "float"]
+    result: dict[str, Any] = {"code": args.code}
+    result["bytes_per_kept_series"] = bytes_per_series(kinds, 50 if args.smoke else args.series)
+    if not args.smoke:
+        result["realistic_mix"] = realistic_mix()
+    if not args.skip_http:
+        result["history_worst_case"] = asyncio.run(
+            worst_case_http(10 if args.smoke else 200, args.concurrent)
+        )
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from agent import redact
 from agent.aio import wait_event
 from agent.facts import HealthFacts, MetricsFacts
 from agent.log import get as get_logger
@@ -160,7 +161,7 @@ async def send_canary(
             kind=SpanKind.CLIENT,
             attributes={
                 "http.request.method": "POST",
-                "url.full": url,
+                "url.full": redact.text(url),
                 "gen_ai.request.model": model,
                 "dynamo.canary": True,
                 "dynamo.x_request_id": request_id,
@@ -218,7 +219,7 @@ async def send_canary(
         if result.ttft is not None:
             span.set_attribute("dynamo.canary.ttft_seconds", result.ttft)
         if result.outcome != OK:
-            span.set_status(Status(StatusCode.ERROR, result.error or result.outcome))
+            span.set_status(Status(StatusCode.ERROR, redact.text(result.error or result.outcome)))
         span.end()
     return result
 

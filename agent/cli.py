@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent import __version__, exitcodes, log
+from agent import __version__, exitcodes, log, redact
 from agent.config import FIELDS, Config, ConfigError, default_text, env_name, load_config, value_form
 
 
@@ -232,6 +232,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     except (ManifestError, UsageError) as exc:
         print(f"dynamo-sidecar audit: {exc}", file=sys.stderr)
         return exitcodes.USAGE  # never 2: that means a critical finding
+    result = redact.value(result)  # a manifest's env may hold a token: never repeated
     print(render(result, args.format), end="")
     for missing in result.get("unread", []):  # on stderr too: a pipe to a file still tells
         print(
@@ -325,7 +326,9 @@ def _cmd_canary(args: argparse.Namespace) -> int:
             models = args.model or listed or []
             if not models:
                 print(
-                    f"no models to probe: GET {config.frontend_url}{MODELS_PATH} -> {listing.failure or listing.status} {listing.excerpt(200)}"
+                    redact.text(
+                        f"no models to probe: GET {config.frontend_url}{MODELS_PATH} -> {listing.failure or listing.status} {listing.excerpt(200)}"
+                    )
                 )
                 # Nothing answered with a model list: the canary could not look.
                 return exitcodes.WARNING if listed is not None else exitcodes.UNKNOWN
@@ -341,12 +344,14 @@ def _cmd_canary(args: argparse.Namespace) -> int:
                 )
                 failed += result.outcome != OK
                 if args.format == "json":
-                    print(json.dumps(result.to_dict()))
+                    print(json.dumps(redact.value(result.to_dict())))
                 else:
                     ttft = f" ttft={result.ttft * 1000:.1f}ms" if result.ttft is not None else ""
                     print(
-                        f"{model}: {result.outcome} HTTP {result.status or '-'} in {result.latency * 1000:.1f}ms{ttft} x-request-id={result.request_id}"
-                        + (f" error={result.error}" if result.error else "")
+                        redact.text(
+                            f"{model}: {result.outcome} HTTP {result.status or '-'} in {result.latency * 1000:.1f}ms{ttft} x-request-id={result.request_id}"
+                            + (f" error={result.error}" if result.error else "")
+                        )
                     )
             return exitcodes.WARNING if failed else exitcodes.OK
 
@@ -446,6 +451,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return exitcodes.UNKNOWN
+    report = redact.value(report)
     print(
         json.dumps(report, indent=1) if args.format == "json" else text(report),
         end="" if args.format != "json" else "\n",
@@ -527,6 +533,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return fail(str(exc), exitcodes.UNKNOWN)
     except UsageError as exc:
         return fail(str(exc))
+    report = redact.value(report)  # --frontend-url's password, a --fault-cmd's token
     output = render(report, args.format)
     if args.output:
         try:
@@ -816,7 +823,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"dynamo-sidecar: {exc}", file=sys.stderr)
+        print(redact.text(f"dynamo-sidecar: {exc}"), file=sys.stderr)
         return exitcodes.USAGE
     except CliUsageError as exc:
         print(f"dynamo-sidecar {args.command if args else ''}: {exc}", file=sys.stderr)

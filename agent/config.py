@@ -21,11 +21,15 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from agent import redact
+
 ENV_PREFIX = "DYN_SIDECAR_"
 
 
 def _short(value: object, limit: int = 120) -> str:
     """A value as the error line shows it: repr, cut, so a huge value never floods stderr."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        return "<an integer of more than 1000 bits>"  # str() of a huge one is slow or refused
     text = (
         repr(value)
         if not isinstance(value, str | int | float | bool) or isinstance(value, str)
@@ -33,6 +37,7 @@ def _short(value: object, limit: int = 120) -> str:
     )
     if isinstance(value, int) and not isinstance(value, bool) and len(text) > limit:
         return f"<an integer of {len(text)} digits>"
+    text = redact.text(text)  # an error line is output too: a URL's password never in it
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -986,13 +991,9 @@ class Config:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
-                out[f.name] = "<redacted>"
-            elif isinstance(value, str):
-                out[f.name] = redact_url(value)
-            elif isinstance(value, list):
-                out[f.name] = [redact_url(v) if isinstance(v, str) else v for v in value]
+                out[f.name] = redact.REDACTED
             else:
-                out[f.name] = value
+                out[f.name] = redact.value(value)
         return out
 
 
@@ -1014,7 +1015,8 @@ def _parse_field(key: str, raw: Any, origin: str) -> Any:
     try:
         return parser(raw)
     except ValueError as exc:
-        raise ConfigError(key, raw, str(exc), origin) from None
+        shown = redact.REDACTED if FIELDS[key].metadata["secret"] else raw
+        raise ConfigError(key, shown, str(exc), origin) from None
 
 
 def env_name(key: str) -> str:
@@ -1091,12 +1093,10 @@ def closest_key(name: str, spell: Callable[[str], str] = str) -> str:
     return f" (did you mean {spell(found[0])}?)" if found else ""
 
 
-URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-
-
 def redact_url(text: str) -> str:
-    """Credentials in every URL inside `text` replaced: scheme://<redacted>@host."""
-    return URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "<redacted>@", text)
+    """Credentials in `text` replaced (agent.redact: URL userinfo, secret query parameters
+    and flags, and every credential the sidecar was given)."""
+    return redact.text(text)
 
 
 def _warn(message: str) -> None:
@@ -1145,6 +1145,13 @@ def load_config(
             raw = getattr(config, f.name)
             origin = f"env {f.metadata['dyn_env']}" if f.metadata["dyn_env"] else "default"
         setattr(config, f.name, _parse_field(f.name, raw, origin))
+    # Every credential the sidecar is given is remembered, so that no output shows it, in
+    # whatever text it turns up (agent.redact).
+    redact.remember(
+        *(str(getattr(config, f.name)) for f in dataclasses.fields(Config) if f.metadata["secret"])
+    )
+    redact.remember_values(getattr(config, f.name) for f in dataclasses.fields(Config))
+    redact.remember_environ(environ)
     _check_consistency(config)
     _check_otlp(config, values["otlp_endpoint"][1], environ, warn)
     return config

@@ -104,7 +104,10 @@ def _userinfo(match: re.Match[str]) -> str:
 
 
 def _named(match: re.Match[str]) -> str:
-    if not secret_name(match.group("name")) or match.group("value").lower() in _NOT_SECRET:
+    found = match.group("value")
+    if not found or found.startswith(REDACTED) or found.lower() in _NOT_SECRET:
+        return match.group(0)  # nothing there, already redacted (idempotent), or a boolean
+    if not secret_name(match.group("name")):
         return match.group(0)
     start, end = match.span("value")
     offset = match.start()
@@ -116,7 +119,7 @@ def _flag(match: re.Match[str]) -> str:
     flag, sep, value = match.group("flag"), match.group("sep"), match.group("value")
     if not secret_name(flag.lstrip("-")):
         return match.group(0)
-    if value.lower() in _NOT_SECRET or (sep != "=" and value.startswith("-")):
+    if value.startswith(REDACTED) or value.lower() in _NOT_SECRET or (sep != "=" and value.startswith("-")):
         return match.group(0)  # `--no-auth --verbose`: the next word is another flag
     return flag + sep + REDACTED
 
@@ -129,8 +132,6 @@ def text(value: str) -> str:
     """`value` with every credential the patterns or the remembered literals find replaced."""
     if not value:
         return value
-    if _literal_pattern is not None:
-        value = _literal_pattern.sub(REDACTED, value)
     if "://" in value:
         if "@" in value:
             value = _URL_USERINFO.sub(_userinfo, value)
@@ -144,6 +145,8 @@ def text(value: str) -> str:
         value = _FLAG.sub(_flag, value)
     if ":" in value:
         value = _QUOTED_PAIR.sub(_named, value)
+    if _literal_pattern is not None:  # last: what the patterns left, wherever it stands
+        value = _literal_pattern.sub(REDACTED, value)
     return value
 
 

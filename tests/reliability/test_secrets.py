@@ -39,7 +39,18 @@ CMD_ENV = "CmdEnv-5518"  # OPENAI_API_KEY=X as an argument
 CMD_QUERY = "CmdQuery-7720"  # ?api_key=X in a URL argument
 CMD_URL_PW = "CmdUrlPw-8830"  # http://user:X@host argument
 
-GIVEN = [FRONT_PW, WORKER_PW, ETCD_PW, ETCD_TOKEN, NATS_TOKEN, OTLP_PW, OTLP_HEADER, OTLP_KEY, AUTH_TOKEN, HF_TOKEN]
+GIVEN = [
+    FRONT_PW,
+    WORKER_PW,
+    ETCD_PW,
+    ETCD_TOKEN,
+    NATS_TOKEN,
+    OTLP_PW,
+    OTLP_HEADER,
+    OTLP_KEY,
+    AUTH_TOKEN,
+    HF_TOKEN,
+]
 FOUND = [CMD_KEY, CMD_TOKEN, CMD_ENV, CMD_QUERY, CMD_URL_PW]
 # Parts of secrets too: a half-redacted '@' password leaves its second half.
 FRAGMENTS = ["ss-7731", "ss-9083", "ss-6618"]

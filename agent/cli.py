@@ -181,30 +181,22 @@ def _cmd_inject(args: argparse.Namespace) -> int:
         # sidecar (kubectl fails on empty input even where the shell ignores our exit code).
         print(f"dynamo-sidecar inject: {exc}; nothing written", file=sys.stderr)
         return exitcodes.USAGE
-    sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False, default_flow_style=False))
+    # libyaml's dumper where present: the pure-Python one takes minutes on a large list.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    sys.stdout.write(yaml.dump_all(out, Dumper=dumper, sort_keys=False, default_flow_style=False))
     return exitcodes.OK
 
 
 def _read_yaml_documents(path: str) -> list[Any]:
-    """Every document of a YAML file or stdin; a bad file is one ConfigError naming -f."""
-    import yaml
-
-    from agent.config import _StrictLoader
+    """Every document of a YAML file or stdin, within agent.manifest_input's bounds (size,
+    read time, nesting, numbers, the shapes of the fields read); a bad input is one
+    CliUsageError naming -f (exit 64)."""
+    from agent.manifest_input import ManifestInputError, parse, read_input
 
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115
-    except OSError as exc:
-        raise ConfigError("-f", path, f"a readable file ({exc.strerror})") from None
-    try:
-        return list(yaml.load_all(raw.decode("utf-8"), Loader=_StrictLoader))
-    except UnicodeDecodeError:
-        raise ConfigError("-f", path, "UTF-8 YAML") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            "-f", path, f"valid YAML ({getattr(exc, 'problem', None) or 'parse error'}{where})"
-        ) from None
+        return parse(read_input(path))
+    except ManifestInputError as exc:
+        raise CliUsageError(f"-f {path[:200]}: {exc}") from None
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:

@@ -29,7 +29,8 @@ ENV_PREFIX = "DYN_SIDECAR_"
 def _short(value: object, limit: int = 120) -> str:
     """A value as the error line shows it: repr, cut, so a huge value never floods stderr."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
-        return "<an integer of more than 1000 bits>"  # str() of a huge one is slow or refused
+        # str() of a huge one is slow, or refused past 4,300 digits: its size is enough.
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
     text = (
         repr(value)
         if not isinstance(value, str | int | float | bool) or isinstance(value, str)
@@ -213,6 +214,17 @@ def _default_probe_targets() -> list[str]:
     if nats:
         targets.append("nats=" + nats.split(",")[0].strip())
     return targets
+
+
+def _listen_host(raw: Any) -> str:
+    """An IP address or a host name (the socket layer fails on anything else with an
+    encoding error, not a reason: a number 4,000 digits long made the run exit 70)."""
+    text = str(raw).strip() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+    if not (0 < len(text) <= 253 and re.fullmatch(r"[A-Za-z0-9.:_%-]+", text)) or any(
+        len(label) > 63 for label in text.split(".")
+    ):
+        raise ValueError("an IP address or host name such as 0.0.0.0, 127.0.0.1 or ::")
+    return text
 
 
 def _log_level(raw: Any) -> str:
@@ -582,7 +594,7 @@ def _spec(parser: Callable[[Any], Any], doc: str, secret: bool = False, dyn_env:
 class Config:
     # HTTP server
     listen_host: str = field(
-        default="0.0.0.0", metadata=_spec(str, "Address the sidecar's HTTP server binds.")
+        default="0.0.0.0", metadata=_spec(_listen_host, "Address the sidecar's HTTP server binds.")
     )
     listen_port: int = field(
         default=9469,

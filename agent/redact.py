@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from itertools import chain
 from typing import Any
 from urllib.parse import quote, unquote
 
@@ -164,10 +165,21 @@ def value(data: Any) -> Any:
                 out[text(key) if isinstance(key, str) else key] = value(item)
         return out
     if isinstance(data, list):
+        if data and type(data[0]) is list and _numbers_only(data):
+            return data  # /history's [[t, v], ...]: nothing to redact, and the bulk of it
         return [value(item) for item in data]
     if type(data) is tuple:
         return tuple(value(item) for item in data)
     return data
+
+
+_NUMBER_TYPES = frozenset({float, int})
+
+
+def _numbers_only(rows: list[Any]) -> bool:
+    """True when every item is a list of numbers only (a series' points); set-based, as
+    this runs over every point of a /history answer."""
+    return set(map(type, rows)) == {list} and set(map(type, chain.from_iterable(rows))) <= _NUMBER_TYPES
 
 
 # --- what the sidecar was given -------------------------------------------------------------

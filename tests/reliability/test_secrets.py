@@ -175,6 +175,8 @@ def test_no_credential_in_any_endpoint_format_or_the_log(stopped_dynamo: int) ->
         sim.terminate()
         sim.wait(timeout=10)
     assert '"sidecar listening"' in out  # the log was read
+    # The OTLP endpoint is logged, its credentials replaced.
+    assert f'"endpoint":"http://{redact.REDACTED}@127.0.0.1:{closed}/v1/traces"' in out
     leaks += _leaks("the log (stdout)", out) + _leaks("stderr", err)
     assert leaks == []
 

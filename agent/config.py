@@ -216,7 +216,7 @@ def _default_probe_targets() -> list[str]:
     return targets
 
 
-def _listen_host(raw: Any) -> str:
+def _bind_address(raw: Any) -> str:
     """An IP address or a host name (the socket layer fails on anything else with an
     encoding error, not a reason: a number 4,000 digits long made the run exit 70)."""
     text = str(raw).strip() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
@@ -594,7 +594,7 @@ def _spec(parser: Callable[[Any], Any], doc: str, secret: bool = False, dyn_env:
 class Config:
     # HTTP server
     listen_host: str = field(
-        default="0.0.0.0", metadata=_spec(_listen_host, "Address the sidecar's HTTP server binds.")
+        default="0.0.0.0", metadata=_spec(_bind_address, "Address the sidecar's HTTP server binds.")
     )
     listen_port: int = field(
         default=9469,
@@ -1299,6 +1299,7 @@ def value_form(f: dataclasses.Field[Any]) -> str:
     parser = f.metadata["parser"]
     name = getattr(parser, "__qualname__", "")
     for marker, form in (
+        ("_bind_address", "HOST"),
         ("_otlp_endpoint", "URL"),
         ("_otlp_protocol", "CHOICE"),
         ("_seconds", "DURATION"),

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from agent import redact
 from agent.aio import wait_event
 from agent.facts import HealthFacts, MetricsFacts
 from agent.log import get as get_logger
@@ -160,7 +161,7 @@ async def send_canary(
             kind=SpanKind.CLIENT,
             attributes={
                 "http.request.method": "POST",
-                "url.full": url,
+                "url.full": redact.text(url),
                 "gen_ai.request.model": model,
                 "dynamo.canary": True,
                 "dynamo.x_request_id": request_id,
@@ -218,7 +219,7 @@ async def send_canary(
         if result.ttft is not None:
             span.set_attribute("dynamo.canary.ttft_seconds", result.ttft)
         if result.outcome != OK:
-            span.set_status(Status(StatusCode.ERROR, result.error or result.outcome))
+            span.set_status(Status(StatusCode.ERROR, redact.text(result.error or result.outcome)))
         span.end()
     return result
 
@@ -347,9 +348,7 @@ class Canary:
         frontend_url = frontend_url or self.sidecar.config.frontend_url
         if models is None:
             models = self.models_to_probe()
-            # A model unlisted for the whole history window is gone, not failing: forget it.
-            for gone in set(self.models) - set(models):
-                del self.models[gone]
+            self._forget_unserved(models)
             # Bounded load under model churn: at most canary_max_models a round, taking the
             # least recently probed first so every model gets its turn.
             limit = self.sidecar.config.canary_max_models
@@ -442,11 +441,25 @@ class Canary:
         return state.last.timestamp if state is not None and state.last is not None else 0.0
 
     # --- reporting -----------------------------------------------------------------------
+    def _forget_unserved(self, models: list[str] | None = None) -> None:
+        """Forget the models the frontend no longer serves: unlisted for the whole history
+        window (gone, not failing), or replaced by another name (a rename). Done on every
+        read, not only in a canary round: no round runs while traffic flows, and /canaryz
+        stayed 503 on a renamed model's name until one did."""
+        if models is None:
+            if self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend") is None:
+                return  # no listing read yet (or the frontend is not watched): nothing to judge by
+            models = self.models_to_probe()
+        for gone in set(self.models) - set(models):
+            self.models.pop(gone, None)
+
     @property
     def failing_models(self) -> list[str]:
+        self._forget_unserved()
         return [model for model, state in self.models.items() if state.failing]
 
     def samples(self) -> list[Sample]:
+        self._forget_unserved()
         out: list[Sample] = []
         for model, state in self.models.items():
             for outcome, count in state.counts.items():
@@ -483,6 +496,7 @@ class Canary:
         return out
 
     def status(self) -> dict[str, Any]:
+        self._forget_unserved()
         return {
             "enabled": self.enabled,
             "wait_seconds": self.wait,

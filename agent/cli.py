@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent import __version__, exitcodes, log
+from agent import __version__, exitcodes, log, redact
 from agent.config import FIELDS, Config, ConfigError, default_text, env_name, load_config, value_form
 
 
@@ -181,30 +181,22 @@ def _cmd_inject(args: argparse.Namespace) -> int:
         # sidecar (kubectl fails on empty input even where the shell ignores our exit code).
         print(f"dynamo-sidecar inject: {exc}; nothing written", file=sys.stderr)
         return exitcodes.USAGE
-    sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False, default_flow_style=False))
+    # libyaml's dumper where present: the pure-Python one takes minutes on a large list.
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    sys.stdout.write(yaml.dump_all(out, Dumper=dumper, sort_keys=False, default_flow_style=False))
     return exitcodes.OK
 
 
 def _read_yaml_documents(path: str) -> list[Any]:
-    """Every document of a YAML file or stdin; a bad file is one ConfigError naming -f."""
-    import yaml
-
-    from agent.config import _StrictLoader
+    """Every document of a YAML file or stdin, within agent.manifest_input's bounds (size,
+    read time, nesting, numbers, the shapes of the fields read); a bad input is one
+    CliUsageError naming -f (exit 64)."""
+    from agent.manifest_input import ManifestInputError, parse, read_input
 
     try:
-        raw = sys.stdin.buffer.read() if path == "-" else open(path, "rb").read()  # noqa: SIM115
-    except OSError as exc:
-        raise ConfigError("-f", path, f"a readable file ({exc.strerror})") from None
-    try:
-        return list(yaml.load_all(raw.decode("utf-8"), Loader=_StrictLoader))
-    except UnicodeDecodeError:
-        raise ConfigError("-f", path, "UTF-8 YAML") from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            "-f", path, f"valid YAML ({getattr(exc, 'problem', None) or 'parse error'}{where})"
-        ) from None
+        return parse(read_input(path))
+    except ManifestInputError as exc:
+        raise CliUsageError(f"-f {path[:200]}: {exc}") from None
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
@@ -232,6 +224,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     except (ManifestError, UsageError) as exc:
         print(f"dynamo-sidecar audit: {exc}", file=sys.stderr)
         return exitcodes.USAGE  # never 2: that means a critical finding
+    result = redact.value(result)  # a manifest's env may hold a token: never repeated
     print(render(result, args.format), end="")
     for missing in result.get("unread", []):  # on stderr too: a pipe to a file still tells
         print(
@@ -325,7 +318,9 @@ def _cmd_canary(args: argparse.Namespace) -> int:
             models = args.model or listed or []
             if not models:
                 print(
-                    f"no models to probe: GET {config.frontend_url}{MODELS_PATH} -> {listing.failure or listing.status} {listing.excerpt(200)}"
+                    redact.text(
+                        f"no models to probe: GET {config.frontend_url}{MODELS_PATH} -> {listing.failure or listing.status} {listing.excerpt(200)}"
+                    )
                 )
                 # Nothing answered with a model list: the canary could not look.
                 return exitcodes.WARNING if listed is not None else exitcodes.UNKNOWN
@@ -341,12 +336,14 @@ def _cmd_canary(args: argparse.Namespace) -> int:
                 )
                 failed += result.outcome != OK
                 if args.format == "json":
-                    print(json.dumps(result.to_dict()))
+                    print(json.dumps(redact.value(result.to_dict())))
                 else:
                     ttft = f" ttft={result.ttft * 1000:.1f}ms" if result.ttft is not None else ""
                     print(
-                        f"{model}: {result.outcome} HTTP {result.status or '-'} in {result.latency * 1000:.1f}ms{ttft} x-request-id={result.request_id}"
-                        + (f" error={result.error}" if result.error else "")
+                        redact.text(
+                            f"{model}: {result.outcome} HTTP {result.status or '-'} in {result.latency * 1000:.1f}ms{ttft} x-request-id={result.request_id}"
+                            + (f" error={result.error}" if result.error else "")
+                        )
                     )
             return exitcodes.WARNING if failed else exitcodes.OK
 
@@ -446,6 +443,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return exitcodes.UNKNOWN
+    report = redact.value(report)
     print(
         json.dumps(report, indent=1) if args.format == "json" else text(report),
         end="" if args.format != "json" else "\n",
@@ -527,6 +525,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         return fail(str(exc), exitcodes.UNKNOWN)
     except UsageError as exc:
         return fail(str(exc))
+    report = redact.value(report)  # --frontend-url's password, a --fault-cmd's token
     output = render(report, args.format)
     if args.output:
         try:
@@ -816,7 +815,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
     except ConfigError as exc:
-        print(f"dynamo-sidecar: {exc}", file=sys.stderr)
+        print(redact.text(f"dynamo-sidecar: {exc}"), file=sys.stderr)
         return exitcodes.USAGE
     except CliUsageError as exc:
         print(f"dynamo-sidecar {args.command if args else ''}: {exc}", file=sys.stderr)

@@ -21,11 +21,16 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
+from agent import redact
+
 ENV_PREFIX = "DYN_SIDECAR_"
 
 
 def _short(value: object, limit: int = 120) -> str:
     """A value as the error line shows it: repr, cut, so a huge value never floods stderr."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
+        # str() of a huge one is slow, or refused past 4,300 digits: its size is enough.
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
     text = (
         repr(value)
         if not isinstance(value, str | int | float | bool) or isinstance(value, str)
@@ -33,6 +38,7 @@ def _short(value: object, limit: int = 120) -> str:
     )
     if isinstance(value, int) and not isinstance(value, bool) and len(text) > limit:
         return f"<an integer of {len(text)} digits>"
+    text = redact.text(text)  # an error line is output too: a URL's password never in it
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
@@ -232,6 +238,17 @@ def _default_probe_targets() -> list[str]:
     if nats:
         targets.append("nats=" + nats.split(",")[0].strip())
     return targets
+
+
+def _bind_address(raw: Any) -> str:
+    """An IP address or a host name (the socket layer fails on anything else with an
+    encoding error, not a reason: a number 4,000 digits long made the run exit 70)."""
+    text = str(raw).strip() if isinstance(raw, str | int) and not isinstance(raw, bool) else ""
+    if not (0 < len(text) <= 253 and re.fullmatch(r"[A-Za-z0-9.:_%-]+", text)) or any(
+        len(label) > 63 for label in text.split(".")
+    ):
+        raise ValueError("an IP address or host name such as 0.0.0.0, 127.0.0.1 or ::")
+    return text
 
 
 def _log_level(raw: Any) -> str:
@@ -601,7 +618,7 @@ def _spec(parser: Callable[[Any], Any], doc: str, secret: bool = False, dyn_env:
 class Config:
     # HTTP server
     listen_host: str = field(
-        default="0.0.0.0", metadata=_spec(str, "Address the sidecar's HTTP server binds.")
+        default="0.0.0.0", metadata=_spec(_bind_address, "Address the sidecar's HTTP server binds.")
     )
     listen_port: int = field(
         default=9469,
@@ -1025,13 +1042,9 @@ class Config:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
             if f.metadata.get("secret") and value:
-                out[f.name] = "<redacted>"
-            elif isinstance(value, str):
-                out[f.name] = redact_url(value)
-            elif isinstance(value, list):
-                out[f.name] = [redact_url(v) if isinstance(v, str) else v for v in value]
+                out[f.name] = redact.REDACTED
             else:
-                out[f.name] = value
+                out[f.name] = redact.value(value)
         return out
 
 
@@ -1053,7 +1066,8 @@ def _parse_field(key: str, raw: Any, origin: str) -> Any:
     try:
         return parser(raw)
     except ValueError as exc:
-        raise ConfigError(key, raw, str(exc), origin) from None
+        shown = redact.REDACTED if FIELDS[key].metadata["secret"] else raw
+        raise ConfigError(key, shown, str(exc), origin) from None
 
 
 def env_name(key: str) -> str:
@@ -1130,12 +1144,10 @@ def closest_key(name: str, spell: Callable[[str], str] = str) -> str:
     return f" (did you mean {spell(found[0])}?)" if found else ""
 
 
-URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
-
-
 def redact_url(text: str) -> str:
-    """Credentials in every URL inside `text` replaced: scheme://<redacted>@host."""
-    return URL_CREDENTIALS.sub(lambda m: m.group("scheme") + "<redacted>@", text)
+    """Credentials in `text` replaced (agent.redact: URL userinfo, secret query parameters
+    and flags, and every credential the sidecar was given)."""
+    return redact.text(text)
 
 
 def _warn(message: str) -> None:
@@ -1184,6 +1196,13 @@ def load_config(
             raw = getattr(config, f.name)
             origin = f"env {f.metadata['dyn_env']}" if f.metadata["dyn_env"] else "default"
         setattr(config, f.name, _parse_field(f.name, raw, origin))
+    # Every credential the sidecar is given is remembered, so that no output shows it, in
+    # whatever text it turns up (agent.redact).
+    redact.remember(
+        *(str(getattr(config, f.name)) for f in dataclasses.fields(Config) if f.metadata["secret"])
+    )
+    redact.remember_values(getattr(config, f.name) for f in dataclasses.fields(Config))
+    redact.remember_environ(environ)
     _check_consistency(config)
     _check_otlp(config, values["otlp_endpoint"][1], environ, warn)
     return config
@@ -1321,6 +1340,7 @@ def value_form(f: dataclasses.Field[Any]) -> str:
     parser = f.metadata["parser"]
     name = getattr(parser, "__qualname__", "")
     for marker, form in (
+        ("_bind_address", "HOST"),
         ("_otlp_endpoint", "URL"),
         ("_otlp_protocol", "CHOICE"),
         ("_seconds", "DURATION"),

@@ -11,6 +11,8 @@ from typing import Any
 
 import structlog
 
+from agent import redact
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 # Dynamo (Rust tracing) spells levels like this.
 _DYNAMO_LEVEL = {
@@ -36,18 +38,26 @@ def _dynamo_fields(logger: Any, method: str, event: dict[str, Any]) -> dict[str,
     return out
 
 
+def _redacted(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Every field of every line through the redactor (agent.redact): a URL with a password,
+    an exporter's error quoting its endpoint, a process's command line."""
+    return redact.value(event)  # type: ignore[no-any-return]
+
+
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or sys.stdout
     use_console = fmt == "console" or (fmt == "auto" and hasattr(stream, "isatty") and stream.isatty())
     processors: list[Any] = [structlog.contextvars.merge_contextvars, structlog.processors.add_log_level]
     if use_console:
         processors += [
+            _redacted,
             structlog.processors.TimeStamper(fmt="%H:%M:%S"),
             structlog.dev.ConsoleRenderer(colors=False),
         ]
     else:
         processors += [
             structlog.processors.format_exc_info,
+            _redacted,
             _dynamo_fields,
             structlog.processors.JSONRenderer(separators=(",", ":")),
         ]
@@ -102,9 +112,11 @@ class LibraryHandler(logging.Handler):
                 return
             fields: dict[str, Any] = {"logger": record.name}
             if record.exc_info and record.exc_info[1] is not None:
-                fields["exception"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"[:500]
+                # Redacted before it is cut: a cut can leave half a URL the patterns miss.
+                exception = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+                fields["exception"] = redact.text(exception)[:500]
             method = {logging.ERROR: "error", logging.CRITICAL: "error"}.get(record.levelno, "warning")
-            getattr(get(record.name), method)(record.getMessage()[:1000], **fields)
+            getattr(get(record.name), method)(redact.text(record.getMessage())[:1000], **fields)
         except Exception:  # logging must never raise into the code that logged
             self.handleError(record)
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from agent import redact
 from agent.diagnose import render
 from agent.facts import LogFacts
 from agent.samples import Labels
@@ -46,8 +47,12 @@ def _sidecar(request: web.Request) -> Sidecar:
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
+    # Every JSON answer goes through the redactor: no credential the sidecar was given or
+    # found (a process's --api-key) is ever served.
     return web.Response(
-        text=json.dumps(data, indent=1, default=str), status=status, content_type="application/json"
+        text=json.dumps(redact.value(data), indent=1, default=str),
+        status=status,
+        content_type="application/json",
     )
 
 
@@ -242,7 +247,7 @@ async def diagnose_handler(request: web.Request) -> web.Response:
         if not raw.isdigit() or int(raw) > 3600:
             return _json({"error": "refresh must be a whole number of seconds from 0 to 3600"}, 400)
         refresh = int(raw)
-    report = sidecar.diagnose_report(window=window, min_severity=severity)
+    report = redact.value(sidecar.diagnose_report(window=window, min_severity=severity))
     if fmt == "text":
         return web.Response(text=render.text(report), content_type="text/plain")
     if fmt == "html":

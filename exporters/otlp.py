@@ -31,7 +31,7 @@ from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerPro
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from agent import __version__
+from agent import __version__, redact
 from agent.config import ConfigError, OtlpOptions, otlp_options, redact_url
 from agent.log import get as get_logger
 from agent.samples import Event, Sample, sample
@@ -301,9 +301,9 @@ class Telemetry:
         )
         attributes = {"dynamo.source": event.source, **_attributes(event.attributes)}
         span.set_attributes(attributes)
-        span.add_event(event.kind, {"message": event.message, **attributes}, timestamp=start)
+        span.add_event(event.kind, {"message": redact.text(event.message), **attributes}, timestamp=start)
         if event.kind in {"health_transition"} and event.attributes.get("to_outcome") not in {None, "ok"}:
-            span.set_status(Status(StatusCode.ERROR, event.message))
+            span.set_status(Status(StatusCode.ERROR, redact.text(event.message)))
         span.end(end_time=start)
 
     def flush(self, timeout: float) -> bool:
@@ -351,12 +351,15 @@ class Telemetry:
 
 
 def _attributes(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Span attributes leave the pod: redacted like every other output (agent.redact)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
-        if isinstance(value, bool | int | float | str):
+        if isinstance(value, str):
+            out[f"dynamo.{key}"] = redact.value({key: value})[key]
+        elif isinstance(value, bool | int | float):
             out[f"dynamo.{key}"] = value
         elif value is not None:
-            out[f"dynamo.{key}"] = str(value)[:500]
+            out[f"dynamo.{key}"] = redact.text(str(value))[:500]
     return out
 
 

@@ -235,7 +235,7 @@ def test_bad_input_is_one_clear_line() -> None:
         ("- just\n- a list\n", "not a Kubernetes object"),
         (
             "kind: DynamoGraphDeployment\nmetadata: {name: g}\nspec: {services: 3}\n",
-            "spec.services is not a mapping",
+            "spec.services: expected a mapping, got an integer",
         ),
     ]
     for text, message in cases:
@@ -244,7 +244,7 @@ def test_bad_input_is_one_clear_line() -> None:
         assert len(out.stderr.strip().splitlines()) == 1 and message in out.stderr, out.stderr
         assert "Traceback" not in out.stderr
     assert audit_cli().returncode == exitcodes.USAGE
-    assert "readable file" in audit_cli("-f", "/nonexistent.yaml").stderr
+    assert "cannot read it: no such file or directory" in audit_cli("-f", "/nonexistent.yaml").stderr
 
 
 # --- capacity ------------------------------------------------------------------------------

@@ -81,6 +81,8 @@ class DynamoSim:
         self._health_template = recorded_json("frontend_health_healthy.json")
         self._worker_health_template = recorded_json("worker_system_health.json")
         self._models_template = recorded_json("frontend_v1_models.json")
+        # The served model's name: a test renames it (a worker restarted as another model).
+        self.model = MODEL
         self.worker_started = time.monotonic()
         self.requests_seen: list[dict[str, str]] = []  # headers of completions, bounded
         self.inflight = 0
@@ -220,7 +222,10 @@ class DynamoSim:
         await self._frontend_gate()
         if not self._worker_serving():
             return self._json(recorded("scenario_worker_sigkill_v1_models.json").strip())
-        return self._json(compact(self._models_template))
+        listing = self._models_template
+        if self.model != MODEL:
+            listing = {**listing, "data": [{**item, "id": self.model} for item in listing["data"]]}
+        return self._json(compact(listing))
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
@@ -254,7 +259,7 @@ class DynamoSim:
         request_type = "stream" if stream else "unary"
         if self.faults.frontend_draining:
             return self._error("Service temporarily unavailable", "Service Unavailable", 503, headers)
-        if model != MODEL and self._worker_serving():
+        if model != self.model and self._worker_serving():
             self._count(endpoint, model, request_type, "error", "not_found")
             self.frontend_metrics.inc(
                 "dynamo_frontend_failures_total", 1.0, **{"class": "NotFound", "reason": "request.not_found"}

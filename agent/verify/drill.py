@@ -19,13 +19,14 @@ import signal
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
 from agent.signals import DynamoNames
+from agent.textsafe import parse_json
 from agent.verify.load import LoadGenerator, LoadSpec, RequestRecord, connection_probe
 
 PHASES = ("standard", "overload", "recovery")
@@ -398,18 +399,28 @@ async def preflight(session: aiohttp.ClientSession, frontend_url: str, model: st
     url = frontend_url + "/v1/models"
     try:
         async with asyncio.timeout(10):
-            async with session.get(url) as response:
+            async with session.get(url, allow_redirects=False) as response:
                 body = await response.content.read(1 << 20)
                 status = response.status
+                location = response.headers.get("Location", "")[:120]
     except TimeoutError:
         raise Unreachable(f"--frontend-url: {url} did not answer within 10s") from None
     except aiohttp.ClientError as exc:
         reason = getattr(exc, "os_error", None) or exc
         raise Unreachable(f"--frontend-url: cannot reach {url}: {str(reason)[:200]}") from None
+    if 300 <= status < 400:
+        # verify talks only to --frontend-url: a redirect elsewhere is not followed.
+        raise Unreachable(
+            f"--frontend-url: {url} answered HTTP {status}, a redirect to {location!r}; "
+            "verify does not follow redirects: give the frontend's own URL"
+        )
     if status != 200:
         raise Unreachable(f"--frontend-url: {url} answered HTTP {status}, not a model list")
+    listing, why = parse_json(body, max_depth=16, text_limit=512)
     try:
-        ids = [str(item["id"]) for item in json.loads(body)["data"]]
+        if why:
+            raise ValueError(why)
+        ids = [str(item["id"]) for item in listing["data"]]
     except (ValueError, KeyError, TypeError):
         raise Unreachable(f"--frontend-url: {url} did not answer with an OpenAI model list") from None
     if model:
@@ -462,27 +473,37 @@ async def _poll_sidecar(
     while True:
         try:
             async with asyncio.timeout(max(2.0, every)):
-                async with session.get(url + "/diagnose", params={"format": "json"}) as response:
+                async with session.get(
+                    url + "/diagnose", params={"format": "json"}, allow_redirects=False
+                ) as response:
                     report = json.loads(await response.content.read(4 << 20))
             if not isinstance(report, dict):
                 raise ValueError("not a report")
             if "findings" not in report:
                 raise ValueError(f"HTTP {response.status}: not a diagnose report")
             findings.observe(clock(), report)
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError, RecursionError) as exc:
             findings.fail(clock(), f"{type(exc).__name__}: {exc}"[:200])
         await asyncio.sleep(every)
 
 
-async def _metrics_snapshot(session: aiohttp.ClientSession, frontend_url: str) -> str:
+async def _metrics_snapshot(
+    session: aiohttp.ClientSession, frontend_url: str, families: Collection[str] = ()
+) -> str | None:
+    """The frontend's /metrics, only the lines of `families` kept (four snapshots of a 32 MiB
+    exposition would otherwise stay in memory for the whole drill); None when it could not be
+    read. An empty text is a reading: before the first request Dynamo has no histogram lines."""
     try:
         async with asyncio.timeout(5):
-            async with session.get(frontend_url + "/metrics") as response:
+            async with session.get(frontend_url + "/metrics", allow_redirects=False) as response:
                 if response.status != 200:
-                    return ""
-                return (await response.content.read(32 << 20)).decode("utf-8", "replace")
+                    return None
+                text = (await response.content.read(32 << 20)).decode("utf-8", "replace")
     except (TimeoutError, aiohttp.ClientError):
-        return ""
+        return None
+    if not families:
+        return text
+    return "\n".join(line for line in text.splitlines() if any(family in line[:200] for family in families))
 
 
 async def run_drill(spec: DrillSpec, progress: Progress | None = None) -> dict[str, Any]:
@@ -503,7 +524,7 @@ async def run_drill(spec: DrillSpec, progress: Progress | None = None) -> dict[s
     commands: list[CommandRun] = []
     command_tasks: list[asyncio.Task[CommandRun]] = []
     bounds: dict[str, tuple[float, float]] = {}
-    snapshots: dict[str, str] = {}
+    snapshots: dict[str, str | None] = {}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as control:
         model = await preflight(control, spec.load.frontend_url, spec.load.model)
         load_spec = LoadSpec(**{**spec.load.__dict__, "model": model})
@@ -515,7 +536,8 @@ async def run_drill(spec: DrillSpec, progress: Progress | None = None) -> dict[s
         stragglers: list[asyncio.Task[None]] = []
         try:
             async with LoadGenerator(load_spec, spec.max_requests, clock) as load:
-                snapshots["start"] = await _metrics_snapshot(control, spec.load.frontend_url)
+                families = list(histograms.values())
+                snapshots["start"] = await _metrics_snapshot(control, spec.load.frontend_url, families)
                 for phase in PHASES:
                     start = clock()
                     end = start + spec.phase_seconds[phase]
@@ -548,7 +570,7 @@ async def run_drill(spec: DrillSpec, progress: Progress | None = None) -> dict[s
                         # fault kills is the fault's, not a blemish on the standard phase.
                         await asyncio.wait(stragglers, timeout=spec.load.request_timeout + 1)
                         stragglers = [task for task in stragglers if not task.done()]
-                    snapshots[phase] = await _metrics_snapshot(control, spec.load.frontend_url)
+                    snapshots[phase] = await _metrics_snapshot(control, spec.load.frontend_url, families)
                 if stragglers:
                     await asyncio.wait(stragglers, timeout=spec.load.request_timeout + 1)
                 # One more look so a finding raised by the last requests is not missed.
@@ -577,7 +599,7 @@ def build_report(
     bounds: dict[str, tuple[float, float]],
     findings: FindingLog,
     commands: list[CommandRun],
-    snapshots: dict[str, str],
+    snapshots: dict[str, str | None],
     histograms: dict[str, str],
     wall_origin: float,
 ) -> dict[str, Any]:
@@ -594,11 +616,12 @@ def build_report(
         if spec.sidecar_url:
             stats["sidecar_reads"] = findings.reads(start, end)
         dynamo: dict[str, Any] = {}
-        if snapshots.get(previous) and snapshots.get(phase):
+        earlier, later = snapshots.get(previous), snapshots.get(phase)
+        if earlier is not None and later is not None:
             for key, family in histograms.items():
                 compared = compare_histogram(
-                    histogram_buckets(snapshots[previous], family, model),
-                    histogram_buckets(snapshots[phase], family, model),
+                    histogram_buckets(earlier, family, model),
+                    histogram_buckets(later, family, model),
                     stats[f"{key}_seconds"],
                 )
                 if compared is not None:

@@ -10,13 +10,23 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from array import array
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
+from agent.textsafe import parse_json
+
 PROMPT = "Count from one to twenty, one number per line."
 MAX_BODY = 1 << 20  # one answer; a bigger one is cut and judged on what arrived
+MAX_EVENT_DEPTH = 32  # an OpenAI chunk nests 5 levels; a deeper one used to crash the drill
+# Token chunks a stream may carry per max_tokens asked for (and a few more for role, usage
+# and finish chunks). A frontend that streams far more ignores max_tokens: the request is a
+# bad response, and the stream is left there, so each request's time and memory stay bounded
+# (a flooding frontend took verify to 465 MB keeping every gap).
+CHUNKS_PER_TOKEN = 4
+EXTRA_CHUNKS = 16
 
 OK = "ok"
 TIMEOUT = "timeout"
@@ -35,7 +45,9 @@ class RequestRecord:
     outcome: str = OK
     status: int = 0
     ttft: float | None = None
-    gaps: list[float] = field(default_factory=list)  # between consecutive token chunks
+    # Between consecutive token chunks; 8 bytes each, at most CHUNKS_PER_TOKEN * max_tokens +
+    # EXTRA_CHUNKS of them.
+    gaps: array[float] = field(default_factory=lambda: array("d"))
     tokens: int = 0
     error: str = ""
 
@@ -96,12 +108,17 @@ def _usage_tokens(payload: dict[str, Any]) -> int | None:
     return None
 
 
-async def _read_stream(response: aiohttp.ClientResponse, record: RequestRecord, clock: Any) -> None:
-    """Reads SSE events as they arrive, timing the first token and the gaps between tokens."""
+async def _read_stream(
+    response: aiohttp.ClientResponse, record: RequestRecord, clock: Any, max_tokens: int = 16
+) -> None:
+    """Reads SSE events as they arrive, timing the first token and the gaps between tokens.
+    Bounded: MAX_BODY bytes, events parsed within MAX_EVENT_DEPTH, at most
+    CHUNKS_PER_TOKEN * max_tokens + EXTRA_CHUNKS token chunks."""
     buffer = b""
     size = 0
     last_token_at: float | None = None
     chunks_with_text = 0
+    max_chunks = CHUNKS_PER_TOKEN * max_tokens + EXTRA_CHUNKS
     usage: int | None = None
     done = False
     async for piece in response.content.iter_any():
@@ -110,19 +127,22 @@ async def _read_stream(response: aiohttp.ClientResponse, record: RequestRecord, 
             record.outcome, record.error = BAD_RESPONSE, f"answer larger than {MAX_BODY} bytes"
             return
         buffer += piece
-        while b"\n\n" in buffer:
-            event, buffer = buffer.split(b"\n\n", 1)
-            for line in event.decode("utf-8", "replace").splitlines():
-                if not line.startswith("data:"):
+        start = 0
+        while True:  # by offset: splitting the rest off each time is quadratic in the events
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                break
+            event, start = buffer[start:end], end + 2
+            for line in event.split(b"\n"):
+                if not line.startswith(b"data:"):
                     continue
                 payload = line[5:].strip()
-                if payload == "[DONE]":
+                if payload == b"[DONE]":
                     done = True
                     continue
-                try:
-                    chunk = json.loads(payload)
-                except ValueError:
-                    record.outcome, record.error = BAD_RESPONSE, "a stream event is not JSON"
+                chunk, why = parse_json(payload, max_depth=MAX_EVENT_DEPTH)
+                if why:
+                    record.outcome, record.error = BAD_RESPONSE, f"a stream event is not usable JSON: {why}"
                     return
                 if not isinstance(chunk, dict):
                     continue
@@ -134,11 +154,17 @@ async def _read_stream(response: aiohttp.ClientResponse, record: RequestRecord, 
                 if _chunk_text(chunk):
                     now = clock()
                     chunks_with_text += 1
+                    if chunks_with_text > max_chunks:
+                        record.tokens = chunks_with_text
+                        record.outcome = BAD_RESPONSE
+                        record.error = f"more than {max_chunks} token chunks for max_tokens={max_tokens}"
+                        return
                     if last_token_at is None:
                         record.ttft = now - record.start
                     else:
                         record.gaps.append(now - last_token_at)
                     last_token_at = now
+        buffer = buffer[start:]
     record.tokens = usage if usage is not None else chunks_with_text
     if not done:
         record.outcome, record.error = BAD_RESPONSE, "stream ended without [DONE]"
@@ -153,22 +179,29 @@ async def send(session: aiohttp.ClientSession, spec: LoadSpec, phase: str, clock
     headers = {"x-request-id": f"verify-{uuid.uuid4()}", "Content-Type": "application/json"}
     try:
         async with asyncio.timeout(spec.request_timeout):
-            async with session.post(spec.frontend_url + path, json=_body(spec), headers=headers) as response:
+            # Never redirected: verify talks only to --frontend-url (a redirect to another host
+            # was followed, 740 times over a drill).
+            async with session.post(
+                spec.frontend_url + path, json=_body(spec), headers=headers, allow_redirects=False
+            ) as response:
                 record.status = response.status
-                if response.status != 200:
+                if 300 <= response.status < 400:
+                    record.outcome = f"http_{response.status}"
+                    location = response.headers.get("Location", "")[:120]
+                    record.error = (
+                        f"redirect to {location!r} not followed (verify talks only to --frontend-url)"
+                    )
+                elif response.status != 200:
                     record.outcome = f"http_{response.status}"
                     record.error = (await response.content.read(300)).decode("utf-8", "replace")
                 elif spec.stream:
-                    await _read_stream(response, record, clock)
+                    await _read_stream(response, record, clock, spec.max_tokens)
                 else:
                     raw = await response.content.read(MAX_BODY)
-                    try:
-                        payload = json.loads(raw)
-                        text = _chunk_text(payload) if isinstance(payload, dict) else ""
-                        if not text and not (isinstance(payload, dict) and payload.get("choices")):
-                            raise ValueError("no choices")
-                    except ValueError as exc:
-                        record.outcome, record.error = BAD_RESPONSE, f"unusable body: {exc}"
+                    payload, why = parse_json(raw, max_depth=MAX_EVENT_DEPTH)
+                    text = _chunk_text(payload) if isinstance(payload, dict) else ""
+                    if why or (not text and not (isinstance(payload, dict) and payload.get("choices"))):
+                        record.outcome, record.error = BAD_RESPONSE, f"unusable body: {why or 'no choices'}"
                     else:
                         record.ttft = clock() - record.start  # the whole answer is the first token
                         record.tokens = _usage_tokens(payload) or 1
@@ -178,6 +211,10 @@ async def send(session: aiohttp.ClientSession, spec: LoadSpec, phase: str, clock
         record.outcome = BAD_RESPONSE if record.status else CONNECT_ERROR
         record.error = f"{type(exc).__name__}: {exc}"[:200]
     except aiohttp.ClientError as exc:
+        record.outcome, record.error = BAD_RESPONSE, f"{type(exc).__name__}: {exc}"[:200]
+    except (ValueError, RecursionError, UnicodeError) as exc:
+        # Whatever else a hostile answer triggers is that request's bad response: the drill
+        # goes on and its report is written.
         record.outcome, record.error = BAD_RESPONSE, f"{type(exc).__name__}: {exc}"[:200]
     record.end = clock()
     return record

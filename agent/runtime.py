@@ -203,6 +203,7 @@ class Sidecar:
         self.signals = Signals(window=config.signal_window)
         self._signal_inputs: tuple[float | None, float | None] = (None, None)
         self._signal_samples: list[Sample] = []
+        self._cycle_signals: tuple[Signals, float] | None = None  # this render's, with their time
         self.draining = False
         self.started_monotonic = time.monotonic()
         self._renderer: asyncio.Task[None] | None = None
@@ -241,7 +242,11 @@ class Sidecar:
         inputs = (self.state.latest_time.get("dynamo_metrics"), self.state.latest_time.get("tcp"))
         if inputs != self._signal_inputs:
             self._signal_inputs = inputs
-            self.signals = compute(self.state, self.names, self.config.signal_window)
+            now = time.time()
+            self.signals = compute(self.state, self.names, self.config.signal_window, now)
+            # The cycle's findings evaluation right after this render reuses them (as of
+            # `now`) rather than computing the same signals again: half its cost.
+            self._cycle_signals = (self.signals, now)
             self._signal_samples = self.signals.to_samples() + self._slo_samples()
         out = list(self._signal_samples)
         out.append(sample("dynamo_sidecar_ready", 1 if self.ready else 0))
@@ -296,14 +301,21 @@ class Sidecar:
     def ready(self) -> bool:
         return self.scheduler.first_cycle_done.is_set() and not self.draining
 
-    def _diagnose_context(self, window: float | None = None) -> Context:
+    def _diagnose_context(
+        self, window: float | None = None, signals: tuple[Signals, float] | None = None
+    ) -> Context:
+        """The rules' view now, or as of the moment `signals` (computed then) were."""
+        if signals is None:
+            now = time.time()
+            signals = (compute(self.state, self.names, self.config.signal_window, now), now)
         return Context(
             self.state,
             self.config,
-            compute(self.state, self.names, self.config.signal_window),
+            signals[0],
             window=window or self.config.history_window,
             names=self.names,
             draining=self.draining,
+            now=signals[1],
         )
 
     def diagnose_report(self, window: float | None = None, min_severity: str = "info") -> dict[str, Any]:
@@ -317,9 +329,12 @@ class Sidecar:
         )
 
     def evaluate_findings(self) -> None:
-        """One evaluation into the lifecycle, once per collection cycle."""
+        """One evaluation into the lifecycle, once per collection cycle: as of this cycle's
+        render when it computed the signals (the same result as computing them again at
+        that moment), else now."""
+        signals, self._cycle_signals = self._cycle_signals, None
         try:
-            evaluate(self._diagnose_context(), lifecycle=self.lifecycle)
+            evaluate(self._diagnose_context(signals=signals), lifecycle=self.lifecycle)
         except Exception as exc:  # the report path shows rule errors; this must not stop renders
             log.warning("findings evaluation failed", error=repr(exc)[:300])
 

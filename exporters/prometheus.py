@@ -401,6 +401,11 @@ class PrometheusExporter:
 
         return job
 
+    @property
+    def rendered(self) -> bool:
+        """Whether a body is cached (the first scrape renders one otherwise)."""
+        return self._rendered_generation >= 0
+
     def render_if_stale(self) -> None:
         if self._rendered_generation != self.state.generation:
             self.render()

@@ -987,6 +987,10 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
             continue
         if ctx.probe(endpoint).outcome in {"refused", "timeout"} or ctx.starting(endpoint):
             continue  # the endpoint itself is down, or not up yet: those findings say it
+        if fact.reason == "refused":
+            # /metrics and the health path share the port: closed, endpoint_refused says it
+            # once the health probe runs (the scrape may see the closed port first).
+            continue
         view = ctx.health.endpoints.get(endpoint)
         kind = view.kind if view is not None else ""
         if view is not None and ctx.scrapes.time <= view.first_ok_at:

@@ -90,3 +90,35 @@ async def test_speed_up_wakes_collectors_now() -> None:
         await wait_for(lambda: good.runs >= 4, timeout=5, what="faster runs")
     finally:
         await scheduler.stop()
+
+
+class Stamps(Collector):
+    """Records when each of its runs started."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        super().__init__(interval=interval, timeout=1)
+        self.name = name
+        self.starts: list[float] = []
+
+    async def collect(self) -> CollectResult:
+        self.starts.append(asyncio.get_running_loop().time())
+        return CollectResult()
+
+
+async def test_collectors_sharing_an_interval_run_together() -> None:
+    """One timer: collectors due together start in the same wake-up, every cycle (each with
+    its own timer and jitter, they drift apart by tens of milliseconds within a few cycles),
+    and a collector with twice the interval joins every other cycle."""
+    state = State()
+    a, b, slow = Stamps("a", 0.3), Stamps("b", 0.3), Stamps("slow", 0.6)
+    scheduler = Scheduler([a, b, slow], state, jitter=0.1)
+    scheduler.start()
+    try:
+        await wait_for(lambda: len(a.starts) >= 5 and len(b.starts) >= 5, timeout=10, what="5 cycles")
+    finally:
+        await scheduler.stop()
+    for first, second in zip(a.starts[:5], b.starts[:5], strict=True):
+        assert abs(first - second) < 0.02, (a.starts, b.starts)
+    assert len(slow.starts) >= 2
+    for start in slow.starts:
+        assert min(abs(start - other) for other in a.starts) < 0.02, (slow.starts, a.starts)

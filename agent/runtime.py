@@ -10,10 +10,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
 from opentelemetry.trace import Status, StatusCode
 
 from agent import __version__
@@ -27,7 +26,7 @@ from agent.diagnose.engine import RuleHealth, evaluate
 from agent.diagnose.lifecycle import Lifecycle
 from agent.drain import DrainCoordinator, DrainSummary
 from agent.facts import ProcessFacts
-from agent.httpguard import ConnectionLimiter, GuardedSite
+from agent.httpguard import ConnectionLimiter
 from agent.log import get as get_logger
 from agent.membudget import budget, own_memory_limit
 from agent.samples import Sample, sample
@@ -45,6 +44,9 @@ from collectors.process import ProcessCollector, ProcessFinder
 from collectors.tcp import TcpCollector, parse_probe_target
 from exporters.otlp import Telemetry
 from exporters.prometheus import PrometheusExporter
+
+if TYPE_CHECKING:
+    from agent.server import HttpThread
 
 log = get_logger("dynamo_sidecar.runtime")
 
@@ -207,10 +209,14 @@ class Sidecar:
         self.signals = Signals(window=config.signal_window)
         self._signal_inputs: tuple[float | None, float | None] = (None, None)
         self._signal_samples: list[Sample] = []
+        self._cycle_signals: tuple[Signals, float] | None = None  # this render's, with their time
         self.draining = False
         self.started_monotonic = time.monotonic()
         self._renderer: asyncio.Task[None] | None = None
-        self._runner: web.AppRunner | None = None
+        self._http: HttpThread | None = None
+        # The main event loop, where state is read and changed; the HTTP server runs on its
+        # own (agent/server.py) and hands every handler but /metrics over to this one.
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.port: int = 0
         self.stopped = asyncio.Event()
         self.drain = DrainCoordinator(self)
@@ -246,7 +252,11 @@ class Sidecar:
         inputs = (self.state.latest_time.get("dynamo_metrics"), self.state.latest_time.get("tcp"))
         if inputs != self._signal_inputs:
             self._signal_inputs = inputs
-            self.signals = compute(self.state, self.names, self.config.signal_window)
+            now = time.time()
+            self.signals = compute(self.state, self.names, self.config.signal_window, now)
+            # The cycle's findings evaluation right after this render reuses them (as of
+            # `now`) rather than computing the same signals again: half its cost.
+            self._cycle_signals = (self.signals, now)
             self._signal_samples = self.signals.to_samples() + self._slo_samples()
         out = list(self._signal_samples)
         out.append(sample("dynamo_sidecar_ready", 1 if self.ready else 0))
@@ -302,14 +312,21 @@ class Sidecar:
     def ready(self) -> bool:
         return self.scheduler.first_cycle_done.is_set() and not self.draining
 
-    def _diagnose_context(self, window: float | None = None) -> Context:
+    def _diagnose_context(
+        self, window: float | None = None, signals: tuple[Signals, float] | None = None
+    ) -> Context:
+        """The rules' view now, or as of the moment `signals` (computed then) were."""
+        if signals is None:
+            now = time.time()
+            signals = (compute(self.state, self.names, self.config.signal_window, now), now)
         return Context(
             self.state,
             self.config,
-            compute(self.state, self.names, self.config.signal_window),
+            signals[0],
             window=window or self.config.history_window,
             names=self.names,
             draining=self.draining,
+            now=signals[1],
         )
 
     def diagnose_report(self, window: float | None = None, min_severity: str = "info") -> dict[str, Any]:
@@ -324,9 +341,14 @@ class Sidecar:
         )
 
     def evaluate_findings(self) -> None:
-        """One evaluation into the lifecycle, once per collection cycle."""
+        """One evaluation into the lifecycle, once per collection cycle: as of this cycle's
+        render when it computed the signals (the same result as computing them again at
+        that moment), else now."""
+        signals, self._cycle_signals = self._cycle_signals, None
         try:
-            evaluate(self._diagnose_context(), lifecycle=self.lifecycle, health=self.rule_health)
+            evaluate(
+                self._diagnose_context(signals=signals), lifecycle=self.lifecycle, health=self.rule_health
+            )
         except Exception as exc:  # the report path shows rule errors; this must not stop renders
             log.warning("findings evaluation failed", error=repr(exc)[:300])
 
@@ -404,35 +426,19 @@ class Sidecar:
             self.evaluate_findings()
 
     async def start(self) -> None:
-        from agent.server import make_app
+        from agent.server import HttpThread
 
-        # A collector thread running Python holds the GIL until the interpreter asks it to
-        # let go, every switch interval (5 ms by default): a scrape arriving meanwhile waits
-        # that long. 1 ms bounds the wait; the extra hand-offs happen only under contention.
+        # A thread running Python (the main loop's render, a collector) holds the GIL until
+        # the interpreter asks it to let go, every switch interval (5 ms by default): a scrape
+        # arriving on the HTTP thread meanwhile waits that long. 1 ms bounds the wait; the
+        # extra hand-offs happen only under contention.
         sys.setswitchinterval(SWITCH_INTERVAL)
         self.scheduler.start()
         self.canary.start()
         self._renderer = asyncio.create_task(self._render_loop(), name="renderer")
-        self._runner = web.AppRunner(
-            make_app(self),
-            access_log=None,
-            shutdown_timeout=1.0,  # part of the exit budget (see stop())
-            # Idle keep-alive, and (aiohttp >= 3.14) a connection that never completes a
-            # request: both closed after this long.
-            keepalive_timeout=self.config.http_idle_timeout,
-            max_line_size=8190,
-            max_field_size=8190,
-        )
-        await self._runner.setup()
-        site = GuardedSite(
-            self._runner,
-            self.config.listen_host,
-            self.config.listen_port,
-            self.connections,
-            reuse_address=True,
-        )
-        await site.start()
-        self.port = self._runner.addresses[0][1]
+        self.loop = asyncio.get_running_loop()
+        self._http = HttpThread(self)
+        self.port = await self._http.start()
         log.info(
             "sidecar listening",
             host=self.config.listen_host,
@@ -447,8 +453,8 @@ class Sidecar:
             self._renderer.cancel()
             await asyncio.gather(self._renderer, return_exceptions=True)
         await self.scheduler.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.stop()
         # An OTLP receiver that is down can hold the exporter's shutdown in retries for many
         # seconds: it runs on a daemon thread and is waited for at most flush_timeout.
         done = asyncio.Event()

@@ -1,4 +1,11 @@
-"""The sidecar's one HTTP surface: /metrics, /healthz, /readyz, /status, /diagnose."""
+"""The sidecar's one HTTP surface: /metrics, /healthz, /readyz, /status, /diagnose.
+
+The server runs on its own thread and event loop (HttpThread): a scrape of /metrics is
+answered there from the exposition's cached bytes (immutable, replaced whole by each render),
+never waiting behind a render step, a state update or a rule evaluation on the main loop.
+Every other handler reads or changes the sidecar's state, so it runs on the main loop, the
+only one that touches it: the HTTP loop hands the request over and awaits the answer.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +14,9 @@ import hmac
 import json
 import math
 import re
+import threading
 import time
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -15,6 +24,7 @@ from aiohttp import web
 from agent import redact
 from agent.diagnose import render
 from agent.facts import LogFacts
+from agent.httpguard import GuardedSite
 from agent.samples import Labels
 from agent.state import SeriesRing
 from exporters.prometheus import negotiate
@@ -56,8 +66,29 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
-async def metrics(request: web.Request) -> web.Response:
+Handler = Callable[[web.Request], Coroutine[Any, Any, web.StreamResponse]]
+
+
+def on_main_loop(handler: Handler) -> Handler:
+    """The handler run on the sidecar's main loop, whichever loop received the request (the
+    request is only read there while this loop waits for the answer)."""
+
+    async def run(request: web.Request) -> web.StreamResponse:
+        main = _sidecar(request).loop
+        if main is None or main is asyncio.get_running_loop():
+            return await handler(request)
+        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(handler(request), main))
+
+    run.__name__ = handler.__name__
+    return run
+
+
+async def metrics(request: web.Request) -> web.StreamResponse:
     sidecar = _sidecar(request)
+    main = sidecar.loop
+    if not sidecar.exporter.rendered and main is not None and main is not asyncio.get_running_loop():
+        # The very first scrape renders: that is the main loop's work.
+        return await on_main_loop(metrics)(request)
     fmt = negotiate(request.headers.get("Accept", ""))
     use_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
     exporter = sidecar.exporter
@@ -331,13 +362,77 @@ def make_app(sidecar: Sidecar) -> web.Application:
     app[SIDECAR_KEY] = sidecar
     app[HISTORY_SLOTS] = asyncio.Semaphore(HISTORY_AT_ONCE)
     app.router.add_get("/", index)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/status", status)
-    app.router.add_get("/history", history)
-    app.router.add_get("/canaryz", canaryz)
-    app.router.add_get("/diagnose", diagnose_handler)
-    app.router.add_post("/drain", drain)
-    app.router.add_get("/diagnose/request/{x_request_id}", request_lines)
+    app.router.add_get("/metrics", metrics)  # on the loop that received it: cached bytes
+    # /healthz too answers from the main loop: its answer says that loop is responsive.
+    app.router.add_get("/healthz", on_main_loop(healthz))
+    app.router.add_get("/readyz", on_main_loop(readyz))
+    app.router.add_get("/status", on_main_loop(status))
+    app.router.add_get("/history", on_main_loop(history))
+    app.router.add_get("/canaryz", on_main_loop(canaryz))
+    app.router.add_get("/diagnose", on_main_loop(diagnose_handler))
+    app.router.add_post("/drain", on_main_loop(drain))
+    app.router.add_get("/diagnose/request/{x_request_id}", on_main_loop(request_lines))
     return app
+
+
+class HttpThread:
+    """The sidecar's HTTP server on a thread of its own, with its own event loop. Started and
+    stopped from the main loop; the connection limiter (agent/httpguard.py) lives on the
+    HTTP loop, the main loop only reads its counters."""
+
+    def __init__(self, sidecar: Sidecar) -> None:
+        self.sidecar = sidecar
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+        self._runner: web.AppRunner | None = None
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_forever()
+            self.loop.run_until_complete(self.loop.shutdown_default_executor())
+        finally:
+            self.loop.close()
+
+    def _call(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """Run a coroutine on the HTTP loop; awaitable from the main loop."""
+        return asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self.loop))
+
+    async def start(self) -> int:
+        """Listen; the port bound."""
+        self._thread.start()
+        try:
+            return int(await self._call(self._setup()))
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _setup(self) -> int:
+        sidecar = self.sidecar
+        config = sidecar.config
+        self._runner = web.AppRunner(
+            make_app(sidecar),
+            access_log=None,
+            shutdown_timeout=1.0,  # part of the exit budget (see Sidecar.stop())
+            # Idle keep-alive, and (aiohttp >= 3.14) a connection that never completes a
+            # request: both closed after this long.
+            keepalive_timeout=config.http_idle_timeout,
+            max_line_size=8190,
+            max_field_size=8190,
+        )
+        await self._runner.setup()
+        site = GuardedSite(
+            self._runner, config.listen_host, config.listen_port, sidecar.connections, reuse_address=True
+        )
+        await site.start()
+        return int(self._runner.addresses[0][1])
+
+    async def stop(self) -> None:
+        """Graceful: in-flight requests get the runner's shutdown timeout; then the loop ends."""
+        if not self._thread.is_alive():
+            return
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await self._call(runner.cleanup())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        await asyncio.to_thread(self._thread.join, 10)

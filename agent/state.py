@@ -440,6 +440,9 @@ class State:
         self.history_kept = 0  # rings held
         self.history_refused = 0  # admitted series whose history the budget did not keep
         self._unkept: set[SeriesKey] = set()
+        # collector -> (its latest result, that result's sample list, samples by name): find()
+        # is a lookup, not a walk over every latest sample (Dynamo's ~1,500 and the GPUs').
+        self._by_name: dict[str, tuple[CollectResult, list[Sample], dict[str, list[Sample]]]] = {}
 
     # --- writes ---------------------------------------------------------------------
     def register_collector(self, name: str, interval: float, timeout: float) -> CollectorStatus:
@@ -591,9 +594,32 @@ class State:
             for family in result.families:
                 yield collector, family
 
+    def _named(self, collector: str, result: CollectResult) -> dict[str, list[Sample]]:
+        """The result's samples by name, built once per result (update() gives every result
+        a new sample list, so a result updated again is indexed again)."""
+        cached = self._by_name.get(collector)
+        if cached is not None and cached[0] is result and cached[1] is result.samples:
+            return cached[2]
+        index: dict[str, list[Sample]] = {}
+        for item in self._all_samples(result):
+            index.setdefault(item.name, []).append(item)
+        self._by_name[collector] = (result, result.samples, index)
+        return index
+
     def find(self, name: str, collector: str | None = None, **labels: str) -> list[Sample]:
+        """The latest samples of `name` having these labels, in the order samples() gives."""
         wanted = set(labels.items())
-        return [s for s in self.samples(collector) if s.name == name and wanted <= set(s.labels)]
+        # The named collector; none when it has no result yet; every one for None or "".
+        collectors = [collector] if collector in self.latest else [] if collector else list(self.latest)
+        out: list[Sample] = []
+        for source in collectors:
+            result = self.latest.get(source)
+            if result is None:
+                continue
+            for item in self._named(source, result).get(name, ()):
+                if not wanted or wanted <= set(item.labels):
+                    out.append(item)
+        return out
 
     def value(
         self, name: str, collector: str | None = None, default: float | None = None, **labels: str

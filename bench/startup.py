@@ -1,6 +1,8 @@
-"""Start-up: seconds from exec to the first `/readyz` 200 (every collector has run once), and to
-the first `/metrics` that carries Dynamo's series, watching the simulator with every collector
-on (8 fake GPUs when gcc exists). Also the interpreter and imports alone, as the floor.
+"""Start-up: seconds from exec to the first `/readyz` 200 (every collector has run once), to
+the first `/metrics` that carries Dynamo's series and to the first complete `/diagnose` (every
+collector read: nothing under `unread`), watching the simulator with every collector on (8 fake
+GPUs when gcc exists). Also the interpreter and imports alone, as the floor, and where the
+import time goes (`python -X importtime`, self time summed by top-level package).
 
     python bench/startup.py            # 5 runs
     python bench/startup.py --runs 10
@@ -11,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import statistics
 import subprocess
@@ -47,15 +50,37 @@ def one_run(ports: dict[str, int], env: dict[str, str]) -> dict[str, float]:
             if http_get(base + "/readyz", timeout=1)[0] == 200:
                 out["ready"] = time.monotonic() - started
             time.sleep(0.01)
-        while time.monotonic() < deadline:
-            status, body = http_get(base + "/metrics", timeout=2)
-            if status == 200 and b"dynamo_frontend_requests_total" in body:
-                out["dynamo_series"] = time.monotonic() - started
-                break
+        while time.monotonic() < deadline and ("dynamo_series" not in out or "diagnose" not in out):
+            if "dynamo_series" not in out:
+                status, body = http_get(base + "/metrics", timeout=2)
+                if status == 200 and b"dynamo_frontend_requests_total" in body:
+                    out["dynamo_series"] = time.monotonic() - started
+            if "diagnose" not in out:
+                status, body = http_get(base + "/diagnose", timeout=5)
+                if status == 200 and not json.loads(body).get("unread", ["?"]):
+                    out["diagnose"] = time.monotonic() - started
             time.sleep(0.01)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
+    return out
+
+
+def import_breakdown(env: dict[str, str], top: int = 12) -> dict[str, float]:
+    """Milliseconds of import self time by top-level package, for the modules `run` imports."""
+    err = subprocess.run(
+        [PYTHON, "-X", "importtime", "-c", "import agent.cli, agent.runtime, agent.server"],
+        capture_output=True, text=True, check=True, env=env,
+    ).stderr  # fmt: skip
+    totals: dict[str, float] = {}
+    for line in err.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)", line)
+        if match:
+            package = match.group(2).split(".")[0]
+            totals[package] = totals.get(package, 0.0) + int(match.group(1)) / 1000
+    ranked = sorted(totals.items(), key=lambda kv: -kv[1])
+    out = {name: round(ms, 1) for name, ms in ranked[:top]}
+    out["(all)"] = round(sum(totals.values()), 1)
     return out
 
 
@@ -83,6 +108,8 @@ def run(runs: int) -> dict[str, Any]:
         "first_healthz_seconds": summary([r["listening"] for r in results if "listening" in r]),
         "first_readyz_seconds": summary([r["ready"] for r in results if "ready" in r]),
         "first_dynamo_series_seconds": summary([r["dynamo_series"] for r in results if "dynamo_series" in r]),
+        "first_complete_diagnose_seconds": summary([r["diagnose"] for r in results if "diagnose" in r]),
+        "import_ms_by_package": import_breakdown(env),
         "fake_gpus": 8 if "FAKE_NVML_STATE" in env else 0,
     }
 

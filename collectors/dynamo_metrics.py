@@ -175,12 +175,20 @@ def _worker_ids(families: list[Family]) -> list[str]:
 
 
 def _merge(families: list[Family]) -> list[Family]:
+    """One family per name. The families given are never changed: they may be a parse the
+    collector remembers for the next scrape (a name split in two blocks is merged into a copy)."""
     merged: dict[str, Family] = {}
+    copied: set[str] = set()
     for family in families:
         existing = merged.get(family.name)
         if existing is None:
             merged[family.name] = family
         elif existing.type == family.type:
+            if family.name not in copied:
+                copied.add(family.name)
+                existing = merged[family.name] = Family(
+                    existing.name, existing.type, existing.help, list(existing.samples)
+                )
             existing.samples.extend(family.samples)
     return list(merged.values())
 
@@ -207,6 +215,9 @@ class DynamoMetricsCollector(Collector):
         # endpoint -> sample line -> its parse
         self._lines: dict[str, LineCache[Sample]] = {t.endpoint: LineCache() for t in targets}
         self._parsed: dict[str, dict[str, list[Family]]] = {}  # endpoint -> family text -> parse
+        # endpoint -> (body, its split): an idle frontend's 80 KB exposition is the same bytes
+        # scrape after scrape; an unchanged body skips the split, check and parse.
+        self._last: dict[str, tuple[str, tuple[list[RawFamily], list[Family], int]]] = {}
         self.metrics_path = metrics_path
         self.http_timeout = http_timeout
         self.max_bytes = max_bytes
@@ -286,8 +297,12 @@ class DynamoMetricsCollector(Collector):
         return result
 
     def _split(self, endpoint: str, text: str, budget: Budget) -> tuple[list[RawFamily], list[Family], int]:
-        """(checked families, the wanted ones parsed, lines dropped). A wanted family whose
-        text is unchanged since the last scrape is not parsed again."""
+        """(checked families, the wanted ones parsed, lines dropped). A body unchanged since
+        the last scrape is that scrape's split; a wanted family whose text is unchanged is not
+        parsed again."""
+        last = self._last.get(endpoint)
+        if last is not None and last[0] == text:
+            return last[1]
         raw, stray = self._splitters[endpoint].split(text)
         budget.spend(sum(f.lines for f in raw))
         known = self._parsed.get(endpoint, {})
@@ -307,7 +322,9 @@ class DynamoMetricsCollector(Collector):
             families.extend(found)
         self._parsed[endpoint] = parsed
         lines.trim(sum(f.lines for f in raw))
-        return raw, _merge(families), stray + sum(f.dropped for f in raw)
+        out = (raw, _merge(families), stray + sum(f.dropped for f in raw))
+        self._last[endpoint] = (text, out)
+        return out
 
     def _count_error(self, endpoint: str, reason: str) -> None:
         self._errors[(endpoint, reason)] = self._errors.get((endpoint, reason), 0) + 1

@@ -11,7 +11,12 @@ import pytest
 from tests.helpers import ROOT
 
 BENCH = sorted((ROOT / "bench").glob("*.py"))
-NEEDS = {"quantile_agreement.py": "prometheus", "gpu.py": "gcc", "scrape.py": "wrk"}
+NEEDS = {
+    "quantile_agreement.py": "prometheus",
+    "gpu.py": "gcc",
+    "scrape.py": "wrk",
+    "exporter_stack.py": "prometheus-blackbox-exporter",  # and the process exporter (.ci/run)
+}
 
 
 @pytest.mark.slow

@@ -94,7 +94,7 @@ async def test_speed_up_wakes_collectors_now() -> None:
 
 
 class Fatal(BaseException):
-    """Not an Exception: the collector loop does not catch it, so the loop task ends."""
+    """Not an Exception: what a collector's own code must never carry into the timer."""
 
 
 class Dies(Collector):
@@ -102,18 +102,90 @@ class Dies(Collector):
 
     def __init__(self) -> None:
         super().__init__(interval=0.05, timeout=1)
+        self.runs = 0
 
     async def collect(self) -> CollectResult:
-        raise Fatal("the loop cannot survive this")
+        self.runs += 1
+        raise Fatal("a BaseException from the collector's own code")
 
 
-async def test_a_dead_collector_loop_is_named_and_healthz_fails(make_sidecar, http) -> None:
+async def test_a_collector_raising_a_base_exception_fails_its_run_and_is_run_again(
+    make_sidecar, http
+) -> None:
     from tests.helpers import base_url, get_text
 
-    good = Good()
-    sidecar = await make_sidecar(collectors=[good, Dies()])
-    assert await wait_for(lambda: sidecar.scheduler.dead_tasks() == ["collector:dies"], what="dead loop")
+    good, dies = Good(), Dies()
+    sidecar = await make_sidecar(collectors=[good, dies])
+    await wait_for(lambda: dies.runs >= 3, what="the failing collector run again")
+    status = sidecar.state.collectors["dies"]
+    assert (status.last_success, status.last_error) == (
+        False,
+        "Fatal: a BaseException from the collector's own code",
+    )
     runs = good.runs
     await wait_for(lambda: good.runs > runs, what="the other collector still running")
-    status, body = await get_text(http, base_url(sidecar) + "/healthz")
-    assert (status, json.loads(body)) == (503, {"status": "unhealthy", "dead_tasks": ["collector:dies"]})
+    assert sidecar.scheduler.dead_tasks() == []
+    code, body = await get_text(http, base_url(sidecar) + "/healthz")
+    assert (code, json.loads(body)["status"]) == (200, "ok")
+
+
+class BreaksTheTimer(Good):
+    """Its interval, which the timer reads at every wake-up, raises once armed."""
+
+    name = "breaker"
+    armed = False
+
+    @property  # type: ignore[override]
+    def interval(self) -> float:
+        if self.armed:
+            raise Fatal("the timer cannot survive this")
+        return self._interval
+
+    @interval.setter
+    def interval(self, value: float) -> None:
+        self._interval = value
+
+
+async def test_a_dead_timer_is_named_and_healthz_fails(make_sidecar, http) -> None:
+    from tests.helpers import base_url, get_text
+
+    breaker = BreaksTheTimer()
+    sidecar = await make_sidecar(collectors=[breaker])
+    await wait_for(lambda: breaker.runs >= 1, what="a first run")
+    breaker.armed = True
+    sidecar.scheduler.run_now()
+    assert await wait_for(lambda: sidecar.scheduler.dead_tasks() == ["scheduler"], what="dead timer")
+    code, body = await get_text(http, base_url(sidecar) + "/healthz")
+    assert (code, json.loads(body)) == (503, {"status": "unhealthy", "dead_tasks": ["scheduler"]})
+
+
+class Stamps(Collector):
+    """Records when each of its runs started."""
+
+    def __init__(self, name: str, interval: float) -> None:
+        super().__init__(interval=interval, timeout=1)
+        self.name = name
+        self.starts: list[float] = []
+
+    async def collect(self) -> CollectResult:
+        self.starts.append(asyncio.get_running_loop().time())
+        return CollectResult()
+
+
+async def test_collectors_sharing_an_interval_run_together() -> None:
+    """One timer: collectors due together start in the same wake-up, every cycle (each with
+    its own timer and jitter, they drift apart by tens of milliseconds within a few cycles),
+    and a collector with twice the interval joins every other cycle."""
+    state = State()
+    a, b, slow = Stamps("a", 0.3), Stamps("b", 0.3), Stamps("slow", 0.6)
+    scheduler = Scheduler([a, b, slow], state, jitter=0.1)
+    scheduler.start()
+    try:
+        await wait_for(lambda: len(a.starts) >= 5 and len(b.starts) >= 5, timeout=10, what="5 cycles")
+    finally:
+        await scheduler.stop()
+    for first, second in zip(a.starts[:5], b.starts[:5], strict=True):
+        assert abs(first - second) < 0.02, (a.starts, b.starts)
+    assert len(slow.starts) >= 2
+    for start in slow.starts:
+        assert min(abs(start - other) for other in a.starts) < 0.02, (slow.starts, a.starts)

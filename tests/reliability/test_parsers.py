@@ -251,3 +251,32 @@ def test_what_is_remembered_between_scrapes_changes_nothing(pool: list[str], dat
         assert (remembered, stray) == (fresh, fresh_stray)
         for family in remembered:
             assert _sample_set(parse_family(family, parsed)) == _sample_set(parse_family(family))
+
+
+@FAST
+@given(st.lists(_LINE, min_size=1, max_size=30), st.data())
+def test_an_unchanged_body_gives_what_a_fresh_split_gives(pool: list[str], data: st.DataObject) -> None:
+    """The collector hands an unchanged body its last split (no split, check or parse): over
+    scrapes that repeat earlier bodies and bodies that differ, each scrape's result equals a
+    fresh collector's split of the same body."""
+    from collectors.dynamo_health import Target
+    from collectors.dynamo_metrics import DynamoMetricsCollector
+
+    def collector() -> DynamoMetricsCollector:
+        target = Target("frontend", "frontend", "http://127.0.0.1:1", "/health", "/live")
+        return DynamoMetricsCollector([target], "/metrics", 5, 4, 1, 1 << 20, wanted=lambda n: "lat" in n)
+
+    remembering = collector()
+    bodies: list[str] = []
+    for _ in range(5):
+        reuse: bool = data.draw(st.booleans())
+        if bodies and reuse:
+            text = data.draw(st.sampled_from(bodies))  # a body seen before, maybe the last one
+        else:
+            text = "\n".join(data.draw(st.lists(st.sampled_from(pool), max_size=40))) + "\n"
+        bodies.append(text)
+        raw, families, dropped = remembering._split("frontend", text, Budget(5.0))
+        fresh_raw, fresh_families, fresh_dropped = collector()._split("frontend", text, Budget(5.0))
+        assert (raw, dropped) == (fresh_raw, fresh_dropped)
+        assert _sample_set(families) == _sample_set(fresh_families)
+        assert [f.name for f in families] == [f.name for f in fresh_families]

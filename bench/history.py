@@ -134,10 +134,12 @@ def realistic_mix(code: str) -> dict[str, Any]:
 
 
 class PeakRss:
-    def __init__(self) -> None:
+    """A process's resident memory, sampled every 10 ms in a thread: the peak over a span."""
+
+    def __init__(self, pid: int) -> None:
         import psutil
 
-        self.process = psutil.Process()
+        self.process = psutil.Process(pid)
         self.base = self.peak = self.process.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -156,26 +158,32 @@ class PeakRss:
         self._thread.join(5)
 
 
-async def _query(http: Any, url: str) -> tuple[float, int, int, int]:
-    """(seconds, pages, points, largest answer) for every page of one query."""
+async def _query(http: Any, url: str) -> tuple[float, int, int, int, float]:
+    """(seconds, pages, points, largest answer, slowest page) for every page of one query."""
     began = time.monotonic()
     offset: Any = 0
     pages = points = largest = 0
+    slowest = 0.0
     while offset is not None and pages < 100:
+        page_began = time.monotonic()
         async with http.get(f"{url}&offset={offset}") as response:
             body = await response.read()
+        slowest = max(slowest, time.monotonic() - page_began)
         assert response.status == 200, (response.status, body[:200])
         page = json.loads(body)
         pages += 1
         largest = max(largest, len(body))
         points += page.get("points") or sum(len(e["points"]) for es in page["series"].values() for e in es)
         offset = page.get("next_offset")
-    return time.monotonic() - began, pages, points, largest
+    return time.monotonic() - began, pages, points, largest, slowest
 
 
-async def worst_case_http(per_name: int, concurrent: int) -> dict[str, Any]:
-    import aiohttp
+WORST_NAMES = 16
 
+
+async def serve_worst_case(per_name: int) -> None:
+    """The server side, in its own process (so that the clients' work is not counted to it):
+    a sidecar whose state holds the worst case; prints its port and serves until stdin ends."""
     from agent.config import load_config
     from agent.runtime import Sidecar
     from agent.samples import CollectResult, sample
@@ -190,72 +198,90 @@ async def worst_case_http(per_name: int, concurrent: int) -> dict[str, Any]:
     overrides |= {"frontend_url": "http://127.0.0.1:9", "worker_system_urls": "http://127.0.0.1:9"}
     sidecar = Sidecar(load_config(environ={}, overrides=overrides))
     await sidecar.start()
+    names = sorted(DynamoNames().history_names())[:WORST_NAMES]
+    state = sidecar.state
+    labels = [{"instance": f"i{i:03d}", "model": "m" * 40} for i in range(per_name)]
+    start = time.time() - 5.0 * state.ring_capacity
+    for step in range(state.ring_capacity):
+        samples = [
+            sample(name, step * (i + 1) + 0.25 * (step % 3), **labels[i])
+            for name in names
+            for i in range(per_name)
+        ]
+        state.update("worst", CollectResult(samples=samples), now=start + 5.0 * step)
+    gc.collect()
+    print(json.dumps({"port": sidecar.port, "names": names, "points": state.ring_capacity}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await sidecar.stop()
+
+
+async def worst_case_http(code: str, per_name: int, concurrent: int) -> dict[str, Any]:
+    import subprocess
+
+    import aiohttp
+
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--code", code, "--serve", str(per_name)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
-        names = sorted(DynamoNames().history_names())[:16]
-        state = sidecar.state
-        labels = [{"instance": f"i{i:03d}", "model": "m" * 40} for i in range(per_name)]
-        start = time.time() - 5.0 * state.ring_capacity
-        for step in range(state.ring_capacity):
-            samples = [
-                sample(name, step * (i + 1) + 0.25 * (step % 3), **labels[i])
-                for name in names
-                for i in range(per_name)
-            ]
-            state.update("worst", CollectResult(samples=samples), now=start + 5.0 * step)
-        base = f"http://127.0.0.1:{sidecar.port}"
-        url = base + "/history?" + "&".join(f"name={name}" for name in names)
-        timeout = aiohttp.ClientTimeout(total=600)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            with PeakRss() as one_rss:
+        assert child.stdout is not None
+        ready = json.loads(child.stdout.readline())
+        base = f"http://127.0.0.1:{ready['port']}"
+        url = base + "/history?" + "&".join(f"name={name}" for name in ready["names"])
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+            with PeakRss(child.pid) as one_rss:
                 one = await _query(http, url)
-            gc.collect()
-            stalls: list[float] = []
             answered: list[float] = []
             done = asyncio.Event()
 
             async def probe() -> None:
-                # The server shares this process's loop: a blocked loop also holds the poller,
-                # so the gap between answers is the measure, not one request's wait alone.
                 answered.append(time.monotonic())
                 while not done.is_set():
-                    began = time.monotonic()
                     async with http.get(base + "/healthz") as response:
                         await response.read()
-                    stalls.append(time.monotonic() - began)
                     answered.append(time.monotonic())
                     await asyncio.sleep(0.02)
 
-            with PeakRss() as many_rss:
+            with PeakRss(child.pid) as many_rss:
                 prober = asyncio.create_task(probe())
                 began = time.monotonic()
                 many = await asyncio.gather(*(_query(http, url) for _ in range(concurrent)))
                 elapsed = time.monotonic() - began
                 done.set()
                 await prober
+        gaps = [b - a for a, b in pairwise(answered)]
         return {
-            "series": len(names) * per_name,
-            "points_per_series": state.ring_capacity,
+            "series": len(ready["names"]) * per_name,
+            "points_per_series": ready["points"],
             "one_query": {
                 "seconds": round(one[0], 3),
                 "pages": one[1],
                 "points": one[2],
                 "largest_answer_bytes": one[3],
+                "slowest_answer_seconds": round(one[4], 3),
+                "rss_base_mb": round(one_rss.base / 2**20, 1),
                 "rss_growth_mb": round((one_rss.peak - one_rss.base) / 2**20, 1),
             },
             f"{concurrent}_at_once": {
                 "seconds": round(elapsed, 3),
                 "slowest_query_seconds": round(max(q[0] for q in many), 3),
-                "healthz_polls": len(stalls),
-                "healthz_longest_seconds": round(max(stalls, default=0.0), 3),
-                "healthz_longest_gap_seconds": round(
-                    max((b - a for a, b in pairwise(answered)), default=0.0), 3
-                ),
-                "rss_base_mb": round(many_rss.base / 2**20, 1),
+                "slowest_answer_seconds": round(max(q[4] for q in many), 3),
+                "healthz_answers": len(gaps),
+                "healthz_longest_gap_seconds": round(max(gaps, default=0.0), 3),
                 "rss_peak_mb": round(many_rss.peak / 2**20, 1),
             },
         }
     finally:
-        await sidecar.stop()
+        if child.stdin:
+            child.stdin.close()
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def main() -> int:
@@ -268,11 +294,15 @@ def main() -> int:
     parser.add_argument("--concurrent", type=int, default=4)
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-bytes", action="store_true")
+    parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(args.code).resolve()))
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
+    if args.serve:
+        asyncio.run(serve_worst_case(args.serve))
+        return 0
     kinds = ["flat", "counter"] if args.smoke else ["flat", "counter", "gauge", "decimal", "float"]
     result: dict[str, Any] = {"code": args.code}
     if not args.skip_bytes:
@@ -281,7 +311,7 @@ def main() -> int:
         result["realistic_mix"] = realistic_mix(str(Path(args.code).resolve()))
     if not args.skip_http:
         result["history_worst_case"] = asyncio.run(
-            worst_case_http(10 if args.smoke else 200, args.concurrent)
+            worst_case_http(str(Path(args.code).resolve()), 10 if args.smoke else 200, args.concurrent)
         )
     print(json.dumps(result, indent=1))
     return 0

@@ -223,8 +223,20 @@ async def serve_worst_case(per_name: int) -> None:
         ]
         state.update("worst", CollectResult(samples=samples), now=start + 5.0 * step)
     gc.collect()
+    lags: list[tuple[float, float]] = []  # (when, how late a 10 ms sleep woke): the loop's own stalls
+
+    async def watch() -> None:
+        while True:
+            began = time.monotonic()
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            lags.append((now, now - began - 0.01))
+
+    watcher = asyncio.create_task(watch())
     print(json.dumps({"port": sidecar.port, "names": names, "points": state.ring_capacity}), flush=True)
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    watcher.cancel()
+    print(json.dumps(lags), flush=True)
     await sidecar.stop()
 
 
@@ -258,6 +270,10 @@ async def worst_case_http(code: str, per_name: int, concurrent: int) -> dict[str
             )
             assert prober.stdout is not None and prober.stdin is not None
             prober.stdout.readline()  # its first answer
+            # The same server idle first, over two collection cycles (5 s): the lag its own
+            # cycle (the rules over 3,200 series, the render) makes, and the machine's noise.
+            await asyncio.sleep(10.0)
+            idle_until = time.monotonic()
             with PeakRss(child.pid) as many_rss:
                 began = time.monotonic()
                 many = await asyncio.gather(*(_query(http, url) for _ in range(concurrent)))
@@ -265,7 +281,14 @@ async def worst_case_http(code: str, per_name: int, concurrent: int) -> dict[str
             prober.stdin.close()
             answered = json.loads(prober.stdout.read())
             prober.wait(10)
-        gaps = [b - a for a, b in pairwise(answered)]
+        assert child.stdin is not None
+        child.stdin.write("\n")
+        child.stdin.flush()
+        lags = json.loads(child.stdout.readline())
+        loop_idle = [lag for at, lag in lags if at <= idle_until]
+        loop_busy = [lag for at, lag in lags if idle_until < at <= began + elapsed]
+        idle = [b - a for a, b in pairwise(answered) if b <= idle_until]
+        gaps = [b - a for a, b in pairwise(answered) if b > idle_until]
         return {
             "series": len(ready["names"]) * per_name,
             "points_per_series": ready["points"],
@@ -284,11 +307,15 @@ async def worst_case_http(code: str, per_name: int, concurrent: int) -> dict[str
                 "slowest_answer_seconds": round(max(q[4] for q in many), 3),
                 "healthz_answers": len(gaps),
                 "healthz_longest_gap_seconds": round(max(gaps, default=0.0), 3),
+                "healthz_gaps_over_0.5s": sum(gap > 0.5 for gap in gaps),
+                "healthz_longest_gap_idle_seconds": round(max(idle, default=0.0), 3),
                 "rss_peak_mb": round(many_rss.peak / 2**20, 1),
+                "server_loop_longest_lag_seconds": round(max(loop_busy, default=0.0), 3),
+                "server_loop_longest_lag_idle_seconds": round(max(loop_idle, default=0.0), 3),
             },
         }
     finally:
-        if child.stdin:
+        if child.stdin and not child.stdin.closed:
             child.stdin.close()
         try:
             child.wait(30)

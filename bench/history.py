@@ -272,6 +272,7 @@ async def worst_case_http(code: str, per_name: int, concurrent: int) -> dict[str
             prober.stdout.readline()  # its first answer
             # The same server idle first, over two collection cycles (5 s): the lag its own
             # cycle (the rules over 3,200 series, the render) makes, and the machine's noise.
+            idle_from = time.monotonic()
             await asyncio.sleep(10.0)
             idle_until = time.monotonic()
             with PeakRss(child.pid) as many_rss:
@@ -285,9 +286,9 @@ async def worst_case_http(code: str, per_name: int, concurrent: int) -> dict[str
         child.stdin.write("\n")
         child.stdin.flush()
         lags = json.loads(child.stdout.readline())
-        loop_idle = [lag for at, lag in lags if at <= idle_until]
+        loop_idle = [lag for at, lag in lags if idle_from < at <= idle_until]
         loop_busy = [lag for at, lag in lags if idle_until < at <= began + elapsed]
-        idle = [b - a for a, b in pairwise(answered) if b <= idle_until]
+        idle = [b - a for a, b in pairwise(answered) if idle_from < b <= idle_until]
         gaps = [b - a for a, b in pairwise(answered) if b > idle_until]
         return {
             "series": len(ready["names"]) * per_name,

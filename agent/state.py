@@ -36,7 +36,7 @@ CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 # Kept to the millisecond: timestamps are stored as whole milliseconds (a ring returns what
 # it was given rounded so, the same value whether a point is still in the head or sealed).
 CHUNK = 32  # points per sealed chunk
-CHUNK_OVERHEAD = 16  # a sealed chunk's slot in the ring's list and its first timestamp
+CHUNK_OVERHEAD = 24  # a sealed chunk's two slots in the ring's list and its first timestamp
 # Values are stored as deltas of whole numbers when they are whole numbers times 10^-k
 # (counters, byte and request counts, ratios and seconds with few decimals: most series).
 _SCALES = (1, 10, 100, 1000, 10_000, 100_000, 1_000_000)
@@ -84,36 +84,55 @@ def _deltas(numbers: list[int]) -> array[int]:
     return array("q", [numbers[0], *(b - a for a, b in pairwise(numbers))])
 
 
-def _seal(times: array[float], values: array[float]) -> bytes:
-    """One chunk as bytes: a flag (0: raw doubles; 1 + k: integers over 10^k), then deflated
-    byte planes of the millisecond timestamps' deltas and of the values (their deltas when
-    scaled to integers, else the doubles themselves)."""
+# Sealed timestamp chunks seen lately, by content: the series of one collector run share their
+# timestamps, so series created together seal identical chunks of times, stored once. Bounded:
+# cleared when full (sharing then starts again; nothing is ever read from here).
+_TIMES_SEEN: dict[bytes, bytes] = {}
+MAX_TIMES_SEEN = 4096
+
+
+def _seal(times: array[float], values: array[float]) -> tuple[bytes, bytes]:
+    """One chunk as two byte strings: the millisecond timestamps' deltas, and a flag (0: raw
+    doubles; 1 + k: integers over 10^k) with the values (their deltas when scaled to
+    integers, else the doubles themselves), each as deflated byte planes."""
     columns = _deltas([round(t * 1000) for t in times]).tobytes()
+    stamps = zlib.compress(_planes(columns), 6, -15)
+    shared = _TIMES_SEEN.get(stamps)
+    if shared is None:
+        if len(_TIMES_SEEN) >= MAX_TIMES_SEEN:
+            _TIMES_SEEN.clear()
+        shared = _TIMES_SEEN[stamps] = stamps
     scaled = _scaled(values)
     if scaled is None:
         flag, body = 0, values.tobytes()
     else:
         flag, body = scaled[0] + 1, _deltas(scaled[1]).tobytes()
-    return bytes((flag,)) + zlib.compress(_planes(columns + body), 6, -15)
+    return shared, bytes((flag,)) + zlib.compress(_planes(body), 6, -15)
+
+
+@functools.lru_cache(maxsize=2048)
+def _unseal_times(blob: bytes) -> array[float]:
+    """A sealed chunk's timestamps. Cached by content (rules read the same windows every
+    cycle, and series of one collector share their chunks of times; equal bytes decode to
+    equal points, so the cache can never answer wrongly)."""
+    ms = array("q")
+    ms.frombytes(_words(zlib.decompress(blob, -15), CHUNK))
+    return array("d", [k / 1000 for k in accumulate(ms)])
 
 
 @functools.lru_cache(maxsize=1024)
-def _unseal(blob: bytes) -> tuple[array[float], array[float]]:
-    """A sealed chunk's (times, values). Cached by content (rules read the same windows every
-    cycle; equal bytes decode to equal points, so the cache can never answer wrongly)."""
-    raw = _words(zlib.decompress(blob[1:], -15), 2 * CHUNK)
-    ms = array("q")
-    ms.frombytes(raw[: 8 * CHUNK])
-    times = array("d", [k / 1000 for k in accumulate(ms)])
+def _unseal_values(blob: bytes) -> array[float]:
+    """A sealed chunk's values, cached by content as the times are."""
+    raw = _words(zlib.decompress(blob[1:], -15), CHUNK)
     values = array("d")
     if blob[0]:
         steps = array("q")
-        steps.frombytes(raw[8 * CHUNK :])
+        steps.frombytes(raw)
         scale = _SCALES[blob[0] - 1]
         values.extend([k / scale for k in accumulate(steps)] if scale > 1 else accumulate(steps))
     else:
-        values.frombytes(raw[8 * CHUNK :])
-    return times, values
+        values.frombytes(raw)
+    return values
 
 
 class SeriesRing:
@@ -126,7 +145,8 @@ class SeriesRing:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._blobs: list[bytes] = []  # sealed chunks, oldest first, CHUNK points each
+        # Sealed chunks, oldest first, CHUNK points each: times and values, two entries each.
+        self._blobs: list[bytes] = []
         self._firsts = array("d")  # first timestamp of each sealed chunk, to bisect windows
         self._times = array("d")  # the head: points not sealed yet
         self._values = array("d")
@@ -149,11 +169,11 @@ class SeriesRing:
         if len(times) > CHUNK:
             # Seal all but the newest point: the head is never empty, so last() and the
             # change check above never decode a chunk.
-            blob = _seal(times[:CHUNK], values[:CHUNK])
-            self._blobs.append(blob)
+            stamps, blob = _seal(times[:CHUNK], values[:CHUNK])
+            self._blobs += (stamps, blob)
             self._firsts.append(times[0])
             self._times, self._values = times[CHUNK:], values[CHUNK:]
-            grown += sys.getsizeof(blob) + CHUNK_OVERHEAD
+            grown += sys.getsizeof(stamps) + sys.getsizeof(blob) + CHUNK_OVERHEAD
         if self._count < self.capacity:
             self._count += 1
         else:
@@ -169,8 +189,8 @@ class SeriesRing:
         self._skip += 1
         if self._skip < CHUNK:
             return 0
-        freed = sys.getsizeof(self._blobs[0]) + CHUNK_OVERHEAD
-        del self._blobs[0]
+        freed = sys.getsizeof(self._blobs[0]) + sys.getsizeof(self._blobs[1]) + CHUNK_OVERHEAD
+        del self._blobs[:2]
         del self._firsts[0]
         self._skip = 0
         return freed
@@ -189,11 +209,11 @@ class SeriesRing:
         end = bisect_right(firsts, until)
         times, values = array("d"), array("d")
         for index in range(first, end):
-            chunk_times, chunk_values = _unseal(blobs[index])
+            chunk_times, chunk_values = _unseal_times(blobs[2 * index]), _unseal_values(blobs[2 * index + 1])
             skip = self._skip if index == 0 else 0
             times += chunk_times[skip:] if skip else chunk_times
             values += chunk_values[skip:] if skip else chunk_values
-        if end == len(blobs):
+        if end == len(firsts):
             times += head_times
             values += self._values
         return times, values
@@ -237,7 +257,7 @@ class SeriesRing:
 
     def sealed_bytes(self) -> int:
         """The sealed chunks' share of memory, as append() counts it."""
-        return sum(sys.getsizeof(blob) + CHUNK_OVERHEAD for blob in self._blobs)
+        return sum(sys.getsizeof(blob) for blob in self._blobs) + CHUNK_OVERHEAD * len(self._firsts)
 
     def nbytes(self) -> int:
         """What the ring holds in memory now: the object, its arrays and sealed chunks."""

@@ -133,6 +133,36 @@ def realistic_mix(code: str) -> dict[str, Any]:
     return out
 
 
+def reads(series: int = 3200) -> dict[str, float]:
+    """What rules pay to read history: ring.points over `series` full rings, whole and for a
+    300 s window (the signals' default), best of five, in ms."""
+    from agent.samples import CollectResult, sample
+    from agent.state import State
+
+    state = State(history_window=900, min_interval=5)
+    start = 1.765e9
+    names, per_name = 16, series // 16
+    for step in range(STEPS):
+        samples = [
+            sample(f"n{n}_total", step * (i + 1) + step % 3, i=str(i))
+            for n in range(names)
+            for i in range(per_name)
+        ]
+        state.update("c", CollectResult(samples=samples), now=start + 5 * step + (step % 7) * 0.1)
+    rings = [ring for by_labels in state.history.values() for ring in by_labels.values()]
+    now = start + 5 * STEPS
+    out = {}
+    for label, since in (("whole_ms", -float("inf")), ("window_300s_ms", now - 300)):
+        best = float("inf")
+        for _ in range(5):
+            began = time.perf_counter()
+            for ring in rings:
+                ring.points(since, now)
+            best = min(best, time.perf_counter() - began)
+        out[label] = round(best * 1000, 1)
+    return {"rings": len(rings), **out}
+
+
 class PeakRss:
     """A process's resident memory, sampled every 10 ms in a thread: the peak over a span."""
 
@@ -349,6 +379,7 @@ def main() -> int:
         result["bytes_per_kept_series"] = bytes_per_series(kinds, 50 if args.smoke else args.series)
     if not args.smoke and not args.skip_bytes:
         result["realistic_mix"] = realistic_mix(str(Path(args.code).resolve()))
+        result["reads"] = reads()
     if not args.skip_http:
         result["history_worst_case"] = asyncio.run(
             worst_case_http(str(Path(args.code).resolve()), 10 if args.smoke else 200, args.concurrent)

@@ -33,8 +33,6 @@ F = TypeVar("F")
 CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 
 
-# Kept to the millisecond: timestamps are stored as whole milliseconds (a ring returns what
-# it was given rounded so, the same value whether a point is still in the head or sealed).
 CHUNK = 32  # points per sealed chunk
 CHUNK_OVERHEAD = 24  # a sealed chunk's two slots in the ring's list and its first timestamp
 # Values are stored as deltas of whole numbers when they are whole numbers times 10^-k
@@ -43,10 +41,23 @@ _SCALES = (1, 10, 100, 1000, 10_000, 100_000, 1_000_000)
 _EXACT = 2.0**53
 
 
-def millis(timestamp: float) -> float:
-    """A timestamp as the ring keeps it: rounded to the millisecond, by the same arithmetic
-    the decoder uses, so a point reads the same before and after its chunk is sealed."""
-    return round(timestamp * 1000) / 1000
+_WORD = 2**64 - 1
+
+
+def _bits_deltas(times: array[float]) -> bytes:
+    """Timestamps exactly, as the differences of their IEEE bit patterns (modulo 2^64): the
+    patterns of nearby times differ in their low bits only, so the deltas are small numbers
+    whose high bytes are zero (rules compare times exactly: nothing is rounded)."""
+    patterns = array("q", times.tobytes())
+    steps = [patterns[0] & _WORD, *((b - a) & _WORD for a, b in pairwise(patterns))]
+    return array("Q", steps).tobytes()
+
+
+def _bits_undelta(raw: bytes) -> array[float]:
+    steps = array("Q", raw)
+    times = array("d")
+    times.frombytes(array("Q", [total & _WORD for total in accumulate(steps)]).tobytes())
+    return times
 
 
 def _planes(raw: bytes) -> bytes:
@@ -92,11 +103,10 @@ MAX_TIMES_SEEN = 4096
 
 
 def _seal(times: array[float], values: array[float]) -> tuple[bytes, bytes]:
-    """One chunk as two byte strings: the millisecond timestamps' deltas, and a flag (0: raw
+    """One chunk as two byte strings: the timestamps (see _bits_deltas), and a flag (0: raw
     doubles; 1 + k: integers over 10^k) with the values (their deltas when scaled to
     integers, else the doubles themselves), each as deflated byte planes."""
-    columns = _deltas([round(t * 1000) for t in times]).tobytes()
-    stamps = zlib.compress(_planes(columns), 6, -15)
+    stamps = zlib.compress(_planes(_bits_deltas(times)), 6, -15)
     shared = _TIMES_SEEN.get(stamps)
     if shared is None:
         if len(_TIMES_SEEN) >= MAX_TIMES_SEEN:
@@ -115,9 +125,7 @@ def _unseal_times(blob: bytes) -> array[float]:
     """A sealed chunk's timestamps. Cached by content (rules read the same windows every
     cycle, and series of one collector share their chunks of times; equal bytes decode to
     equal points, so the cache can never answer wrongly)."""
-    ms = array("q")
-    ms.frombytes(_words(zlib.decompress(blob, -15), CHUNK))
-    return array("d", [k / 1000 for k in accumulate(ms)])
+    return _bits_undelta(_words(zlib.decompress(blob, -15), CHUNK))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -159,7 +167,6 @@ class SeriesRing:
     def append(self, timestamp: float, value: float) -> int:
         """Add the newest point; returns how many bytes of sealed chunks that added (negative
         when a chunk was freed), so the state can keep its memory total without a walk."""
-        timestamp = millis(timestamp)
         times, values = self._times, self._values
         if times and value != values[-1]:
             self._changed = timestamp

@@ -3,7 +3,7 @@ work without Prometheus.
 
 Memory is capped by construction: each series' history is a ring of at most ring_capacity
 points that grows with its content and seals its older points into deflated chunks (about
-1.5-2 KB for a full default ring of 182 points, against 16 bytes a point before), every
+1.2-1.5 KB for a full default ring of 182 points, against 16 bytes a point before), every
 metric name has a cardinality cap (extra series are dropped and counted), the whole state
 has a memory budget (see State), and events live in a bounded deque.
 """
@@ -292,9 +292,10 @@ def _ring_fixed() -> int:
 
 RING_FIXED = _ring_fixed()
 # What a kept series is charged against the memory budget: its ring as if full of values that
-# do not compress at all (8 bytes a value, ~2.5 a timestamp, the chunk overhead), so the
-# rings admitted can fill up without leaving the budget. Typical rings need half of it.
-RESERVE_PER_POINT = 13
+# do not compress at all and timestamps it shares with no other series (8 bytes a value,
+# ~3.7 a timestamp, ~2 of chunk overhead), so the rings admitted can fill up without leaving
+# the budget. Typical rings need a third of it.
+RESERVE_PER_POINT = 15
 # History may hold at most this share of the budget: under a flood of new series their history
 # stops first, and the latest values of the series already known still fit.
 HISTORY_SHARE = 0.5

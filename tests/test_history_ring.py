@@ -130,7 +130,7 @@ def test_the_memory_budget_keeps_new_series_and_history_out_and_counts_them() ->
     _flood(state, 400, 3)
     assert state.budget_used() <= 200_000
     kept, admitted = state.history_kept, len(state._last_seen)
-    # Each kept series is charged its full reserve (~3.4 KB at 182 points), history at most half
+    # Each kept series is charged its full reserve (~3.8 KB at 182 points), history at most half
     # the budget; each series 800+ bytes: the rest goes to series without history.
     assert kept == 100_000 // state.ring_reserve and 90 < admitted - kept < 130, (kept, admitted)
     assert state.history_refused == admitted - kept

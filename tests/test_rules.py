@@ -156,7 +156,7 @@ def latency(r: Recorded) -> None:
 
 
 def _over_budget(r: Recorded) -> None:
-    """A 20 KB budget and 40 series: 5 kept with history (3.4 KB each), the rest without."""
+    """A 20 KB budget and 40 series: a few kept with history (3.8 KB each), the rest without."""
     r.state.memory_budget = 20_000
     r.put(
         "process",

@@ -162,7 +162,7 @@ async def test_the_memory_budget_is_a_finding_before_it_is_spent(make_sidecar, h
         state.update("flood", CollectResult(samples=samples), now=time.time())
     assert state.memory_budget == 2 * 2**20 and state.budget_used() <= 2 * 2**20
     assert state.history_refused > 0 and state.caps_hit["memory_budget"] > 0
-    assert 290 < state.history_kept <= 306  # half of 2 MiB / ~3.4 KB reserved a ring
+    assert state.history_kept == 2**20 // state.ring_reserve  # half of 2 MiB, ~3.8 KB reserved a ring
     report = await wait_for(
         lambda: get_json(http, base_url(sidecar) + "/diagnose"), timeout=10, what="a report"
     )

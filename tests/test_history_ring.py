@@ -8,10 +8,12 @@ from __future__ import annotations
 import math
 import struct
 import sys
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.membudget import budget, own_memory_limit
 from agent.samples import CollectResult, sample
 from agent.state import CHUNK, RING_FIXED, SeriesRing, State, counter_increase
 
@@ -137,3 +139,24 @@ def test_the_memory_budget_keeps_new_series_and_history_out_and_counts_them() ->
     assert state.caps_hit == {"memory_budget": 3 * (400 - admitted)}  # each scrape counts
     assert state.dropped == {"m_total": 3 * (400 - admitted)}
     assert sum(len(ring) for ring in state.history["m_total"].values()) == 3 * kept
+
+
+def test_the_budget_is_a_quarter_of_the_cgroup_limit(tmp_path: Path) -> None:
+    """The sidecar's own cgroup, v2 (with or without a cgroup namespace) and v1; no limit
+    ("max", v1's page-rounded 2^63) gives the 128 MiB default."""
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (root / "kubepods" / "pod1").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text("0::/kubepods/pod1\n")
+    (root / "kubepods" / "pod1" / "memory.max").write_text("167772160\n")
+    assert own_memory_limit(str(proc), str(root)) == 160 * 2**20
+    assert budget(None, 160 * 2**20) == 40 * 2**20
+    (root / "kubepods" / "pod1" / "memory.max").write_text("max\n")
+    assert own_memory_limit(str(proc), str(root)) is None
+    assert budget(None, None) == 128 * 2**20 and budget(5 * 2**20, 160 * 2**20) == 5 * 2**20
+    (proc / "self" / "cgroup").write_text("4:memory:/process_api/x\n0::/\n")
+    (root / "memory" / "process_api" / "x").mkdir(parents=True)
+    (root / "memory" / "process_api" / "x" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert own_memory_limit(str(proc), str(root)) is None
+    (root / "memory" / "process_api" / "x" / "memory.limit_in_bytes").write_text("268435456\n")
+    assert own_memory_limit(str(proc), str(root)) == 256 * 2**20

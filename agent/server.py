@@ -97,8 +97,8 @@ async def canaryz(request: web.Request) -> web.Response:
 MAX_HISTORY_NAMES = 16
 MAX_HISTORY_SERIES = 200  # per name
 # One answer holds at most this many points and bytes (about 1.3 MB of JSON at 50,000
-# points, ~0.15 s to compute); the rest follows with ?offset=next_offset. A series longer than max_points (at
-# most 1,000) is downsampled to every k-th point, its newest point always kept.
+# points, ~0.15 s to compute); the rest follows with ?offset=next_offset. A series longer
+# than max_points (at most 1,000) is downsampled to every k-th point, the newest kept.
 MAX_HISTORY_POINTS = 50_000
 MAX_HISTORY_BYTES = 4 * 2**20
 MAX_SERIES_POINTS = 1000

@@ -3,7 +3,7 @@ work without Prometheus.
 
 Memory is capped by construction: each series' history is a ring of at most ring_capacity
 points that grows with its content and seals its older points into deflated chunks (about
-1.5-2 KB for a full default ring of 182 points, against 16 bytes a point before), every
+1.2-1.5 KB for a full default ring of 182 points, against 16 bytes a point before), every
 metric name has a cardinality cap (extra series are dropped and counted), the whole state
 has a memory budget (see State), and events live in a bounded deque.
 """
@@ -33,29 +33,31 @@ F = TypeVar("F")
 CUMULATIVE_SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 
 
-# Kept to the millisecond: timestamps are stored as whole milliseconds (a ring returns what
-# it was given rounded so, the same value whether a point is still in the head or sealed).
 CHUNK = 32  # points per sealed chunk
-CHUNK_OVERHEAD = 16  # a sealed chunk's slot in the ring's list and its first timestamp
+CHUNK_OVERHEAD = 24  # a sealed chunk's two slots in the ring's list and its first timestamp
 # Values are stored as deltas of whole numbers when they are whole numbers times 10^-k
 # (counters, byte and request counts, ratios and seconds with few decimals: most series).
 _SCALES = (1, 10, 100, 1000, 10_000, 100_000, 1_000_000)
 _EXACT = 2.0**53
 
 
-def millis(timestamp: float) -> float:
-    """A timestamp as the ring keeps it: rounded to the millisecond, by the same arithmetic
-    the decoder uses, so a point reads the same before and after its chunk is sealed."""
-    return round(timestamp * 1000) / 1000
+_WORD = 2**64 - 1
 
 
-def _bounds(since: float, until: float) -> tuple[float, float]:
-    """A window's ends rounded as the points are: a point taken at the window's very start
-    (now - window, to the float) stays inside it, as it did before times were rounded."""
-    return (
-        since if math.isinf(since) else millis(since),
-        until if math.isinf(until) else millis(until),
-    )
+def _bits_deltas(times: array[float]) -> bytes:
+    """Timestamps exactly, as the differences of their IEEE bit patterns (modulo 2^64): the
+    patterns of nearby times differ in their low bits only, so the deltas are small numbers
+    whose high bytes are zero (rules compare times exactly: nothing is rounded)."""
+    patterns = array("q", times.tobytes())
+    steps = [patterns[0] & _WORD, *((b - a) & _WORD for a, b in pairwise(patterns))]
+    return array("Q", steps).tobytes()
+
+
+def _bits_undelta(raw: bytes) -> array[float]:
+    steps = array("Q", raw)
+    times = array("d")
+    times.frombytes(array("Q", [total & _WORD for total in accumulate(steps)]).tobytes())
+    return times
 
 
 def _planes(raw: bytes) -> bytes:
@@ -93,36 +95,52 @@ def _deltas(numbers: list[int]) -> array[int]:
     return array("q", [numbers[0], *(b - a for a, b in pairwise(numbers))])
 
 
-def _seal(times: array[float], values: array[float]) -> bytes:
-    """One chunk as bytes: a flag (0: raw doubles; 1 + k: integers over 10^k), then deflated
-    byte planes of the millisecond timestamps' deltas and of the values (their deltas when
-    scaled to integers, else the doubles themselves)."""
-    columns = _deltas([round(t * 1000) for t in times]).tobytes()
+# Sealed timestamp chunks seen lately, by content: the series of one collector run share their
+# timestamps, so series created together seal identical chunks of times, stored once. Bounded:
+# cleared when full (sharing then starts again; nothing is ever read from here).
+_TIMES_SEEN: dict[bytes, bytes] = {}
+MAX_TIMES_SEEN = 4096
+
+
+def _seal(times: array[float], values: array[float]) -> tuple[bytes, bytes]:
+    """One chunk as two byte strings: the timestamps (see _bits_deltas), and a flag (0: raw
+    doubles; 1 + k: integers over 10^k) with the values (their deltas when scaled to
+    integers, else the doubles themselves), each as deflated byte planes."""
+    stamps = zlib.compress(_planes(_bits_deltas(times)), 6, -15)
+    shared = _TIMES_SEEN.get(stamps)
+    if shared is None:
+        if len(_TIMES_SEEN) >= MAX_TIMES_SEEN:
+            _TIMES_SEEN.clear()
+        shared = _TIMES_SEEN[stamps] = stamps
     scaled = _scaled(values)
     if scaled is None:
         flag, body = 0, values.tobytes()
     else:
         flag, body = scaled[0] + 1, _deltas(scaled[1]).tobytes()
-    return bytes((flag,)) + zlib.compress(_planes(columns + body), 6, -15)
+    return shared, bytes((flag,)) + zlib.compress(_planes(body), 6, -15)
+
+
+@functools.lru_cache(maxsize=2048)
+def _unseal_times(blob: bytes) -> array[float]:
+    """A sealed chunk's timestamps. Cached by content (rules read the same windows every
+    cycle, and series of one collector share their chunks of times; equal bytes decode to
+    equal points, so the cache can never answer wrongly)."""
+    return _bits_undelta(_words(zlib.decompress(blob, -15), CHUNK))
 
 
 @functools.lru_cache(maxsize=1024)
-def _unseal(blob: bytes) -> tuple[array[float], array[float]]:
-    """A sealed chunk's (times, values). Cached by content (rules read the same windows every
-    cycle; equal bytes decode to equal points, so the cache can never answer wrongly)."""
-    raw = _words(zlib.decompress(blob[1:], -15), 2 * CHUNK)
-    ms = array("q")
-    ms.frombytes(raw[: 8 * CHUNK])
-    times = array("d", [k / 1000 for k in accumulate(ms)])
+def _unseal_values(blob: bytes) -> array[float]:
+    """A sealed chunk's values, cached by content as the times are."""
+    raw = _words(zlib.decompress(blob[1:], -15), CHUNK)
     values = array("d")
     if blob[0]:
         steps = array("q")
-        steps.frombytes(raw[8 * CHUNK :])
+        steps.frombytes(raw)
         scale = _SCALES[blob[0] - 1]
         values.extend([k / scale for k in accumulate(steps)] if scale > 1 else accumulate(steps))
     else:
-        values.frombytes(raw[8 * CHUNK :])
-    return times, values
+        values.frombytes(raw)
+    return values
 
 
 class SeriesRing:
@@ -135,7 +153,8 @@ class SeriesRing:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._blobs: list[bytes] = []  # sealed chunks, oldest first, CHUNK points each
+        # Sealed chunks, oldest first, CHUNK points each: times and values, two entries each.
+        self._blobs: list[bytes] = []
         self._firsts = array("d")  # first timestamp of each sealed chunk, to bisect windows
         self._times = array("d")  # the head: points not sealed yet
         self._values = array("d")
@@ -148,7 +167,6 @@ class SeriesRing:
     def append(self, timestamp: float, value: float) -> int:
         """Add the newest point; returns how many bytes of sealed chunks that added (negative
         when a chunk was freed), so the state can keep its memory total without a walk."""
-        timestamp = millis(timestamp)
         times, values = self._times, self._values
         if times and value != values[-1]:
             self._changed = timestamp
@@ -158,11 +176,11 @@ class SeriesRing:
         if len(times) > CHUNK:
             # Seal all but the newest point: the head is never empty, so last() and the
             # change check above never decode a chunk.
-            blob = _seal(times[:CHUNK], values[:CHUNK])
-            self._blobs.append(blob)
+            stamps, blob = _seal(times[:CHUNK], values[:CHUNK])
+            self._blobs += (stamps, blob)
             self._firsts.append(times[0])
             self._times, self._values = times[CHUNK:], values[CHUNK:]
-            grown += sys.getsizeof(blob) + CHUNK_OVERHEAD
+            grown += sys.getsizeof(stamps) + sys.getsizeof(blob) + CHUNK_OVERHEAD
         if self._count < self.capacity:
             self._count += 1
         else:
@@ -178,8 +196,8 @@ class SeriesRing:
         self._skip += 1
         if self._skip < CHUNK:
             return 0
-        freed = sys.getsizeof(self._blobs[0]) + CHUNK_OVERHEAD
-        del self._blobs[0]
+        freed = sys.getsizeof(self._blobs[0]) + sys.getsizeof(self._blobs[1]) + CHUNK_OVERHEAD
+        del self._blobs[:2]
         del self._firsts[0]
         self._skip = 0
         return freed
@@ -198,17 +216,16 @@ class SeriesRing:
         end = bisect_right(firsts, until)
         times, values = array("d"), array("d")
         for index in range(first, end):
-            chunk_times, chunk_values = _unseal(blobs[index])
+            chunk_times, chunk_values = _unseal_times(blobs[2 * index]), _unseal_values(blobs[2 * index + 1])
             skip = self._skip if index == 0 else 0
             times += chunk_times[skip:] if skip else chunk_times
             values += chunk_values[skip:] if skip else chunk_values
-        if end == len(blobs):
+        if end == len(firsts):
             times += head_times
             values += self._values
         return times, values
 
     def points(self, since: float = -math.inf, until: float = math.inf) -> list[tuple[float, float]]:
-        since, until = _bounds(since, until)
         times, values = self._columns(since, until)
         first = 0 if since == -math.inf else bisect_left(times, since)
         end = len(times) if until == math.inf else bisect_right(times, until)
@@ -217,7 +234,6 @@ class SeriesRing:
     def increase(self, since: float, until: float) -> tuple[int, float]:
         """(points in the window, the counter's increase over them): counter_increase of
         points(since, until) without building the list (histogram windows read hundreds)."""
-        since, until = _bounds(since, until)
         times, values = self._columns(since, until)
         first, end = bisect_left(times, since), bisect_right(times, until)
         if self._changed < since or end - first < 2:
@@ -248,7 +264,7 @@ class SeriesRing:
 
     def sealed_bytes(self) -> int:
         """The sealed chunks' share of memory, as append() counts it."""
-        return sum(sys.getsizeof(blob) + CHUNK_OVERHEAD for blob in self._blobs)
+        return sum(sys.getsizeof(blob) for blob in self._blobs) + CHUNK_OVERHEAD * len(self._firsts)
 
     def nbytes(self) -> int:
         """What the ring holds in memory now: the object, its arrays and sealed chunks."""
@@ -276,9 +292,10 @@ def _ring_fixed() -> int:
 
 RING_FIXED = _ring_fixed()
 # What a kept series is charged against the memory budget: its ring as if full of values that
-# do not compress at all (8 bytes a value, ~2.5 a timestamp, the chunk overhead), so the
-# rings admitted can fill up without leaving the budget. Typical rings need half of it.
-RESERVE_PER_POINT = 13
+# do not compress at all and timestamps it shares with no other series (8 bytes a value,
+# ~3.7 a timestamp, ~2 of chunk overhead), so the rings admitted can fill up without leaving
+# the budget. Typical rings need a third of it.
+RESERVE_PER_POINT = 15
 # History may hold at most this share of the budget: under a flood of new series their history
 # stops first, and the latest values of the series already known still fit.
 HISTORY_SHARE = 0.5

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import tracemalloc
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,11 @@ def bytes_per_series(kinds: list[str], series: int) -> dict[str, Any]:
     return out
 
 
-def realistic_mix() -> dict[str, Any]:
+def realistic_mix(code: str) -> dict[str, Any]:
     sys.path.insert(0, str(ROOT / "bench"))
     import diagnose as recorded  # bench/diagnose.py: 15 minutes of a real Dynamo's series
+
+    sys.path.insert(0, code)  # diagnose.py put this checkout first: the measured one goes back in front
 
     from agent.config import load_config
     from agent.runtime import Sidecar
@@ -130,11 +133,43 @@ def realistic_mix() -> dict[str, Any]:
     return out
 
 
+def reads(series: int = 3200) -> dict[str, float]:
+    """What rules pay to read history: ring.points over `series` full rings, whole and for a
+    300 s window (the signals' default), best of five, in ms."""
+    from agent.samples import CollectResult, sample
+    from agent.state import State
+
+    state = State(history_window=900, min_interval=5)
+    start = 1.765e9
+    names, per_name = 16, series // 16
+    for step in range(STEPS):
+        samples = [
+            sample(f"n{n}_total", step * (i + 1) + step % 3, i=str(i))
+            for n in range(names)
+            for i in range(per_name)
+        ]
+        state.update("c", CollectResult(samples=samples), now=start + 5 * step + (step % 7) * 0.1)
+    rings = [ring for by_labels in state.history.values() for ring in by_labels.values()]
+    now = start + 5 * STEPS
+    out = {}
+    for label, since in (("whole_ms", -float("inf")), ("window_300s_ms", now - 300)):
+        best = float("inf")
+        for _ in range(5):
+            began = time.perf_counter()
+            for ring in rings:
+                ring.points(since, now)
+            best = min(best, time.perf_counter() - began)
+        out[label] = round(best * 1000, 1)
+    return {"rings": len(rings), **out}
+
+
 class PeakRss:
-    def __init__(self) -> None:
+    """A process's resident memory, sampled every 10 ms in a thread: the peak over a span."""
+
+    def __init__(self, pid: int) -> None:
         import psutil
 
-        self.process = psutil.Process()
+        self.process = psutil.Process(pid)
         self.base = self.peak = self.process.memory_info().rss
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -153,26 +188,45 @@ class PeakRss:
         self._thread.join(5)
 
 
-async def _query(http: Any, url: str) -> tuple[float, int, int, int]:
-    """(seconds, pages, points, largest answer) for every page of one query."""
+async def _query(http: Any, url: str) -> tuple[float, int, int, int, float]:
+    """(seconds, pages, points, largest answer, slowest page) for every page of one query."""
     began = time.monotonic()
     offset: Any = 0
     pages = points = largest = 0
+    slowest = 0.0
     while offset is not None and pages < 100:
+        page_began = time.monotonic()
         async with http.get(f"{url}&offset={offset}") as response:
             body = await response.read()
+        slowest = max(slowest, time.monotonic() - page_began)
         assert response.status == 200, (response.status, body[:200])
         page = json.loads(body)
         pages += 1
         largest = max(largest, len(body))
         points += page.get("points") or sum(len(e["points"]) for es in page["series"].values() for e in es)
         offset = page.get("next_offset")
-    return time.monotonic() - began, pages, points, largest
+    return time.monotonic() - began, pages, points, largest, slowest
 
 
-async def worst_case_http(per_name: int, concurrent: int) -> dict[str, Any]:
-    import aiohttp
+WORST_NAMES = 16
+PROBER = """
+import json, sys, threading, time, urllib.request
+url, answered, stop = sys.argv[1], [], threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+while not stop.is_set():
+    with urllib.request.urlopen(url, timeout=30) as response:
+        response.read()
+    answered.append(time.monotonic())
+    if len(answered) == 1:
+        print("up", flush=True)
+    time.sleep(0.02)
+print(json.dumps(answered))
+"""
 
+
+async def serve_worst_case(per_name: int) -> None:
+    """The server side, in its own process (so that the clients' work is not counted to it):
+    a sidecar whose state holds the worst case; prints its port and serves until stdin ends."""
     from agent.config import load_config
     from agent.runtime import Sidecar
     from agent.samples import CollectResult, sample
@@ -187,64 +241,117 @@ async def worst_case_http(per_name: int, concurrent: int) -> dict[str, Any]:
     overrides |= {"frontend_url": "http://127.0.0.1:9", "worker_system_urls": "http://127.0.0.1:9"}
     sidecar = Sidecar(load_config(environ={}, overrides=overrides))
     await sidecar.start()
+    names = sorted(DynamoNames().history_names())[:WORST_NAMES]
+    state = sidecar.state
+    labels = [{"instance": f"i{i:03d}", "model": "m" * 40} for i in range(per_name)]
+    start = time.time() - 5.0 * state.ring_capacity
+    for step in range(state.ring_capacity):
+        samples = [
+            sample(name, step * (i + 1) + 0.25 * (step % 3), **labels[i])
+            for name in names
+            for i in range(per_name)
+        ]
+        state.update("worst", CollectResult(samples=samples), now=start + 5.0 * step)
+    gc.collect()
+    lags: list[tuple[float, float]] = []  # (when, how late a 10 ms sleep woke): the loop's own stalls
+
+    async def watch() -> None:
+        while True:
+            began = time.monotonic()
+            await asyncio.sleep(0.01)
+            now = time.monotonic()
+            lags.append((now, now - began - 0.01))
+
+    watcher = asyncio.create_task(watch())
+    print(json.dumps({"port": sidecar.port, "names": names, "points": state.ring_capacity}), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    watcher.cancel()
+    print(json.dumps(lags), flush=True)
+    await sidecar.stop()
+
+
+async def worst_case_http(code: str, per_name: int, concurrent: int) -> dict[str, Any]:
+    import subprocess
+
+    import aiohttp
+
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--code", code, "--serve", str(per_name)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     try:
-        names = sorted(DynamoNames().history_names())[:16]
-        state = sidecar.state
-        labels = [{"instance": f"i{i:03d}", "model": "m" * 40} for i in range(per_name)]
-        start = time.time() - 5.0 * state.ring_capacity
-        for step in range(state.ring_capacity):
-            samples = [
-                sample(name, step * (i + 1) + 0.25 * (step % 3), **labels[i])
-                for name in names
-                for i in range(per_name)
-            ]
-            state.update("worst", CollectResult(samples=samples), now=start + 5.0 * step)
-        base = f"http://127.0.0.1:{sidecar.port}"
-        url = base + "/history?" + "&".join(f"name={name}" for name in names)
-        timeout = aiohttp.ClientTimeout(total=600)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
-            with PeakRss() as one_rss:
+        assert child.stdout is not None
+        ready = json.loads(child.stdout.readline())
+        base = f"http://127.0.0.1:{ready['port']}"
+        url = base + "/history?" + "&".join(f"name={name}" for name in ready["names"])
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+            with PeakRss(child.pid) as one_rss:
                 one = await _query(http, url)
-            gc.collect()
-            stalls: list[float] = []
-            done = asyncio.Event()
-
-            async def probe() -> None:
-                while not done.is_set():
-                    began = time.monotonic()
-                    async with http.get(base + "/healthz") as response:
-                        await response.read()
-                    stalls.append(time.monotonic() - began)
-                    await asyncio.sleep(0.02)
-
-            with PeakRss() as many_rss:
-                prober = asyncio.create_task(probe())
+            # /healthz polled every 20 ms from a process of its own: this one's loop is busy
+            # reading and parsing the answers, which must not count as the server's stall.
+            prober = subprocess.Popen(
+                [sys.executable, "-c", PROBER, base + "/healthz"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert prober.stdout is not None and prober.stdin is not None
+            prober.stdout.readline()  # its first answer
+            # The same server idle first, over two collection cycles (5 s): the lag its own
+            # cycle (the rules over 3,200 series, the render) makes, and the machine's noise.
+            idle_from = time.monotonic()
+            await asyncio.sleep(10.0)
+            idle_until = time.monotonic()
+            with PeakRss(child.pid) as many_rss:
                 began = time.monotonic()
                 many = await asyncio.gather(*(_query(http, url) for _ in range(concurrent)))
                 elapsed = time.monotonic() - began
-                done.set()
-                await prober
+            prober.stdin.close()
+            answered = json.loads(prober.stdout.read())
+            prober.wait(10)
+        assert child.stdin is not None
+        child.stdin.write("\n")
+        child.stdin.flush()
+        lags = json.loads(child.stdout.readline())
+        loop_idle = [lag for at, lag in lags if idle_from < at <= idle_until]
+        loop_busy = [lag for at, lag in lags if idle_until < at <= began + elapsed]
+        idle = [b - a for a, b in pairwise(answered) if idle_from < b <= idle_until]
+        gaps = [b - a for a, b in pairwise(answered) if b > idle_until]
         return {
-            "series": len(names) * per_name,
-            "points_per_series": state.ring_capacity,
+            "series": len(ready["names"]) * per_name,
+            "points_per_series": ready["points"],
             "one_query": {
                 "seconds": round(one[0], 3),
                 "pages": one[1],
                 "points": one[2],
                 "largest_answer_bytes": one[3],
+                "slowest_answer_seconds": round(one[4], 3),
+                "rss_base_mb": round(one_rss.base / 2**20, 1),
                 "rss_growth_mb": round((one_rss.peak - one_rss.base) / 2**20, 1),
             },
             f"{concurrent}_at_once": {
                 "seconds": round(elapsed, 3),
                 "slowest_query_seconds": round(max(q[0] for q in many), 3),
-                "healthz_polls": len(stalls),
-                "healthz_longest_seconds": round(max(stalls, default=0.0), 3),
-                "rss_base_mb": round(many_rss.base / 2**20, 1),
+                "slowest_answer_seconds": round(max(q[4] for q in many), 3),
+                "healthz_answers": len(gaps),
+                "healthz_longest_gap_seconds": round(max(gaps, default=0.0), 3),
+                "healthz_gaps_over_0.5s": sum(gap > 0.5 for gap in gaps),
+                "healthz_longest_gap_idle_seconds": round(max(idle, default=0.0), 3),
                 "rss_peak_mb": round(many_rss.peak / 2**20, 1),
+                "server_loop_longest_lag_seconds": round(max(loop_busy, default=0.0), 3),
+                "server_loop_longest_lag_idle_seconds": round(max(loop_idle, default=0.0), 3),
             },
         }
     finally:
-        await sidecar.stop()
+        if child.stdin and not child.stdin.closed:
+            child.stdin.close()
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
 
 
 def main() -> int:
@@ -256,19 +363,26 @@ def main() -> int:
     parser.add_argument("--series", type=int, default=500, help="series per kind for the bytes measurement")
     parser.add_argument("--concurrent", type=int, default=4)
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--skip-bytes", action="store_true")
+    parser.add_argument("--serve", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(Path(args.code).resolve()))
     import structlog
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(40))  # errors only
+    if args.serve:
+        asyncio.run(serve_worst_case(args.serve))
+        return 0
     kinds = ["flat", "counter"] if args.smoke else ["flat", "counter", "gauge", "decimal", "float"]
     result: dict[str, Any] = {"code": args.code}
-    result["bytes_per_kept_series"] = bytes_per_series(kinds, 50 if args.smoke else args.series)
-    if not args.smoke:
-        result["realistic_mix"] = realistic_mix()
+    if not args.skip_bytes:
+        result["bytes_per_kept_series"] = bytes_per_series(kinds, 50 if args.smoke else args.series)
+    if not args.smoke and not args.skip_bytes:
+        result["realistic_mix"] = realistic_mix(str(Path(args.code).resolve()))
+        result["reads"] = reads()
     if not args.skip_http:
         result["history_worst_case"] = asyncio.run(
-            worst_case_http(10 if args.smoke else 200, args.concurrent)
+            worst_case_http(str(Path(args.code).resolve()), 10 if args.smoke else 200, args.concurrent)
         )
     print(json.dumps(result, indent=1))
     return 0

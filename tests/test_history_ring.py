@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import math
 import struct
+import sys
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.membudget import budget, own_memory_limit
 from agent.samples import CollectResult, sample
-from agent.state import CHUNK, RING_FIXED, SeriesRing, State, counter_increase, millis
+from agent.state import CHUNK, RING_FIXED, SeriesRing, State, counter_increase
 
 VALUES = st.one_of(
     st.integers(-(2**60), 2**60).map(float),  # past 2^53: not exact integers, stored raw
@@ -51,7 +54,7 @@ def test_ring_reads_like_a_list_of_its_last_points(
     for step, value in steps:
         t += step
         ring.append(t, value)
-        appended.append((millis(t), value))
+        appended.append((t, value))
     kept = appended[-capacity:]
     assert len(ring) == len(kept)
     assert bits(ring.points()) == bits(kept)
@@ -70,23 +73,39 @@ def test_ring_reads_like_a_list_of_its_last_points(
             )
 
 
-def _filled(kind: str, points: int) -> SeriesRing:
-    ring = SeriesRing(182)  # the default: 900 s of history at a 5 s interval
-    t, value = 1.765e9, 0.0
+def _filled(kind: str, points: int, rings: int = 1) -> list[SeriesRing]:
+    """`rings` series of one collector (appended at the same moments), default capacity."""
+    out = [SeriesRing(182) for _ in range(rings)]  # the default: 900 s at 5 s
+    t, value = 1.765e9 + 0.123456, 0.0
     for step in range(points):
         t += 5.0 * (1 + ((step * 7919) % 201 - 100) / 1000)  # the scheduler's +-10 % jitter
         value = {"flat": 3.0, "counter": value + step % 13, "decimal": round(value + (step % 9) / 100, 2)}[
             kind
         ]
-        ring.append(t, value)
-    return ring
+        for index, ring in enumerate(out):
+            ring.append(t, round(value + index, 2))
+    return out
+
+
+def _held(rings: list[SeriesRing]) -> int:
+    """Bytes the rings hold together: a chunk of timestamps they share counts once."""
+    seen: set[int] = set()
+    total = 0
+    for ring in rings:
+        total += ring.nbytes() - sum(sys.getsizeof(blob) for blob in ring._blobs if id(blob) in seen)
+        seen.update(id(blob) for blob in ring._blobs)
+    return total
 
 
 def test_a_ring_grows_with_its_content_and_a_full_one_stays_under_2_kb() -> None:
     for kind in ("flat", "counter", "decimal"):
-        young, full = _filled(kind, 3), _filled(kind, 400)
-        assert young.nbytes() < 600, (kind, young.nbytes())  # was 3,056 bytes from the start
-        assert full.nbytes() < 2048, (kind, full.nbytes())  # the issue's goal, per kept series
+        (young,), (alone,) = _filled(kind, 3), _filled(kind, 400)
+        assert young.nbytes() < 700, (kind, young.nbytes())  # was 3,056 bytes from the start
+        # Exact timestamps with a random jitter cost ~3.7 bytes a point when not shared...
+        assert alone.nbytes() < 2600, (kind, alone.nbytes())
+        # ...and the series of one collector run share them: the issue's goal, per kept series.
+        together = _filled(kind, 400, rings=20)
+        assert _held(together) / 20 < 2048 - 400, (kind, _held(together) / 20)
 
 
 def _flood(state: State, series: int, steps: int, start: float = 1000.0) -> None:
@@ -113,10 +132,31 @@ def test_the_memory_budget_keeps_new_series_and_history_out_and_counts_them() ->
     _flood(state, 400, 3)
     assert state.budget_used() <= 200_000
     kept, admitted = state.history_kept, len(state._last_seen)
-    # Each kept series is charged its full reserve (~3.4 KB at 182 points), history at most half
+    # Each kept series is charged its full reserve (~3.8 KB at 182 points), history at most half
     # the budget; each series 800+ bytes: the rest goes to series without history.
     assert kept == 100_000 // state.ring_reserve and 90 < admitted - kept < 130, (kept, admitted)
     assert state.history_refused == admitted - kept
     assert state.caps_hit == {"memory_budget": 3 * (400 - admitted)}  # each scrape counts
     assert state.dropped == {"m_total": 3 * (400 - admitted)}
     assert sum(len(ring) for ring in state.history["m_total"].values()) == 3 * kept
+
+
+def test_the_budget_is_a_quarter_of_the_cgroup_limit(tmp_path: Path) -> None:
+    """The sidecar's own cgroup, v2 (with or without a cgroup namespace) and v1; no limit
+    ("max", v1's page-rounded 2^63) gives the 128 MiB default."""
+    proc, root = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (root / "kubepods" / "pod1").mkdir(parents=True)
+    (proc / "self" / "cgroup").write_text("0::/kubepods/pod1\n")
+    (root / "kubepods" / "pod1" / "memory.max").write_text("167772160\n")
+    assert own_memory_limit(str(proc), str(root)) == 160 * 2**20
+    assert budget(None, 160 * 2**20) == 40 * 2**20
+    (root / "kubepods" / "pod1" / "memory.max").write_text("max\n")
+    assert own_memory_limit(str(proc), str(root)) is None
+    assert budget(None, None) == 128 * 2**20 and budget(5 * 2**20, 160 * 2**20) == 5 * 2**20
+    (proc / "self" / "cgroup").write_text("4:memory:/process_api/x\n0::/\n")
+    (root / "memory" / "process_api" / "x").mkdir(parents=True)
+    (root / "memory" / "process_api" / "x" / "memory.limit_in_bytes").write_text("9223372036854771712\n")
+    assert own_memory_limit(str(proc), str(root)) is None
+    (root / "memory" / "process_api" / "x" / "memory.limit_in_bytes").write_text("268435456\n")
+    assert own_memory_limit(str(proc), str(root)) == 256 * 2**20

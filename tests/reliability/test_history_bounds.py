@@ -93,15 +93,17 @@ async def test_worst_case_history_is_bounded_and_never_stalls_healthz(make_sidec
     capacity = fill_worst_case(sidecar)
     assert capacity == 182  # the default: 900 s at 5 s
     query = base_url(sidecar) + "/history?" + "&".join(f"name={name}" for name in NAMES)
-    stalls: list[float] = []
+    answered: list[float] = []
     done = asyncio.Event()
 
     async def probe_healthz() -> None:
+        # The app runs on this test's loop: a blocked loop holds the poller too, so the gap
+        # between answers is what shows a stall.
+        answered.append(time.monotonic())
         while not done.is_set():
-            began = time.monotonic()
             status, _ = await get_text(http, base_url(sidecar) + "/healthz")
             assert status == 200
-            stalls.append(time.monotonic() - began)
+            answered.append(time.monotonic())
             await asyncio.sleep(0.02)
 
     with PeakRss() as rss:
@@ -114,8 +116,9 @@ async def test_worst_case_history_is_bounded_and_never_stalls_healthz(make_sidec
         assert (series, points) == (16 * SERIES, 16 * SERIES * capacity)
         assert largest <= MAX_HISTORY_BYTES + 64 * 1024
         assert pages >= 16 * SERIES * capacity // MAX_HISTORY_POINTS
-    assert len(stalls) >= 3
-    assert max(stalls) < 2.0, sorted(stalls)[-5:]  # the goal, 0.5 s, is bench/history.py's
+    gaps = [b - a for a, b in pairwise(answered)]
+    assert len(gaps) >= 3
+    assert max(gaps) < 2.0, sorted(gaps)[-5:]  # the goal, 0.5 s, is bench/history.py's
     # Before: +1.24 GB for one query. Four at once now hold at most two answers in flight.
     assert rss.peak - rss.base < 150 * 2**20, (rss.base >> 20, rss.peak >> 20)
 
@@ -159,7 +162,7 @@ async def test_the_memory_budget_is_a_finding_before_it_is_spent(make_sidecar, h
         state.update("flood", CollectResult(samples=samples), now=time.time())
     assert state.memory_budget == 2 * 2**20 and state.budget_used() <= 2 * 2**20
     assert state.history_refused > 0 and state.caps_hit["memory_budget"] > 0
-    assert 290 < state.history_kept <= 306  # half of 2 MiB / ~3.4 KB reserved a ring
+    assert state.history_kept == 2**20 // state.ring_reserve  # half of 2 MiB, ~3.8 KB reserved a ring
     report = await wait_for(
         lambda: get_json(http, base_url(sidecar) + "/diagnose"), timeout=10, what="a report"
     )

@@ -502,7 +502,10 @@ async def _metrics_snapshot(
         return ""
     if not families:
         return text
-    return "\n".join(line for line in text.splitlines() if any(family in line[:200] for family in families))
+    # The comment keeps a read snapshot non-empty when no family has a sample yet (before
+    # the first request): "" means the read failed.
+    kept = [line for line in text.splitlines() if any(family in line[:200] for family in families)]
+    return "\n".join(["# dynamo-sidecar verify: kept families only", *kept]) + "\n"
 
 
 async def run_drill(spec: DrillSpec, progress: Progress | None = None) -> dict[str, Any]:

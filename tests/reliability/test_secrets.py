@@ -267,7 +267,12 @@ spec:
         ("{'client_secret': 'cs'}", f"{{'client_secret': {redact.REDACTED}}}"),
         ("cut at http://u:passwo", f"cut at http://{redact.REDACTED}"),
         ("at http://127.0.0.1:8000", "at http://127.0.0.1:8000"),
+        ("at http://[::1]:8000", "at http://[::1]:8000"),
+        ("http://[fe80::1%eth0]:9090/x?a=b", "http://[fe80::1%eth0]:9090/x?a=b"),
         ("first token after 2.5s; basic check", "first token after 2.5s; basic check"),
+        ("allowed with the bearer token", "allowed with the bearer token"),
+        ("authorization: Basic dXNlcjpwYXNz", f"authorization: Basic {redact.REDACTED}"),
+        ("Bearer abcdefghijklmnopqrstuvwxyz", f"Bearer {redact.REDACTED}"),
     ],
 )
 def test_the_redactor_patterns(raw: str, shown: str) -> None:

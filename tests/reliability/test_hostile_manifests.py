@@ -19,9 +19,9 @@ from agent import exitcodes
 from agent.audit import ManifestError, audit_documents
 from agent.inject import InjectError, Options, inject
 from agent.manifest_input import MAX_BYTES, ManifestInputError, check_shape
-from tests.conftest import ROOT
 from tests.procs import ENV, PYTHON
 
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (no helper import: works on any layout)
 LABEL = "labels: {nvidia.com/dynamo-component-type: worker}"
 BIG = "9" * 5000
 LONG = "9" * 4000

@@ -222,7 +222,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                 parse_duration(args.trend_window, "--trend-window") if args.trend_window else None,
             )
     except (ManifestError, UsageError) as exc:
-        print(f"dynamo-sidecar audit: {exc}", file=sys.stderr)
+        print(redact.text(f"dynamo-sidecar audit: {exc}"), file=sys.stderr)
         return exitcodes.USAGE  # never 2: that means a critical finding
     result = redact.value(result)  # a manifest's env may hold a token: never repeated
     print(render(result, args.format), end="")
@@ -429,7 +429,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         status, body = _fetch(url, args.timeout)
         report: dict[str, Any] = json.loads(body)
     except (OSError, ValueError) as exc:
-        print(f"dynamo-sidecar diagnose: cannot read {url}: {_reason(exc)}", file=sys.stderr)
+        print(redact.text(f"dynamo-sidecar diagnose: cannot read {url}: {_reason(exc)}"), file=sys.stderr)
         return exitcodes.UNKNOWN
     if status == 400:
         print(
@@ -474,7 +474,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from agent.verify.report import render
 
     def fail(message: str, code: int = exitcodes.USAGE) -> int:
-        print(f"dynamo-sidecar verify: {message}", file=sys.stderr)
+        print(redact.text(f"dynamo-sidecar verify: {message}"), file=sys.stderr)
         return code
 
     try:
@@ -818,7 +818,7 @@ def main(argv: list[str] | None = None) -> int:
         print(redact.text(f"dynamo-sidecar: {exc}"), file=sys.stderr)
         return exitcodes.USAGE
     except CliUsageError as exc:
-        print(f"dynamo-sidecar {args.command if args else ''}: {exc}", file=sys.stderr)
+        print(redact.text(f"dynamo-sidecar {args.command if args else ''}: {exc}"), file=sys.stderr)
         return exitcodes.USAGE
     except KeyboardInterrupt:
         return exitcodes.INTERRUPTED
@@ -831,7 +831,7 @@ def main(argv: list[str] | None = None) -> int:
         # A bug: one line a user can paste into an issue, never a traceback.
         where = _innermost_frame(exc)
         print(
-            f"dynamo-sidecar: internal error: {type(exc).__name__}: {str(exc)[:300]}{where}"
+            f"dynamo-sidecar: internal error: {type(exc).__name__}: {redact.text(str(exc))[:300]}{where}"
             " (a bug: please report it with the command that ran)",
             file=sys.stderr,
         )

@@ -433,7 +433,9 @@ def _mark(metadata: dict[str, Any]) -> None:
 
 
 def _inject_template(template: dict[str, Any], options: Options, notes: list[str], where: str) -> bool:
-    metadata = template.setdefault("metadata", {})
+    if template.get("metadata") is None:  # `metadata: null`: setdefault would return the None
+        template["metadata"] = {}
+    metadata = template["metadata"]
     role = _pod_role(metadata)
     if role is None:
         notes.append(f"{where}: no {COMPONENT_LABEL} label of a frontend or worker; left alone")
@@ -547,13 +549,18 @@ def _inject_components(obj: dict[str, Any], options: Options, notes: list[str]) 
         if _opted_out(template.get("metadata")):
             notes.append(f"component {name}: opted out ({INJECT}: false)")
             continue
-        pod_spec = template.setdefault("spec", {})
+        for key in ("spec", "metadata"):  # `spec: null`: setdefault would return the None
+            if template.get(key) is None:
+                template[key] = {}
+        pod_spec = template["spec"]
         main = _main_container(pod_spec)
         if main is None:
             # The operator merges its defaults into the container named main.
             main = {"name": "main"}
-            pod_spec.setdefault("containers", []).append(main)
-        metadata = template.setdefault("metadata", {})
+            if pod_spec.get("containers") is None:
+                pod_spec["containers"] = []
+            pod_spec["containers"].append(main)
+        metadata = template["metadata"]
         annotations = metadata.get("annotations") or {}
         if inject_pod_spec(
             pod_spec,

@@ -227,7 +227,7 @@ _SERVICE: Shape = {
     "replicas": INT,
     "envs": _ENV,
     "extraPodSpec": {**_POD_SPEC, "mainContainer": _CONTAINER},
-    "resources": DICT,
+    "resources": _RESOURCES,
     "multinode": _MULTINODE,
     "livenessProbe": _PROBE,
     "readinessProbe": _PROBE,
@@ -239,6 +239,8 @@ _COMPONENT: Shape = {
     "replicas": INT,
     "podTemplate": _TEMPLATE,
     "multinode": _MULTINODE,
+    "gpuMemoryService": DICT,
+    "experimental": {"gpuMemoryService": DICT},
 }
 _BY_KIND: dict[str, Shape] = {
     "Pod": {"metadata": _METADATA, "spec": _POD_SPEC},

@@ -63,9 +63,10 @@ _WORD_SPLIT = re.compile(r"[^a-z0-9]+")
 # last @ of the authority (`user:P@ss@host` -> the whole `user:P@ss`).
 _URL_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^\s/?#<>\"'`]*)@")
 # A URL cut inside its userinfo (`http://user:pass` + "..." or the end of a cut string): the
-# part after the colon is a password unless it is all digits (then it is host:port).
+# part after the colon is a password unless it is all digits (then it is host:port); an IPv6
+# host ([::1]:8000) is not userinfo.
 _URL_CUT = re.compile(
-    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#<>\"'`@:]*:(?!\d*(?:\u2026|\.\.\.|$))"
+    r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)[^\s/?#<>\"'`@:\[\]]*:(?!\d*(?:\u2026|\.\.\.|$))"
     r"[^\s/?#<>\"'`@]*(?=\u2026|\.\.\.|$)"
 )
 # ?name=value / &name=value / ;name=value (the `;` also covers an HTML `&amp;`).
@@ -81,10 +82,13 @@ _FLAG = re.compile(
 _QUOTED_PAIR = re.compile(
     r"(?P<q>[\"'])(?P<name>[A-Za-z_][A-Za-z0-9_.\-]{0,63})(?P=q)\s*:\s*(?P<value>\"[^\"]*\"|'[^']*')"
 )
-# `Bearer <token>` anywhere; `Authorization: <scheme> <credentials>` whatever the scheme.
+# `Bearer <token>` anywhere; `Authorization: <scheme> <credentials>` whatever the scheme. A
+# credential has a digit or punctuation in it or is long: "the bearer token" is prose.
+_CREDENTIAL = r"(?:(?=[A-Za-z]*[0-9._~+/=\-])[A-Za-z0-9._~+/=\-]{4,}|[A-Za-z]{20,})"
 _SCHEME_AUTH = re.compile(
-    r"(?i)(?P<scheme>\bbearer|\bauthorization\s*[:=]\s*[A-Za-z][A-Za-z0-9_-]*)(?P<sep>\s+|%20)"
-    r"(?P<value>[A-Za-z0-9._~+/=\-]{4,})"
+    r"(?i)(?:(?P<scheme>\bbearer)(?P<sep>\s+|%20)(?P<value>" + _CREDENTIAL + ")"
+    r"|(?P<scheme2>\bauthorization\s*[:=]\s*[A-Za-z][A-Za-z0-9_-]*)(?P<sep2>\s+|%20)"
+    r"(?P<value2>[A-Za-z0-9._~+/=\-]{4,}))"
 )
 # Values that say nothing on their own: a boolean under `*_REQUIRE_TOKEN` is not a secret,
 # and replacing every "true" would garble the output.
@@ -126,7 +130,9 @@ def _flag(match: re.Match[str]) -> str:
 
 
 def _scheme_auth(match: re.Match[str]) -> str:
-    return match.group("scheme") + match.group("sep") + REDACTED
+    if match.group("scheme") is not None:
+        return match.group("scheme") + match.group("sep") + REDACTED
+    return match.group("scheme2") + match.group("sep2") + REDACTED
 
 
 def text(value: str) -> str:
@@ -218,7 +224,7 @@ def credentials_in(raw: str) -> list[str]:
         if secret_name(match.group("flag").lstrip("-")):
             found.append(match.group("value").strip("\"'"))
     for match in _SCHEME_AUTH.finditer(raw):
-        found.append(match.group("value"))
+        found.append(match.group("value") or match.group("value2"))
     return [item for item in found if item]
 
 

@@ -5,16 +5,23 @@ until out of memory, a FIFO blocked forever)."""
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 
 from agent import exitcodes
-from agent.manifest_input import MAX_BYTES
+from agent.audit import ManifestError, audit_documents
+from agent.inject import InjectError, Options, inject
+from agent.manifest_input import MAX_BYTES, ManifestInputError, check_shape
 from tests.procs import ENV, PYTHON
 
+ROOT = Path(__file__).resolve().parents[2]  # the checkout (no helper import: works on any layout)
 LABEL = "labels: {nvidia.com/dynamo-component-type: worker}"
 BIG = "9" * 5000
 LONG = "9" * 4000
@@ -139,3 +146,57 @@ def test_a_4000_digit_integer_in_the_config_is_one_line(tmp_path: Path) -> None:
         assert result.returncode == exitcodes.USAGE, err
         assert len(err.strip().splitlines()) == 1 and f"config key '{key}'" in err, err
         assert "digits>" in err and LONG[:50] not in err
+
+
+REPLACEMENTS: list[Any] = [5, "x", [1], {"a": 1}, None, 10**30, [None]]
+
+
+def _paths(value: Any, path: tuple[Any, ...] = ()) -> Iterator[tuple[Any, ...]]:
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _paths(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value[:3]):
+            yield from _paths(item, (*path, index))
+
+
+def test_every_field_of_the_fixtures_replaced_by_a_wrong_type_is_refused_or_handled() -> None:
+    """Each field of the example manifests (Pods, a v1alpha1 DGD, the audit DGDs) replaced by
+    values of other types, one at a time: the shape check refuses it, or audit and inject
+    handle it with their own errors. Before, `resources.limits: 5`, `metadata: null`,
+    `containers: null` and `experimental: 5` got past into an AttributeError or TypeError."""
+    fixtures = sorted((ROOT / "tests" / "fixtures").glob("k8s/*.yaml")) + sorted(
+        (ROOT / "tests" / "fixtures").glob("audit/*.yaml")
+    )
+    documents = [d for path in fixtures for d in yaml.safe_load_all(path.read_text()) if d]
+    assert len(documents) >= 5
+    options = Options(image="registry/dynamo-sidecar:0")
+    crashes: list[str] = []
+    tried = refused = 0
+    for document in documents:
+        for path in list(_paths(document))[1:]:
+            for replacement in REPLACEMENTS:
+                mutated = copy.deepcopy(document)
+                target = mutated
+                for key in path[:-1]:
+                    target = target[key]
+                target[path[-1]] = copy.deepcopy(replacement)
+                tried += 1
+                try:
+                    check_shape(mutated, 1)
+                except ManifestInputError:
+                    refused += 1
+                    continue
+                for name, run in (
+                    ("audit", lambda m=mutated: audit_documents([m])),
+                    ("inject", lambda m=mutated: inject(copy.deepcopy(m), options)),
+                ):
+                    try:
+                        run()
+                    except (ManifestError, InjectError):
+                        pass
+                    except Exception as exc:  # what this test is for
+                        crashes.append(f"{name}: {'.'.join(map(str, path))} = {replacement!r}: {exc!r}"[:200])
+    assert tried > 1000 and refused > 100
+    assert crashes == []

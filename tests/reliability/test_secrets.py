@@ -10,6 +10,7 @@ searched for each secret string.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import signal
@@ -266,7 +267,12 @@ spec:
         ("{'client_secret': 'cs'}", f"{{'client_secret': {redact.REDACTED}}}"),
         ("cut at http://u:passwo", f"cut at http://{redact.REDACTED}"),
         ("at http://127.0.0.1:8000", "at http://127.0.0.1:8000"),
+        ("at http://[::1]:8000", "at http://[::1]:8000"),
+        ("http://[fe80::1%eth0]:9090/x?a=b", "http://[fe80::1%eth0]:9090/x?a=b"),
         ("first token after 2.5s; basic check", "first token after 2.5s; basic check"),
+        ("allowed with the bearer token", "allowed with the bearer token"),
+        ("authorization: Basic dXNlcjpwYXNz", f"authorization: Basic {redact.REDACTED}"),
+        ("Bearer abcdefghijklmnopqrstuvwxyz", f"Bearer {redact.REDACTED}"),
     ],
 )
 def test_the_redactor_patterns(raw: str, shown: str) -> None:
@@ -282,3 +288,33 @@ def test_structured_values_are_redacted_by_key() -> None:
         "auth_require_token": False,
         "url": "x",
     }
+
+
+async def test_verify_reports_and_errors_show_no_credential(tmp_path: Any) -> None:
+    from tests.reliability.test_hostile_frontend import HostileFrontend, run_verify
+
+    frontend = HostileFrontend()
+    await frontend.start()
+    try:
+        with_password = f"http://fuser:{FRONT_PW}@127.0.0.1:{frontend.port}"
+        for fmt in ("json", "text", "html"):
+            output = tmp_path / f"report.{fmt}"
+            code, err, _ = await run_verify(
+                with_password,
+                "--format",
+                fmt,
+                "--output",
+                str(output),
+                "--fault-cmd",
+                f"true --api-key {CMD_KEY}",
+            )
+            assert code in {0, 1}, err
+            shown = f"{redact.REDACTED}@127.0.0.1:{frontend.port}"
+            assert (html.escape(shown) if fmt == "html" else shown) in output.read_text()
+            assert _leaks(f"verify --format {fmt}", output.read_bytes() + err.encode()) == []
+    finally:
+        assert frontend.runner is not None
+        await frontend.runner.cleanup()
+    code, err, _ = await run_verify(f"http://fuser:{FRONT_PW}@127.0.0.1:{free_port()}")
+    assert code == 3 and "cannot reach" in err
+    assert _leaks("verify's error line", err) == []

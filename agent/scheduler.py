@@ -60,6 +60,11 @@ class Scheduler:
         else:
             self.first_cycle_done.set()
 
+    def dead_tasks(self) -> list[str]:
+        """The names of the scheduler's tasks (its timer) that have ended. The timer runs until
+        stop(), so while the sidecar runs, one that is done has crashed: what /healthz reports."""
+        return [task.get_name() for task in self._tasks if task.done()]
+
     async def stop(self) -> None:
         self._stopping = True  # the timer starts nothing more, even if a wake-up races this
         tasks = [*self._tasks, *self._running.values()]

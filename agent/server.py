@@ -98,7 +98,7 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 async def healthz(request: web.Request) -> web.Response:
     # Answering at all shows the event loop is responsive; a dead scheduler task is not.
-    dead = [t.get_name() for t in _sidecar(request).scheduler._tasks if t.done()]
+    dead = _sidecar(request).scheduler.dead_tasks()
     if dead:
         return _json({"status": "unhealthy", "dead_tasks": dead}, 503)
     return _json({"status": "ok"})

@@ -95,6 +95,7 @@ class ScrapeFact:
     up: bool = False
     reason: str = ""  # why not up: refused | timeout | http_error | malformed | too_large ...
     error: str = ""
+    failing_since: float = 0.0  # when this run of failed scrapes was first seen; 0 while up
     body_excerpt: str = ""
     series: int = 0
     skipped_lines: int = 0

@@ -10,11 +10,11 @@ sidecar's largest single overhead after its work, bench/overhead.py).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import time
 from collections.abc import Callable, Sequence
 
-from agent.aio import wait_event
 from agent.log import get as get_logger
 from agent.samples import CollectResult
 from agent.state import State
@@ -41,6 +41,7 @@ class Scheduler:
         self._running: dict[str, asyncio.Task[None]] = {}  # collector -> its run in progress
         self._due: dict[str, float] = {}  # collector -> monotonic time of its next run
         self._wake = asyncio.Event()
+        self._stopping = False
         self._interval_override: float | None = None
         self._completed: set[str] = set()
         self.first_cycle_done = asyncio.Event()
@@ -67,6 +68,7 @@ class Scheduler:
         return [task.get_name() for task in self._tasks if task.done()]
 
     async def stop(self) -> None:
+        self._stopping = True  # the timer starts nothing more, even if a wake-up races this
         tasks = [*self._tasks, *self._running.values()]
         for task in tasks:
             task.cancel()
@@ -103,31 +105,40 @@ class Scheduler:
         return collector.interval
 
     async def _timer(self) -> None:
-        while True:
+        while not self._stopping:
             now = time.monotonic()
             # One draw per wake-up: collectors started together stay together.
             factor = 1 + random.uniform(-self.jitter, self.jitter)
+            # Collectors of different intervals drift apart by up to two jitters of the
+            # fastest between their common cycles: due within that, they run with the others.
+            fastest = min(self._interval_for(c) for c in self.collectors)
+            together = 2 * fastest * max(self.jitter, 0.01)
             for collector in self.collectors:
                 name = collector.name
                 if name in self._running:
                     continue
                 interval = self._interval_for(collector)
-                # Due within its jitter: run now, with the others due now.
-                if self._due[name] <= now + interval * max(self.jitter, 0.01):
+                if self._due[name] <= now + max(interval * max(self.jitter, 0.01), together):
                     self._due[name] = now + interval * factor  # counted from this start
                     task = asyncio.create_task(self._run(collector), name=f"collector:{name}")
                     self._running[name] = task
             waiting = [self._due[c.name] for c in self.collectors if c.name not in self._running]
             delay = max(0.0, min(waiting) - time.monotonic()) if waiting else IDLE_WAIT
             self._wake.clear()
-            await wait_event(self._wake, delay)
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when the
+            # event is set as the task is cancelled (each run's end sets it, and stop() cancels
+            # the runs with the timer), and the timer would outlive stop().
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
 
     async def _run(self, collector: Collector) -> None:
         try:
             await self.run_once(collector)
         finally:
             self._running.pop(collector.name, None)
-            self._wake.set()  # a run that outlasted its interval is due again at once
+            if not self._stopping:
+                self._wake.set()  # a run that outlasted its interval is due again at once
 
     async def run_once(self, collector: Collector) -> None:
         status = self.state.collectors[collector.name]

@@ -223,6 +223,9 @@ class DynamoMetricsCollector(Collector):
         self.max_bytes = max_bytes
         self._session: aiohttp.ClientSession | None = None
         self._errors: dict[tuple[str, str], int] = {}
+        # endpoint -> when its current run of failed scrapes was first seen (wall clock, at the
+        # failure): the rule judges it only once the health probe has looked after that.
+        self._failing_since: dict[str, float] = {}
 
     async def collect(self) -> CollectResult:
         if self._session is None:
@@ -275,7 +278,9 @@ class DynamoMetricsCollector(Collector):
                 self._count_error(target.endpoint, reason)
                 fact.reason, fact.error = reason, response.error or f"HTTP {response.status}"
                 fact.body_excerpt = response.excerpt(200)
+                fact.failing_since = self._failing_since.setdefault(target.endpoint, time.time())
             else:
+                self._failing_since.pop(target.endpoint, None)
                 fact.up, fact.series, fact.skipped_lines = (
                     True,
                     sum(len(f.samples) for f in families),

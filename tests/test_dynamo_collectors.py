@@ -245,3 +245,24 @@ def test_chunked_parse_equals_the_whole_parse(monkeypatch) -> None:
         )
 
     assert shape(whole) == shape(sliced)
+
+
+async def test_a_run_of_failed_scrapes_keeps_when_it_began(sim) -> None:
+    """The rule judges a failed scrape once health has looked after its first failure: the
+    collector keeps that moment across the run of failures and forgets it on success."""
+    collector = DynamoMetricsCollector(
+        [frontend_target(sim.url("frontend"))], "/metrics", 1, 10, http_timeout=1.0, max_bytes=1 << 20
+    )
+    try:
+        sim.faults.frontend_malformed = True
+        before = time.time()
+        first = (await collector.collect()).facts.endpoints["frontend"]
+        second = (await collector.collect()).facts.endpoints["frontend"]
+        sim.faults.frontend_malformed = False
+        recovered = (await collector.collect()).facts.endpoints["frontend"]
+    finally:
+        await collector.close()
+    assert (first.up, first.reason, second.reason) == (False, "malformed", "malformed")
+    assert before <= first.failing_since <= time.time()
+    assert second.failing_since == first.failing_since
+    assert (recovered.up, recovered.failing_since) == (True, 0.0)

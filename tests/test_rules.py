@@ -1047,15 +1047,19 @@ def test_every_threshold_is_overridable_and_documented() -> None:
 def test_a_scrape_failure_is_judged_after_the_health_probe_looked(
     reason: str, health_looked_ago: float, probe_ok_for: float, fires: bool
 ) -> None:
-    """The scrape failed 1 s ago; health looked `health_looked_ago` s ago and had been ok for
-    `probe_ok_for` s by then."""
+    """The scrape failed 1 s ago (its first failure); health looked `health_looked_ago` s ago
+    and had been ok for `probe_ok_for` s by then."""
     r = Recorded()
     looked = NOW - health_looked_ago
     probe(r.health["frontend"], since=NOW - probe_ok_for)
     r.put("dynamo_health", CollectResult(facts=HealthFacts(r.health, looked)), at=looked)
     r.put(
         "dynamo_metrics",
-        CollectResult(facts=MetricsFacts({"frontend": ScrapeFact("x", up=False, reason=reason)}, NOW - 1)),
+        CollectResult(
+            facts=MetricsFacts(
+                {"frontend": ScrapeFact("x", up=False, reason=reason, failing_since=NOW - 1)}, NOW - 1
+            )
+        ),
         at=NOW - 1,
     )
     assert ("metrics_scrape_failing:frontend" in {f.id for f in evaluate(r.context())[0]}) is fires

@@ -189,3 +189,40 @@ async def test_collectors_sharing_an_interval_run_together() -> None:
     assert len(slow.starts) >= 2
     for start in slow.starts:
         assert min(abs(start - other) for other in a.starts) < 0.02, (slow.starts, a.starts)
+
+
+class Slow(Collector):
+    """Always in the middle of a run."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        super().__init__(interval=0.05, timeout=30)
+        self.started = 0
+
+    async def collect(self) -> CollectResult:
+        self.started += 1
+        await asyncio.sleep(20)
+        return CollectResult()
+
+
+async def test_stop_ends_the_timer_while_runs_are_in_progress() -> None:
+    """stop() with runs in progress and the timer's wake-up pending (run_now(), as a drain's
+    speed-up does) as it cancels the timer: stop() returns and nothing runs after it. (A
+    sidecar hung at exit when Python 3.11's wait_for lost the timer's cancellation to a
+    wake-up arriving with it; this ordering does not always meet that race.)"""
+    state = State()
+    slow, good = Slow(), Good()
+    scheduler = Scheduler([slow, good], state, jitter=0)
+    scheduler.start()
+    await wait_for(lambda: slow.started == 1 and good.runs >= 2, what="a run in progress")
+    scheduler.run_now()  # the timer's wake-up is pending as stop() cancels it (a drain does this)
+    try:
+        async with asyncio.timeout(10):
+            await scheduler.stop()  # cancels the timer in this very step
+    except TimeoutError:
+        raise AssertionError("stop() did not return: the timer survived its cancellation") from None
+    assert all(task.done() for task in scheduler._tasks) and not scheduler._running
+    runs = good.runs
+    await asyncio.sleep(0.2)  # four of its intervals: nothing may run after stop()
+    assert good.runs == runs

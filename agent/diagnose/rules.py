@@ -986,9 +986,10 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
     for endpoint, fact in ctx.scrapes.endpoints.items():
         if fact.up:
             continue
-        if 0 < ctx.health.time < ctx.scrapes.time:
+        if ctx.health.time and ctx.health.time <= fact.failing_since:
             # A port closing (or a process stopping mid-scrape) fails the scrape first; the
-            # health probe names that cause on its next look, so judge the scrape after it.
+            # health probe names that cause on its next look (collectors started together
+            # look at the same moment), so the scrape is judged once health looked after it.
             continue
         probe = ctx.probe(endpoint)
         if probe.outcome in {Outcome.REFUSED, Outcome.TIMEOUT} or ctx.starting(endpoint):

@@ -154,6 +154,17 @@ class Telemetry:
             span.set_status(Status(StatusCode.ERROR, redact.text(event.message)))
         span.end(end_time=start)
 
+    def record_span(
+        self, name: str, started_at: float, ended_at: float, attributes: dict[str, Any], error: str = ""
+    ) -> None:
+        """A finished piece of work as one span (a drain); `error` marks it failed."""
+        if not self.enabled:
+            return
+        span = self.tracer.start_span(name, start_time=int(started_at * 1e9), attributes=attributes)
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=int(ended_at * 1e9))
+
     def flush(self, timeout: float) -> bool:
         if self.processor is None:
             return True

@@ -4,15 +4,12 @@ and runs it until a signal."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agent.aio import wait_event
 from agent.canary import Canary, CanaryConfig
 from agent.catalogue import metric
 from agent.components import Components, RunState
@@ -260,28 +257,11 @@ class Sidecar:
         await self.scheduler.stop()
         if self._http is not None:
             await self._http.stop()
-        # An OTLP receiver that is down can hold the exporter's shutdown in retries for many
-        # seconds: it runs on a daemon thread and is waited for at most flush_timeout.
-        done = asyncio.Event()
-        loop = asyncio.get_running_loop()
-
-        def shut_down() -> None:
-            try:
-                self.telemetry.shutdown()
-            except Exception as exc:  # an exporter failing at exit is logged, not raised
-                log.warning("OTLP exporter shutdown failed", error=repr(exc)[:300])
-            with contextlib.suppress(RuntimeError):  # the loop may be closed by then
-                loop.call_soon_threadsafe(done.set)
-
-        threading.Thread(target=shut_down, name="otlp-shutdown", daemon=True).start()
         # The spans were flushed (flush_timeout) just before; what is left is the exporter's
         # own teardown, given EXPORTER_SHUTDOWN. Exit after the drain therefore takes at most
         # flush_timeout + EXPORTER_SHUTDOWN + the HTTP server's 1 s, inside the 5 s margin
         # drain_timeout leaves by default.
-        if not await wait_event(done, min(EXPORTER_SHUTDOWN, self.config.flush_timeout)):
-            log.warning(
-                "OTLP exporter shutdown still running; not waiting for it", timeout=self.config.flush_timeout
-            )
+        await self.telemetry.shut_down_within(min(EXPORTER_SHUTDOWN, self.config.flush_timeout))
         self.stopped.set()
 
     async def flush_telemetry(self) -> None:

@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -21,14 +22,16 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from agent import redact
 from agent.aio import wait_event
+from agent.components import RunState
 from agent.facts import HealthFacts, MetricsFacts
 from agent.log import get as get_logger
 from agent.samples import Sample, sample
-from agent.signals import engine_start
+from agent.signals import DynamoNames, SignalsCache, engine_start
+from agent.state import State
 from exporters.otlp import traceparent_for
 
 if TYPE_CHECKING:
-    from agent.runtime import Sidecar
+    from agent.config import Config
     from exporters.otlp import Telemetry
 
 log = get_logger("dynamo_sidecar.canary")
@@ -224,16 +227,63 @@ async def send_canary(
     return result
 
 
+@dataclass(frozen=True)
+class CanaryConfig:
+    """The canary's section of the Config."""
+
+    enabled: bool
+    wait: float
+    timeout: float
+    failures: int
+    endpoint: str
+    stream: bool
+    max_models: int
+    frontend_url: str
+    startup_grace: float
+    dynamo_interval: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> CanaryConfig:
+        return cls(
+            enabled=config.canary_enabled and config.watch_frontend,
+            wait=config.canary_wait,
+            timeout=config.canary_timeout,
+            failures=config.canary_failures,
+            endpoint=config.canary_endpoint,
+            stream=config.canary_stream,
+            max_models=config.canary_max_models,
+            frontend_url=config.frontend_url,
+            startup_grace=config.startup_grace,
+            dynamo_interval=config.dynamo_interval,
+        )
+
+
 class Canary:
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.sidecar = sidecar
-        config = sidecar.config
-        self.enabled = config.canary_enabled and config.watch_frontend
-        self.wait = config.canary_wait
-        self.timeout = config.canary_timeout
-        self.failures_to_fail = config.canary_failures
-        self.endpoint = config.canary_endpoint
-        self.stream = config.canary_stream
+    def __init__(
+        self,
+        config: CanaryConfig,
+        state: State,
+        names: DynamoNames,
+        signals: SignalsCache,
+        run: RunState,
+        telemetry: Telemetry,
+        on_round: Callable[[], None] = lambda: None,
+    ) -> None:
+        """`signals`: the shared cache the render keeps current (in-flight work); `run`:
+        whether the sidecar drains; `on_round`: called after each round (a re-render)."""
+        self.config = config
+        self.state = state
+        self.names = names
+        self.signals = signals
+        self.run = run
+        self.telemetry = telemetry
+        self.on_round = on_round
+        self.enabled = config.enabled
+        self.wait = config.wait
+        self.timeout = config.timeout
+        self.failures_to_fail = config.failures
+        self.endpoint = config.endpoint
+        self.stream = config.stream
         self.models: dict[str, ModelState] = {}
         self.sent_through_frontend = 0  # our own requests, as the frontend's counter sees them
         self.inflight = 0
@@ -250,15 +300,15 @@ class Canary:
 
     # --- idle detection ------------------------------------------------------------------
     def _traffic_total(self) -> float | None:
-        frontend = self.sidecar.state.facts("dynamo_metrics", MetricsFacts).endpoints.get("frontend")
+        frontend = self.state.facts("dynamo_metrics", MetricsFacts).endpoints.get("frontend")
         if frontend is None or not frontend.up:
             return None
-        return self.sidecar.state.latest_total(self.sidecar.names.requests_total) or 0.0
+        return self.state.latest_total(self.names.requests_total) or 0.0
 
     def _progress(self) -> float:
         """Tokens being produced: TTFT and inter-token observations counted so far."""
-        histograms = self.sidecar.names.latency_histograms()
-        state = self.sidecar.state
+        histograms = self.names.latency_histograms()
+        state = self.state
         return sum(state.latest_total(histograms[key] + "_count") or 0.0 for key in ("ttft", "itl"))
 
     def observe_traffic(self, now: float) -> None:
@@ -269,15 +319,15 @@ class Canary:
         nothing for STUCK_PERIODS idle periods are what a hung worker looks like; they no
         longer hold the canary back, since that is when a canary matters most.
         """
-        if self.sidecar.state.generation == self._seen_generation:
+        if self.state.generation == self._seen_generation:
             return  # nothing collected since the last look
-        self._seen_generation = self.sidecar.state.generation
+        self._seen_generation = self.state.generation
         total = self._traffic_total()
         if total is None:
             return
         real_total = total - self.sent_through_frontend
         progress = self._progress()
-        inflight = (self.sidecar.signals.frontend_inflight or 0) - self.inflight
+        inflight = (self.signals.current.frontend_inflight or 0) - self.inflight
         if self._last_total is not None and real_total > self._last_total:
             self.last_activity = now
         if inflight > 0:
@@ -297,7 +347,7 @@ class Canary:
         or dead worker's model leaves the list in ~12-16 s, which is when a canary matters.
         A model that left while another appeared (a rename, or a rolling update to a new
         name) was replaced, not lost: it is not probed."""
-        view = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
+        view = self.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
         if view is None:
             return []
         listed = list(view.models or [])
@@ -319,7 +369,7 @@ class Canary:
         (the frontend has not answered yet, within the start-up grace), are states in which
         a failing canary says nothing about a fault. The grace follows Dynamo's readiness,
         not the sidecar's uptime: a sidecar restarted next to a serving Dynamo probes at once."""
-        if self.sidecar.draining:
+        if self.run.draining:
             return "draining"
         if self._dynamo_starting(now):
             return "dynamo_starting"
@@ -328,15 +378,15 @@ class Canary:
     def _engine_starting(self, now: float) -> bool:
         """A watched worker is young and its engine has produced no token since it started
         (agent.signals.engine_start): it registered before it serves."""
-        health = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.values()
+        health = self.state.facts("dynamo_health", HealthFacts).endpoints.values()
         uptimes = [v.uptime_seconds for v in health if v.kind == "worker" and v.uptime_seconds is not None]
-        grace = self.sidecar.config.startup_grace
-        return bool(engine_start(self.sidecar.state, self.sidecar.names, uptimes, grace, now))
+        grace = self.config.startup_grace
+        return bool(engine_start(self.state, self.names, uptimes, grace, now))
 
     def _dynamo_starting(self, now: float) -> bool:
-        if now - self.sidecar.state.started >= self.sidecar.config.startup_grace:
+        if now - self.state.started >= self.config.startup_grace:
             return False
-        view = self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
+        view = self.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
         return view is None or not view.first_ok_at
 
     # --- running -------------------------------------------------------------------------
@@ -345,13 +395,13 @@ class Canary:
     ) -> list[CanaryResult]:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
-        frontend_url = frontend_url or self.sidecar.config.frontend_url
+        frontend_url = frontend_url or self.config.frontend_url
         if models is None:
             models = self.models_to_probe()
             self._forget_unserved(models)
             # Bounded load under model churn: at most canary_max_models a round, taking the
             # least recently probed first so every model gets its turn.
-            limit = self.sidecar.config.canary_max_models
+            limit = self.config.max_models
             if len(models) > limit:
                 models = sorted(models, key=self._last_probed)[:limit]
         self.rounds += 1
@@ -366,7 +416,7 @@ class Canary:
                     self.timeout,
                     self.endpoint,
                     self.stream,
-                    self.sidecar.telemetry,
+                    self.telemetry,
                 )
             finally:
                 self.inflight -= 1
@@ -383,14 +433,14 @@ class Canary:
             elif was_failing and not state.failing:
                 log.info("canary recovered", model=model)
             results.append(result)
-        self.sidecar.mark_dirty()
+        self.on_round()
         return results
 
     async def _loop(self) -> None:
         # Wakes when the next canary could be due, not on a fixed tick: an idle sidecar's
         # wake-ups cost CPU in every pod. Traffic in between is not missed: the counters
         # are compared on waking, and traffic seen then postpones the canary a full period.
-        floor = min(1.0, max(0.1, self.sidecar.config.dynamo_interval))
+        floor = min(1.0, max(0.1, self.config.dynamo_interval))
         delay = floor
         while not self._stop.is_set():
             await wait_event(self._stop, delay)
@@ -400,7 +450,7 @@ class Canary:
             if self.paused(now) or self.idle_for(now) < self.wait:
                 continue
             if not self.models_to_probe():
-                delay = max(floor, self.sidecar.config.dynamo_interval)  # the list's own pace
+                delay = max(floor, self.config.dynamo_interval)  # the list's own pace
                 continue
             try:
                 await self.run_round()
@@ -413,13 +463,13 @@ class Canary:
     def until_due(self, now: float) -> float:
         """Seconds until a canary may next run, if nothing else happens meanwhile (0 while
         draining: the drain's end is not a time)."""
-        if self.sidecar.draining:
+        if self.run.draining:
             return 0.0
         due = self.last_activity + self.wait - now
         if self._dynamo_starting(now):
             # Look again at the collection's pace: the canary is due once Dynamo answers.
-            config = self.sidecar.config
-            grace_ends = self.sidecar.state.started + config.startup_grace
+            config = self.config
+            grace_ends = self.state.started + config.startup_grace
             return max(due, min(config.dynamo_interval, grace_ends - now))
         return due
 
@@ -447,7 +497,7 @@ class Canary:
         read, not only in a canary round: no round runs while traffic flows, and /canaryz
         stayed 503 on a renamed model's name until one did."""
         if models is None:
-            if self.sidecar.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend") is None:
+            if self.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend") is None:
                 return  # no listing read yet (or the frontend is not watched): nothing to judge by
             models = self.models_to_probe()
         for gone in set(self.models) - set(models):

@@ -9,18 +9,22 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
 from agent.aio import wait_event
+from agent.components import RunState
 from agent.facts import MetricsFacts, ProcessFacts
 from agent.log import get as get_logger
 from agent.samples import Event, Sample, sample
+from agent.signals import DynamoNames, inflight_now
+from agent.state import State
 
 if TYPE_CHECKING:
-    from agent.runtime import Sidecar
+    from agent.config import Config
 
 log = get_logger("dynamo_sidecar.drain")
 
@@ -80,6 +84,9 @@ class DrainSummary:
             "sources_unreachable": self.sources_unreachable,
         }
 
+    def span_attributes(self) -> dict[str, Any]:
+        return {f"dynamo.drain.{k}": v for k, v in self.to_dict().items() if isinstance(v, str | int | float)}
+
     def samples(self) -> list[Sample]:
         out = [
             sample("dynamo_sidecar_drain_duration_seconds", self.duration),
@@ -95,13 +102,46 @@ class DrainSummary:
         return out
 
 
+@dataclass(frozen=True)
+class DrainConfig:
+    """The drain's section of the Config."""
+
+    timeout: float
+    interval: float
+    settle: float
+
+    @classmethod
+    def from_config(cls, config: Config) -> DrainConfig:
+        return cls(config.drain_timeout, config.drain_interval, config.drain_settle)
+
+
+class Collection(Protocol):
+    """What the drain asks of the scheduler: a fresh look, at its own pace."""
+
+    def next_run(self, name: str) -> asyncio.Event: ...
+    def speed_up(self, interval: float | None, names: Sequence[str] | None = None) -> None: ...
+
+
 class DrainCoordinator:
-    def __init__(self, sidecar: Sidecar) -> None:
-        self.sidecar = sidecar
-        config = sidecar.config
-        self.timeout = config.drain_timeout
-        self.interval = config.drain_interval
-        self.settle = config.drain_settle
+    def __init__(
+        self,
+        config: DrainConfig,
+        state: State,
+        names: DynamoNames,
+        run: RunState,
+        collection: Collection,
+        on_finished: Callable[[DrainSummary], None] = lambda summary: None,
+    ) -> None:
+        """`run`: the drain sets its `draining`; `collection`: run Dynamo's collectors at the
+        drain's pace; `on_finished`: called with the summary when the drain ends."""
+        self.state = state
+        self.names = names
+        self.run = run
+        self.collection = collection
+        self.on_finished = on_finished
+        self.timeout = config.timeout
+        self.interval = config.interval
+        self.settle = config.settle
         self.summary: DrainSummary | None = None
         self.finished = asyncio.Event()
         self._shorten = asyncio.Event()
@@ -127,32 +167,18 @@ class DrainCoordinator:
             deadline_at=now + self.timeout,
             mode="follow" if follow else "hold",
         )
-        self.sidecar.draining = True
-        self.sidecar.state.extra["drain"] = self.summary
+        self.run.draining = True
         self._task = asyncio.create_task(self._run(), name="drain")
         return self.summary
 
     def _inflight(self) -> tuple[float | None, list[str]]:
         """Total in-flight work Dynamo reports now, and which sources cannot be read."""
-        state = self.sidecar.state
-        names = self.sidecar.names
         unreachable = [
             endpoint
-            for endpoint, fact in state.facts("dynamo_metrics", MetricsFacts).endpoints.items()
+            for endpoint, fact in self.state.facts("dynamo_metrics", MetricsFacts).endpoints.items()
             if not fact.up
         ]
-        values = [
-            value
-            for value in (
-                _sum(state, names.inflight),
-                _sum(state, names.queued),
-                _sum(state, names.worker_inflight),
-            )
-            if value is not None
-        ]
-        # The same request is in flight at the frontend and at the worker (and queued is a
-        # part of in-flight): the pod's work in flight is the largest view, not the sum.
-        return (max(values) if values else None), unreachable
+        return inflight_now(self.state, self.names), unreachable
 
     def _processes_alive(self, pids: list[int]) -> bool:
         alive = []
@@ -170,13 +196,13 @@ class DrainCoordinator:
         cannot be read (gone with its process), so the last readable count stands."""
         frontends = [
             fact
-            for endpoint, fact in self.sidecar.state.facts("dynamo_metrics", MetricsFacts).endpoints.items()
+            for endpoint, fact in self.state.facts("dynamo_metrics", MetricsFacts).endpoints.items()
             if endpoint == "frontend"
         ]
         if not frontends or not frontends[0].up:
             return None
         ok = failed = 0.0
-        for item in self.sidecar.state.find(self.sidecar.names.requests_total):
+        for item in self.state.find(self.names.requests_total):
             if item.label("status") == "error":
                 failed += item.value
             else:
@@ -186,14 +212,13 @@ class DrainCoordinator:
     async def _run(self) -> None:
         summary = self.summary
         assert summary is not None
-        sidecar = self.sidecar
-        fresh = sidecar.scheduler.next_run("dynamo_metrics")
-        sidecar.scheduler.speed_up(self.interval, DYNAMO_COLLECTORS)
+        fresh = self.collection.next_run("dynamo_metrics")
+        self.collection.speed_up(self.interval, DYNAMO_COLLECTORS)
         # One fresh look at Dynamo (the speed-up runs the collectors now) before judging
         # anything: the baseline for "during the drain" is the state at the signal.
         await wait_event(fresh, min(2.0, max(self.interval * 2, 0.5)))
         summary.inflight_at_start, _ = self._inflight()
-        summary.processes_at_start = [p.pid for p in sidecar.state.facts("process", ProcessFacts).readable()]
+        summary.processes_at_start = [p.pid for p in self.state.facts("process", ProcessFacts).readable()]
         counts_start = self._counts()
         counts_last = counts_start
         log.info(
@@ -203,7 +228,7 @@ class DrainCoordinator:
             processes=summary.processes_at_start,
             deadline_seconds=self.timeout,
         )
-        sidecar.state.add_event(
+        self.state.add_event(
             Event(
                 "drain_started",
                 "sidecar",
@@ -268,7 +293,7 @@ class DrainCoordinator:
             summary.requests_failed = max(0.0, counts_last[1] - counts_start[1])
         summary.reason = reason
         summary.ended_at = time.time()
-        sidecar.state.add_event(
+        self.state.add_event(
             Event("drain_finished", "sidecar", f"drain finished: {reason}", attributes=summary.to_dict())
         )
         fields = summary.to_dict()
@@ -276,14 +301,10 @@ class DrainCoordinator:
             log.warning("drain deadline reached with work in flight", **fields)
         else:
             log.info("drain finished", **fields)
-        sidecar.on_drain_finished(summary)
+        self.collection.speed_up(None)  # the collectors' own pace again
+        self.on_finished(summary)
         self.finished.set()
 
     async def wait(self, timeout: float) -> DrainSummary | None:
         await wait_event(self.finished, timeout)
         return self.summary
-
-
-def _sum(state: Any, name: str) -> float | None:
-    found = state.find(name)
-    return sum(item.value for item in found) if found else None

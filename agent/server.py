@@ -21,12 +21,15 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from agent import redact
+from agent import __version__, redact
+from agent.config import Config, redact_url
 from agent.diagnose import render
 from agent.facts import LogFacts
 from agent.httpguard import GuardedSite
+from agent.log import get as get_logger
 from agent.samples import Labels
 from agent.state import SeriesRing
+from collectors.dynamo_health import targets_from
 from exporters.prometheus import negotiate
 
 if TYPE_CHECKING:
@@ -35,6 +38,7 @@ if TYPE_CHECKING:
 # Typed app state: request.app[SIDECAR_KEY] is a Sidecar to the type checker. The type is named
 # only in the annotation (runtime imports this module, so the class cannot be imported here).
 SIDECAR_KEY: web.AppKey[Sidecar] = web.AppKey("sidecar")
+log = get_logger("dynamo_sidecar.runtime")  # the name auth_token_file's warning always had
 
 
 MAX_WINDOW = 7 * 86400.0
@@ -191,7 +195,7 @@ async def history(request: web.Request) -> web.Response:
     names, series, points and bytes (the rest by ?offset=next_offset), computed in a thread
     on copies of the rings; from the pod's loopback or with the bearer token."""
     sidecar = _sidecar(request)
-    if not _allowed(request, sidecar):
+    if not _allowed(request, sidecar.config):
         return _json({"error": "GET /history is allowed from 127.0.0.1 / ::1 or with the bearer token"}, 403)
     try:
         most = _bounded_int(request.query.get("max_points", ""), 2, MAX_SERIES_POINTS, MAX_SERIES_POINTS)
@@ -246,8 +250,39 @@ async def history(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="application/json")
 
 
+def status_report(sidecar: Sidecar) -> dict[str, Any]:
+    """GET /status: what runs, how it is configured (redacted), and what it holds."""
+    state = sidecar.state
+    return {
+        "version": __version__,
+        "uptime_seconds": round(time.monotonic() - sidecar.started_monotonic, 3),
+        "ready": sidecar.ready,
+        "draining": sidecar.draining,
+        "drain": sidecar.drain.summary.to_dict() if sidecar.drain.summary else None,
+        "canary": sidecar.canary.status(),
+        "otlp": sidecar.telemetry.status(),
+        "config": sidecar.config.redacted(),
+        "targets": [{**t.__dict__, "base_url": redact_url(t.base_url)} for t in targets_from(sidecar.config)],
+        "collectors": {name: status.to_dict() for name, status in state.collectors.items()},
+        # For leak hunting: these must stay flat over days.
+        "tasks": len(asyncio.all_tasks()),
+        "threads": threading.active_count(),
+        "http_connections": sidecar.connections.active,
+        "history": {
+            "series": state.history_series,
+            "ring_capacity": state.ring_capacity,
+            "bytes": state.history_bytes,
+            "refused": state.history_refused,
+            "memory_budget_bytes": state.memory_budget,
+            "memory_budget_used_bytes": state.budget_used(),
+            "memory_limit_bytes": state.memory_limit,
+            "events": len(state.events),
+        },
+    }
+
+
 async def status(request: web.Request) -> web.Response:
-    return _json(_sidecar(request).status())
+    return _json(status_report(_sidecar(request)))
 
 
 def _diagnose_format(request: web.Request) -> str:
@@ -317,14 +352,28 @@ async def request_lines(request: web.Request) -> web.Response:
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 
 
-def _allowed(request: web.Request, sidecar: Sidecar) -> bool:
+def auth_token(config: Config) -> str:
+    """The bearer token: auth_token, else auth_token_file's content (read on every request,
+    so a rotated Secret applies without a restart); "" for none."""
+    if config.auth_token:
+        return config.auth_token
+    if config.auth_token_file:
+        try:
+            with open(config.auth_token_file, encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            log.warning("cannot read auth_token_file", path=config.auth_token_file, error=str(exc))
+    return ""
+
+
+def _allowed(request: web.Request, config: Config) -> bool:
     """Mutating endpoints: the bearer token, or (unless auth_require_token) a caller on the
     pod's own loopback address."""
-    token = sidecar.auth_token()
+    token = auth_token(config)
     header = request.headers.get("Authorization", "")
     if token and header and hmac.compare_digest(header.encode(), f"Bearer {token}".encode()):
         return True
-    return not sidecar.config.auth_require_token and (request.remote or "") in LOOPBACK
+    return not config.auth_require_token and (request.remote or "") in LOOPBACK
 
 
 async def drain(request: web.Request) -> web.Response:
@@ -334,7 +383,7 @@ async def drain(request: web.Request) -> web.Response:
     sidecar = _sidecar(request)
     if not all(value.isascii() for value in request.headers.values()):
         return _json({"error": "header values must be ASCII"}, 400)
-    if not _allowed(request, sidecar):
+    if not _allowed(request, sidecar.config):
         return _json({"error": "POST /drain is allowed from 127.0.0.1 / ::1 or with the bearer token"}, 403)
     wait = request.query.get("wait", "true").strip().lower()
     if wait not in {"true", "false", "1", "0"}:

@@ -126,10 +126,8 @@ class Signals:
     stalled_inflight: float = 0.0
 
     def inflight_total(self) -> float | None:
-        """Work in flight in the pod: a request is counted at the frontend and at the worker
-        both, so this is the larger of the two views, not their sum."""
-        values = [v for v in (self.frontend_inflight, self.worker_inflight) if v is not None]
-        return max(values) if values else None
+        """Work in flight in the pod (`work_in_flight`)."""
+        return work_in_flight(self.frontend_inflight, self.worker_inflight, self.queued)
 
     def to_samples(self) -> list[Sample]:
         window = f"{int(self.window)}s"
@@ -174,6 +172,23 @@ class Signals:
             "tcp_retransmit_ratio": self.retransmit_ratio,
             "latency_seconds": {f"{s}_p{int(q * 100)}": v for (s, q), v in sorted(self.latency.items())},
         }
+
+
+def work_in_flight(frontend: float | None, worker: float | None, queued: float | None) -> float | None:
+    """The one definition of the pod's work in flight (signals, the drain): a request is
+    counted at the frontend and at the worker both, and queued is a part of in-flight, so it
+    is the largest of the views read, not their sum; None when none can be read."""
+    values = [value for value in (frontend, worker, queued) if value is not None]
+    return max(values) if values else None
+
+
+def inflight_now(state: State, names: DynamoNames) -> float | None:
+    """`work_in_flight` from the latest of Dynamo's gauges in `state`."""
+    return work_in_flight(
+        _sum_latest(state, names.inflight),
+        _sum_latest(state, names.worker_inflight),
+        _sum_latest(state, names.queued),
+    )
 
 
 def _sum_latest(state: State, name: str, **labels: str) -> float | None:
@@ -281,6 +296,43 @@ def compute(state: State, names: DynamoNames, window: float, now: float | None =
             if value is not None:
                 out.latency[(signal, quantile)] = value
     return out
+
+
+class SignalsCache:
+    """The derived signals, computed once per update of their inputs and shared: the
+    exporter renders them, the canary reads in-flight work from them, and the collection
+    cycle's findings evaluation reuses the ones the render computed (as of that moment)."""
+
+    def __init__(self, state: State, names: DynamoNames, window: float) -> None:
+        self.state = state
+        self.names = names
+        self.window = window
+        self.current = Signals(window=window)
+        self._inputs: tuple[float | None, float | None] = (None, None)
+        self._unevaluated: tuple[Signals, float] | None = None  # computed since the last evaluation
+
+    def refresh(self) -> bool:
+        """Recompute if their inputs changed; True when they were. The signals read only
+        Dynamo's and the TCP collector's series: other collectors' cycles change nothing."""
+        inputs = (self.state.latest_time.get("dynamo_metrics"), self.state.latest_time.get("tcp"))
+        if inputs == self._inputs:
+            return False
+        self._inputs = inputs
+        now = time.time()
+        self.current = compute(self.state, self.names, self.window, now)
+        self._unevaluated = (self.current, now)
+        return True
+
+    def now(self) -> tuple[Signals, float]:
+        """Signals computed afresh, with the time they are as of."""
+        now = time.time()
+        return compute(self.state, self.names, self.window, now), now
+
+    def for_evaluation(self) -> tuple[Signals, float]:
+        """The signals `refresh` computed since the last evaluation (the same result as
+        computing them again at that moment, for half the cost), else fresh ones."""
+        signals, self._unevaluated = self._unevaluated, None
+        return signals if signals is not None else self.now()
 
 
 # --- SLO targets ----------------------------------------------------------------------------

@@ -443,8 +443,7 @@ class State:
         self.event_counts: dict[str, int] = {}
         self.collectors: dict[str, CollectorStatus] = {}
         self.generation = 0  # bumped on every update; the exporter re-renders when it moves
-        self.extra: dict[str, Any] = {}
-        self.event_listeners: list[Any] = []  # component state other parts publish (drain, canary)
+        self.event_listeners: list[Any] = []  # called with every event added (the OTLP exporter)
         self._history_filter = history_filter or (lambda name: True)
         # The memory budget (bytes, None for none): series and their history are admitted
         # only while the state's estimated memory stays inside it (see budget_used); what it

@@ -1,10 +1,17 @@
-"""The collector contract the scheduler runs."""
+"""The collector contract the scheduler runs, and the registry the runtime builds them from."""
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.samples import CollectResult
+
+if TYPE_CHECKING:
+    from agent.config import Config
+    from collectors.process import ProcessFinder
 
 
 class Collector(abc.ABC):
@@ -23,3 +30,44 @@ class Collector(abc.ABC):
     async def close(self) -> None:
         """Release sessions, threads, file handles. Called once at shutdown."""
         return None
+
+
+@dataclass(frozen=True)
+class Hooks:
+    """What a collector's factory may be given besides the Config: the process finder the
+    process and cgroup collectors share, and the runtime's views of what the process
+    collector found (GPU per-process memory, the ports Dynamo's processes listen on)."""
+
+    finder: ProcessFinder
+    dynamo_pids: Callable[[], dict[int, str]] | None = None
+    listening_ports: Callable[[str], list[int]] | None = None
+
+
+@dataclass(frozen=True)
+class CollectorSpec:
+    """A collector as the runtime builds it: `enabled` says whether the Config turns it on
+    (its default is the Config's), `interval` how often it runs, `factory` builds it.
+    `order` keeps the collectors' order (and so /status and the exposition) stable,
+    whatever order their modules were imported in."""
+
+    name: str
+    order: int
+    enabled: Callable[[Config], bool]
+    interval: Callable[[Config], float]
+    factory: Callable[[Config, Hooks], Collector]
+
+
+REGISTRY: dict[str, CollectorSpec] = {}
+
+
+def register(spec: CollectorSpec) -> CollectorSpec:
+    """Add a collector to the registry (each collector module registers itself on import,
+    as node_exporter's registerCollector does)."""
+    if spec.name in REGISTRY:
+        raise ValueError(f"collector {spec.name!r} registered twice")
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+def registered() -> list[CollectorSpec]:
+    return sorted(REGISTRY.values(), key=lambda spec: spec.order)

@@ -12,10 +12,14 @@ from __future__ import annotations
 import asyncio
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from agent.samples import CollectResult
-from collectors.base import Collector
+from collectors.base import Collector, CollectorSpec, register
 from collectors.process import Found, ProcessFinder
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 PREFIX = "dynamo_sidecar_"
 V1_UNLIMITED = 2**60  # v1 reports "unlimited" as a page-rounded 2^63-1
@@ -261,3 +265,20 @@ class CgroupCollector(Collector):
 
     async def collect(self) -> CollectResult:
         return await asyncio.to_thread(self._collect_sync)
+
+
+def _build(config: Config, finder: ProcessFinder) -> CgroupCollector:
+    return CgroupCollector(
+        finder, config.cgroup_root, config.proc_root, config.process_interval, config.collector_timeout
+    )
+
+
+register(
+    CollectorSpec(
+        "cgroup",
+        order=20,
+        enabled=lambda config: True,
+        interval=lambda config: config.process_interval,
+        factory=lambda config, hooks: _build(config, hooks.finder),
+    )
+)

@@ -12,7 +12,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
@@ -20,8 +20,11 @@ import aiohttp
 from agent.facts import EndpointFacts, HealthFacts, PortAnswer, ProbeFact
 from agent.samples import CollectResult, Event
 from agent.textsafe import clean, parse_json
-from collectors.base import Collector
+from collectors.base import Collector, CollectorSpec, Hooks, register
 from collectors.http import HttpResult, fetch, new_session
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 HEALTHY_STATUSES = {"healthy", "ready", "live"}
 MAX_TEXT = 64  # status strings, endpoint names, instance ids: Dynamo's are a few words
@@ -364,3 +367,56 @@ class DynamoHealthCollector(Collector):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def targets_from(config: Config) -> list[Target]:
+    """The Dynamo endpoints the config watches: the frontend, and each worker's system port."""
+    targets = []
+    if config.watch_frontend:
+        targets.append(
+            Target(
+                "frontend",
+                "frontend",
+                config.frontend_url,
+                config.frontend_health_path,
+                config.frontend_live_path,
+            )
+        )
+    if config.watch_workers:
+        many = len(config.worker_system_urls) > 1
+        for index, url in enumerate(config.worker_system_urls):
+            name = f"worker-{index}" if many else "worker"
+            targets.append(Target(name, "worker", url, config.worker_health_path, config.worker_live_path))
+    return targets
+
+
+def service_ports(config: Config) -> dict[int, str]:
+    """The Dynamo ports this pod serves (by the configured URLs)."""
+    ports: dict[int, str] = {}
+    for target in targets_from(config):
+        port = urlsplit(target.base_url).port
+        if port:
+            ports[port] = "frontend" if target.kind == "frontend" else "worker_system"
+    return ports
+
+
+def _build(config: Config, hooks: Hooks) -> DynamoHealthCollector:
+    return DynamoHealthCollector(
+        targets_from(config),
+        config.dynamo_interval,
+        config.collector_timeout,
+        config.http_timeout,
+        listening_ports=hooks.listening_ports,
+        models_memory=config.history_window,
+    )
+
+
+register(
+    CollectorSpec(
+        "dynamo_health",
+        order=30,
+        enabled=lambda config: bool(targets_from(config)),
+        interval=lambda config: config.dynamo_interval,
+        factory=_build,
+    )
+)

@@ -18,12 +18,15 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.facts import LogFacts
 from agent.samples import CollectResult, Event
 from agent.textsafe import clean, parse_json
-from collectors.base import Collector
+from collectors.base import Collector, CollectorSpec, register
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 PREFIX = "dynamo_sidecar_"
 CRI_LINE = re.compile(r"^\S+ (?:stdout|stderr) ([FP]) (.*)$")
@@ -353,3 +356,20 @@ class DynamoLogCollector(Collector):
             if tail.handle:
                 tail.handle.close()
         self.tails.clear()
+
+
+def _build(config: Config) -> DynamoLogCollector:
+    return DynamoLogCollector(
+        config.log_files, config.dynamo_interval, config.collector_timeout, config.log_max_bytes_per_cycle
+    )
+
+
+register(
+    CollectorSpec(
+        "dynamo_logs",
+        order=70,
+        enabled=lambda config: bool(config.log_files),
+        interval=lambda config: config.dynamo_interval,
+        factory=lambda config, hooks: _build(config),
+    )
+)

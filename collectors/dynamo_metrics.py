@@ -10,17 +10,22 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from agent.facts import MetricsFacts, ScrapeFact
 from agent.samples import CollectResult, Family, Sample, labels_from_dict
+from agent.signals import DynamoNames
 from agent.textsafe import clean
-from collectors.base import Collector
-from collectors.dynamo_health import Target
-from collectors.exposition import LineCache, RawFamily, Splitter, parse_family
+from collectors.base import Collector, CollectorSpec, Hooks, register
+from collectors.dynamo_health import Target, targets_from
+from collectors.exposition import LineCache, RawFamily, Splitter, base_name, parse_family
 from collectors.http import fetch, new_session
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 PREFIX = "dynamo_sidecar_"
 
@@ -338,3 +343,33 @@ class DynamoMetricsCollector(Collector):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def wanted_families(names: DynamoNames) -> Callable[[str], bool]:
+    """The scraped families signals and rules read (parsed into samples); the rest of
+    Dynamo's surface passes through as checked text."""
+    bases = {base_name(name) for name in names.history_names()}
+    return lambda family: base_name(family) in bases
+
+
+def _build(config: Config, hooks: Hooks) -> DynamoMetricsCollector:
+    return DynamoMetricsCollector(
+        targets_from(config),
+        config.metrics_path,
+        config.dynamo_interval,
+        config.collector_timeout,
+        config.http_timeout,
+        config.max_response_bytes,
+        wanted=wanted_families(DynamoNames(frontend_prefix=config.frontend_metrics_prefix)),
+    )
+
+
+register(
+    CollectorSpec(
+        "dynamo_metrics",
+        order=40,
+        enabled=lambda config: bool(targets_from(config)),
+        interval=lambda config: config.dynamo_interval,
+        factory=_build,
+    )
+)

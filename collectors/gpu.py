@@ -25,7 +25,7 @@ from agent.catalogue import metric
 from agent.facts import GpuFact, GpuFacts
 from agent.log import get as get_logger
 from agent.samples import CollectResult, Event
-from collectors.base import Collector
+from collectors.base import Collector, CollectorSpec, register
 
 log = get_logger("dynamo_sidecar.gpu")
 
@@ -614,3 +614,16 @@ class GpuCollector(Collector):
         if self._initialized and self._nvml is not None:
             with contextlib.suppress(Exception):
                 self._nvml.lib.nvmlShutdown()
+
+
+register(
+    CollectorSpec(
+        "gpu",
+        order=50,
+        enabled=lambda config: config.gpu_enabled,
+        interval=lambda config: config.gpu_interval,
+        factory=lambda config, hooks: GpuCollector(
+            config.gpu_interval, config.collector_timeout, dynamo_pids=hooks.dynamo_pids
+        ),
+    )
+)

@@ -15,14 +15,18 @@ import stat
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import psutil
 
 from agent.facts import ProcessFact, ProcessFacts
 from agent.samples import CollectResult
 from agent.textsafe import clean
-from collectors.base import Collector
+from collectors.base import Collector, CollectorSpec, register
 from collectors.sockets import CLOSE_WAIT, LISTEN, sockets_by_inode
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 PREFIX = "dynamo_sidecar_"
 
@@ -378,3 +382,22 @@ class ProcessCollector(Collector):
 
     async def collect(self) -> CollectResult:
         return await asyncio.to_thread(self._collect_sync)
+
+
+def finder_from(config: Config) -> ProcessFinder:
+    return ProcessFinder(
+        config.process_patterns, config.process_pid, config.process_pid_file, config.proc_root
+    )
+
+
+register(
+    CollectorSpec(
+        "process",
+        order=10,
+        enabled=lambda config: True,
+        interval=lambda config: config.process_interval,
+        factory=lambda config, hooks: ProcessCollector(
+            hooks.finder, config.process_interval, config.collector_timeout
+        ),
+    )
+)

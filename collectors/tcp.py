@@ -17,12 +17,13 @@ import os
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from agent.facts import DependencyProbe, TcpFacts
 from agent.samples import CollectResult
-from collectors.base import Collector
+from collectors.base import Collector, CollectorSpec, Hooks, register
+from collectors.dynamo_health import service_ports
 from collectors.sockets import (
     LISTEN,
     STATES,
@@ -33,6 +34,9 @@ from collectors.sockets import (
     port_key,
     procfs_rows,
 )
+
+if TYPE_CHECKING:
+    from agent.config import Config
 
 PREFIX = "dynamo_sidecar_"
 DEFAULT_ROLES = {2379: "etcd", 4222: "nats"}
@@ -424,3 +428,26 @@ class TcpCollector(Collector):
         passive.probes, passive.time = probes, time.time()
         result.facts = passive
         return result
+
+
+def _build(config: Config, hooks: Hooks) -> TcpCollector:
+    return TcpCollector(
+        config.tcp_interval,
+        config.collector_timeout + config.tcp_probe_timeout * 2,
+        service_ports=service_ports(config),
+        role_map=config.tcp_peer_roles,
+        probe_targets=[parse_probe_target(t) for t in config.tcp_probe_targets],
+        probe_timeout=config.tcp_probe_timeout,
+        proc_root=config.proc_root,
+    )
+
+
+register(
+    CollectorSpec(
+        "tcp",
+        order=60,
+        enabled=lambda config: config.tcp_enabled,
+        interval=lambda config: config.tcp_interval,
+        factory=_build,
+    )
+)

@@ -13,8 +13,11 @@ running sidecar has 55 MiB resident with traces off, 62.5 MiB over OTLP/HTTP (re
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import secrets
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +26,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from agent import __version__, redact
+from agent.aio import wait_event
 from agent.config import ConfigError, OtlpOptions, otlp_options, redact_url
 from agent.log import get as get_logger
 from agent.samples import Event, Sample, sample
@@ -154,6 +158,17 @@ class Telemetry:
             span.set_status(Status(StatusCode.ERROR, redact.text(event.message)))
         span.end(end_time=start)
 
+    def record_span(
+        self, name: str, started_at: float, ended_at: float, attributes: dict[str, Any], error: str = ""
+    ) -> None:
+        """A finished piece of work as one span (a drain); `error` marks it failed."""
+        if not self.enabled:
+            return
+        span = self.tracer.start_span(name, start_time=int(started_at * 1e9), attributes=attributes)
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end(end_time=int(ended_at * 1e9))
+
     def flush(self, timeout: float) -> bool:
         if self.processor is None:
             return True
@@ -162,6 +177,25 @@ class Telemetry:
     def shutdown(self) -> None:
         if self.processor is not None:
             self.processor.shutdown()
+
+    async def shut_down_within(self, timeout: float) -> None:
+        """Shut the exporter down at exit, waiting at most `timeout`. An OTLP receiver that
+        is down can hold the shutdown in retries for many seconds: it runs on a daemon
+        thread, left behind when it takes longer."""
+        done = asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def shut_down() -> None:
+            try:
+                self.shutdown()
+            except Exception as exc:  # an exporter failing at exit is logged, not raised
+                log.warning("OTLP exporter shutdown failed", error=repr(exc)[:300])
+            with contextlib.suppress(RuntimeError):  # the loop may be closed by then
+                loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=shut_down, name="otlp-shutdown", daemon=True).start()
+        if not await wait_event(done, timeout):
+            log.warning("OTLP exporter shutdown still running; not waiting for it", timeout=timeout)
 
     def samples(self) -> list[Sample]:
         out = [

@@ -84,10 +84,10 @@ def test_cycle_evaluation_with_the_renders_signals_equals_a_fresh_one() -> None:
     sidecar = _sidecar()
     filled.fill(sidecar, time.time())
     sidecar.exporter.render()  # computes the signals (Dynamo and TCP data are new)
-    reused = sidecar._cycle_signals
+    reused = sidecar.signal_cache._unevaluated
     assert reused is not None, "the render did not compute signals"
     signals, moment = reused
-    findings, errors = evaluate(sidecar._diagnose_context(signals=reused))
+    findings, errors = evaluate(sidecar.diagnose_context(reused))
     fresh = compute(sidecar.state, sidecar.names, sidecar.config.signal_window, moment)
     assert fresh == signals
     context = Context(
@@ -107,4 +107,4 @@ def test_cycle_evaluation_with_the_renders_signals_equals_a_fresh_one() -> None:
     assert signals.request_rate and signals.latency
     # Consumed by the cycle's evaluation: the next one, without a render, computes afresh.
     sidecar.evaluate_findings()
-    assert sidecar._cycle_signals is None
+    assert sidecar.signal_cache._unevaluated is None

@@ -202,21 +202,20 @@ async def test_post_drain_inflight_zero(sim, make_sidecar, http) -> None:
 
 
 def test_mutating_endpoint_access() -> None:
-    config = SimpleNamespace(auth_require_token=False)
-    sidecar = SimpleNamespace(auth_token=lambda: "s3cret", config=config)
+    config = SimpleNamespace(auth_token="s3cret", auth_token_file="", auth_require_token=False)
     loopback = SimpleNamespace(remote="127.0.0.1", headers={})
     mesh_proxy = SimpleNamespace(remote="127.0.0.6", headers={})  # Istio's inbound source address
     remote = SimpleNamespace(remote="10.1.2.3", headers={})
     remote_token = SimpleNamespace(remote="10.1.2.3", headers={"Authorization": "Bearer s3cret"})
     remote_wrong = SimpleNamespace(remote="10.1.2.3", headers={"Authorization": "Bearer nope"})
-    assert _allowed(loopback, sidecar)  # type: ignore[arg-type]
-    assert not _allowed(mesh_proxy, sidecar)  # type: ignore[arg-type]
-    assert not _allowed(remote, sidecar)  # type: ignore[arg-type]
-    assert _allowed(remote_token, sidecar)  # type: ignore[arg-type]
-    assert not _allowed(remote_wrong, sidecar)  # type: ignore[arg-type]
-    no_token = SimpleNamespace(auth_token=lambda: "", config=config)
+    assert _allowed(loopback, config)  # type: ignore[arg-type]
+    assert not _allowed(mesh_proxy, config)  # type: ignore[arg-type]
+    assert not _allowed(remote, config)  # type: ignore[arg-type]
+    assert _allowed(remote_token, config)  # type: ignore[arg-type]
+    assert not _allowed(remote_wrong, config)  # type: ignore[arg-type]
+    no_token = SimpleNamespace(auth_token="", auth_token_file="", auth_require_token=False)
     assert not _allowed(remote, no_token)  # type: ignore[arg-type]
-    strict = SimpleNamespace(auth_token=lambda: "s3cret", config=SimpleNamespace(auth_require_token=True))
+    strict = SimpleNamespace(auth_token="s3cret", auth_token_file="", auth_require_token=True)
     assert not _allowed(loopback, strict)  # type: ignore[arg-type]
     assert _allowed(SimpleNamespace(remote="127.0.0.1", headers={"Authorization": "Bearer s3cret"}), strict)  # type: ignore[arg-type]
 

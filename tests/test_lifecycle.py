@@ -7,6 +7,7 @@ every rule's `since` on a recorded state with a fault that starts at a known tim
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -24,6 +25,13 @@ from agent.samples import CollectResult, Event, sample
 from tests.test_rules import CASES, NOW, P, Recorded, edit, probe
 
 INTERVAL = 5.0  # the recorded states' collection interval
+
+
+@dataclass
+class Canary:
+    """The canary as the rules see it (agent.components.CanaryView): its models' records."""
+
+    models: dict[str, ModelState]
 
 
 def finding(ident: str, severity: str = "warning", since: float = 0.0) -> Finding:
@@ -249,7 +257,7 @@ def test_a_failed_canary_is_past_only_when_its_own_model_serves() -> None:
         state = ModelState()
         for back in (20, 15, 10):
             state.observe(CanaryResult("tiny", "timeout", "c", "t", 3.0, timestamp=NOW - back), 3)
-        r.state.extra["canary"] = type("Canary", (), {"models": {"tiny": state}})()
+        r.components.canary = Canary({"tiny": state})
 
     r = Recorded()
     failing(r)
@@ -357,7 +365,7 @@ def _canary(r: Recorded) -> None:
         state.observe(
             CanaryResult("tiny", "timeout", "c", "t", 3.0, error="no answer", timestamp=NOW - back), 3
         )
-    r.state.extra["canary"] = type("Canary", (), {"models": {"tiny": state}})()
+    r.components.canary = Canary({"tiny": state})
 
 
 def _cpu(r: Recorded) -> None:

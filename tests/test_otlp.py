@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.components import Components
 from agent.config import ConfigError, load_config, otlp_options, otlp_warnings
 from agent.diagnose.context import Context
 from agent.diagnose.engine import evaluate
@@ -212,10 +213,11 @@ def test_unusable_otel_timeout_compression_and_files_are_warned_not_fatal(tmp_pa
     telemetry = Telemetry.from_config(config, environ=env)
     assert not telemetry.enabled and "missing.pem" in telemetry.status()["error"]
     state = State()
-    state.extra["otlp"] = telemetry
     (finding,) = [
         f
-        for f in evaluate(Context(state, config, Signals(window=300.0)))[0]
+        for f in evaluate(
+            Context(state, config, Signals(window=300.0), components=Components(otlp=telemetry))
+        )[0]
         if f.rule == "otlp_export_failing"
     ]
     assert finding.subject == "https://c:4317" and finding.since == state.started

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from agent.canary import CanaryResult, ModelState
+from agent.components import Components
 from agent.config import load_config
 from agent.diagnose.context import Context
 from agent.diagnose.engine import RULES, diagnose, evaluate
@@ -91,6 +92,7 @@ class Recorded:
         self.state.started = NOW - 3600
         self.health = healthy_endpoints()
         self.config = load_config(environ={}, overrides={"startup_grace": "0", "listen_port": "0"})
+        self.components = Components()  # the canary, drain and OTLP status the rules read
 
     def put(self, collector: str, result: CollectResult, at: float = NOW) -> None:
         self.state.update(collector, result, now=at)
@@ -111,6 +113,7 @@ class Recorded:
             compute(self.state, names, self.config.signal_window, NOW),
             now=NOW,
             names=names,
+            components=self.components,
         )
 
 
@@ -233,9 +236,11 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
     ),
     "health_flapping": lambda r: _flapping(r),
     "no_dynamo_process": lambda r: r.put("process", processes()),
-    "canary_failing": lambda r: r.state.extra.update(canary=failing_model()),
-    "drain_deadline_with_work": lambda r: r.state.extra.update(
-        drain=DrainSummary(
+    "canary_failing": lambda r: setattr(r.components, "canary", failing_model()),
+    "drain_deadline_with_work": lambda r: setattr(
+        r.components,
+        "drain",
+        DrainSummary(
             "sigterm",
             NOW - 60,
             NOW - 5,
@@ -243,11 +248,13 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
             ended_at=NOW - 5,
             inflight_at_start=8,
             inflight_at_end=3,
-        )
+        ),
     ),
     "collector_failing": lambda r: _collector_failing(r),
-    "otlp_export_failing": lambda r: r.state.extra.update(
-        otlp=SimpleNamespace(
+    "otlp_export_failing": lambda r: setattr(
+        r.components,
+        "otlp",
+        SimpleNamespace(
             enabled=True,
             status=lambda: {
                 "endpoint": "http://collector:4318",
@@ -258,7 +265,7 @@ CASES: dict[str, Callable[[Recorded], Any]] = {
                 "last_success": 0,
                 "error": "",
             },
-        )
+        ),
     ),
     "series_dropped": lambda r: r.state.dropped.update({"dynamo_frontend_requests_total": 12}),
     "memory_budget": lambda r: _over_budget(r),
@@ -712,7 +719,7 @@ def test_no_dynamo_process_explains_refused_endpoints_after_grace() -> None:
 def test_refused_after_a_drain_is_shutdown_info() -> None:
     r = Recorded()
     CASES["dynamo_stopped_after_drain"](r)
-    r.state.extra["canary"] = failing_model()
+    r.components.canary = failing_model()
     report = _top(r)
     assert report["status"] == "ok"
     assert report["findings"][0]["rule"] == "dynamo_stopped_after_drain"
@@ -723,7 +730,7 @@ def test_refused_after_a_drain_is_shutdown_info() -> None:
 
 def test_canary_is_not_a_finding_while_the_sidecar_drains() -> None:
     r = Recorded()
-    r.state.extra["canary"] = failing_model()
+    r.components.canary = failing_model()
     ctx = r.context()
     ctx.draining = True
     assert "canary_failing" not in {f.rule for f in evaluate(ctx)[0]}

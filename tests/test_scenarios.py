@@ -83,6 +83,7 @@ async def restart_worker(sim, sidecar, http) -> None:
 
 
 LEAKED: list[socket.socket] = []
+TASKS: list[asyncio.Task[Any]] = []  # a scenario's own load, cancelled after it
 
 
 async def close_wait(sim, sidecar, http) -> None:
@@ -107,7 +108,7 @@ async def queue_growth(sim, sidecar, http) -> None:
     for _ in range(12):  # bounded: 12 requests of ~1 s each, one at a time
         tasks.append(asyncio.create_task(post_completion(http, sim.url("frontend"), max_tokens=20)))
         await asyncio.sleep(0.3)
-    sidecar.state.extra["scenario_tasks"] = tasks
+    TASKS.extend(tasks)
 
 
 async def fd_exhaustion(sim, sidecar, http) -> None:
@@ -248,8 +249,8 @@ async def test_scenario_top_finding(scenario: Scenario, sim, make_sidecar, http)
     assert finding["category"] == scenario.category
     assert any(scenario.evidence in e["signal"] for e in finding["evidence"]), finding["evidence"]
     assert finding["actions"]
-    for task in sidecar.state.extra.pop("scenario_tasks", []):
-        task.cancel()
+    while TASKS:
+        TASKS.pop().cancel()
     while LEAKED:
         LEAKED.pop().close()
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Any
 
+from agent.components import Components
 from agent.config import Config
 from agent.facts import (
     EndpointFacts,
@@ -102,6 +103,7 @@ class Context:
     window: float = 900.0  # ?since= narrows what "recent" means
     names: DynamoNames = field(default_factory=DynamoNames)
     draining: bool = False  # the sidecar itself is draining (SIGTERM / POST /drain)
+    components: Components = field(default_factory=Components)  # canary, drain, OTLP status
 
     @property
     def uptime(self) -> float:
@@ -167,8 +169,8 @@ class Context:
         # A worker pod sees no frontend counters: its own finished requests are what it served.
         for _, ring in self.state.series_matching(self.names.worker_requests_total):
             note(success, "", last_rise(ring.points(since=since, until=self.now)))
-        canary = self.extra("canary")
-        for model, state in (getattr(canary, "models", None) or {}).items():
+        canary = self.components.canary
+        for model, state in (canary.models if canary is not None else {}).items():
             note(success, model, state.last_success)
         health_ok = bool(self.health.endpoints) and all(
             view.probe().outcome == Outcome.OK for view in self.health.endpoints.values()
@@ -177,9 +179,6 @@ class Context:
 
     def events(self, kind: str | None = None) -> list[Any]:
         return self.state.recent_events(since=self.now - self.window, kind=kind)
-
-    def extra(self, key: str) -> Any:
-        return self.state.extra.get(key)
 
     # --- states that are not faults ---------------------------------------------------------
     def starting(self, endpoint: str) -> bool:
@@ -197,7 +196,7 @@ class Context:
         port it drained has closed, and those late lines are not a new drain."""
         until = self.now if until is None else until
         seen = 0.0
-        drain = self.extra("drain")
+        drain = self.components.drain
         if drain is not None and drain.started_at <= until:
             seen = drain.started_at
         for event in self.events("health_transition"):

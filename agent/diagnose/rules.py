@@ -202,7 +202,7 @@ def _dependency_lost_before(ctx: Context, moment: float) -> DependencyProbe | No
     lease TTL after etcd is gone, through the same stages as on SIGTERM: that shutdown is
     etcd's symptom, not a requested drain. (NATS or other probed dependencies do not end
     Dynamo's process: a drain beside them stays a drain.)"""
-    drain = ctx.extra("drain")
+    drain = ctx.components.drain
     if ctx.draining or (drain is not None and drain.started_at <= moment):
         return None
     failing = [
@@ -1114,7 +1114,7 @@ def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
     events=True,
 )
 def canary_failing(ctx: Context, t: Limits) -> list[Hit]:
-    canary = ctx.extra("canary")
+    canary = ctx.components.canary
     if canary is None or ctx.draining:
         return []  # a drain stops Dynamo on purpose: what the canary sees then is not a fault
     hits = []
@@ -1343,7 +1343,7 @@ def engine_hung(ctx: Context, t: Limits) -> list[Hit]:
     ),
 )
 def drain_deadline_with_work(ctx: Context, t: Limits) -> list[Hit]:
-    summary = ctx.extra("drain")
+    summary = ctx.components.drain
     if summary is None or not summary.done or not summary.work_left:
         return []
     return [
@@ -1517,7 +1517,7 @@ def memory_budget(ctx: Context, t: Limits) -> list[Hit]:
     fleet=lambda s, t: "increase(" + s(metric("otlp_spans_dropped_total")) + "[15m]) > 0",
 )
 def otlp_export_failing(ctx: Context, t: Limits) -> list[Hit]:
-    telemetry = ctx.extra("otlp")
+    telemetry = ctx.components.otlp
     if telemetry is None:
         return []
     status = telemetry.status()

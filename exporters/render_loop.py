@@ -1,0 +1,108 @@
+"""When the Prometheus exposition is rendered: once per collection cycle after new data, off
+the scrape path; and the derived samples (signals, SLOs) rendered with it."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+from agent.components import RunState
+from agent.config import Config
+from agent.log import get as get_logger
+from agent.samples import Sample, sample
+from agent.signals import SLO_OBJECTIVES, SignalsCache, slo_observations
+from exporters.prometheus import PrometheusExporter
+
+log = get_logger("dynamo_sidecar.runtime")
+
+RENDER_DEBOUNCE = 0.2
+
+
+class SignalSamples:
+    """The derived signals and the SLO observations as samples, computed again only when
+    the signals' inputs brought new data (SignalsCache.refresh)."""
+
+    def __init__(self, signals: SignalsCache, config: Config) -> None:
+        self.signals = signals
+        self.config = config
+        self._samples: list[Sample] = []
+
+    def __call__(self) -> list[Sample]:
+        if self.signals.refresh():
+            self._samples = self.signals.current.to_samples() + self._slo_samples()
+        return list(self._samples)
+
+    def _slo_samples(self) -> list[Sample]:
+        window = self.config.signal_window
+        observed = slo_observations(self.signals.state, self.signals.names, self.config, window, time.time())
+        out = []
+        for objective in SLO_OBJECTIVES:
+            target = getattr(self.config, "slo_" + objective)
+            if target:
+                out.append(sample("dynamo_sidecar_slo_target", target, objective=objective))
+            if objective in observed:
+                out.append(
+                    sample("dynamo_sidecar_slo_observed", observed[objective].value, objective=objective)
+                )
+                out.append(
+                    sample("dynamo_sidecar_slo_observations", observed[objective].count, objective=objective)
+                )
+        return out
+
+
+class RenderLoop:
+    """Renders after collectors brought data (`mark_dirty`), then runs `after` (the cycle's
+    findings evaluation)."""
+
+    def __init__(
+        self, exporter: PrometheusExporter, config: Config, run: RunState, after: Callable[[], None]
+    ) -> None:
+        self.exporter = exporter
+        self.config = config
+        self.run = run
+        self.after = after
+        self.dirty = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def mark_dirty(self, _collector: str = "") -> None:
+        self.dirty.set()
+
+    def every(self) -> float:
+        """One render per collection cycle: collectors finishing at different moments of a
+        cycle are rendered together, not one render each."""
+        fastest = min(self.config.process_interval, self.config.dynamo_interval)
+        if self.run.draining:
+            fastest = min(fastest, self.config.drain_interval)
+        return max(RENDER_DEBOUNCE, fastest)
+
+    async def _loop(self) -> None:
+        last = 0.0
+        while True:
+            await self.dirty.wait()
+            # Wait out the rest of the cycle since the last render (at least the debounce).
+            delay = max(RENDER_DEBOUNCE, last + self.every() - time.monotonic())
+            await asyncio.sleep(delay)
+            self.dirty.clear()
+            last = time.monotonic()
+            try:
+                for _ in self.exporter.render_steps():
+                    await asyncio.sleep(0)  # a scrape waiting meanwhile is served now
+            except Exception as exc:  # keep serving the last good exposition
+                log.error("exposition render failed", error=repr(exc))
+                continue
+            # Prometheus asks for gzip: compress the new body off the event loop (zlib
+            # releases the GIL) rather than in the first scrape that wants it.
+            compress = self.exporter.precompress_job()
+            if compress is not None:
+                await asyncio.to_thread(compress)
+            await asyncio.sleep(0)  # a scrape that arrived meanwhile first
+            self.after()
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="renderer")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -99,9 +99,9 @@ def test_sidecar_exits_only_after_the_last_request(slow_dynamo) -> None:
     dynamo.send_signal(signal.SIGTERM)
     sidecar.send_signal(signal.SIGTERM)
     signalled = time.time()
-    # While draining, readiness fails and metrics keep being served.
-    status, _ = http_get(url + "/readyz")
-    assert status == 503
+    # While draining, readiness fails (once the sidecar has handled the signal: a request can
+    # overtake it, as a kubelet's probe can) and metrics keep being served.
+    wait_for_sync(lambda: http_get(url + "/readyz")[0] == 503, timeout=5, what="readiness failing")
     assert http_get(url + "/metrics")[0] == 200
     out, err = sidecar.communicate(timeout=40)
     sidecar_exit = time.time()

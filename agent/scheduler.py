@@ -1,10 +1,10 @@
 """Runs each collector on its own interval with jitter, cancels it at its timeout and keeps
 one collector's failure from touching any other.
 
-One timer serves every collector: collectors due at about the same moment (within their
-jitter) start together, so collectors sharing an interval stay in step and cost one wake-up
-of the event loop per cycle, not one each (a wake-up costs ~90 us of CPU on a VM: the idle
-sidecar's largest single overhead after its work, bench/overhead.py).
+Each collector has its own loop and timer. One timer starting the collectors due together
+was tried (issue 28) and measured dearer on the idle sidecar: collectors running at once
+contend for the GIL in the thread pool, and the threads' wake-ups went up 2-20x while the
+event loop's did not go down (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ from collectors.base import Collector
 
 log = get_logger("dynamo_sidecar.scheduler")
 
-IDLE_WAIT = 3600.0  # the timer's wait with every collector running (a run's end wakes it)
-
 
 class Scheduler:
     def __init__(
@@ -37,44 +35,36 @@ class Scheduler:
         self.state = state
         self.jitter = jitter
         self.on_update = on_update
-        self._tasks: list[asyncio.Task[None]] = []  # the timer: /healthz reports it if it died
-        self._running: dict[str, asyncio.Task[None]] = {}  # collector -> its run in progress
-        self._due: dict[str, float] = {}  # collector -> monotonic time of its next run
-        self._wake = asyncio.Event()
-        self._stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wakeups: dict[str, asyncio.Event] = {}
         self._interval_override: float | None = None
         self._completed: set[str] = set()
         self.first_cycle_done = asyncio.Event()
         self._next_run: dict[str, list[asyncio.Event]] = {}
+        self._stopping = False
         for collector in self.collectors:
             state.register_collector(collector.name, collector.interval, collector.timeout)
 
     def start(self) -> None:
-        # A small random start offset (one for all: they start together).
-        fastest = min((c.interval for c in self.collectors), default=1.0)
-        first = time.monotonic() + random.uniform(0, min(0.2, fastest * self.jitter))
         for collector in self.collectors:
-            self._due[collector.name] = first
-        if self.collectors:
-            self._tasks.append(asyncio.create_task(self._timer(), name="scheduler"))
-        else:
+            self._wakeups[collector.name] = asyncio.Event()
+            task = asyncio.create_task(self._loop(collector), name=f"collector:{collector.name}")
+            self._tasks.append(task)
+        if not self.collectors:
             self.first_cycle_done.set()
 
     def dead_tasks(self) -> list[str]:
-        """The scheduler's own tasks that have ended (its timer, "scheduler"). It runs until
-        stop(), so while the sidecar runs, a timer that is done has crashed: what /healthz
-        reports. A collector's run is a task of its own each time: one that fails is recorded
-        as that collector's failure, and the timer starts it again."""
+        """The names of the collector loops that have ended. Each runs until stop(), so while
+        the sidecar runs, one that is done has crashed: what /healthz reports. A collector's
+        own exception (a BaseException too) is its failed run, not its loop's end."""
         return [task.get_name() for task in self._tasks if task.done()]
 
     async def stop(self) -> None:
-        self._stopping = True  # the timer starts nothing more, even if a wake-up races this
-        tasks = [*self._tasks, *self._running.values()]
-        for task in tasks:
+        self._stopping = True  # a loop whose cancellation is lost ends at its next turn
+        for task in self._tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
-        self._running.clear()
         for collector in self.collectors:
             try:
                 await asyncio.wait_for(collector.close(), timeout=5)
@@ -84,7 +74,9 @@ class Scheduler:
     def speed_up(self, interval: float | None, names: Sequence[str] | None = None) -> None:
         """Run collectors at `interval` (None restores their own) and wake them now."""
         self._interval_override = interval
-        self.run_now(names)
+        for collector in self.collectors:
+            if names is None or collector.name in names:
+                self._wakeups[collector.name].set()
 
     def next_run(self, name: str) -> asyncio.Event:
         """An event set when the named collector next finishes a run."""
@@ -93,52 +85,32 @@ class Scheduler:
         return event
 
     def run_now(self, names: Sequence[str] | None = None) -> None:
-        now = time.monotonic()
-        for collector in self.collectors:
-            if names is None or collector.name in names:
-                self._due[collector.name] = now
-        self._wake.set()
+        for name, wakeup in self._wakeups.items():
+            if names is None or name in names:
+                wakeup.set()
 
     def _interval_for(self, collector: Collector) -> float:
         if self._interval_override is not None:
             return min(collector.interval, self._interval_override)
         return collector.interval
 
-    async def _timer(self) -> None:
+    async def _loop(self, collector: Collector) -> None:
+        # A small random start offset keeps collectors from firing in lock-step.
+        await asyncio.sleep(random.uniform(0, min(0.2, collector.interval * self.jitter)))
+        wakeup = self._wakeups[collector.name]
         while not self._stopping:
-            now = time.monotonic()
-            # One draw per wake-up: collectors started together stay together.
-            factor = 1 + random.uniform(-self.jitter, self.jitter)
-            # Collectors of different intervals drift apart by up to two jitters of the
-            # fastest between their common cycles: due within that, they run with the others.
-            fastest = min(self._interval_for(c) for c in self.collectors)
-            together = 2 * fastest * max(self.jitter, 0.01)
-            for collector in self.collectors:
-                name = collector.name
-                if name in self._running:
-                    continue
-                interval = self._interval_for(collector)
-                if self._due[name] <= now + max(interval * max(self.jitter, 0.01), together):
-                    self._due[name] = now + interval * factor  # counted from this start
-                    task = asyncio.create_task(self._run(collector), name=f"collector:{name}")
-                    self._running[name] = task
-            waiting = [self._due[c.name] for c in self.collectors if c.name not in self._running]
-            delay = max(0.0, min(waiting) - time.monotonic()) if waiting else IDLE_WAIT
-            self._wake.clear()
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when the
-            # event is set as the task is cancelled (each run's end sets it, and stop() cancels
-            # the runs with the timer), and the timer would outlive stop().
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(delay):
-                    await self._wake.wait()
-
-    async def _run(self, collector: Collector) -> None:
-        try:
+            started = time.monotonic()
             await self.run_once(collector)
-        finally:
-            self._running.pop(collector.name, None)
-            if not self._stopping:
-                self._wake.set()  # a run that outlasted its interval is due again at once
+            interval = self._interval_for(collector)
+            delay = interval * (1 + random.uniform(-self.jitter, self.jitter))
+            remaining = max(0.0, delay - (time.monotonic() - started))
+            wakeup.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when the
+            # event is set as the task is cancelled (a speed-up racing stop()), and the loop
+            # would outlive stop().
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await wakeup.wait()
 
     async def run_once(self, collector: Collector) -> None:
         status = self.state.collectors[collector.name]
@@ -156,9 +128,7 @@ class Scheduler:
             outcome, error = "timeout", f"did not finish within {collector.timeout:g}s"
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
-        except (
-            BaseException
-        ) as exc:  # a collector's own BaseException is its failed run, never the timer's end
+        except BaseException as exc:  # the collector's own (even not an Exception): its failed run
             outcome, error = "error", f"{type(exc).__name__}: {exc}"[:500]
         duration = time.monotonic() - started
         status.runs[outcome] += 1

@@ -15,8 +15,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent import __version__, exitcodes, log, redact
+from agent import __version__
 from agent.config import FIELDS, Config, ConfigError, default_text, env_name, load_config, value_form
+from agent.core import exitcodes, log, redact
 
 
 class CliUsageError(Exception):
@@ -63,7 +64,7 @@ def _config_from(args: argparse.Namespace) -> Config:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from agent.runtime import Sidecar
+    from agent.runtime.sidecar import Sidecar
 
     config = _config_from(args)
     log.configure(config.log_level, config.log_format)
@@ -103,7 +104,7 @@ def _cmd_alerts(args: argparse.Namespace) -> int:
 def _inject_options(args: argparse.Namespace) -> Any:
     """inject's and webhook's Options from their flags. Exit 64 in one line when no image is
     given, or naming the flag whose value would give a pod that cannot start."""
-    from agent.inject import IMAGE_ENV, Options, option_problems
+    from agent.tools.inject import IMAGE_ENV, Options, option_problems
 
     image, where = args.image, "--image"
     if image is None:
@@ -155,7 +156,7 @@ def _cmd_inject(args: argparse.Namespace) -> int:
     """Like `linkerd inject`: every document of the input, Dynamo pods with the sidecar."""
     import yaml
 
-    from agent.inject import InjectError, inject
+    from agent.tools.inject import InjectError, inject
 
     documents = _read_yaml_documents(args.file)
     options = _inject_options(args)
@@ -188,10 +189,10 @@ def _cmd_inject(args: argparse.Namespace) -> int:
 
 
 def _read_yaml_documents(path: str) -> list[Any]:
-    """Every document of a YAML file or stdin, within agent.manifest_input's bounds (size,
+    """Every document of a YAML file or stdin, within agent.tools.manifest_input's bounds (size,
     read time, nesting, numbers, the shapes of the fields read); a bad input is one
     CliUsageError naming -f (exit 64)."""
-    from agent.manifest_input import ManifestInputError, parse, read_input
+    from agent.tools.manifest_input import ManifestInputError, parse, read_input
 
     try:
         return parse(read_input(path))
@@ -200,8 +201,8 @@ def _read_yaml_documents(path: str) -> list[Any]:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from agent.audit import ManifestError, audit_documents, audit_live, render
-    from agent.verify.drill import UsageError, parse_duration
+    from agent.tools.audit import ManifestError, audit_documents, audit_live, render
+    from agent.tools.verify.drill import UsageError, parse_duration
 
     if bool(args.file) == bool(args.live):
         print("dynamo-sidecar audit: give -f FILE (or - for stdin) or --live, not both", file=sys.stderr)
@@ -241,7 +242,7 @@ def _inject_one(inject: Any, document: Any, options: Any) -> Any:
 
 
 def _cmd_webhook(args: argparse.Namespace) -> int:
-    from agent.webhook import WebhookSettings, serve, tls_context
+    from agent.tools.webhook import WebhookSettings, serve, tls_context
 
     options = _inject_options(args)  # the image first: the mistake a new user makes first
     log.configure(args.log_level, "json")
@@ -278,8 +279,8 @@ def _cmd_webhook(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from agent.demo import FAULT_NAMES, run_demo
     from agent.dynamo_sim.server import Faults
+    from agent.tools.demo import FAULT_NAMES, run_demo
 
     faults: dict[str, str] = {}
     for item in args.fault or []:
@@ -303,7 +304,7 @@ def _cmd_canary(args: argparse.Namespace) -> int:
     be read."""
     import aiohttp
 
-    from agent.canary import OK, send_canary
+    from agent.runtime.canary import OK, send_canary
     from collectors.dynamo_health import MODELS_PATH, parse_models
     from collectors.http import fetch
 
@@ -417,7 +418,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
         thresholds = load_config(args.config, overrides=overrides).thresholds
         return run_fleet(args.prometheus_url, args.namespace, args.format, args.timeout, thresholds)
     if args.since:
-        from agent.server import parse_window
+        from agent.runtime.server import parse_window
 
         try:
             parse_window(args.since)
@@ -459,7 +460,7 @@ def _cmd_diagnose(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from agent.verify.drill import (
+    from agent.tools.verify.drill import (
         DrillSpec,
         Progress,
         Unreachable,
@@ -470,8 +471,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         parse_slo,
         run_drill,
     )
-    from agent.verify.load import LoadSpec
-    from agent.verify.report import render
+    from agent.tools.verify.load import LoadSpec
+    from agent.tools.verify.report import render
 
     def fail(message: str, code: int = exitcodes.USAGE) -> int:
         print(redact.text(f"dynamo-sidecar verify: {message}"), file=sys.stderr)
@@ -550,7 +551,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _http_url(raw: str, flag: str) -> str:
-    from agent.verify.drill import UsageError
+    from agent.tools.verify.drill import UsageError
 
     parsed = urllib.parse.urlsplit(raw.strip())
     if parsed.scheme not in {"http", "https"} or not parsed.hostname:
@@ -809,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs one subcommand; every way out is one of the codes in agent/exitcodes.py."""
+    """Runs one subcommand; every way out is one of the codes in agent/core/exitcodes.py."""
     args: argparse.Namespace | None = None
     try:
         args = build_parser().parse_args(argv)

@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import yaml
 
-from agent import redact
+from agent.core import redact
 
 ENV_PREFIX = "DYN_SIDECAR_"
 
@@ -1145,7 +1145,7 @@ def closest_key(name: str, spell: Callable[[str], str] = str) -> str:
 
 
 def redact_url(text: str) -> str:
-    """Credentials in `text` replaced (agent.redact: URL userinfo, secret query parameters
+    """Credentials in `text` replaced (agent.core.redact: URL userinfo, secret query parameters
     and flags, and every credential the sidecar was given)."""
     return redact.text(text)
 
@@ -1197,7 +1197,7 @@ def load_config(
             origin = f"env {f.metadata['dyn_env']}" if f.metadata["dyn_env"] else "default"
         setattr(config, f.name, _parse_field(f.name, raw, origin))
     # Every credential the sidecar is given is remembered, so that no output shows it, in
-    # whatever text it turns up (agent.redact).
+    # whatever text it turns up (agent.core.redact).
     redact.remember(
         *(str(getattr(config, f.name)) for f in dataclasses.fields(Config) if f.metadata["secret"])
     )

@@ -24,9 +24,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import load_config
-from agent.dynamo_sim.promtext import PromTemplate
-from agent.dynamo_sim.server import recorded
-from agent.facts import (
+from agent.core.exposition import parse_exposition
+from agent.core.facts import (
     DependencyProbe,
     EndpointFacts,
     GpuFact,
@@ -39,9 +38,10 @@ from agent.facts import (
     ScrapeFact,
     TcpFacts,
 )
-from agent.runtime import Sidecar
-from agent.samples import CollectResult, Event, sample
-from collectors.dynamo_metrics import parse_exposition
+from agent.core.samples import CollectResult, Event, sample
+from agent.dynamo_sim.promtext import PromTemplate
+from agent.dynamo_sim.server import recorded
+from agent.runtime.sidecar import Sidecar
 
 INTERVAL = 5.0
 WINDOW = 900.0

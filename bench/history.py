@@ -54,7 +54,7 @@ def _values(kind: str, series: int, steps: int) -> list[float]:
 
 
 def _fill_kind(state: Any, kind: str, series: int) -> None:
-    from agent.samples import CollectResult, sample
+    from agent.core.samples import CollectResult, sample
 
     columns = [_values(kind, i, STEPS) for i in range(series)]
     rng = random.Random(7)
@@ -78,7 +78,7 @@ def _traced(build: Any) -> int:
 
 
 def bytes_per_series(kinds: list[str], series: int) -> dict[str, Any]:
-    from agent.state import State
+    from agent.core.state import State
 
     out: dict[str, Any] = {}
     for kind in kinds:
@@ -104,7 +104,7 @@ def realistic_mix(code: str) -> dict[str, Any]:
     sys.path.insert(0, code)  # diagnose.py put this checkout first: the measured one goes back in front
 
     from agent.config import load_config
-    from agent.runtime import Sidecar
+    from agent.runtime.sidecar import Sidecar
 
     def build(keep: bool) -> Any:
         sidecar = Sidecar(load_config(environ={}, overrides={"listen_port": "0"}))
@@ -136,8 +136,8 @@ def realistic_mix(code: str) -> dict[str, Any]:
 def reads(series: int = 3200) -> dict[str, float]:
     """What rules pay to read history: ring.points over `series` full rings, whole and for a
     300 s window (the signals' default), best of five, in ms."""
-    from agent.samples import CollectResult, sample
-    from agent.state import State
+    from agent.core.samples import CollectResult, sample
+    from agent.core.state import State
 
     state = State(history_window=900, min_interval=5)
     start = 1.765e9
@@ -228,9 +228,9 @@ async def serve_worst_case(per_name: int) -> None:
     """The server side, in its own process (so that the clients' work is not counted to it):
     a sidecar whose state holds the worst case; prints its port and serves until stdin ends."""
     from agent.config import load_config
-    from agent.runtime import Sidecar
-    from agent.samples import CollectResult, sample
-    from agent.signals import DynamoNames
+    from agent.core.samples import CollectResult, sample
+    from agent.core.signals import DynamoNames
+    from agent.runtime.sidecar import Sidecar
 
     overrides = {
         "listen_host": "127.0.0.1",

@@ -41,7 +41,8 @@ def rss_mib():
 
 started = time.perf_counter()
 from agent.config import load_config
-from exporters.otlp import OtlpSettings, make_exporter
+from exporters.otlp import make_exporter
+from exporters.otlp_settings import OtlpSettings
 base_seconds, base_rss = time.perf_counter() - started, rss_mib()
 protocol = sys.argv[1]
 mark = time.perf_counter()

@@ -35,7 +35,7 @@ import aiohttp
 
 from agent.config import load_config
 from agent.dynamo_sim import DynamoSim
-from agent.runtime import Sidecar
+from agent.runtime.sidecar import Sidecar
 
 TTFT = "dynamo_frontend_time_to_first_token_seconds"
 WINDOW = 60.0

@@ -1,5 +1,5 @@
 """How the cost of one collection cycle's exposition work grows with the size of Dynamo's
-exposition: split and check (collectors/exposition.py), parse of the families rules read,
+exposition: split and check (agent/core/exposition.py), parse of the families rules read,
 and the render of /metrics, at 1k, 10k and 50k series, first time (every family new) and
 steady (nothing changed, and one family changed).
 
@@ -18,10 +18,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from agent.runtime import wanted_families
-from agent.samples import CollectResult
-from agent.signals import DynamoNames
-from agent.state import State
+from agent.core.samples import CollectResult
+from agent.core.signals import DynamoNames
+from agent.core.state import State
+from agent.runtime.sidecar import wanted_families
 from collectors.dynamo_health import Target
 from collectors.dynamo_metrics import Budget, DynamoMetricsCollector
 from exporters.prometheus import PrometheusExporter

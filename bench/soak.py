@@ -122,8 +122,8 @@ async def hostile(seconds: float, memory_limit: str) -> dict[str, Any]:
     import aiohttp
 
     sys.path.insert(0, str(ROOT))
-    from agent.server import MAX_HISTORY_NAMES
-    from agent.signals import DynamoNames
+    from agent.core.signals import DynamoNames
+    from agent.runtime.server import MAX_HISTORY_NAMES
     from tests.helpers import free_port
 
     dynamo = HostileDynamo()

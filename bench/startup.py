@@ -69,7 +69,7 @@ def one_run(ports: dict[str, int], env: dict[str, str]) -> dict[str, float]:
 def import_breakdown(env: dict[str, str], top: int = 12) -> dict[str, float]:
     """Milliseconds of import self time by top-level package, for the modules `run` imports."""
     err = subprocess.run(
-        [PYTHON, "-X", "importtime", "-c", "import agent.cli, agent.runtime, agent.server"],
+        [PYTHON, "-X", "importtime", "-c", "import agent.cli, agent.runtime.sidecar, agent.runtime.server"],
         capture_output=True, text=True, check=True, env=env,
     ).stderr  # fmt: skip
     totals: dict[str, float] = {}
@@ -90,7 +90,7 @@ def run(runs: int) -> dict[str, Any]:
     imports = []
     for _ in range(runs):
         t0 = time.monotonic()
-        subprocess.run([PYTHON, "-c", "import agent.cli, agent.runtime"], check=True, env=env)
+        subprocess.run([PYTHON, "-c", "import agent.cli, agent.runtime.sidecar"], check=True, env=env)
         imports.append(time.monotonic() - t0)
     sim, ports = start_sim()
     try:

@@ -38,7 +38,7 @@ import aiohttp
 
 from agent.config import load_config
 from agent.dynamo_sim import DynamoSim
-from agent.runtime import Sidecar
+from agent.runtime.sidecar import Sidecar
 
 SEVERE = {"warning", "critical"}
 
@@ -205,7 +205,7 @@ async def run_sim_case(case: Case, interval: float) -> Outcome:
     stop = asyncio.Event()
     load = None
     if case.traffic:
-        from agent.demo import _traffic as demo_traffic
+        from agent.tools.demo import _traffic as demo_traffic
 
         clients = (
             demo_traffic(sim.url("frontend"), stop, 0.5, case.traffic)
@@ -418,7 +418,7 @@ def _table(outcomes: list[Outcome], interval: float) -> str:
 
 
 async def main() -> int:
-    from agent.log import configure
+    from agent.core.log import configure
 
     configure("warning", "console", stream=sys.stderr)  # the table alone on stdout
     parser = argparse.ArgumentParser(

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.samples import CollectResult
+from agent.core.samples import CollectResult
 
 if TYPE_CHECKING:
     from agent.config import Config

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from agent.samples import CollectResult
+from agent.core.samples import CollectResult
 from collectors.base import Collector, CollectorSpec, register
 from collectors.process import Found, ProcessFinder
 

@@ -17,9 +17,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from agent.facts import EndpointFacts, HealthFacts, PortAnswer, ProbeFact
-from agent.samples import CollectResult, Event
-from agent.textsafe import clean, parse_json
+from agent.core.facts import EndpointFacts, HealthFacts, PortAnswer, ProbeFact
+from agent.core.samples import CollectResult, Event
+from agent.core.textsafe import clean, parse_json
 from collectors.base import Collector, CollectorSpec, Hooks, register
 from collectors.http import HttpResult, fetch, new_session
 

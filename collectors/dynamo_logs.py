@@ -20,9 +20,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from agent.facts import LogFacts
-from agent.samples import CollectResult, Event
-from agent.textsafe import clean, parse_json
+from agent.core.facts import LogFacts
+from agent.core.samples import CollectResult, Event
+from agent.core.textsafe import clean, parse_json
 from collectors.base import Collector, CollectorSpec, register
 
 if TYPE_CHECKING:

@@ -13,152 +13,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import aiohttp
-from prometheus_client.parser import text_string_to_metric_families
 
-from agent.facts import MetricsFacts, ScrapeFact
-from agent.samples import CollectResult, Family, Sample, labels_from_dict
-from agent.signals import DynamoNames
-from agent.textsafe import clean
+from agent.core.exposition import (
+    Budget,
+    LineCache,
+    RawFamily,
+    Splitter,
+    _merge,
+    base_name,
+    parse_exposition,
+    parse_family,
+)
+from agent.core.facts import MetricsFacts, ScrapeFact
+from agent.core.samples import CollectResult, Family, Sample
+from agent.core.signals import DynamoNames
 from collectors.base import Collector, CollectorSpec, Hooks, register
 from collectors.dynamo_health import Target, targets_from
-from collectors.exposition import LineCache, RawFamily, Splitter, base_name, parse_family
 from collectors.http import fetch, new_session
 
 if TYPE_CHECKING:
     from agent.config import Config
 
 PREFIX = "dynamo_sidecar_"
-
-
-MAX_SCRAPE_SERIES = 100_000  # one scrape; Dynamo's real surface is ~1,300
-
-
-class ParseBudget(Exception):
-    """The parse ran out of time or series: stop the work itself, not only the waiting."""
-
-
-class Budget:
-    def __init__(self, seconds: float, max_series: int = MAX_SCRAPE_SERIES) -> None:
-        self.deadline = time.monotonic() + seconds
-        self.max_series = max_series
-        self.series = 0
-        self.exhausted = ""  # "time" or "series" once it ran out
-
-    def spend(self, series: int) -> None:
-        self.series += series
-        if self.series > self.max_series:
-            self.exhausted = "series"
-            raise ParseBudget(self.exhausted)
-        if time.monotonic() > self.deadline:
-            self.exhausted = "time"
-            raise ParseBudget(self.exhausted)
-
-
-def _families_from(text: str, budget: Budget, out: list[Family] | None = None) -> list[Family]:
-    """Families parsed from `text`, appended to `out` as they complete, so a parse cut by
-    the budget keeps what it had."""
-    out = [] if out is None else out
-    for metric in text_string_to_metric_families(text):
-        budget.spend(len(metric.samples))
-        family = Family(clean(metric.name, 200), metric.type, clean(metric.documentation, 400))
-        for item in metric.samples:
-            family.samples.append(Sample(item.name, labels_from_dict(item.labels), float(item.value)))
-        out.append(family)
-    return out
-
-
-def parse_exposition(text: str, budget: Budget | None = None) -> tuple[list[Family], int]:
-    """Parse a Prometheus text body; on a parse error, salvage block by block. Stops when
-    the budget (time, series) runs out, keeping the families parsed so far.
-
-    Returns the families and the number of lines that had to be skipped.
-    """
-    budget = budget or Budget(10.0)
-    parsed: list[Family] = []
-    try:
-        if text.count("\n") > CHUNK_LINES:
-            return _chunked(text, budget, parsed), 0
-        return _families_from(text, budget, parsed), 0
-    except ParseBudget:
-        return _merge(parsed), 0
-    except Exception:  # prometheus_client raises ValueError, IndexError, ... on garbage
-        parsed.clear()
-    families: list[Family] = []
-    skipped = 0
-    block: list[str] = []
-
-    def flush() -> None:
-        nonlocal skipped
-        if not block:
-            return
-        chunk = "\n".join(block) + "\n"
-        try:
-            families.extend(_families_from(chunk, budget))
-        except ParseBudget:
-            raise
-        except Exception:
-            # Fall back to line by line within the block, keeping its TYPE/HELP header.
-            header = [line for line in block if line.startswith("#")]
-            for line in block:
-                if line.startswith("#"):
-                    continue
-                try:
-                    families.extend(_families_from("\n".join([*header, line]) + "\n", budget))
-                except ParseBudget:
-                    raise
-                except Exception:
-                    skipped += 1
-        block.clear()
-
-    try:
-        for line in text.splitlines():
-            if line.startswith("# HELP") or (
-                line.startswith("# TYPE") and not any(b.startswith("# HELP") for b in block[-1:])
-            ):
-                flush()
-            if line.strip():
-                block.append(line)
-        flush()
-    except ParseBudget:
-        pass  # keep what was salvaged before the budget ran out
-    return _merge(families), skipped
-
-
-CHUNK_LINES = 10_000  # a big body is parsed this many lines at a time, the budget checked between
-
-
-def _chunked(text: str, budget: Budget, out: list[Family]) -> list[Family]:
-    """A large body in slices of CHUNK_LINES sample lines, each with its family's HELP/TYPE
-    header, so the budget can stop the work inside one huge family too."""
-    header: list[str] = []
-    lines: list[str] = []
-
-    def flush() -> None:
-        if lines:
-            _families_from("\n".join([*header, *lines]) + "\n", budget, out)
-            lines.clear()
-
-    def name_of(line: str) -> str:
-        parts = line.split(None, 3)
-        return parts[2] if len(parts) > 2 else ""
-
-    for line in text.splitlines():
-        if line.startswith(("# HELP", "# TYPE")):
-            if header and name_of(header[0]) != name_of(line):
-                flush()  # a new family begins
-                header = []
-            elif not header:
-                flush()
-            header.append(line)
-            continue
-        if line.startswith("#"):
-            continue
-        if line.strip():
-            lines.append(line)
-            if len(lines) >= CHUNK_LINES:
-                flush()
-    flush()
-    return _merge(out)
 
 
 WORKER_HANDLER_FAMILY = "dynamo_component_inflight_requests"
@@ -177,25 +53,6 @@ def _worker_ids(families: list[Family]) -> list[str]:
             if worker_id and len(ids) < MAX_WORKER_IDS:
                 ids.add(worker_id)
     return sorted(ids)
-
-
-def _merge(families: list[Family]) -> list[Family]:
-    """One family per name. The families given are never changed: they may be a parse the
-    collector remembers for the next scrape (a name split in two blocks is merged into a copy)."""
-    merged: dict[str, Family] = {}
-    copied: set[str] = set()
-    for family in families:
-        existing = merged.get(family.name)
-        if existing is None:
-            merged[family.name] = family
-        elif existing.type == family.type:
-            if family.name not in copied:
-                copied.add(family.name)
-                existing = merged[family.name] = Family(
-                    existing.name, existing.type, existing.help, list(existing.samples)
-                )
-            existing.samples.extend(family.samples)
-    return list(merged.values())
 
 
 class DynamoMetricsCollector(Collector):

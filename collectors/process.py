@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING
 
 import psutil
 
-from agent.facts import ProcessFact, ProcessFacts
-from agent.samples import CollectResult
-from agent.textsafe import clean
+from agent.core.facts import ProcessFact, ProcessFacts
+from agent.core.samples import CollectResult
+from agent.core.textsafe import clean
 from collectors.base import Collector, CollectorSpec, register
 from collectors.sockets import CLOSE_WAIT, LISTEN, sockets_by_inode
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from agent.facts import DependencyProbe, TcpFacts
-from agent.samples import CollectResult
+from agent.core.facts import DependencyProbe, TcpFacts
+from agent.core.samples import CollectResult
 from collectors.base import Collector, CollectorSpec, Hooks, register
 from collectors.dynamo_health import service_ports
 from collectors.sockets import (

@@ -19,17 +19,18 @@ import os
 import secrets
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
-from agent import __version__, redact
-from agent.aio import wait_event
-from agent.config import ConfigError, OtlpOptions, otlp_options, redact_url
-from agent.log import get as get_logger
-from agent.samples import Event, Sample, sample
+from agent import __version__
+from agent.config import ConfigError, redact_url
+from agent.core import redact
+from agent.core.aio import wait_event
+from agent.core.log import get as get_logger
+from agent.core.samples import Event, Sample, sample
+from exporters.otlp_settings import OtlpSettings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
@@ -39,38 +40,6 @@ if TYPE_CHECKING:
     from exporters.otlp_sdk import BoundedBatchProcessor
 
 log = get_logger("dynamo_sidecar.otlp")
-
-GRPC = "grpc"
-HTTP = "http/protobuf"
-SERVICE_NAME = "dynamo-sidecar"
-# Downward-API env names the Helm chart sets, and the OTel resource keys they fill.
-K8S_ENV = {
-    "k8s.pod.name": ("POD_NAME", "K8S_POD_NAME"),
-    "k8s.namespace.name": ("POD_NAMESPACE", "K8S_NAMESPACE_NAME"),
-    "k8s.node.name": ("NODE_NAME", "K8S_NODE_NAME"),
-    "k8s.container.name": ("CONTAINER_NAME", "K8S_CONTAINER_NAME"),
-}
-
-
-@dataclass(frozen=True)
-class OtlpSettings:
-    """Everything the exporter needs; `endpoint` "" means traces are off."""
-
-    endpoint: str = ""
-    protocol: str = GRPC
-    timeout: float = 10.0
-    options: OtlpOptions = field(default_factory=OtlpOptions)
-
-    @classmethod
-    def from_config(cls, config: Config, environ: Mapping[str, str] | None = None) -> OtlpSettings:
-        environ = os.environ if environ is None else environ
-        return cls(
-            endpoint=config.otlp_endpoint,
-            protocol=config.otlp_protocol,
-            timeout=config.otlp_timeout,
-            # load_config has already printed this env's warnings
-            options=otlp_options(environ) if config.otlp_endpoint else OtlpOptions(),
-        )
 
 
 # The SDK (TracerProvider, the batch processor, the exporters) is imported only when traces
@@ -233,7 +202,7 @@ class Telemetry:
 
 
 def _attributes(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Span attributes leave the pod: redacted like every other output (agent.redact)."""
+    """Span attributes leave the pod: redacted like every other output (agent.core.redact)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, str):

@@ -18,7 +18,7 @@ from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
 from agent import __version__
 from agent.config import ConfigError
-from exporters.otlp import GRPC, HTTP, K8S_ENV, SERVICE_NAME, OtlpSettings
+from exporters.otlp_settings import GRPC, HTTP, K8S_ENV, SERVICE_NAME, OtlpSettings
 
 
 def build_resource(environ: Mapping[str, str]) -> Resource:

@@ -23,11 +23,10 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from agent import __version__
-from agent.catalogue import PREFIX, spec_for_sample
-from agent.samples import CollectResult, Family, Sample, sample
-from agent.state import State
-from collectors.dynamo_metrics import parse_exposition
-from collectors.exposition import RawFamily, capped, merge
+from agent.core.catalogue import PREFIX, spec_for_sample
+from agent.core.exposition import RawFamily, capped, merge, parse_exposition
+from agent.core.samples import CollectResult, Family, Sample, sample
+from agent.core.state import State
 
 OPENMETRICS = "openmetrics"
 TEXT = "text"

@@ -7,11 +7,11 @@ import asyncio
 import time
 from collections.abc import Callable
 
-from agent.components import RunState
 from agent.config import Config
-from agent.log import get as get_logger
-from agent.samples import Sample, sample
-from agent.signals import SLO_OBJECTIVES, SignalsCache, slo_observations
+from agent.core.components import RunState
+from agent.core.log import get as get_logger
+from agent.core.samples import Sample, sample
+from agent.core.signals import SLO_OBJECTIVES, SignalsCache, slo_observations
 from exporters.prometheus import PrometheusExporter
 
 log = get_logger("dynamo_sidecar.runtime")

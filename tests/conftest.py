@@ -13,7 +13,7 @@ import pytest
 
 from agent.config import load_config
 from agent.dynamo_sim import DynamoSim
-from agent.runtime import Sidecar
+from agent.runtime.sidecar import Sidecar
 from tests.helpers import fast_overrides
 
 

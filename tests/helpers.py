@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 
 if TYPE_CHECKING:  # benches import these helpers without paying for the runtime's imports
-    from agent.runtime import Sidecar
+    from agent.runtime.sidecar import Sidecar
 
 ROOT = Path(__file__).resolve().parent.parent
 # Responses recorded from a real Dynamo 1.6.1, shipped in the package for the simulator.

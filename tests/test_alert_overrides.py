@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.catalogue import metric
+from agent.core.catalogue import metric
 from agent.diagnose.alerts import alert_rules, alerts_yaml
 from agent.diagnose.engine import RULES
 from agent.diagnose.fleet import fleet_queries
@@ -445,11 +445,11 @@ POD_SAMPLED = {"cpu_throttled", "memory_near_limit", "memory_pressure", "request
 
 def _pod_fires(rule_id: str, overrides: dict[str, float], series: Series) -> bool:
     from agent.config import load_config
+    from agent.core.samples import CollectResult, Sample, labels_from_dict
+    from agent.core.signals import DynamoNames, compute
+    from agent.core.state import State
     from agent.diagnose.context import Context
     from agent.diagnose.engine import evaluate
-    from agent.samples import CollectResult, Sample, labels_from_dict
-    from agent.signals import DynamoNames, compute
-    from agent.state import State
 
     now = 100_000.0
     state = State(history_window=900, min_interval=STEP)
@@ -487,7 +487,7 @@ def test_pod_view_agrees_with_the_alert_at_each_overridden_threshold(
 
 def test_every_critical_rule_pages_or_says_why() -> None:
     from agent.diagnose.model import Alert, NoAlert
-    from agent.docs import rules_reference
+    from agent.tools.docs import rules_reference
 
     reference = rules_reference()
     table = reference.split("## Which findings page", 1)[1].split("\n## ", 1)[0]

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from aiohttp import web
 
-from agent import exitcodes
-from agent.audit import audit_documents
-from agent.audit.capacity import fit_line, forecast, max_observed
-from agent.inject import Options, inject
+from agent.core import exitcodes
+from agent.tools.audit import audit_documents
+from agent.tools.audit.capacity import fit_line, forecast, max_observed
+from agent.tools.inject import Options, inject
 from tests.helpers import free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_post, start_sidecar
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from agent.facts import EndpointFacts, HealthFacts, ProbeFact
-from agent.samples import CollectResult
+from agent.core.facts import EndpointFacts, HealthFacts, ProbeFact
+from agent.core.samples import CollectResult
 from tests.helpers import base_url, free_port, get_json, get_text, post_completion, wait_for
 from tests.test_canary_otlp import canary_requests
 

@@ -16,7 +16,8 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 
-from exporters.otlp import BoundedBatchProcessor, OtlpSettings, Telemetry
+from exporters.otlp import BoundedBatchProcessor, Telemetry
+from exporters.otlp_settings import OtlpSettings
 from tests.helpers import base_url, free_port, get_json, get_text, post_completion, wait_for
 from tests.otlp_receiver import ReceivedSpan, Rotel, rotel_binary
 from tests.procs import PYTHON, start_sim
@@ -142,7 +143,7 @@ async def test_hung_engine_marks_model_failing(sim, make_sidecar, http) -> None:
 async def test_canary_outcomes(sim, make_sidecar) -> None:
     import aiohttp
 
-    from agent.canary import CONNECT_ERROR, HTTP_ERROR, OK, send_canary
+    from agent.runtime.canary import CONNECT_ERROR, HTTP_ERROR, OK, send_canary
 
     async with aiohttp.ClientSession() as session:
         front = sim.url("frontend")
@@ -324,7 +325,7 @@ async def test_canary_reads_an_in_band_stream_error_as_a_failure() -> None:
     import aiohttp
     from aiohttp import web
 
-    from agent.canary import BAD_RESPONSE, send_canary
+    from agent.runtime.canary import BAD_RESPONSE, send_canary
 
     async def midstream(request: web.Request) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers={"Content-Type": "text/event-stream"})

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.components import RunState
 from agent.config import load_config
-from agent.drain import NOTHING_TO_DRAIN, DrainConfig, DrainCoordinator, DrainSummary
-from agent.runtime import build_collectors
-from agent.samples import CollectResult, sample
-from agent.scheduler import Scheduler
-from agent.signals import DynamoNames, inflight_now, work_in_flight
-from agent.state import State
+from agent.core.components import RunState
+from agent.core.samples import CollectResult, sample
+from agent.core.signals import DynamoNames, inflight_now, work_in_flight
+from agent.core.state import State
+from agent.runtime.drain import NOTHING_TO_DRAIN, DrainConfig, DrainCoordinator, DrainSummary
+from agent.runtime.scheduler import Scheduler
+from agent.runtime.sidecar import build_collectors
 from collectors.base import registered
 
 

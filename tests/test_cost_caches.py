@@ -10,12 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.config import load_config
+from agent.core.samples import CollectResult, Family, Sample, sample
+from agent.core.signals import compute
+from agent.core.state import State
 from agent.diagnose.context import Context
 from agent.diagnose.engine import evaluate
-from agent.runtime import Sidecar
-from agent.samples import CollectResult, Family, Sample, sample
-from agent.signals import compute
-from agent.state import State
+from agent.runtime.sidecar import Sidecar
 
 _NAMES = ["a", "b", "c_total"]
 _SAMPLE = st.builds(

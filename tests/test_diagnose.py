@@ -8,8 +8,8 @@ import time
 import aiohttp
 import pytest
 
-from agent.facts import HealthFacts
-from agent.samples import CollectResult
+from agent.core.facts import HealthFacts
+from agent.core.samples import CollectResult
 from collectors.base import Collector
 from tests.helpers import base_url, finding_ids, free_port, get_json, wait_for
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from agent.server import _allowed
+from agent.runtime.server import _allowed
 from tests.helpers import (
     base_url,
     get_json,

@@ -232,7 +232,7 @@ def test_refused_is_distinguished_from_timeout() -> None:
 def test_chunked_parse_equals_the_whole_parse(monkeypatch) -> None:
     """Large bodies are parsed in slices so a budget can stop inside a family; the slices must
     give the same families as one parse (checked on Dynamo's recorded exposition, cut small)."""
-    import collectors.dynamo_metrics as metrics
+    import agent.core.exposition as metrics
 
     text = (RECORDED / "frontend_metrics_after_traffic.prom").read_text()
     whole, _ = parse_exposition(text)

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import exitcodes
-from agent.inject import Options, inject
+from agent.core import exitcodes
+from agent.tools.inject import Options, inject
 from tests.helpers import ROOT, free_port
 from tests.procs import ENV, PYTHON
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from agent.core.facts import EndpointFacts, MetricsFacts, ProbeFact, ScrapeFact
+from agent.core.samples import CollectResult, Event, sample
 from agent.diagnose.engine import diagnose, evaluate
-from agent.diagnose.rules import request_failures
-from agent.facts import EndpointFacts, MetricsFacts, ProbeFact, ScrapeFact
-from agent.samples import CollectResult, Event, sample
+from agent.diagnose.rules.performance import request_failures
 from collectors.tcp import TcpCollector, parse_probe_target
 from tests.real_dynamo import ETCD_MISSING, Etcd, etcd_binary
 from tests.test_rules import NOW, Recorded, edit, probe, processes, tcp

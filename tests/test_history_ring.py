@@ -1,4 +1,4 @@
-"""The compact history ring (agent/state.py) against a plain list of points: whatever is
+"""The compact history ring (agent/core/state.py) against a plain list of points: whatever is
 appended (flat runs, counters, resets, decimals, raw floats, NaN, -0.0, repeated times),
 whatever the capacity, every read gives what the list gives, and the memory it holds grows
 with its content and stays under the per-series target."""
@@ -13,9 +13,9 @@ from pathlib import Path
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.membudget import budget, own_memory_limit
-from agent.samples import CollectResult, sample
-from agent.state import CHUNK, RING_FIXED, SeriesRing, State, counter_increase
+from agent.core.membudget import budget, own_memory_limit
+from agent.core.samples import CollectResult, sample
+from agent.core.state import CHUNK, RING_FIXED, SeriesRing, State, counter_increase
 
 VALUES = st.one_of(
     st.integers(-(2**60), 2**60).map(float),  # past 2^53: not exact integers, stored raw

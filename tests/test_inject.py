@@ -17,8 +17,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from agent.inject import SIDECAR, Options, inject
-from agent.webhook import make_app, mutate_review, tls_context
+from agent.tools.inject import SIDECAR, Options, inject
+from agent.tools.webhook import make_app, mutate_review, tls_context
 from tests.helpers import ROOT, free_port
 
 FIXTURES = ROOT / "tests" / "fixtures" / "k8s"
@@ -401,14 +401,14 @@ def test_the_sidecar_runs_as_mains_user_and_group() -> None:
      ("lots", None), ("", None), ("-1", None), ("64MB", None), ("1.2.3", None), ("Mi", None), ("9" * 80, None)],
 )  # fmt: skip
 def test_quantities_parse_as_kubernetes_does(text: str, value: float | None) -> None:
-    from agent.inject import parse_quantity
+    from agent.tools.inject import parse_quantity
 
     parsed = parse_quantity(text)
     assert (float(parsed) if parsed is not None else None) == value
 
 
 def test_a_bad_annotation_leaves_the_pod_alone_with_one_line() -> None:
-    from agent.inject import InjectError
+    from agent.tools.inject import InjectError
 
     pod = load("worker_pod.yaml")[0]
     pod["metadata"]["annotations"] = {"dynamo-sidecar.io/memory-limit": "lots"}

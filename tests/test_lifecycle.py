@@ -14,14 +14,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.canary import CanaryResult, ModelState
+from agent.core.facts import GpuFact, GpuFacts, PortAnswer, ProcessFact, ProcessFacts
+from agent.core.samples import CollectResult, Event, sample
 from agent.diagnose.context import Context
 from agent.diagnose.engine import RULES, diagnose, evaluate, order, tree
 from agent.diagnose.lifecycle import Lifecycle
 from agent.diagnose.model import SEVERITY_RANK, Finding
 from agent.diagnose.render import text
-from agent.facts import GpuFact, GpuFacts, PortAnswer, ProcessFact, ProcessFacts
-from agent.samples import CollectResult, Event, sample
+from agent.runtime.canary import CanaryResult, ModelState
 from tests.test_rules import CASES, NOW, P, Recorded, edit, probe
 
 INTERVAL = 5.0  # the recorded states' collection interval
@@ -29,7 +29,7 @@ INTERVAL = 5.0  # the recorded states' collection interval
 
 @dataclass
 class Canary:
-    """The canary as the rules see it (agent.components.CanaryView): its models' records."""
+    """The canary as the rules see it (agent.core.components.CanaryView): its models' records."""
 
     models: dict[str, ModelState]
 
@@ -646,7 +646,7 @@ async def test_kill_then_restart_leaves_nothing_critical_once_requests_succeed(
     await sim.restart_worker()
     # A restarted worker is up a collection or more after the failures (a real one takes
     # seconds): the sidecar sees it healthy before the requests that prove it serves.
-    from agent.facts import HealthFacts
+    from agent.core.facts import HealthFacts
 
     await wait_for(
         lambda: (
@@ -735,7 +735,7 @@ async def test_diagnose_cli_exits_3_while_the_sidecar_has_read_nothing(make_side
     import asyncio
     import subprocess
 
-    from agent.samples import CollectResult as Result
+    from agent.core.samples import CollectResult as Result
     from collectors.base import Collector
     from tests.helpers import base_url
     from tests.procs import ENV, PYTHON

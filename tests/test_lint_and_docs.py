@@ -8,9 +8,9 @@ import sys
 
 import pytest
 
-from agent.catalogue import markdown_table
 from agent.config import reference_markdown
-from agent.docs import rules_reference
+from agent.core.catalogue import markdown_table
+from agent.tools.docs import rules_reference
 from tests.helpers import ROOT
 
 
@@ -54,9 +54,9 @@ def _section(readme: str, start: str) -> str:
 
 def test_reference_tables_are_generated_from_the_code() -> None:
     metrics = (ROOT / "docs" / "metrics.md").read_text()
-    assert markdown_table() in _section(metrics, "metrics-table"), "run: python -m agent.docs"
+    assert markdown_table() in _section(metrics, "metrics-table"), "run: python -m agent.tools.docs"
     config = (ROOT / "docs" / "configuration.md").read_text()
-    assert reference_markdown() in _section(config, "config-table"), "run: python -m agent.docs"
+    assert reference_markdown() in _section(config, "config-table"), "run: python -m agent.tools.docs"
 
 
 def test_readme_is_short_and_its_links_resolve() -> None:
@@ -81,7 +81,7 @@ def test_readme_starts_with_the_two_setup_commands() -> None:
 
 
 def test_rules_reference_is_generated_from_the_records() -> None:
-    assert (ROOT / "docs" / "rules.md").read_text() == rules_reference(), "run: python -m agent.docs"
+    assert (ROOT / "docs" / "rules.md").read_text() == rules_reference(), "run: python -m agent.tools.docs"
 
 
 def test_alerts_yaml_is_generated_from_the_records() -> None:

@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from agent.config import load_config
-from agent.inject import SIDECAR, Options, inject
-from agent.webhook import mutate_review
+from agent.tools.inject import SIDECAR, Options, inject
+from agent.tools.webhook import mutate_review
 from tests.helpers import ROOT, free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_get
 

@@ -13,14 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from agent.components import Components
 from agent.config import ConfigError, load_config, otlp_options, otlp_warnings
+from agent.core.components import Components
+from agent.core.signals import Signals
+from agent.core.state import State
 from agent.diagnose.context import Context
 from agent.diagnose.engine import evaluate
-from agent.inject import Options, inject
-from agent.signals import Signals
-from agent.state import State
-from exporters.otlp import OtlpSettings, Telemetry
+from agent.tools.inject import Options, inject
+from exporters.otlp import Telemetry
+from exporters.otlp_settings import OtlpSettings
 from tests.helpers import PYTHON, base_url, get_json, wait_for, wait_for_sync
 from tests.otlp_receiver import ReceivedSpan, Rotel, parse_debug_log, rotel_binary
 from tests.procs import ENV, http_get, spawn_sidecar, start_sim

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from agent.catalogue import spec_for_sample
+from agent.core.catalogue import spec_for_sample
 from agent.diagnose.engine import RULES
 from tests.helpers import ROOT
 
@@ -112,11 +112,11 @@ SAME_SERIES = [
 
 def _pod_fires(rule_id: str, series: dict[str, list[float]]) -> bool:
     from agent.config import load_config
+    from agent.core.samples import CollectResult, Sample, labels_from_dict
+    from agent.core.signals import DynamoNames, compute
+    from agent.core.state import State
     from agent.diagnose.context import Context
     from agent.diagnose.engine import evaluate
-    from agent.samples import CollectResult, Sample, labels_from_dict
-    from agent.signals import DynamoNames, compute
-    from agent.state import State
 
     now = 10_000.0
     state = State(history_window=900, min_interval=5)

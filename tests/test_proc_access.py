@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from agent.inject import Options, inject
+from agent.tools.inject import Options, inject
 from tests.helpers import ROOT
 
 DYNAMO = (1000, 0)  # uid, gid of Dynamo's container user

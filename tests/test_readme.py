@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from agent.cli import build_parser
-from agent.demo import verify_command
+from agent.tools.demo import verify_command
 from tests.helpers import ROOT
 
 README = (ROOT / "README.md").read_text()

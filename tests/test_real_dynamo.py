@@ -10,7 +10,7 @@ import asyncio
 import signal
 import threading
 
-from agent.facts import HealthFacts
+from agent.core.facts import HealthFacts
 from tests.helpers import base_url, get_json, get_text, wait_for
 from tests.real_dynamo import REAL_DYNAMO_MARKS, RealDynamo, own_processes
 

@@ -8,7 +8,7 @@ import signal
 import threading
 from typing import Any
 
-from agent.facts import HealthFacts, TcpFacts
+from agent.core.facts import HealthFacts, TcpFacts
 from tests.helpers import base_url, free_port, get_json, wait_for
 from tests.real_dynamo import REAL_DYNAMO_MARKS, RealDynamo, own_processes
 

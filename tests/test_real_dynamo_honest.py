@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.facts import TcpFacts
+from agent.core.facts import TcpFacts
 from tests.helpers import base_url, get_json, wait_for
 from tests.real_dynamo import (
     ETCD_MISSING,

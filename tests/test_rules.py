@@ -10,13 +10,9 @@ from typing import Any
 
 import pytest
 
-from agent.canary import CanaryResult, ModelState
-from agent.components import Components
 from agent.config import load_config
-from agent.diagnose.context import Context
-from agent.diagnose.engine import RULES, diagnose, evaluate
-from agent.drain import DrainSummary
-from agent.facts import (
+from agent.core.components import Components
+from agent.core.facts import (
     DependencyProbe,
     EndpointFacts,
     GpuFact,
@@ -31,9 +27,13 @@ from agent.facts import (
     ScrapeFact,
     TcpFacts,
 )
-from agent.samples import CollectResult, Event, sample
-from agent.signals import DynamoNames, compute
-from agent.state import State
+from agent.core.samples import CollectResult, Event, sample
+from agent.core.signals import DynamoNames, compute
+from agent.core.state import State
+from agent.diagnose.context import Context
+from agent.diagnose.engine import RULES, diagnose, evaluate
+from agent.runtime.canary import CanaryResult, ModelState
+from agent.runtime.drain import DrainSummary
 from collectors.dynamo_logs import ErrorRing
 
 NOW = time.time()
@@ -773,7 +773,7 @@ def test_queue_without_gpu_data_claims_no_saturation() -> None:
 
 
 def test_coarse_bucket_quantile_is_shown_as_its_bounds() -> None:
-    from agent.signals import bucket_text
+    from agent.core.signals import bucket_text
 
     buckets = [(0.0, 0.0), (2.0, 100.0), (4.0, 100.0), (float("inf"), 100.0)]
     assert bucket_text(1.98, buckets) == "<= 2 s"
@@ -1030,7 +1030,7 @@ def test_more_threshold_boundaries(rule_id: str, build: Callable[[Recorded], Non
 
 
 def test_every_threshold_is_overridable_and_documented() -> None:
-    from agent.docs import rules_reference
+    from agent.tools.docs import rules_reference
 
     reference = rules_reference()
     for rule in RULES:

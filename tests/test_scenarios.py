@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from agent.samples import CollectResult
+from agent.core.samples import CollectResult
 from collectors.base import Collector
 from tests.helpers import base_url, free_port, get_json, post_completion, wait_for
 

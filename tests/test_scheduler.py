@@ -3,9 +3,9 @@ from __future__ import annotations
 import asyncio
 import json
 
-from agent.samples import CollectResult, sample
-from agent.scheduler import Scheduler
-from agent.state import State
+from agent.core.samples import CollectResult, sample
+from agent.core.state import State
+from agent.runtime.scheduler import Scheduler
 from collectors.base import Collector
 from tests.helpers import wait_for
 

@@ -10,7 +10,7 @@ import subprocess
 import aiohttp
 import pytest
 
-from agent.catalogue import BY_NAME, CATALOGUE, PREFIX, spec_for_sample
+from agent.core.catalogue import BY_NAME, CATALOGUE, PREFIX, spec_for_sample
 from tests.helpers import base_url, finding_ids, get_json, get_text, post_completion, wait_for
 
 
@@ -60,7 +60,7 @@ async def test_every_sidecar_metric_is_declared_in_the_catalogue(sim, make_sidec
     emitted = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line.startswith(PREFIX)}
     assert emitted
     undeclared = {name for name in emitted if spec_for_sample(name) is None}
-    assert not undeclared, f"emitted but not in agent/catalogue.py: {undeclared}"
+    assert not undeclared, f"emitted but not in agent/core/catalogue.py: {undeclared}"
     assert not sidecar.exporter.undeclared
     # Each rule's health, from the first render: its failures counter starts at zero.
     assert 'dynamo_sidecar_rule_evaluation_failures_total{rule="endpoint_refused"} 0.0' in text

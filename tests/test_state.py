@@ -4,8 +4,8 @@ import math
 
 import pytest
 
-from agent.samples import CollectResult, sample
-from agent.state import SeriesRing, State, counter_increase, counter_rate, histogram_quantile
+from agent.core.samples import CollectResult, sample
+from agent.core.state import SeriesRing, State, counter_increase, counter_rate, histogram_quantile
 
 
 def test_ring_keeps_only_capacity_points_in_order() -> None:
@@ -111,7 +111,7 @@ def test_ring_window_by_bisection_matches_a_scan() -> None:
     import math
     import random
 
-    from agent.state import SeriesRing, counter_increase
+    from agent.core.state import SeriesRing, counter_increase
 
     rng = random.Random(7)
     for capacity in (1, 2, 5, 16):
@@ -134,7 +134,7 @@ def test_ring_window_by_bisection_matches_a_scan() -> None:
 def test_remembered_label_sets_are_exact_and_never_hold_a_long_value() -> None:
     """labels_of remembers label sets for speed: a hit must give what a fresh build gives
     (1, 1.0 and True are equal keys), and a long value from outside is never kept."""
-    from agent import samples
+    from agent.core import samples
 
     assert samples.labels_of(gpu="1") == (("gpu", "1"),)
     assert samples.labels_of(gpu=1) == (("gpu", "1"),)
@@ -151,8 +151,8 @@ def test_remembered_label_sets_are_exact_and_never_hold_a_long_value() -> None:
 def test_rate_of_a_family_is_its_increase_over_the_time_it_was_watched() -> None:
     """A label set Dynamo creates at its first failure (a minute into a five-minute window)
     does not divide its increase by that minute: the family's rate is one number."""
-    from agent.samples import CollectResult, sample
-    from agent.state import State
+    from agent.core.samples import CollectResult, sample
+    from agent.core.state import State
 
     state = State(history_window=900, min_interval=5)
     now = 10_000.0

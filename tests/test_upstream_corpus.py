@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.audit import audit_documents
-from agent.inject import COPIED_ENV, SIDECAR, Options, inject, role_of
+from agent.tools.audit import audit_documents
+from agent.tools.inject import COPIED_ENV, SIDECAR, Options, inject, role_of
 from tests.crd_schema import errors
 from tests.helpers import ROOT
 from tests.procs import ENV, PYTHON

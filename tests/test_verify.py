@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agent.verify.drill import (
+from agent.tools.verify.drill import (
     UsageError,
     compare_histogram,
     parse_per_phase,
@@ -23,8 +23,8 @@ from agent.verify.drill import (
     percentile,
     recovery_time,
 )
-from agent.verify.load import RequestRecord
-from agent.verify.report import render
+from agent.tools.verify.load import RequestRecord
+from agent.tools.verify.report import render
 from tests.procs import ENV, PYTHON, start_sidecar
 from tests.real_dynamo import REAL_DYNAMO_MARKS
 
@@ -97,8 +97,8 @@ def test_histogram_comparison_within_one_bucket() -> None:
 
 
 def test_verdict_follows_the_targets() -> None:
-    from agent.verify.drill import DrillSpec, verdict
-    from agent.verify.load import LoadSpec
+    from agent.tools.verify.drill import DrillSpec, verdict
+    from agent.tools.verify.load import LoadSpec
 
     spec = DrillSpec(LoadSpec("http://x", "m"), dict.fromkeys(("standard", "overload", "recovery"), 5.0),
                      fault_cmd="true", max_recovery=2.0, slo={"ttft_p99": 0.1})  # fmt: skip

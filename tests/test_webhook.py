@@ -24,8 +24,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.inject import Options, inject
-from agent.webhook import (
+from agent.tools.inject import Options, inject
+from agent.tools.webhook import (
     PROTECTED_NAMESPACES,
     WebhookServer,
     WebhookSettings,

@@ -156,7 +156,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
 
 def test_the_wheel_and_the_sdist_hold_every_module_and_the_license(installed: Installed) -> None:
     expected = set().union(*(source_files(p) for p in PACKAGES))
-    assert "agent/audit/checks.py" in expected and "agent/verify/drill.py" in expected
+    assert "agent/tools/audit/checks.py" in expected and "agent/tools/verify/drill.py" in expected
     assert any(name.startswith("agent/dynamo_sim/recorded/") for name in expected)
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())

@@ -8,11 +8,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from agent.components import Components
-from agent.config import Config
-from agent.facts import (
+from agent.core.components import Components
+from agent.core.facts import (
     EndpointFacts,
     GpuFacts,
     HealthFacts,
@@ -23,9 +22,12 @@ from agent.facts import (
     ProcessFacts,
     TcpFacts,
 )
-from agent.samples import Labels
-from agent.signals import CLIENT_ERROR_TYPES, DynamoNames, Signals
-from agent.state import SeriesRing, State
+from agent.core.samples import Labels
+from agent.core.signals import CLIENT_ERROR_TYPES, DynamoNames, Signals
+from agent.core.state import SeriesRing, State
+
+if TYPE_CHECKING:  # the settings sit above the rules (they validate rule thresholds)
+    from agent.config import Config
 
 # Statuses Dynamo answers while it shuts down (frontend /health, /live).
 SHUTDOWN_STATUSES = {"not_ready", "shutting_down"}
@@ -113,7 +115,7 @@ class Context:
     def in_startup_grace(self) -> bool:
         return self.uptime < self.config.startup_grace
 
-    # --- typed facts, one per source (agent/facts.py); empty before a source's first run ----
+    # --- typed facts, one per source (agent/core/facts.py); empty before a source's first run ----
     @property
     def health(self) -> HealthFacts:
         return self.state.facts("dynamo_health", HealthFacts)

@@ -10,7 +10,11 @@ import time
 from typing import Any
 
 from agent import __version__
-from agent.catalogue import metric
+from agent.core.catalogue import metric
+from agent.core.log import get as get_logger
+from agent.core.samples import Labels, Sample, labels_of
+from agent.core.signals import CLIENT_ERROR_TYPES, bucket_text
+from agent.core.state import counter_increase
 from agent.diagnose.context import Context
 from agent.diagnose.lifecycle import Lifecycle
 from agent.diagnose.model import (
@@ -24,15 +28,9 @@ from agent.diagnose.model import (
     duration_text,
     report_status,
 )
-from agent.diagnose.rules import RULES as BASE_RULES
-from agent.diagnose.rules_system import SYSTEM_RULES
-from agent.log import get as get_logger
-from agent.samples import Labels, Sample, labels_of
-from agent.signals import CLIENT_ERROR_TYPES, bucket_text
-from agent.state import counter_increase
+from agent.diagnose.rules import RULES
 
 log = get_logger("dynamo_sidecar.diagnose")
-RULES: tuple[Rule, ...] = (*BASE_RULES, *SYSTEM_RULES)
 
 
 class RuleHealth:

@@ -2,7 +2,7 @@
 answer step one of the root-cause flow: is the symptom on one pod, one node, or everywhere?
 
 Each rule that can be judged from metrics alone declares its PromQL in its own record
-(agent/diagnose/rules*.py), beside the pod predicate and over the same thresholds.
+(agent/diagnose/rules/), beside the pod predicate and over the same thresholds.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.core.exitcodes import BY_STATUS
 from agent.diagnose.engine import RULES
 from agent.diagnose.model import SEVERITY_RANK, report_status
-from agent.exitcodes import BY_STATUS
 
 
 def selector(namespace: str = "") -> Callable[..., str]:

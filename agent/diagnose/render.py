@@ -12,8 +12,8 @@ import re
 import time
 from typing import Any
 
+from agent.core.exitcodes import BY_STATUS
 from agent.diagnose.model import duration_text
-from agent.exitcodes import BY_STATUS
 
 EXIT_CODES = BY_STATUS  # kept for callers that import it from here
 DEFAULT_REFRESH = 15  # seconds between HTML reloads; ?refresh=0 stops them

@@ -12,7 +12,7 @@ import json
 import signal
 import sys
 
-from agent.aio import wait_event
+from agent.core.aio import wait_event
 from agent.dynamo_sim.server import DynamoSim
 
 

@@ -75,7 +75,7 @@ def main(tree: Path, target: Path) -> None:
     lines = [line for line in ran.stdout.splitlines() if line.startswith("{")]
     render = (
         f"import json, sys\nsys.path.insert(0, {str(tree)!r})\n"
-        "from agent.samples import sample\nfrom exporters.prometheus import OwnText\n"
+        "from agent.core.samples import sample\nfrom exporters.prometheus import OwnText\n"
         "for line in sys.stdin:\n"
         "    out = json.loads(line)\n"
         "    found = [sample(n, v, **labels) for n, labels, v in out.get('samples', [])]\n"

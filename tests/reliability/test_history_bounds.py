@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import psutil
 
-from agent.runtime import Sidecar
-from agent.samples import CollectResult, sample
-from agent.server import MAX_HISTORY_BYTES, MAX_HISTORY_POINTS
-from agent.signals import DynamoNames
+from agent.core.samples import CollectResult, sample
+from agent.core.signals import DynamoNames
+from agent.runtime.server import MAX_HISTORY_BYTES, MAX_HISTORY_POINTS
+from agent.runtime.sidecar import Sidecar
 from tests.helpers import base_url, get_json, get_text, wait_for
 
 NAMES = sorted(DynamoNames().history_names())[:16]

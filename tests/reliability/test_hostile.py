@@ -180,7 +180,7 @@ async def test_model_churn_bounds_canary_load_and_state(make_sidecar, hostile, h
         make_sidecar, hostile, canary_enabled="true", canary_wait="0.2", canary_timeout="0.5"
     )
     await wait_for(lambda: hostile.models_calls >= 20, timeout=30, what="20 model listings")
-    view = sidecar.state.facts("dynamo_health", __import__("agent.facts").facts.HealthFacts).endpoints[
+    view = sidecar.state.facts("dynamo_health", __import__("agent.core.facts").core.facts.HealthFacts).endpoints[
         "frontend"
     ]
     assert len(view.models_seen) <= 64
@@ -250,7 +250,7 @@ def test_a_parse_stops_its_own_work_at_its_budget() -> None:
     the collector gave up on it."""
     import time
 
-    from collectors.dynamo_metrics import Budget, parse_exposition
+    from agent.core.exposition import Budget, parse_exposition
 
     text = "# TYPE big gauge\n" + "".join(f'big{{i="{i}"}} 1\n' for i in range(200_000))
     budget = Budget(0.2, max_series=1_000_000)

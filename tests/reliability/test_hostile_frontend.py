@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent import exitcodes
+from agent.core import exitcodes
 from tests.procs import ENV, PYTHON
 
 TOKEN_EVENT = b'data: {"choices":[{"index":0,"delta":{"content":" a"}}]}\n\n'

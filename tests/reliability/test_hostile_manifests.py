@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent import exitcodes
-from agent.audit import ManifestError, audit_documents
-from agent.inject import InjectError, Options, inject
-from agent.manifest_input import MAX_BYTES, ManifestInputError, check_shape
+from agent.core import exitcodes
+from agent.tools.audit import ManifestError, audit_documents
+from agent.tools.inject import InjectError, Options, inject
+from agent.tools.manifest_input import MAX_BYTES, ManifestInputError, check_shape
 from tests.procs import ENV, PYTHON
 
 ROOT = Path(__file__).resolve().parents[2]  # the checkout (no helper import: works on any layout)

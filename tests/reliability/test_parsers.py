@@ -13,12 +13,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from agent.config import ConfigError, load_config, load_yaml
-from agent.server import parse_window
-from agent.textsafe import clean, clean_json, parse_json
+from agent.core.exposition import Budget, parse_exposition
+from agent.core.textsafe import clean, clean_json, parse_json
+from agent.runtime.server import parse_window
 from collectors.cgroup import _kv, parse_pressure
 from collectors.dynamo_health import classify, parse_models
 from collectors.dynamo_logs import DynamoLogCollector
-from collectors.dynamo_metrics import Budget, parse_exposition
 from collectors.http import HttpResult
 
 FAST = settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -214,7 +214,7 @@ def _sample_set(families) -> list[tuple[str, tuple, str]]:
 def test_fast_family_parse_gives_what_prometheus_client_gives(text: str) -> None:
     """The purpose-built parser of checked families and prometheus_client's parser agree on
     every sample (name, labels, value) of the checked text."""
-    from collectors.exposition import parse_family, split_families
+    from agent.core.exposition import parse_family, split_families
 
     families, _ = split_families(text + "\n")
     for family in families:
@@ -223,7 +223,7 @@ def test_fast_family_parse_gives_what_prometheus_client_gives(text: str) -> None
 
 
 def test_fast_family_parse_agrees_on_recorded_dynamo() -> None:
-    from collectors.exposition import parse_family, split_families
+    from agent.core.exposition import parse_family, split_families
 
     recorded = Path(__file__).resolve().parents[2] / "agent" / "dynamo_sim" / "recorded"
     for path in sorted(recorded.glob("*.prom")):
@@ -240,7 +240,7 @@ def test_what_is_remembered_between_scrapes_changes_nothing(pool: list[str], dat
     """A Splitter and a parse cache that remember earlier scrapes (blocks, checked lines,
     parsed lines) give what a fresh split and parse of each scrape gives. The scrapes are
     drawn from one pool of lines, so they share lines and blocks as real scrapes do."""
-    from collectors.exposition import LineCache, Splitter, parse_family, split_families
+    from agent.core.exposition import LineCache, Splitter, parse_family, split_families
 
     splitter = Splitter()
     parsed: LineCache = LineCache()

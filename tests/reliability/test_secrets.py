@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from agent import redact
+from agent.core import redact
 from tests.helpers import free_port, wait_for_sync
 from tests.procs import ENV, PYTHON, http_get, spawn_sidecar, start_sim
 

@@ -1,0 +1,169 @@
+"""Runs each collector on its own interval with jitter, cancels it at its timeout and keeps
+one collector's failure from touching any other.
+
+Each collector has its own loop and timer. One timer starting the collectors due together
+was tried (issue 28) and measured dearer on the idle sidecar: collectors running at once
+contend for the GIL in the thread pool, and the threads' wake-ups went up 2-20x while the
+event loop's did not go down (bench/RESULTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Sequence
+
+from agent.core.log import get as get_logger
+from agent.core.samples import CollectResult
+from agent.core.state import State
+from collectors.base import Collector
+
+log = get_logger("dynamo_sidecar.scheduler")
+
+
+class Scheduler:
+    def __init__(
+        self,
+        collectors: Sequence[Collector],
+        state: State,
+        jitter: float = 0.1,
+        on_update: Callable[[str], None] | None = None,
+    ) -> None:
+        self.collectors = list(collectors)
+        self.state = state
+        self.jitter = jitter
+        self.on_update = on_update
+        self._tasks: list[asyncio.Task[None]] = []
+        self._wakeups: dict[str, asyncio.Event] = {}
+        self._interval_override: float | None = None
+        self._completed: set[str] = set()
+        self.first_cycle_done = asyncio.Event()
+        self._next_run: dict[str, list[asyncio.Event]] = {}
+        self._stopping = False
+        for collector in self.collectors:
+            state.register_collector(collector.name, collector.interval, collector.timeout)
+
+    def start(self) -> None:
+        for collector in self.collectors:
+            self._wakeups[collector.name] = asyncio.Event()
+            task = asyncio.create_task(self._loop(collector), name=f"collector:{collector.name}")
+            self._tasks.append(task)
+        if not self.collectors:
+            self.first_cycle_done.set()
+
+    def dead_tasks(self) -> list[str]:
+        """The names of the collector loops that have ended. Each runs until stop(), so while
+        the sidecar runs, one that is done has crashed: what /healthz reports. A collector's
+        own exception (a BaseException too) is its failed run, not its loop's end."""
+        return [task.get_name() for task in self._tasks if task.done()]
+
+    async def stop(self) -> None:
+        self._stopping = True  # a loop whose cancellation is lost ends at its next turn
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks.clear()
+        for collector in self.collectors:
+            try:
+                await asyncio.wait_for(collector.close(), timeout=5)
+            except Exception as exc:  # a close that fails must not stop the others
+                log.warning("collector close failed", collector=collector.name, error=repr(exc))
+
+    def speed_up(self, interval: float | None, names: Sequence[str] | None = None) -> None:
+        """Run collectors at `interval` (None restores their own) and wake them now."""
+        self._interval_override = interval
+        for collector in self.collectors:
+            if names is None or collector.name in names:
+                self._wakeups[collector.name].set()
+
+    def next_run(self, name: str) -> asyncio.Event:
+        """An event set when the named collector next finishes a run."""
+        event = asyncio.Event()
+        self._next_run.setdefault(name, []).append(event)
+        return event
+
+    def run_now(self, names: Sequence[str] | None = None) -> None:
+        for name, wakeup in self._wakeups.items():
+            if names is None or name in names:
+                wakeup.set()
+
+    def _interval_for(self, collector: Collector) -> float:
+        if self._interval_override is not None:
+            return min(collector.interval, self._interval_override)
+        return collector.interval
+
+    async def _loop(self, collector: Collector) -> None:
+        # A small random start offset keeps collectors from firing in lock-step.
+        await asyncio.sleep(random.uniform(0, min(0.2, collector.interval * self.jitter)))
+        wakeup = self._wakeups[collector.name]
+        while not self._stopping:
+            started = time.monotonic()
+            await self.run_once(collector)
+            interval = self._interval_for(collector)
+            delay = interval * (1 + random.uniform(-self.jitter, self.jitter))
+            remaining = max(0.0, delay - (time.monotonic() - started))
+            wakeup.clear()
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when the
+            # event is set as the task is cancelled (a speed-up racing stop()), and the loop
+            # would outlive stop().
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(remaining):
+                    await wakeup.wait()
+
+    async def run_once(self, collector: Collector) -> None:
+        status = self.state.collectors[collector.name]
+        started = time.monotonic()
+        now = time.time()
+        outcome = "ok"
+        error = ""
+        result: CollectResult | None = None
+        try:
+            async with asyncio.timeout(collector.timeout):
+                result = await collector.collect()
+            if not isinstance(result, CollectResult):
+                outcome, error = "error", f"collect() returned {type(result).__name__}, not CollectResult"
+        except TimeoutError:
+            outcome, error = "timeout", f"did not finish within {collector.timeout:g}s"
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as exc:  # the collector's own (even not an Exception): its failed run
+            outcome, error = "error", f"{type(exc).__name__}: {exc}"[:500]
+        duration = time.monotonic() - started
+        status.runs[outcome] += 1
+        status.last_duration = duration
+        status.last_run_time = now
+        if outcome == "ok" and result is not None:
+            try:
+                self.state.update(collector.name, result, now=now)
+            except Exception as exc:  # garbage samples: this collector fails, nobody else
+                outcome, error = "error", f"bad result: {type(exc).__name__}: {exc}"[:500]
+                status.runs["ok"] -= 1
+                status.runs["error"] += 1
+        if outcome == "ok":
+            if status.consecutive_failures:
+                log.info(
+                    "collector recovered",
+                    collector=collector.name,
+                    after_failures=status.consecutive_failures,
+                )
+            status.last_success = True
+            status.last_success_time = now
+            status.last_error = ""
+            status.consecutive_failures = 0
+        else:
+            if status.consecutive_failures == 0:
+                status.first_failure_time = now
+                log.warning("collector failed", collector=collector.name, outcome=outcome, error=error)
+            status.last_success = False
+            status.last_error = error
+            status.consecutive_failures += 1
+            self.state.generation += 1
+        for event in self._next_run.pop(collector.name, []):
+            event.set()
+        self._completed.add(collector.name)
+        if len(self._completed) == len(self.collectors):
+            self.first_cycle_done.set()
+        if self.on_update is not None:
+            self.on_update(collector.name)

@@ -180,9 +180,9 @@ async def test_model_churn_bounds_canary_load_and_state(make_sidecar, hostile, h
         make_sidecar, hostile, canary_enabled="true", canary_wait="0.2", canary_timeout="0.5"
     )
     await wait_for(lambda: hostile.models_calls >= 20, timeout=30, what="20 model listings")
-    view = sidecar.state.facts("dynamo_health", __import__("agent.core.facts").core.facts.HealthFacts).endpoints[
-        "frontend"
-    ]
+    from agent.core.facts import HealthFacts
+
+    view = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"]
     assert len(view.models_seen) <= 64
     assert len(sidecar.canary.models) <= 64
     rounds = max(1, sidecar.canary.rounds)

@@ -2,6 +2,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
+import time
+import urllib.error
+import urllib.request
 
 from agent.core.samples import CollectResult, sample
 from agent.core.state import State
@@ -195,3 +199,90 @@ async def test_stop_ends_the_loops_while_runs_are_in_progress() -> None:
     runs = good.runs
     await asyncio.sleep(0.2)  # four of its intervals: nothing may run after stop()
     assert good.runs == runs
+
+
+class BlocksTheLoop(Collector):
+    """Once armed, one run blocks the whole event loop (a stuck rule or a CPU-bound step
+    would), and says when the block began and ended."""
+
+    name = "blocker"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(interval=0.05, timeout=0.2)
+        self.seconds = seconds
+        self.armed = False
+        self.blocking = threading.Event()
+        self.ended_at = 0.0
+
+    async def collect(self) -> CollectResult:
+        if self.armed:
+            self.armed = False
+            self.blocking.set()
+            time.sleep(self.seconds)  # blocks the loop on purpose
+            self.ended_at = time.monotonic()
+        return CollectResult()
+
+
+def _healthz(url: str) -> tuple[int, dict[str, object], float]:
+    try:
+        with urllib.request.urlopen(url + "/healthz", timeout=10) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    return status, json.loads(body), time.monotonic()
+
+
+async def test_healthz_answers_while_the_main_loop_is_busy(make_sidecar) -> None:
+    """The kubelet's probe is answered by the HTTP thread: a main loop held for 2 s (a long
+    render step, a slow rule) neither delays the answer nor fails it."""
+    from tests.helpers import base_url
+
+    blocker = BlocksTheLoop(seconds=2.0)
+    sidecar = await make_sidecar(collectors=[blocker])
+    url = base_url(sidecar)
+    answers: list[tuple[int, dict[str, object], float]] = []
+
+    def probe() -> None:
+        blocker.blocking.wait(10)
+        answers.append(_healthz(url))
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    blocker.armed = True
+    await wait_for(lambda: blocker.ended_at > 0, timeout=15, what="the block to end")
+    await asyncio.to_thread(prober.join, 10)
+    status, body, answered_at = answers[0]
+    assert (status, body) == (200, {"status": "ok"})
+    assert answered_at < blocker.ended_at, "answered only after the main loop was free again"
+
+
+async def test_a_main_loop_stuck_past_the_stall_limit_fails_healthz_and_recovers(make_sidecar) -> None:
+    from tests.helpers import base_url
+
+    blocker = BlocksTheLoop(seconds=3.0)
+    sidecar = await make_sidecar(collectors=[blocker])
+    sidecar.scheduler.stall_floor = 0.0  # the limit is then 3 x (0.05 + 0.2) = 0.75 s
+    url = base_url(sidecar)
+    answers: list[tuple[int, dict[str, object], float]] = []
+
+    def probe_until_unhealthy() -> None:
+        blocker.blocking.wait(10)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            answers.append(_healthz(url))
+            if answers[-1][0] == 503:
+                return
+            time.sleep(0.1)
+
+    prober = threading.Thread(target=probe_until_unhealthy)
+    prober.start()
+    blocker.armed = True
+    await wait_for(lambda: blocker.ended_at > 0, timeout=15, what="the block to end")
+    await asyncio.to_thread(prober.join, 15)
+    status, body, answered_at = answers[-1]
+    assert status == 503 and body["status"] == "unhealthy" and body["dead_tasks"] == []
+    stalled = body["main_loop_stalled_seconds"]
+    assert isinstance(stalled, float) and stalled > sidecar.scheduler.stall_limit() == 0.75
+    assert answered_at < blocker.ended_at
+    status_after, body_after, _ = await asyncio.to_thread(_healthz, url)
+    assert (status_after, body_after) == (200, {"status": "ok"})

@@ -42,16 +42,37 @@ class Scheduler:
         self.first_cycle_done = asyncio.Event()
         self._next_run: dict[str, list[asyncio.Event]] = {}
         self._stopping = False
+        # When a collector run last ended (monotonic): /healthz reads it from the HTTP thread
+        # (one float, written whole) to tell a stuck main loop without waiting on that loop.
+        self.last_progress = time.monotonic()
+        self.stall_floor = 30.0
+        self._slowest = 0.0
         for collector in self.collectors:
             state.register_collector(collector.name, collector.interval, collector.timeout)
 
     def start(self) -> None:
+        # Read once here, on the main loop: /healthz asks from the HTTP thread.
+        self._slowest = max((c.interval + c.timeout for c in self.collectors), default=0.0)
+        self.last_progress = time.monotonic()
         for collector in self.collectors:
             self._wakeups[collector.name] = asyncio.Event()
             task = asyncio.create_task(self._loop(collector), name=f"collector:{collector.name}")
             self._tasks.append(task)
         if not self.collectors:
             self.first_cycle_done.set()
+
+    def stall_limit(self) -> float:
+        """How long with no collector run ending means the main loop is stuck: three times
+        the slowest collector's interval and timeout (a run that times out still ends), and
+        never under stall_floor (30 s): a long render step or rule evaluation is not a stall."""
+        return max(self.stall_floor, 3 * self._slowest)
+
+    def stalled_for(self) -> float:
+        """Seconds since a collector run last ended, once that is past stall_limit; else 0."""
+        if not self.collectors or self._stopping:
+            return 0.0
+        quiet = time.monotonic() - self.last_progress
+        return quiet if quiet > self.stall_limit() else 0.0
 
     def dead_tasks(self) -> list[str]:
         """The names of the collector loops that have ended. Each runs until stop(), so while
@@ -160,6 +181,7 @@ class Scheduler:
             status.last_error = error
             status.consecutive_failures += 1
             self.state.generation += 1
+        self.last_progress = time.monotonic()
         for event in self._next_run.pop(collector.name, []):
             event.set()
         self._completed.add(collector.name)

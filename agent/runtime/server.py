@@ -112,10 +112,19 @@ async def metrics(request: web.Request) -> web.StreamResponse:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    # Answering at all shows the event loop is responsive; a dead scheduler task is not.
-    dead = _sidecar(request).scheduler.dead_tasks()
-    if dead:
-        return _json({"status": "unhealthy", "dead_tasks": dead}, 503)
+    """Answered on the HTTP thread, so a render step or a rule evaluation on the main loop
+    never delays the kubelet's probe (1 s timeout by default). The main loop vouches for
+    itself by ending collector runs: none for the scheduler's stall limit means it is stuck;
+    a collector loop that ended has crashed. Both are reads of plain values (a float, tasks'
+    done state) that the main loop writes."""
+    scheduler = _sidecar(request).scheduler
+    dead = scheduler.dead_tasks()
+    stalled = scheduler.stalled_for()
+    if dead or stalled:
+        body: dict[str, Any] = {"status": "unhealthy", "dead_tasks": dead}
+        if stalled:
+            body["main_loop_stalled_seconds"] = round(stalled, 1)
+        return _json(body, 503)
     return _json({"status": "ok"})
 
 
@@ -417,8 +426,7 @@ def make_app(sidecar: Sidecar) -> web.Application:
     app[HISTORY_SLOTS] = asyncio.Semaphore(HISTORY_AT_ONCE)
     app.router.add_get("/", index)
     app.router.add_get("/metrics", metrics)  # on the loop that received it: cached bytes
-    # /healthz too answers from the main loop: its answer says that loop is responsive.
-    app.router.add_get("/healthz", on_main_loop(healthz))
+    app.router.add_get("/healthz", healthz)  # on the HTTP thread: see healthz()
     app.router.add_get("/readyz", on_main_loop(readyz))
     app.router.add_get("/status", on_main_loop(status))
     app.router.add_get("/history", on_main_loop(history))

@@ -1,5 +1,7 @@
-"""The rule catalogue, one module per category. Each module declares its rules with its
-own `rule` decorator; the order here is the order rules are evaluated and documented."""
+"""The rule catalogue, one module per category. Each rule is one record (metadata, thresholds,
+the pod predicate, the fleet PromQL and the alert) declared over its predicate with its
+module's `rule` decorator; rules never read the network. The order here is the order rules are
+evaluated and documented."""
 
 from __future__ import annotations
 

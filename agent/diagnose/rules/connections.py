@@ -1,7 +1,4 @@
-"""Connections: the frontend's view of its workers, scrapes, dependencies (etcd, NATS), sockets and canaries.
-
-Each rule is one record (metadata, thresholds, the pod predicate, the fleet PromQL and
-the alert) declared over its predicate. Rules never read the network."""
+"""Connections: the frontend's view of its workers, scrapes, dependencies (etcd, NATS), sockets and canaries."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""GPUs: XIDs, ECC and row remapping, thermals and clocks, NVML that stopped answering.
-
-Each rule is one record (metadata, thresholds, the pod predicate, the fleet PromQL and
-the alert) declared over its predicate. Rules never read the network."""
+"""GPUs: XIDs, ECC and row remapping, thermals and clocks, NVML that stopped answering."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Performance: failures, latency against the SLO and the baseline, queues and hung engines.
-
-Each rule is one record (metadata, thresholds, the pod predicate, the fleet PromQL and
-the alert) declared over its predicate. Rules never read the network."""
+"""Performance: failures, latency against the SLO and the baseline, queues and hung engines."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""Resources: CPU throttling, memory and OOM kills, file descriptors, pressure stall.
-
-Each rule is one record (metadata, thresholds, the pod predicate, the fleet PromQL and
-the alert) declared over its predicate. Rules never read the network."""
+"""Resources: CPU throttling, memory and OOM kills, file descriptors, pressure stall."""
 
 from __future__ import annotations
 

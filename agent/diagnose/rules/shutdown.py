@@ -1,7 +1,4 @@
-"""Shutdown: drains, what was cut by them, and Dynamo stopping on its own.
-
-Each rule is one record (metadata, thresholds, the pod predicate, the fleet PromQL and
-the alert) declared over its predicate. Rules never read the network."""
+"""Shutdown: drains, what was cut by them, and Dynamo stopping on its own."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
-"""The sidecar itself: its collectors, its exports and its own memory.
-
-Each rule is one record (metadata, thresholds, the pod predicate, the fleet PromQL and
-the alert) declared over its predicate. Rules never read the network."""
+"""The sidecar itself: its collectors, its exports and its own memory."""
 
 from __future__ import annotations
 

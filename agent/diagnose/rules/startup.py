@@ -1,7 +1,4 @@
-"""Start-up: Dynamo's endpoints that refuse or never become ready, wrong ports, slow starts, restarts and lost registration.
-
-Each rule is one record (metadata, thresholds, the pod predicate, the fleet PromQL and
-the alert) declared over its predicate. Rules never read the network."""
+"""Start-up: Dynamo's endpoints that refuse or never become ready, wrong ports, slow starts, restarts and lost registration."""
 
 from __future__ import annotations
 

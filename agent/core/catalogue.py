@@ -2,7 +2,9 @@
 
 The Prometheus exporter takes type and help from here, README's metrics table is generated
 from here (`python -m agent.core.catalogue`), and a test checks that `/metrics` emits nothing
-under the `dynamo_sidecar_` prefix that is not declared here.
+under the `dynamo_sidecar_` prefix that is not declared here. Code never names a metric by
+string: `python -m agent.tools.docs` generates one typed handle per entry into
+agent/core/metrics.py, and every emission, state read and evidence selector goes through it.
 """
 
 from __future__ import annotations
@@ -241,16 +243,6 @@ BY_NAME: dict[str, MetricSpec] = {spec.name: spec for spec in CATALOGUE}
 _BY_FAMILY: dict[str, MetricSpec] = {spec.family: spec for spec in CATALOGUE}
 
 _SUFFIXES = ("_bucket", "_sum", "_count", "_created")
-
-
-def metric(short: str) -> str:
-    """The full name of a catalogue metric, by its name without the prefix: a handle that fails
-    at import when the metric is not declared, instead of a string that silently matches
-    nothing."""
-    name = PREFIX + short
-    if name not in BY_NAME:
-        raise KeyError(f"{name} is not declared in agent/core/catalogue.py")
-    return name
 
 
 def spec_for_sample(sample_name: str) -> MetricSpec | None:

@@ -3,7 +3,10 @@ checked, strict mode raising, production counting and exporting what it would ha
 
 from __future__ import annotations
 
+import re
+import tokenize
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -104,3 +107,40 @@ def test_histogram_handles_make_bucket_sum_and_count() -> None:
     assert latency.count(3, model="m").name == "dynamo_sidecar_canary_latency_seconds_count"
     with pytest.raises(handles.UndeclaredMetricError):
         latency.bucket(3, **{"model": "m"})
+
+
+# The webhook is a separate server with its own prometheus_client registry and metrics
+# (dynamo_sidecar_webhook_*), not the sidecar's catalogue.
+NOT_THE_SIDECARS = {"agent/tools/webhook.py"}
+GENERATED_OR_SOURCE = {"agent/core/catalogue.py", "agent/core/metrics.py"}
+
+
+def test_no_metric_name_is_built_from_strings_outside_the_catalogue() -> None:
+    """Code names the sidecar's metrics only through handles: a string literal that starts
+    with the prefix, or `PREFIX +`, is a metric named by hand (prose that mentions a metric
+    inside a sentence is fine)."""
+    root = Path(__file__).resolve().parent.parent
+    found = []
+    for folder in ("agent", "collectors", "exporters"):
+        for path in sorted((root / folder).rglob("*.py")):
+            relative = path.relative_to(root).as_posix()
+            if relative in NOT_THE_SIDECARS | GENERATED_OR_SOURCE:
+                continue
+            with path.open("rb") as handle:
+                for token in tokenize.tokenize(handle.readline):
+                    text = token.string
+                    literal = token.type == tokenize.STRING and re.match(
+                        r"[rbfRBF]*['\"]dynamo_sidecar_", text
+                    )
+                    concatenated = (
+                        token.type == tokenize.NAME
+                        and text == "PREFIX"
+                        and relative != "agent/tools/inject.py"
+                    )
+                    if literal or (concatenated and _is_concatenation(path, token.start[0])):
+                        found.append(f"{relative}:{token.start[0]}: {text[:60]}")
+    assert not found, "\n".join(found)
+
+
+def _is_concatenation(path: Path, line: int) -> bool:
+    return "PREFIX +" in path.read_text().splitlines()[line - 1]

@@ -24,6 +24,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from agent.config import load_config
+from agent.core import metrics as m
 from agent.core.exposition import parse_exposition
 from agent.core.facts import (
     DependencyProbe,
@@ -38,7 +39,7 @@ from agent.core.facts import (
     ScrapeFact,
     TcpFacts,
 )
-from agent.core.samples import CollectResult, Event, sample
+from agent.core.samples import CollectResult, Event
 from agent.dynamo_sim.promtext import PromTemplate
 from agent.dynamo_sim.server import recorded
 from agent.runtime.sidecar import Sidecar
@@ -96,23 +97,22 @@ def fill(sidecar: Sidecar, now: float) -> int:
             ),
         }
         health = CollectResult(facts=HealthFacts(endpoints, t))
-        health.add("dynamo_sidecar_endpoint_up", 1, endpoint="frontend", probe="health")
+        health.add(m.ENDPOINT_UP.sample(1, endpoint="frontend", probe="health"))
         state.update("dynamo_health", health, now=t)
         system = CollectResult(
             samples=[
-                sample("dynamo_sidecar_cgroup_cpu_periods_total", step * 50),
-                sample("dynamo_sidecar_cgroup_cpu_throttled_periods_total", step * 2),
-                sample("dynamo_sidecar_cgroup_memory_usage_bytes", 2e9),
-                sample("dynamo_sidecar_cgroup_memory_limit_bytes", 8e9),
-                sample(
-                    "dynamo_sidecar_process_cpu_seconds_total",
+                m.CGROUP_CPU_PERIODS_TOTAL.sample(step * 50),
+                m.CGROUP_CPU_THROTTLED_PERIODS_TOTAL.sample(step * 2),
+                m.CGROUP_MEMORY_USAGE_BYTES.sample(2e9),
+                m.CGROUP_MEMORY_LIMIT_BYTES.sample(8e9),
+                m.PROCESS_CPU_SECONDS_TOTAL.sample(
                     step * 2.0,
                     pid="100",
                     process="dynamo.frontend",
                     mode="user",
                 ),
-                sample("dynamo_sidecar_tcp_kernel_total", step * 1000, counter="OutSegs"),
-                sample("dynamo_sidecar_tcp_kernel_total", step * 3, counter="RetransSegs"),
+                m.TCP_KERNEL_TOTAL.sample(step * 1000, counter="OutSegs"),
+                m.TCP_KERNEL_TOTAL.sample(step * 3, counter="RetransSegs"),
             ],
             facts=ProcessFacts(
                 [ProcessFact(100, "dynamo.frontend", open_fds=200, max_fds=65536, state="S")], time=t
@@ -131,8 +131,7 @@ def fill(sidecar: Sidecar, now: float) -> int:
         }
         gpu = CollectResult(
             samples=[
-                sample("dynamo_sidecar_gpu_utilization_ratio", 0.7, gpu=i, uuid=f"GPU-{i}", kind="gpu")
-                for i in range(8)
+                m.GPU_UTILIZATION_RATIO.sample(0.7, gpu=i, uuid=f"GPU-{i}", kind="gpu") for i in range(8)
             ],
             facts=GpuFacts(True, gpus=gpus),
         )

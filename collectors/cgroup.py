@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from agent.core import metrics as m
 from agent.core.samples import CollectResult
 from collectors.base import Collector, CollectorSpec, register
 from collectors.process import Found, ProcessFinder
@@ -21,7 +22,6 @@ from collectors.process import Found, ProcessFinder
 if TYPE_CHECKING:
     from agent.config import Config
 
-PREFIX = "dynamo_sidecar_"
 V1_UNLIMITED = 2**60  # v1 reports "unlimited" as a page-rounded 2^63-1
 
 
@@ -153,7 +153,7 @@ class CgroupCollector(Collector):
         paths = self._paths()
         # Samples only, no facts: rules read the cgroup's numbers from the samples (and their
         # history), so facts beside them would be a second copy nothing reads.
-        result.add(PREFIX + "cgroup_info", 1, version=paths.version, path=paths.path, scope=paths.scope)
+        result.add(m.CGROUP_INFO.sample(1, version=paths.version, path=paths.path, scope=paths.scope))
         if paths.version == "v2":
             self._v2(result, paths.unified)
         elif paths.version == "v1":
@@ -166,13 +166,13 @@ class CgroupCollector(Collector):
     def _v2(self, result: CollectResult, base: str) -> None:
         usage = _read_int(os.path.join(base, "memory.current"))
         if usage is not None:
-            result.add(PREFIX + "cgroup_memory_usage_bytes", usage)
+            result.add(m.CGROUP_MEMORY_USAGE_BYTES.sample(usage))
         limit = _read_int(os.path.join(base, "memory.max"))  # "max" parses as None
         if limit is not None:
-            result.add(PREFIX + "cgroup_memory_limit_bytes", limit)
+            result.add(m.CGROUP_MEMORY_LIMIT_BYTES.sample(limit))
         for event, count in _kv(os.path.join(base, "memory.events")).items():
             if event in {"oom", "oom_kill", "max", "high", "low", "oom_group_kill"}:
-                result.add(PREFIX + "cgroup_memory_events_total", count, event=event)
+                result.add(m.CGROUP_MEMORY_EVENTS_TOTAL.sample(count, event=event))
         cpu = _kv(os.path.join(base, "cpu.stat"))
         self._cpu_stat(
             result,
@@ -185,7 +185,7 @@ class CgroupCollector(Collector):
         if len(quota_text) == 2 and quota_text[0] != "max":
             try:
                 cores = int(quota_text[0]) / int(quota_text[1])
-                result.add(PREFIX + "cgroup_cpu_limit_cores", cores)
+                result.add(m.CGROUP_CPU_LIMIT_CORES.sample(cores))
             except (ValueError, ZeroDivisionError):
                 pass
 
@@ -193,17 +193,17 @@ class CgroupCollector(Collector):
         if paths.memory:
             usage = _read_int(os.path.join(paths.memory, "memory.usage_in_bytes"))
             if usage is not None:
-                result.add(PREFIX + "cgroup_memory_usage_bytes", usage)
+                result.add(m.CGROUP_MEMORY_USAGE_BYTES.sample(usage))
             limit = _read_int(os.path.join(paths.memory, "memory.limit_in_bytes"))
             if limit is not None and limit < V1_UNLIMITED:
-                result.add(PREFIX + "cgroup_memory_limit_bytes", limit)
+                result.add(m.CGROUP_MEMORY_LIMIT_BYTES.sample(limit))
             oom = _kv(os.path.join(paths.memory, "memory.oom_control"))
             if "oom_kill" in oom:
-                result.add(PREFIX + "cgroup_memory_events_total", oom["oom_kill"], event="oom_kill")
+                result.add(m.CGROUP_MEMORY_EVENTS_TOTAL.sample(oom["oom_kill"], event="oom_kill"))
             failcnt = _read_int(os.path.join(paths.memory, "memory.failcnt"))
             if failcnt is not None:
                 # v1 failcnt counts hits of the limit: the same as v2's `max` event.
-                result.add(PREFIX + "cgroup_memory_events_total", failcnt, event="max")
+                result.add(m.CGROUP_MEMORY_EVENTS_TOTAL.sample(failcnt, event="max"))
         if paths.cpu:
             cpu = _kv(os.path.join(paths.cpu, "cpu.stat"))
             usage_ns = _read_int(os.path.join(paths.cpuacct, "cpuacct.usage")) if paths.cpuacct else None
@@ -217,7 +217,7 @@ class CgroupCollector(Collector):
             quota = _read_int(os.path.join(paths.cpu, "cpu.cfs_quota_us"))
             period = _read_int(os.path.join(paths.cpu, "cpu.cfs_period_us"))
             if quota is not None and period and quota > 0:
-                result.add(PREFIX + "cgroup_cpu_limit_cores", quota / period)
+                result.add(m.CGROUP_CPU_LIMIT_CORES.sample(quota / period))
 
     @staticmethod
     def _cpu_stat(
@@ -228,13 +228,13 @@ class CgroupCollector(Collector):
         throttled_seconds: float,
     ) -> None:
         if usage >= 0:
-            result.add(PREFIX + "cgroup_cpu_usage_seconds_total", usage)
+            result.add(m.CGROUP_CPU_USAGE_SECONDS_TOTAL.sample(usage))
         if periods is not None:
-            result.add(PREFIX + "cgroup_cpu_periods_total", periods)
+            result.add(m.CGROUP_CPU_PERIODS_TOTAL.sample(periods))
         if throttled is not None:
-            result.add(PREFIX + "cgroup_cpu_throttled_periods_total", throttled)
+            result.add(m.CGROUP_CPU_THROTTLED_PERIODS_TOTAL.sample(throttled))
         if throttled_seconds >= 0:
-            result.add(PREFIX + "cgroup_cpu_throttled_seconds_total", throttled_seconds)
+            result.add(m.CGROUP_CPU_THROTTLED_SECONDS_TOTAL.sample(throttled_seconds))
 
     @staticmethod
     def _pressure(result: CollectResult, base: str, scope: str, host: bool = False) -> None:
@@ -247,20 +247,22 @@ class CgroupCollector(Collector):
                 for window in ("avg10", "avg60", "avg300"):
                     if window in values:
                         result.add(
-                            PREFIX + "pressure_stall_ratio",
-                            values[window] / 100.0,
-                            scope=scope,
-                            resource=resource,
-                            kind=kind,
-                            window=window[3:] + "s",
+                            m.PRESSURE_STALL_RATIO.sample(
+                                values[window] / 100.0,
+                                scope=scope,
+                                resource=resource,
+                                kind=kind,
+                                window=window[3:] + "s",
+                            )
                         )
                 if "total" in values:
                     result.add(
-                        PREFIX + "pressure_stalled_seconds_total",
-                        values["total"] / 1e6,
-                        scope=scope,
-                        resource=resource,
-                        kind=kind,
+                        m.PRESSURE_STALLED_SECONDS_TOTAL.sample(
+                            values["total"] / 1e6,
+                            scope=scope,
+                            resource=resource,
+                            kind=kind,
+                        )
                     )
 
     async def collect(self) -> CollectResult:

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
+from agent.core import metrics as m
 from agent.core.facts import EndpointFacts, HealthFacts, PortAnswer, ProbeFact
 from agent.core.samples import CollectResult, Event
 from agent.core.textsafe import clean, parse_json
@@ -31,7 +32,6 @@ MAX_TEXT = 64  # status strings, endpoint names, instance ids: Dynamo's are a fe
 MAX_MODEL_ID = 128
 MAX_MODELS = 64  # models read from one /v1/models answer
 MAX_MODELS_SEEN = 64  # models remembered across answers (the most recently listed kept)
-PREFIX = "dynamo_sidecar_"
 
 
 @dataclass(frozen=True)
@@ -180,7 +180,7 @@ class DynamoHealthCollector(Collector):
                 view.models_error = response.error or f"HTTP {response.status}: {response.excerpt(120)}"
             else:
                 view.models = models
-                result.add(PREFIX + "frontend_models", len(models), endpoint=target.endpoint)
+                result.add(m.FRONTEND_MODELS.sample(len(models), endpoint=target.endpoint))
                 listed_before = self._models_listed.get(target.endpoint, set())
                 for model in models:
                     seen[model] = now
@@ -193,7 +193,7 @@ class DynamoHealthCollector(Collector):
             if len(seen) > MAX_MODELS_SEEN:  # model churn: keep the most recently listed
                 for model in sorted(seen, key=seen.__getitem__)[: len(seen) - MAX_MODELS_SEEN]:
                     del seen[model]
-            for model in [m for m in since if m not in seen]:
+            for model in [name for name in since if name not in seen]:
                 del since[model]
             view.models_seen = dict(seen)
             view.models_listed_since = dict(since)
@@ -270,15 +270,15 @@ class DynamoHealthCollector(Collector):
         view.probes[outcome] = view.probes.get(outcome, 0) + 1
 
         labels = {"endpoint": target.endpoint, "probe": probe}
-        result.add(PREFIX + "endpoint_up", 1 if outcome == "ok" else 0, **labels)
-        result.add(PREFIX + "endpoint_http_status_code", response.status, **labels)
-        result.add(PREFIX + "endpoint_response_seconds", response.elapsed, **labels)
-        result.add(PREFIX + "endpoint_probe_outcome", 1, outcome=outcome, **labels)
+        result.add(m.ENDPOINT_UP.sample(1 if outcome == "ok" else 0, **labels))
+        result.add(m.ENDPOINT_HTTP_STATUS_CODE.sample(response.status, **labels))
+        result.add(m.ENDPOINT_RESPONSE_SECONDS.sample(response.elapsed, **labels))
+        result.add(m.ENDPOINT_PROBE_OUTCOME.sample(1, outcome=outcome, **labels))
         if status:
-            result.add(PREFIX + "endpoint_status", 1, status=status, **labels)
+            result.add(m.ENDPOINT_STATUS.sample(1, status=status, **labels))
         for seen_outcome, count in view.probes.items():
-            result.add(PREFIX + "endpoint_probes_total", count, outcome=seen_outcome, **labels)
-        result.add(PREFIX + "endpoint_transitions_total", view.transitions, **labels)
+            result.add(m.ENDPOINT_PROBES_TOTAL.sample(count, outcome=seen_outcome, **labels))
+        result.add(m.ENDPOINT_TRANSITIONS_TOTAL.sample(view.transitions, **labels))
         fact = ProbeFact(
             outcome=outcome,
             status=status,
@@ -302,7 +302,7 @@ class DynamoHealthCollector(Collector):
                 # count distinct instance ids, not list entries.
                 ids = {str(i.get("instance_id"))[:64] for i in instances[:256] if isinstance(i, dict)}
                 count = len(ids)
-                result.add(PREFIX + "frontend_instances", count, endpoint=target.endpoint)
+                result.add(m.FRONTEND_INSTANCES.sample(count, endpoint=target.endpoint))
                 known = self._instances.get(target.endpoint)
                 if known is None or known[0] != count:
                     if known is not None:
@@ -319,7 +319,7 @@ class DynamoHealthCollector(Collector):
                 view.instance_ids = sorted(ids)
                 view.instances_since = self._instances[target.endpoint][1]
             if isinstance(endpoints, list):
-                result.add(PREFIX + "frontend_registered_endpoints", len(endpoints), endpoint=target.endpoint)
+                result.add(m.FRONTEND_REGISTERED_ENDPOINTS.sample(len(endpoints), endpoint=target.endpoint))
                 view.registered = [str(e) for e in endpoints[:64]]
             if "stage" in body:
                 view.stage = str(body["stage"])[:64]
@@ -329,10 +329,11 @@ class DynamoHealthCollector(Collector):
             view.endpoints = {str(k): str(v) for k, v in list(endpoints.items())[:64]}
             for name, status in view.endpoints.items():
                 result.add(
-                    PREFIX + "worker_endpoint_ready",
-                    1 if status == "ready" else 0,
-                    endpoint=target.endpoint,
-                    dynamo_endpoint=name,
+                    m.WORKER_ENDPOINT_READY.sample(
+                        1 if status == "ready" else 0,
+                        endpoint=target.endpoint,
+                        dynamo_endpoint=name,
+                    )
                 )
         uptime_raw = body.get("uptime")
         if isinstance(uptime_raw, dict):
@@ -358,9 +359,9 @@ class DynamoHealthCollector(Collector):
                 )
             self._uptime[target.endpoint] = uptime
             view.uptime_seconds = uptime
-            result.add(PREFIX + "worker_uptime_seconds", uptime, endpoint=target.endpoint)
+            result.add(m.WORKER_UPTIME_SECONDS.sample(uptime, endpoint=target.endpoint))
         result.add(
-            PREFIX + "worker_restarts_total", self._restarts.get(target.endpoint, 0), endpoint=target.endpoint
+            m.WORKER_RESTARTS_TOTAL.sample(self._restarts.get(target.endpoint, 0), endpoint=target.endpoint)
         )
 
     async def close(self) -> None:

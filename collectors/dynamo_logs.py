@@ -20,6 +20,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from agent.core import metrics as m
 from agent.core.facts import LogFacts
 from agent.core.samples import CollectResult, Event
 from agent.core.textsafe import clean, parse_json
@@ -28,7 +29,6 @@ from collectors.base import Collector, CollectorSpec, register
 if TYPE_CHECKING:
     from agent.config import Config
 
-PREFIX = "dynamo_sidecar_"
 CRI_LINE = re.compile(r"^\S+ (?:stdout|stderr) ([FP]) (.*)$")
 _VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b[0-9a-fA-F]{8,}\b|\d+(?:\.\d+)?")
 # Lines Dynamo's runtime logs when it received SIGTERM: a port that closes after one of these
@@ -336,15 +336,15 @@ class DynamoLogCollector(Collector):
         result.events.extend(self.shutdowns)
         self.shutdowns.clear()
         for (level, target), count in self.stats.lines.items():
-            result.add(PREFIX + "log_lines_total", count, level=level, target=target)
-        result.add(PREFIX + "log_lines_skipped_total", self.stats.skipped)
-        result.add(PREFIX + "log_line_errors_total", self.stats.errors)
-        result.add(PREFIX + "log_counters_shed_total", self.stats.shed_keys)
-        result.add(PREFIX + "log_request_index_bytes", self.requests.bytes)
-        result.add(PREFIX + "log_lines_truncated_total", self.stats.truncated_lines)
-        result.add(PREFIX + "log_rotations_total", self.stats.rotations)
-        result.add(PREFIX + "log_bytes_read_total", self.stats.bytes_read)
-        result.add(PREFIX + "log_files", len(files))
+            result.add(m.LOG_LINES_TOTAL.sample(count, level=level, target=target))
+        result.add(m.LOG_LINES_SKIPPED_TOTAL.sample(self.stats.skipped))
+        result.add(m.LOG_LINE_ERRORS_TOTAL.sample(self.stats.errors))
+        result.add(m.LOG_COUNTERS_SHED_TOTAL.sample(self.stats.shed_keys))
+        result.add(m.LOG_REQUEST_INDEX_BYTES.sample(self.requests.bytes))
+        result.add(m.LOG_LINES_TRUNCATED_TOTAL.sample(self.stats.truncated_lines))
+        result.add(m.LOG_ROTATIONS_TOTAL.sample(self.stats.rotations))
+        result.add(m.LOG_BYTES_READ_TOTAL.sample(self.stats.bytes_read))
+        result.add(m.LOG_FILES.sample(len(files)))
         result.facts = LogFacts(files, self.patterns, self.errors, self.requests, now)
         return result
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from agent.core import metrics as m
 from agent.core.exposition import (
     Budget,
     LineCache,
@@ -33,8 +34,6 @@ from collectors.http import fetch, new_session
 
 if TYPE_CHECKING:
     from agent.config import Config
-
-PREFIX = "dynamo_sidecar_"
 
 
 WORKER_HANDLER_FAMILY = "dynamo_component_inflight_requests"
@@ -110,7 +109,7 @@ class DynamoMetricsCollector(Collector):
             labels = {"endpoint": target.endpoint}
             fact = ScrapeFact(response.url, response.status, round(response.elapsed, 6))
             facts[target.endpoint] = fact
-            result.add(PREFIX + "scrape_duration_seconds", response.elapsed, **labels)
+            result.add(m.SCRAPE_DURATION_SECONDS.sample(response.elapsed, **labels))
             reason = response.failure
             if not reason and response.status != 200:
                 reason = "http_error"
@@ -153,13 +152,13 @@ class DynamoMetricsCollector(Collector):
                 fact.series = series
             if target.kind == "worker" and families:
                 fact.worker_ids = _worker_ids(families)
-            result.add(PREFIX + "scrape_up", 0 if reason else 1, **labels)
-            result.add(PREFIX + "scrape_bytes", len(response.body), **labels)
-            result.add(PREFIX + "scrape_series", series, **labels)
+            result.add(m.SCRAPE_UP.sample(0 if reason else 1, **labels))
+            result.add(m.SCRAPE_BYTES.sample(len(response.body), **labels))
+            result.add(m.SCRAPE_SERIES.sample(series, **labels))
             result.families.extend(families)
             result.raw.append(raw)
         for (endpoint, reason), count in self._errors.items():
-            result.add(PREFIX + "scrape_errors_total", count, endpoint=endpoint, reason=reason)
+            result.add(m.SCRAPE_ERRORS_TOTAL.sample(count, endpoint=endpoint, reason=reason))
         result.facts = MetricsFacts(facts, time.time())
         return result
 

@@ -21,8 +21,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.facts import GpuFact, GpuFacts
+from agent.core.handles import Handle
 from agent.core.log import get as get_logger
 from agent.core.samples import CollectResult, Event
 from agent.core.xid import xid_class
@@ -112,35 +113,35 @@ class Emitted:
     keys (none for a scalar) and the conversion from NVML's unit to the metric's."""
 
     field: str
-    metric: str
+    metric: Handle
     labels: tuple[str, ...] = ()
     convert: Callable[[Any], float] | None = None
 
 
-# In exposition order. The metric names are checked against the catalogue at import.
+# In exposition order. The handles check the label names at every emission.
 EMITTED: tuple[Emitted, ...] = (
-    Emitted("utilization", metric("gpu_utilization_ratio"), ("kind",), lambda percent: percent / 100),
-    Emitted("memory", metric("gpu_memory_bytes"), ("state",)),
-    Emitted("temperature", metric("gpu_temperature_celsius")),
-    Emitted("temperature_thresholds", metric("gpu_temperature_threshold_celsius"), ("threshold",)),
-    Emitted("power_mw", metric("gpu_power_watts"), (), lambda mw: mw / 1000),
-    Emitted("power_limit_mw", metric("gpu_power_limit_watts"), (), lambda mw: mw / 1000),
-    Emitted("clocks_mhz", metric("gpu_clock_hertz"), ("clock",), lambda mhz: mhz * 1e6),
-    Emitted("clock_event_reasons", metric("gpu_clock_event_reason"), ("reason",), lambda on: 1 if on else 0),
-    Emitted("ecc", metric("gpu_ecc_errors_total"), ("type", "counter")),
-    Emitted("retired_pages", metric("gpu_retired_pages"), ("cause",)),
-    Emitted("remapped_rows", metric("gpu_remapped_rows"), ("kind",)),
-    Emitted("pcie_replays", metric("gpu_pcie_replays_total")),
+    Emitted("utilization", m.GPU_UTILIZATION_RATIO, ("kind",), lambda percent: percent / 100),
+    Emitted("memory", m.GPU_MEMORY_BYTES, ("state",)),
+    Emitted("temperature", m.GPU_TEMPERATURE_CELSIUS),
+    Emitted("temperature_thresholds", m.GPU_TEMPERATURE_THRESHOLD_CELSIUS, ("threshold",)),
+    Emitted("power_mw", m.GPU_POWER_WATTS, (), lambda mw: mw / 1000),
+    Emitted("power_limit_mw", m.GPU_POWER_LIMIT_WATTS, (), lambda mw: mw / 1000),
+    Emitted("clocks_mhz", m.GPU_CLOCK_HERTZ, ("clock",), lambda mhz: mhz * 1e6),
+    Emitted("clock_event_reasons", m.GPU_CLOCK_EVENT_REASON, ("reason",), lambda on: 1 if on else 0),
+    Emitted("ecc", m.GPU_ECC_ERRORS_TOTAL, ("type", "counter")),
+    Emitted("retired_pages", m.GPU_RETIRED_PAGES, ("cause",)),
+    Emitted("remapped_rows", m.GPU_REMAPPED_ROWS, ("kind",)),
+    Emitted("pcie_replays", m.GPU_PCIE_REPLAYS_TOTAL),
     Emitted(
         "pcie_throughput_kbs",
-        metric("gpu_pcie_throughput_bytes_per_second"),
+        m.GPU_PCIE_THROUGHPUT_BYTES_PER_SECOND,
         ("direction",),
         lambda kbs: kbs * 1024,
     ),
-    Emitted("fan_percent", metric("gpu_fan_speed_ratio"), (), lambda percent: percent / 100),
-    Emitted("persistence", metric("gpu_persistence_mode")),
-    Emitted("nvlink_errors", metric("gpu_nvlink_errors_total"), ("link", "counter")),
-    Emitted("process_memory", metric("gpu_process_memory_bytes"), ("pid", "process")),
+    Emitted("fan_percent", m.GPU_FAN_SPEED_RATIO, (), lambda percent: percent / 100),
+    Emitted("persistence", m.GPU_PERSISTENCE_MODE),
+    Emitted("nvlink_errors", m.GPU_NVLINK_ERRORS_TOTAL, ("link", "counter")),
+    Emitted("process_memory", m.GPU_PROCESS_MEMORY_BYTES, ("pid", "process")),
 )
 
 
@@ -154,7 +155,7 @@ def emit(result: CollectResult, reading: DeviceReading, gpu: dict[str, str]) -> 
         for key, raw in keyed:
             values = key if isinstance(key, tuple) else (key,)
             labels = dict(zip(row.labels, values, strict=True))
-            result.add(row.metric, row.convert(raw) if row.convert else raw, **labels, **gpu)
+            result.add(row.metric.sample_of(row.convert(raw) if row.convert else raw, {**labels, **gpu}))
 
 
 class _Nvml:
@@ -366,19 +367,19 @@ class GpuCollector(Collector):
         result = CollectResult()
         now = time.time()
         if not self._init():
-            result.add(metric("gpu_available"), 0, reason=self.unavailable_reason)
+            result.add(m.GPU_AVAILABLE.sample(0, reason=self.unavailable_reason))
             result.facts = GpuFacts(False, self.unavailable_reason, time=now)
             return result
-        result.add(metric("gpu_available"), 1, reason="ok")
+        result.add(m.GPU_AVAILABLE.sample(1, reason="ok"))
         pids = self.dynamo_pids()
         gpus: dict[str, GpuFact] = {}
         for index, handle in self._handles.items():
             gpus[str(index)] = self._device(result, index, handle, pids, now)
         self._xids(result)
         for (gpu, function, error), count in self._errors.items():
-            result.add(metric("gpu_nvml_errors_total"), count, gpu=gpu, function=function, error=error)
+            result.add(m.GPU_NVML_ERRORS_TOTAL.sample(count, gpu=gpu, function=function, error=error))
         for (gpu, xid), count in self._xid_counts.items():
-            result.add(metric("gpu_xid_errors_total"), count, gpu=gpu, xid=xid)
+            result.add(m.GPU_XID_ERRORS_TOTAL.sample(count, gpu=gpu, xid=xid))
         result.facts = GpuFacts(
             True,
             "",
@@ -395,12 +396,12 @@ class GpuCollector(Collector):
         """One GPU: read it (NVML, in NVML's units), then emit the reading through the table."""
         identity = self._static[index]
         gpu = {"gpu": str(index), "uuid": identity["uuid"]}
-        result.add(metric("gpu_info"), 1, name=identity["name"], pci_bus_id=identity["pci_bus_id"], **gpu)
+        result.add(m.GPU_INFO.sample(1, name=identity["name"], pci_bus_id=identity["pci_bus_id"], **gpu))
         was_lost = index in self._lost
         reading = self._read(index, handle, pids, now)
         if reading.lost:
             # Every further call would fail the same way: report the loss once and move on.
-            result.add(metric("gpu_lost"), 1, **gpu)
+            result.add(m.GPU_LOST.sample(1, **gpu))
             if not was_lost:
                 message = f"GPU {index} ({identity['uuid']}) is lost: NVML_ERROR_GPU_IS_LOST"
                 log.error("GPU lost", gpu=index, uuid=identity["uuid"])
@@ -408,7 +409,7 @@ class GpuCollector(Collector):
                     Event("gpu_lost", f"gpu{index}", message, now, {"gpu": index, "uuid": identity["uuid"]})
                 )
         else:
-            result.add(metric("gpu_lost"), 0, **gpu)
+            result.add(m.GPU_LOST.sample(0, **gpu))
             emit(result, reading, gpu)
         return reading.fact(identity)
 

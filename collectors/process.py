@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 
 import psutil
 
+from agent.core import metrics as m
 from agent.core.facts import ProcessFact, ProcessFacts
+from agent.core.handles import Handle
 from agent.core.samples import CollectResult
 from agent.core.textsafe import clean
 from collectors.base import Collector, CollectorSpec, register
@@ -27,8 +29,6 @@ from collectors.sockets import CLOSE_WAIT, LISTEN, sockets_by_inode
 
 if TYPE_CHECKING:
     from agent.config import Config
-
-PREFIX = "dynamo_sidecar_"
 
 
 @dataclass(frozen=True)
@@ -269,10 +269,10 @@ def _read_process(
     slow: _Slow | None = None,
     proc_root: str = "/proc",
     table: Callable[[], dict[int, tuple[int, int]]] | None = None,
-) -> tuple[ProcessFact, list[tuple[str, float, dict[str, str]]], _Slow]:
+) -> tuple[ProcessFact, list[tuple[Handle, float, dict[str, str]]], _Slow]:
     proc = psutil.Process(found.pid)
     labels = {"process": found.name, "pid": str(found.pid)}
-    out: list[tuple[str, float, dict[str, str]]] = []
+    out: list[tuple[Handle, float, dict[str, str]]] = []
     with proc.oneshot():
         cpu = proc.cpu_times()
         memory = proc.memory_info()
@@ -291,22 +291,22 @@ def _read_process(
     if slow is None or now - slow.at >= SLOW_EVERY:
         slow = _read_slow(proc, now, proc_root, table or _listen_and_close_wait(proc_root))
     children, listen_ports, close_wait = slow.children, slow.listen_ports, slow.close_wait
-    out.append(("process_cpu_seconds_total", cpu.user, {**labels, "mode": "user"}))
-    out.append(("process_cpu_seconds_total", cpu.system, {**labels, "mode": "system"}))
-    out.append(("process_resident_memory_bytes", memory.rss, labels))
-    out.append(("process_virtual_memory_bytes", memory.vms, labels))
-    out.append(("process_threads", threads, labels))
+    out.append((m.PROCESS_CPU_SECONDS_TOTAL, cpu.user, {**labels, "mode": "user"}))
+    out.append((m.PROCESS_CPU_SECONDS_TOTAL, cpu.system, {**labels, "mode": "system"}))
+    out.append((m.PROCESS_RESIDENT_MEMORY_BYTES, memory.rss, labels))
+    out.append((m.PROCESS_VIRTUAL_MEMORY_BYTES, memory.vms, labels))
+    out.append((m.PROCESS_THREADS, threads, labels))
     if fds is not None:
-        out.append(("process_open_fds", fds, labels))
+        out.append((m.PROCESS_OPEN_FDS, fds, labels))
     if max_fds is not None and max_fds >= 0:
-        out.append(("process_max_fds", max_fds, labels))
-    out.append(("process_context_switches_total", ctx.voluntary, {**labels, "kind": "voluntary"}))
-    out.append(("process_context_switches_total", ctx.involuntary, {**labels, "kind": "involuntary"}))
-    out.append(("process_children", children, labels))
-    out.append(("process_start_time_seconds", created, labels))
-    out.append(("process_uptime_seconds", max(0.0, now - created), labels))
+        out.append((m.PROCESS_MAX_FDS, max_fds, labels))
+    out.append((m.PROCESS_CONTEXT_SWITCHES_TOTAL, ctx.voluntary, {**labels, "kind": "voluntary"}))
+    out.append((m.PROCESS_CONTEXT_SWITCHES_TOTAL, ctx.involuntary, {**labels, "kind": "involuntary"}))
+    out.append((m.PROCESS_CHILDREN, children, labels))
+    out.append((m.PROCESS_START_TIME_SECONDS, created, labels))
+    out.append((m.PROCESS_UPTIME_SECONDS, max(0.0, now - created), labels))
     for letter in STATES:
-        out.append(("process_state", 1 if state == letter else 0, {**labels, "state": letter}))
+        out.append((m.PROCESS_STATE, 1 if state == letter else 0, {**labels, "state": letter}))
     fact = ProcessFact(
         pid=found.pid,
         process=found.name,
@@ -371,12 +371,12 @@ class ProcessCollector(Collector):
             key = (item.pid, fact.state)
             fact.state_since = states.setdefault(key, self._state_since.get(key, now))
             processes.append(fact)
-            for name, value, labels in samples:
-                result.add(PREFIX + name, value, **labels)
+            for handle, value, labels in samples:
+                result.add(handle.sample_of(value, labels))
         self._state_since = states
         self._slow = slow  # only pids still there
         facts = ProcessFacts(processes, self.finder.last_error, now)
-        result.add(PREFIX + "processes_matched", len(facts.readable()))
+        result.add(m.PROCESSES_MATCHED.sample(len(facts.readable())))
         result.facts = facts
         return result
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from agent.core import metrics as m
 from agent.core.facts import DependencyProbe, TcpFacts
 from agent.core.samples import CollectResult
 from collectors.base import Collector, CollectorSpec, Hooks, register
@@ -38,7 +39,6 @@ from collectors.sockets import (
 if TYPE_CHECKING:
     from agent.config import Config
 
-PREFIX = "dynamo_sidecar_"
 DEFAULT_ROLES = {2379: "etcd", 4222: "nats"}
 ETCD_HEALTH_PATH = "/health"
 MAX_PROBE_BODY = 4096  # an etcd /health answer is a few dozen bytes
@@ -288,21 +288,21 @@ class TcpCollector(Collector):
     def _passive(self, result: CollectResult) -> TcpFacts:
         counts, per_peer, listening = self.collect_sockets()
         for (state, peer, direction), count in counts.items():
-            result.add(PREFIX + "tcp_sockets", count, state=state, peer=peer, direction=direction)
+            result.add(m.TCP_SOCKETS.sample(count, state=state, peer=peer, direction=direction))
         for peer, (rtt_sum, rtt_n, retrans, lost, sendq, recvq) in per_peer.items():
-            result.add(PREFIX + "tcp_queue_bytes", sendq, peer=peer, queue="send")
-            result.add(PREFIX + "tcp_queue_bytes", recvq, peer=peer, queue="recv")
+            result.add(m.TCP_QUEUE_BYTES.sample(sendq, peer=peer, queue="send"))
+            result.add(m.TCP_QUEUE_BYTES.sample(recvq, peer=peer, queue="recv"))
             if self.method == "netlink" and peer != "other":
                 if rtt_n:
-                    result.add(PREFIX + "tcp_rtt_seconds", rtt_sum / rtt_n / 1e6, peer=peer)
-                result.add(PREFIX + "tcp_socket_retransmits", retrans, peer=peer)
-                result.add(PREFIX + "tcp_socket_lost", lost, peer=peer)
+                    result.add(m.TCP_RTT_SECONDS.sample(rtt_sum / rtt_n / 1e6, peer=peer))
+                result.add(m.TCP_SOCKET_RETRANSMITS.sample(retrans, peer=peer))
+                result.add(m.TCP_SOCKET_LOST.sample(lost, peer=peer))
         for port, role in sorted(self.service_ports.items()):
-            result.add(PREFIX + "tcp_listening", 1 if port in listening else 0, port=port, role=role)
+            result.add(m.TCP_LISTENING.sample(1 if port in listening else 0, port=port, role=role))
         kernel = _kernel_counters(self.proc_root)
         for key, value in kernel.items():
-            result.add(PREFIX + "tcp_kernel_total", value, counter=key)
-        result.add(PREFIX + "tcp_collection_method", 1, method=self.method)
+            result.add(m.TCP_KERNEL_TOTAL.sample(value, counter=key))
+        result.add(m.TCP_COLLECTION_METHOD.sample(1, method=self.method))
         close_wait = {peer: n for (state, peer, _), n in counts.items() if state == "close_wait"}
         return TcpFacts(
             method=self.method,
@@ -392,14 +392,14 @@ class TcpCollector(Collector):
             outcome = probe["outcome"]
             key = (target.name, outcome)
             self._probe_counts[key] = self._probe_counts.get(key, 0) + 1
-            result.add(PREFIX + "probe_up", 1 if outcome == "ok" else 0, **labels)
-            result.add(PREFIX + "probe_outcome", 1, outcome=outcome, **labels)
+            result.add(m.PROBE_UP.sample(1 if outcome == "ok" else 0, **labels))
+            result.add(m.PROBE_OUTCOME.sample(1, outcome=outcome, **labels))
             if probe.get("dns_seconds") is not None:
-                result.add(PREFIX + "probe_dns_seconds", probe["dns_seconds"], **labels)
+                result.add(m.PROBE_DNS_SECONDS.sample(probe["dns_seconds"], **labels))
             if probe.get("connect_seconds") is not None:
-                result.add(PREFIX + "probe_connect_seconds", probe["connect_seconds"], **labels)
+                result.add(m.PROBE_CONNECT_SECONDS.sample(probe["connect_seconds"], **labels))
             if target.http_path and probe.get("status"):
-                result.add(PREFIX + "probe_http_status_code", probe["status"], **labels)
+                result.add(m.PROBE_HTTP_STATUS_CODE.sample(probe["status"], **labels))
             now = time.time()
             known = self._probe_since.get(target.name)
             if known is None or known[0] != outcome:
@@ -418,7 +418,7 @@ class TcpCollector(Collector):
             )
         for (name, outcome), count in self._probe_counts.items():
             role = next((t.role for t in self.probe_targets if t.name == name), "other")
-            result.add(PREFIX + "probes_total", count, target=name, role=role, outcome=outcome)
+            result.add(m.PROBES_TOTAL.sample(count, target=name, role=role, outcome=outcome))
         return facts
 
     async def collect(self) -> CollectResult:

@@ -26,10 +26,11 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, Tracer
 
 from agent import __version__
 from agent.config import ConfigError, redact_url
+from agent.core import metrics as m
 from agent.core import redact
 from agent.core.aio import wait_event
 from agent.core.log import get as get_logger
-from agent.core.samples import Event, Sample, sample
+from agent.core.samples import Event, Sample
 from exporters.otlp_settings import OtlpSettings
 
 if TYPE_CHECKING:
@@ -168,8 +169,7 @@ class Telemetry:
 
     def samples(self) -> list[Sample]:
         out = [
-            sample(
-                "dynamo_sidecar_otlp_enabled",
+            m.OTLP_ENABLED.sample(
                 1 if self.enabled else 0,
                 protocol=self.protocol if self.enabled else "none",
             )
@@ -177,11 +177,11 @@ class Telemetry:
         if self.processor is None:
             return out
         processor = self.processor
-        out.append(sample("dynamo_sidecar_otlp_spans_exported_total", processor.exported))
+        out.append(m.OTLP_SPANS_EXPORTED_TOTAL.sample(processor.exported))
         for reason, count in processor.dropped.items():
-            out.append(sample("dynamo_sidecar_otlp_spans_dropped_total", count, reason=reason))
-        out.append(sample("dynamo_sidecar_otlp_export_failures_total", processor.failures))
-        out.append(sample("dynamo_sidecar_otlp_queue_spans", len(processor._queue)))
+            out.append(m.OTLP_SPANS_DROPPED_TOTAL.sample(count, reason=reason))
+        out.append(m.OTLP_EXPORT_FAILURES_TOTAL.sample(processor.failures))
+        out.append(m.OTLP_QUEUE_SPANS.sample(len(processor._queue)))
         return out
 
     def status(self) -> dict[str, Any]:

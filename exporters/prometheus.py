@@ -23,9 +23,11 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from agent import __version__
+from agent.core import handles
+from agent.core import metrics as m
 from agent.core.catalogue import PREFIX, spec_for_sample
 from agent.core.exposition import RawFamily, capped, merge, parse_exposition
-from agent.core.samples import CollectResult, Family, Sample, sample
+from agent.core.samples import CollectResult, Family, Sample
 from agent.core.state import State
 
 OPENMETRICS = "openmetrics"
@@ -60,39 +62,46 @@ def negotiate(accept_header: str) -> str:
 def self_samples(state: State, render_seconds: float, longest_step: float = 0.0) -> list[Sample]:
     """The sidecar's own metrics about itself, from the state's bookkeeping."""
     out = [
-        sample(PREFIX + "build_info", 1, version=__version__, python=platform.python_version()),
-        sample(PREFIX + "start_time_seconds", state.started),
-        sample(PREFIX + "history_series", state.history_series),
-        sample(PREFIX + "history_window_seconds", state.history_window),
-        sample(PREFIX + "history_bytes", state.history_bytes),
-        sample(PREFIX + "history_refused_total", state.history_refused),
-        sample(PREFIX + "memory_budget_used_bytes", state.budget_used()),
-        sample(PREFIX + "memory_budget_bytes", state.memory_budget or 0),
-        sample(PREFIX + "exposition_render_seconds", render_seconds),
-        sample(PREFIX + "exposition_render_longest_step_seconds", longest_step),
+        m.BUILD_INFO.sample(1, version=__version__, python=platform.python_version()),
+        m.START_TIME_SECONDS.sample(state.started),
+        m.HISTORY_SERIES.sample(state.history_series),
+        m.HISTORY_WINDOW_SECONDS.sample(state.history_window),
+        m.HISTORY_BYTES.sample(state.history_bytes),
+        m.HISTORY_REFUSED_TOTAL.sample(state.history_refused),
+        m.MEMORY_BUDGET_USED_BYTES.sample(state.budget_used()),
+        m.MEMORY_BUDGET_BYTES.sample(state.memory_budget or 0),
+        m.EXPOSITION_RENDER_SECONDS.sample(render_seconds),
+        m.EXPOSITION_RENDER_LONGEST_STEP_SECONDS.sample(longest_step),
     ]
     for status in state.collectors.values():
         name = status.name
         if status.last_success is not None:
-            out.append(sample(PREFIX + "collector_success", 1 if status.last_success else 0, collector=name))
-            out.append(sample(PREFIX + "collector_duration_seconds", status.last_duration, collector=name))
+            out.append(m.COLLECTOR_SUCCESS.sample(1 if status.last_success else 0, collector=name))
+            out.append(m.COLLECTOR_DURATION_SECONDS.sample(status.last_duration, collector=name))
         if status.last_success_time:
             out.append(
-                sample(
-                    PREFIX + "collector_last_success_timestamp_seconds",
-                    status.last_success_time,
-                    collector=name,
-                )
+                m.COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS.sample(status.last_success_time, collector=name)
             )
         for outcome, count in status.runs.items():
-            out.append(sample(PREFIX + "collector_runs_total", count, collector=name, outcome=outcome))
+            out.append(m.COLLECTOR_RUNS_TOTAL.sample(count, collector=name, outcome=outcome))
     for metric, count in sorted(state.dropped.items()):
-        out.append(sample(PREFIX + "series_dropped_total", count, metric=metric))
+        out.append(m.SERIES_DROPPED_TOTAL.sample(count, metric=metric))
     for cap, count in sorted(state.caps_hit.items()):
-        out.append(sample(PREFIX + "series_caps_hit_total", count, cap=cap))
+        out.append(m.SERIES_CAPS_HIT_TOTAL.sample(count, cap=cap))
     for kind, count in sorted(state.event_counts.items()):
-        out.append(sample(PREFIX + "events_total", count, kind=kind))
+        out.append(m.EVENTS_TOTAL.sample(count, kind=kind))
+    # Only once something was miscounted: the exposition of a correct sidecar is unchanged.
+    for metric, count in sorted(handles.UNDECLARED.items()):
+        out.append(m.UNDECLARED_EMISSIONS_TOTAL.sample(count, metric=metric))
     return out
+
+
+def _undeclared(name: str, seen: set[str]) -> None:
+    """A sample under the sidecar's prefix that the catalogue does not declare: raised in
+    strict mode (tests), else counted (once per name: `seen` is the exporter's) and skipped."""
+    if name not in seen:
+        seen.add(name)
+        handles.undeclared(name, "not declared; not exported")
 
 
 def _own_metrics(samples: Iterable[Sample], undeclared: set[str]) -> list[Metric]:
@@ -100,8 +109,8 @@ def _own_metrics(samples: Iterable[Sample], undeclared: set[str]) -> list[Metric
     for item in samples:
         spec = spec_for_sample(item.name)
         if spec is None:
-            # A programming error; the catalogue test catches it, production skips it.
-            undeclared.add(item.name)
+            # A programming error: raised in tests, counted and skipped in production.
+            _undeclared(item.name, undeclared)
             continue
         metric = metrics.get(spec.family)
         if metric is None:
@@ -147,7 +156,7 @@ class OwnText:
             if series is None:
                 spec = spec_for_sample(item.name)
                 if spec is None:
-                    undeclared.add(item.name)  # a programming error; the catalogue test catches it
+                    _undeclared(item.name, undeclared)  # a programming error (see _undeclared)
                     continue
                 labels = ",".join(f'{k}="{_escape(v)}"' for k, v in item.labels)
                 prefix = f"{item.name}{{{labels}}} " if labels else f"{item.name} "
@@ -341,7 +350,7 @@ class PrometheusExporter:
         yield
         fresh.extend(self_samples(self.state, self.render_seconds, self.render_longest_step))
         for metric, count in sorted(self.conflicts.items()):
-            fresh.append(sample(PREFIX + "passthrough_conflicts_total", count, metric=metric))
+            fresh.append(m.PASSTHROUGH_CONFLICTS_TOTAL.sample(count, metric=metric))
         groups.append(self._own_text.lines(fresh, self.undeclared))
         own.extend(fresh)
         self._own_text.forget_unused(4 * max(1, len(own)))

@@ -8,9 +8,10 @@ import time
 from collections.abc import Callable
 
 from agent.config import Config
+from agent.core import metrics as m
 from agent.core.components import RunState
 from agent.core.log import get as get_logger
-from agent.core.samples import Sample, sample
+from agent.core.samples import Sample
 from agent.core.signals import SLO_OBJECTIVES, SignalsCache, slo_observations
 from exporters.prometheus import PrometheusExporter
 
@@ -40,14 +41,10 @@ class SignalSamples:
         for objective in SLO_OBJECTIVES:
             target = getattr(self.config, "slo_" + objective)
             if target:
-                out.append(sample("dynamo_sidecar_slo_target", target, objective=objective))
+                out.append(m.SLO_TARGET.sample(target, objective=objective))
             if objective in observed:
-                out.append(
-                    sample("dynamo_sidecar_slo_observed", observed[objective].value, objective=objective)
-                )
-                out.append(
-                    sample("dynamo_sidecar_slo_observations", observed[objective].count, objective=objective)
-                )
+                out.append(m.SLO_OBSERVED.sample(observed[objective].value, objective=objective))
+                out.append(m.SLO_OBSERVATIONS.sample(observed[objective].count, objective=objective))
         return out
 
 

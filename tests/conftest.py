@@ -4,6 +4,12 @@ session, a real Dynamo. Only fixtures live here; the plain helpers they use are 
 
 from __future__ import annotations
 
+import os
+
+# Before agent/ is imported, and inherited by the sidecars tests start as subprocesses: an
+# emission the catalogue does not declare raises instead of being counted (agent/core/handles.py).
+os.environ["DYNAMO_SIDECAR_STRICT_METRICS"] = "1"
+
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any

@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.diagnose.alerts import alert_rules, alerts_yaml
 from agent.diagnose.engine import RULES
 from agent.diagnose.fleet import fleet_queries
@@ -51,8 +51,8 @@ def counter(per_step: float) -> list[float]:
 
 P = "dynamo_sidecar_"
 REQUESTS = 'dynamo_frontend_requests_total{model="m",endpoint="completions",request_type="unary",status="error",error_type="unavailable"}'
-QUEUE = metric("dynamo_queued_requests")
-INFLIGHT = metric("dynamo_inflight_requests") + '{source="frontend"}'
+QUEUE = m.DYNAMO_QUEUED_REQUESTS.name
+INFLIGHT = m.DYNAMO_INFLIGHT_REQUESTS.selector(source="frontend")
 GPU = P + 'gpu_utilization_ratio{gpu="0",uuid="G",kind="gpu"}'
 LATENCY = P + 'dynamo_latency_seconds{signal="ttft",percentile="p99",window="300s"}'
 

@@ -84,6 +84,12 @@ def test_rules_reference_is_generated_from_the_records() -> None:
     assert (ROOT / "docs" / "rules.md").read_text() == rules_reference(), "run: python -m agent.tools.docs"
 
 
+def test_metric_handles_are_generated_from_the_catalogue() -> None:
+    from agent.core.handles import MODULE, generate_module
+
+    assert MODULE.read_text() == generate_module(), "run: python -m agent.tools.docs"
+
+
 def test_alerts_yaml_is_generated_from_the_records() -> None:
     from agent.diagnose.alerts import ALERT_FILES, alerts_yaml
 

@@ -2,7 +2,9 @@
 
 The Prometheus exporter takes type and help from here, README's metrics table is generated
 from here (`python -m agent.core.catalogue`), and a test checks that `/metrics` emits nothing
-under the `dynamo_sidecar_` prefix that is not declared here.
+under the `dynamo_sidecar_` prefix that is not declared here. Code never names a metric by
+string: `python -m agent.tools.docs` generates one typed handle per entry into
+agent/core/metrics.py, and every emission, state read and evidence selector goes through it.
 """
 
 from __future__ import annotations
@@ -19,6 +21,19 @@ class MetricSpec:
     help: str
     labels: tuple[str, ...]
     source: str  # the collector or component that emits it
+    # The unit, from the name's suffix (Prometheus naming: the base unit before `_total`);
+    # "" for a count or a state without one.
+    unit: str = ""
+    # The allowed values of the labels whose set is closed (documented, and checked in strict
+    # mode); labels not listed take any value.
+    values: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    def allowed(self, label: str) -> tuple[str, ...] | None:
+        """The closed set of values of `label`, or None when it takes any."""
+        for name, values in self.values:
+            if name == label:
+                return values
+        return None
 
     @property
     def family(self) -> str:
@@ -28,8 +43,42 @@ class MetricSpec:
         return self.name
 
 
-def _m(name: str, type_: str, help_: str, labels: tuple[str, ...], source: str) -> MetricSpec:
-    return MetricSpec(PREFIX + name, type_, help_, labels, source)
+# Longest first: `_bytes_per_second` before `_bytes`... The unit is the suffix before `_total`.
+_UNITS = (
+    ("_bytes_per_second", "bytes_per_second"),
+    ("_timestamp_seconds", "seconds"),
+    ("_seconds", "seconds"),
+    ("_bytes", "bytes"),
+    ("_ratio", "ratio"),
+    ("_celsius", "celsius"),
+    ("_watts", "watts"),
+    ("_hertz", "hertz"),
+    ("_cores", "cores"),
+)
+
+
+def unit_of(name: str) -> str:
+    """The unit a metric's name declares by its suffix (`_total` aside), or ""."""
+    base = name[: -len("_total")] if name.endswith("_total") else name
+    for suffix, unit in _UNITS:
+        if base.endswith(suffix):
+            return unit
+    return ""
+
+
+def _m(
+    name: str,
+    type_: str,
+    help_: str,
+    labels: tuple[str, ...],
+    source: str,
+    **values: tuple[str, ...],
+) -> MetricSpec:
+    unknown = set(values) - set(labels)
+    if unknown:
+        raise ValueError(f"{name}: allowed values for undeclared labels {sorted(unknown)}")
+    full = PREFIX + name
+    return MetricSpec(full, type_, help_, labels, source, unit_of(full), tuple(values.items()))
 
 
 # fmt: off
@@ -41,11 +90,12 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("http_connections", "gauge", "Open connections to the sidecar's HTTP server.", (), "agent"),
     _m("http_connections_refused_total", "counter", "Connections closed at once: max_connections (or the peer's three quarters of them) were open and none was idle.", (), "agent"),
     _m("http_connections_shed_total", "counter", "Idle connections closed to make room for a new one (the oldest of the peer holding the most).", (), "agent"),
+    _m("undeclared_emissions_total", "counter", "Emissions of a metric the catalogue does not declare, or with labels it does not declare (a bug: logged once per metric, the sample kept).", ("metric",), "agent"),
     _m("draining", "gauge", "1 while a drain is in progress.", (), "agent"),
     _m("collector_success", "gauge", "1 if the collector's last run succeeded.", ("collector",), "scheduler"),
     _m("collector_duration_seconds", "gauge", "Duration of the collector's last run.", ("collector",), "scheduler"),
     _m("collector_last_success_timestamp_seconds", "gauge", "Unix time of the collector's last successful run.", ("collector",), "scheduler"),
-    _m("collector_runs_total", "counter", "Collector runs by outcome (ok, error, timeout).", ("collector", "outcome"), "scheduler"),
+    _m("collector_runs_total", "counter", "Collector runs by outcome (ok, error, timeout).", ("collector", "outcome"), "scheduler", outcome=("ok", "error", "timeout")),
     _m("series_dropped_total", "counter", "Series not stored because a cardinality cap was reached, by metric (past 100 names: metric=\"_other\").", ("metric",), "state"),
     _m("series_caps_hit_total", "counter", "Series dropped by which cap: series_per_metric, metric_names, series, memory_budget.", ("cap",), "state"),
     _m("history_series", "gauge", "Series currently held in the history ring.", (), "state"),
@@ -64,10 +114,10 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("drain_inflight_at_end", "gauge", "Dynamo in-flight requests when the drain ended (or now).", (), "drain"),
     _m("drain_requests_completed", "gauge", "Frontend requests that completed during the drain.", (), "drain"),
     _m("drain_requests_failed", "gauge", "Frontend requests that failed during the drain.", (), "drain"),
-    _m("slo_target", "gauge", "Configured SLO target by objective (ttft_p99 and itl_p99 in seconds, error_rate as a ratio).", ("objective",), "diagnose"),
-    _m("slo_observed", "gauge", "The objective's value over the signal window, as the slo_breach rule judges it.", ("objective",), "diagnose"),
-    _m("slo_observations", "gauge", "Observations (requests) inside the signal window behind slo_observed, by objective.", ("objective",), "diagnose"),
-    _m("drain_reason", "gauge", "1 for why the drain ended: inflight_zero, process_exited, deadline, second_signal, nothing_to_drain.", ("reason",), "drain"),
+    _m("slo_target", "gauge", "Configured SLO target by objective (ttft_p99 and itl_p99 in seconds, error_rate as a ratio).", ("objective",), "diagnose", objective=("ttft_p99", "itl_p99", "error_rate")),
+    _m("slo_observed", "gauge", "The objective's value over the signal window, as the slo_breach rule judges it.", ("objective",), "diagnose", objective=("ttft_p99", "itl_p99", "error_rate")),
+    _m("slo_observations", "gauge", "Observations (requests) inside the signal window behind slo_observed, by objective.", ("objective",), "diagnose", objective=("ttft_p99", "itl_p99", "error_rate")),
+    _m("drain_reason", "gauge", "1 for why the drain ended: inflight_zero, process_exited, deadline, second_signal, nothing_to_drain.", ("reason",), "drain", reason=("inflight_zero", "process_exited", "deadline", "second_signal", "nothing_to_drain")),
     # --- process collector ------------------------------------------------------------
     _m("processes_matched", "gauge", "Dynamo processes found in the pod's process namespace.", (), "process"),
     _m("process_cpu_seconds_total", "counter", "CPU time consumed by the Dynamo process.", ("process", "pid", "mode"), "process"),
@@ -116,13 +166,13 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("passthrough_conflicts_total", "counter", "Dynamo series seen from two sources with the same labels; the first kept.", ("metric",), "exporter"),
     # --- TCP collector --------------------------------------------------------------------
     _m("tcp_sockets", "gauge", "TCP sockets by state, peer role (etcd, nats, frontend, worker_system, configured roles, other) and direction (in, out, listen).", ("state", "peer", "direction"), "tcp"),
-    _m("tcp_queue_bytes", "gauge", "Bytes in socket send/receive queues, summed per peer role.", ("peer", "queue"), "tcp"),
+    _m("tcp_queue_bytes", "gauge", "Bytes in socket send/receive queues, summed per peer role.", ("peer", "queue"), "tcp", queue=("send", "recv")),
     _m("tcp_rtt_seconds", "gauge", "Mean smoothed RTT of established sockets per peer role (tcp_info).", ("peer",), "tcp"),
     _m("tcp_socket_retransmits", "gauge", "Retransmitted segments of the current sockets per peer role (tcp_info).", ("peer",), "tcp"),
     _m("tcp_socket_lost", "gauge", "Segments currently considered lost per peer role (tcp_info).", ("peer",), "tcp"),
     _m("tcp_listening", "gauge", "1 if the Dynamo port expected in this pod is listening.", ("port", "role"), "tcp"),
     _m("tcp_kernel_total", "counter", "Kernel TCP counters of the pod's namespace (/proc/net/snmp, /proc/net/netstat).", ("counter",), "tcp"),
-    _m("tcp_collection_method", "gauge", "1 for how sockets were read: netlink (sock_diag) or procfs.", ("method",), "tcp"),
+    _m("tcp_collection_method", "gauge", "1 for how sockets were read: netlink (sock_diag) or procfs.", ("method",), "tcp", method=("netlink", "procfs")),
     _m("tcp_retransmit_ratio", "gauge", "Retransmitted / sent segments over the window (kernel counters).", ("window",), "signals"),
     _m("probe_up", "gauge", "1 if the dependency's last probe succeeded.", ("target", "role"), "tcp"),
     _m("probe_outcome", "gauge", "1 for the last probe outcome: ok, refused, timeout, dns_error, dns_timeout, unreachable, http_error, unhealthy (etcd /health says false), error.", ("target", "role", "outcome"), "tcp"),
@@ -135,7 +185,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("gpu_info", "gauge", "Always 1 per GPU: its name and PCI bus id.", ("gpu", "uuid", "name", "pci_bus_id"), "gpu"),
     _m("gpu_lost", "gauge", "1 while NVML reports the GPU lost (NVML_ERROR_GPU_IS_LOST).", ("gpu", "uuid"), "gpu"),
     _m("gpu_utilization_ratio", "gauge", "GPU and memory-controller utilisation, 0-1.", ("gpu", "uuid", "kind"), "gpu"),
-    _m("gpu_memory_bytes", "gauge", "Frame-buffer memory used, free and total.", ("gpu", "uuid", "state"), "gpu"),
+    _m("gpu_memory_bytes", "gauge", "Frame-buffer memory used, free and total.", ("gpu", "uuid", "state"), "gpu", state=("used", "free", "total")),
     _m("gpu_temperature_celsius", "gauge", "GPU die temperature.", ("gpu", "uuid"), "gpu"),
     _m("gpu_temperature_threshold_celsius", "gauge", "Slowdown and shutdown temperature thresholds.", ("gpu", "uuid", "threshold"), "gpu"),
     _m("gpu_power_watts", "gauge", "Power draw.", ("gpu", "uuid"), "gpu"),
@@ -195,16 +245,6 @@ _BY_FAMILY: dict[str, MetricSpec] = {spec.family: spec for spec in CATALOGUE}
 _SUFFIXES = ("_bucket", "_sum", "_count", "_created")
 
 
-def metric(short: str) -> str:
-    """The full name of a catalogue metric, by its name without the prefix: a handle that fails
-    at import when the metric is not declared, instead of a string that silently matches
-    nothing."""
-    name = PREFIX + short
-    if name not in BY_NAME:
-        raise KeyError(f"{name} is not declared in agent/core/catalogue.py")
-    return name
-
-
 def spec_for_sample(sample_name: str) -> MetricSpec | None:
     """The spec a series belongs to, accepting histogram suffixes."""
     spec = BY_NAME.get(sample_name)
@@ -218,11 +258,17 @@ def spec_for_sample(sample_name: str) -> MetricSpec | None:
     return None
 
 
+def _label_doc(spec: MetricSpec, label: str) -> str:
+    values = spec.allowed(label)
+    return f"`{label}`" if values is None else f"`{label}` ({', '.join(values)})"
+
+
 def markdown_table() -> str:
-    rows = ["| metric | type | labels | source | help |", "| --- | --- | --- | --- | --- |"]
+    rows = ["| metric | type | unit | labels | source | help |", "| --- | --- | --- | --- | --- | --- |"]
     for spec in CATALOGUE:
-        labels = ", ".join(f"`{label}`" for label in spec.labels) or "-"
-        rows.append(f"| `{spec.name}` | {spec.type} | {labels} | {spec.source} | {spec.help} |")
+        labels = ", ".join(_label_doc(spec, label) for label in spec.labels) or "-"
+        unit = spec.unit or "-"
+        rows.append(f"| `{spec.name}` | {spec.type} | {unit} | {labels} | {spec.source} | {spec.help} |")
     return "\n".join(rows)
 
 

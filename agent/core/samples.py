@@ -114,5 +114,6 @@ class CollectResult:
     # without being parsed; `families` holds only the ones signals and rules read.
     raw: list[Any] = field(default_factory=list)
 
-    def add(self, name: str, value: float, /, **labels: object) -> None:
-        self.samples.append(sample(name, value, **labels))
+    def add(self, item: Sample) -> None:
+        """One sample, made by a metric handle: `result.add(m.X.sample(value, label=...))`."""
+        self.samples.append(item)

@@ -7,7 +7,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from agent.core.samples import Sample, sample
+from agent.core import metrics as m
+from agent.core.handles import Handle
+from agent.core.samples import Sample
 from agent.core.state import State, histogram_quantile
 
 QUANTILES = (0.5, 0.9, 0.99)
@@ -133,25 +135,25 @@ class Signals:
         window = f"{int(self.window)}s"
         out: list[Sample] = []
 
-        def put(name: str, value: float | None, **labels: object) -> None:
+        def put(handle: Handle, value: float | None, **labels: object) -> None:
             if value is not None:
-                out.append(sample("dynamo_sidecar_" + name, value, **labels))
+                out.append(handle.sample_of(value, labels))
 
-        put("dynamo_request_rate", self.request_rate, window=window)
-        put("dynamo_error_rate", self.error_rate, window=window)
-        put("dynamo_inflight_requests", self.frontend_inflight, source="frontend")
-        put("dynamo_inflight_requests", self.worker_inflight, source="worker")
-        put("dynamo_queued_requests", self.queued)
+        put(m.DYNAMO_REQUEST_RATE, self.request_rate, window=window)
+        put(m.DYNAMO_ERROR_RATE, self.error_rate, window=window)
+        put(m.DYNAMO_INFLIGHT_REQUESTS, self.frontend_inflight, source="frontend")
+        put(m.DYNAMO_INFLIGHT_REQUESTS, self.worker_inflight, source="worker")
+        put(m.DYNAMO_QUEUED_REQUESTS, self.queued)
         if self.frontend_inflight is not None or self.worker_inflight is not None:
-            put("dynamo_stalled_seconds", self.stalled_seconds)
-        put("dynamo_rejection_rate", self.rejection_rate, window=window)
-        put("dynamo_migration_rate", self.migration_rate, window=window)
-        put("dynamo_bytes_rate", self.request_bytes_rate, direction="in", window=window)
-        put("dynamo_bytes_rate", self.response_bytes_rate, direction="out", window=window)
-        put("tcp_retransmit_ratio", self.retransmit_ratio, window=window)
+            put(m.DYNAMO_STALLED_SECONDS, self.stalled_seconds)
+        put(m.DYNAMO_REJECTION_RATE, self.rejection_rate, window=window)
+        put(m.DYNAMO_MIGRATION_RATE, self.migration_rate, window=window)
+        put(m.DYNAMO_BYTES_RATE, self.request_bytes_rate, direction="in", window=window)
+        put(m.DYNAMO_BYTES_RATE, self.response_bytes_rate, direction="out", window=window)
+        put(m.TCP_RETRANSMIT_RATIO, self.retransmit_ratio, window=window)
         for (signal, quantile), value in sorted(self.latency.items()):
             put(
-                "dynamo_latency_seconds",
+                m.DYNAMO_LATENCY_SECONDS,
                 value,
                 signal=signal,
                 percentile=f"p{round(quantile * 100)}",
@@ -284,8 +286,8 @@ def compute(state: State, names: DynamoNames, window: float, now: float | None =
     out.migration_rate = state.rate(names.migrations_total, window, now)
     out.request_bytes_rate = state.rate(names.worker_request_bytes_total, window, now)
     out.response_bytes_rate = state.rate(names.worker_response_bytes_total, window, now)
-    retrans = state.increase("dynamo_sidecar_tcp_kernel_total", window, now, counter="RetransSegs")
-    sent = state.increase("dynamo_sidecar_tcp_kernel_total", window, now, counter="OutSegs")
+    retrans = state.increase(m.TCP_KERNEL_TOTAL.name, window, now, counter="RetransSegs")
+    sent = state.increase(m.TCP_KERNEL_TOTAL.name, window, now, counter="OutSegs")
     if retrans is not None and sent:
         out.retransmit_ratio = retrans / sent
     out.stalled_seconds, out.stalled_since, out.stalled_inflight = _stall(state, names, now)

@@ -10,9 +10,9 @@ import time
 from typing import Any
 
 from agent import __version__
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.log import get as get_logger
-from agent.core.samples import Labels, Sample, labels_of
+from agent.core.samples import Sample
 from agent.core.signals import CLIENT_ERROR_TYPES, bucket_text
 from agent.core.state import counter_increase
 from agent.diagnose.context import Context
@@ -38,17 +38,12 @@ class RuleHealth:
     raised, and how long the last one took. One per sidecar (the rule records are shared);
     every evaluation through `evaluate(..., health=)` counts, the cycle's and /diagnose's."""
 
-    FAILURES = metric("rule_evaluation_failures_total")
-    DURATION = metric("rule_evaluation_duration_seconds")
-
     def __init__(self, rules: tuple[Rule, ...] = RULES) -> None:
         # Every rule from the start: a counter that appears only on its first failure has no
         # zero for rate() to start from.
         self.failures: dict[str, int] = {rule.id: 0 for rule in rules}
         self.duration: dict[str, float] = {}
-        # Every render asks for the samples, and evaluations are rarer: built once per change,
-        # each rule's label tuple once for good.
-        self._labels: dict[str, Labels] = {}
+        # Every render asks for the samples, and evaluations are rarer: built once per change.
         self._samples: list[Sample] | None = None
 
     def observe(self, rule_id: str, seconds: float, failed: bool) -> None:
@@ -57,16 +52,10 @@ class RuleHealth:
             self.failures[rule_id] = self.failures.get(rule_id, 0) + 1
         self._samples = None
 
-    def _rule(self, rule_id: str) -> Labels:
-        found = self._labels.get(rule_id)
-        if found is None:
-            found = self._labels[rule_id] = labels_of(rule=rule_id)
-        return found
-
     def samples(self) -> list[Sample]:
         if self._samples is None:
-            out = [Sample(self.FAILURES, self._rule(r), float(n)) for r, n in self.failures.items()]
-            out.extend(Sample(self.DURATION, self._rule(r), s) for r, s in self.duration.items())
+            out = [m.RULE_EVALUATION_FAILURES_TOTAL.sample(n, rule=r) for r, n in self.failures.items()]
+            out.extend(m.RULE_EVALUATION_DURATION_SECONDS.sample(s, rule=r) for r, s in self.duration.items())
             self._samples = out
         return self._samples
 

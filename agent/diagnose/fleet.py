@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from agent.core import metrics as m
 from agent.core.exitcodes import BY_STATUS
 from agent.diagnose.engine import RULES
 from agent.diagnose.model import SEVERITY_RANK, report_status
@@ -98,7 +99,7 @@ def evaluate_fleet(
     fleet = [
         PodRef.of(r["metric"])
         for r in query(
-            base_url, f"max by (pod, node, namespace, instance) ({sel('dynamo_sidecar_build_info')})", timeout
+            base_url, f"max by (pod, node, namespace, instance) ({sel(m.BUILD_INFO.name)})", timeout
         )
     ]
     rules = {rule.id: rule for rule in RULES}
@@ -106,9 +107,7 @@ def evaluate_fleet(
     unread: list[dict[str, str]] = []
     if not fleet:
         where = f" in namespace {namespace}" if namespace else ""
-        unread.append(
-            {"source": "dynamo_sidecar_build_info", "error": f"no sidecar's metrics in Prometheus{where}"}
-        )
+        unread.append({"source": m.BUILD_INFO.name, "error": f"no sidecar's metrics in Prometheus{where}"})
     for rule_id, promql in fleet_queries(namespace, overrides).items():
         rule = rules[rule_id]
         try:

@@ -20,12 +20,13 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from agent.core import metrics as m
 from agent.core import redact
 from agent.core.aio import wait_event
 from agent.core.components import RunState
 from agent.core.facts import HealthFacts, MetricsFacts
 from agent.core.log import get as get_logger
-from agent.core.samples import Sample, sample
+from agent.core.samples import Sample
 from agent.core.signals import DynamoNames, SignalsCache, engine_start
 from agent.core.state import State
 from exporters.otlp import traceparent_for
@@ -353,7 +354,7 @@ class Canary:
         listed = list(view.models or [])
         since = view.models_listed_since
         unlisted = []
-        for model in sorted(m for m in view.models_seen if m not in listed):
+        for model in sorted(name for name in view.models_seen if name not in listed):
             last_listed = view.models_seen[model]
             replaced = any(
                 since.get(other, 0.0) > since.get(model, 0.0)
@@ -513,36 +514,30 @@ class Canary:
         out: list[Sample] = []
         for model, state in self.models.items():
             for outcome, count in state.counts.items():
-                out.append(
-                    sample("dynamo_sidecar_canary_requests_total", count, model=model, outcome=outcome)
-                )
+                out.append(m.CANARY_REQUESTS_TOTAL.sample(count, model=model, outcome=outcome))
             cumulative = 0
             for bound, count in zip((*LATENCY_BUCKETS, float("inf")), state.buckets, strict=True):
                 cumulative += count
                 out.append(
-                    sample(
-                        "dynamo_sidecar_canary_latency_seconds_bucket",
+                    m.CANARY_LATENCY_SECONDS.bucket(
                         cumulative,
                         model=model,
                         le="+Inf" if bound == float("inf") else f"{bound:g}",
                     )
                 )
-            out.append(sample("dynamo_sidecar_canary_latency_seconds_sum", state.latency_sum, model=model))
-            out.append(sample("dynamo_sidecar_canary_latency_seconds_count", cumulative, model=model))
-            out.append(
-                sample("dynamo_sidecar_canary_consecutive_failures", state.consecutive_failures, model=model)
-            )
-            out.append(sample("dynamo_sidecar_canary_failing", 1 if state.failing else 0, model=model))
+            out.append(m.CANARY_LATENCY_SECONDS.sum(state.latency_sum, model=model))
+            out.append(m.CANARY_LATENCY_SECONDS.count(cumulative, model=model))
+            out.append(m.CANARY_CONSECUTIVE_FAILURES.sample(state.consecutive_failures, model=model))
+            out.append(m.CANARY_FAILING.sample(1 if state.failing else 0, model=model))
             if state.last_success:
                 out.append(
-                    sample(
-                        "dynamo_sidecar_canary_last_success_timestamp_seconds",
+                    m.CANARY_LAST_SUCCESS_TIMESTAMP_SECONDS.sample(
                         state.last_success,
                         model=model,
                     )
                 )
             if state.last_ttft is not None:
-                out.append(sample("dynamo_sidecar_canary_ttft_seconds", state.last_ttft, model=model))
+                out.append(m.CANARY_TTFT_SECONDS.sample(state.last_ttft, model=model))
         return out
 
     def status(self) -> dict[str, Any]:

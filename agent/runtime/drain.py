@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import psutil
 
+from agent.core import metrics as m
 from agent.core.aio import wait_event
 from agent.core.components import RunState
 from agent.core.facts import MetricsFacts, ProcessFacts
 from agent.core.log import get as get_logger
-from agent.core.samples import Event, Sample, sample
+from agent.core.samples import Event, Sample
 from agent.core.signals import DynamoNames, inflight_now
 from agent.core.state import State
 
@@ -89,16 +90,16 @@ class DrainSummary:
 
     def samples(self) -> list[Sample]:
         out = [
-            sample("dynamo_sidecar_drain_duration_seconds", self.duration),
-            sample("dynamo_sidecar_drain_requests_failed", self.requests_failed),
-            sample("dynamo_sidecar_drain_requests_completed", self.requests_completed),
+            m.DRAIN_DURATION_SECONDS.sample(self.duration),
+            m.DRAIN_REQUESTS_FAILED.sample(self.requests_failed),
+            m.DRAIN_REQUESTS_COMPLETED.sample(self.requests_completed),
         ]
         if self.inflight_at_start is not None:
-            out.append(sample("dynamo_sidecar_drain_inflight_at_start", self.inflight_at_start))
+            out.append(m.DRAIN_INFLIGHT_AT_START.sample(self.inflight_at_start))
         if self.inflight_at_end is not None:
-            out.append(sample("dynamo_sidecar_drain_inflight_at_end", self.inflight_at_end))
+            out.append(m.DRAIN_INFLIGHT_AT_END.sample(self.inflight_at_end))
         if self.reason:
-            out.append(sample("dynamo_sidecar_drain_reason", 1, reason=self.reason))
+            out.append(m.DRAIN_REASON.sample(1, reason=self.reason))
         return out
 
 

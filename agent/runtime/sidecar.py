@@ -11,12 +11,12 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from agent.config import Config, redact_url
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.components import Components, RunState
 from agent.core.facts import ProcessFacts
 from agent.core.log import get as get_logger
 from agent.core.membudget import budget, own_memory_limit
-from agent.core.samples import Sample, sample
+from agent.core.samples import Sample
 from agent.core.signals import DynamoNames, Signals, SignalsCache
 from agent.core.state import State
 from agent.diagnose import diagnose
@@ -45,15 +45,15 @@ SWITCH_INTERVAL = 0.001
 EXPORTER_SHUTDOWN = 0.5  # seconds given to the OTLP exporter's teardown at exit
 # The sidecar's own series that rules and signals read as rates, increases or trends.
 OWN_HISTORY = {
-    metric(name)
-    for name in (
-        "process_cpu_seconds_total",
-        "process_resident_memory_bytes",  # the peak, for audit's memory-limit check
-        "cgroup_cpu_periods_total",
-        "cgroup_cpu_throttled_periods_total",
-        "cgroup_memory_events_total",
-        "tcp_kernel_total",
-        "tcp_socket_retransmits",
+    handle.name
+    for handle in (
+        m.PROCESS_CPU_SECONDS_TOTAL,
+        m.PROCESS_RESIDENT_MEMORY_BYTES,  # the peak, for audit's memory-limit check
+        m.CGROUP_CPU_PERIODS_TOTAL,
+        m.CGROUP_CPU_THROTTLED_PERIODS_TOTAL,
+        m.CGROUP_MEMORY_EVENTS_TOTAL,
+        m.TCP_KERNEL_TOTAL,
+        m.TCP_SOCKET_RETRANSMITS,
     )
 }
 __all__ = ["Sidecar", "build_collectors", "targets_from", "wanted_families"]
@@ -157,14 +157,14 @@ class Sidecar:
     def _extra_samples(self) -> list[Sample]:
         """The exposition's samples beyond the collectors': derived signals, the parts' own."""
         out = self._signal_samples()
-        out.append(sample("dynamo_sidecar_ready", 1 if self.ready else 0))
-        out.append(sample("dynamo_sidecar_draining", 1 if self.draining else 0))
+        out.append(m.READY.sample(1 if self.ready else 0))
+        out.append(m.DRAINING.sample(1 if self.draining else 0))
         if self.drain.summary is not None:
             out.extend(self.drain.summary.samples())
         out.extend(self.canary.samples())
-        out.append(sample("dynamo_sidecar_http_connections", self.connections.active))
-        out.append(sample("dynamo_sidecar_http_connections_refused_total", self.connections.refused))
-        out.append(sample("dynamo_sidecar_http_connections_shed_total", self.connections.shed))
+        out.append(m.HTTP_CONNECTIONS.sample(self.connections.active))
+        out.append(m.HTTP_CONNECTIONS_REFUSED_TOTAL.sample(self.connections.refused))
+        out.append(m.HTTP_CONNECTIONS_SHED_TOTAL.sample(self.connections.shed))
         out.extend(self.telemetry.samples())
         out.extend(self.rule_health.samples())
         return out

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from agent.config import reference_markdown
 from agent.core.catalogue import markdown_table
+from agent.core.handles import MODULE, generate_module
 
 
 def rules_reference() -> str:
@@ -99,7 +100,8 @@ SECTION_FILES = {"metrics-table": "metrics.md", "config-table": "configuration.m
 
 
 def update(docs: Path) -> bool:
-    """Regenerate the generated sections and docs/rules.md; True when anything changed."""
+    """Regenerate the generated sections, docs/rules.md and agent/core/metrics.py (the metric
+    handles); True when anything changed."""
     changed = False
     for name, render in SECTIONS.items():
         path = docs / SECTION_FILES[name]
@@ -110,6 +112,10 @@ def update(docs: Path) -> bool:
         if new != text:
             path.write_text(new)
             changed = True
+    metrics = generate_module()
+    if not MODULE.exists() or MODULE.read_text() != metrics:
+        MODULE.write_text(metrics)
+        changed = True
     rules = docs / "rules.md"
     if not rules.exists() or rules.read_text() != rules_reference():
         rules.write_text(rules_reference())

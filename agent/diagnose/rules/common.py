@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from itertools import pairwise
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.facts import DependencyProbe, EndpointFacts, GpuFact, Outcome, ProbeFact
 from agent.core.signals import (
     engine_start,
@@ -21,7 +21,7 @@ from agent.diagnose.model import (
     who,
 )
 
-OUTCOME = metric("endpoint_probe_outcome")
+OUTCOME = m.ENDPOINT_PROBE_OUTCOME.name
 
 
 # A worker fault explains what the frontend and the canary see of it.
@@ -47,13 +47,13 @@ def _health_url(ctx: Context, view: EndpointFacts) -> str:
 def _probe_evidence(endpoint: str, probe: str, view: ProbeFact, url: str) -> list[Evidence]:
     evidence = [
         Evidence(
-            f"{OUTCOME}{{endpoint={endpoint!r},probe={probe!r}}}",
+            m.ENDPOINT_PROBE_OUTCOME.selector(endpoint=endpoint, probe=probe),
             view.outcome,
             timestamp=view.since,
             note=f"GET {url}",
         ),
         Evidence(
-            f"{metric('endpoint_http_status_code')}{{endpoint={endpoint!r},probe={probe!r}}}",
+            m.ENDPOINT_HTTP_STATUS_CODE.selector(endpoint=endpoint, probe=probe),
             view.status_code,
         ),
     ]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import urlsplit
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.facts import Outcome, ProcessFact
 from agent.diagnose.context import SHUTDOWN_STATUSES, Context, rises
 from agent.diagnose.model import (
@@ -127,9 +127,9 @@ def _unread_service_port(ctx: Context, peer: str) -> bool:
         ),
     ),
     fleet=lambda s, t: (
-        _held(s(metric("process_state"), 'state=~"T|t"'), t.stopped_seconds)
+        _held(s(m.PROCESS_STATE.name, 'state=~"T|t"'), t.stopped_seconds)
         + " or "
-        + _held(s(metric("process_state"), 'state="D"'), t.uninterruptible_seconds)
+        + _held(s(m.PROCESS_STATE.name, 'state="D"'), t.uninterruptible_seconds)
     ),
     alert=Alert(
         "DynamoProcessStalled",
@@ -154,7 +154,7 @@ def process_stalled(ctx: Context, t: Limits) -> list[Hit]:
             {"state": state, "state_name": names[state], "for": duration_text(ctx.now - since)},
             [
                 Evidence(
-                    f'{metric("process_state")}{{pid="{process.pid}",state="{state}"}}',
+                    m.PROCESS_STATE.selector(pid=process.pid, state=state),
                     1,
                     timestamp=since,
                 ),
@@ -238,11 +238,11 @@ def endpoint_bad_response(ctx: Context, t: Limits) -> list[Hit]:
     explains=("canary_failing:*", "request_failures:*"),
     fleet=lambda s, t: (
         "("
-        + s(metric("frontend_instances"))
+        + s(m.FRONTEND_INSTANCES.name)
         + " > 0 and on (namespace, pod, endpoint) "
-        + s(metric("frontend_models"))
+        + s(m.FRONTEND_MODELS.name)
         + " == 0) or ("
-        + s(metric("frontend_instances"))
+        + s(m.FRONTEND_INSTANCES.name)
         + " > 0 and on (namespace, pod) sum by (namespace, pod) (increase("
         + s("dynamo_frontend_failures_total", f'reason=~"{"|".join(UNAVAILABLE_REASONS)}"')
         + f"[{STALE_WINDOW:.0f}s])) > 0)"
@@ -291,14 +291,12 @@ def frontend_stale_instances(ctx: Context, t: Limits) -> list[Hit]:
             else 0.0
         )
         evidence = [
-            Evidence(f'{metric("frontend_instances")}{{endpoint="{endpoint}"}}', len(ids)),
+            Evidence(m.FRONTEND_INSTANCES.selector(endpoint=endpoint), len(ids)),
             Evidence("instance ids listed by /health", ids[:5]),
         ]
         why = []
         if no_models:
-            evidence.append(
-                Evidence(f'{metric("frontend_models")}{{endpoint="{endpoint}"}}', 0, note="GET /v1/models")
-            )
+            evidence.append(Evidence(m.FRONTEND_MODELS.selector(endpoint=endpoint), 0, note="GET /v1/models"))
             why.append("/v1/models lists no model")
         if unavailable > 0:
             evidence.append(
@@ -424,7 +422,7 @@ def worker_registration_lost(ctx: Context, t: Limits) -> list[Hit]:
         "Check the URL in the evidence answers Prometheus text; derived signals (rates, TTFT quantiles) are missing meanwhile.",
         "If the body is very large, raise max_response_bytes.",
     ),
-    fleet=lambda s, t: s(metric("scrape_up")) + " == 0",
+    fleet=lambda s, t: s(m.SCRAPE_UP.name) + " == 0",
 )
 def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
@@ -452,7 +450,7 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
                 endpoint,
                 {"reason": fact.reason, "url": fact.url},
                 [
-                    Evidence(f'{metric("scrape_up")}{{endpoint="{endpoint}"}}', 0),
+                    Evidence(m.SCRAPE_UP.selector(endpoint=endpoint), 0),
                     Evidence("reason", fact.reason),
                     Evidence("error", fact.error),
                     Evidence("response body", fact.body_excerpt[:200]),
@@ -528,7 +526,7 @@ def health_flapping(ctx: Context, t: Limits) -> list[Hit]:
         "metrics_scrape_failing:*",
         "engine_hung:*",
     ),
-    fleet=lambda s, t: s(metric("probe_up")) + " == 0",
+    fleet=lambda s, t: s(m.PROBE_UP.name) + " == 0",
     alert=Alert(
         "DynamoDependencyUnreachable",
         "{{ $labels.role }} ({{ $labels.target }}) unreachable from {{ $labels.namespace }}/{{ $labels.pod }}",
@@ -548,19 +546,15 @@ def dependency_unreachable(ctx: Context, t: Limits) -> list[Hit]:
         )
         evidence = [
             Evidence(
-                f'{metric("probe_outcome")}{{target="{target}",outcome="{probe.outcome}"}}',
+                m.PROBE_OUTCOME.selector(target=target, outcome=probe.outcome),
                 1,
                 timestamp=since,
             ),
             Evidence("error", probe.error),
-            Evidence(
-                f'{metric("probe_dns_seconds")}{{target="{target}"}}', probe.dns_seconds, unit="seconds"
-            ),
+            Evidence(m.PROBE_DNS_SECONDS.selector(target=target), probe.dns_seconds, unit="seconds"),
         ]
         if probe.status:
-            evidence.append(
-                Evidence(f'{metric("probe_http_status_code")}{{target="{target}"}}', probe.status)
-            )
+            evidence.append(Evidence(m.PROBE_HTTP_STATUS_CODE.selector(target=target), probe.status))
         hits.append(
             Hit(probe.role, {"target": target, "outcome": probe.outcome, "what": what}, evidence, since)
         )
@@ -581,9 +575,9 @@ def dependency_unreachable(ctx: Context, t: Limits) -> list[Hit]:
         Threshold("dns_seconds", 0.5, "seconds", "DNS resolution time that counts as slow."),
     ),
     fleet=lambda s, t: (
-        s(metric("probe_connect_seconds"))
+        s(m.PROBE_CONNECT_SECONDS.name)
         + f" >= {t.connect_seconds:g} or "
-        + s(metric("probe_dns_seconds"))
+        + s(m.PROBE_DNS_SECONDS.name)
         + f" >= {t.dns_seconds:g}"
     ),
 )
@@ -597,10 +591,8 @@ def dependency_slow(ctx: Context, t: Limits) -> list[Hit]:
                     probe.role,
                     {"target": target, "connect": (connect or 0) * 1000, "dns": (dns or 0) * 1000},
                     [
-                        Evidence(
-                            f'{metric("probe_connect_seconds")}{{target="{target}"}}', connect, unit="seconds"
-                        ),
-                        Evidence(f'{metric("probe_dns_seconds")}{{target="{target}"}}', dns, unit="seconds"),
+                        Evidence(m.PROBE_CONNECT_SECONDS.selector(target=target), connect, unit="seconds"),
+                        Evidence(m.PROBE_DNS_SECONDS.selector(target=target), dns, unit="seconds"),
                     ],
                     ctx.now,
                 )
@@ -622,15 +614,15 @@ def dependency_slow(ctx: Context, t: Limits) -> list[Hit]:
         Threshold("min_segments", 1000, "segments", "Fewest segments sent in the window to judge."),
     ),
     fleet=lambda s, t: (
-        s(metric("tcp_retransmit_ratio"))
+        s(m.TCP_RETRANSMIT_RATIO.name)
         + f" >= {t.ratio:g} and on (namespace, pod, instance) increase("
-        + s(metric("tcp_kernel_total"), 'counter="OutSegs"')
+        + s(m.TCP_KERNEL_TOTAL.name, 'counter="OutSegs"')
         + f"[5m]) >= {t.min_segments:g}"
     ),
 )
 def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
     ratio = ctx.signals.retransmit_ratio
-    kernel = metric("tcp_kernel_total")
+    kernel = m.TCP_KERNEL_TOTAL.name
     sent = ctx.state.increase(kernel, ctx.signals.window, ctx.now, counter="OutSegs") or 0
     if ratio is None or ratio < t.ratio or sent < t.min_segments:
         return []
@@ -643,7 +635,7 @@ def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
     )
     per_peer = {
         dict(labels).get("peer"): ring.last()[1]  # type: ignore[index]
-        for labels, ring in ctx.state.series_matching(metric("tcp_socket_retransmits"))
+        for labels, ring in ctx.state.series_matching(m.TCP_SOCKET_RETRANSMITS.name)
         if ring.last()
     }
     return [
@@ -651,8 +643,11 @@ def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
             "pod",
             {"percent": ratio * 100},
             [
-                Evidence(metric("tcp_retransmit_ratio"), round(ratio, 4), unit="ratio"),
-                Evidence(f'increase({kernel}{{counter="OutSegs"}}[{ctx.signals.window:.0f}s])', sent),
+                Evidence(m.TCP_RETRANSMIT_RATIO.name, round(ratio, 4), unit="ratio"),
+                Evidence(
+                    f"increase({m.TCP_KERNEL_TOTAL.selector(counter='OutSegs')}[{ctx.signals.window:.0f}s])",
+                    sent,
+                ),
                 Evidence("retransmits by peer (tcp_info)", per_peer),
             ],
             began,
@@ -672,7 +667,7 @@ def tcp_retransmits_high(ctx: Context, t: Limits) -> list[Hit]:
     ),
     thresholds=(Threshold("sockets", 50, "sockets", "CLOSE_WAIT sockets to one peer role."),),
     fleet=lambda s, t: (
-        "sum without (direction) (" + s(metric("tcp_sockets"), 'state="close_wait"') + f") >= {t.sockets:g}"
+        "sum without (direction) (" + s(m.TCP_SOCKETS.name, 'state="close_wait"') + f") >= {t.sockets:g}"
     ),
 )
 def close_wait_leak(ctx: Context, t: Limits) -> list[Hit]:
@@ -690,7 +685,7 @@ def close_wait_leak(ctx: Context, t: Limits) -> list[Hit]:
                 peer,
                 {"count": count, "owner": owner},
                 [
-                    Evidence(f'{metric("tcp_sockets")}{{state="close_wait",peer="{peer}"}}', count),
+                    Evidence(m.TCP_SOCKETS.selector(state="close_wait", peer=peer), count),
                     Evidence("CLOSE_WAIT sockets per Dynamo process (/proc/<pid>/fd)", owners or None),
                 ],
                 ctx.now,

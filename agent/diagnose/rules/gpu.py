@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.xid import xid_class
 from agent.diagnose.context import Context
 from agent.diagnose.model import (
@@ -46,7 +46,7 @@ THROTTLE_REASONS = (
         "XID 94: a contained ECC error; only the affected process needs a restart.",
     ),
     explains=("engine_hung:*", "canary_failing:*", "request_failures:*"),
-    fleet=lambda s, t: "increase(" + s(metric("gpu_xid_errors_total")) + "[15m]) > 0",
+    fleet=lambda s, t: "increase(" + s(m.GPU_XID_ERRORS_TOTAL.name) + "[15m]) > 0",
     alert=Alert(
         "DynamoGPUXid",
         "XID {{ $labels.xid }} on GPU {{ $labels.gpu }} of {{ $labels.namespace }}/{{ $labels.pod }}",
@@ -73,7 +73,7 @@ def gpu_xid(ctx: Context, t: Limits) -> list[Hit]:
                 },
                 [
                     Evidence(
-                        f'{metric("gpu_xid_errors_total")}{{gpu="{last["gpu"]}"}}',
+                        m.GPU_XID_ERRORS_TOTAL.selector(gpu=last["gpu"]),
                         len(events),
                         timestamp=events[-1].timestamp,
                     ),
@@ -104,7 +104,7 @@ def gpu_xid(ctx: Context, t: Limits) -> list[Hit]:
         "Cordon the node and reset the GPU (`nvidia-smi -r`) or reboot; look for XID 79 in the kernel log (`dmesg`).",
     ),
     explains=("gpu_xid:*", "engine_hung:*", "canary_failing:*", "request_failures:*"),
-    fleet=lambda s, t: s(metric("gpu_lost")) + " == 1",
+    fleet=lambda s, t: s(m.GPU_LOST.name) + " == 1",
     alert=Alert(
         "DynamoGPULost", "GPU {{ $labels.gpu }} of {{ $labels.namespace }}/{{ $labels.pod }} is lost"
     ),
@@ -114,7 +114,7 @@ def gpu_lost(ctx: Context, t: Limits) -> list[Hit]:
         Hit(
             f"gpu{index}",
             {},
-            [Evidence(f'{metric("gpu_lost")}{{gpu="{index}"}}', 1), Evidence("uuid", gpu.uuid)],
+            [Evidence(m.GPU_LOST.selector(gpu=index), 1), Evidence("uuid", gpu.uuid)],
             ctx.now,
             role="worker",
         )
@@ -134,9 +134,9 @@ def gpu_lost(ctx: Context, t: Limits) -> list[Hit]:
     ),
     fleet=lambda s, t: (
         "("
-        + s(metric("gpu_ecc_errors_total"), 'type="uncorrected",counter="volatile"')
+        + s(m.GPU_ECC_ERRORS_TOTAL.name, 'type="uncorrected",counter="volatile"')
         + " > 0) or on (namespace, pod, instance, gpu) (max without (kind) ("
-        + s(metric("gpu_remapped_rows"), 'kind=~"pending|failure"')
+        + s(m.GPU_REMAPPED_ROWS.name, 'kind=~"pending|failure"')
         + ") > 0)"
     ),
     alert=Alert(
@@ -156,11 +156,13 @@ def gpu_ecc_errors(ctx: Context, t: Limits) -> list[Hit]:
                     {"volatile": volatile},
                     [
                         Evidence(
-                            f'{metric("gpu_ecc_errors_total")}{{gpu="{index}",type="uncorrected",counter="volatile"}}',
+                            m.GPU_ECC_ERRORS_TOTAL.selector(
+                                gpu=index, type="uncorrected", counter="volatile"
+                            ),
                             volatile,
                         ),
-                        Evidence(f'{metric("gpu_remapped_rows")}{{gpu="{index}",kind="pending"}}', pending),
-                        Evidence(f'{metric("gpu_remapped_rows")}{{gpu="{index}",kind="failure"}}', failure),
+                        Evidence(m.GPU_REMAPPED_ROWS.selector(gpu=index, kind="pending"), pending),
+                        Evidence(m.GPU_REMAPPED_ROWS.selector(gpu=index, kind="failure"), failure),
                         Evidence("uuid", gpu.uuid),
                     ],
                     ctx.now,
@@ -180,7 +182,7 @@ def gpu_ecc_errors(ctx: Context, t: Limits) -> list[Hit]:
     ),
     fleet=lambda s, t: (
         "max without (reason) ("
-        + s(metric("gpu_clock_event_reason"), 'reason=~"' + "|".join(THROTTLE_REASONS) + '"')
+        + s(m.GPU_CLOCK_EVENT_REASON.name, 'reason=~"' + "|".join(THROTTLE_REASONS) + '"')
         + ") == 1"
     ),
 )
@@ -196,23 +198,20 @@ def gpu_throttling(ctx: Context, t: Limits) -> list[Hit]:
                 f"gpu{index}",
                 {"reasons": ", ".join(active), "while": " while requests queue" if queued else ""},
                 [
-                    *[
-                        Evidence(f'{metric("gpu_clock_event_reason")}{{gpu="{index}",reason="{r}"}}', 1)
-                        for r in active
-                    ],
+                    *[Evidence(m.GPU_CLOCK_EVENT_REASON.selector(gpu=index, reason=r), 1) for r in active],
                     Evidence(
-                        metric("gpu_temperature_celsius"),
+                        m.GPU_TEMPERATURE_CELSIUS.name,
                         gpu.temperature,
                         unit="celsius",
                         note=f"slowdown at {gpu.temperature_thresholds.get('slowdown')}",
                     ),
                     Evidence(
-                        metric("gpu_power_watts"),
+                        m.GPU_POWER_WATTS.name,
                         gpu.power_watts,
                         unit="watts",
                         note=f"limit {gpu.power_limit_watts}",
                     ),
-                    Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
+                    Evidence(m.DYNAMO_QUEUED_REQUESTS.name, ctx.signals.queued),
                 ],
                 ctx.now,
                 role="worker",
@@ -231,9 +230,9 @@ def gpu_throttling(ctx: Context, t: Limits) -> list[Hit]:
     ),
     thresholds=(Threshold("share", 0.97, "ratio", "GPU memory used as a share of total."),),
     fleet=lambda s, t: (
-        s(metric("gpu_memory_bytes"), 'state="used"')
+        s(m.GPU_MEMORY_BYTES.name, 'state="used"')
         + " / ignoring(state) "
-        + s(metric("gpu_memory_bytes"), 'state="total"')
+        + s(m.GPU_MEMORY_BYTES.name, 'state="total"')
         + f" >= {t.share:g}"
     ),
 )
@@ -247,11 +246,9 @@ def gpu_memory_near_full(ctx: Context, t: Limits) -> list[Hit]:
                     f"gpu{index}",
                     {"percent": used / total * 100},
                     [
+                        Evidence(m.GPU_MEMORY_BYTES.selector(gpu=index, state="used"), used, unit="bytes"),
                         Evidence(
-                            f'{metric("gpu_memory_bytes")}{{gpu="{index}",state="used"}}', used, unit="bytes"
-                        ),
-                        Evidence(
-                            f'{metric("gpu_memory_bytes")}{{gpu="{index}",state="total"}}',
+                            m.GPU_MEMORY_BYTES.selector(gpu=index, state="total"),
                             total,
                             unit="bytes",
                         ),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.facts import Outcome
 from agent.core.signals import (
     CLIENT_ERROR_TYPES,
@@ -127,9 +127,9 @@ def _queue_fleet(s: Any, t: Limits, gpu: str) -> str:
         against = f"({waiting} >= bool {match}({t.ratio:g} * {running}))"
         return f"(min_over_time(({level} * {against}){window}) == 1)"
 
-    queued = s(metric("dynamo_queued_requests"))
+    queued = s(m.DYNAMO_QUEUED_REQUESTS.name)
     # The frontend's in-flight gauge counts the queued requests too.
-    frontend_inflight = s(metric("dynamo_inflight_requests"), 'source="frontend"')
+    frontend_inflight = s(m.DYNAMO_INFLIGHT_REQUESTS.name, 'source="frontend"')
     frontend_running = f"({frontend_inflight} - ignoring(source) {queued})"
     standing = " or ".join(
         [
@@ -138,7 +138,7 @@ def _queue_fleet(s: Any, t: Limits, gpu: str) -> str:
         ]
     )
     standing = f"({standing})"
-    gpus = s(metric("gpu_utilization_ratio"), 'kind="gpu"')
+    gpus = s(m.GPU_UTILIZATION_RATIO.name, 'kind="gpu"')
     utilization = f"avg by (namespace, pod) ({gpus})"
     idle = t.overrides.get("queue_growing_gpu_idle.idle", GPU_IDLE)
     busy = t.overrides.get("queue_growing_saturated.busy", GPU_BUSY)
@@ -242,12 +242,12 @@ def _queue_evidence(ctx: Context, queue: dict[str, Any], utilization: float | No
             unit="seconds",
         ),
         Evidence(
-            f'avg({metric("gpu_utilization_ratio")}{{kind="gpu"}})',
+            f"avg({m.GPU_UTILIZATION_RATIO.selector(kind='gpu')})",
             None if utilization is None else round(utilization, 3),
             unit="ratio",
             note="no GPU visible to the sidecar" if utilization is None else "",
         ),
-        Evidence(metric("dynamo_request_rate"), ctx.signals.request_rate, unit="requests/s"),
+        Evidence(m.DYNAMO_REQUEST_RATE.name, ctx.signals.request_rate, unit="requests/s"),
     ]
 
 
@@ -256,7 +256,7 @@ QUEUE_LEAD = (
 )
 
 
-LATENCY = metric("dynamo_latency_seconds")
+LATENCY = m.DYNAMO_LATENCY_SECONDS.name
 
 
 def _count(buckets: list[tuple[float, float]]) -> float:
@@ -286,7 +286,7 @@ def _slo_rises(ctx: Context, objective: str, target: float, window: float) -> tu
         "timeout with healthy endpoints means a hung engine or worker: check the worker's CPU and `py-spy dump`; restart it if it never answers.",
         "http_error 503 'not ready' or 404 for a model that was listed means no live worker serves it: see the worker pods and the frontend's instance list.",
     ),
-    fleet=lambda s, t: s(metric("canary_failing")) + " == 1",
+    fleet=lambda s, t: s(m.CANARY_FAILING.name) + " == 1",
     alert=Alert(
         "DynamoCanaryFailing",
         "Canary requests for {{ $labels.model }} fail end to end through {{ $labels.namespace }}/{{ $labels.pod }}",
@@ -304,7 +304,7 @@ def canary_failing(ctx: Context, t: Limits) -> list[Hit]:
         last = state.last
         evidence = [
             Evidence(
-                f'{metric("canary_consecutive_failures")}{{model="{model}"}}',
+                m.CANARY_CONSECUTIVE_FAILURES.selector(model=model),
                 state.consecutive_failures,
                 timestamp=last.timestamp,
             ),
@@ -315,7 +315,7 @@ def canary_failing(ctx: Context, t: Limits) -> list[Hit]:
             Evidence("traceparent", last.traceparent),
             Evidence("response body", last.body_excerpt[:300]),
             Evidence(
-                f'{metric("canary_last_success_timestamp_seconds")}{{model="{model}"}}',
+                m.CANARY_LAST_SUCCESS_TIMESTAMP_SECONDS.selector(model=model),
                 state.last_success or None,
                 unit="unix seconds",
             ),
@@ -450,9 +450,7 @@ def request_failures(ctx: Context, t: Limits) -> list[Hit]:
             " intervals) in the fleet query, which knows no interval; set it to pin both.",
         ),
     ),
-    fleet=lambda s, t: (
-        s(metric("dynamo_stalled_seconds")) + f" >= {t.stalled_seconds or HUNG_FLEET_DEFAULT:g}"
-    ),
+    fleet=lambda s, t: s(m.DYNAMO_STALLED_SECONDS.name) + f" >= {t.stalled_seconds or HUNG_FLEET_DEFAULT:g}",
     alert=Alert(
         "DynamoEngineHung",
         "Dynamo on {{ $labels.namespace }}/{{ $labels.pod }} holds requests in flight and has produced no token for {{ $value }}s",
@@ -662,8 +660,8 @@ def latency_regression(ctx: Context, t: Limits) -> list[Hit]:
                             unit="seconds",
                             note=bucket_text(baseline, base_buckets),
                         ),
-                        Evidence(metric("dynamo_request_rate"), ctx.signals.request_rate, unit="requests/s"),
-                        Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
+                        Evidence(m.DYNAMO_REQUEST_RATE.name, ctx.signals.request_rate, unit="requests/s"),
+                        Evidence(m.DYNAMO_QUEUED_REQUESTS.name, ctx.signals.queued),
                     ],
                     _rise_times(_above(ctx.state, name, baseline, ctx.now - recent_window, ctx.now))[0]
                     or ctx.now,
@@ -686,11 +684,11 @@ def latency_regression(ctx: Context, t: Limits) -> list[Hit]:
         Threshold("min_observations", 10, "observations", "Fewest observations in the window to judge."),
     ),
     fleet=lambda s, t: (
-        s(metric("slo_observed"))
+        s(m.SLO_OBSERVED.name)
         + " > ignoring(window) "
-        + s(metric("slo_target"))
+        + s(m.SLO_TARGET.name)
         + " > 0 and on (namespace, pod, objective) "
-        + s(metric("slo_observations"))
+        + s(m.SLO_OBSERVATIONS.name)
         + f" >= {t.min_observations:g}"
     ),
     alert=Alert(
@@ -726,14 +724,12 @@ def slo_breach(ctx: Context, t: Limits) -> list[Hit]:
                 },
                 [
                     Evidence(
-                        f'{metric("slo_observed")}{{objective="{objective}"}}',
+                        m.SLO_OBSERVED.selector(objective=objective),
                         round(observation.value, 4),
                         unit=unit,
                         note=observation.text,
                     ),
-                    Evidence(
-                        f'{metric("slo_target")}{{objective="{objective}"}}', observation.target, unit=unit
-                    ),
+                    Evidence(m.SLO_TARGET.selector(objective=objective), observation.target, unit=unit),
                     Evidence("observations in the window", observation.count),
                 ],
                 first or ctx.now,
@@ -750,7 +746,7 @@ def slo_breach(ctx: Context, t: Limits) -> list[Hit]:
     severity=Severity.WARNING,
     summary="Dynamo is rejecting {rate:.2f} requests/s: engine in-flight limit and queue are full",
     actions=("Scale out workers, or raise --dynamo-request-queue-limit if bursts are short.",),
-    fleet=lambda s, t: s(metric("dynamo_rejection_rate")) + " > 0",
+    fleet=lambda s, t: s(m.DYNAMO_REJECTION_RATE.name) + " > 0",
     events=True,
 )
 def rejections_rising(ctx: Context, t: Limits) -> list[Hit]:
@@ -768,8 +764,8 @@ def rejections_rising(ctx: Context, t: Limits) -> list[Hit]:
             "dynamo",
             {"rate": rate},
             [
-                Evidence(metric("dynamo_rejection_rate"), round(rate, 4), unit="requests/s"),
-                Evidence(metric("dynamo_queued_requests"), ctx.signals.queued),
+                Evidence(m.DYNAMO_REJECTION_RATE.name, round(rate, 4), unit="requests/s"),
+                Evidence(m.DYNAMO_QUEUED_REQUESTS.name, ctx.signals.queued),
             ],
             first or ctx.now,
             last_event=last,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.diagnose.context import Context
 from agent.diagnose.model import (
     Alert,
@@ -41,28 +41,28 @@ rule = registrar(RULES)
     ),
     fleet=lambda s, t: (
         "increase("
-        + s(metric("cgroup_cpu_throttled_periods_total"))
+        + s(m.CGROUP_CPU_THROTTLED_PERIODS_TOTAL.name)
         + "[5m]) / increase("
-        + s(metric("cgroup_cpu_periods_total"))
+        + s(m.CGROUP_CPU_PERIODS_TOTAL.name)
         + f"[5m]) > {t.ratio:g} and increase("
-        + s(metric("cgroup_cpu_periods_total"))
+        + s(m.CGROUP_CPU_PERIODS_TOTAL.name)
         + f"[5m]) >= {t.min_periods:g}"
     ),
 )
 def cpu_throttled(ctx: Context, t: Limits) -> list[Hit]:
     window = _window(ctx)
-    periods = ctx.state.increase(metric("cgroup_cpu_periods_total"), window, ctx.now)
-    throttled = ctx.state.increase(metric("cgroup_cpu_throttled_periods_total"), window, ctx.now)
+    periods = ctx.state.increase(m.CGROUP_CPU_PERIODS_TOTAL.name, window, ctx.now)
+    throttled = ctx.state.increase(m.CGROUP_CPU_THROTTLED_PERIODS_TOTAL.name, window, ctx.now)
     if not periods or throttled is None or periods < t.min_periods:
         return []
     ratio = throttled / periods
     if ratio <= t.ratio:
         return []
     since = ctx.now - window
-    throttled_steps = _steps(ctx.state, metric("cgroup_cpu_throttled_periods_total"), since, ctx.now)
+    throttled_steps = _steps(ctx.state, m.CGROUP_CPU_THROTTLED_PERIODS_TOTAL.name, since, ctx.now)
     began = _first_step(
         ctx,
-        _steps(ctx.state, metric("cgroup_cpu_periods_total"), since, ctx.now),
+        _steps(ctx.state, m.CGROUP_CPU_PERIODS_TOTAL.name, since, ctx.now),
         lambda at, n, _: n > 0 and throttled_steps.get(at, 0.0) / n > t.ratio,
     )
     return [
@@ -71,13 +71,13 @@ def cpu_throttled(ctx: Context, t: Limits) -> list[Hit]:
             {"ratio": ratio * 100},
             [
                 Evidence(
-                    f"increase({metric('cgroup_cpu_throttled_periods_total')}[{window:.0f}s]) / increase({metric('cgroup_cpu_periods_total')})",
+                    f"increase({m.CGROUP_CPU_THROTTLED_PERIODS_TOTAL.name}[{window:.0f}s]) / increase({m.CGROUP_CPU_PERIODS_TOTAL.name})",
                     round(ratio, 3),
                     unit="ratio",
                 ),
                 Evidence(
-                    metric("cgroup_cpu_limit_cores"),
-                    ctx.state.value(metric("cgroup_cpu_limit_cores")),
+                    m.CGROUP_CPU_LIMIT_CORES.name,
+                    ctx.state.value(m.CGROUP_CPU_LIMIT_CORES.name),
                     unit="cores",
                 ),
             ],
@@ -98,16 +98,16 @@ def cpu_throttled(ctx: Context, t: Limits) -> list[Hit]:
 )
 def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
     window = _window(ctx)
-    limit = ctx.state.value(metric("cgroup_cpu_limit_cores"))
+    limit = ctx.state.value(m.CGROUP_CPU_LIMIT_CORES.name)
     if not limit:
         return []  # no CPU limit: nothing to saturate against
     hits = []
     for process in ctx.processes.readable():
-        rate = ctx.state.rate(metric("process_cpu_seconds_total"), window, ctx.now, pid=str(process.pid))
+        rate = ctx.state.rate(m.PROCESS_CPU_SECONDS_TOTAL.name, window, ctx.now, pid=str(process.pid))
         if rate is None or rate < t.share * limit:
             continue
         steps = _steps(
-            ctx.state, metric("process_cpu_seconds_total"), ctx.now - window, ctx.now, pid=str(process.pid)
+            ctx.state, m.PROCESS_CPU_SECONDS_TOTAL.name, ctx.now - window, ctx.now, pid=str(process.pid)
         )
         began = _first_step(ctx, steps, lambda at, n, seconds: seconds > 0 and n / seconds >= t.share * limit)
         hits.append(
@@ -116,11 +116,11 @@ def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
                 {"cores": rate, "limit": limit},
                 [
                     Evidence(
-                        f'rate({metric("process_cpu_seconds_total")}{{pid="{process.pid}"}}[{window:.0f}s])',
+                        f"rate({m.PROCESS_CPU_SECONDS_TOTAL.selector(pid=process.pid)}[{window:.0f}s])",
                         round(rate, 3),
                         unit="cores",
                     ),
-                    Evidence(metric("cgroup_cpu_limit_cores"), limit, unit="cores"),
+                    Evidence(m.CGROUP_CPU_LIMIT_CORES.name, limit, unit="cores"),
                 ],
                 began,
                 role=process.role,
@@ -139,15 +139,12 @@ def cpu_saturated(ctx: Context, t: Limits) -> list[Hit]:
     ),
     thresholds=(Threshold("share", 0.9, "ratio", "Memory usage as a share of the limit."),),
     fleet=lambda s, t: (
-        s(metric("cgroup_memory_usage_bytes"))
-        + " / "
-        + s(metric("cgroup_memory_limit_bytes"))
-        + f" >= {t.share:g}"
+        s(m.CGROUP_MEMORY_USAGE_BYTES.name) + " / " + s(m.CGROUP_MEMORY_LIMIT_BYTES.name) + f" >= {t.share:g}"
     ),
 )
 def memory_near_limit(ctx: Context, t: Limits) -> list[Hit]:
-    usage = ctx.state.value(metric("cgroup_memory_usage_bytes"))
-    limit = ctx.state.value(metric("cgroup_memory_limit_bytes"))
+    usage = ctx.state.value(m.CGROUP_MEMORY_USAGE_BYTES.name)
+    limit = ctx.state.value(m.CGROUP_MEMORY_LIMIT_BYTES.name)
     if not usage or not limit or usage / limit < t.share:
         return []
     return [
@@ -155,8 +152,8 @@ def memory_near_limit(ctx: Context, t: Limits) -> list[Hit]:
             "cgroup",
             {"percent": usage / limit * 100},
             [
-                Evidence(metric("cgroup_memory_usage_bytes"), int(usage), unit="bytes"),
-                Evidence(metric("cgroup_memory_limit_bytes"), int(limit), unit="bytes"),
+                Evidence(m.CGROUP_MEMORY_USAGE_BYTES.name, int(usage), unit="bytes"),
+                Evidence(m.CGROUP_MEMORY_LIMIT_BYTES.name, int(limit), unit="bytes"),
             ],
             ctx.now,
         )
@@ -173,16 +170,14 @@ def memory_near_limit(ctx: Context, t: Limits) -> list[Hit]:
         "Large prompts and long contexts raise tokenizer and frontend memory: check input sequence lengths.",
     ),
     explains=("endpoint_refused:*", "no_dynamo_process:*", "worker_restarted:*", "request_failures:*"),
-    fleet=lambda s, t: (
-        "increase(" + s(metric("cgroup_memory_events_total"), 'event="oom_kill"') + "[15m]) > 0"
-    ),
+    fleet=lambda s, t: "increase(" + s(m.CGROUP_MEMORY_EVENTS_TOTAL.name, 'event="oom_kill"') + "[15m]) > 0",
     alert=Alert(
         "DynamoOOMKilled", "The kernel OOM-killed a process in {{ $labels.namespace }}/{{ $labels.pod }}"
     ),
     events=True,
 )
 def oom_killed(ctx: Context, t: Limits) -> list[Hit]:
-    series = metric("cgroup_memory_events_total")
+    series = m.CGROUP_MEMORY_EVENTS_TOTAL.name
     increase = ctx.state.increase(series, ctx.window, ctx.now, event="oom_kill")
     if not increase:
         return []
@@ -192,10 +187,13 @@ def oom_killed(ctx: Context, t: Limits) -> list[Hit]:
             "cgroup",
             {"count": increase},
             [
-                Evidence(f'increase({series}{{event="oom_kill"}}[{ctx.window:.0f}s])', increase),
                 Evidence(
-                    metric("cgroup_memory_limit_bytes"),
-                    ctx.state.value(metric("cgroup_memory_limit_bytes")),
+                    f"increase({m.CGROUP_MEMORY_EVENTS_TOTAL.selector(event='oom_kill')}[{ctx.window:.0f}s])",
+                    increase,
+                ),
+                Evidence(
+                    m.CGROUP_MEMORY_LIMIT_BYTES.name,
+                    ctx.state.value(m.CGROUP_MEMORY_LIMIT_BYTES.name),
                     unit="bytes",
                 ),
             ],
@@ -215,12 +213,12 @@ def oom_killed(ctx: Context, t: Limits) -> list[Hit]:
     ),
     thresholds=(Threshold("stall", 0.1, "ratio", "PSI memory 'some' share over 60 s."),),
     fleet=lambda s, t: (
-        s(metric("pressure_stall_ratio"), 'resource="memory",kind="some",window="60s"') + f" >= {t.stall:g}"
+        s(m.PRESSURE_STALL_RATIO.name, 'resource="memory",kind="some",window="60s"') + f" >= {t.stall:g}"
     ),
 )
 def memory_pressure(ctx: Context, t: Limits) -> list[Hit]:
     hits = []
-    series = metric("pressure_stall_ratio")
+    series = m.PRESSURE_STALL_RATIO.name
     for scope in ("cgroup", "host"):
         stall = ctx.state.value(series, scope=scope, resource="memory", kind="some", window="60s")
         if stall is not None and stall >= t.stall:
@@ -230,13 +228,15 @@ def memory_pressure(ctx: Context, t: Limits) -> list[Hit]:
                     {"percent": stall * 100},
                     [
                         Evidence(
-                            f'{series}{{scope="{scope}",resource="memory",kind="some",window="60s"}}',
+                            m.PRESSURE_STALL_RATIO.selector(
+                                scope=scope, resource="memory", kind="some", window="60s"
+                            ),
                             round(stall, 4),
                             unit="ratio",
                         ),
                         Evidence(
-                            metric("cgroup_memory_usage_bytes"),
-                            ctx.state.value(metric("cgroup_memory_usage_bytes")),
+                            m.CGROUP_MEMORY_USAGE_BYTES.name,
+                            ctx.state.value(m.CGROUP_MEMORY_USAGE_BYTES.name),
                             unit="bytes",
                         ),
                     ],
@@ -253,9 +253,7 @@ def memory_pressure(ctx: Context, t: Limits) -> list[Hit]:
     summary="process {subject} has {fds} of {limit} file descriptors open",
     actions=("Raise RLIMIT_NOFILE for the container, and look for a connection leak (close_wait_leak).",),
     thresholds=(Threshold("share", 0.9, "ratio", "Open fds as a share of RLIMIT_NOFILE."),),
-    fleet=lambda s, t: (
-        s(metric("process_open_fds")) + " / " + s(metric("process_max_fds")) + f" >= {t.share:g}"
-    ),
+    fleet=lambda s, t: s(m.PROCESS_OPEN_FDS.name) + " / " + s(m.PROCESS_MAX_FDS.name) + f" >= {t.share:g}",
     alert=Alert(
         "DynamoFdExhaustion",
         "Process {{ $labels.process }} in {{ $labels.namespace }}/{{ $labels.pod }} has used {{ $value | humanizePercentage }} of its file descriptors",
@@ -272,8 +270,8 @@ def fd_exhaustion(ctx: Context, t: Limits) -> list[Hit]:
                     process.name,
                     {"fds": fds, "limit": limit},
                     [
-                        Evidence(f'{metric("process_open_fds")}{{pid="{process.pid}"}}', fds),
-                        Evidence(f'{metric("process_max_fds")}{{pid="{process.pid}"}}', limit),
+                        Evidence(m.PROCESS_OPEN_FDS.selector(pid=process.pid), fds),
+                        Evidence(m.PROCESS_MAX_FDS.selector(pid=process.pid), limit),
                     ],
                     ctx.now,
                     role=process.role,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.facts import Outcome
 from agent.diagnose.context import SHUTDOWN_STATUSES, Context
 from agent.diagnose.model import (
@@ -111,9 +111,9 @@ def dynamo_stopped_after_drain(ctx: Context, t: Limits) -> list[Hit]:
         "Check DYN_WORKER_GRACEFUL_SHUTDOWN_TIMEOUT (30 s): a worker forced out exits 911, which Kubernetes shows as 143.",
     ),
     fleet=lambda s, t: (
-        s(metric("drain_inflight_at_end"))
+        s(m.DRAIN_INFLIGHT_AT_END.name)
         + " > 0 and on (namespace, pod) "
-        + s(metric("drain_reason"), 'reason="deadline"')
+        + s(m.DRAIN_REASON.name, 'reason="deadline"')
         + " == 1"
     ),
     alert=Alert(
@@ -130,12 +130,10 @@ def drain_deadline_with_work(ctx: Context, t: Limits) -> list[Hit]:
             "drain",
             {"inflight": summary.inflight_at_end, "duration": summary.duration},
             [
-                Evidence(
-                    metric("drain_inflight_at_end"), summary.inflight_at_end, timestamp=summary.ended_at
-                ),
-                Evidence(metric("drain_duration_seconds"), round(summary.duration, 3), unit="seconds"),
-                Evidence(f'{metric("drain_reason")}{{reason="{summary.reason}"}}', 1),
-                Evidence(metric("drain_requests_failed"), summary.requests_failed),
+                Evidence(m.DRAIN_INFLIGHT_AT_END.name, summary.inflight_at_end, timestamp=summary.ended_at),
+                Evidence(m.DRAIN_DURATION_SECONDS.name, round(summary.duration, 3), unit="seconds"),
+                Evidence(m.DRAIN_REASON.selector(reason=summary.reason), 1),
+                Evidence(m.DRAIN_REQUESTS_FAILED.name, summary.requests_failed),
             ],
             summary.started_at,
         )

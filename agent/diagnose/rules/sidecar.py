@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.diagnose.context import Context
 from agent.diagnose.model import (
     Alert,
@@ -29,7 +29,7 @@ rule = registrar(RULES)
         "The signals this collector provides are stale; the rest of the sidecar keeps working.",
         "See the error in the evidence; `dynamo-sidecar check-config` shows the settings it uses.",
     ),
-    fleet=lambda s, t: s(metric("collector_success")) + " == 0",
+    fleet=lambda s, t: s(m.COLLECTOR_SUCCESS.name) + " == 0",
     alert=Alert(
         "DynamoSidecarCollectorFailing",
         "dynamo-sidecar collector {{ $labels.collector }} failing on {{ $labels.namespace }}/{{ $labels.pod }}",
@@ -46,14 +46,14 @@ def collector_failing(ctx: Context, t: Limits) -> list[Hit]:
                     {"failures": status.consecutive_failures, "error": status.last_error},
                     [
                         Evidence(
-                            f'{metric("collector_success")}{{collector="{status.name}"}}',
+                            m.COLLECTOR_SUCCESS.selector(collector=status.name),
                             0,
                             timestamp=status.last_run_time,
                         ),
                         Evidence("consecutive failures", status.consecutive_failures),
                         Evidence("last error", status.last_error),
                         Evidence(
-                            f'{metric("collector_last_success_timestamp_seconds")}{{collector="{status.name}"}}',
+                            m.COLLECTOR_LAST_SUCCESS_TIMESTAMP_SECONDS.selector(collector=status.name),
                             status.last_success_time or None,
                             unit="unix seconds",
                         ),
@@ -73,7 +73,7 @@ def collector_failing(ctx: Context, t: Limits) -> list[Hit]:
         "A source is inventing series or names: find it in the evidence and deny the family with passthrough_deny.",
         "If the series are wanted, raise max_series_per_metric, max_metric_names or max_series.",
     ),
-    fleet=lambda s, t: "increase(" + s(metric("series_caps_hit_total")) + "[15m]) > 0",
+    fleet=lambda s, t: "increase(" + s(m.SERIES_CAPS_HIT_TOTAL.name) + "[15m]) > 0",
 )
 def series_dropped(ctx: Context, t: Limits) -> list[Hit]:
     if not ctx.state.dropped:
@@ -85,12 +85,9 @@ def series_dropped(ctx: Context, t: Limits) -> list[Hit]:
             "cardinality",
             {"metrics": ", ".join(name for name, _ in worst), "caps": caps or "cap"},
             [
+                *[Evidence(m.SERIES_DROPPED_TOTAL.selector(metric=name), count) for name, count in worst],
                 *[
-                    Evidence(f'{metric("series_dropped_total")}{{metric="{name}"}}', count)
-                    for name, count in worst
-                ],
-                *[
-                    Evidence(f'{metric("series_caps_hit_total")}{{cap="{cap}"}}', n)
+                    Evidence(m.SERIES_CAPS_HIT_TOTAL.selector(cap=cap), n)
                     for cap, n in sorted(ctx.state.caps_hit.items())
                 ],
             ],
@@ -110,11 +107,11 @@ def series_dropped(ctx: Context, t: Limits) -> list[Hit]:
     ),
     thresholds=(Threshold("ratio", 0.8, "ratio", "Share of memory_budget in use that makes a finding."),),
     fleet=lambda s, t: (
-        s(metric("memory_budget_used_bytes"))
+        s(m.MEMORY_BUDGET_USED_BYTES.name)
         + f" >= {t.ratio:g} * "
-        + s(metric("memory_budget_bytes"))
+        + s(m.MEMORY_BUDGET_BYTES.name)
         + " and "
-        + s(metric("memory_budget_bytes"))
+        + s(m.MEMORY_BUDGET_BYTES.name)
         + " > 0"
     ),
 )
@@ -144,18 +141,18 @@ def memory_budget(ctx: Context, t: Limits) -> list[Hit]:
                 "kept_out": "; " + ", ".join(kept_out) if kept_out else "",
             },
             [
-                Evidence(metric("memory_budget_used_bytes"), used, unit="bytes"),
-                Evidence(metric("memory_budget_bytes"), budget, unit="bytes"),
+                Evidence(m.MEMORY_BUDGET_USED_BYTES.name, used, unit="bytes"),
+                Evidence(m.MEMORY_BUDGET_BYTES.name, budget, unit="bytes"),
                 Evidence(
                     "container memory limit",
                     state.memory_limit,
                     unit="bytes",
                     note="" if state.memory_limit else "unknown: the budget is memory_budget or 128Mi",
                 ),
-                Evidence(metric("history_bytes"), state.history_bytes, unit="bytes"),
-                Evidence(metric("history_series"), state.history_kept),
-                Evidence(metric("history_refused_total"), state.history_refused),
-                Evidence(f'{metric("series_caps_hit_total")}{{cap="memory_budget"}}', refused),
+                Evidence(m.HISTORY_BYTES.name, state.history_bytes, unit="bytes"),
+                Evidence(m.HISTORY_SERIES.name, state.history_kept),
+                Evidence(m.HISTORY_REFUSED_TOTAL.name, state.history_refused),
+                Evidence(m.SERIES_CAPS_HIT_TOTAL.selector(cap="memory_budget"), refused),
             ],
             ctx.now,
         )
@@ -171,7 +168,7 @@ def memory_budget(ctx: Context, t: Limits) -> list[Hit]:
         "Check the OTLP receiver (the OpenTelemetry Collector) is running and reachable at OTEL_EXPORTER_OTLP_ENDPOINT from this pod.",
         "Check OTEL_EXPORTER_OTLP_PROTOCOL matches the port: 4317 is gRPC, 4318 is http/protobuf.",
     ),
-    fleet=lambda s, t: "increase(" + s(metric("otlp_spans_dropped_total")) + "[15m]) > 0",
+    fleet=lambda s, t: "increase(" + s(m.OTLP_SPANS_DROPPED_TOTAL.name) + "[15m]) > 0",
 )
 def otlp_export_failing(ctx: Context, t: Limits) -> list[Hit]:
     telemetry = ctx.components.otlp
@@ -203,8 +200,8 @@ def otlp_export_failing(ctx: Context, t: Limits) -> list[Hit]:
             status["endpoint"],
             {"dropped": dropped},
             [
-                Evidence(metric("otlp_export_failures_total"), status["failures"]),
-                Evidence(metric("otlp_spans_dropped_total"), status["dropped"]),
+                Evidence(m.OTLP_EXPORT_FAILURES_TOTAL.name, status["failures"]),
+                Evidence(m.OTLP_SPANS_DROPPED_TOTAL.name, status["dropped"]),
                 Evidence("last export error", status["last_error"]),
                 Evidence("OTLP endpoint", f"{status['endpoint']} ({status['protocol']})"),
             ],

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.core.catalogue import metric
+from agent.core import metrics as m
 from agent.core.facts import EndpointFacts, Outcome, ProcessFact
 from agent.diagnose.context import SHUTDOWN_STATUSES, Context
 from agent.diagnose.model import (
@@ -40,7 +40,7 @@ rule = registrar(RULES)
 def _process_evidence(processes: list[ProcessFact]) -> list[Evidence]:
     return [
         Evidence(
-            f'{metric("process_state")}{{process="{p.process}",pid="{p.pid}"}}',
+            m.PROCESS_STATE.selector(process=p.process, pid=p.pid),
             p.state,
             note=f"listening on {p.listen_ports or 'no port the sidecar can see'}",
         )
@@ -153,7 +153,7 @@ def dynamo_starting(ctx: Context, t: Limits) -> list[Hit]:
         "If the entry point is custom, set process_patterns (DYN_SIDECAR_PROCESS_PATTERNS) or process_pid_file.",
     ),
     explains=("endpoint_refused:*", "port_not_listening:*", "metrics_scrape_failing:*", *WORKER_EFFECTS),
-    fleet=lambda s, t: s(metric("processes_matched")) + " == 0",
+    fleet=lambda s, t: s(m.PROCESSES_MATCHED.name) + " == 0",
 )
 def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
     facts = ctx.processes
@@ -162,7 +162,7 @@ def no_dynamo_process(ctx: Context, t: Limits) -> list[Hit]:
     answered = [v.first_ok_at for v in ctx.health.endpoints.values()]
     if max(answered, default=0.0) > facts.time:
         return []  # Dynamo answered after the last process scan: that scan is stale, not proof
-    evidence = [Evidence(metric("processes_matched"), 0), Evidence("patterns", ctx.config.process_patterns)]
+    evidence = [Evidence(m.PROCESSES_MATCHED.name, 0), Evidence("patterns", ctx.config.process_patterns)]
     if facts.discovery_error:
         evidence.append(Evidence("discovery error", facts.discovery_error))
     non_leader = ctx.config.role == "non-leader"
@@ -271,9 +271,9 @@ def endpoint_refused(ctx: Context, t: Limits) -> list[Hit]:
     explains=("canary_failing:*", "request_failures:*"),
     thresholds=(Threshold("for_seconds", 0.0, "seconds", "How long zero instances must last."),),
     fleet=lambda s, t: (
-        s(metric("frontend_instances")) + " == 0"
+        s(m.FRONTEND_INSTANCES.name) + " == 0"
         if t.for_seconds <= 0
-        else f"max_over_time({s(metric('frontend_instances'))}[{t.for_seconds:g}s]) == 0"
+        else f"max_over_time({s(m.FRONTEND_INSTANCES.name)}[{t.for_seconds:g}s]) == 0"
     ),
     alert=Alert(
         "DynamoFrontendNoWorkers",
@@ -291,7 +291,7 @@ def frontend_no_instances(ctx: Context, t: Limits) -> list[Hit]:
         if ctx.now - since < t.for_seconds or _in_startup_workers(ctx):
             continue
         evidence = [
-            Evidence(f'{metric("frontend_instances")}{{endpoint="{endpoint}"}}', 0, timestamp=since),
+            Evidence(m.FRONTEND_INSTANCES.selector(endpoint=endpoint), 0, timestamp=since),
             Evidence("frontend /health status", probe.status),
             Evidence("response body", probe.body_excerpt[:300]),
         ]
@@ -312,9 +312,9 @@ def frontend_no_instances(ctx: Context, t: Limits) -> list[Hit]:
         "Until then a readiness probe on the system port keeps this pod out of service although the worker serves.",
     ),
     fleet=lambda s, t: (
-        s(metric("endpoint_status"), 'probe="health",status="notready"')
+        s(m.ENDPOINT_STATUS.name, 'probe="health",status="notready"')
         + " == 1 and on (namespace, pod) min by (namespace, pod) ("
-        + s(metric("worker_endpoint_ready"))
+        + s(m.WORKER_ENDPOINT_READY.name)
         + ") == 1"
     ),
     alert=Alert(
@@ -335,7 +335,7 @@ def worker_notready_endpoints_ready(ctx: Context, t: Limits) -> list[Hit]:
                 {"who": who("worker", endpoint), "endpoints": ", ".join(sorted(view.endpoints or {}))},
                 [
                     Evidence(
-                        f'{metric("endpoint_status")}{{endpoint="{endpoint}",probe="health",status="notready"}}',
+                        m.ENDPOINT_STATUS.selector(endpoint=endpoint, probe="health", status="notready"),
                         1,
                         timestamp=probe.since,
                     ),
@@ -384,7 +384,7 @@ def dynamo_not_ready(ctx: Context, t: Limits) -> list[Hit]:
         "With liveness failureThreshold 1 on /live, one slow health check restarts the worker: raise the threshold.",
     ),
     thresholds=(Threshold("restarts", 1, "restarts", "Restarts within the window that make a finding."),),
-    fleet=lambda s, t: "increase(" + s(metric("worker_restarts_total")) + f"[15m]) >= {t.restarts:g}",
+    fleet=lambda s, t: "increase(" + s(m.WORKER_RESTARTS_TOTAL.name) + f"[15m]) >= {t.restarts:g}",
     alert=Alert(
         "DynamoWorkerRestarting",
         "Worker {{ $labels.namespace }}/{{ $labels.pod }} restarted {{ $value }} times in 15 minutes",
@@ -418,7 +418,7 @@ def worker_restarted(ctx: Context, t: Limits) -> list[Hit]:
         "The Dynamo process has not bound its port: check its logs for the bind error or a crash.",
         "Check the port settings (DYN_HTTP_PORT, DYN_SYSTEM_PORT; the system port must be below 32768 in Dynamo 1.6).",
     ),
-    fleet=lambda s, t: s(metric("tcp_listening")) + " == 0",
+    fleet=lambda s, t: s(m.TCP_LISTENING.name) + " == 0",
     alert=Alert(
         "DynamoPortNotListening",
         "Dynamo's {{ $labels.role }} port {{ $labels.port }} is not listening in {{ $labels.namespace }}/{{ $labels.pod }}",
@@ -437,7 +437,7 @@ def port_not_listening(ctx: Context, t: Limits) -> list[Hit]:
                 Hit(
                     role,
                     {"port": port},
-                    [Evidence(f'{metric("tcp_listening")}{{port="{port}",role="{role}"}}', 0)],
+                    [Evidence(m.TCP_LISTENING.selector(port=port, role=role), 0)],
                     ctx.now,
                     role="frontend" if role == "frontend" else "worker",
                 )

@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from agent.core import metrics as m
 from agent.diagnose.model import SEVERITY_RANK, report_status
 from agent.tools.audit.capacity import DURATION_BUCKETS, HISTORY_NAMES, forecast, max_observed, summed
 from agent.tools.audit.checks import run_checks
@@ -26,7 +27,7 @@ from agent.tools.audit.manifest import ManifestError, UnknownKind, pod_units
 
 SCHEMA_VERSION = 1
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
-PROCESS_RSS = "dynamo_sidecar_process_resident_memory_bytes"
+PROCESS_RSS = m.PROCESS_RESIDENT_MEMORY_BYTES.name
 
 
 def _order(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:

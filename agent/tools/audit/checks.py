@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from agent.core import metrics as m
 from agent.tools.audit.manifest import OPERATOR, PodUnit
 from agent.tools.inject import COPIED_ENV
 
@@ -460,7 +461,7 @@ def _memory_peak(unit: PodUnit, live: dict[str, Any]) -> Iterator[Any]:
         "less than 20% headroom, the next peak can be an OOM kill",
         [
             (f"{unit.resources.path}.limits.memory", limit),
-            ("observed: dynamo_sidecar_process_resident_memory_bytes (max)", peak),
+            (f"observed: {m.PROCESS_RESIDENT_MEMORY_BYTES.name} (max)", peak),
         ],
         [f"raise {unit.resources.path}.limits.memory to at least {int(peak * 1.3 / 2**20)}Mi"],
         "",

@@ -103,7 +103,7 @@ async def test_wrong_worker_port_names_the_port_dynamo_answers_on(sim, make_side
 
     found = await wait_for(finding, timeout=15, what="endpoint_wrong_port")
     assert f"port {sim.ports['worker']}" in found["summary"]
-    view = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["worker"]
+    view = sidecar.state.facts(HealthFacts).endpoints["worker"]
     assert view.answers_on is not None and view.answers_on.port == sim.ports["worker"]
-    frontend = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"]
+    frontend = sidecar.state.facts(HealthFacts).endpoints["frontend"]
     assert frontend.first_ok_at > 0 and frontend.models_seen == {"tiny": pytest.approx(time.time(), abs=30)}

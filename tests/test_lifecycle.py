@@ -650,7 +650,7 @@ async def test_kill_then_restart_leaves_nothing_critical_once_requests_succeed(
 
     await wait_for(
         lambda: (
-            sidecar.state.facts("dynamo_health", HealthFacts).endpoints["worker"].probe().outcome == "ok"
+            sidecar.state.facts(HealthFacts).endpoints["worker"].probe().outcome == "ok"
             and sidecar.state.latest_time.get("dynamo_metrics", 0) > failed_by
         ),
         what="worker healthy again, the failures scraped",

@@ -98,7 +98,7 @@ async def test_frontend_healthy_with_zero_instances(dynamo: RealDynamo, make_sid
     )
     finding = await _finding(http, sidecar, "frontend_no_instances:frontend")
     assert finding["severity"] == "critical"
-    health = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"].probe()
+    health = sidecar.state.facts(HealthFacts).endpoints["frontend"].probe()
     assert health.status == "healthy" and health.status_code == 200  # what a k8s probe sees
 
 
@@ -112,7 +112,7 @@ async def test_worker_notready_without_health_check_payloads(dynamo: RealDynamo,
     )
     finding = await _finding(http, sidecar, "worker_notready_endpoints_ready:worker")
     assert "DYN_HEALTH_CHECK_ENABLED" in finding["actions"][0]
-    probe = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["worker"].probe()
+    probe = sidecar.state.facts(HealthFacts).endpoints["worker"].probe()
     assert probe.status_code == 503 and probe.status == "notready"
 
 
@@ -213,7 +213,7 @@ async def test_frontend_sigterm_is_draining(dynamo: RealDynamo, make_sidecar, ht
     dynamo.frontend.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
     finding = await _finding(http, sidecar, "dynamo_draining:frontend", timeout=10)
     assert finding["category"] == "shutdown"
-    live = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"].probe("live")
+    live = sidecar.state.facts(HealthFacts).endpoints["frontend"].probe("live")
     assert live.status == "shutting_down" and live.status_code == 503
     await asyncio.to_thread(thread.join, 60)
     assert results == [200]

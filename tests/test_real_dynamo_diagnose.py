@@ -97,7 +97,7 @@ async def test_stopped_worker_is_the_root_cause_and_canary_keeps_probing(
     status = await get_json(http, base_url(sidecar) + "/canaryz")
     assert status["status"] == "failing"
     # ~15 s of probes the stopped worker never read: well past close_wait_leak's 50 sockets.
-    unread = without_logs.state.facts("tcp", TcpFacts).close_wait.get("worker_system", 0)
+    unread = without_logs.state.facts(TcpFacts).close_wait.get("worker_system", 0)
     assert unread >= 50, unread
     assert _by_rule(await _report(http, without_logs), "close_wait_leak") is None
 
@@ -264,6 +264,6 @@ async def test_one_worker_counts_as_one_instance(dynamo: RealDynamo, make_sideca
     dynamo.wait_model()
     sidecar = await _sidecar(make_sidecar, dynamo)
     await wait_for(lambda: sidecar.ready, timeout=20, what="ready")
-    view = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"]
+    view = sidecar.state.facts(HealthFacts).endpoints["frontend"]
     assert view.instance_ids is not None and len(view.instance_ids) == 1
     assert sidecar.state.value("dynamo_sidecar_frontend_instances") == 1

@@ -286,7 +286,7 @@ async def test_etcd_lost_is_the_cause_of_dynamos_shutdown(
         )
 
         def etcd_probes() -> int:
-            facts = sidecar.state.facts("tcp", TcpFacts)
+            facts = sidecar.state.facts(TcpFacts)
             return sum(1 for p in facts.probes.values() if p.role == "etcd" and p.outcome == "ok")
 
         await wait_for(etcd_probes, timeout=10, what="etcd probed ok")

@@ -643,11 +643,14 @@ class State:
         found = self.find(name, collector, **labels)
         return found[0].value if found else default
 
-    def facts(self, collector: str, kind: type[F]) -> F:
-        """The collector's latest typed facts, or an empty instance before its first run."""
-        result = self.latest.get(collector)
-        facts = result.facts if result is not None else None
-        return facts if isinstance(facts, kind) else kind()
+    def facts(self, kind: type[F]) -> F:
+        """The latest facts of that type (each fact type has one source), or an empty
+        instance before its collector's first run: readers ask for what they need, not for
+        who produces it."""
+        for result in self.latest.values():  # one result per collector: a handful
+            if isinstance(result.facts, kind):
+                return result.facts
+        return kind()
 
     def latest_total(self, name: str) -> float | None:
         """Sum of a history-kept metric's series as of its latest scrape (series missing from

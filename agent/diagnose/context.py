@@ -118,27 +118,27 @@ class Context:
     # --- typed facts, one per source (agent/core/facts.py); empty before a source's first run ----
     @property
     def health(self) -> HealthFacts:
-        return self.state.facts("dynamo_health", HealthFacts)
+        return self.state.facts(HealthFacts)
 
     @property
     def scrapes(self) -> MetricsFacts:
-        return self.state.facts("dynamo_metrics", MetricsFacts)
+        return self.state.facts(MetricsFacts)
 
     @property
     def processes(self) -> ProcessFacts:
-        return self.state.facts("process", ProcessFacts)
+        return self.state.facts(ProcessFacts)
 
     @property
     def tcp(self) -> TcpFacts:
-        return self.state.facts("tcp", TcpFacts)
+        return self.state.facts(TcpFacts)
 
     @property
     def gpus(self) -> GpuFacts:
-        return self.state.facts("gpu", GpuFacts)
+        return self.state.facts(GpuFacts)
 
     @property
     def logs(self) -> LogFacts:
-        return self.state.facts("dynamo_logs", LogFacts)
+        return self.state.facts(LogFacts)
 
     def health_endpoints(self) -> dict[str, EndpointFacts]:
         return self.health.endpoints

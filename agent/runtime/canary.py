@@ -301,7 +301,7 @@ class Canary:
 
     # --- idle detection ------------------------------------------------------------------
     def _traffic_total(self) -> float | None:
-        frontend = self.state.facts("dynamo_metrics", MetricsFacts).endpoints.get("frontend")
+        frontend = self.state.facts(MetricsFacts).endpoints.get("frontend")
         if frontend is None or not frontend.up:
             return None
         return self.state.latest_total(self.names.requests_total) or 0.0
@@ -348,7 +348,7 @@ class Canary:
         or dead worker's model leaves the list in ~12-16 s, which is when a canary matters.
         A model that left while another appeared (a rename, or a rolling update to a new
         name) was replaced, not lost: it is not probed."""
-        view = self.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
+        view = self.state.facts(HealthFacts).endpoints.get("frontend")
         if view is None:
             return []
         listed = list(view.models or [])
@@ -379,7 +379,7 @@ class Canary:
     def _engine_starting(self, now: float) -> bool:
         """A watched worker is young and its engine has produced no token since it started
         (agent.core.signals.engine_start): it registered before it serves."""
-        health = self.state.facts("dynamo_health", HealthFacts).endpoints.values()
+        health = self.state.facts(HealthFacts).endpoints.values()
         uptimes = [v.uptime_seconds for v in health if v.kind == "worker" and v.uptime_seconds is not None]
         grace = self.config.startup_grace
         return bool(engine_start(self.state, self.names, uptimes, grace, now))
@@ -387,7 +387,7 @@ class Canary:
     def _dynamo_starting(self, now: float) -> bool:
         if now - self.state.started >= self.config.startup_grace:
             return False
-        view = self.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend")
+        view = self.state.facts(HealthFacts).endpoints.get("frontend")
         return view is None or not view.first_ok_at
 
     # --- running -------------------------------------------------------------------------
@@ -498,7 +498,7 @@ class Canary:
         read, not only in a canary round: no round runs while traffic flows, and /canaryz
         stayed 503 on a renamed model's name until one did."""
         if models is None:
-            if self.state.facts("dynamo_health", HealthFacts).endpoints.get("frontend") is None:
+            if self.state.facts(HealthFacts).endpoints.get("frontend") is None:
                 return  # no listing read yet (or the frontend is not watched): nothing to judge by
             models = self.models_to_probe()
         for gone in set(self.models) - set(models):

@@ -175,9 +175,7 @@ class DrainCoordinator:
     def _inflight(self) -> tuple[float | None, list[str]]:
         """Total in-flight work Dynamo reports now, and which sources cannot be read."""
         unreachable = [
-            endpoint
-            for endpoint, fact in self.state.facts("dynamo_metrics", MetricsFacts).endpoints.items()
-            if not fact.up
+            endpoint for endpoint, fact in self.state.facts(MetricsFacts).endpoints.items() if not fact.up
         ]
         return inflight_now(self.state, self.names), unreachable
 
@@ -197,7 +195,7 @@ class DrainCoordinator:
         cannot be read (gone with its process), so the last readable count stands."""
         frontends = [
             fact
-            for endpoint, fact in self.state.facts("dynamo_metrics", MetricsFacts).endpoints.items()
+            for endpoint, fact in self.state.facts(MetricsFacts).endpoints.items()
             if endpoint == "frontend"
         ]
         if not frontends or not frontends[0].up:
@@ -219,7 +217,7 @@ class DrainCoordinator:
         # anything: the baseline for "during the drain" is the state at the signal.
         await wait_event(fresh, min(2.0, max(self.interval * 2, 0.5)))
         summary.inflight_at_start, _ = self._inflight()
-        summary.processes_at_start = [p.pid for p in self.state.facts("process", ProcessFacts).readable()]
+        summary.processes_at_start = [p.pid for p in self.state.facts(ProcessFacts).readable()]
         counts_start = self._counts()
         counts_last = counts_start
         log.info(

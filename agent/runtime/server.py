@@ -339,7 +339,7 @@ async def request_lines(request: web.Request) -> web.Response:
     """The Dynamo log lines of one request, by the x-request-id it was sent with."""
     request_id = request.match_info["x_request_id"]
     sidecar = _sidecar(request)
-    index = sidecar.state.facts("dynamo_logs", LogFacts).requests
+    index = sidecar.state.facts(LogFacts).requests
     if index is None:
         return _json(
             {

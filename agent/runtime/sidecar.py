@@ -145,13 +145,13 @@ class Sidecar:
     # --- views other parts are given ------------------------------------------------------
     def _dynamo_pids(self) -> dict[int, str]:
         """The Dynamo processes the process collector found, for GPU per-process memory."""
-        return {p.pid: p.process for p in self.state.facts("process", ProcessFacts).readable()}
+        return {p.pid: p.process for p in self.state.facts(ProcessFacts).readable()}
 
     def _listening_ports(self, kind: str) -> list[int]:
         """Ports the Dynamo processes of one kind listen on (frontend: dynamo.frontend), and
         the sidecar's own when it watches itself (a simulated Dynamo inside it, as in the
         demo): the health search asks each port whether it answers as that kind."""
-        processes = self.state.facts("process", ProcessFacts).readable()
+        processes = self.state.facts(ProcessFacts).readable()
         return [port for p in processes if p.role == kind or p.own for port in p.listen_ports]
 
     def _extra_samples(self) -> list[Sample]:

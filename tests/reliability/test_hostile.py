@@ -182,7 +182,7 @@ async def test_model_churn_bounds_canary_load_and_state(make_sidecar, hostile, h
     await wait_for(lambda: hostile.models_calls >= 20, timeout=30, what="20 model listings")
     from agent.core.facts import HealthFacts
 
-    view = sidecar.state.facts("dynamo_health", HealthFacts).endpoints["frontend"]
+    view = sidecar.state.facts(HealthFacts).endpoints["frontend"]
     assert len(view.models_seen) <= 64
     assert len(sidecar.canary.models) <= 64
     rounds = max(1, sidecar.canary.rounds)

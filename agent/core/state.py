@@ -433,6 +433,7 @@ class State:
         self.max_metric_names = max_metric_names
         self.started = time.time()
         self.latest: dict[str, CollectResult] = {}
+        self._facts: dict[type, Any] = {}  # fact type -> the latest facts of it (one source each)
         self.latest_time: dict[str, float] = {}
         self.history: dict[str, dict[Labels, SeriesRing]] = {}  # name -> labels -> ring
         self._last_seen: dict[SeriesKey, float] = {}  # every admitted series, for cap + expiry
@@ -475,6 +476,8 @@ class State:
         previous = self.latest_time.get(collector)
         self.latest[collector] = result
         self.latest_time[collector] = now
+        # Rebuilt here, once a run, so facts() is one lookup: rules ask for them many times.
+        self._facts = {type(r.facts): r.facts for r in self.latest.values() if r.facts is not None}
         for item in self._all_samples(result):
             by_labels = self.history.get(item.name)
             ring = by_labels.get(item.labels) if by_labels is not None else None
@@ -647,10 +650,8 @@ class State:
         """The latest facts of that type (each fact type has one source), or an empty
         instance before its collector's first run: readers ask for what they need, not for
         who produces it."""
-        for result in self.latest.values():  # one result per collector: a handful
-            if isinstance(result.facts, kind):
-                return result.facts
-        return kind()
+        found = self._facts.get(kind)
+        return found if isinstance(found, kind) else kind()
 
     def latest_total(self, name: str) -> float | None:
         """Sum of a history-kept metric's series as of its latest scrape (series missing from

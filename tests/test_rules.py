@@ -1091,3 +1091,20 @@ def test_a_malformed_rule_record_is_refused_by_exception() -> None:
     with pytest.raises(RuleError, match=r"^ok: two rules with one id$"):
         rule(id="ok", category=Category.SIDECAR, severity=Severity.INFO, **fields)
     assert [r.id for r in into] == ["ok"]
+
+
+def test_a_scrape_failure_waits_for_the_first_health_probe() -> None:
+    """At start-up the metrics collector can finish before health has looked once: the refused
+    scrape is not a scrape fault before health could name the closed port."""
+    r = Recorded()
+    r.put("dynamo_health", CollectResult(facts=HealthFacts(r.health, 0.0)), at=NOW - 2)
+    r.put(
+        "dynamo_metrics",
+        CollectResult(
+            facts=MetricsFacts(
+                {"frontend": ScrapeFact("x", up=False, reason="refused", failing_since=NOW - 1)}, NOW - 1
+            )
+        ),
+        at=NOW - 1,
+    )
+    assert "metrics_scrape_failing:frontend" not in {f.id for f in evaluate(r.context())[0]}

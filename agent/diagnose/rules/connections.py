@@ -429,10 +429,11 @@ def metrics_scrape_failing(ctx: Context, t: Limits) -> list[Hit]:
     for endpoint, fact in ctx.scrapes.endpoints.items():
         if fact.up:
             continue
-        if ctx.health.time and ctx.health.time <= fact.failing_since:
+        if ctx.health.time <= fact.failing_since:
             # A port closing (or a process stopping mid-scrape) fails the scrape first; the
             # health probe names that cause on its next look (collectors started together
-            # look at the same moment), so the scrape is judged once health looked after it.
+            # look at the same moment, and at start-up health may not have looked at all),
+            # so the scrape is judged once health looked after it.
             continue
         probe = ctx.probe(endpoint)
         if probe.outcome in {Outcome.REFUSED, Outcome.TIMEOUT} or ctx.starting(endpoint):

@@ -807,6 +807,21 @@ class Config:
         default=0.1,
         metadata=_spec(lambda raw: _fraction(raw), "Random spread of each interval, as a fraction (0-0.5)."),
     )
+    quiet_slowdown: int = field(
+        default=2,
+        metadata=_spec(
+            _int_range(1, 10),
+            "While the pod is quiet (serving, no traffic, no finding at warning or above), collectors other "
+            "than health and logs run this many times slower, and at their own pace again on the first "
+            "sign of anything; 1 turns it off.",
+        ),
+    )
+    quiet_after: float = field(
+        default=30.0,
+        metadata=_spec(
+            _seconds(1, 3600), "How long with no traffic before the pod counts as quiet (see quiet_slowdown)."
+        ),
+    )
     # State
     history_window: float = field(
         default=900.0,

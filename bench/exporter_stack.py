@@ -34,8 +34,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.gpu import fake_gpu_env  # noqa: E402
-from bench.overhead import cpu_seconds, rss_mb  # noqa: E402
+from bench.overhead import (  # noqa: E402
+    cpu_seconds,
+    fake_idle_gpus,
+    rss_mb,
+)
 from tests.helpers import free_port, wait_for_sync  # noqa: E402
 from tests.procs import PYTHON, http_get, start_sim  # noqa: E402
 
@@ -95,7 +98,7 @@ def run(seconds: float, interval: float, real: bool, gpus: bool) -> dict[str, An
     if missing:
         raise SystemExit(f"not installed: {', '.join(missing)} (apt-get install -y {' '.join(missing)})")
     workdir = Path(tempfile.mkdtemp(prefix="bench-stack-"))
-    env = fake_gpu_env(workdir) if gpus else None
+    env = fake_idle_gpus(workdir) if gpus else None
     procs: list[subprocess.Popen[Any]] = []
     dynamo = None
     try:

@@ -13,6 +13,7 @@ Targets (issue 14): <= 0.5 % of one core at the defaults, RSS <= 60 MB, no growt
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -98,9 +99,39 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def idle_gpu_state(gpus: int = 8) -> str:
+    """The fake NVML's state for GPUs of an idle pod: the model's weights loaded, nothing
+    running, clocks down for idleness (gpu_idle), not throttled. (bench/gpu.py's default state
+    is a busy, power-capped GPU: a warning finding, never a quiet pod.)"""
+    lines = [f"count {gpus}"]
+    for i in range(gpus):
+        lines += [
+            f"gpu{i}.util_gpu 0",
+            f"gpu{i}.mem_used {60 * 2**30}",
+            f"gpu{i}.throttle 1",
+            f"gpu{i}.nvlinks 4",
+            f"gpu{i}.procs {100000 + i}:{60 * 2**30}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def fake_idle_gpus(workdir: Path) -> dict[str, str]:
+    """fake_gpu_env with 8 idle GPUs."""
+    env = fake_gpu_env(workdir)
+    if "FAKE_NVML_STATE" in env:
+        Path(env["FAKE_NVML_STATE"]).write_text(idle_gpu_state())
+    return env
+
+
+def quiet_state(port: int) -> dict[str, Any]:
+    """The sidecar's quiet judgment (/status), {} when it did not answer."""
+    status, body = http_get(f"http://127.0.0.1:{port}/status")
+    return json.loads(body).get("quiet", {}) if status == 200 else {}
+
+
 def run(seconds: float, interval: float | None, real: bool, extra: list[str], spy: str = "") -> dict:
     workdir = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
-    env = fake_gpu_env(workdir)
+    env = fake_idle_gpus(workdir)
     gcc = "FAKE_NVML_STATE" in env
     dynamo = None
     sim = None
@@ -137,6 +168,12 @@ def run(seconds: float, interval: float | None, real: bool, extra: list[str], sp
     try:
         wait_for_sync(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, timeout=60, what="ready")
         time.sleep(min(15.0, seconds / 4))  # warm-up: first collections, imports, first renders
+        # An idle pod settles into quiet (collectors slowed, agent/runtime/quiet.py) once no
+        # traffic was seen for quiet_after (30 s): measure the settled pod, as it runs for hours.
+        if seconds >= 30:
+            with contextlib.suppress(AssertionError):
+                wait_for_sync(lambda: quiet_state(port).get("quiet"), timeout=60, what="quiet")
+        quiet_at_start = quiet_state(port)
         threads0 = thread_cpu(sidecar.pid)
         cpu0, rss0, t0 = cpu_seconds(sidecar.pid), rss_mb(sidecar.pid), time.monotonic()
         if spy:
@@ -151,6 +188,7 @@ def run(seconds: float, interval: float | None, real: bool, extra: list[str], sp
         cpu1, rss1, t1 = cpu_seconds(sidecar.pid), rss_mb(sidecar.pid), time.monotonic()
         threads1 = thread_cpu(sidecar.pid)
         threads = by_thread(threads0, threads1, thread_names(sidecar.pid), t1 - t0)
+        quiet_at_end = quiet_state(port)
         _, body = http_get(f"http://127.0.0.1:{port}/metrics")
         series = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
     finally:
@@ -169,6 +207,12 @@ def run(seconds: float, interval: float | None, real: bool, extra: list[str], sp
         "rss_mb_start": round(rss0, 1),
         "rss_mb_end": round(rss1, 1),
         "exposition_series": series,
+        # Whether the pod was quiet (collectors slowed) when the measurement began and ended.
+        "quiet": {
+            "start": quiet_at_start.get("quiet"),
+            "end": quiet_at_end.get("quiet"),
+            "why_not": quiet_at_end.get("why_not"),
+        },
         "fake_gpus": 8 if gcc else 0,
         # A thread's CPU includes what the fake NVML library does in it (the nvml-xid
         # thread's polling of its events file): real NVML blocks in the driver instead.

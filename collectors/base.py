@@ -19,6 +19,9 @@ class Collector(abc.ABC):
     after `timeout`; raising marks only this collector failed for this run."""
 
     name: str = "collector"
+    # Whether the scheduler may run it slower while the pod is quiet (Config.quiet_slowdown):
+    # not the sources that tell a fault first (health probes, error logs).
+    slows_when_quiet: bool = True
 
     def __init__(self, interval: float, timeout: float) -> None:
         self.interval = interval

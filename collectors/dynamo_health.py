@@ -106,6 +106,7 @@ def classify(result: HttpResult) -> tuple[str, str, dict[str, Any] | None, str]:
 
 class DynamoHealthCollector(Collector):
     name = "dynamo_health"
+    slows_when_quiet = False  # a hung or refusing endpoint is seen at the configured pace
 
     def __init__(
         self,

@@ -193,6 +193,7 @@ def record_time(record: dict[str, Any], fallback: float) -> float:
 
 class DynamoLogCollector(Collector):
     name = "dynamo_logs"
+    slows_when_quiet = False  # an error line is seen at the configured pace
 
     def __init__(
         self, paths: list[str], interval: float, timeout: float, max_bytes_per_cycle: int = 4 << 20

@@ -49,8 +49,8 @@ class SignalSamples:
 
 
 class RenderLoop:
-    """Renders after collectors brought data (`mark_dirty`), then runs `after` (the cycle's
-    findings evaluation)."""
+    """Renders after collectors brought data (`mark_dirty`) while a scraper is around, then
+    runs `after` (the cycle's findings evaluation) whether it rendered or not."""
 
     def __init__(
         self, exporter: PrometheusExporter, config: Config, run: RunState, after: Callable[[], None]
@@ -82,6 +82,12 @@ class RenderLoop:
             await asyncio.sleep(delay)
             self.dirty.clear()
             last = time.monotonic()
+            if not self.exporter.scraped_within(last):
+                # Nobody to render for: the cycle's evaluation still runs (findings move on
+                # their own), and the next scrape renders what it asks for.
+                self.exporter.renders_skipped += 1
+                self.after()
+                continue
             try:
                 for _ in self.exporter.render_steps():
                     await asyncio.sleep(0)  # a scrape waiting meanwhile is served now

@@ -128,6 +128,34 @@ class _Draining(Handle):
 DRAINING = _Draining("dynamo_sidecar_draining")
 
 
+class _Quiet(Handle):
+    """gauge: 1 while the pod is quiet and the collectors other than health and logs run quiet_slowdown times slower."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def sample(self, value: float, /) -> Sample: ...
+        def selector(self) -> str: ...
+
+
+QUIET = _Quiet("dynamo_sidecar_quiet")
+
+
+class _RendersSkippedTotal(Handle):
+    """counter: Collection cycles whose exposition was not rendered ahead because no scraper had asked for /metrics recently (the next scrape renders)."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def sample(self, value: float, /) -> Sample: ...
+        def selector(self) -> str: ...
+
+
+RENDERS_SKIPPED_TOTAL = _RendersSkippedTotal("dynamo_sidecar_renders_skipped_total")
+
+
 class _CollectorSuccess(Handle):
     """gauge: 1 if the collector's last run succeeded."""
 

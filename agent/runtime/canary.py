@@ -290,11 +290,14 @@ class Canary:
         self.inflight = 0
         self.rounds = 0
         self.starting_failures = 0  # failed while the engine was still starting: not counted
-        self._last_total: float | None = None
+        self._last_total: float | None = None  # the highest count of real requests seen
+        self._last_raw_total = 0.0  # the frontend's own count then (a drop is a restart)
         self._seen_generation = -1
         self._last_progress: float | None = None
         self._stuck_since = 0.0
         self.last_activity = time.time()
+        # When real traffic was last seen (last_activity also moves with each canary round).
+        self.last_traffic = self.last_activity
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
         self._session: aiohttp.ClientSession | None = None
@@ -329,9 +332,17 @@ class Canary:
         real_total = total - self.sent_through_frontend
         progress = self._progress()
         inflight = (self.signals.current.frontend_inflight or 0) - self.inflight
-        if self._last_total is not None and real_total > self._last_total:
-            self.last_activity = now
+        # A canary is counted by the frontend a moment after it is sent: a scrape in between
+        # sees one request fewer, and the next one's count is not new traffic. Only a count
+        # above the highest seen is; a frontend restart (its own count falls) starts again.
+        restarted = total < self._last_raw_total
+        if self._last_total is not None and real_total > self._last_total and not restarted:
+            self.last_activity = self.last_traffic = now
+        if self._last_total is not None and real_total < self._last_total and not restarted:
+            real_total = self._last_total
+        self._last_raw_total = total
         if inflight > 0:
+            self.last_traffic = now  # work in flight, stuck or not, is not a quiet pod
             if self._last_progress is None or progress != self._last_progress or not self._stuck_since:
                 self._stuck_since = now
             if progress != self._last_progress or now - self._stuck_since < STUCK_PERIODS * self.wait:

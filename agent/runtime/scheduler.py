@@ -38,6 +38,9 @@ class Scheduler:
         self._tasks: list[asyncio.Task[None]] = []
         self._wakeups: dict[str, asyncio.Event] = {}
         self._interval_override: float | None = None
+        # How many times slower the collectors that may (Collector.slows_when_quiet) run
+        # while the pod is quiet; 1 otherwise. Set by set_quiet().
+        self.quiet_factor = 1
         self._completed: set[str] = set()
         self.first_cycle_done = asyncio.Event()
         self._next_run: dict[str, list[asyncio.Event]] = {}
@@ -110,9 +113,25 @@ class Scheduler:
             if names is None or name in names:
                 wakeup.set()
 
+    def set_quiet(self, factor: int) -> None:
+        """Stretch the intervals of the collectors that may slow by `factor` (1: their own).
+        Going back to 1 wakes the stretched ones now: the first anomaly is looked at with
+        every source, not at the quiet pace."""
+        was, self.quiet_factor = self.quiet_factor, max(1, factor)
+        if self.quiet_factor < was:
+            self.run_now([c.name for c in self.collectors if c.slows_when_quiet])
+
+    def slowed(self) -> list[str]:
+        """The collectors running slower now."""
+        if self.quiet_factor == 1 or self._interval_override is not None:
+            return []
+        return [c.name for c in self.collectors if c.slows_when_quiet]
+
     def _interval_for(self, collector: Collector) -> float:
         if self._interval_override is not None:
             return min(collector.interval, self._interval_override)
+        if collector.slows_when_quiet:
+            return collector.interval * self.quiet_factor
         return collector.interval
 
     async def _loop(self, collector: Collector) -> None:

@@ -91,12 +91,18 @@ def on_main_loop(handler: Handler) -> Handler:
 async def metrics(request: web.Request) -> web.StreamResponse:
     sidecar = _sidecar(request)
     main = sidecar.loop
-    if not sidecar.exporter.rendered and main is not None and main is not asyncio.get_running_loop():
-        # The very first scrape renders: that is the main loop's work.
+    exporter = sidecar.exporter
+    here = asyncio.get_running_loop()
+    if main is None or main is here:
+        # The very first scrape, or the first after a pause with no scraper (the render loop
+        # renders only for one): render now, on the main loop, where the state is.
+        if not exporter.rendered or (exporter.behind and not exporter.scraped_within(time.monotonic())):
+            exporter.render()
+    elif not exporter.rendered or (exporter.behind and not exporter.scraped_within(time.monotonic())):
         return await on_main_loop(metrics)(request)
+    exporter.note_scrape(time.monotonic())
     fmt = negotiate(request.headers.get("Accept", ""))
     use_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
-    exporter = sidecar.exporter
     if exporter.cached(fmt, use_gzip):
         body, content_type = exporter.body(fmt, use_gzip)
     else:
@@ -270,6 +276,7 @@ def status_report(sidecar: Sidecar) -> dict[str, Any]:
         "draining": sidecar.draining,
         "drain": sidecar.drain.summary.to_dict() if sidecar.drain.summary else None,
         "canary": sidecar.canary.status(),
+        "quiet": sidecar.quiet.status(),
         "otlp": sidecar.telemetry.status(),
         "config": sidecar.config.redacted(),
         "targets": [{**t.__dict__, "base_url": redact_url(t.base_url)} for t in targets_from(sidecar.config)],

@@ -26,6 +26,7 @@ from agent.diagnose.lifecycle import Lifecycle
 from agent.runtime.canary import Canary, CanaryConfig
 from agent.runtime.drain import DrainConfig, DrainCoordinator, DrainSummary
 from agent.runtime.httpguard import ConnectionLimiter
+from agent.runtime.quiet import QuietWatch
 from agent.runtime.scheduler import Scheduler
 from collectors import cgroup, dynamo_logs, gpu, process, tcp  # noqa: F401  (they register)
 from collectors.base import Collector, Hooks, registered
@@ -123,6 +124,7 @@ class Sidecar:
         # Findings over time: every evaluation (one per collection cycle, and each /diagnose)
         # moves the same episodes, so `since` and "resolved" are within one cycle of the truth.
         self.lifecycle = Lifecycle()
+        self.quiet = QuietWatch(config, self.state, self.scheduler, self.canary, self.run)
         self.rule_health = RuleHealth()
         self.connections = ConnectionLimiter(config.max_connections)
         self._signal_samples = SignalSamples(self.signal_cache, config)
@@ -159,6 +161,8 @@ class Sidecar:
         out = self._signal_samples()
         out.append(m.READY.sample(1 if self.ready else 0))
         out.append(m.DRAINING.sample(1 if self.draining else 0))
+        out.extend(self.quiet.samples())
+        out.append(m.RENDERS_SKIPPED_TOTAL.sample(self.exporter.renders_skipped))
         if self.drain.summary is not None:
             out.extend(self.drain.summary.samples())
         out.extend(self.canary.samples())
@@ -222,12 +226,19 @@ class Sidecar:
 
     def evaluate_findings(self) -> None:
         """One evaluation into the lifecycle, once per collection cycle: as of this cycle's
-        render when it computed the signals, else now."""
+        render when it computed the signals, else now. Its findings set the collectors'
+        pace (agent/runtime/quiet.py)."""
         try:
+            # Brings the signals up to date when no render did (nobody scrapes): the canary
+            # and /signals read them as of the last cycle.
+            self.signal_cache.refresh()
             context = self.diagnose_context(self.signal_cache.for_evaluation())
-            evaluate(context, lifecycle=self.lifecycle, health=self.rule_health)
+            findings, _ = evaluate(context, lifecycle=self.lifecycle, health=self.rule_health)
         except Exception as exc:  # the report path shows rule errors; this must not stop renders
             log.warning("findings evaluation failed", error=repr(exc)[:300])
+            self.quiet.give_up("findings evaluation failed")  # quiet needs a look that worked
+            return
+        self.quiet.judge(findings)
 
     async def start(self) -> None:
         from agent.runtime.server import HttpThread

@@ -1,0 +1,106 @@
+"""Watching a quiet pod more cheaply: while Dynamo serves nobody, answers its probes and raises
+nothing, the collectors that may (Collector.slows_when_quiet: not health, not logs) run
+`quiet_slowdown` times slower; on the first sign of anything they run at their own pace again
+at once.
+
+What tells a fault first keeps its pace: a hung, refusing or failing endpoint (health, every
+dynamo_interval), an error line (logs), an XID (an NVML event, whatever the GPU interval).
+What slows is what a quiet pod does not move: Dynamo's counters, process and cgroup use, the
+GPUs' readings, the socket table. Traffic ends quiet at the first metrics scrape that sees it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from agent.config import Config
+from agent.core import metrics as m
+from agent.core.components import RunState
+from agent.core.facts import GpuFacts, HealthFacts
+from agent.core.log import get as get_logger
+from agent.core.samples import Sample
+from agent.core.state import State
+from agent.diagnose.model import SEVERITY_RANK, Finding
+from agent.runtime.canary import Canary
+from agent.runtime.scheduler import Scheduler
+
+log = get_logger("dynamo_sidecar.runtime")
+
+
+BUSY_GPU = 0.1  # a GPU busier than this is working, whatever the frontend says (multinode)
+
+
+class QuietWatch:
+    """Judges quiet once per collection cycle, after the findings evaluation, and sets the
+    scheduler's pace."""
+
+    def __init__(
+        self, config: Config, state: State, scheduler: Scheduler, canary: Canary, run: RunState
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.scheduler = scheduler
+        self.canary = canary
+        self.run = run
+        # Never before three health cycles: one quiet look is not a quiet pod.
+        self.after = max(config.quiet_after, 3 * config.dynamo_interval)
+        self.quiet = False
+        self.why_not = "starting"
+
+    def reason_not_quiet(self, findings: list[Finding], now: float) -> str:
+        """Why the pod is not quiet now ("" when it is)."""
+        if self.config.quiet_slowdown <= 1:
+            return "off"
+        if self.run.draining:
+            return "draining"
+        if not self.run.ready:
+            return "starting"
+        for finding in findings:
+            if finding.active and SEVERITY_RANK[finding.severity] >= SEVERITY_RANK["warning"]:
+                return f"finding {finding.id}"
+        for endpoint, view in self.state.facts(HealthFacts).endpoints.items():
+            if not view.probes or any(probe.outcome != "ok" for probe in view.probes.values()):
+                return f"{endpoint} probe not ok"
+        for index, gpu in self.state.facts(GpuFacts).gpus.items():
+            if gpu.utilization is not None and gpu.utilization > BUSY_GPU:
+                return f"GPU {index} busy"
+        # The canary's traffic detection: new requests (its own subtracted) or work in flight.
+        self.canary.observe_traffic(now)
+        if now - self.canary.last_traffic < self.after:
+            return "traffic"
+        return ""
+
+    def judge(self, findings: list[Finding], now: float | None = None) -> None:
+        now = time.time() if now is None else now
+        self._set(self.reason_not_quiet(findings, now))
+
+    def give_up(self, why: str) -> None:
+        """Not quiet, for a reason outside the pod (the evaluation itself failed)."""
+        self._set(why)
+
+    def _set(self, why_not: str) -> None:
+        quiet = not why_not
+        if quiet != self.quiet:
+            self.quiet = quiet
+            self.scheduler.set_quiet(self.config.quiet_slowdown if quiet else 1)
+            if quiet:
+                log.info(
+                    "pod quiet: collectors slowed",
+                    factor=self.config.quiet_slowdown,
+                    collectors=self.scheduler.slowed(),
+                )
+            else:
+                log.info("pod no longer quiet: collectors at their own pace", reason=why_not)
+        self.why_not = why_not
+
+    def status(self) -> dict[str, object]:
+        """For /status: whether the pod is quiet, why not, and what runs slower."""
+        return {
+            "quiet": self.quiet,
+            "why_not": self.why_not,
+            "factor": self.scheduler.quiet_factor,
+            "slowed": self.scheduler.slowed(),
+        }
+
+    def samples(self) -> list[Sample]:
+        return [m.QUIET.sample(1 if self.quiet else 0)]

@@ -1,0 +1,149 @@
+"""The cost of watching a quiet pod (issue 28): collectors slow while the pod is quiet and come
+back at once on the first sign of anything; the exposition is rendered ahead only for a
+scraper, and the first scrape after a pause gets the state as it is."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Any
+
+import aiohttp
+
+from agent.core.samples import CollectResult, sample
+from agent.core.state import State
+from agent.dynamo_sim.server import DynamoSim
+from agent.runtime.scheduler import Scheduler
+from agent.runtime.sidecar import Sidecar
+from collectors.base import Collector
+from tests.helpers import base_url, get_json, post_completion, wait_for
+
+
+class Counting(Collector):
+    def __init__(self, name: str, slows: bool, interval: float) -> None:
+        super().__init__(interval=interval, timeout=1)
+        self.name = name
+        self.slows_when_quiet = slows
+        self.runs = 0
+
+    async def collect(self) -> CollectResult:
+        self.runs += 1
+        return CollectResult(samples=[sample("dynamo_sidecar_processes_matched", self.runs)])
+
+
+async def test_quiet_slows_only_the_collectors_that_may_and_waking_is_immediate() -> None:
+    probe = Counting("probe", slows=False, interval=0.1)
+    reader = Counting("reader", slows=True, interval=0.1)
+    scheduler = Scheduler([probe, reader], State(), jitter=0)
+    scheduler.start()
+    try:
+        await wait_for(lambda: reader.runs >= 2, what="both running")
+        scheduler.set_quiet(20)  # reader: every 2 s
+        assert scheduler.slowed() == ["reader"]
+        # The reader's current 0.1 s sleep ends and it runs once more; then it sleeps 2 s.
+        probe_mark = probe.runs
+        await wait_for(lambda: probe.runs >= probe_mark + 2, what="two probe runs")
+        reader_before, probe_before = reader.runs, probe.runs
+        await wait_for(lambda: probe.runs >= probe_before + 6, what="six probe runs")
+        # Six of the probe's 0.1 s intervals fit well inside one of the reader's 2 s ones.
+        assert reader.runs - reader_before <= 1
+        scheduler.set_quiet(1)
+        assert scheduler.slowed() == []
+        woke_from = reader.runs
+        # Woken now, not at the end of its 2 s sleep.
+        await wait_for(lambda: reader.runs > woke_from, timeout=1.0, what="reader woken")
+    finally:
+        await scheduler.stop()
+
+
+async def _status(http: aiohttp.ClientSession, sidecar: Sidecar) -> dict[str, Any]:
+    status = await get_json(http, base_url(sidecar) + "/status")
+    quiet: dict[str, Any] = status["quiet"]
+    return quiet
+
+
+async def test_a_quiet_pod_slows_and_traffic_or_a_fault_ends_it_at_once(
+    sim: DynamoSim, make_sidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar: Sidecar = await make_sidecar(sim, quiet_after="1", quiet_slowdown="5", canary_enabled="false")
+    await wait_for(lambda: sidecar.quiet.quiet, timeout=20, what="quiet")
+    quiet = await _status(http, sidecar)
+    assert quiet["quiet"] is True
+    assert quiet["factor"] == 5
+    assert set(quiet["slowed"]) == {"process", "cgroup", "dynamo_metrics", "gpu"}
+    async with http.get(base_url(sidecar) + "/metrics") as response:
+        text = await response.text()
+    assert re.search(r"^dynamo_sidecar_quiet 1\.0$", text, re.M)
+
+    # Traffic: a request in flight (slow tokens) is seen at the next metrics scrape.
+    sim.faults.token_delay = 0.2
+    request = asyncio.create_task(post_completion(http, sim.url("frontend"), max_tokens=40))
+    await wait_for(lambda: not sidecar.quiet.quiet, timeout=20, what="quiet ended by traffic")
+    assert sidecar.quiet.why_not == "traffic"
+    assert sidecar.scheduler.quiet_factor == 1
+    await request
+    sim.faults.token_delay = 0.002
+
+    # Quiet again, then a hung worker: health keeps its pace, so it ends quiet within cycles.
+    await wait_for(lambda: sidecar.quiet.quiet, timeout=30, what="quiet again")
+    sim.faults.worker_hang = True
+    started = time.monotonic()
+    await wait_for(lambda: not sidecar.quiet.quiet, timeout=10, what="quiet ended by the fault")
+    assert "worker" in sidecar.quiet.why_not, sidecar.quiet.why_not
+    assert sidecar.scheduler.quiet_factor == 1
+    # The slowed collectors were woken when quiet ended, not left to finish a 1 s sleep.
+    metrics_runs = sum(sidecar.state.collectors["process"].runs.values())
+    await wait_for(
+        lambda: sum(sidecar.state.collectors["process"].runs.values()) > metrics_runs,
+        timeout=5,
+        what="process collector running again",
+    )
+    assert time.monotonic() - started < 10
+
+
+async def test_quiet_slowdown_1_never_slows(sim: DynamoSim, make_sidecar) -> None:
+    sidecar: Sidecar = await make_sidecar(sim, quiet_after="1", quiet_slowdown="1")
+    await wait_for(lambda: sidecar.quiet.why_not == "off", what="judged")
+    await asyncio.sleep(0)
+    assert sidecar.scheduler.quiet_factor == 1
+    assert sidecar.scheduler.slowed() == []
+
+
+def _health_runs(text: str) -> float:
+    found = re.search(
+        r'^dynamo_sidecar_collector_runs_total\{collector="dynamo_health",outcome="ok"\} (\S+)$', text, re.M
+    )
+    assert found, "no health run count in the exposition"
+    return float(found.group(1))
+
+
+async def test_renders_pause_without_a_scraper_and_the_next_scrape_is_current(
+    sim: DynamoSim, make_sidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar: Sidecar = await make_sidecar(sim)
+    exporter = sidecar.exporter
+    # Nobody has scraped: cycles go by without a render, findings are still evaluated.
+    await wait_for(lambda: exporter.renders_skipped >= 3, what="cycles without a render")
+    assert not exporter.rendered
+    assert sidecar.rule_health.duration, "the cycle's evaluation did not run"
+    async with http.get(base_url(sidecar) + "/metrics") as response:
+        first = _health_runs(await response.text())
+    # A scraper is around now: the render loop renders ahead again.
+    skipped = exporter.renders_skipped
+    rendered_runs = sum(sidecar.state.collectors["dynamo_health"].runs.values())
+    await wait_for(
+        lambda: sum(sidecar.state.collectors["dynamo_health"].runs.values()) >= rendered_runs + 3,
+        what="three more health runs",
+    )
+    assert exporter.renders_skipped == skipped
+    # The scraper goes away (its last scrape long ago): renders pause again ...
+    exporter.note_scrape(time.monotonic() - 10_000)
+    exporter.scrape_gap = 0.0
+    await wait_for(lambda: exporter.renders_skipped > skipped + 2, what="renders paused again")
+    runs_now = sum(sidecar.state.collectors["dynamo_health"].runs.values())
+    assert runs_now > first + 3
+    # ... and the scrape that comes back gets what the state holds, not the paused body.
+    async with http.get(base_url(sidecar) + "/metrics") as response:
+        served = _health_runs(await response.text())
+    assert served >= runs_now

@@ -1,0 +1,148 @@
+"""The TCP collector's sock_diag dumps: one walk of the kernel's socket hash (census and
+tcp_info together, IPv4 and IPv6 in one AF_UNSPEC dump) gives what the two dumps per family
+gave, on sockets these tests create; and where the kernel refuses netlink, one recorded error
+and the /proc fallback."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+from collectors.sockets import tcp_in_use
+from collectors.tcp import TcpCollector
+from tests.helpers import wait_for_sync
+
+ROOT = Path(__file__).resolve().parent.parent
+SCOPED_STATES = {"established", "listen", "close_wait"}
+
+
+def _listen(host: str, family: int = socket.AF_INET) -> tuple[socket.socket, int]:
+    sock = socket.socket(family)
+    sock.bind((host, 0))
+    sock.listen(64)
+    return sock, sock.getsockname()[1]
+
+
+def _connect(
+    host: str, port: int, server: socket.socket, held: list[socket.socket]
+) -> tuple[socket.socket, socket.socket]:
+    client = socket.create_connection((host, port), timeout=5)
+    accepted, _ = server.accept()
+    held += [client, accepted]
+    return client, accepted
+
+
+def _modes(service: dict[int, str], role_map: list[str]) -> dict[str, TcpCollector]:
+    """The same configuration read four ways: the default, one dump carrying tcp_info (both
+    families at once), census plus a kernel-filtered tcp_info dump per family (the collector
+    before issue 28), and /proc."""
+    single = TcpCollector(1, 5, service_ports=service, role_map=role_map)
+    single.single_dump_max = 10**9
+    per_family = TcpCollector(1, 5, service_ports=service, role_map=role_map)
+    per_family.single_dump_max = -1
+    per_family.any_family = False
+    return {
+        "default": TcpCollector(1, 5, service_ports=service, role_map=role_map),
+        "single": single,
+        "per_family": per_family,
+        "procfs": TcpCollector(1, 5, service_ports=service, role_map=role_map, use_netlink=False),
+    }
+
+
+def _view(
+    collector: TcpCollector, peers: set[str]
+) -> tuple[dict[tuple[str, str, str], int], dict[str, list[float]]]:
+    """Counts of the test's own peers in the states it made, and per peer: sockets with an rtt
+    (its value moves with timing), retransmits, lost, send and receive queue bytes."""
+    counts, per_peer, _ = collector.collect_sockets()
+    scoped = {key: n for key, n in counts.items() if key[1] in peers and key[0] in SCOPED_STATES}
+    aggregates = {peer: [v[1], v[2], v[3], v[4], v[5]] for peer, v in per_peer.items() if peer in peers}
+    return scoped, aggregates
+
+
+def test_one_dump_counts_and_tcp_info_match_the_two_dumps_per_family() -> None:
+    held: list[socket.socket] = []
+    # A loopback address only this test talks to, for a CIDR role (that path keeps every row
+    # and reads the remote address of each: IPv4 addresses must come out as 4 bytes).
+    cidr_host = f"127.13.{os.getpid() % 250}.7"
+    try:
+        service4, port4 = _listen("127.0.0.1")
+        peer, peer_port = _listen("127.0.0.1")
+        by_address, address_port = _listen(cidr_host)
+        held += [service4, peer, by_address]
+        service = {port4: "t_svc"}
+        try:
+            service6, port6 = _listen("::1", socket.AF_INET6)
+        except OSError:  # no IPv6 loopback here: the IPv4 half still compares
+            service6, port6 = None, 0
+        if service6 is not None:
+            held.append(service6)
+            service[port6] = "t_svc6"
+        clients4 = [_connect("127.0.0.1", port4, service4, held)[0] for _ in range(3)]
+        if service6 is not None:
+            for _ in range(2):
+                _connect("::1", port6, service6, held)
+        for _ in range(4):
+            _connect("127.0.0.1", peer_port, peer, held)
+        for _ in range(2):  # the peer closes, this side never does: CLOSE_WAIT
+            _connect("127.0.0.1", peer_port, peer, held)[1].close()
+        for _ in range(2):
+            _connect(cidr_host, address_port, by_address, held)
+        # Unread bytes in the service's receive queues: queue sizes compare too.
+        for client in clients4:
+            client.sendall(b"x" * 100)
+
+        role_map = [f"{peer_port}=t_peer", f"{cidr_host}/32=t_cidr"]
+        peers = {"t_svc", "t_svc6", "t_peer", "t_cidr"}
+        expected = {
+            ("listen", "t_svc", "listen"): 1,
+            ("established", "t_svc", "in"): 3,
+            ("established", "t_svc", "out"): 3,
+            ("established", "t_peer", "out"): 4,
+            ("close_wait", "t_peer", "out"): 2,
+            ("established", "t_cidr", "out"): 2,
+        }
+        if service6 is not None:
+            expected |= {
+                ("listen", "t_svc6", "listen"): 1,
+                ("established", "t_svc6", "in"): 2,
+                ("established", "t_svc6", "out"): 2,
+            }
+        modes = _modes(service, role_map)
+        # The CLOSE_WAITs and the queued bytes land asynchronously: wait for the old path to
+        # see them all, then read every way.
+        wait_for_sync(
+            lambda: (
+                _view(modes["per_family"], peers)[0] == expected
+                and _view(modes["per_family"], peers)[1]["t_svc"][4] == 300
+            ),
+            timeout=10,
+            what="the test's sockets as created",
+        )
+        views = {name: _view(collector, peers) for name, collector in modes.items()}
+        for name, (counts, _) in views.items():
+            assert counts == expected, name
+        for name in ("default", "single", "per_family"):
+            assert modes[name].method == "netlink", name
+        # tcp_info: the established sockets on a service port (local) or peer port (remote).
+        with_rtt = {"t_svc": 3, "t_peer": 4} | ({"t_svc6": 2} if service6 is not None else {})
+        old = views["per_family"][1]
+        assert {peer_: old[peer_][0] for peer_ in with_rtt} == with_rtt
+        assert old["t_svc"][4] == 300  # receive queue bytes of the service's sockets
+        for name in ("default", "single"):
+            assert views[name][1] == old, name
+        # procfs has no tcp_info; its receive queues agree. (Send queues do not: sock_diag
+        # gives a listener's backlog limit there, /proc/net/tcp 0.)
+        assert views["procfs"][1]["t_svc"][4] == 300
+        # Dumps made: the old way one census and one tcp_info dump per family in use (this
+        # test holds IPv6 sockets); the default one AF_UNSPEC dump while the namespace has
+        # few sockets, two (census, filtered tcp_info) when others hold many.
+        assert modes["per_family"].dumps == (4 if service6 is not None else 2)
+        assert modes["single"].dumps == 1
+        in_use = tcp_in_use()
+        assert in_use is not None and in_use >= len(held) - 2  # the two closed ends aside
+        assert modes["default"].dumps == (1 if in_use <= modes["default"].single_dump_max else 2)
+    finally:
+        for sock in held:
+            sock.close()

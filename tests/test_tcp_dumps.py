@@ -5,9 +5,15 @@ and the /proc fallback."""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import socket
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from collectors.sockets import tcp_in_use
 from collectors.tcp import TcpCollector
@@ -129,6 +135,9 @@ def test_one_dump_counts_and_tcp_info_match_the_two_dumps_per_family() -> None:
         with_rtt = {"t_svc": 3, "t_peer": 4} | ({"t_svc6": 2} if service6 is not None else {})
         old = views["per_family"][1]
         assert {peer_: old[peer_][0] for peer_ in with_rtt} == with_rtt
+        # No loss on loopback: nothing retransmitted, nothing lost (the netns test below
+        # makes some and compares those too).
+        assert {peer_: old[peer_][1:3] for peer_ in with_rtt} == {peer_: [0, 0] for peer_ in with_rtt}
         assert old["t_svc"][4] == 300  # receive queue bytes of the service's sockets
         for name in ("default", "single"):
             assert views[name][1] == old, name
@@ -146,3 +155,81 @@ def test_one_dump_counts_and_tcp_info_match_the_two_dumps_per_family() -> None:
     finally:
         for sock in held:
             sock.close()
+
+
+# Runs inside a fresh network namespace (unshare --net): loopback with 20% of the segments to
+# the peer port dropped by iptables, clients pushing data through it, then the collector's
+# view read the three netlink ways once every send queue has drained.
+LOSSY = """
+import json, socket, sys, threading, time, subprocess
+sys.path.insert(0, sys.argv[1])
+from collectors.tcp import TcpCollector
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+hosts = [("127.0.0.1", socket.AF_INET, "iptables")]
+if socket.has_ipv6:
+    hosts.append(("::1", socket.AF_INET6, "ip6tables"))
+listeners = []
+port = 0
+for host, family, _ in hosts:
+    srv = socket.socket(family); srv.bind((host, port)); srv.listen(16)
+    port = srv.getsockname()[1]
+    listeners.append(srv)
+for _, _, tool in hosts:
+    subprocess.run([tool, "-A", "INPUT", "-p", "tcp", "--dport", str(port), "-m", "statistic",
+                    "--mode", "random", "--probability", "0.2", "-j", "DROP"], check=True)
+def sink(conn):
+    while conn.recv(65536):
+        pass
+clients = []
+for (host, family, _), srv in zip(hosts, listeners):
+    for _ in range(3):
+        client = socket.create_connection((host, port), timeout=30)
+        conn, _ = srv.accept()
+        threading.Thread(target=sink, args=(conn,), daemon=True).start()
+        clients.append(client)
+for client in clients:
+    client.sendall(b"x" * 300_000)
+service = {}
+role_map = [f"{port}=t_peer"]
+modes = {"default": TcpCollector(1, 5, service_ports=service, role_map=role_map)}
+modes["single"] = TcpCollector(1, 5, service_ports=service, role_map=role_map)
+modes["single"].single_dump_max = 10**9
+modes["per_family"] = TcpCollector(1, 5, service_ports=service, role_map=role_map)
+modes["per_family"].single_dump_max = -1
+modes["per_family"].any_family = False
+def view(collector):
+    counts, per_peer, _ = collector.collect_sockets()
+    agg = per_peer.get("t_peer", [0.0] * 6)
+    return {"counts": {"/".join(k): n for k, n in counts.items() if k[1] == "t_peer"},
+            "tcp_info": [agg[1], agg[2], agg[3], agg[4]], "dumps": collector.dumps}
+deadline = time.monotonic() + 60
+while view(modes["per_family"])["tcp_info"][3] and time.monotonic() < deadline:
+    time.sleep(0.1)  # polling for the send queues to drain, with a deadline
+print(json.dumps({"families": len(hosts), **{name: view(c) for name, c in modes.items()}}))
+"""
+
+
+@pytest.mark.netns
+@pytest.mark.slow
+def test_retransmits_and_lost_match_under_loss() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root (CAP_NET_ADMIN) for a network namespace and iptables")
+    for tool in ("unshare", "ip", "iptables"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"{tool} not installed")
+    result = subprocess.run(
+        ["unshare", "--net", sys.executable, "-c", LOSSY, str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    views = json.loads(result.stdout.strip().splitlines()[-1])
+    old = views["per_family"]
+    connections = 3 * views["families"]
+    assert old["counts"] == {"established/t_peer/out": connections}
+    with_rtt, retransmits, _lost, send_queue = old["tcp_info"]
+    assert (with_rtt, send_queue) == (connections, 0)
+    assert retransmits > 0  # 20% of the segments dropped: the clients retransmitted
+    assert views["default"] == views["single"] == old | {"dumps": 1}
+    assert old["dumps"] == 2 * views["families"]

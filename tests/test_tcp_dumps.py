@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import shutil
 import socket
 import subprocess
@@ -233,3 +234,65 @@ def test_retransmits_and_lost_match_under_loss() -> None:
     assert retransmits > 0  # 20% of the segments dropped: the clients retransmitted
     assert views["default"] == views["single"] == old | {"dumps": 1}
     assert old["dumps"] == 2 * views["families"]
+
+
+# Runs with a seccomp filter that refuses socket(AF_NETLINK, ...) with EPERM, as a locked-down
+# container's profile can: the collector records one error, falls back to /proc, and counts.
+REFUSED = """
+import asyncio, ctypes, json, platform, socket, struct, sys
+sys.path.insert(0, sys.argv[1])
+from collectors.tcp import TcpCollector
+arch, nr_socket = {"x86_64": (0xC000003E, 41), "aarch64": (0xC00000B7, 198)}[platform.machine()]
+LD, JEQ, RET = 0x20, 0x15, 0x06
+program = [
+    (LD, 0, 0, 4), (JEQ, 0, 5, arch),          # seccomp_data.arch, else allow
+    (LD, 0, 0, 0), (JEQ, 0, 3, nr_socket),     # seccomp_data.nr == socket, else allow
+    (LD, 0, 0, 16), (JEQ, 0, 1, socket.AF_NETLINK),  # args[0] (domain), else allow
+    (RET, 0, 0, 0x00050000 | 1),               # SECCOMP_RET_ERRNO | EPERM
+    (RET, 0, 0, 0x7FFF0000),                   # SECCOMP_RET_ALLOW
+]
+code = b"".join(struct.pack("=HBBI", *op) for op in program)
+buffer = ctypes.create_string_buffer(code)
+prog = struct.pack("@HP", len(program), ctypes.addressof(buffer))  # struct sock_fprog
+libc = ctypes.CDLL(None, use_errno=True)
+libc.prctl.argtypes = [ctypes.c_int] + [ctypes.c_ulong] * 4  # a pointer passed as an int: 64 bits
+assert libc.prctl(38, 1, 0, 0, 0) == 0  # PR_SET_NO_NEW_PRIVS
+prog_buffer = ctypes.create_string_buffer(prog)
+assert libc.prctl(22, 2, ctypes.addressof(prog_buffer), 0, 0) == 0, ctypes.get_errno()  # SECCOMP_MODE_FILTER
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(8)
+port = srv.getsockname()[1]
+held = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+held += [srv.accept()[0] for _ in range(3)]
+collector = TcpCollector(1, 5, service_ports={port: "t_svc"})
+runs = []
+for _ in range(2):
+    result = asyncio.run(collector.collect())
+    runs.append({
+        "method": result.facts.method, "error": result.facts.netlink_error, "dumps": collector.dumps,
+        "retries_netlink": collector.use_netlink,
+        "counts": {"/".join(k): n for k, n in collector.collect_sockets()[0].items() if k[1] == "t_svc"},
+        "method_samples": sorted(dict(s.labels)["method"] for s in result.samples
+                                 if s.name == "dynamo_sidecar_tcp_collection_method"),
+    })
+print(json.dumps(runs))
+"""
+
+
+def test_netlink_refused_records_one_error_and_reads_proc() -> None:
+    if platform.machine() not in {"x86_64", "aarch64"}:
+        pytest.skip(f"the seccomp filter here knows x86_64 and aarch64, not {platform.machine()}")
+    result = subprocess.run(
+        [sys.executable, "-c", REFUSED, str(ROOT)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    counts = {"listen/t_svc/listen": 1, "established/t_svc/in": 3, "established/t_svc/out": 3}
+    for run in runs:  # the second run says the same, and netlink is not tried every cycle
+        assert run == {
+            "method": "procfs",
+            "error": "[Errno 1] Operation not permitted",
+            "dumps": 0,
+            "retries_netlink": False,
+            "counts": counts,
+            "method_samples": ["procfs"],
+        }

@@ -439,19 +439,25 @@ def sockets_by_inode(states: Iterable[int], proc_root: str = "/proc") -> dict[in
     for state in wanted:
         mask |= 1 << state
     out: dict[int, tuple[int, int]] = {}
-    try:
-        sock = _open()
+    # One AF_UNSPEC dump (one walk of the socket hash for both families); one per family where
+    # the kernel refuses that request.
+    for any_family in (True, False):
         try:
-            for family, request in _dumps(families(proc_root), mask, False):
-                sock.send(request)
-                for data, offset, _ in _messages(sock, family):
-                    state, sport, inode = _ROW_INODE.unpack_from(data, offset)
-                    out[inode] = (state, int.from_bytes(sport, "big"))
-        finally:
-            sock.close()
-        return out
-    except (NetlinkUnavailable, OSError):
-        out.clear()
+            sock = _open()
+            try:
+                for family, request in _dumps(families(proc_root, any_family), mask, False):
+                    sock.send(request)
+                    for data, offset, _ in _messages(sock, family):
+                        state, sport, inode = _ROW_INODE.unpack_from(data, offset)
+                        out[inode] = (state, int.from_bytes(sport, "big"))
+            finally:
+                sock.close()
+            return out
+        except AnyFamilyRefused:
+            out.clear()
+        except (NetlinkUnavailable, OSError):
+            out.clear()
+            break
     for parts, _ in _procfs_lines(proc_root):
         if len(parts) < 10:
             continue

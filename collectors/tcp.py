@@ -43,10 +43,12 @@ if TYPE_CHECKING:
     from agent.config import Config
 
 DEFAULT_ROLES = {2379: "etcd", 4222: "nats"}
-# Up to this many TCP sockets in the namespace, the census dump also carries every socket's
-# tcp_info (one walk of the kernel's socket hash); above it, filling tcp_info for all of them
-# costs more than a second, filtered walk. Measured with bench/tcp_sockets.py (bench/RESULTS.md).
-SINGLE_DUMP_MAX_SOCKETS = 2000
+# While at most this many TCP sockets in the namespace are outside the ports of interest, the
+# census dump also carries every socket's tcp_info (one walk of the kernel's socket hash);
+# with more, filling tcp_info for all of them costs more than a second walk the kernel filters
+# to the sockets of interest. The two cost the same at 3,000-4,000 such sockets on the
+# development machine (bench/tcp_sockets.py, bench/RESULTS.md).
+SINGLE_DUMP_MAX_SOCKETS = 3000
 ETCD_HEALTH_PATH = "/health"
 MAX_PROBE_BODY = 4096  # an etcd /health answer is a few dozen bytes
 SNMP_TCP = (
@@ -189,6 +191,7 @@ class TcpCollector(Collector):
         self.any_family = True
         self.single_dump_max = SINGLE_DUMP_MAX_SOCKETS
         self.dumps = 0  # sock_diag dumps (walks of the kernel's socket hash) of the last run
+        self._info_rows = 0  # sockets of interest (with tcp_info) the last run saw
         self._addr_roles: dict[bytes, str] = {}
         self._probe_counts: dict[tuple[str, str], int] = {}
         # target -> (outcome, since): when each dependency's current outcome began.
@@ -222,10 +225,11 @@ class TcpCollector(Collector):
         info_ports: tuple[frozenset[bytes], frozenset[bytes]],
     ) -> Scan:
         """The census; over netlink it also carries tcp_info (`scan.info`) while the namespace
-        holds at most `single_dump_max` sockets."""
+        holds at most `single_dump_max` sockets besides those of interest (as many as the last
+        run saw: their tcp_info is read either way)."""
         if self.use_netlink:
             in_use = tcp_in_use(self.proc_root)
-            single = in_use is not None and in_use <= self.single_dump_max
+            single = in_use is not None and in_use - self._info_rows <= self.single_dump_max
             try:
                 try:
                     scan = netlink_scan(
@@ -300,6 +304,7 @@ class TcpCollector(Collector):
         if self.method == "netlink":
             if scan.info is not None:
                 self._add_tcp_info(scan.info, per_peer, service, peers)
+                self._info_rows = len(scan.info)
             else:
                 self._tcp_info(per_peer, service, peers)
         counts = {
@@ -320,6 +325,7 @@ class TcpCollector(Collector):
             self.netlink_error = f"tcp_info: {exc}"
             return
         self.dumps += dumps
+        self._info_rows = len(infos)
         self._add_tcp_info(infos, per_peer, service, peers)
 
     @staticmethod

@@ -296,3 +296,29 @@ def test_netlink_refused_records_one_error_and_reads_proc() -> None:
             "counts": counts,
             "method_samples": ["procfs"],
         }
+
+
+def test_sockets_of_interest_do_not_count_against_the_single_dump() -> None:
+    """Their tcp_info is read either way; only the rest would make one dump dearer than two."""
+    held: list[socket.socket] = []
+    try:
+        server, port = _listen("127.0.0.1")
+        held.append(server)
+        for _ in range(100):
+            _connect("127.0.0.1", port, server, held)
+        collector = TcpCollector(1, 5, service_ports={port: "t_svc"})
+        in_use = tcp_in_use()
+        assert in_use is not None
+        # 50 under the namespace's count: the first run, knowing of no socket of interest,
+        # makes two dumps; it sees 100 (the accepted ends), so the next run makes one.
+        collector.single_dump_max = in_use - 50
+        first = collector.collect_sockets()
+        assert collector.dumps == 2
+        second = collector.collect_sockets()
+        assert collector.dumps == 1
+        for counts, per_peer, _ in (first, second):
+            assert counts[("established", "t_svc", "in")] == 100
+            assert per_peer["t_svc"][1] == 100  # tcp_info of each, either way
+    finally:
+        for sock in held:
+            sock.close()

@@ -28,18 +28,27 @@ from collectors.dynamo_health import service_ports
 from collectors.sockets import (
     LISTEN,
     STATES,
+    AnyFamilyRefused,
+    Info,
     NetlinkUnavailable,
     Scan,
     netlink_scan,
     netlink_tcp_info,
     port_key,
     procfs_rows,
+    tcp_in_use,
 )
 
 if TYPE_CHECKING:
     from agent.config import Config
 
 DEFAULT_ROLES = {2379: "etcd", 4222: "nats"}
+# While at most this many TCP sockets in the namespace are outside the ports of interest, the
+# census dump also carries every socket's tcp_info (one walk of the kernel's socket hash);
+# with more, filling tcp_info for all of them costs more than a second walk the kernel filters
+# to the sockets of interest. The two cost the same at 3,000-4,000 such sockets on the
+# development machine (bench/tcp_sockets.py, bench/RESULTS.md).
+SINGLE_DUMP_MAX_SOCKETS = 3000
 ETCD_HEALTH_PATH = "/health"
 MAX_PROBE_BODY = 4096  # an etcd /health answer is a few dozen bytes
 SNMP_TCP = (
@@ -178,6 +187,11 @@ class TcpCollector(Collector):
         self.use_netlink = use_netlink
         self.method = "netlink" if use_netlink else "procfs"
         self.netlink_error = ""
+        # One AF_UNSPEC dump for IPv4 and IPv6 until the kernel refuses it.
+        self.any_family = True
+        self.single_dump_max = SINGLE_DUMP_MAX_SOCKETS
+        self.dumps = 0  # sock_diag dumps (walks of the kernel's socket hash) of the last run
+        self._info_rows = 0  # sockets of interest (with tcp_info) the last run saw
         self._addr_roles: dict[bytes, str] = {}
         self._probe_counts: dict[tuple[str, str], int] = {}
         # target -> (outcome, since): when each dependency's current outcome began.
@@ -203,16 +217,42 @@ class TcpCollector(Collector):
                 self._addr_roles[addr] = role
         return role
 
-    def _scan(self, local: frozenset[bytes], remote: frozenset[bytes], keep_all: bool) -> Scan:
+    def _scan(
+        self,
+        local: frozenset[bytes],
+        remote: frozenset[bytes],
+        keep_all: bool,
+        info_ports: tuple[frozenset[bytes], frozenset[bytes]],
+    ) -> Scan:
+        """The census; over netlink it also carries tcp_info (`scan.info`) while the namespace
+        holds at most `single_dump_max` sockets besides those of interest (as many as the last
+        run saw: their tcp_info is read either way)."""
         if self.use_netlink:
+            in_use = tcp_in_use(self.proc_root)
+            single = in_use is not None and in_use - self._info_rows <= self.single_dump_max
             try:
-                scan = netlink_scan(local, remote, keep_all, self.proc_root)
+                try:
+                    scan = netlink_scan(
+                        local,
+                        remote,
+                        keep_all,
+                        self.proc_root,
+                        info_ports if single else None,
+                        self.any_family,
+                    )
+                except AnyFamilyRefused:
+                    self.any_family = False  # this kernel wants one dump per family
+                    scan = netlink_scan(
+                        local, remote, keep_all, self.proc_root, info_ports if single else None
+                    )
                 self.method = "netlink"
+                self.dumps = scan.dumps
                 return scan
             except NetlinkUnavailable as exc:
                 self.netlink_error = str(exc)
                 self.use_netlink = False  # not allowed here: do not retry every cycle
         self.method = "procfs"
+        self.dumps = 0
         scan = Scan()
         for row in procfs_rows(self.proc_root):
             scan.add(row, local, remote, keep_all)
@@ -228,7 +268,10 @@ class TcpCollector(Collector):
         service = {port_key(p): r for p, r in self.service_ports.items()}
         peers = {port_key(p): r for p, r in self.peer_ports.items()}
         keep_all = bool(self.networks)
-        scan = self._scan(frozenset(service), frozenset(peers) | frozenset(service), keep_all)
+        # tcp_info is read for established sockets whose local port is a service port or
+        # remote port a peer port (what the kernel filter of `netlink_tcp_info` selects).
+        info_ports = (frozenset(service), frozenset(peers))
+        scan = self._scan(frozenset(service), frozenset(peers) | frozenset(service), keep_all, info_ports)
         raw: dict[tuple[int, str, str], int] = {}
         per_peer: dict[str, list[float]] = {}
         listening: set[bytes] = set()
@@ -259,7 +302,11 @@ class TcpCollector(Collector):
             aggregate[4] += scan.other_send
             aggregate[5] += scan.other_recv
         if self.method == "netlink":
-            self._tcp_info(per_peer, service, peers)
+            if scan.info is not None:
+                self._add_tcp_info(scan.info, per_peer, service, peers)
+                self._info_rows = len(scan.info)
+            else:
+                self._tcp_info(per_peer, service, peers)
         counts = {
             (STATES.get(state, "unknown"), peer, direction): n for (state, peer, direction), n in raw.items()
         }
@@ -268,22 +315,36 @@ class TcpCollector(Collector):
     def _tcp_info(
         self, per_peer: dict[str, list[float]], service: dict[bytes, str], peers: dict[bytes, str]
     ) -> None:
-        """rtt / retransmits / lost for the sockets of the roles that matter, kernel-filtered."""
+        """rtt / retransmits / lost for the sockets of the roles that matter, in a second dump
+        the kernel filters (many sockets in the namespace)."""
         try:
-            for sport, dport, rtt_us, retrans, lost in netlink_tcp_info(
-                self.service_ports, self.peer_ports, self.proc_root
-            ):
-                peer = service.get(sport) or peers.get(dport) or service.get(dport) or "other"
-                aggregate = per_peer.get(peer)
-                if aggregate is None:
-                    aggregate = per_peer[peer] = [0.0] * 6
-                if rtt_us:
-                    aggregate[0] += rtt_us
-                    aggregate[1] += 1
-                aggregate[2] += retrans
-                aggregate[3] += lost
+            infos, dumps = netlink_tcp_info(
+                self.service_ports, self.peer_ports, self.proc_root, self.any_family
+            )
         except NetlinkUnavailable as exc:
             self.netlink_error = f"tcp_info: {exc}"
+            return
+        self.dumps += dumps
+        self._info_rows = len(infos)
+        self._add_tcp_info(infos, per_peer, service, peers)
+
+    @staticmethod
+    def _add_tcp_info(
+        infos: list[Info],
+        per_peer: dict[str, list[float]],
+        service: dict[bytes, str],
+        peers: dict[bytes, str],
+    ) -> None:
+        for sport, dport, rtt_us, retrans, lost in infos:
+            peer = service.get(sport) or peers.get(dport) or service.get(dport) or "other"
+            aggregate = per_peer.get(peer)
+            if aggregate is None:
+                aggregate = per_peer[peer] = [0.0] * 6
+            if rtt_us:
+                aggregate[0] += rtt_us
+                aggregate[1] += 1
+            aggregate[2] += retrans
+            aggregate[3] += lost
 
     def _passive(self, result: CollectResult) -> TcpFacts:
         counts, per_peer, listening = self.collect_sockets()

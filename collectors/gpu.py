@@ -25,7 +25,7 @@ from agent.core import metrics as m
 from agent.core.facts import GpuFact, GpuFacts
 from agent.core.handles import Handle
 from agent.core.log import get as get_logger
-from agent.core.samples import CollectResult, Event
+from agent.core.samples import CollectResult, Event, Labels, Sample
 from agent.core.xid import xid_class
 from collectors.base import Collector, CollectorSpec, register
 
@@ -146,16 +146,93 @@ EMITTED: tuple[Emitted, ...] = (
 
 
 def emit(result: CollectResult, reading: DeviceReading, gpu: dict[str, str]) -> None:
-    """Every answered field of the reading as samples, row by row of EMITTED."""
+    """Every answered field of the reading as samples, row by row of EMITTED. The definition
+    of what a reading exposes; the collector runs DeviceEmitter, which gives the same."""
     for row in EMITTED:
         value = getattr(reading, row.field)
-        if value is None:
-            continue
+        if value is not None:
+            emit_row(result, row, value, gpu)
+
+
+def emit_row(result: CollectResult, row: Emitted, value: Any, gpu: dict[str, str]) -> None:
+    """One answered field: a sample per key (one for a scalar)."""
+    keyed = value.items() if isinstance(value, dict) else value if row.labels else [((), value)]
+    for key, raw in keyed:
+        values = key if isinstance(key, tuple) else (key,)
+        labels = dict(zip(row.labels, values, strict=True))
+        result.add(row.metric.sample_of(row.convert(raw) if row.convert else raw, {**labels, **gpu}))
+
+
+# Most of a collection's CPU went to building label sets and samples that were the same as
+# last time (issue 28): an idle GPU's thresholds, ECC, NVLink counters and clock reasons do
+# not move between collections. Past this many keys a row's remembered label sets are dropped
+# (process_memory's pids come and go); the other rows have at most 54 (NVLink).
+MAX_KEYS_PER_ROW = 256
+_NOTHING_YET = object()
+
+
+class DeviceEmitter:
+    """emit() for one GPU, reusing what its last emission built: the same samples, in the
+    same order (tests/test_gpu_emitter.py holds the two equal over random sequences).
+
+    Per row of EMITTED it keeps the field's last value and the samples made from it; an equal
+    value (a dict: the same keys in the same order with equal values) gives those samples
+    again (they are frozen). A changed field is emitted key by key, each key's label set
+    remembered. Equal values give equal samples because the reader builds every row's keys
+    with one type per position (names, link numbers, pids): 1 and True never both appear as a
+    key, which would be equal but print differently."""
+
+    def __init__(self, gpu: dict[str, str]) -> None:
+        self.gpu = gpu
+        # A row whose label names the catalogue does not declare is emitted afresh every time,
+        # so the handle counts (or, in strict mode, raises on) every emission as emit() does.
+        self.reusable = [
+            frozenset((*row.labels, *gpu)) == frozenset(row.metric.spec.labels) for row in EMITTED
+        ]
+        self._last_values: list[Any] = [_NOTHING_YET] * len(EMITTED)
+        self._last_samples: list[list[Sample]] = [[] for _ in EMITTED]
+        self.labels_by_key: list[dict[Any, Labels]] = [{} for _ in EMITTED]
+
+    def emit(self, result: CollectResult, reading: DeviceReading) -> None:
+        for position, row in enumerate(EMITTED):
+            value = getattr(reading, row.field)
+            if value is None:
+                continue
+            if not self.reusable[position]:
+                emit_row(result, row, value, self.gpu)
+                continue
+            # Copies: the reading's dict or list is not ours to keep.
+            if isinstance(value, dict):
+                snapshot: Any = list(value.items())
+            elif isinstance(value, list):
+                snapshot = list(value)
+            else:
+                snapshot = value
+            if snapshot != self._last_values[position]:
+                self._last_values[position] = snapshot
+                self._last_samples[position] = self._samples(row, self.labels_by_key[position], value)
+            result.samples.extend(self._last_samples[position])
+
+    def _samples(self, row: Emitted, labels_by_key: dict[Any, Labels], value: Any) -> list[Sample]:
+        """The row's samples as emit_row() makes them, with each key's label set made once."""
+        out = []
         keyed = value.items() if isinstance(value, dict) else value if row.labels else [((), value)]
         for key, raw in keyed:
-            values = key if isinstance(key, tuple) else (key,)
-            labels = dict(zip(row.labels, values, strict=True))
-            result.add(row.metric.sample_of(row.convert(raw) if row.convert else raw, {**labels, **gpu}))
+            number = row.convert(raw) if row.convert else raw
+            labels = labels_by_key.get(key)
+            if labels is None:
+                # The first time: through the handle, which checks the label values.
+                values = key if isinstance(key, tuple) else (key,)
+                made = row.metric.sample_of(
+                    number, {**dict(zip(row.labels, values, strict=True)), **self.gpu}
+                )
+                if len(labels_by_key) >= MAX_KEYS_PER_ROW:
+                    labels_by_key.clear()
+                labels_by_key[key] = made.labels
+                out.append(made)
+            else:
+                out.append(Sample(row.metric.name, labels, float(number)))
+        return out
 
 
 class _Nvml:
@@ -278,6 +355,7 @@ class GpuCollector(Collector):
         self._logged_reason = ""
         self._handles: dict[int, Any] = {}
         self._static: dict[int, dict[str, str]] = {}
+        self._emitters: dict[int, DeviceEmitter] = {}
         self._lost: set[int] = set()
         self._unsupported: set[tuple[int, str]] = set()
         self._slow_values: dict[tuple[Any, ...], tuple[float, Any]] = {}
@@ -314,6 +392,7 @@ class GpuCollector(Collector):
                 continue
             self._handles[index] = handle
             self._static[index] = self._identity(index, handle)
+            self._emitters[index] = DeviceEmitter({"gpu": str(index), "uuid": self._static[index]["uuid"]})
         self._initialized = True
         self.unavailable_reason = ""
         log.info("NVML initialised", gpus=len(self._handles), driver=self._driver())
@@ -395,7 +474,8 @@ class GpuCollector(Collector):
     ) -> GpuFact:
         """One GPU: read it (NVML, in NVML's units), then emit the reading through the table."""
         identity = self._static[index]
-        gpu = {"gpu": str(index), "uuid": identity["uuid"]}
+        emitter = self._emitters[index]
+        gpu = emitter.gpu
         result.add(m.GPU_INFO.sample(1, name=identity["name"], pci_bus_id=identity["pci_bus_id"], **gpu))
         was_lost = index in self._lost
         reading = self._read(index, handle, pids, now)
@@ -410,7 +490,7 @@ class GpuCollector(Collector):
                 )
         else:
             result.add(m.GPU_LOST.sample(0, **gpu))
-            emit(result, reading, gpu)
+            emitter.emit(result, reading)
         return reading.fact(identity)
 
     def _read(self, index: int, handle: Any, pids: dict[int, str], now: float) -> DeviceReading:

@@ -500,23 +500,28 @@ class GpuCollector(Collector):
         lib = self._nvml.lib  # type: ignore[union-attr]
 
         def call(function: Callable[..., Any], *args: Any) -> Any:
-            if (index, function.__name__) in self._unsupported:
+            name = function.__name__
+            if (index, name) in self._unsupported:
                 return None
-            key = (index, function.__name__, args)
-            slow = function.__name__ in SLOW_CALLS or (
-                function.__name__ == "nvmlDeviceGetTotalEccErrors" and args[-1] == lib.NVML_AGGREGATE_ECC
+            slow = name in SLOW_CALLS or (
+                name == "nvmlDeviceGetTotalEccErrors" and args[-1] == lib.NVML_AGGREGATE_ECC
             )
-            if slow:
-                cached = self._slow_values.get(key)
-                if cached is not None and now - cached[0] < SLOW_EVERY:
-                    return cached[1]
+            if not slow:
+                try:
+                    return function(handle, *args)
+                except lib.NVMLError as exc:
+                    self._note_error(index, name, exc)
+                    return None
+            key = (index, name, args)
+            cached = self._slow_values.get(key)
+            if cached is not None and now - cached[0] < SLOW_EVERY:
+                return cached[1]
             try:
                 value = function(handle, *args)
             except lib.NVMLError as exc:
-                self._note_error(index, function.__name__, exc)
+                self._note_error(index, name, exc)
                 return None
-            if slow:
-                self._slow_values[key] = (now, value)
+            self._slow_values[key] = (now, value)
             return value
 
         def each(

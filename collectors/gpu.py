@@ -358,6 +358,7 @@ class GpuCollector(Collector):
         self._emitters: dict[int, DeviceEmitter] = {}
         self._lost: set[int] = set()
         self._unsupported: set[tuple[int, str]] = set()
+        self._nvlink_count: dict[int, int] = {}  # GPU index -> its links, once NVML said
         self._slow_values: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._errors: dict[tuple[str, str, str], int] = {}
         self._xid_counts: dict[tuple[str, str], int] = {}
@@ -620,14 +621,19 @@ class GpuCollector(Collector):
             ("recovery", lib.NVML_NVLINK_ERROR_DL_RECOVERY),
             ("crc_flit", lib.NVML_NVLINK_ERROR_DL_CRC_FLIT),
         )
-        for link in range(MAX_NVLINKS):
+        for link in range(self._nvlink_count.get(index, MAX_NVLINKS)):
             try:
                 if not lib.nvmlDeviceGetNvLinkState(handle, link):
                     continue
-            except lib.NVMLError:
+            except lib.NVMLError as exc:
                 if link == 0:
                     # No NVLink on this board (or not supported): stop asking.
                     self._unsupported.add((index, "nvlink"))
+                elif getattr(exc, "value", None) == lib.NVML_ERROR_INVALID_ARGUMENT:
+                    # No such link: the board has `link` links, a count fixed in hardware.
+                    # Not asked again (a failed call costs as much as three that answer);
+                    # the state of every link below is still read every time.
+                    self._nvlink_count[index] = link
                 return out
             for name, counter in counters:
                 try:

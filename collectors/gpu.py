@@ -180,7 +180,8 @@ class DeviceEmitter:
     again (they are frozen). A changed field is emitted key by key, each key's label set
     remembered. Equal values give equal samples because the reader builds every row's keys
     with one type per position (names, link numbers, pids): 1 and True never both appear as a
-    key, which would be equal but print differently."""
+    key, which would be equal but print differently; and NVML answers integers (no NaN, which
+    is not equal to itself, no -0.0, equal to 0.0 but printed apart)."""
 
     def __init__(self, gpu: dict[str, str]) -> None:
         self.gpu = gpu
@@ -209,8 +210,9 @@ class DeviceEmitter:
             else:
                 snapshot = value
             if snapshot != self._last_values[position]:
-                self._last_values[position] = snapshot
+                # The value last: a row that raised half-way is not taken as emitted.
                 self._last_samples[position] = self._samples(row, self.labels_by_key[position], value)
+                self._last_values[position] = snapshot
             result.samples.extend(self._last_samples[position])
 
     def _samples(self, row: Emitted, labels_by_key: dict[Any, Labels], value: Any) -> list[Sample]:

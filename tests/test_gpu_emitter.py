@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -127,3 +128,15 @@ def test_label_sets_of_churning_pids_stay_bounded() -> None:
         emitter.emit(result, reading)
         assert result.samples == _fresh(reading, _GPUS[0])
     assert len(emitter.labels_by_key[row]) <= MAX_KEYS_PER_ROW
+
+
+def test_a_row_that_failed_is_not_taken_as_emitted() -> None:
+    """A key of the wrong shape fails in emit(); the emitter fails the same way every time,
+    not only the first (the good keys before it must not be kept as the row's samples)."""
+    emitter = DeviceEmitter(_GPUS[0])
+    bad = DeviceReading(nvlink_errors={(0, "replay"): 1, (1,): 2})
+    for _ in range(2):
+        with pytest.raises(ValueError, match="zip"):
+            emitter.emit(CollectResult(), bad)
+    with pytest.raises(ValueError, match="zip"):
+        emit(CollectResult(), bad, _GPUS[0])

@@ -25,7 +25,7 @@ from agent.core import metrics as m
 from agent.core.facts import GpuFact, GpuFacts
 from agent.core.handles import Handle
 from agent.core.log import get as get_logger
-from agent.core.samples import CollectResult, Event
+from agent.core.samples import CollectResult, Event, Labels, Sample
 from agent.core.xid import xid_class
 from collectors.base import Collector, CollectorSpec, register
 
@@ -146,16 +146,95 @@ EMITTED: tuple[Emitted, ...] = (
 
 
 def emit(result: CollectResult, reading: DeviceReading, gpu: dict[str, str]) -> None:
-    """Every answered field of the reading as samples, row by row of EMITTED."""
+    """Every answered field of the reading as samples, row by row of EMITTED. The definition
+    of what a reading exposes; the collector runs DeviceEmitter, which gives the same."""
     for row in EMITTED:
         value = getattr(reading, row.field)
-        if value is None:
-            continue
+        if value is not None:
+            emit_row(result, row, value, gpu)
+
+
+def emit_row(result: CollectResult, row: Emitted, value: Any, gpu: dict[str, str]) -> None:
+    """One answered field: a sample per key (one for a scalar)."""
+    keyed = value.items() if isinstance(value, dict) else value if row.labels else [((), value)]
+    for key, raw in keyed:
+        values = key if isinstance(key, tuple) else (key,)
+        labels = dict(zip(row.labels, values, strict=True))
+        result.add(row.metric.sample_of(row.convert(raw) if row.convert else raw, {**labels, **gpu}))
+
+
+# Most of a collection's CPU went to building label sets and samples that were the same as
+# last time (issue 28): an idle GPU's thresholds, ECC, NVLink counters and clock reasons do
+# not move between collections. Past this many keys a row's remembered label sets are dropped
+# (process_memory's pids come and go); the other rows have at most 54 (NVLink).
+MAX_KEYS_PER_ROW = 256
+_NOTHING_YET = object()
+
+
+class DeviceEmitter:
+    """emit() for one GPU, reusing what its last emission built: the same samples, in the
+    same order (tests/test_gpu_emitter.py holds the two equal over random sequences).
+
+    Per row of EMITTED it keeps the field's last value and the samples made from it; an equal
+    value (a dict: the same keys in the same order with equal values) gives those samples
+    again (they are frozen). A changed field is emitted key by key, each key's label set
+    remembered. Equal values give equal samples because the reader builds every row's keys
+    with one type per position (names, link numbers, pids): 1 and True never both appear as a
+    key, which would be equal but print differently; and NVML answers integers (no NaN, which
+    is not equal to itself, no -0.0, equal to 0.0 but printed apart)."""
+
+    def __init__(self, gpu: dict[str, str]) -> None:
+        self.gpu = gpu
+        # A row whose label names the catalogue does not declare is emitted afresh every time,
+        # so the handle counts (or, in strict mode, raises on) every emission as emit() does.
+        self.reusable = [
+            frozenset((*row.labels, *gpu)) == frozenset(row.metric.spec.labels) for row in EMITTED
+        ]
+        self._last_values: list[Any] = [_NOTHING_YET] * len(EMITTED)
+        self._last_samples: list[list[Sample]] = [[] for _ in EMITTED]
+        self.labels_by_key: list[dict[Any, Labels]] = [{} for _ in EMITTED]
+
+    def emit(self, result: CollectResult, reading: DeviceReading) -> None:
+        for position, row in enumerate(EMITTED):
+            value = getattr(reading, row.field)
+            if value is None:
+                continue
+            if not self.reusable[position]:
+                emit_row(result, row, value, self.gpu)
+                continue
+            # Copies: the reading's dict or list is not ours to keep.
+            if isinstance(value, dict):
+                snapshot: Any = list(value.items())
+            elif isinstance(value, list):
+                snapshot = list(value)
+            else:
+                snapshot = value
+            if snapshot != self._last_values[position]:
+                # The value last: a row that raised half-way is not taken as emitted.
+                self._last_samples[position] = self._samples(row, self.labels_by_key[position], value)
+                self._last_values[position] = snapshot
+            result.samples.extend(self._last_samples[position])
+
+    def _samples(self, row: Emitted, labels_by_key: dict[Any, Labels], value: Any) -> list[Sample]:
+        """The row's samples as emit_row() makes them, with each key's label set made once."""
+        out = []
         keyed = value.items() if isinstance(value, dict) else value if row.labels else [((), value)]
         for key, raw in keyed:
-            values = key if isinstance(key, tuple) else (key,)
-            labels = dict(zip(row.labels, values, strict=True))
-            result.add(row.metric.sample_of(row.convert(raw) if row.convert else raw, {**labels, **gpu}))
+            number = row.convert(raw) if row.convert else raw
+            labels = labels_by_key.get(key)
+            if labels is None:
+                # The first time: through the handle, which checks the label values.
+                values = key if isinstance(key, tuple) else (key,)
+                made = row.metric.sample_of(
+                    number, {**dict(zip(row.labels, values, strict=True)), **self.gpu}
+                )
+                if len(labels_by_key) >= MAX_KEYS_PER_ROW:
+                    labels_by_key.clear()
+                labels_by_key[key] = made.labels
+                out.append(made)
+            else:
+                out.append(Sample(row.metric.name, labels, float(number)))
+        return out
 
 
 class _Nvml:
@@ -278,8 +357,10 @@ class GpuCollector(Collector):
         self._logged_reason = ""
         self._handles: dict[int, Any] = {}
         self._static: dict[int, dict[str, str]] = {}
+        self._emitters: dict[int, DeviceEmitter] = {}
         self._lost: set[int] = set()
         self._unsupported: set[tuple[int, str]] = set()
+        self._nvlink_count: dict[int, int] = {}  # GPU index -> its links, once NVML said
         self._slow_values: dict[tuple[Any, ...], tuple[float, Any]] = {}
         self._errors: dict[tuple[str, str, str], int] = {}
         self._xid_counts: dict[tuple[str, str], int] = {}
@@ -314,6 +395,7 @@ class GpuCollector(Collector):
                 continue
             self._handles[index] = handle
             self._static[index] = self._identity(index, handle)
+            self._emitters[index] = DeviceEmitter({"gpu": str(index), "uuid": self._static[index]["uuid"]})
         self._initialized = True
         self.unavailable_reason = ""
         log.info("NVML initialised", gpus=len(self._handles), driver=self._driver())
@@ -395,7 +477,8 @@ class GpuCollector(Collector):
     ) -> GpuFact:
         """One GPU: read it (NVML, in NVML's units), then emit the reading through the table."""
         identity = self._static[index]
-        gpu = {"gpu": str(index), "uuid": identity["uuid"]}
+        emitter = self._emitters[index]
+        gpu = emitter.gpu
         result.add(m.GPU_INFO.sample(1, name=identity["name"], pci_bus_id=identity["pci_bus_id"], **gpu))
         was_lost = index in self._lost
         reading = self._read(index, handle, pids, now)
@@ -410,7 +493,7 @@ class GpuCollector(Collector):
                 )
         else:
             result.add(m.GPU_LOST.sample(0, **gpu))
-            emit(result, reading, gpu)
+            emitter.emit(result, reading)
         return reading.fact(identity)
 
     def _read(self, index: int, handle: Any, pids: dict[int, str], now: float) -> DeviceReading:
@@ -420,23 +503,28 @@ class GpuCollector(Collector):
         lib = self._nvml.lib  # type: ignore[union-attr]
 
         def call(function: Callable[..., Any], *args: Any) -> Any:
-            if (index, function.__name__) in self._unsupported:
+            name = function.__name__
+            if (index, name) in self._unsupported:
                 return None
-            key = (index, function.__name__, args)
-            slow = function.__name__ in SLOW_CALLS or (
-                function.__name__ == "nvmlDeviceGetTotalEccErrors" and args[-1] == lib.NVML_AGGREGATE_ECC
+            slow = name in SLOW_CALLS or (
+                name == "nvmlDeviceGetTotalEccErrors" and args[-1] == lib.NVML_AGGREGATE_ECC
             )
-            if slow:
-                cached = self._slow_values.get(key)
-                if cached is not None and now - cached[0] < SLOW_EVERY:
-                    return cached[1]
+            if not slow:
+                try:
+                    return function(handle, *args)
+                except lib.NVMLError as exc:
+                    self._note_error(index, name, exc)
+                    return None
+            key = (index, name, args)
+            cached = self._slow_values.get(key)
+            if cached is not None and now - cached[0] < SLOW_EVERY:
+                return cached[1]
             try:
                 value = function(handle, *args)
             except lib.NVMLError as exc:
-                self._note_error(index, function.__name__, exc)
+                self._note_error(index, name, exc)
                 return None
-            if slow:
-                self._slow_values[key] = (now, value)
+            self._slow_values[key] = (now, value)
             return value
 
         def each(
@@ -535,14 +623,19 @@ class GpuCollector(Collector):
             ("recovery", lib.NVML_NVLINK_ERROR_DL_RECOVERY),
             ("crc_flit", lib.NVML_NVLINK_ERROR_DL_CRC_FLIT),
         )
-        for link in range(MAX_NVLINKS):
+        for link in range(self._nvlink_count.get(index, MAX_NVLINKS)):
             try:
                 if not lib.nvmlDeviceGetNvLinkState(handle, link):
                     continue
-            except lib.NVMLError:
+            except lib.NVMLError as exc:
                 if link == 0:
                     # No NVLink on this board (or not supported): stop asking.
                     self._unsupported.add((index, "nvlink"))
+                elif getattr(exc, "value", None) == lib.NVML_ERROR_INVALID_ARGUMENT:
+                    # No such link: the board has `link` links, a count fixed in hardware.
+                    # Not asked again (a failed call costs as much as three that answer);
+                    # the state of every link below is still read every time.
+                    self._nvlink_count[index] = link
                 return out
             for name, counter in counters:
                 try:

@@ -116,6 +116,24 @@ def test_normal_operation(fake_nvml_dir: Path, tmp_path: Path) -> None:
     assert value(out, "gpu_nvml_errors_total") is None
 
 
+def test_changed_readings_show_at_the_next_collection(fake_nvml_dir: Path, tmp_path: Path) -> None:
+    """The collector reuses the samples of readings that did not change (and stops asking for
+    NVLinks past the board's last): what changed shows at once, what did not stays."""
+    changed = GOOD + "gpu0.util_gpu 56\ngpu0.ecc_corr_vol 4\ngpu0.nvlink_replay 6\ngpu0.procs SELF_PID:2048\n"
+    first, second, third = run_steps(
+        fake_nvml_dir, tmp_path, [{"state": GOOD}, {"state": changed}, {"state": GOOD}]
+    )
+    gpu0 = {"gpu": 0, "uuid": "GPU-aaaa"}
+    assert value(second, "gpu_utilization_ratio", kind="gpu", **gpu0) == 0.56
+    assert value(second, "gpu_ecc_errors_total", type="corrected", counter="volatile", **gpu0) == 4
+    assert value(second, "gpu_nvlink_errors_total", link=1, counter="replay", **gpu0) == 6
+    assert value(second, "gpu_process_memory_bytes", process="dynamo.mocker", **gpu0) == 2048
+    assert value(second, "gpu_process_memory_bytes", process="other", **gpu0) == 0
+    assert value(second, "gpu_temperature_celsius", **gpu0) == 61
+    assert value(third, "gpu_nvlink_errors_total", link=1, counter="replay", **gpu0) == 5
+    assert third["samples"] == first["samples"]
+
+
 @pytest.mark.parametrize(
     ("state", "reason"),
     [("init 9\n", "driver_not_loaded"), ("count 0\n", "no_devices"), ("init 4\n", "no_permission")],

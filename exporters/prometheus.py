@@ -245,6 +245,7 @@ class PrometheusExporter:
         self.last_scrape = 0.0
         self.scrape_gap = 0.0
         self.renders_skipped = 0  # cycles not rendered because nobody scraped
+        self._accounted: list[CollectResult] = []  # the results whose cut series were counted
 
     def _passes(self, family_name: str) -> bool:
         if family_name.startswith(PREFIX):
@@ -282,13 +283,25 @@ class PrometheusExporter:
                 metric.add_sample(item.name, dict(item.labels), item.value)
         return [m for m in merged.values() if m.samples]
 
+    def _raw_results(self) -> list[CollectResult]:
+        return [result for result in list(self.state.latest.values()) if result.raw]
+
+    def _unaccounted(self, results: list[CollectResult]) -> bool:
+        """Whether these results are not the ones whose cut series were counted last."""
+        accounted = self._accounted
+        return len(results) != len(accounted) or any(
+            a is not b for a, b in zip(results, accounted, strict=True)
+        )
+
     def _raw_passthrough(self) -> list[RawFamily]:
         """Scraped families as their checked text: allow/deny by name, one family per name
-        across sources, within the state's caps (what is cut is counted)."""
+        across sources, within the state's caps (what is cut is counted once per scrape of
+        the sources, however many renders show it)."""
+        results = self._raw_results()
+        new = self._unaccounted(results)
+        self._accounted = results
         sources = [
-            [f for f in per_target if self._passes(f.name)]
-            for result in list(self.state.latest.values())
-            for per_target in result.raw
+            [f for f in per_target if self._passes(f.name)] for result in results for per_target in result.raw
         ]
         merged = merge(sources, self.conflicts)
         state = self.state
@@ -297,8 +310,15 @@ class PrometheusExporter:
             state.max_metric_names,
             state.max_series,
             state.max_series_per_metric,
-            lambda name, cap, count: state.count_drop(name, cap, count),
+            lambda name, cap, count: state.count_drop(name, cap, count) if new else None,
         )
+
+    def account_passthrough(self) -> None:
+        """Count what the caps cut from sources scraped since the last count, without a render
+        (a cycle nobody scrapes): a cardinality bomb is a finding whether or not anyone reads
+        /metrics."""
+        if self.passthrough and self._unaccounted(self._raw_results()):
+            self._raw_passthrough()
 
     def render(self) -> None:
         """Build the exposition from the current state and drop stale encodings, in one go

@@ -86,6 +86,7 @@ class RenderLoop:
                 # Nobody to render for: the cycle's evaluation still runs (findings move on
                 # their own), and the next scrape renders what it asks for.
                 self.exporter.renders_skipped += 1
+                self.exporter.account_passthrough()
                 self.after()
                 continue
             try:

@@ -102,6 +102,21 @@ async def test_a_quiet_pod_slows_and_traffic_or_a_fault_ends_it_at_once(
     assert time.monotonic() - started < 10
 
 
+async def test_the_sidecars_own_canaries_are_not_traffic(sim: DynamoSim, make_sidecar) -> None:
+    """A canary counted or in flight at a metrics scrape is the sidecar's own request: a
+    quiet pod probed every 0.3 s, each canary 0.15 s in flight, stays quiet (its scrapes
+    overlap the canaries often)."""
+    sim.faults.ttft_extra = 0.15
+    sidecar: Sidecar = await make_sidecar(
+        sim, quiet_after="1", quiet_slowdown="2", canary_enabled="true", canary_wait="0.3"
+    )
+    await wait_for(lambda: sidecar.quiet.quiet, timeout=20, what="quiet")
+    rounds = sidecar.canary.rounds
+    await wait_for(lambda: sidecar.canary.rounds >= rounds + 12, timeout=30, what="twelve canary rounds")
+    assert sidecar.quiet.episodes == 1, sidecar.quiet.last_ended
+    assert sidecar.quiet.quiet
+
+
 async def test_quiet_slowdown_1_never_slows(sim: DynamoSim, make_sidecar) -> None:
     sidecar: Sidecar = await make_sidecar(sim, quiet_after="1", quiet_slowdown="1")
     await wait_for(lambda: sidecar.quiet.why_not == "off", what="judged")

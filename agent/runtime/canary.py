@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import Callable
@@ -288,6 +289,9 @@ class Canary:
         self.models: dict[str, ModelState] = {}
         self.sent_through_frontend = 0  # our own requests, as the frontend's counter sees them
         self.inflight = 0
+        # The last round: (start, end, requests), wall time; end is inf while it runs. A
+        # metrics scrape overlapping it may show its requests in flight after they ended.
+        self._round_window = (0.0, 0.0, 0)
         self.rounds = 0
         self.starting_failures = 0  # failed while the engine was still starting: not counted
         self._last_total: float | None = None  # the highest count of real requests seen
@@ -331,7 +335,10 @@ class Canary:
             return
         real_total = total - self.sent_through_frontend
         progress = self._progress()
-        inflight = (self.signals.current.frontend_inflight or 0) - self.inflight
+        # The signals as of the scrape the totals above are from (the render or evaluation
+        # that would refresh them may not have run since): _own_inflight judges that scrape.
+        self.signals.refresh()
+        inflight = (self.signals.current.frontend_inflight or 0) - self._own_inflight()
         # A canary is counted by the frontend a moment after it is sent: a scrape in between
         # sees one request fewer, and the next one's count is not new traffic. Only a count
         # above the highest seen is; a frontend restart (its own count falls) starts again.
@@ -350,6 +357,22 @@ class Canary:
         else:
             self._stuck_since = 0.0
         self._last_total, self._last_progress = real_total, progress
+
+    def _own_inflight(self) -> int:
+        """The canaries the last metrics scrape may show in flight: those in flight now, or
+        the whole last round when the scrape overlapped it (the round may have ended since)."""
+        own = self.inflight
+        scraped = self.state.latest_time.get("dynamo_metrics")
+        status = self.state.collectors.get("dynamo_metrics")
+        start, end, count = self._round_window
+        if (
+            scraped is not None
+            and status is not None
+            and scraped <= end
+            and scraped + status.last_duration >= start
+        ):
+            own = max(own, count)
+        return own
 
     def idle_for(self, now: float) -> float:
         return now - self.last_activity
@@ -418,8 +441,13 @@ class Canary:
                 models = sorted(models, key=self._last_probed)[:limit]
         self.rounds += 1
         results = []
+        started = time.time()
+        self._round_window = (started, math.inf, len(models))
         for model in models:
             self.inflight += 1
+            # Counted as sent before it is: the frontend may count it before it answers, and
+            # a scrape in between must not take it for traffic.
+            self.sent_through_frontend += 1
             try:
                 result = await send_canary(
                     self._session,
@@ -432,8 +460,8 @@ class Canary:
                 )
             finally:
                 self.inflight -= 1
-            if result.status:
-                self.sent_through_frontend += 1
+            if not result.status:
+                self.sent_through_frontend -= 1  # it never reached the frontend's counter
             state = self.models.setdefault(model, ModelState())
             was_failing = state.failing
             starting = result.outcome != OK and self._engine_starting(time.time())
@@ -445,6 +473,7 @@ class Canary:
             elif was_failing and not state.failing:
                 log.info("canary recovered", model=model)
             results.append(result)
+        self._round_window = (started, time.time(), len(models))
         self.on_round()
         return results
 

@@ -46,6 +46,8 @@ class QuietWatch:
         self.after = max(config.quiet_after, 3 * config.dynamo_interval)
         self.quiet = False
         self.why_not = "starting"
+        self.episodes = 0  # times the pod became quiet
+        self.last_ended: tuple[float, str] | None = None  # when quiet last ended, and why
 
     def reason_not_quiet(self, findings: list[Finding], now: float) -> str:
         """Why the pod is not quiet now ("" when it is)."""
@@ -84,12 +86,14 @@ class QuietWatch:
             self.quiet = quiet
             self.scheduler.set_quiet(self.config.quiet_slowdown if quiet else 1)
             if quiet:
+                self.episodes += 1
                 log.info(
                     "pod quiet: collectors slowed",
                     factor=self.config.quiet_slowdown,
                     collectors=self.scheduler.slowed(),
                 )
             else:
+                self.last_ended = (time.time(), why_not)
                 log.info("pod no longer quiet: collectors at their own pace", reason=why_not)
         self.why_not = why_not
 
@@ -100,6 +104,9 @@ class QuietWatch:
             "why_not": self.why_not,
             "factor": self.scheduler.quiet_factor,
             "slowed": self.scheduler.slowed(),
+            "last_ended": None
+            if self.last_ended is None
+            else {"at": self.last_ended[0], "reason": self.last_ended[1]},
         }
 
     def samples(self) -> list[Sample]:

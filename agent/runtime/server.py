@@ -92,15 +92,14 @@ async def metrics(request: web.Request) -> web.StreamResponse:
     sidecar = _sidecar(request)
     main = sidecar.loop
     exporter = sidecar.exporter
-    here = asyncio.get_running_loop()
-    if main is None or main is here:
-        # The very first scrape, or the first after a pause with no scraper (the render loop
-        # renders only for one): render now, on the main loop, where the state is.
-        if not exporter.rendered or (exporter.behind and not exporter.scraped_within(time.monotonic())):
-            exporter.render()
-    elif not exporter.rendered or (exporter.behind and not exporter.scraped_within(time.monotonic())):
-        return await on_main_loop(metrics)(request)
-    exporter.note_scrape(time.monotonic())
+    now = time.monotonic()
+    # The very first scrape, or the first after a pause with no scraper (the render loop
+    # renders ahead only for one): render now, on the main loop, where the state is.
+    if not exporter.rendered or (exporter.behind and not exporter.scraped_within(now)):
+        if main is not None and main is not asyncio.get_running_loop():
+            return await on_main_loop(metrics)(request)
+        exporter.render()
+    exporter.note_scrape(now)
     fmt = negotiate(request.headers.get("Accept", ""))
     use_gzip = "gzip" in request.headers.get("Accept-Encoding", "")
     if exporter.cached(fmt, use_gzip):

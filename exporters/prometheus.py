@@ -245,7 +245,8 @@ class PrometheusExporter:
         self.last_scrape = 0.0
         self.scrape_gap = 0.0
         self.renders_skipped = 0  # cycles not rendered because nobody scraped
-        self._accounted: list[CollectResult] = []  # the results whose cut series were counted
+        self._accounted: list[CollectResult] = []  # the results _raw_merged was merged from
+        self._raw_merged: list[RawFamily] = []
 
     def _passes(self, family_name: str) -> bool:
         if family_name.startswith(PREFIX):
@@ -295,29 +296,32 @@ class PrometheusExporter:
 
     def _raw_passthrough(self) -> list[RawFamily]:
         """Scraped families as their checked text: allow/deny by name, one family per name
-        across sources, within the state's caps (what is cut is counted once per scrape of
-        the sources, however many renders show it)."""
+        across sources, within the state's caps. Merged once per scrape of the sources (a
+        quiet pod's Dynamo is scraped every other render), so what the caps cut and the type
+        conflicts are counted once per scrape, however many renders show it."""
         results = self._raw_results()
-        new = self._unaccounted(results)
+        if not self._unaccounted(results):
+            return self._raw_merged
         self._accounted = results
         sources = [
             [f for f in per_target if self._passes(f.name)] for result in results for per_target in result.raw
         ]
         merged = merge(sources, self.conflicts)
         state = self.state
-        return capped(
+        self._raw_merged = capped(
             merged,
             state.max_metric_names,
             state.max_series,
             state.max_series_per_metric,
-            lambda name, cap, count: state.count_drop(name, cap, count) if new else None,
+            lambda name, cap, count: state.count_drop(name, cap, count),
         )
+        return self._raw_merged
 
     def account_passthrough(self) -> None:
         """Count what the caps cut from sources scraped since the last count, without a render
         (a cycle nobody scrapes): a cardinality bomb is a finding whether or not anyone reads
         /metrics."""
-        if self.passthrough and self._unaccounted(self._raw_results()):
+        if self.passthrough:
             self._raw_passthrough()
 
     def render(self) -> None:

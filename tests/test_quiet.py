@@ -102,6 +102,20 @@ async def test_a_quiet_pod_slows_and_traffic_or_a_fault_ends_it_at_once(
     assert time.monotonic() - started < 10
 
 
+async def test_a_worker_pods_traffic_ends_quiet(
+    sim: DynamoSim, make_sidecar, http: aiohttp.ClientSession
+) -> None:
+    """A worker pod's sidecar has no frontend to count requests at: the worker's own count
+    (requests from a frontend in another pod) is traffic."""
+    sidecar: Sidecar = await make_sidecar(sim, frontend_url="", quiet_after="1", quiet_slowdown="5")
+    await wait_for(lambda: sidecar.quiet.quiet, timeout=20, what="quiet")
+    for _ in range(3):  # through the frontend this sidecar does not watch
+        status, _ = await post_completion(http, sim.url("frontend"))
+        assert status == 200
+    await wait_for(lambda: not sidecar.quiet.quiet, timeout=20, what="quiet ended by the worker's traffic")
+    assert sidecar.quiet.why_not == "traffic"
+
+
 async def test_the_sidecars_own_canaries_are_not_traffic(sim: DynamoSim, make_sidecar) -> None:
     """A canary counted or in flight at a metrics scrape is the sidecar's own request: a
     quiet pod probed every 0.3 s, each canary 0.15 s in flight, stays quiet (its scrapes

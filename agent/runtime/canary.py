@@ -338,7 +338,7 @@ class Canary:
         # The signals as of the scrape the totals above are from (the render or evaluation
         # that would refresh them may not have run since): _own_inflight judges that scrape.
         self.signals.refresh()
-        inflight = (self.signals.current.frontend_inflight or 0) - self._own_inflight()
+        inflight = (self.signals.current.frontend_inflight or 0) - self.own_inflight()
         # A canary is counted by the frontend a moment after it is sent: a scrape in between
         # sees one request fewer, and the next one's count is not new traffic. Only a count
         # above the highest seen is; a frontend restart (its own count falls) starts again.
@@ -358,7 +358,7 @@ class Canary:
             self._stuck_since = 0.0
         self._last_total, self._last_progress = real_total, progress
 
-    def _own_inflight(self) -> int:
+    def own_inflight(self) -> int:
         """The canaries the last metrics scrape may show in flight: those in flight now, or
         the whole last round when the scrape overlapped it (the round may have ended since)."""
         own = self.inflight

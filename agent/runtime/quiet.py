@@ -19,6 +19,7 @@ from agent.core.components import RunState
 from agent.core.facts import GpuFacts, HealthFacts
 from agent.core.log import get as get_logger
 from agent.core.samples import Sample
+from agent.core.signals import DynamoNames
 from agent.core.state import State
 from agent.diagnose.model import SEVERITY_RANK, Finding
 from agent.runtime.canary import Canary
@@ -35,10 +36,22 @@ class QuietWatch:
     scheduler's pace."""
 
     def __init__(
-        self, config: Config, state: State, scheduler: Scheduler, canary: Canary, run: RunState
+        self,
+        config: Config,
+        state: State,
+        scheduler: Scheduler,
+        canary: Canary,
+        run: RunState,
+        names: DynamoNames,
     ) -> None:
         self.config = config
         self.state = state
+        self.names = names
+        # The worker's own request count (a worker pod has no frontend to read traffic from):
+        # the highest seen beyond this sidecar's canaries, the raw count then, when it rose.
+        self._worker_max: float | None = None
+        self._worker_raw = 0.0
+        self.last_worker_traffic = time.time()
         self.scheduler = scheduler
         self.canary = canary
         self.run = run
@@ -66,11 +79,27 @@ class QuietWatch:
         for index, gpu in self.state.facts(GpuFacts).gpus.items():
             if gpu.utilization is not None and gpu.utilization > BUSY_GPU:
                 return f"GPU {index} busy"
-        # The canary's traffic detection: new requests (its own subtracted) or work in flight.
+        # The canary's traffic detection at the frontend: new requests (its own subtracted) or
+        # work in flight; and the same at the worker, for a pod with no frontend.
         self.canary.observe_traffic(now)
-        if now - self.canary.last_traffic < self.after:
+        self._observe_worker(now)
+        if now - max(self.canary.last_traffic, self.last_worker_traffic) < self.after:
             return "traffic"
         return ""
+
+    def _observe_worker(self, now: float) -> None:
+        total = self.state.latest_total(self.names.worker_requests_total)
+        if total is not None:
+            real = total - self.canary.sent_through_frontend
+            restarted = total < self._worker_raw  # the worker's count fell: it restarted
+            if self._worker_max is not None and real > self._worker_max and not restarted:
+                self.last_worker_traffic = now
+            if self._worker_max is None or restarted or real > self._worker_max:
+                self._worker_max = real
+            self._worker_raw = total
+        inflight = (self.canary.signals.current.worker_inflight or 0) - self.canary.own_inflight()
+        if inflight > 0:
+            self.last_worker_traffic = now
 
     def judge(self, findings: list[Finding], now: float | None = None) -> None:
         now = time.time() if now is None else now

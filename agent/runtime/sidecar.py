@@ -124,7 +124,7 @@ class Sidecar:
         # Findings over time: every evaluation (one per collection cycle, and each /diagnose)
         # moves the same episodes, so `since` and "resolved" are within one cycle of the truth.
         self.lifecycle = Lifecycle()
-        self.quiet = QuietWatch(config, self.state, self.scheduler, self.canary, self.run)
+        self.quiet = QuietWatch(config, self.state, self.scheduler, self.canary, self.run, self.names)
         self.rule_health = RuleHealth()
         self.connections = ConnectionLimiter(config.max_connections)
         self._signal_samples = SignalSamples(self.signal_cache, config)

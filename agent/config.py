@@ -1006,7 +1006,8 @@ class Config:
         default=0.0,
         metadata=_spec(
             _seconds(0, 3600),
-            "Work in flight with no token produced for this long is a hung engine; 0 means two dynamo_interval.",
+            "Work in flight with no token produced for this long is a hung engine; 0 means two dynamo_interval "
+            "(less the interval jitter: two scrapes apart always count).",
         ),
     )
     thresholds: dict[str, float] = field(
@@ -1295,7 +1296,10 @@ def _check_otlp(
 
 def _check_consistency(config: Config) -> None:
     if config.hung_engine_after == 0:
-        config.hung_engine_after = 2 * config.dynamo_interval
+        # The stall is measured between scrape timestamps, and each interval is jittered: two
+        # intervals can measure 2 x (1 - jitter) x dynamo_interval, and a plain 2 x would then
+        # wait for a third scrape (bench/time_to_finding.py's engine_hang missed its deadline so).
+        config.hung_engine_after = 2 * config.dynamo_interval * (1 - config.interval_jitter)
     if config.drain_timeout == 0:
         config.drain_timeout = max(1.0, config.termination_grace_period - 5.0)
     if config.drain_timeout + config.flush_timeout > config.termination_grace_period:

@@ -4,6 +4,7 @@ the scrape path; and the derived samples (signals, SLOs) rendered with it."""
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 
@@ -12,7 +13,7 @@ from agent.core import metrics as m
 from agent.core.components import RunState
 from agent.core.log import get as get_logger
 from agent.core.samples import Sample
-from agent.core.signals import SLO_OBJECTIVES, SignalsCache, slo_observations
+from agent.core.signals import SLO_OBJECTIVES, Signals, SignalsCache, slo_observations
 from exporters.prometheus import PrometheusExporter
 
 log = get_logger("dynamo_sidecar.runtime")
@@ -28,10 +29,13 @@ class SignalSamples:
         self.signals = signals
         self.config = config
         self._samples: list[Sample] = []
+        self._of: Signals | None = None  # the signals _samples were made from
 
     def __call__(self) -> list[Sample]:
-        if self.signals.refresh():
-            self._samples = self.signals.current.to_samples() + self._slo_samples()
+        self.signals.refresh()  # the evaluation or the canary may have refreshed them first
+        if self._of is not self.signals.current:
+            self._of = self.signals.current
+            self._samples = self._of.to_samples() + self._slo_samples()
         return list(self._samples)
 
     def _slo_samples(self) -> list[Sample]:
@@ -49,13 +53,20 @@ class SignalSamples:
 
 
 class RenderLoop:
-    """Renders after collectors brought data (`mark_dirty`) while a scraper is around, then
-    runs `after` (the cycle's findings evaluation) whether it rendered or not."""
+    """Once per collection cycle after collectors brought data (`mark_dirty`): runs `after`
+    (the cycle's findings evaluation), then renders, while a scraper is around, at the
+    collectors' pace (slower while the pod is quiet)."""
 
     def __init__(
-        self, exporter: PrometheusExporter, config: Config, run: RunState, after: Callable[[], None]
+        self,
+        exporter: PrometheusExporter,
+        config: Config,
+        run: RunState,
+        after: Callable[[], None],
+        quiet_factor: Callable[[], int] = lambda: 1,
     ) -> None:
         self.exporter = exporter
+        self.quiet_factor = quiet_factor
         self.config = config
         self.run = run
         self.after = after
@@ -73,22 +84,32 @@ class RenderLoop:
             fastest = min(fastest, self.config.drain_interval)
         return max(RENDER_DEBOUNCE, fastest)
 
+    def spacing(self) -> float:
+        """The least time between renders: none normally; while the pod is quiet, the quiet
+        pace (half an interval short of it, so a jittered cycle does not skip two)."""
+        factor = self.quiet_factor()
+        return 0.0 if factor <= 1 else self.every() * (factor - 0.5)
+
     async def _loop(self) -> None:
         last = 0.0
+        rendered_at = -math.inf
         while True:
             await self.dirty.wait()
-            # Wait out the rest of the cycle since the last render (at least the debounce).
+            # Wait out the rest of the cycle since the last one (at least the debounce).
             delay = max(RENDER_DEBOUNCE, last + self.every() - time.monotonic())
             await asyncio.sleep(delay)
             self.dirty.clear()
             last = time.monotonic()
-            if not self.exporter.scraped_within(last):
-                # Nobody to render for: the cycle's evaluation still runs (findings move on
-                # their own), and the next scrape renders what it asks for.
+            # The cycle's findings evaluation first: it sets the pace (quiet or not) that
+            # the render follows, and computes the signals the render then reuses.
+            self.after()
+            if not self.exporter.scraped_within(last) or last - rendered_at < self.spacing():
+                # Nobody to render for (the next scrape renders what it asks for), or a quiet
+                # pod, whose exposition follows its collectors' quiet pace.
                 self.exporter.renders_skipped += 1
                 self.exporter.account_passthrough()
-                self.after()
                 continue
+            rendered_at = last
             try:
                 for _ in self.exporter.render_steps():
                     await asyncio.sleep(0)  # a scrape waiting meanwhile is served now
@@ -100,8 +121,6 @@ class RenderLoop:
             compress = self.exporter.precompress_job()
             if compress is not None:
                 await asyncio.to_thread(compress)
-            await asyncio.sleep(0)  # a scrape that arrived meanwhile first
-            self.after()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="renderer")

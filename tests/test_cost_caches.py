@@ -108,3 +108,24 @@ def test_cycle_evaluation_with_the_renders_signals_equals_a_fresh_one() -> None:
     # Consumed by the cycle's evaluation: the next one, without a render, computes afresh.
     sidecar.evaluate_findings()
     assert sidecar.signal_cache._unevaluated is None
+
+
+def test_the_exposition_shows_the_signals_whoever_refreshed_them() -> None:
+    """The signals are refreshed by the cycle's evaluation and by the canary as well as by
+    the render: a render after someone else's refresh exports those signals, not the ones
+    it rendered last time."""
+    import re
+
+    import bench.diagnose as filled
+
+    sidecar = _sidecar()
+    sidecar.exporter.render()  # before any data: no request rate to show
+    filled.fill(sidecar, time.time())
+    assert sidecar.signal_cache.refresh(), "the new data did not change the signals"
+    rate = sidecar.signal_cache.current.request_rate
+    assert rate
+    sidecar.exporter.render()
+    text = sidecar.exporter.body("text", False)[0].decode()
+    found = re.search(r"^dynamo_sidecar_dynamo_request_rate\{[^}]*\} (\S+)$", text, re.M)
+    assert found, "no request rate in the exposition"
+    assert float(found.group(1)) == rate

@@ -176,3 +176,33 @@ async def test_renders_pause_without_a_scraper_and_the_next_scrape_is_current(
     async with http.get(base_url(sidecar) + "/metrics") as response:
         served = _health_runs(await response.text())
     assert served >= runs_now
+
+
+async def test_a_quiet_pod_is_rendered_at_the_quiet_pace_and_at_once_after(
+    sim: DynamoSim, make_sidecar, http: aiohttp.ClientSession
+) -> None:
+    sidecar: Sidecar = await make_sidecar(sim, quiet_after="1", quiet_slowdown="4", canary_enabled="false")
+    await wait_for(lambda: sidecar.quiet.quiet, timeout=20, what="quiet")
+    exporter = sidecar.exporter
+
+    async def scrape_for(seconds: float) -> None:
+        """A scraper asking every 0.1 s: the render loop renders for it at the pod's pace."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            async with http.get(base_url(sidecar) + "/metrics") as response:
+                assert response.status == 200
+            await asyncio.sleep(0.1)
+
+    await scrape_for(0.5)
+    skipped, runs = exporter.renders_skipped, sum(sidecar.state.collectors["dynamo_health"].runs.values())
+    await scrape_for(2.0)
+    health_cycles = sum(sidecar.state.collectors["dynamo_health"].runs.values()) - runs
+    # Quiet at 4x: a render every fourth 0.2 s cycle or so, though a scraper asks all along.
+    assert health_cycles >= 6
+    assert exporter.renders_skipped - skipped >= health_cycles // 2
+    sim.faults.worker_hang = True
+    await wait_for(lambda: not sidecar.quiet.quiet, timeout=10, what="quiet ended")
+    await scrape_for(0.5)
+    skipped = exporter.renders_skipped
+    await scrape_for(1.5)
+    assert exporter.renders_skipped == skipped  # every cycle rendered again

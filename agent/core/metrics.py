@@ -143,7 +143,7 @@ QUIET = _Quiet("dynamo_sidecar_quiet")
 
 
 class _RendersSkippedTotal(Handle):
-    """counter: Collection cycles whose exposition was not rendered ahead because no scraper had asked for /metrics recently (the next scrape renders)."""
+    """counter: Collection cycles whose exposition was not rendered: no scraper had asked for /metrics recently (the next scrape renders), or the pod is quiet (rendered at the quiet pace)."""
 
     __slots__ = ()
 

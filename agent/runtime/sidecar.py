@@ -135,7 +135,13 @@ class Sidecar:
             allow=config.passthrough_allow,
             deny=config.passthrough_deny,
         )
-        self.renderer = RenderLoop(self.exporter, config, self.run, after=self.evaluate_findings)
+        self.renderer = RenderLoop(
+            self.exporter,
+            config,
+            self.run,
+            after=self.evaluate_findings,
+            quiet_factor=lambda: self.scheduler.quiet_factor,
+        )
         self.started_monotonic = time.monotonic()
         self._http: HttpThread | None = None
         # The main event loop, where state is read and changed; the HTTP server runs on its

@@ -28,18 +28,22 @@ sys.path.insert(0, str(ROOT))
 from tests.fake_nvml.build import build_fake_nvml  # noqa: E402
 
 
-def state(gpus: int, step: int = 0) -> str:
+def state(gpus: int, step: int = 0, idle: bool = False) -> str:
     """The fake's state; past step 0, what a busy GPU changes between two collections
     (utilisation, memory, temperature, power, clocks, PCIe throughput, its process's memory)
-    differs at every step, while thresholds, ECC, NVLink and the rest stay."""
+    differs at every step, while thresholds, ECC, NVLink and the rest stay. `idle`: the GPUs
+    of an idle pod instead (the model's weights loaded, nothing running, clocks down for
+    idleness, not throttled); the default is a busy, power-capped GPU (a warning finding)."""
     lines = [f"count {gpus}"]
     for i in range(gpus):
         lines += [
-            f"gpu{i}.util_gpu {50 + i}",
-            f"gpu{i}.mem_used {i * 2**30}",
-            f"gpu{i}.throttle 4",
+            f"gpu{i}.util_gpu {0 if idle else 50 + i}",
+            f"gpu{i}.mem_used {60 * 2**30 if idle else i * 2**30}",
+            f"gpu{i}.throttle {1 if idle else 4}",
             f"gpu{i}.nvlinks 4",
-            f"gpu{i}.procs {os.getpid()}:{2**30},{100000 + i}:{2**20}",
+            f"gpu{i}.procs {100000 + i}:{60 * 2**30}"
+            if idle
+            else f"gpu{i}.procs {os.getpid()}:{2**30},{100000 + i}:{2**20}",
         ]
         if step:
             lines += [
@@ -57,7 +61,7 @@ def state(gpus: int, step: int = 0) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fake_gpu_env(workdir: Path, gpus: int = 8) -> dict[str, str]:
+def fake_gpu_env(workdir: Path, gpus: int = 8, idle: bool = False) -> dict[str, str]:
     """The environment that makes a sidecar process load the tests' fake NVML with `gpus`
     GPUs (built in `workdir`); the plain environment when there is no C compiler."""
     import shutil
@@ -65,7 +69,7 @@ def fake_gpu_env(workdir: Path, gpus: int = 8) -> dict[str, str]:
     env = {**os.environ}
     if shutil.which("gcc"):
         build_fake_nvml(workdir)
-        (workdir / "state").write_text(state(gpus))
+        (workdir / "state").write_text(state(gpus, idle=idle))
         env.update(LD_LIBRARY_PATH=str(workdir), FAKE_NVML_STATE=str(workdir / "state"))
     return env
 

@@ -99,28 +99,10 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def idle_gpu_state(gpus: int = 8) -> str:
-    """The fake NVML's state for GPUs of an idle pod: the model's weights loaded, nothing
-    running, clocks down for idleness (gpu_idle), not throttled. (bench/gpu.py's default state
-    is a busy, power-capped GPU: a warning finding, never a quiet pod.)"""
-    lines = [f"count {gpus}"]
-    for i in range(gpus):
-        lines += [
-            f"gpu{i}.util_gpu 0",
-            f"gpu{i}.mem_used {60 * 2**30}",
-            f"gpu{i}.throttle 1",
-            f"gpu{i}.nvlinks 4",
-            f"gpu{i}.procs {100000 + i}:{60 * 2**30}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def fake_idle_gpus(workdir: Path) -> dict[str, str]:
-    """fake_gpu_env with 8 idle GPUs."""
-    env = fake_gpu_env(workdir)
-    if "FAKE_NVML_STATE" in env:
-        Path(env["FAKE_NVML_STATE"]).write_text(idle_gpu_state())
-    return env
+    """fake_gpu_env with 8 idle GPUs: an idle pod's (bench/gpu.py's default is busy and
+    power-capped, a warning finding, never a quiet pod)."""
+    return fake_gpu_env(workdir, idle=True)
 
 
 def quiet_state(port: int) -> dict[str, Any]:

@@ -260,6 +260,29 @@ class CanaryConfig:
         )
 
 
+class RequestCount:
+    """A request counter's new requests beyond the sidecar's own canaries. The sidecar counts
+    a canary as sent before the frontend counts it: a scrape in between sees one request
+    fewer, and the next scrape's count is not new traffic. Only a count above the highest
+    seen is; a counter that falls was restarted, and counting starts again from it."""
+
+    def __init__(self) -> None:
+        self.highest: float | None = None  # the highest count beyond our own seen
+        self.raw = 0.0  # the counter itself then
+
+    def new_requests(self, total: float, own: float) -> bool:
+        """Whether `total` (the counter now, `own` of it ours) holds requests not seen before."""
+        real, restarted = total - own, total < self.raw
+        self.raw = total
+        if self.highest is None or restarted:
+            self.highest = real
+            return False
+        if real > self.highest:
+            self.highest = real
+            return True
+        return False
+
+
 class Canary:
     def __init__(
         self,
@@ -294,8 +317,7 @@ class Canary:
         self._round_window = (0.0, 0.0, 0)
         self.rounds = 0
         self.starting_failures = 0  # failed while the engine was still starting: not counted
-        self._last_total: float | None = None  # the highest count of real requests seen
-        self._last_raw_total = 0.0  # the frontend's own count then (a drop is a restart)
+        self._requests = RequestCount()  # the frontend's, beyond our own canaries
         self._seen_generation = -1
         self._last_progress: float | None = None
         self._stuck_since = 0.0
@@ -333,21 +355,13 @@ class Canary:
         total = self._traffic_total()
         if total is None:
             return
-        real_total = total - self.sent_through_frontend
         progress = self._progress()
         # The signals as of the scrape the totals above are from (the render or evaluation
         # that would refresh them may not have run since): _own_inflight judges that scrape.
         self.signals.refresh()
         inflight = (self.signals.current.frontend_inflight or 0) - self.own_inflight()
-        # A canary is counted by the frontend a moment after it is sent: a scrape in between
-        # sees one request fewer, and the next one's count is not new traffic. Only a count
-        # above the highest seen is; a frontend restart (its own count falls) starts again.
-        restarted = total < self._last_raw_total
-        if self._last_total is not None and real_total > self._last_total and not restarted:
+        if self._requests.new_requests(total, self.sent_through_frontend):
             self.last_activity = self.last_traffic = now
-        if self._last_total is not None and real_total < self._last_total and not restarted:
-            real_total = self._last_total
-        self._last_raw_total = total
         if inflight > 0:
             self.last_traffic = now  # work in flight, stuck or not, is not a quiet pod
             if self._last_progress is None or progress != self._last_progress or not self._stuck_since:
@@ -356,7 +370,7 @@ class Canary:
                 self.last_activity = now
         else:
             self._stuck_since = 0.0
-        self._last_total, self._last_progress = real_total, progress
+        self._last_progress = progress
 
     def own_inflight(self) -> int:
         """The canaries the last metrics scrape may show in flight: those in flight now, or

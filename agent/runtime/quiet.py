@@ -22,7 +22,7 @@ from agent.core.samples import Sample
 from agent.core.signals import DynamoNames
 from agent.core.state import State
 from agent.diagnose.model import SEVERITY_RANK, Finding
-from agent.runtime.canary import Canary
+from agent.runtime.canary import Canary, RequestCount
 from agent.runtime.scheduler import Scheduler
 
 log = get_logger("dynamo_sidecar.runtime")
@@ -47,10 +47,9 @@ class QuietWatch:
         self.config = config
         self.state = state
         self.names = names
-        # The worker's own request count (a worker pod has no frontend to read traffic from):
-        # the highest seen beyond this sidecar's canaries, the raw count then, when it rose.
-        self._worker_max: float | None = None
-        self._worker_raw = 0.0
+        # The worker's own request count (a worker pod has no frontend to read traffic from),
+        # and when it last rose beyond this sidecar's canaries.
+        self._worker_requests = RequestCount()
         self.last_worker_traffic = time.time()
         self.scheduler = scheduler
         self.canary = canary
@@ -89,14 +88,8 @@ class QuietWatch:
 
     def _observe_worker(self, now: float) -> None:
         total = self.state.latest_total(self.names.worker_requests_total)
-        if total is not None:
-            real = total - self.canary.sent_through_frontend
-            restarted = total < self._worker_raw  # the worker's count fell: it restarted
-            if self._worker_max is not None and real > self._worker_max and not restarted:
-                self.last_worker_traffic = now
-            if self._worker_max is None or restarted or real > self._worker_max:
-                self._worker_max = real
-            self._worker_raw = total
+        if total is not None and self._worker_requests.new_requests(total, self.canary.sent_through_frontend):
+            self.last_worker_traffic = now
         inflight = (self.canary.signals.current.worker_inflight or 0) - self.canary.own_inflight()
         if inflight > 0:
             self.last_worker_traffic = now

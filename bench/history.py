@@ -24,7 +24,6 @@ import gc
 import json
 import random
 import sys
-import threading
 import time
 import tracemalloc
 from itertools import pairwise
@@ -163,31 +162,6 @@ def reads(series: int = 3200) -> dict[str, float]:
     return {"rings": len(rings), **out}
 
 
-class PeakRss:
-    """A process's resident memory, sampled every 10 ms in a thread: the peak over a span."""
-
-    def __init__(self, pid: int) -> None:
-        import psutil
-
-        self.process = psutil.Process(pid)
-        self.base = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-
 async def _query(http: Any, url: str) -> tuple[float, int, int, int, float]:
     """(seconds, pages, points, largest answer, slowest page) for every page of one query."""
     began = time.monotonic()
@@ -274,6 +248,9 @@ async def worst_case_http(code: str, per_name: int, concurrent: int) -> dict[str
     import subprocess
 
     import aiohttp
+
+    sys.path.append(str(ROOT))  # after the measured checkout: only for the tests' helpers
+    from tests.helpers import PeakRss
 
     child = subprocess.Popen(
         [sys.executable, __file__, "--code", code, "--serve", str(per_name)],

@@ -8,6 +8,7 @@ import asyncio
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -101,3 +102,29 @@ async def post_completion(session: aiohttp.ClientSession, frontend: str, **body:
     payload = {"model": "tiny", "prompt": "hi", "max_tokens": 2, **body}
     async with session.post(frontend + "/v1/completions", json=payload) as response:
         return response.status, await response.read()
+
+
+class PeakRss:
+    """A process's resident memory (this one's by default), sampled every 10 ms in a thread:
+    the peak over a span."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        import psutil
+
+        self.process = psutil.Process(pid)
+        self.base = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.process.memory_info().rss)
+            self._stop.wait(0.01)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self._stop.set()
+        self._thread.join(5)

@@ -10,19 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 import time
 from itertools import pairwise
-from typing import Any
 
 import aiohttp
-import psutil
 
 from agent.core.samples import CollectResult, sample
 from agent.core.signals import DynamoNames
 from agent.runtime.server import MAX_HISTORY_BYTES, MAX_HISTORY_POINTS
 from agent.runtime.sidecar import Sidecar
-from tests.helpers import base_url, get_json, get_text, wait_for
+from tests.helpers import PeakRss, base_url, get_json, get_text, wait_for
 
 NAMES = sorted(DynamoNames().history_names())[:16]
 SERIES = 200
@@ -42,29 +39,6 @@ def fill_worst_case(sidecar: Sidecar) -> int:
         ]
         state.update("worst", CollectResult(samples=samples), now=start + 5.0 * step)
     return state.ring_capacity
-
-
-class PeakRss:
-    """The process's resident memory, sampled every 10 ms in a thread: the peak over a span."""
-
-    def __init__(self) -> None:
-        self.process = psutil.Process()
-        self.base = self.peak = self.process.memory_info().rss
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.process.memory_info().rss)
-            self._stop.wait(0.01)
-
-    def __enter__(self) -> PeakRss:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: Any) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
 
 async def _all_pages(http: aiohttp.ClientSession, url: str) -> tuple[int, int, int, int]:

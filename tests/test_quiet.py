@@ -194,12 +194,15 @@ async def test_a_quiet_pod_is_rendered_at_the_quiet_pace_and_at_once_after(
             await asyncio.sleep(0.1)
 
     await scrape_for(0.5)
-    skipped, runs = exporter.renders_skipped, sum(sidecar.state.collectors["dynamo_health"].runs.values())
+    skipped, renders, began = exporter.renders_skipped, exporter._render_started, time.monotonic()
     await scrape_for(2.0)
-    health_cycles = sum(sidecar.state.collectors["dynamo_health"].runs.values()) - runs
-    # Quiet at 4x: a render every fourth 0.2 s cycle or so, though a scraper asks all along.
-    assert health_cycles >= 6
-    assert exporter.renders_skipped - skipped >= health_cycles // 2
+    took = time.monotonic() - began
+    # Quiet at 4x: renders at least 0.7 s apart (3.5 cycles of 0.2 s), though a scraper asks
+    # all along and a cycle ends every 0.2 s or so; the cycles between are skipped.
+    spacing = sidecar.renderer.spacing()
+    assert spacing == 0.2 * 3.5
+    assert exporter._render_started - renders <= took / spacing + 1
+    assert exporter.renders_skipped - skipped >= 2
     sim.faults.worker_hang = True
     await wait_for(lambda: not sidecar.quiet.quiet, timeout=10, what="quiet ended")
     await scrape_for(0.5)

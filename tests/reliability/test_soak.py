@@ -114,7 +114,7 @@ def test_soak_memory_tasks_threads_flat_and_exit_bounded(tmp_path) -> None:
         print(json.dumps({"exit_seconds_after_sigterm": round(exit_seconds, 2)}))
         # The bound: drain (in-flight zero plus settle) and the OTLP flush, with margin.
         assert exit_seconds < 15
-        assert sidecar.returncode == 0
+        assert sidecar.returncode == 0, err[-2000:]  # the one-line internal error, if any
         # Every log line, the libraries' (aiohttp, OpenTelemetry's exporter failing against
         # the dead receiver) included, is one JSON object; nothing else reaches a terminal.
         lines = [line for line in out.splitlines() if line.strip()]

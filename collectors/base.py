@@ -26,6 +26,10 @@ class Collector(abc.ABC):
     def __init__(self, interval: float, timeout: float) -> None:
         self.interval = interval
         self.timeout = timeout
+        # Asks the scheduler to run this collector now, from any thread: a source that learns
+        # of something between runs (an XID from the NVML event thread) is not left for its
+        # interval. The scheduler sets it at start.
+        self.wake: Callable[[], None] = lambda: None
 
     @abc.abstractmethod
     async def collect(self) -> CollectResult: ...

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -88,6 +88,33 @@ def parse_models(result: HttpResult) -> list[str] | None:
     ]
 
 
+def judged(facts: dict[str, EndpointFacts]) -> Hashable:
+    """What the rules judge of one health run, its timings and clocks left out (response
+    times, uptime, body excerpts, when a model was last listed): equal for two runs that
+    found the same. Restarts and instance changes are events, counted apart."""
+    return tuple(
+        (
+            name,
+            view.kind,
+            view.url,
+            tuple(
+                (probe, fact.outcome, fact.status, fact.status_code, fact.error, fact.transitions)
+                for probe, fact in view.probes.items()
+            ),
+            view.first_ok_at,
+            None if view.answers_on is None else (view.answers_on.port, view.answers_on.status),
+            None if view.instance_ids is None else tuple(view.instance_ids),
+            None if view.registered is None else tuple(view.registered),
+            view.stage,
+            None if view.models is None else tuple(view.models),
+            view.models_error,
+            tuple(sorted(view.models_seen)),
+            None if view.endpoints is None else tuple(sorted(view.endpoints.items())),
+        )
+        for name, view in sorted(facts.items())
+    )
+
+
 def classify(result: HttpResult) -> tuple[str, str, dict[str, Any] | None, str]:
     """(outcome, status string, parsed body, error) for one probe."""
     if result.failure:
@@ -141,7 +168,7 @@ class DynamoHealthCollector(Collector):
 
     async def collect(self) -> CollectResult:
         if self._session is None:
-            self._session = new_session()
+            self._session = new_session([t.base_url for t in self.targets])
         result = CollectResult()
         jobs = []
         for target in self.targets:
@@ -206,6 +233,7 @@ class DynamoHealthCollector(Collector):
             if view.probe().outcome == "refused":
                 view.answers_on = await self._search_port(target, now)
         result.facts = HealthFacts(facts, now)
+        result.digest = judged(facts)
         return result
 
     PORT_SEARCH_EVERY = 30.0

@@ -347,6 +347,8 @@ class DynamoLogCollector(Collector):
         result.add(m.LOG_BYTES_READ_TOTAL.sample(self.stats.bytes_read))
         result.add(m.LOG_FILES.sample(len(files)))
         result.facts = LogFacts(files, self.patterns, self.errors, self.requests, now)
+        # No byte read and the same files: nothing new for the rules.
+        result.digest = (self.stats.bytes_read, self.stats.rotations, self.stats.errors, tuple(files))
         return result
 
     async def collect(self) -> CollectResult:

@@ -90,7 +90,7 @@ class DynamoMetricsCollector(Collector):
 
     async def collect(self) -> CollectResult:
         if self._session is None:
-            self._session = new_session()
+            self._session = new_session([t.base_url for t in self.targets])
         responses = await asyncio.gather(
             *(
                 fetch(

@@ -264,9 +264,15 @@ class XidWatcher:
     """Waits on an NVML event set on its own thread; never blocks the event loop."""
 
     def __init__(
-        self, nvml: _Nvml, handles: dict[int, Any], uuids: dict[int, str], max_events: int = 1000
+        self,
+        nvml: _Nvml,
+        handles: dict[int, Any],
+        uuids: dict[int, str],
+        max_events: int = 1000,
+        on_event: Callable[[], None] = lambda: None,
     ) -> None:
         self.nvml = nvml
+        self.on_event = on_event  # called on this thread after each event is queued
         self.handles = handles
         self.uuids = uuids
         self.events: deque[tuple[float, int, int]] = deque(maxlen=max_events)
@@ -321,6 +327,7 @@ class XidWatcher:
                 index = index_of.get(id(data.device), -1)
             with self._lock:
                 self.events.append((time.time(), int(index), int(data.eventData)))
+            self.on_event()
         with contextlib.suppress(lib.NVMLError):
             lib.nvmlEventSetFree(event_set)
 
@@ -400,7 +407,9 @@ class GpuCollector(Collector):
         self.unavailable_reason = ""
         log.info("NVML initialised", gpus=len(self._handles), driver=self._driver())
         uuids = {i: s["uuid"] for i, s in self._static.items()}
-        self.watcher = XidWatcher(self._nvml, dict(self._handles), uuids)
+        # An XID is read by the next collection, asked for at once: an XID is a critical
+        # finding whatever the GPU interval or a quiet pod's pace.
+        self.watcher = XidWatcher(self._nvml, dict(self._handles), uuids, on_event=lambda: self.wake())
         self.watcher.start()
         return True
 

@@ -209,3 +209,36 @@ async def test_a_quiet_pod_is_rendered_at_the_quiet_pace_and_at_once_after(
     skipped = exporter.renders_skipped
     await scrape_for(1.5)
     assert exporter.renders_skipped == skipped  # every cycle rendered again
+
+
+async def test_a_quiet_pods_evaluation_skips_cycles_that_brought_nothing_new_but_not_a_change(
+    sim: DynamoSim, make_sidecar
+) -> None:
+    sidecar: Sidecar = await make_sidecar(sim, quiet_after="1", quiet_slowdown="4", canary_enabled="false")
+    await wait_for(lambda: sidecar.quiet.quiet, timeout=20, what="quiet")
+    skipped = sidecar.quiet.evaluations_skipped
+    await wait_for(lambda: sidecar.quiet.evaluations_skipped >= skipped + 3, what="cycles not evaluated")
+    # The cycles from here are driven by hand, at chosen moments: the sidecar's own stop.
+    await sidecar.renderer.stop()
+    await sidecar.scheduler.stop()
+    quiet = sidecar.quiet
+    by_name = {c.name: c for c in sidecar.collectors}
+    t = time.monotonic() + 100.0
+    assert quiet.should_evaluate(t)  # longer than the quiet pace since the last: evaluated
+    assert not quiet.should_evaluate(t + 0.01)  # nothing ran since
+    await sidecar.scheduler.run_once(by_name["dynamo_health"])  # probes answering as before
+    assert not quiet.should_evaluate(t + 0.02)
+    assert quiet.should_evaluate(t + quiet.pace())  # the quiet pace is the longest gap
+    await sidecar.scheduler.run_once(by_name["process"])  # a collector that vouches for nothing
+    assert quiet.should_evaluate(t + quiet.pace() + 0.01)
+    await sidecar.scheduler.run_once(by_name["dynamo_health"])
+    sidecar.evaluate_findings()  # now, well inside the pace of the last (t is 100 s ahead)
+    skipped = quiet.evaluations_skipped
+    assert skipped >= 1 and quiet.quiet
+    sim.faults.frontend_5xx = True
+    await sidecar.scheduler.run_once(by_name["dynamo_health"])  # a probe answering otherwise
+    sidecar.evaluate_findings()  # judged at once, not at the quiet pace: quiet ends
+    assert quiet.evaluations_skipped == skipped
+    assert not quiet.quiet and quiet.why_not == "finding endpoint_bad_response:frontend", quiet.why_not
+    # A pod that is not quiet is evaluated every cycle, changed or not.
+    assert quiet.should_evaluate() and quiet.should_evaluate()

@@ -97,6 +97,54 @@ async def test_speed_up_wakes_collectors_now() -> None:
         await scheduler.stop()
 
 
+class Stamps(Collector):
+    """Records when each run began (monotonic)."""
+
+    name = "stamps"
+
+    def __init__(self) -> None:
+        super().__init__(interval=3600, timeout=1)
+        self.starts: list[float] = []
+
+    async def collect(self) -> CollectResult:
+        self.starts.append(time.monotonic())
+        return CollectResult()
+
+
+async def test_a_collector_woken_from_another_thread_runs_now_and_a_storm_at_most_once_a_gap() -> None:
+    from agent.runtime.scheduler import WAKE_GAP
+
+    state = State()
+    stamps = Stamps()
+    scheduler = Scheduler([stamps], state, jitter=0)
+    scheduler.start()
+    try:
+        await wait_for(lambda: len(stamps.starts) == 1, what="the first run")
+        await asyncio.sleep(WAKE_GAP)  # past the gap: one wake-up is one run, at once
+        woke = time.monotonic()
+        threading.Thread(target=stamps.wake).start()
+        await wait_for(lambda: len(stamps.starts) == 2, timeout=5, what="the woken run")
+        assert stamps.starts[1] - woke < WAKE_GAP / 2
+        # 200 wake-ups from a thread over ~1.5 gaps: runs spaced a gap apart, not 200.
+        storm_until = time.monotonic() + 1.5 * WAKE_GAP
+
+        def storm() -> None:
+            while time.monotonic() < storm_until:
+                stamps.wake()
+                time.sleep(1.5 * WAKE_GAP / 200)
+
+        thread = threading.Thread(target=storm)
+        thread.start()
+        await asyncio.to_thread(thread.join)
+        await wait_for(lambda: len(stamps.starts) == 4, timeout=5, what="the storm's runs")
+        await asyncio.sleep(WAKE_GAP * 1.2)
+        assert len(stamps.starts) == 4  # the storm's last wake-up ran once, nothing queued after
+        gaps = [b - a for a, b in zip(stamps.starts[1:], stamps.starts[2:], strict=False)]
+        assert min(gaps) >= WAKE_GAP * 0.99, gaps
+    finally:
+        await scheduler.stop()
+
+
 class Fatal(BaseException):
     """Not an Exception: what a collector's own code must never carry into its loop."""
 

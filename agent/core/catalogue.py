@@ -93,6 +93,7 @@ CATALOGUE: tuple[MetricSpec, ...] = (
     _m("undeclared_emissions_total", "counter", "Emissions of a metric the catalogue does not declare, or with labels it does not declare (a bug: logged once per metric, the sample kept).", ("metric",), "agent"),
     _m("draining", "gauge", "1 while a drain is in progress.", (), "agent"),
     _m("quiet", "gauge", "1 while the pod is quiet and the collectors other than health and logs run quiet_slowdown times slower.", (), "agent"),
+    _m("evaluations_skipped_total", "counter", "Collection cycles of a quiet pod whose findings evaluation was skipped: nothing the rules read had changed since the last one, less than the quiet pace before.", (), "agent"),
     _m("renders_skipped_total", "counter", "Collection cycles whose exposition was not rendered: no scraper had asked for /metrics recently (the next scrape renders), or the pod is quiet (rendered at the quiet pace).", (), "agent"),
     _m("collector_success", "gauge", "1 if the collector's last run succeeded.", ("collector",), "scheduler"),
     _m("collector_duration_seconds", "gauge", "Duration of the collector's last run.", ("collector",), "scheduler"),

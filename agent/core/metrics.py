@@ -142,6 +142,20 @@ class _Quiet(Handle):
 QUIET = _Quiet("dynamo_sidecar_quiet")
 
 
+class _EvaluationsSkippedTotal(Handle):
+    """counter: Collection cycles of a quiet pod whose findings evaluation was skipped: nothing the rules read had changed since the last one, less than the quiet pace before."""
+
+    __slots__ = ()
+
+    if TYPE_CHECKING:
+
+        def sample(self, value: float, /) -> Sample: ...
+        def selector(self) -> str: ...
+
+
+EVALUATIONS_SKIPPED_TOTAL = _EvaluationsSkippedTotal("dynamo_sidecar_evaluations_skipped_total")
+
+
 class _RendersSkippedTotal(Handle):
     """counter: Collection cycles whose exposition was not rendered: no scraper had asked for /metrics recently (the next scrape renders), or the pod is quiet (rendered at the quiet pace)."""
 

@@ -6,6 +6,7 @@ Collectors speak only these types; they never see Prometheus or HTTP objects.
 from __future__ import annotations
 
 import time
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,11 @@ class CollectResult:
     # Scraped families re-exported as their checked text lines (agent/core/exposition.py),
     # without being parsed; `families` holds only the ones signals and rules read.
     raw: list[Any] = field(default_factory=list)
+    # What of this run the rules judge, timings and clocks left out, for a collector that can
+    # vouch for it (health, logs): two runs with equal digests tell the findings nothing new,
+    # and a quiet pod's evaluation skips a cycle that brought only that (agent/runtime/quiet.py).
+    # None: every run may change something.
+    digest: Hashable | None = None
 
     def add(self, item: Sample) -> None:
         """One sample, made by a metric handle: `result.add(m.X.sample(value, label=...))`."""

@@ -60,6 +60,9 @@ class QuietWatch:
         self.why_not = "starting"
         self.episodes = 0  # times the pod became quiet
         self.last_ended: tuple[float, str] | None = None  # when quiet last ended, and why
+        # The inputs the last findings evaluation saw, and when it ran (monotonic).
+        self._evaluated: tuple[tuple[object, ...], float] | None = None
+        self.evaluations_skipped = 0
 
     def reason_not_quiet(self, findings: list[Finding], now: float) -> str:
         """Why the pod is not quiet now ("" when it is)."""
@@ -93,6 +96,44 @@ class QuietWatch:
         inflight = (self.canary.signals.current.worker_inflight or 0) - self.canary.own_inflight()
         if inflight > 0:
             self.last_worker_traffic = now
+
+    def inputs(self) -> tuple[object, ...]:
+        """What can change the findings between two collection cycles: a run of a collector
+        that does not vouch for its data (when it ran), the digest of one that does (the
+        health probes and logs: CollectResult.digest), each collector's failures, the events
+        recorded (restarts, XIDs, instance changes), the canaries' outcomes."""
+        state = self.state
+        runs: list[object] = []
+        for name, status in state.collectors.items():
+            latest = state.latest.get(name)
+            digest = latest.digest if latest is not None and status.last_success else None
+            runs.append(
+                (name, status.consecutive_failures, status.last_run_time if digest is None else digest)
+            )
+        canaries = tuple(
+            (model, watch.consecutive_failures, watch.last.outcome if watch.last is not None else "")
+            for model, watch in self.canary.models.items()
+        )
+        return (tuple(runs), sum(state.event_counts.values()), canaries, self.canary.starting_failures)
+
+    def pace(self) -> float:
+        """Seconds a quiet pod's findings may go without an evaluation when nothing changed:
+        the quiet pace, half an interval short of it (as the render's)."""
+        return self.config.dynamo_interval * (self.config.quiet_slowdown - 0.5)
+
+    def should_evaluate(self, now: float | None = None) -> bool:
+        """Whether this cycle's findings evaluation runs: always, unless the pod is quiet, its
+        inputs are those the last evaluation saw, and that was less than `pace()` ago. A
+        quiet pod's cycle that brought only health probes answering as before is not
+        judged again; one that brought anything else is, at once."""
+        now = time.monotonic() if now is None else now
+        inputs = self.inputs()
+        last = self._evaluated
+        if self.quiet and last is not None and last[0] == inputs and now - last[1] < self.pace():
+            self.evaluations_skipped += 1
+            return False
+        self._evaluated = (inputs, now)
+        return True
 
     def judge(self, findings: list[Finding], now: float | None = None) -> None:
         now = time.time() if now is None else now
@@ -132,4 +173,7 @@ class QuietWatch:
         }
 
     def samples(self) -> list[Sample]:
-        return [m.QUIET.sample(1 if self.quiet else 0)]
+        return [
+            m.QUIET.sample(1 if self.quiet else 0),
+            m.EVALUATIONS_SKIPPED_TOTAL.sample(self.evaluations_skipped),
+        ]

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import math
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -21,6 +23,8 @@ from agent.core.state import State
 from collectors.base import Collector
 
 log = get_logger("dynamo_sidecar.scheduler")
+
+WAKE_GAP = 1.0  # seconds: the least time between the starts of two runs a collector woke itself
 
 
 class Scheduler:
@@ -44,6 +48,8 @@ class Scheduler:
         self._completed: set[str] = set()
         self.first_cycle_done = asyncio.Event()
         self._next_run: dict[str, list[asyncio.Event]] = {}
+        self._started: dict[str, float] = {}  # when each collector's current or last run began
+        self._pending_wake: dict[str, asyncio.TimerHandle] = {}
         self._stopping = False
         # When a collector run last ended (monotonic): /healthz reads it from the HTTP thread
         # (one float, written whole) to tell a stuck main loop without waiting on that loop.
@@ -57,8 +63,10 @@ class Scheduler:
         # Read once here, on the main loop: /healthz asks from the HTTP thread.
         self._slowest = max((c.interval + c.timeout for c in self.collectors), default=0.0)
         self.last_progress = time.monotonic()
+        loop = asyncio.get_running_loop()
         for collector in self.collectors:
             self._wakeups[collector.name] = asyncio.Event()
+            collector.wake = functools.partial(self._wake_from_thread, loop, collector.name)
             task = asyncio.create_task(self._loop(collector), name=f"collector:{collector.name}")
             self._tasks.append(task)
         if not self.collectors:
@@ -85,6 +93,9 @@ class Scheduler:
 
     async def stop(self) -> None:
         self._stopping = True  # a loop whose cancellation is lost ends at its next turn
+        for handle in self._pending_wake.values():
+            handle.cancel()
+        self._pending_wake.clear()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -113,6 +124,27 @@ class Scheduler:
             if names is None or name in names:
                 wakeup.set()
 
+    def _wake_from_thread(self, loop: asyncio.AbstractEventLoop, name: str) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the sidecar is exiting
+            loop.call_soon_threadsafe(self._woken, name)
+
+    def _woken(self, name: str) -> None:
+        """A collector's own wake-up (Collector.wake): a run now, or WAKE_GAP after the last
+        one began, so a source that signals without pause (an XID storm) cannot keep its
+        collector running back to back."""
+        if name in self._pending_wake:
+            return
+        wait = self._started.get(name, -math.inf) + WAKE_GAP - time.monotonic()
+        if wait <= 0:
+            self.run_now([name])
+            return
+
+        def later() -> None:
+            del self._pending_wake[name]
+            self.run_now([name])
+
+        self._pending_wake[name] = asyncio.get_running_loop().call_later(wait, later)
+
     def set_quiet(self, factor: int) -> None:
         """Stretch the intervals of the collectors that may slow by `factor` (1: their own).
         Going back to 1 wakes the stretched ones now: the first anomaly is looked at with
@@ -139,12 +171,14 @@ class Scheduler:
         await asyncio.sleep(random.uniform(0, min(0.2, collector.interval * self.jitter)))
         wakeup = self._wakeups[collector.name]
         while not self._stopping:
-            started = time.monotonic()
+            started = self._started[collector.name] = time.monotonic()
+            # Cleared before the run, not after: a wake-up asked for during the run (an XID
+            # after the run read the events) runs it again at once instead of being lost.
+            wakeup.clear()
             await self.run_once(collector)
             interval = self._interval_for(collector)
             delay = interval * (1 + random.uniform(-self.jitter, self.jitter))
             remaining = max(0.0, delay - (time.monotonic() - started))
-            wakeup.clear()
             # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when the
             # event is set as the task is cancelled (a speed-up racing stop()), and the loop
             # would outlive stop().

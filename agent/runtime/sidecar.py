@@ -234,6 +234,8 @@ class Sidecar:
         """One evaluation into the lifecycle, once per collection cycle: as of this cycle's
         render when it computed the signals, else now. Its findings set the collectors'
         pace (agent/runtime/quiet.py)."""
+        if not self.quiet.should_evaluate():
+            return  # a quiet pod's cycle that changed nothing the rules read
         try:
             # Brings the signals up to date when no render did (nobody scrapes): the canary
             # and /signals read them as of the last cycle.

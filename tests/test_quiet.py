@@ -5,6 +5,7 @@ scraper, and the first scrape after a pause gets the state as it is."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 import time
 from typing import Any
@@ -55,6 +56,57 @@ async def test_quiet_slows_only_the_collectors_that_may_and_waking_is_immediate(
         await wait_for(lambda: reader.runs > woke_from, timeout=1.0, what="reader woken")
     finally:
         await scheduler.stop()
+
+
+class Starts(Collector):
+    def __init__(self, name: str, slows: bool, interval: float) -> None:
+        super().__init__(interval=interval, timeout=1)
+        self.name = name
+        self.slows_when_quiet = slows
+        self.starts: list[float] = []
+
+    async def collect(self) -> CollectResult:
+        self.starts.append(time.monotonic())
+        return CollectResult()
+
+
+async def test_a_quiet_pods_slowed_collectors_run_on_one_beat_one_after_the_other() -> None:
+    """Independent jittered timers would spread the slowed collectors' runs over every cycle
+    (and each cycle is judged); on the quiet beat they run together, a few tens of ms apart,
+    the slower ones on every other beat."""
+    from agent.runtime.scheduler import BEAT_STAGGER
+
+    first, second = Starts("first", True, 0.5), Starts("second", True, 0.5)
+    slower, probe = Starts("slower", True, 1.0), Starts("probe", False, 0.5)
+    scheduler = Scheduler([first, second, slower, probe], State(), jitter=0.1)
+    scheduler.start()
+    try:
+        await wait_for(lambda: len(slower.starts) >= 1, what="first runs")
+        scheduler.set_quiet(2)  # beat: 2 x 0.5 s
+        quiet_from = time.monotonic()
+        await wait_for(lambda: len(slower.starts) >= 5, timeout=15, what="the slower one's beats")
+    finally:
+        await scheduler.stop()
+    settled = [t for t in first.starts if t > quiet_from + 2.5]
+    assert len(settled) >= 4
+    for start in settled:
+        # On each beat: the second one BEAT_STAGGER after the first ...
+        assert any(0.5 * BEAT_STAGGER < t - start < 3 * BEAT_STAGGER for t in second.starts), (
+            start,
+            second.starts,
+        )
+    # ... and the slower one (twice the interval) on every other beat, two staggers after it.
+    on_beat = [
+        start
+        for start in settled
+        if any(1.5 * BEAT_STAGGER < t - start < 4 * BEAT_STAGGER for t in slower.starts)
+    ]
+    assert len(settled) // 2 <= len(on_beat) <= (len(settled) + 1) // 2, (settled, slower.starts)
+    beats = [b - a for a, b in itertools.pairwise(settled)]
+    assert all(0.9 < gap < 1.1 for gap in beats), beats
+    # The collector that does not slow kept its own pace (0.5 s, jittered).
+    probe_gaps = [b - a for a, b in itertools.pairwise(probe.starts) if a > quiet_from]
+    assert max(probe_gaps) < 0.7, probe_gaps
 
 
 async def _status(http: aiohttp.ClientSession, sidecar: Sidecar) -> dict[str, Any]:

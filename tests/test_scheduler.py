@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import time
@@ -139,7 +140,7 @@ async def test_a_collector_woken_from_another_thread_runs_now_and_a_storm_at_mos
         await wait_for(lambda: len(stamps.starts) == 4, timeout=5, what="the storm's runs")
         await asyncio.sleep(WAKE_GAP * 1.2)
         assert len(stamps.starts) == 4  # the storm's last wake-up ran once, nothing queued after
-        gaps = [b - a for a, b in zip(stamps.starts[1:], stamps.starts[2:], strict=False)]
+        gaps = [b - a for a, b in itertools.pairwise(stamps.starts[1:])]
         assert min(gaps) >= WAKE_GAP * 0.99, gaps
     finally:
         await scheduler.stop()

@@ -4,7 +4,10 @@ one collector's failure from touching any other.
 Each collector has its own loop and timer. One timer starting the collectors due together
 was tried (issue 28) and measured dearer on the idle sidecar: collectors running at once
 contend for the GIL in the thread pool, and the threads' wake-ups went up 2-20x while the
-event loop's did not go down (bench/RESULTS.md).
+event loop's did not go down (bench/RESULTS.md). While the pod is quiet, the slowed
+collectors run on a common beat instead, a few tens of milliseconds apart (`_until_beat`):
+one findings evaluation then judges a beat's data, where independent timers spread it over
+every cycle.
 """
 
 from __future__ import annotations
@@ -24,6 +27,10 @@ from collectors.base import Collector
 
 log = get_logger("dynamo_sidecar.scheduler")
 
+# Seconds between the runs of two slowed collectors on a quiet beat: apart, so they do not
+# contend for the GIL, and all inside the render loop's 0.2 s debounce, so one evaluation
+# judges them together.
+BEAT_STAGGER = 0.03
 WAKE_GAP = 1.0  # seconds: the least time between the starts of two runs a collector woke itself
 
 
@@ -50,6 +57,7 @@ class Scheduler:
         self._next_run: dict[str, list[asyncio.Event]] = {}
         self._started: dict[str, float] = {}  # when each collector's current or last run began
         self._pending_wake: dict[str, asyncio.TimerHandle] = {}
+        self._beat_anchor = 0.0  # when the pod last became quiet (monotonic): the quiet beat's origin
         self._stopping = False
         # When a collector run last ended (monotonic): /healthz reads it from the HTTP thread
         # (one float, written whole) to tell a stuck main loop without waiting on that loop.
@@ -150,6 +158,12 @@ class Scheduler:
         Going back to 1 wakes the stretched ones now: the first anomaly is looked at with
         every source, not at the quiet pace."""
         was, self.quiet_factor = self.quiet_factor, max(1, factor)
+        if self.quiet_factor > 1 and was == 1:
+            # Quiet begins in a render-loop cycle, and those follow each other every fastest
+            # slowed interval while health keeps marking them: half of one later, a beat's
+            # staggered runs are all in before the cycle that judges them.
+            fastest = min((c.interval for c in self.collectors if c.slows_when_quiet), default=0.0)
+            self._beat_anchor = time.monotonic() + fastest / 2
         if self.quiet_factor < was:
             self.run_now([c.name for c in self.collectors if c.slows_when_quiet])
 
@@ -158,6 +172,25 @@ class Scheduler:
         if self.quiet_factor == 1 or self._interval_override is not None:
             return []
         return [c.name for c in self.collectors if c.slows_when_quiet]
+
+    def _until_beat(self, collector: Collector, started: float) -> float | None:
+        """While the pod is quiet, the seconds until a slowed collector's next run on the quiet
+        beat (None when it runs on its own interval). The beat is the fastest slowed
+        interval (process, cgroup and Dynamo metrics: 2 x 5 s), anchored when quiet began;
+        each slowed collector runs on the first beat past most of its own slowed interval
+        (GPU and TCP: every other one), at its own small offset into the beat, one after
+        the other. A beat's new data is then judged by one findings evaluation, where
+        independent timers spread them over every cycle and each cycle was judged (the
+        evaluation is what a quiet pod's cycle costs most); running them at the very same
+        moment was measured dearer (bench/RESULTS.md: the pool threads contend for the GIL)."""
+        if self.quiet_factor == 1 or self._interval_override is not None or not collector.slows_when_quiet:
+            return None
+        slowed = [c for c in self.collectors if c.slows_when_quiet]
+        beat = min(c.interval for c in slowed) * self.quiet_factor
+        due = started + collector.interval * self.quiet_factor - beat / 2
+        beats = math.ceil((due - self._beat_anchor) / beat)
+        offset = slowed.index(collector) * min(BEAT_STAGGER, beat / (4 * len(slowed)))
+        return max(0.0, self._beat_anchor + beats * beat + offset - time.monotonic())
 
     def _interval_for(self, collector: Collector) -> float:
         if self._interval_override is not None:
@@ -179,12 +212,17 @@ class Scheduler:
             interval = self._interval_for(collector)
             delay = interval * (1 + random.uniform(-self.jitter, self.jitter))
             remaining = max(0.0, delay - (time.monotonic() - started))
-            # asyncio.timeout, not wait_for: Python 3.11's wait_for returns normally when the
-            # event is set as the task is cancelled (a speed-up racing stop()), and the loop
-            # would outlive stop().
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(remaining):
-                    await wakeup.wait()
+            on_beat = self._until_beat(collector, started)
+            if on_beat is not None:
+                remaining = on_beat
+            # The interval's end sets the same event a wake-up does: the sleep ends without a
+            # timeout's cancellation and exception (~0.1 ms each on an idle sidecar), and a
+            # stop() cancelling the task meanwhile ends it (the timer is cancelled with it).
+            timer = asyncio.get_running_loop().call_later(remaining, wakeup.set)
+            try:
+                await wakeup.wait()
+            finally:
+                timer.cancel()
 
     async def run_once(self, collector: Collector) -> None:
         status = self.state.collectors[collector.name]

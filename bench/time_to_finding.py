@@ -14,6 +14,7 @@ warning or critical finding that is not folded under the top one.
     python bench/time_to_finding.py               # sim at default intervals (5 s), then real Dynamo
     python bench/time_to_finding.py --quick       # 1 s interval, sim only
     python bench/time_to_finding.py --real-only
+    python bench/time_to_finding.py --sim-only --from-quiet   # faults that begin in a quiet pod
 """
 
 from __future__ import annotations
@@ -194,11 +195,16 @@ def _sidecar_config(interval: float, overrides: dict[str, str], **urls: str) -> 
     return load_config(environ={}, overrides=values)
 
 
-async def run_sim_case(case: Case, interval: float) -> Outcome:
+async def run_sim_case(case: Case, interval: float, from_quiet: bool = False) -> Outcome:
     sim = DynamoSim()
     await sim.start("127.0.0.1", 0, 0)
+    overrides = case.overrides
+    if from_quiet:
+        # The pod counts as quiet after three health cycles with no traffic (the least
+        # quiet_after allows): the fault then begins while the collectors run slowed.
+        overrides = {**overrides, "quiet_after": f"{3 * interval:g}"}
     config = _sidecar_config(
-        interval, case.overrides, frontend_url=sim.url("frontend"), worker_system_urls=sim.url("worker")
+        interval, overrides, frontend_url=sim.url("frontend"), worker_system_urls=sim.url("worker")
     )
     sidecar = Sidecar(config)
     await sidecar.start()
@@ -220,6 +226,14 @@ async def run_sim_case(case: Case, interval: float) -> Outcome:
         await asyncio.wait_for(sidecar.scheduler.first_cycle_done.wait(), 30)
         if case.traffic:
             await asyncio.sleep(3 * interval)  # a baseline before the fault
+        elif from_quiet:
+            deadline_quiet = time.monotonic() + 12 * interval
+            while not sidecar.quiet.quiet:
+                if time.monotonic() > deadline_quiet:
+                    raise RuntimeError(f"{case.name}: the pod never became quiet ({sidecar.quiet.why_not})")
+                await asyncio.sleep(0.2)
+            # Past the first beat: the slowed collectors run on it (agent/runtime/scheduler.py).
+            await asyncio.sleep(2 * interval * config.quiet_slowdown)
         started = time.monotonic()
         if case.fault is not None:
             await case.fault(sim, sidecar)
@@ -427,6 +441,11 @@ async def main() -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="collection interval (default 5 s)")
     parser.add_argument("--quick", action="store_true", help="1 s interval, simulator only")
     parser.add_argument("--smoke", action="store_true", help="CI: --quick over four cases")
+    parser.add_argument(
+        "--from-quiet",
+        action="store_true",
+        help="simulator faults that need no traffic begin once the pod is quiet (collectors slowed)",
+    )
     parser.add_argument("--real-only", action="store_true")
     parser.add_argument("--sim-only", action="store_true")
     parser.add_argument(
@@ -438,6 +457,7 @@ async def main() -> int:
     )
     args = parser.parse_args()
     args.quick = args.quick or args.smoke
+    args.sim_only = args.sim_only or args.from_quiet
     interval = 1.0 if args.quick else args.interval
     outcomes: list[Outcome] = []
     cases = [c for c in SIM_CASES if c.name in SMOKE] if args.smoke else SIM_CASES
@@ -445,9 +465,16 @@ async def main() -> int:
         cases = [c for c in cases if any(text in c.name for text in args.only)]
     if not args.real_only:
         for case in cases:
-            outcomes.append(await run_sim_case(case, interval))
+            if args.from_quiet and case.traffic:
+                continue  # traffic ends quiet before any fault
+            outcome = await run_sim_case(case, interval, from_quiet=args.from_quiet)
+            if args.from_quiet:
+                outcome.case += " (from quiet)"
+            outcomes.append(outcome)
             print(f"sim  {outcomes[-1]}", file=sys.stderr)
-        if not args.only or any(text in "sidecar started before Dynamo" for text in args.only):
+        if args.from_quiet:
+            pass  # the sidecar-before-Dynamo case has no quiet pod to start from
+        elif not args.only or any(text in "sidecar started before Dynamo" for text in args.only):
             outcomes.append(await run_before_dynamo(interval))
     python = os.environ.get("DYNAMO_PYTHON", "")
     if not args.quick and not args.sim_only and python and Path(python).exists():

@@ -16,6 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 
+from agent.core.samples import CollectResult
+from collectors.base import Collector
+
 if TYPE_CHECKING:  # benches import these helpers without paying for the runtime's imports
     from agent.runtime.sidecar import Sidecar
 
@@ -128,3 +131,17 @@ class PeakRss:
     def __exit__(self, *_: Any) -> None:
         self._stop.set()
         self._thread.join(5)
+
+
+class Starts(Collector):
+    """A collector that records when each of its runs began (monotonic), for scheduling tests."""
+
+    def __init__(self, name: str, slows: bool = True, interval: float = 3600.0) -> None:
+        super().__init__(interval=interval, timeout=1)
+        self.name = name
+        self.slows_when_quiet = slows
+        self.starts: list[float] = []
+
+    async def collect(self) -> CollectResult:
+        self.starts.append(time.monotonic())
+        return CollectResult()

@@ -18,7 +18,7 @@ from agent.dynamo_sim.server import DynamoSim
 from agent.runtime.scheduler import Scheduler
 from agent.runtime.sidecar import Sidecar
 from collectors.base import Collector
-from tests.helpers import base_url, get_json, post_completion, wait_for
+from tests.helpers import Starts, base_url, get_json, post_completion, wait_for
 
 
 class Counting(Collector):
@@ -56,18 +56,6 @@ async def test_quiet_slows_only_the_collectors_that_may_and_waking_is_immediate(
         await wait_for(lambda: reader.runs > woke_from, timeout=1.0, what="reader woken")
     finally:
         await scheduler.stop()
-
-
-class Starts(Collector):
-    def __init__(self, name: str, slows: bool, interval: float) -> None:
-        super().__init__(interval=interval, timeout=1)
-        self.name = name
-        self.slows_when_quiet = slows
-        self.starts: list[float] = []
-
-    async def collect(self) -> CollectResult:
-        self.starts.append(time.monotonic())
-        return CollectResult()
 
 
 async def test_a_quiet_pods_slowed_collectors_run_on_one_beat_one_after_the_other() -> None:

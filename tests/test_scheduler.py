@@ -12,7 +12,7 @@ from agent.core.samples import CollectResult, sample
 from agent.core.state import State
 from agent.runtime.scheduler import Scheduler
 from collectors.base import Collector
-from tests.helpers import wait_for
+from tests.helpers import Starts, wait_for
 
 
 class Good(Collector):
@@ -98,25 +98,11 @@ async def test_speed_up_wakes_collectors_now() -> None:
         await scheduler.stop()
 
 
-class Stamps(Collector):
-    """Records when each run began (monotonic)."""
-
-    name = "stamps"
-
-    def __init__(self) -> None:
-        super().__init__(interval=3600, timeout=1)
-        self.starts: list[float] = []
-
-    async def collect(self) -> CollectResult:
-        self.starts.append(time.monotonic())
-        return CollectResult()
-
-
 async def test_a_collector_woken_from_another_thread_runs_now_and_a_storm_at_most_once_a_gap() -> None:
     from agent.runtime.scheduler import WAKE_GAP
 
     state = State()
-    stamps = Stamps()
+    stamps = Starts("stamps")
     scheduler = Scheduler([stamps], state, jitter=0)
     scheduler.start()
     try:

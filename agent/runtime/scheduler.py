@@ -57,7 +57,7 @@ class Scheduler:
         self._next_run: dict[str, list[asyncio.Event]] = {}
         self._started: dict[str, float] = {}  # when each collector's current or last run began
         self._pending_wake: dict[str, asyncio.TimerHandle] = {}
-        self._beat_anchor = 0.0  # when the pod last became quiet (monotonic): the quiet beat's origin
+        self._beat_anchor = 0.0  # the quiet beat's origin (monotonic): set as the pod becomes quiet
         self._stopping = False
         # When a collector run last ended (monotonic): /healthz reads it from the HTTP thread
         # (one float, written whole) to tell a stuck main loop without waiting on that loop.

@@ -148,6 +148,9 @@ async def test_healthz_readyz_status(sim, make_sidecar, http) -> None:
     assert set(data["collectors"]) == {"process", "cgroup", "dynamo_health", "dynamo_metrics", "gpu"}
     assert data["config"]["frontend_url"] == sim.url("frontend")
     assert data["ready"] is True
+    # Tasks by what they run (for leak hunting): one loop per collector, the rest named too.
+    assert data["tasks_by_coroutine"]["Scheduler._loop"] == len(data["collectors"])
+    assert sum(data["tasks_by_coroutine"].values()) == data["tasks"]
 
 
 async def test_diagnose_formats_and_bad_parameters(sim, make_sidecar, http) -> None:

@@ -16,6 +16,7 @@ import math
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
@@ -265,6 +266,16 @@ async def history(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="application/json")
 
 
+def tasks_by_coroutine() -> dict[str, int]:
+    """The running tasks counted by what they run (the coroutine's qualified name): a count
+    that grows says that something leaks, this says what."""
+    counts = Counter(
+        getattr(task.get_coro(), "__qualname__", type(task.get_coro()).__name__)
+        for task in asyncio.all_tasks()
+    )
+    return dict(sorted(counts.items()))
+
+
 def status_report(sidecar: Sidecar) -> dict[str, Any]:
     """GET /status: what runs, how it is configured (redacted), and what it holds."""
     state = sidecar.state
@@ -282,6 +293,7 @@ def status_report(sidecar: Sidecar) -> dict[str, Any]:
         "collectors": {name: status.to_dict() for name, status in state.collectors.items()},
         # For leak hunting: these must stay flat over days.
         "tasks": len(asyncio.all_tasks()),
+        "tasks_by_coroutine": tasks_by_coroutine(),
         "threads": threading.active_count(),
         "http_connections": sidecar.connections.active,
         "history": {

@@ -266,19 +266,17 @@ async def history(request: web.Request) -> web.Response:
     return web.Response(text=body, content_type="application/json")
 
 
-def tasks_by_coroutine() -> dict[str, int]:
-    """The running tasks counted by what they run (the coroutine's qualified name): a count
-    that grows says that something leaks, this says what."""
-    counts = Counter(
-        getattr(task.get_coro(), "__qualname__", type(task.get_coro()).__name__)
-        for task in asyncio.all_tasks()
-    )
-    return dict(sorted(counts.items()))
+def tasks_by_coroutine(tasks: set[asyncio.Task[Any]]) -> dict[str, int]:
+    """The tasks counted by what they run (the coroutine's qualified name): a count that grows
+    says that something leaks, this says what."""
+    coroutines = (task.get_coro() for task in tasks)
+    return dict(sorted(Counter(getattr(c, "__qualname__", type(c).__name__) for c in coroutines).items()))
 
 
 def status_report(sidecar: Sidecar) -> dict[str, Any]:
     """GET /status: what runs, how it is configured (redacted), and what it holds."""
     state = sidecar.state
+    tasks = asyncio.all_tasks()
     return {
         "version": __version__,
         "uptime_seconds": round(time.monotonic() - sidecar.started_monotonic, 3),
@@ -292,8 +290,8 @@ def status_report(sidecar: Sidecar) -> dict[str, Any]:
         "targets": [{**t.__dict__, "base_url": redact_url(t.base_url)} for t in targets_from(sidecar.config)],
         "collectors": {name: status.to_dict() for name, status in state.collectors.items()},
         # For leak hunting: these must stay flat over days.
-        "tasks": len(asyncio.all_tasks()),
-        "tasks_by_coroutine": tasks_by_coroutine(),
+        "tasks": len(tasks),
+        "tasks_by_coroutine": tasks_by_coroutine(tasks),
         "threads": threading.active_count(),
         "http_connections": sidecar.connections.active,
         "history": {
